@@ -1,0 +1,1 @@
+"""The hub's contracts: the event envelope, every event type, and the external contracts."""

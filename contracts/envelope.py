@@ -1,0 +1,133 @@
+"""CloudEvents 1.0 in Kafka *binary content mode*.
+
+The event's attributes travel as ``ce_*`` record headers, its data as the JSON
+record value, and the record key is ``"<tenant>:<document id>"`` so that every
+change of one document lands on one partition, in order. ``tenant`` is a
+CloudEvents extension attribute; W3C ``traceparent`` rides along as its own
+header so one document's journey is one trace.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from contracts.events.base import EventData, event_class_for
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/json"
+_T = TypeVar("_T", bound=EventData)
+
+
+class EnvelopeError(ValueError):
+    """A Kafka record that is not a hub CloudEvent (missing header, bad JSON, unknown type)."""
+
+
+@dataclass(frozen=True)
+class KafkaRecord:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CloudEvent:
+    id: str
+    source: str
+    type: str
+    tenant: str
+    subject: str
+    time: datetime
+    data: EventData
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}:{self.subject}"
+
+    @property
+    def topic(self) -> str:
+        return type(self.data).TOPIC
+
+    def data_as(self, model: type[_T]) -> _T:
+        if not isinstance(self.data, model):
+            raise EnvelopeError(f"event {self.id} is {self.type}, not {model.TYPE}")
+        return self.data
+
+
+def new_event(data: EventData, *, tenant: str, subject: str, source: str) -> CloudEvent:
+    return CloudEvent(
+        id=str(uuid.uuid4()),
+        source=source,
+        type=data.TYPE,
+        tenant=tenant,
+        subject=subject,
+        time=datetime.now(UTC),
+        data=data,
+    )
+
+
+def to_record(event: CloudEvent, extra_headers: dict[str, str] | None = None) -> KafkaRecord:
+    headers = {
+        "ce_specversion": SPEC_VERSION,
+        "ce_id": event.id,
+        "ce_source": event.source,
+        "ce_type": event.type,
+        "ce_subject": event.subject,
+        "ce_time": event.time.isoformat(),
+        "ce_tenant": event.tenant,
+        "content-type": CONTENT_TYPE,
+    }
+    headers.update(extra_headers or {})
+    return KafkaRecord(
+        topic=event.topic,
+        key=event.key.encode(),
+        value=event.data.model_dump_json().encode(),
+        headers=[(name, value.encode()) for name, value in headers.items()],
+    )
+
+
+def headers_as_text(headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> dict[str, str]:
+    return {name: value.decode("utf-8", "replace") for name, value in headers}
+
+
+def from_record(headers: dict[str, str], value: bytes) -> CloudEvent:
+    """Decode a record; raise EnvelopeError with the reason when it is not one of ours."""
+    missing = [
+        name
+        for name in ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_subject", "ce_tenant")
+        if name not in headers
+    ]
+    if missing:
+        raise EnvelopeError("missing CloudEvents headers: " + ", ".join(missing))
+    if headers["ce_specversion"] != SPEC_VERSION:
+        raise EnvelopeError(f"unsupported CloudEvents specversion {headers['ce_specversion']!r}")
+    model = event_class_for(headers["ce_type"])
+    if model is None:
+        raise EnvelopeError(f"unknown event type {headers['ce_type']!r}")
+    try:
+        data = model.model_validate(json.loads(value))
+    except (ValueError, ValidationError) as exc:
+        raise EnvelopeError(f"{headers['ce_type']} data does not match its contract: {exc}") from exc
+    try:
+        time = datetime.fromisoformat(headers.get("ce_time", ""))
+    except ValueError as exc:
+        raise EnvelopeError(f"bad ce_time {headers.get('ce_time')!r}") from exc
+    return CloudEvent(
+        id=headers["ce_id"],
+        source=headers["ce_source"],
+        type=headers["ce_type"],
+        tenant=headers["ce_tenant"],
+        subject=headers["ce_subject"],
+        time=time,
+        data=data,
+    )
+
+
+def event_json_schema(model: type[BaseModel]) -> dict[str, object]:
+    return model.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -1,0 +1,9 @@
+"""Every event type the hub publishes, by topic.
+
+Importing this package registers them all (``base.event_class_for``).
+"""
+
+from contracts.events import courrier, gateway
+from contracts.events.base import EventData, all_event_classes, event_class_for
+
+__all__ = ["EventData", "all_event_classes", "courrier", "event_class_for", "gateway"]

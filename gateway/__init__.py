@@ -1,0 +1,1 @@
+"""The interop gateway: consumes document events, delivers them through connectors, publishes receipts."""

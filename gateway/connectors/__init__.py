@@ -1,0 +1,1 @@
+"""Connectors: how the gateway reaches one kind of external system."""

@@ -1,0 +1,140 @@
+"""The FastAPI application shell shared by every process.
+
+``create_app`` gives each process the same health, metrics, JWKS, Problem
+JSON errors, request body limit and W3C trace context handling, so services
+only add their own routes and background tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kernel.auth import TokenVerifier, development_jwks
+from kernel.errors import install_problem_handlers, problem_response
+from kernel.metrics import HTTP_REQUESTS
+from kernel.settings import HubSettings
+from kernel.telemetry import continue_trace
+
+log = logging.getLogger(__name__)
+
+#: Background work of a process: coroutines started after start-up, cancelled at shutdown.
+BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over the limit before reading them (Content-Length) or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except BodyTooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(
+            413, "body-too-large", "Request body too large",
+            f"This API accepts bodies of at most {self.max_bytes} bytes.", scope.get("path"),
+        )
+        await response(scope, receive, send)
+
+
+def create_app(
+    component: str,
+    settings: HubSettings,
+    *,
+    title: str,
+    description: str,
+    startup: Callable[[FastAPI], Awaitable[list[BackgroundTask]]] | None = None,
+    shutdown: Callable[[FastAPI], Awaitable[None]] | None = None,
+    version: str = "1.0.0",
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.token_verifier = TokenVerifier(settings)
+        tasks = [asyncio.create_task(job(), name=f"{component}:{job.__name__}")
+                 for job in (await startup(app) if startup else [])]
+        for task in tasks:
+            task.add_done_callback(_report_crash)
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if shutdown:
+                await shutdown(app)
+
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.component = component
+    install_problem_handlers(app)
+    tracer = trace.get_tracer(component)
+
+    @app.middleware("http")
+    async def trace_and_count(request: Request, call_next: Callable[..., Any]) -> Response:
+        with continue_trace(request.headers), tracer.start_as_current_span(
+            f"{request.method} {request.url.path}", kind=SpanKind.SERVER
+        ):
+            response: Response = await call_next(request)
+        HTTP_REQUESTS.labels(component, request.method, str(response.status_code)).inc()
+        return response
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "component": component}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    if settings.jwks_url is None:
+        @app.get("/.well-known/jwks.json", include_in_schema=False)
+        async def jwks() -> dict[str, Any]:
+            return development_jwks(settings)
+
+    return app
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s stopped: %r", task.get_name(), task.exception())

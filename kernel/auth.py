@@ -1,0 +1,148 @@
+"""OAuth2 bearer tokens: RS256 JWTs whose claims carry the tenant and the scopes.
+
+In development the hub is its own issuer: a key pair under ``var/keys``
+signs tokens (``hub token``) and its JWKS is served on ``/.well-known/jwks.json``.
+In production ``HUB_JWKS_URL`` names any OIDC provider's JWKS. A token names
+one tenant (claim ``tenant``), and every query is filtered by it: a caller of
+one tenant can never read or change another tenant's documents.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi import Depends, Request
+
+from kernel.errors import ProblemError
+from kernel.settings import HubSettings
+
+ISSUER_KEY_FILE = "issuer.key"
+KEY_ID = "hub-dev-1"
+
+
+class Unauthorized(ProblemError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(401, "unauthorized", "Missing or invalid bearer token", detail)
+
+
+class Forbidden(ProblemError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(403, "forbidden", "Not allowed", detail)
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant: str
+    scopes: frozenset[str]
+    subject: str
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise Forbidden(f"this token lacks the scope {scope!r}")
+
+
+def load_or_create_issuer_key(keys_dir: Path) -> rsa.RSAPrivateKey:
+    path = keys_dir / ISSUER_KEY_FILE
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError(f"{path} is not an RSA private key")
+        return key
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    tmp.chmod(0o600)
+    tmp.replace(path)  # atomic: processes starting together agree on one key
+    return load_or_create_issuer_key(keys_dir)
+
+
+def issue_token(
+    settings: HubSettings, tenant: str, scopes: list[str], subject: str = "dev", ttl: int = 3600
+) -> str:
+    key = load_or_create_issuer_key(settings.keys_dir)
+    now = int(time.time())
+    claims = {
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "sub": subject,
+        "tenant": tenant,
+        "scope": " ".join(scopes),
+        "iat": now,
+        "exp": now + ttl,
+        "jti": str(uuid.uuid4()),
+    }
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KEY_ID})
+
+
+def development_jwks(settings: HubSettings) -> dict[str, Any]:
+    public = load_or_create_issuer_key(settings.keys_dir).public_key()
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(public))
+    jwk.update({"kid": KEY_ID, "use": "sig", "alg": "RS256"})
+    return {"keys": [jwk]}
+
+
+class TokenVerifier:
+    """Verifies bearer tokens against the development key or a remote JWKS."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self._settings = settings
+        self._jwks_client = jwt.PyJWKClient(settings.jwks_url) if settings.jwks_url else None
+        self._dev_key = (
+            None if settings.jwks_url
+            else load_or_create_issuer_key(settings.keys_dir).public_key()
+        )
+
+    def verify(self, token: str) -> Caller:
+        try:
+            key: Any = (
+                self._jwks_client.get_signing_key_from_jwt(token).key
+                if self._jwks_client else self._dev_key
+            )
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=["RS256"],
+                audience=self._settings.jwt_audience,
+                issuer=self._settings.jwt_issuer,
+                options={"require": ["exp", "iss", "aud", "tenant"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("the bearer token has expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"the bearer token is not valid: {exc}") from exc
+        tenant = claims.get("tenant")
+        if not isinstance(tenant, str) or not (len(tenant) == 5 and tenant.isdigit()):
+            raise Unauthorized("the token's tenant claim is not a 5-digit NIS code")
+        scope = claims.get("scope", "")
+        return Caller(
+            tenant=tenant,
+            scopes=frozenset(scope.split() if isinstance(scope, str) else []),
+            subject=str(claims.get("sub", "")),
+        )
+
+
+def current_caller(request: Request) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("send an OAuth2 bearer token: 'Authorization: Bearer <jwt>'")
+    verifier: TokenVerifier = request.app.state.token_verifier
+    return verifier.verify(token.strip())
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]

@@ -1,0 +1,112 @@
+"""RFC 9457 Problem JSON for every REST API of the hub.
+
+Domain code raises ``ProblemError`` (or a subclass) with a stable type slug, a
+title and a detail written for the person who will read it; the handlers
+installed by ``install_problem_handlers`` turn it, FastAPI's validation
+errors and anything unexpected into ``application/problem+json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_BASE = "https://hub.example/problems/"
+log = logging.getLogger(__name__)
+
+
+class ProblemError(Exception):
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.extensions = extensions
+
+
+class NotFound(ProblemError):
+    def __init__(self, what: str, identifier: str) -> None:
+        super().__init__(404, "not-found", f"{what} not found", f"No {what} {identifier!r} here.")
+
+
+class Conflict(ProblemError):
+    def __init__(self, slug: str, detail: str, **extensions: Any) -> None:
+        super().__init__(409, slug, "Conflict with the document's state", detail, **extensions)
+
+
+def problem_response(
+    status: int, slug: str, title: str, detail: str, instance: str | None = None, **extensions: Any
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extensions)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
+
+
+def _field_path(location: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in location if part != "body") or "body"
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(
+            exc.status, exc.slug, exc.title, exc.detail, request.url.path, **exc.extensions
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": _field_path(error.get("loc", ())), "message": error.get("msg", "")}
+            for error in exc.errors()
+        ]
+        malformed = any(error.get("type") == "json_invalid" for error in exc.errors())
+        if malformed:
+            return problem_response(
+                400, "malformed-json", "Malformed JSON",
+                "The request body is not valid JSON.", request.url.path, errors=errors,
+            )
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return problem_response(
+            422, "invalid-request", "The request does not match the API contract",
+            summary, request.url.path, errors=errors,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        slug = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}.get(
+            exc.status_code, "http-error"
+        )
+        return problem_response(
+            exc.status_code, slug, str(exc.detail), str(exc.detail), request.url.path
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return problem_response(
+            500, "internal-error", "Internal error",
+            "The hub could not complete this request; nothing was stored. "
+            "Operators have the details in the logs.", request.url.path,
+        )

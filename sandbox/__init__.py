@@ -1,0 +1,1 @@
+"""Simulated external services over real HTTP, for development and tests."""

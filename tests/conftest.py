@@ -1,0 +1,113 @@
+"""Shared fixtures: one embedded broker per session, SQLite and PostgreSQL databases.
+
+PostgreSQL: ``HUB_TEST_POSTGRES_URL`` names it (``.ci/run`` sets it and
+``HUB_REQUIRE_POSTGRES=1``, which turns "unreachable" into a failure). Without
+it the PostgreSQL variants are skipped, and the summary says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from kernel.database import create_engine
+from kernel.kafka import EmbeddedBroker, ensure_topics, free_port, wait_for_broker
+from kernel.settings import HubSettings
+
+POSTGRES_URL = os.environ.get("HUB_TEST_POSTGRES_URL", "")
+REQUIRE_POSTGRES = os.environ.get("HUB_REQUIRE_POSTGRES") == "1"
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"the reference corpus is not beside the checkout ({CORPUS})")
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """The one broker of the test session: the embedded Tansu, or KAFKA_BOOTSTRAP_SERVERS."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    broker = None
+    if external:
+        bootstrap = external
+    else:
+        broker = EmbeddedBroker(port=free_port())
+        broker.start()
+        bootstrap = broker.bootstrap_servers
+    asyncio.run(wait_for_broker(bootstrap))
+    asyncio.run(ensure_topics(bootstrap))
+    yield bootstrap
+    if broker:
+        broker.stop()
+
+
+@pytest.fixture
+def hub_settings(tmp_path: Path) -> HubSettings:
+    return HubSettings(var_dir=tmp_path / "var", corpus_dir=CORPUS)
+
+
+def _postgres_reachable() -> str | None:
+    async def probe() -> None:
+        engine = create_engine(POSTGRES_URL)
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    if not POSTGRES_URL:
+        if REQUIRE_POSTGRES:
+            pytest.fail("HUB_REQUIRE_POSTGRES=1 but HUB_TEST_POSTGRES_URL is not set")
+        pytest.skip("PostgreSQL tests skipped: set HUB_TEST_POSTGRES_URL to run them")
+    problem = _postgres_reachable()
+    if problem:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required and unreachable: {problem}")
+        pytest.skip(f"PostgreSQL tests skipped: {POSTGRES_URL} unreachable ({problem})")
+    return POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
+    """``(url, schema)`` of a fresh, empty database: a SQLite file, or a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}", None
+    url: str = request.getfixturevalue("postgres_url")
+    schema = "t_" + uuid.uuid4().hex[:12]
+    request.addfinalizer(lambda: asyncio.run(_drop_schema(url, schema)))
+    return url, schema
+
+
+async def _drop_schema(url: str, schema: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A developer's shell may export DATABASE_URL; tests pick their databases explicitly.
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+
