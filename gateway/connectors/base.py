@@ -69,3 +69,18 @@ def register_connector(type_name: str, factory: ConnectorFactory) -> None:
 
 def connector_types() -> dict[str, ConnectorFactory]:
     return dict(_FACTORIES)
+
+
+#: Vendors add connectors without touching the hub: a package declares an entry
+#: point in this group whose object is a callable that calls ``register_connector``.
+PLUGIN_GROUP = "hub.connectors"
+
+
+def load_plugin_connectors() -> list[str]:
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for entry_point in entry_points(group=PLUGIN_GROUP):
+        entry_point.load()()
+        loaded.append(entry_point.name)
+    return loaded

@@ -1,0 +1,86 @@
+"""The delivery log: one row per (event, route), under its idempotency key.
+
+The row keeps the event as it came from Kafka (headers and value), so a
+retry or an operator's replay needs nothing but this table. Status:
+
+    retrying ──► delivered        the target accepted it (external reference kept)
+       │    └──► failed           the target refused it for good
+       └──────► dead              retries exhausted; an operator may replay it
+
+A row is written once per attempt outcome, in the same transaction as the
+receipt that announces a final outcome (staged in the outbox).
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import JSON, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from gateway.routing import RetryPolicy
+from kernel.database import Base, BigId, UtcDateTime
+from kernel.migrations import Migration, create_tables
+from kernel.outbox import OutboxMessage
+
+Status = Literal["retrying", "delivered", "failed", "dead"]
+FINAL_STATUSES: frozenset[str] = frozenset({"delivered", "failed", "dead"})
+
+
+class DeliveryRecord(Base):
+    __tablename__ = "gateway_deliveries"
+    __table_args__ = (
+        Index("ix_gateway_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_gateway_deliveries_document", "tenant", "subject", "route", "id"),
+        Index("ix_gateway_deliveries_tenant_status", "tenant", "status", "updated_at"),
+    )
+
+    #: Arrival order, used to keep one document's deliveries in order on a route.
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(128))
+    event_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    tenant: Mapped[str] = mapped_column(String(5))
+    subject: Mapped[str] = mapped_column(String(200))
+    route: Mapped[str] = mapped_column(String(64))
+    connector: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    external_reference: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    record_headers: Mapped[dict[str, Any]] = mapped_column(JSON)
+    record_value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+MIGRATIONS = [
+    Migration(
+        1,
+        "delivery log and outbox",
+        create_tables(DeliveryRecord.__table__, OutboxMessage.__table__),  # type: ignore[arg-type]
+    ),
+]
+
+
+def idempotency_key(event_id: str, route: str) -> str:
+    return f"{event_id}:{route}"
+
+
+def backoff_delay(attempts: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:
+    """Exponential backoff with "equal jitter": half the delay fixed, half random.
+
+    The random half spreads the retries of many documents that failed together
+    (a target that was down) so they do not return as one wave.
+    """
+    ceiling = min(policy.max_delay_seconds, policy.base_delay_seconds * 2 ** max(attempts - 1, 0))
+    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+
+
+def next_attempt_time(now: datetime, attempts: int, policy: RetryPolicy) -> datetime:
+    return now + timedelta(seconds=backoff_delay(attempts, policy))

@@ -1,0 +1,89 @@
+"""The ``hub`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from hub.components import BY_NAME
+from kernel.auth import issue_token
+from kernel.logs import configure_logging
+from kernel.settings import get_settings
+from kernel.telemetry import configure_tracing
+
+app = typer.Typer(help="The e-government integration hub.", no_args_is_help=True, add_completion=False)
+
+
+@app.command()
+def up(
+    broker_port: Annotated[int, typer.Option(help="Port of the embedded Kafka broker")] = 9092,
+) -> None:
+    """Run the whole hub on this machine: broker, sandbox, services, gateway, dashboard."""
+    from hub.supervisor import run_hub
+
+    raise typer.Exit(run_hub(get_settings(), broker_port))
+
+
+@app.command()
+def serve(
+    component: Annotated[str, typer.Argument(help="sandbox, courrier or gateway")],
+    port: Annotated[int | None, typer.Option(help="Port (default: the component's own)")] = None,
+) -> None:
+    """Run one component in the foreground (what `hub up` and docker-compose start)."""
+    if component not in BY_NAME:
+        raise typer.BadParameter(f"unknown component {component!r}; one of {', '.join(BY_NAME)}")
+    settings = get_settings()
+    configure_logging(component)
+    configure_tracing(component, settings.otlp_endpoint)
+    target = BY_NAME[component]
+    uvicorn.run(
+        target.factory, factory=True, host=settings.host, port=port or target.port,
+        log_config=None, access_log=False,
+    )
+
+
+@app.command()
+def token(
+    tenant: Annotated[str, typer.Option(help="5-digit NIS code of the tenant")],
+    scope: Annotated[list[str], typer.Option(help="Scope; repeat for several")],
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds")] = 3600,
+    subject: Annotated[str, typer.Option(help="Who the token is for")] = "dev",
+) -> None:
+    """Print a development bearer token signed by the hub's own issuer."""
+    if not (len(tenant) == 5 and tenant.isdigit()):
+        raise typer.BadParameter("the tenant is a 5-digit NIS code, e.g. 92137")
+    typer.echo(issue_token(get_settings(), tenant, scope, subject=subject, ttl=ttl))
+
+
+@app.command()
+def demo(
+    count: Annotated[int, typer.Option(help="How many documents per service")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every delivery")] = 120.0,
+    tenant: Annotated[str, typer.Option(help="Tenant the demo acts for")] = "92137",
+) -> None:
+    """Drive realistic traffic through a running hub and report outcomes."""
+    from hub.demo import print_table, run_demo
+
+    results = run_demo(get_settings(), count=count, timeout=timeout, tenant=tenant,
+                       show_progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps({name: result.as_dict() for name, result in results.items()}))
+    else:
+        print_table(results)
+    if any(result.delivered < result.submitted for result in results.values()):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path.cwd()))
+    app()
+
+
+if __name__ == "__main__":
+    app()

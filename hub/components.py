@@ -1,0 +1,27 @@
+"""The processes of the hub, in start order, and how each is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernel.settings import DEFAULT_PORTS
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    factory: str  # "module:function" returning the process's ASGI app
+    port: int
+    summary: str
+
+
+COMPONENTS: tuple[Component, ...] = (
+    Component("sandbox", "sandbox.app:build_app", DEFAULT_PORTS["sandbox"],
+              "simulated external services (e-Box REST and SOAP)"),
+    Component("courrier", "services.courrier.main:build_app", DEFAULT_PORTS["courrier"],
+              "mail registry API"),
+    Component("gateway", "gateway.main:build_app", DEFAULT_PORTS["gateway"],
+              "interop gateway, delivery API and dashboard"),
+)
+
+BY_NAME = {component.name: component for component in COMPONENTS}

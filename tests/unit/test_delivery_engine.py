@@ -1,0 +1,218 @@
+"""The delivery engine with a fake connector and an embedded SQLite delivery log."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.envelope import CloudEvent, from_record, headers_as_text, new_event, to_record
+from contracts.events.courrier import OutgoingMailSendRequested, Recipient
+from contracts.events.gateway import DeliveryReceipt
+from gateway.connectors.base import Delivery, DeliveryResult
+from gateway.deliveries import MIGRATIONS, DeliveryRecord
+from gateway.engine import DeliveryEngine
+from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
+from gateway.routing import RetryPolicy, Route, RoutingTable
+from kernel.database import create_engine, session_factory, utcnow
+from kernel.migrations import migrate
+from kernel.outbox import OutboxMessage
+
+TENANT = "92137"
+SEND = OutgoingMailSendRequested.TYPE
+
+
+class FakeConnector:
+    """Answers from a script: an exception to raise or a reference to return, per call."""
+
+    type_name = "fake"
+
+    def __init__(self, script: list[Exception | str] | None = None) -> None:
+        self.script = list(script or [])
+        self.calls: list[Delivery] = []
+
+    async def deliver(self, delivery: Delivery) -> DeliveryResult:
+        self.calls.append(delivery)
+        answer = self.script.pop(0) if self.script else f"msg-{len(self.calls)}"
+        if isinstance(answer, Exception):
+            raise answer
+        return DeliveryResult(external_reference=answer)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def mail_event(mail_id: str = "mail-1") -> CloudEvent:
+    pdf = b"%PDF-1.4 test"
+    data = OutgoingMailSendRequested(
+        mail_id=mail_id,
+        registration_number="S2026/000001",
+        recipient=Recipient(kind="person", identifier="85073003328"),
+        subject="Permis",
+        body_pdf_base64=base64.b64encode(pdf).decode(),
+        body_pdf_md5=hashlib.md5(pdf).hexdigest(),
+    )
+    return new_event(data, tenant=TENANT, subject=mail_id, source="urn:hub:courrier")
+
+
+def as_record(event: CloudEvent) -> tuple[dict[str, str], bytes]:
+    record = to_record(event)
+    return headers_as_text(record.headers), record.value
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+    await migrate(engine, "gateway", MIGRATIONS)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+def make_engine(
+    sessions: async_sessionmaker[AsyncSession], connector: FakeConnector, clock: Clock,
+    max_attempts: int = 3,
+) -> DeliveryEngine:
+    route = Route(TENANT, "outgoing-mail-ebox", SEND, "ebox", "fake")
+    routing = RoutingTable(
+        routes={(TENANT, SEND): [route]},
+        retry={TENANT: RetryPolicy(max_attempts=max_attempts, base_delay_seconds=1, max_delay_seconds=4)},
+    )
+    return DeliveryEngine(sessions=sessions, routing=routing, connectors={(TENANT, "ebox"): connector},
+                          clock=clock)
+
+
+async def deliveries(sessions: async_sessionmaker[AsyncSession]) -> list[DeliveryRecord]:
+    async with sessions() as session:
+        return list((await session.scalars(select(DeliveryRecord).order_by(DeliveryRecord.id))).all())
+
+
+async def receipts(sessions: async_sessionmaker[AsyncSession]) -> list[DeliveryReceipt]:
+    async with sessions() as session:
+        rows = (await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))).all()
+    return [from_record(row.headers, row.value).data_as(DeliveryReceipt) for row in rows]
+
+
+async def test_a_delivered_event_is_recorded_with_a_receipt(sessions: async_sessionmaker[AsyncSession]) -> None:
+    connector, clock = FakeConnector(["ebox-42"]), Clock()
+    event = mail_event()
+    await make_engine(sessions, connector, clock).handle_record(*as_record(event), "courrier.events")
+
+    assert [call.idempotency_key for call in connector.calls] == [f"{event.id}:outgoing-mail-ebox"]
+    [record] = await deliveries(sessions)
+    assert (record.status, record.attempts, record.external_reference) == ("delivered", 1, "ebox-42")
+    [receipt] = await receipts(sessions)
+    assert (receipt.outcome, receipt.external_reference, receipt.source_event_id) == (
+        "delivered", "ebox-42", event.id)
+
+
+async def test_an_event_consumed_twice_is_delivered_once(sessions: async_sessionmaker[AsyncSession]) -> None:
+    connector, clock = FakeConnector(), Clock()
+    engine = make_engine(sessions, connector, clock)
+    headers, value = as_record(mail_event())
+    await engine.handle_record(headers, value, "courrier.events")
+    await engine.handle_record(headers, value, "courrier.events")
+    assert len(connector.calls) == 1
+    assert len(await receipts(sessions)) == 1
+
+
+async def test_transient_errors_retry_with_backoff_then_deliver(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    connector = FakeConnector([RetryableDeliveryError("HTTP 503"), "ebox-7"])
+    clock = Clock()
+    engine = make_engine(sessions, connector, clock)
+    await engine.handle_record(*as_record(mail_event()), "courrier.events")
+
+    [record] = await deliveries(sessions)
+    assert record.status == "retrying" and record.last_error == "HTTP 503"
+    assert record.next_attempt_at is not None and record.next_attempt_at > clock.now
+    assert await engine.retry_due() == 0  # not yet due
+    clock.advance(5)
+    assert await engine.retry_due() == 1
+    [record] = await deliveries(sessions)
+    assert (record.status, record.attempts, record.external_reference) == ("delivered", 2, "ebox-7")
+    assert connector.calls[0].idempotency_key == connector.calls[1].idempotency_key
+    assert [r.outcome for r in await receipts(sessions)] == ["delivered"]
+
+
+async def test_exhausted_retries_end_dead_and_can_be_replayed(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    connector = FakeConnector([RetryableDeliveryError("timeout")] * 3)
+    clock = Clock()
+    engine = make_engine(sessions, connector, clock, max_attempts=3)
+    await engine.handle_record(*as_record(mail_event()), "courrier.events")
+    for _ in range(2):
+        clock.advance(10)
+        await engine.retry_due()
+    [record] = await deliveries(sessions)
+    assert (record.status, record.attempts) == ("dead", 3)
+    [receipt] = await receipts(sessions)
+    assert (receipt.outcome, receipt.reason, receipt.attempts) == ("dead", "timeout", 3)
+
+    replayed = await engine.replay(record.idempotency_key, TENANT)
+    assert replayed is not None and replayed.status == "retrying"
+    assert await engine.replay(record.idempotency_key, "62063") is None  # another tenant's
+    await engine.retry_due()
+    [record] = await deliveries(sessions)
+    assert record.status == "delivered"
+
+
+async def test_permanent_errors_fail_at_once_with_the_reason(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    reason = "the recipient has no digital e-Box"
+    connector, clock = FakeConnector([PermanentDeliveryError(reason)]), Clock()
+    await make_engine(sessions, connector, clock).handle_record(*as_record(mail_event()), "x")
+    [record] = await deliveries(sessions)
+    assert (record.status, record.last_error) == ("failed", reason)
+    [receipt] = await receipts(sessions)
+    assert (receipt.outcome, receipt.reason) == ("failed", reason)
+
+
+async def test_a_retrying_document_does_not_block_others_but_keeps_its_own_order(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    connector = FakeConnector([RetryableDeliveryError("HTTP 503")])
+    clock = Clock()
+    engine = make_engine(sessions, connector, clock)
+    first, second, other = mail_event("mail-1"), mail_event("mail-1"), mail_event("mail-2")
+    for event in (first, second, other):
+        await engine.handle_record(*as_record(event), "courrier.events")
+
+    # mail-2 went through at once; mail-1's second event waits behind its first.
+    assert [call.event.id for call in connector.calls] == [first.id, other.id]
+    clock.advance(5)
+    await engine.retry_due()
+    await engine.retry_due()
+    assert [call.event.id for call in connector.calls] == [first.id, other.id, first.id, second.id]
+    assert {r.status for r in await deliveries(sessions)} == {"delivered"}
+
+
+async def test_records_that_are_not_hub_events_are_skipped(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    connector, clock = FakeConnector(), Clock()
+    engine = make_engine(sessions, connector, clock)
+    headers, value = as_record(mail_event())
+    await engine.handle_record({"ce_id": "x"}, value, "courrier.events")
+    await engine.handle_record(headers, json.dumps({"mail_id": 3}).encode(), "courrier.events")
+    assert connector.calls == [] and await deliveries(sessions) == []

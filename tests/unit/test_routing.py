@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.routing import RoutingConfigError, expand_environment, load_routing
+from kernel.settings import REPOSITORY_ROOT
+from kernel.tenants import TenantConfigError, load_tenants
+
+SEND = "courrier.outgoing_mail.send_requested.v1"
+
+
+def write(directory: Path, code: str, body: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{code}.yaml").write_text(body, encoding="utf-8")
+
+
+def test_the_committed_tenant_files_are_valid() -> None:
+    tenants = load_tenants(REPOSITORY_ROOT / "config" / "tenants")
+    table = load_routing(tenants, {"ebox_rest", "ebox_soap"}, environ={})
+    assert {route.connector_type for route in table.routes_for("92137", SEND)} == {"ebox_soap"}
+    assert {route.connector_type for route in table.routes_for("62063", SEND)} == {"ebox_rest"}
+    assert table.routes_for("92137", "courrier.incoming_mail.registered.v1") == []
+
+
+def test_every_problem_is_reported_with_its_file_and_field(tmp_path: Path) -> None:
+    write(tmp_path, "92137", f"""
+tenant: "92137"
+name: Test
+connectors:
+  ebox: {{type: carrier_pigeon}}
+routes:
+  - {{name: one, event_type: courrier.nothing.v1, connector: ebox}}
+  - {{name: one, event_type: {SEND}, connector: missing}}
+""")
+    with pytest.raises(RoutingConfigError) as raised:
+        load_routing(load_tenants(tmp_path), {"ebox_soap"}, environ={})
+    message = str(raised.value)
+    assert "connectors.ebox.type: unknown connector type 'carrier_pigeon'" in message
+    assert "unknown event type 'courrier.nothing.v1'" in message
+    assert "route name used twice" in message
+    assert "no connector named 'missing'" in message
+    assert "92137.yaml" in message
+
+
+def test_schema_errors_name_the_field(tmp_path: Path) -> None:
+    write(tmp_path, "92137", f"""
+tenant: "92137"
+name: Test
+routes:
+  - {{name: Bad Name, event_type: {SEND}, connector: ebox}}
+retry: {{max_attempts: 0}}
+""")
+    with pytest.raises(RoutingConfigError) as raised:
+        load_routing(load_tenants(tmp_path), {"ebox_soap"}, environ={})
+    assert "routes.0.name: String should match pattern" in str(raised.value)
+    assert "retry.max_attempts: Input should be greater than or equal to 1" in str(raised.value)
+
+
+def test_tenant_files_must_be_named_after_their_tenant(tmp_path: Path) -> None:
+    write(tmp_path, "12345", 'tenant: "92137"\nname: Wrong file\n')
+    with pytest.raises(TenantConfigError, match="must be named 92137.yaml"):
+        load_tenants(tmp_path)
+
+
+def test_environment_references_expand_innermost_first() -> None:
+    template = "${OUTER:-${BASE:-http://127.0.0.1:8010}/ebox}"
+    assert expand_environment(template, {}) == "http://127.0.0.1:8010/ebox"
+    assert expand_environment(template, {"BASE": "http://sandbox:8010"}) == "http://sandbox:8010/ebox"
+    assert expand_environment(template, {"OUTER": "https://ebox.example"}) == "https://ebox.example"
+    with pytest.raises(RoutingConfigError, match="SECRET is not set"):
+        expand_environment({"secret": ["${SECRET}"]}, {})
