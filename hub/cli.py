@@ -48,6 +48,21 @@ def serve(
 
 
 @app.command()
+def topics() -> None:
+    """Wait for the Kafka cluster and create the hub's topics (docker-compose runs this once)."""
+    import asyncio
+
+    from kernel.kafka import TOPICS, ensure_topics, wait_for_broker
+
+    settings = get_settings()
+    if not settings.kafka_bootstrap_servers:
+        raise typer.BadParameter("set KAFKA_BOOTSTRAP_SERVERS to the cluster to prepare")
+    asyncio.run(wait_for_broker(settings.kafka_bootstrap_servers, timeout=120))
+    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers))
+    typer.echo("topics ready: " + ", ".join(f"{t} ({p} partitions)" for t, p in TOPICS.items()))
+
+
+@app.command()
 def token(
     tenant: Annotated[str, typer.Option(help="5-digit NIS code of the tenant")],
     scope: Annotated[list[str], typer.Option(help="Scope; repeat for several")],

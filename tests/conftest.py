@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import text
@@ -22,7 +23,21 @@ from kernel.settings import HubSettings
 
 POSTGRES_URL = os.environ.get("HUB_TEST_POSTGRES_URL", "")
 REQUIRE_POSTGRES = os.environ.get("HUB_REQUIRE_POSTGRES") == "1"
+T = TypeVar("T")
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+
+
+def run_isolated(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from a synchronous fixture on a private loop.
+
+    Unlike ``asyncio.run`` this leaves the current event loop alone, which
+    pytest-asyncio owns during the test.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +58,8 @@ def kafka_bootstrap() -> Iterator[str]:
         broker = EmbeddedBroker(port=free_port())
         broker.start()
         bootstrap = broker.bootstrap_servers
-    asyncio.run(wait_for_broker(bootstrap))
-    asyncio.run(ensure_topics(bootstrap))
+    run_isolated(wait_for_broker(bootstrap))
+    run_isolated(ensure_topics(bootstrap))
     yield bootstrap
     if broker:
         broker.stop()
@@ -65,7 +80,7 @@ def _postgres_reachable() -> str | None:
             await engine.dispose()
 
     try:
-        asyncio.run(probe())
+        run_isolated(probe())
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -92,7 +107,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str |
         return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}", None
     url: str = request.getfixturevalue("postgres_url")
     schema = "t_" + uuid.uuid4().hex[:12]
-    request.addfinalizer(lambda: asyncio.run(_drop_schema(url, schema)))
+    request.addfinalizer(lambda: run_isolated(_drop_schema(url, schema)))
     return url, schema
 
 

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from contracts.identifiers import check_enterprise_number, check_niss, mask_niss
+from kernel.logs import NationalNumberMasking, mask_national_numbers
+
+
+@pytest.mark.parametrize(
+    ("given", "digits"),
+    [
+        ("85073003328", "85073003328"),  # born in the 1900s: check over the first nine digits
+        ("85.07.30-033.28", "85073003328"),
+        ("00012556777", "00012556777"),  # born from 2000: check over "2" + first nine digits
+    ],
+)
+def test_valid_national_numbers(given: str, digits: str) -> None:
+    assert check_niss(given) == digits
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("85073003329", "modulo-97"),
+        ("8507300332", "11 digits"),
+        ("", "11 digits"),
+    ],
+)
+def test_invalid_national_numbers_say_why(given: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_niss(given)
+
+
+@pytest.mark.parametrize("given", ["0403.170.701", "BE 0403 170 701", "403170701"])
+def test_valid_enterprise_numbers(given: str) -> None:
+    assert check_enterprise_number(given) == "0403170701"
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [("0403170702", "modulo-97"), ("2403170701", "starts with 0 or 1"), ("12", "10 digits")],
+)
+def test_invalid_enterprise_numbers_say_why(given: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_enterprise_number(given)
+
+
+def test_masking_keeps_no_more_than_the_birth_year() -> None:
+    assert mask_niss("85073003328") == "85*********"
+    text = "recipient 85.07.30-033.28 and 85073003328, invoice 12345678901"
+    masked = mask_national_numbers(text)
+    assert "033" not in masked and masked.count("85*********") == 2
+    assert "12345678901" in masked  # not a valid NISS: an ordinary number stays
+
+
+def test_log_records_are_masked(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.masking")
+    logger.addFilter(NationalNumberMasking())
+    with caplog.at_level(logging.INFO, logger="test.masking"):
+        logger.info("sending to %s", "85073003328")
+    assert caplog.messages == ["sending to 85*********"]

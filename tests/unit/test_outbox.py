@@ -1,0 +1,100 @@
+"""The outbox relay with a fake producer, on an embedded SQLite database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.envelope import new_event
+from contracts.events.gateway import DeliveryReceipt
+from kernel.database import create_engine, session_factory
+from kernel.migrations import Migration, create_tables, migrate
+from kernel.outbox import OutboxMessage, OutboxRelay, stage, transaction
+
+
+class FakeSender:
+    def __init__(self, fail_keys: set[bytes] | None = None) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.fail_keys = fail_keys or set()
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if key in self.fail_keys:
+            future.set_exception(ConnectionError("broker away"))
+        else:
+            self.sent.append((topic, key, value))
+            future.set_result(None)
+        return future
+
+
+def receipt(subject: str, attempts: int = 1) -> Any:
+    data = DeliveryReceipt(
+        source_event_id="e", source_event_type="t", route="r", connector="c",
+        idempotency_key="e:r", outcome="delivered", attempts=attempts,
+    )
+    return new_event(data, tenant="92137", subject=subject, source="urn:test")
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'outbox.db'}")
+    await migrate(engine, "test", [Migration(1, "outbox", create_tables(OutboxMessage.__table__))])  # type: ignore[arg-type]
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+async def pending(sessions: async_sessionmaker[AsyncSession]) -> int:
+    async with sessions() as session:
+        rows = await session.scalars(select(OutboxMessage).where(OutboxMessage.sent_at.is_(None)))
+        return len(rows.all())
+
+
+async def test_an_event_exists_only_if_its_transaction_committed(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    with pytest.raises(RuntimeError):
+        async with transaction(sessions, None) as session:
+            stage(session, receipt("doc-1"))
+            raise RuntimeError("the document change failed")
+    assert await pending(sessions) == 0
+    async with transaction(sessions, None) as session:
+        stage(session, receipt("doc-2"))
+    assert await pending(sessions) == 1
+
+
+async def test_the_relay_publishes_in_order_and_marks_sent(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    sender = FakeSender()
+    relay = OutboxRelay(sessions, sender, component="test")
+    for attempts in (1, 2, 3):
+        async with transaction(sessions, relay) as session:
+            stage(session, receipt("doc-1", attempts))
+    assert await relay.publish_pending() == 3
+    assert [key for _, key, _ in sender.sent] == [b"92137:doc-1"] * 3
+    assert [b'"attempts":%d' % n in value for n, (_, _, value) in zip((1, 2, 3), sender.sent, strict=True)] == [True] * 3
+    assert await pending(sessions) == 0
+    assert await relay.publish_pending() == 0
+
+
+async def test_a_key_that_failed_stays_pending_while_others_go(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    sender = FakeSender(fail_keys={b"92137:doc-1"})
+    relay = OutboxRelay(sessions, sender, component="test")
+    async with transaction(sessions, relay) as session:
+        stage(session, receipt("doc-1"))
+        stage(session, receipt("doc-2"))
+    assert await relay.publish_pending() == 1
+    assert await pending(sessions) == 1
+    sender.fail_keys.clear()
+    assert await relay.publish_pending() == 1
+    assert [key for _, key, _ in sender.sent] == [b"92137:doc-2", b"92137:doc-1"]
