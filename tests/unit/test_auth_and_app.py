@@ -1,0 +1,108 @@
+"""The shared application shell: tokens, Problem JSON, body limit, health and metrics."""
+
+from __future__ import annotations
+
+import httpx
+import jwt
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict
+
+from kernel.app import create_app
+from kernel.auth import CallerDep, issue_token
+from kernel.settings import HubSettings
+
+
+class Greeting(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    times: int
+
+
+def build(settings: HubSettings) -> FastAPI:
+    app = create_app("test", settings.model_copy(update={"max_body_bytes": 1000}),
+                     title="t", description="d")
+
+    @app.post("/greet")
+    async def greet(body: Greeting, caller: CallerDep) -> dict[str, str]:
+        caller.require("test:write")
+        return {"tenant": caller.tenant, "hello": body.name}
+
+    return app
+
+
+@pytest.fixture
+async def client(hub_settings: HubSettings) -> httpx.AsyncClient:
+    app = build(hub_settings)
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+def bearer(settings: HubSettings, tenant: str = "92137", scopes: tuple[str, ...] = ("test:write",)) -> dict[str, str]:
+    return {"Authorization": "Bearer " + issue_token(settings, tenant, list(scopes))}
+
+
+async def test_a_valid_token_names_the_tenant(client: httpx.AsyncClient, hub_settings: HubSettings) -> None:
+    response = await client.post("/greet", json={"name": "Ana", "times": 1}, headers=bearer(hub_settings))
+    assert response.json() == {"tenant": "92137", "hello": "Ana"}
+
+
+async def test_missing_foreign_and_expired_tokens_are_refused(
+    client: httpx.AsyncClient, hub_settings: HubSettings, tmp_path: object
+) -> None:
+    body = {"name": "Ana", "times": 1}
+    missing = await client.post("/greet", json=body)
+    assert missing.status_code == 401
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["type"].endswith("/unauthorized")
+
+    foreign = HubSettings(var_dir=hub_settings.var_dir.parent / "elsewhere")
+    response = await client.post("/greet", json=body, headers=bearer(foreign))
+    assert response.status_code == 401 and "not valid" in response.json()["detail"]
+
+    expired = issue_token(hub_settings, "92137", ["test:write"], ttl=-10)
+    response = await client.post("/greet", json=body, headers={"Authorization": f"Bearer {expired}"})
+    assert response.json()["detail"] == "the bearer token has expired"
+
+    response = await client.post("/greet", json=body, headers=bearer(hub_settings, scopes=("test:read",)))
+    assert response.status_code == 403 and "test:write" in response.json()["detail"]
+
+
+async def test_a_token_without_a_proper_tenant_is_refused(
+    client: httpx.AsyncClient, hub_settings: HubSettings
+) -> None:
+    from kernel.auth import load_or_create_issuer_key
+
+    key = load_or_create_issuer_key(hub_settings.keys_dir)
+    token = jwt.encode(
+        {"iss": hub_settings.jwt_issuer, "aud": hub_settings.jwt_audience, "exp": 2**31, "tenant": "ALL"},
+        key, algorithm="RS256",
+    )
+    response = await client.post("/greet", json={"name": "A", "times": 1},
+                                 headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401 and "5-digit" in response.json()["detail"]
+
+
+async def test_bad_bodies_get_specific_problems(client: httpx.AsyncClient, hub_settings: HubSettings) -> None:
+    headers = {**bearer(hub_settings), "content-type": "application/json"}
+    malformed = await client.post("/greet", content=b'{"name": ', headers=headers)
+    assert (malformed.status_code, malformed.json()["title"]) == (400, "Malformed JSON")
+
+    wrong = await client.post("/greet", json={"name": "A", "times": "many", "extra": 1}, headers=headers)
+    assert wrong.status_code == 422
+    fields = {error["field"] for error in wrong.json()["errors"]}
+    assert fields == {"times", "extra"}
+
+    huge = await client.post("/greet", content=b"x" * 2000, headers=headers)
+    assert huge.status_code == 413 and huge.json()["type"].endswith("/body-too-large")
+
+
+async def test_health_metrics_and_jwks(client: httpx.AsyncClient, hub_settings: HubSettings) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok", "component": "test"}
+    await client.post("/greet", json={"name": "A", "times": 1}, headers=bearer(hub_settings))
+    metrics = (await client.get("/metrics")).text
+    assert 'hub_http_requests_total{component="test",method="POST",status="200"}' in metrics
+    jwks = (await client.get("/.well-known/jwks.json")).json()
+    assert jwks["keys"][0]["kid"] == "hub-dev-1" and jwks["keys"][0]["kty"] == "RSA"
