@@ -9,6 +9,7 @@ header so one document's journey is one trace.
 
 from __future__ import annotations
 
+import builtins
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class CloudEvent:
     def topic(self) -> str:
         return type(self.data).TOPIC
 
-    def data_as(self, model: type[_T]) -> _T:
+    def data_as(self, model: builtins.type[_T]) -> _T:
         if not isinstance(self.data, model):
             raise EnvelopeError(f"event {self.id} is {self.type}, not {model.TYPE}")
         return self.data
@@ -129,5 +130,5 @@ def from_record(headers: dict[str, str], value: bytes) -> CloudEvent:
     )
 
 
-def event_json_schema(model: type[BaseModel]) -> dict[str, object]:
+def event_json_schema(model: builtins.type[BaseModel]) -> dict[str, object]:
     return model.model_json_schema(ref_template="#/components/schemas/{model}")

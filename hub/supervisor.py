@@ -43,6 +43,11 @@ class Running:
     component: Component
     process: subprocess.Popen[bytes]
     log_path: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -71,10 +76,20 @@ def start_broker(settings: HubSettings, port: int) -> tuple[str, EmbeddedBroker 
     return broker.bootstrap_servers, broker
 
 
-def start_component(component: Component, settings: HubSettings, bootstrap: str) -> Running:
-    if not _port_is_free(settings.host, component.port):
-        raise StartError(f"port {component.port} ({component.name}) is taken")
+def start_component(
+    component: Component,
+    settings: HubSettings,
+    bootstrap: str,
+    *,
+    port: int | None = None,
+    extra_environment: dict[str, str] | None = None,
+) -> Running:
+    """Start ``hub serve NAME`` as a child process with the hub's settings in its environment."""
+    port = port or component.port
+    if not _port_is_free(settings.host, port):
+        raise StartError(f"port {port} ({component.name}) is taken")
     log_path = settings.var_dir / "log" / f"{component.name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     environment = dict(os.environ)
     environment.update({
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -83,16 +98,17 @@ def start_component(component: Component, settings: HubSettings, bootstrap: str)
         "HUB_CORPUS_DIR": str(settings.corpus_dir),
         "HUB_SANDBOX_URL": environment.get("HUB_SANDBOX_URL", settings.sandbox_url),
     })
+    environment.update(extra_environment or {})
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hub.cli", "serve", component.name, "--port", str(component.port)],
+            [sys.executable, "-m", "hub.cli", "serve", component.name, "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
         )
-    return Running(component, process, log_path)
+    return Running(component, process, log_path, port)
 
 
 async def wait_healthy(running: Running, host: str, timeout: float = 60.0) -> None:
-    url = f"http://{host}:{running.component.port}/healthz"
+    url = f"http://{host}:{running.port}/healthz"
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=1.0) as client:
         while time.monotonic() < deadline:
@@ -173,8 +189,7 @@ def _print_table(settings: HubSettings, running: list[Running], bootstrap: str) 
         table.add_column(column)
     table.add_row("kafka", bootstrap, "", str(settings.var_dir / "log" / "broker.log"))
     for item in running:
-        url = f"http://{settings.host}:{item.component.port}"
-        table.add_row(item.component.name, url, str(item.process.pid), str(item.log_path))
+        table.add_row(item.component.name, item.url, str(item.process.pid), str(item.log_path))
     console.print(table)
     gateway = f"http://{settings.host}:8000"
     console.print(f"Dashboard: {gateway}/dashboard   Metrics: <url>/metrics   APIs: <url>/docs")

@@ -8,7 +8,7 @@ class with ``.v2``; both stay registered while consumers move over.
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -24,7 +24,7 @@ class EventData(BaseModel):
     TYPE: ClassVar[str]
     TOPIC: ClassVar[str]
 
-    def __init_subclass__(cls, **kwargs: object) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "TYPE" not in cls.__dict__:
             return

@@ -1,0 +1,285 @@
+"""Connector to the federal e-Box Enterprise REST API: publishes outgoing mail.
+
+One ``courrier.outgoing_mail.send_requested.v1`` event becomes one ``POST
+{base_url}/publishMessage`` (e-Box swagger v2.1): a multipart/form-data request
+whose ``messageToPublish`` part is the JSON ``MessageToPublish`` and whose
+``upfile1`` part is the letter, a PDF declared with its SHA-256 digest. The
+answer's ``messageId`` is the delivery's external reference.
+
+Access is OAuth2 client credentials. The token is cached until shortly before
+it expires; when the e-Box still answers 401 (a revoked or rotated token) the
+connector fetches a new one and tries once more.
+
+Each request carries ``Idempotency-Key: <delivery key>``, so a retry after a
+lost answer gets the first publication's answer instead of a second letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+from pydantic import Field, SecretStr, ValidationError
+
+from contracts.envelope import EnvelopeError
+from contracts.events.courrier import OutgoingMailSendRequested
+from contracts.identifiers import EnterpriseNumber, check_enterprise_number, check_niss
+from gateway.connectors.base import (
+    ConnectorContext,
+    ConnectorSettings,
+    Delivery,
+    DeliveryResult,
+    register_connector,
+)
+from gateway.errors import (
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    error_for_status,
+    translate_transport_errors,
+)
+
+TYPE_NAME = "ebox_rest"
+TARGET = "e-Box REST"
+#: A token is renewed this long before the e-Box would stop accepting it.
+TOKEN_RENEWAL_MARGIN_SECONDS = 30.0
+#: The e-Box's error code for a recipient who has not activated a digital e-Box.
+NO_DIGITAL_USER = "NO_DIGITAL_USER"
+#: Read by the clerk who asked to send the letter.
+NO_DIGITAL_EBOX_REASON = (
+    "The recipient has no digital e-Box, so the letter cannot be delivered there: "
+    "send it by post instead. (e-Box answer NO_DIGITAL_USER)"
+)
+LETTER_PART = "upfile1"
+PDF_MAGIC = b"%PDF-"
+
+
+class EboxRestSettings(ConnectorSettings):
+    type: Literal["ebox_rest"]
+    #: The publication API root; ``/publishMessage`` is appended.
+    base_url: str
+    token_url: str
+    client_id: str
+    client_secret: SecretStr
+    scope: str | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    #: The sender as the e-Box shows it: the commune's or CPAS's enterprise number
+    #: (BCE/KBO), and the application and message type registered with the e-Box.
+    #: The contract makes them optional; the e-Box registration of the sender decides.
+    sender_organization_id: EnterpriseNumber | None = None
+    sender_application_id: str | None = None
+    message_type_id: str | None = None
+    #: The language of the subject (French for most Walloon communes, German in the East).
+    language: Literal["fr", "de", "nl"] = "fr"
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str
+    renew_at: float  # on the connector's clock
+
+
+class EboxRestConnector:
+    type_name = TYPE_NAME
+
+    def __init__(
+        self,
+        settings: EboxRestSettings,
+        http: httpx.AsyncClient,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._http = http
+        self._clock = clock
+        self._timeout = httpx.Timeout(settings.timeout_seconds)
+        self._token: _Token | None = None
+        # Many deliveries run at once; one of them fetches the token, the others wait for it.
+        self._token_lock = asyncio.Lock()
+
+    async def deliver(self, delivery: Delivery) -> DeliveryResult:
+        try:
+            mail: OutgoingMailSendRequested = delivery.event.data_as(OutgoingMailSendRequested)
+        except EnvelopeError as exc:
+            raise PermanentDeliveryError(
+                f"{TARGET} delivers {OutgoingMailSendRequested.TYPE} only,"
+                f" not {delivery.event.type}"
+            ) from exc
+        letter = _letter_of(mail)
+        files = [
+            ("messageToPublish", (None, self._message_json(mail, letter), "application/json")),
+            (LETTER_PART, (_file_name(mail), letter, "application/pdf")),
+        ]
+        headers = {**delivery.trace_headers, "Idempotency-Key": delivery.idempotency_key}
+        with translate_transport_errors(TARGET):
+            token = await self._current_token()
+            response = await self._publish(files, headers, token)
+            if response.status_code == 401:
+                self._forget(token)
+                response = await self._publish(files, headers, await self._current_token())
+            return DeliveryResult(external_reference=_message_id(response))
+
+    async def aclose(self) -> None:
+        self._token = None  # the HTTP client is shared; the gateway closes it
+
+    # -- the publication ----------------------------------------------------------------
+
+    def _message_json(self, mail: OutgoingMailSendRequested, letter: bytes) -> bytes:
+        language = self.settings.language
+        message: dict[str, Any] = {
+            "recipient": _ebox_id(mail),
+            "subject": {language: mail.subject},
+            "bodyMainContent": False,
+            "replyAuthorized": False,
+            "attachments": [
+                {
+                    "httpPartName": LETTER_PART,
+                    "mainContent": True,
+                    "attachmentTitle": {language: mail.subject},
+                    "digest": {"digestMethod": "sha_256", "digestValue": _sha256_base64url(letter)},
+                }
+            ],
+        }
+        optional = {
+            "senderOrganizationId": self.settings.sender_organization_id,
+            "senderApplicationId": self.settings.sender_application_id,
+            "messageTypeId": self.settings.message_type_id,
+        }
+        message.update({name: value for name, value in optional.items() if value is not None})
+        return json.dumps(message).encode()
+
+    async def _publish(
+        self,
+        files: list[tuple[str, tuple[str | None, bytes, str]]],
+        headers: dict[str, str],
+        token: str,
+    ) -> httpx.Response:
+        return await self._http.post(
+            self.settings.base_url.rstrip("/") + "/publishMessage",
+            files=files,
+            headers={**headers, "Authorization": f"Bearer {token}"},
+            timeout=self._timeout,
+        )
+
+    # -- the token ----------------------------------------------------------------------
+
+    async def _current_token(self) -> str:
+        async with self._token_lock:
+            if self._token is None or self._clock() >= self._token.renew_at:
+                self._token = await self._fetch_token()
+            return self._token.value
+
+    def _forget(self, token: str) -> None:
+        # Only if no concurrent delivery has replaced it already.
+        if self._token is not None and self._token.value == token:
+            self._token = None
+
+    async def _fetch_token(self) -> _Token:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self.settings.client_id,
+            "client_secret": self.settings.client_secret.get_secret_value(),
+        }
+        if self.settings.scope:
+            form["scope"] = self.settings.scope
+        requested_at = self._clock()
+        response = await self._http.post(self.settings.token_url, data=form, timeout=self._timeout)
+        if response.status_code in (400, 401):
+            error = _json_field(response, "error") or response.text[:200]
+            raise PermanentDeliveryError(
+                f"{TARGET}: the token endpoint refused the hub's client credentials "
+                f"({error}); check client_id and client_secret of this tenant"
+            )
+        if response.is_error:
+            raise error_for_status(response.status_code, f"{TARGET} token endpoint")
+        value = _json_field(response, "access_token")
+        expires_in = _json_field(response, "expires_in")
+        if not isinstance(value, str) or not isinstance(expires_in, int | float):
+            raise RetryableDeliveryError(f"{TARGET}: the token endpoint's answer has no token")
+        return _Token(value, requested_at + expires_in - TOKEN_RENEWAL_MARGIN_SECONDS)
+
+
+# -- answers and letters ------------------------------------------------------------------
+
+
+def _message_id(response: httpx.Response) -> str:
+    if response.is_success:
+        message_id = _json_field(response, "messageId")
+        if not isinstance(message_id, str) or not message_id:
+            # It may have been published: retrying under the same idempotency key is safe.
+            raise RetryableDeliveryError(
+                f"{TARGET} answered {response.status_code} with no messageId"
+            )
+        return message_id
+    code = _json_field(response, "code")
+    if code == NO_DIGITAL_USER:
+        # A business answer, whatever its HTTP status: retrying never gives the recipient an e-Box.
+        raise PermanentDeliveryError(NO_DIGITAL_EBOX_REASON)
+    message = _json_field(response, "message")
+    detail = f"{code}: {message}" if code else response.text[:300]
+    raise error_for_status(response.status_code, f"{TARGET} {detail}")
+
+
+def _json_field(response: httpx.Response, name: str) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get(name) if isinstance(body, dict) else None
+
+
+def _ebox_id(mail: OutgoingMailSendRequested) -> dict[str, str]:
+    """The contract's ``EboxId``; the identifier is checked here so the clerk learns why."""
+    recipient = mail.recipient
+    try:
+        if recipient.kind == "person":
+            return {"eboxType": "citizen", "eboxIdValue": check_niss(recipient.identifier)}
+        return {
+            "eboxType": "enterprise",
+            "eboxIdValue": check_enterprise_number(recipient.identifier),
+        }
+    except ValueError as exc:
+        raise PermanentDeliveryError(f"The recipient's identifier is wrong: {exc}.") from exc
+
+
+def _letter_of(mail: OutgoingMailSendRequested) -> bytes:
+    try:
+        letter = base64.b64decode(mail.body_pdf_base64, validate=True)
+    except binascii.Error as exc:
+        raise PermanentDeliveryError("The letter's PDF is not valid base64.") from exc
+    if hashlib.md5(letter, usedforsecurity=False).hexdigest() != mail.body_pdf_md5:
+        raise PermanentDeliveryError("The letter's PDF does not match its MD5 checksum.")
+    if not letter.startswith(PDF_MAGIC):
+        raise PermanentDeliveryError("The letter is not a PDF document.")
+    return letter
+
+
+def _file_name(mail: OutgoingMailSendRequested) -> str:
+    # Registration numbers look like S2026/000123; a file name takes no slash.
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", mail.registration_number) + ".pdf"
+
+
+def _sha256_base64url(content: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(content).digest()).decode().rstrip("=")
+
+
+def create_connector(context: ConnectorContext, config: dict[str, Any]) -> EboxRestConnector:
+    try:
+        settings = EboxRestSettings.model_validate(config)
+    except ValidationError as exc:
+        # Without the input values: they would print the client secret.
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()
+        )
+        raise ValueError(f"tenant {context.tenant}: {TYPE_NAME} settings: {problems}") from exc
+    return EboxRestConnector(settings, context.http)
+
+
+register_connector(TYPE_NAME, create_connector)
