@@ -93,7 +93,9 @@ def to_record(event: CloudEvent, extra_headers: dict[str, str] | None = None) ->
     )
 
 
-def headers_as_text(headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> dict[str, str]:
+def headers_as_text(
+    headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...],
+) -> dict[str, str]:
     return {name: value.decode("utf-8", "replace") for name, value in headers}
 
 
@@ -114,7 +116,9 @@ def from_record(headers: dict[str, str], value: bytes) -> CloudEvent:
     try:
         data = model.model_validate(json.loads(value))
     except (ValueError, ValidationError) as exc:
-        raise EnvelopeError(f"{headers['ce_type']} data does not match its contract: {exc}") from exc
+        raise EnvelopeError(
+            f"{headers['ce_type']} data does not match its contract: {exc}"
+        ) from exc
     try:
         time = datetime.fromisoformat(headers.get("ce_time", ""))
     except ValueError as exc:

@@ -77,7 +77,9 @@ def router() -> APIRouter:
         if cursor:
             query = query.where(DeliveryRecord.id < cursor)
         async with sessions_of(request)() as session:
-            rows = list((await session.scalars(query.order_by(DeliveryRecord.id.desc()).limit(limit))).all())
+            rows = list(
+                (await session.scalars(query.order_by(DeliveryRecord.id.desc()).limit(limit))).all()
+            )
         return DeliveryPage(
             items=[DeliveryView.of(r) for r in rows],
             next_cursor=rows[-1].id if len(rows) == limit else None,

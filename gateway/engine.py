@@ -119,7 +119,9 @@ class DeliveryEngine:
 
     async def _handle_in_order(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> None:
         for record in records:
-            await self.handle_record(headers_as_text(record.headers), record.value or b"", record.topic)
+            await self.handle_record(
+                headers_as_text(record.headers), record.value or b"", record.topic
+            )
 
     async def handle_record(self, headers: dict[str, str], value: bytes, topic: str) -> None:
         try:
@@ -130,7 +132,9 @@ class DeliveryEngine:
             return
         routes = self._routing.routes_for(event.tenant, event.type)
         EVENTS_CONSUMED.labels("gateway", topic, "routed" if routes else "ignored").inc()
-        await asyncio.gather(*(self._first_attempt(event, route, headers, value) for route in routes))
+        await asyncio.gather(
+            *(self._first_attempt(event, route, headers, value) for route in routes)
+        )
 
     async def _first_attempt(
         self, event: CloudEvent, route: Route, headers: dict[str, str], value: bytes
@@ -140,7 +144,9 @@ class DeliveryEngine:
             known = await session.scalar(
                 select(DeliveryRecord.status).where(DeliveryRecord.idempotency_key == key)
             )
-            waiting_behind = known is None and await self._has_unfinished_earlier(session, event, route)
+            waiting_behind = known is None and await self._has_unfinished_earlier(
+                session, event, route
+            )
         if known is not None:
             return  # seen before a crash or a rebalance: recorded, or owned by the retries
         record = DeliveryRecord(
@@ -178,12 +184,14 @@ class DeliveryEngine:
         self, session: AsyncSession, event: CloudEvent, route: Route
     ) -> bool:
         found = await session.scalar(
-            select(DeliveryRecord.id).where(
+            select(DeliveryRecord.id)
+            .where(
                 DeliveryRecord.tenant == event.tenant,
                 DeliveryRecord.subject == event.subject,
                 DeliveryRecord.route == route.name,
                 DeliveryRecord.status == "retrying",
-            ).limit(1)
+            )
+            .limit(1)
         )
         return found is not None
 
@@ -192,10 +200,16 @@ class DeliveryEngine:
     async def _attempt(self, record: DeliveryRecord, event: CloudEvent, route: Route) -> Outcome:
         connector = self._connectors[(route.tenant, route.connector_name)]
         async with self._slots:
-            with continue_trace(record.record_headers), self._tracer.start_as_current_span(
-                f"deliver {route.name}",
-                attributes={"hub.route": route.name, "hub.tenant": route.tenant,
-                            "hub.idempotency_key": record.idempotency_key},
+            with (
+                continue_trace(record.record_headers),
+                self._tracer.start_as_current_span(
+                    f"deliver {route.name}",
+                    attributes={
+                        "hub.route": route.name,
+                        "hub.tenant": route.tenant,
+                        "hub.idempotency_key": record.idempotency_key,
+                    },
+                ),
             ):
                 delivery = Delivery(
                     idempotency_key=record.idempotency_key,
@@ -213,12 +227,18 @@ class DeliveryEngine:
                     return Outcome("retry", reason=exc.reason)
                 except Exception as exc:
                     # A connector bug must not lose the event: keep retrying, visibly.
-                    log.exception("connector %s crashed on %s", route.connector_type, record.idempotency_key)
+                    log.exception(
+                        "connector %s crashed on %s", route.connector_type, record.idempotency_key
+                    )
                     return Outcome("retry", reason=f"internal connector error: {exc!r}")
                 return Outcome("delivered", external_reference=result.external_reference)
 
     def _apply(
-        self, session: AsyncSession, record: DeliveryRecord, event: CloudEvent, route: Route,
+        self,
+        session: AsyncSession,
+        record: DeliveryRecord,
+        event: CloudEvent,
+        route: Route,
         outcome: Outcome,
     ) -> None:
         now = self._clock()
@@ -252,7 +272,10 @@ class DeliveryEngine:
             attempts=record.attempts,
         )
         with continue_trace(record.record_headers):
-            stage(session, new_event(receipt, tenant=event.tenant, subject=event.subject, source=SOURCE))
+            stage(
+                session,
+                new_event(receipt, tenant=event.tenant, subject=event.subject, source=SOURCE),
+            )
 
     # -- retrying ------------------------------------------------------------------
 

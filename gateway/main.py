@@ -9,7 +9,12 @@ import httpx
 from fastapi import FastAPI
 
 from gateway.api import dashboard_router, router
-from gateway.connectors.base import Connector, ConnectorContext, connector_types, load_plugin_connectors
+from gateway.connectors.base import (
+    Connector,
+    ConnectorContext,
+    connector_types,
+    load_plugin_connectors,
+)
 from gateway.deliveries import MIGRATIONS
 from gateway.engine import DeliveryEngine
 from gateway.routing import RoutingTable, load_routing
@@ -52,7 +57,9 @@ class GatewayOptions:
     concurrency: int = 64
 
 
-def build_app(settings: HubSettings | None = None, options: GatewayOptions | None = None) -> FastAPI:
+def build_app(
+    settings: HubSettings | None = None, options: GatewayOptions | None = None
+) -> FastAPI:
     settings = settings or get_settings()
     options = options or GatewayOptions()
     register_built_in_connectors()
@@ -61,23 +68,35 @@ def build_app(settings: HubSettings | None = None, options: GatewayOptions | Non
 
     async def startup(app: FastAPI) -> list[BackgroundTask]:
         engine = create_engine(
-            options.database_url or settings.database_url_for("gateway"), schema=options.database_schema
+            options.database_url or settings.database_url_for("gateway"),
+            schema=options.database_schema,
         )
         await migrate(engine, "gateway", MIGRATIONS, schema=options.database_schema)
         sessions = session_factory(engine)
-        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=100))
+        http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100)
+        )
         connectors = build_connectors(routing, settings, http)
         bootstrap = options.kafka_bootstrap_servers or settings.kafka_bootstrap_servers
         if not bootstrap:
-            raise RuntimeError("KAFKA_BOOTSTRAP_SERVERS is not set (hub up sets it for the embedded broker)")
+            raise RuntimeError(
+                "KAFKA_BOOTSTRAP_SERVERS is not set (hub up sets it for the embedded broker)"
+            )
         producer = make_producer(bootstrap, client_id="gateway")
         await producer.start()
         relay = OutboxRelay(sessions, producer, component="gateway")
         delivery_engine = DeliveryEngine(
-            sessions=sessions, routing=routing, connectors=connectors, relay=relay,
+            sessions=sessions,
+            routing=routing,
+            connectors=connectors,
+            relay=relay,
             concurrency=options.concurrency,
         )
-        app.state.db_engine, app.state.sessions, app.state.engine = engine, sessions, delivery_engine
+        app.state.db_engine, app.state.sessions, app.state.engine = (
+            engine,
+            sessions,
+            delivery_engine,
+        )
         app.state.resources = (producer, http, connectors)
 
         async def relay_receipts() -> None:
@@ -100,10 +119,12 @@ def build_app(settings: HubSettings | None = None, options: GatewayOptions | Non
         await app.state.db_engine.dispose()
 
     app = create_app(
-        "gateway", settings,
+        "gateway",
+        settings,
         title="Interop gateway",
         description="Delivers the hub's document events to external services and reports outcomes.",
-        startup=startup, shutdown=shutdown,
+        startup=startup,
+        shutdown=shutdown,
     )
     app.include_router(router())
     app.include_router(dashboard_router())

@@ -95,6 +95,7 @@ class RoutingTable:
 def expand_environment(value: Any, environ: dict[str, str] | None = None) -> Any:
     environ = dict(os.environ) if environ is None else environ
     if isinstance(value, str):
+
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in environ and environ[name] != "":
@@ -117,7 +118,9 @@ def expand_environment(value: Any, environ: dict[str, str] | None = None) -> Any
 
 
 def load_routing(
-    tenants: dict[str, Tenant], known_connector_types: set[str], environ: dict[str, str] | None = None
+    tenants: dict[str, Tenant],
+    known_connector_types: set[str],
+    environ: dict[str, str] | None = None,
 ) -> RoutingTable:
     table = RoutingTable()
     problems: list[str] = []

@@ -16,7 +16,9 @@ from kernel.logs import configure_logging
 from kernel.settings import get_settings
 from kernel.telemetry import configure_tracing
 
-app = typer.Typer(help="The e-government integration hub.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="The e-government integration hub.", no_args_is_help=True, add_completion=False
+)
 
 
 @app.command()
@@ -42,8 +44,12 @@ def serve(
     configure_tracing(component, settings.otlp_endpoint)
     target = BY_NAME[component]
     uvicorn.run(
-        target.factory, factory=True, host=settings.host, port=port or target.port,
-        log_config=None, access_log=False,
+        target.factory,
+        factory=True,
+        host=settings.host,
+        port=port or target.port,
+        log_config=None,
+        access_log=False,
     )
 
 
@@ -52,11 +58,15 @@ def topics() -> None:
     """Wait for the Kafka cluster and create the hub's topics (docker-compose runs this once)."""
     import asyncio
 
+    from hub.supervisor import prepare_development_material
     from kernel.kafka import TOPICS, ensure_topics, wait_for_broker
 
     settings = get_settings()
     if not settings.kafka_bootstrap_servers:
         raise typer.BadParameter("set KAFKA_BOOTSTRAP_SERVERS to the cluster to prepare")
+    if settings.environment == "development":
+        # Before any process starts, so replicas starting together find the keys made.
+        prepare_development_material(settings)
     asyncio.run(wait_for_broker(settings.kafka_bootstrap_servers, timeout=120))
     asyncio.run(ensure_topics(settings.kafka_bootstrap_servers))
     typer.echo("topics ready: " + ", ".join(f"{t} ({p} partitions)" for t, p in TOPICS.items()))
@@ -85,8 +95,9 @@ def demo(
     """Drive realistic traffic through a running hub and report outcomes."""
     from hub.demo import print_table, run_demo
 
-    results = run_demo(get_settings(), count=count, timeout=timeout, tenant=tenant,
-                       show_progress=not as_json)
+    results = run_demo(
+        get_settings(), count=count, timeout=timeout, tenant=tenant, show_progress=not as_json
+    )
     if as_json:
         typer.echo(json.dumps({name: result.as_dict() for name, result in results.items()}))
     else:

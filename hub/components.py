@@ -16,12 +16,24 @@ class Component:
 
 
 COMPONENTS: tuple[Component, ...] = (
-    Component("sandbox", "sandbox.app:build_app", DEFAULT_PORTS["sandbox"],
-              "simulated external services (e-Box REST and SOAP)"),
-    Component("courrier", "services.courrier.main:build_app", DEFAULT_PORTS["courrier"],
-              "mail registry API"),
-    Component("gateway", "gateway.main:build_app", DEFAULT_PORTS["gateway"],
-              "interop gateway, delivery API and dashboard"),
+    Component(
+        "sandbox",
+        "sandbox.app:build_app",
+        DEFAULT_PORTS["sandbox"],
+        "simulated external services (e-Box REST and SOAP)",
+    ),
+    Component(
+        "courrier",
+        "services.courrier.main:build_app",
+        DEFAULT_PORTS["courrier"],
+        "mail registry API",
+    ),
+    Component(
+        "gateway",
+        "gateway.main:build_app",
+        DEFAULT_PORTS["gateway"],
+        "interop gateway, delivery API and dashboard",
+    ),
 )
 
 BY_NAME = {component.name: component for component in COMPONENTS}

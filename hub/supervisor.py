@@ -70,7 +70,9 @@ def start_broker(settings: HubSettings, port: int) -> tuple[str, EmbeddedBroker 
     if settings.kafka_bootstrap_servers:
         return settings.kafka_bootstrap_servers, None
     if not _port_is_free("127.0.0.1", port):
-        raise StartError(f"port {port} (embedded broker) is taken; stop what uses it or pass --broker-port")
+        raise StartError(
+            f"port {port} (embedded broker) is taken; stop what uses it or pass --broker-port"
+        )
     broker = EmbeddedBroker(port=port, log_path=settings.var_dir / "log" / "broker.log")
     broker.start()
     return broker.bootstrap_servers, broker
@@ -91,18 +93,23 @@ def start_component(
     log_path = settings.var_dir / "log" / f"{component.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     environment = dict(os.environ)
-    environment.update({
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "HUB_VAR_DIR": str(settings.var_dir),
-        "HUB_TENANTS_DIR": str(settings.tenants_dir),
-        "HUB_CORPUS_DIR": str(settings.corpus_dir),
-        "HUB_SANDBOX_URL": environment.get("HUB_SANDBOX_URL", settings.sandbox_url),
-    })
+    environment.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "HUB_VAR_DIR": str(settings.var_dir),
+            "HUB_TENANTS_DIR": str(settings.tenants_dir),
+            "HUB_CORPUS_DIR": str(settings.corpus_dir),
+            "HUB_SANDBOX_URL": environment.get("HUB_SANDBOX_URL", settings.sandbox_url),
+        }
+    )
     environment.update(extra_environment or {})
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "hub.cli", "serve", component.name, "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            start_new_session=True,
         )
     return Running(component, process, log_path, port)
 
@@ -121,7 +128,9 @@ async def wait_healthy(running: Running, host: str, timeout: float = 60.0) -> No
                 if (await client.get(url)).status_code == 200:
                     return
             await asyncio.sleep(0.2)
-    raise StartError(f"{running.component.name} was not healthy after {timeout}s; see {running.log_path}")
+    raise StartError(
+        f"{running.component.name} was not healthy after {timeout}s; see {running.log_path}"
+    )
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -149,8 +158,13 @@ def run_hub(settings: HubSettings, broker_port: int) -> int:
     running: list[Running] = []
     broker: EmbeddedBroker | None = None
     try:
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=console, transient=False) as progress:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress:
             step = progress.add_task("Preparing development keys", total=None)
             prepare_development_material(settings)
             progress.update(step, description="[green]Development keys ready", completed=1, total=1)
@@ -160,16 +174,18 @@ def run_hub(settings: HubSettings, broker_port: int) -> int:
             asyncio.run(wait_for_broker(bootstrap))
             asyncio.run(ensure_topics(bootstrap))
             kind = "embedded Tansu" if broker else "external cluster"
-            progress.update(step, description=f"[green]Kafka ready ({kind}, {bootstrap})",
-                            completed=1, total=1)
+            progress.update(
+                step, description=f"[green]Kafka ready ({kind}, {bootstrap})", completed=1, total=1
+            )
 
             for component in COMPONENTS:
                 step = progress.add_task(f"Starting {component.name}", total=None)
                 item = start_component(component, settings, bootstrap)
                 running.append(item)
                 asyncio.run(wait_healthy(item, settings.host))
-                progress.update(step, description=f"[green]{component.name} is up",
-                                completed=1, total=1)
+                progress.update(
+                    step, description=f"[green]{component.name} is up", completed=1, total=1
+                )
         _print_table(settings, running, bootstrap)
         return _watch(running)
     except StartError as exc:
@@ -201,7 +217,8 @@ def _watch(running: list[Running]) -> int:
         for item in running:
             if item.process.poll() is not None:
                 console.print(
-                    f"[red]{item.component.name} stopped with code {item.process.returncode}[/red]; "
+                    f"[red]{item.component.name} stopped with code "
+                    f"{item.process.returncode}[/red]; "
                     f"last lines of {item.log_path}:\n{_tail(item.log_path)}"
                 )
                 return 1

@@ -68,8 +68,11 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(
-            413, "body-too-large", "Request body too large",
-            f"This API accepts bodies of at most {self.max_bytes} bytes.", scope.get("path"),
+            413,
+            "body-too-large",
+            "Request body too large",
+            f"This API accepts bodies of at most {self.max_bytes} bytes.",
+            scope.get("path"),
         )
         await response(scope, receive, send)
 
@@ -87,8 +90,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.token_verifier = TokenVerifier(settings)
-        tasks = [asyncio.create_task(job(), name=f"{component}:{job.__name__}")
-                 for job in (await startup(app) if startup else [])]
+        tasks = [
+            asyncio.create_task(job(), name=f"{component}:{job.__name__}")
+            for job in (await startup(app) if startup else [])
+        ]
         for task in tasks:
             task.add_done_callback(_report_crash)
         try:
@@ -110,8 +115,11 @@ def create_app(
 
     @app.middleware("http")
     async def trace_and_count(request: Request, call_next: Callable[..., Any]) -> Response:
-        with continue_trace(request.headers), tracer.start_as_current_span(
-            f"{request.method} {request.url.path}", kind=SpanKind.SERVER
+        with (
+            continue_trace(request.headers),
+            tracer.start_as_current_span(
+                f"{request.method} {request.url.path}", kind=SpanKind.SERVER
+            ),
         ):
             response: Response = await call_next(request)
         HTTP_REQUESTS.labels(component, request.method, str(response.status_code)).inc()
@@ -128,6 +136,7 @@ def create_app(
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     if settings.jwks_url is None:
+
         @app.get("/.well-known/jwks.json", include_in_schema=False)
         async def jwks() -> dict[str, Any]:
             return development_jwks(settings)

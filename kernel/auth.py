@@ -103,15 +103,15 @@ class TokenVerifier:
         self._settings = settings
         self._jwks_client = jwt.PyJWKClient(settings.jwks_url) if settings.jwks_url else None
         self._dev_key = (
-            None if settings.jwks_url
-            else load_or_create_issuer_key(settings.keys_dir).public_key()
+            None if settings.jwks_url else load_or_create_issuer_key(settings.keys_dir).public_key()
         )
 
     def verify(self, token: str) -> Caller:
         try:
             key: Any = (
                 self._jwks_client.get_signing_key_from_jwt(token).key
-                if self._jwks_client else self._dev_key
+                if self._jwks_client
+                else self._dev_key
             )
             claims = jwt.decode(
                 token,

@@ -65,14 +65,17 @@ class EventConsumer:
         handler = self._handlers.get(event.type)
         if handler is None:
             return self._count(topic, "ignored")
-        with continue_trace(headers), tracer(self._component).start_as_current_span(
-            f"handle {event.type}"
+        with (
+            continue_trace(headers),
+            tracer(self._component).start_as_current_span(f"handle {event.type}"),
         ):
             async with self._sessions() as session, session.begin():
                 if await session.get(InboxEntry, event.id) is not None:
                     return self._count(topic, "duplicate")
                 await handler(session, event)
-                session.add(InboxEntry(event_id=event.id, event_type=event.type, handled_at=utcnow()))
+                session.add(
+                    InboxEntry(event_id=event.id, event_type=event.type, handled_at=utcnow())
+                )
         if self._relay:
             self._relay.wake()
         return self._count(topic, "handled")
@@ -97,14 +100,19 @@ class EventConsumer:
                     while True:
                         try:
                             await self.handle(
-                                headers_as_text(record.headers), record.value or b"", partition.topic
+                                headers_as_text(record.headers),
+                                record.value or b"",
+                                partition.topic,
                             )
                             break
                         except Exception:
                             # The database is away or the handler failed: do not skip the
                             # event, do not commit past it; try again shortly.
-                            log.exception("%s could not handle an event on %s; retrying",
-                                          self._component, partition.topic)
+                            log.exception(
+                                "%s could not handle an event on %s; retrying",
+                                self._component,
+                                partition.topic,
+                            )
                             await asyncio.sleep(1.0)
             if batches:
                 await consumer.commit()

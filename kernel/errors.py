@@ -84,13 +84,21 @@ def install_problem_handlers(app: FastAPI) -> None:
         malformed = any(error.get("type") == "json_invalid" for error in exc.errors())
         if malformed:
             return problem_response(
-                400, "malformed-json", "Malformed JSON",
-                "The request body is not valid JSON.", request.url.path, errors=errors,
+                400,
+                "malformed-json",
+                "Malformed JSON",
+                "The request body is not valid JSON.",
+                request.url.path,
+                errors=errors,
             )
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return problem_response(
-            422, "invalid-request", "The request does not match the API contract",
-            summary, request.url.path, errors=errors,
+            422,
+            "invalid-request",
+            "The request does not match the API contract",
+            summary,
+            request.url.path,
+            errors=errors,
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -106,7 +114,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem_response(
-            500, "internal-error", "Internal error",
+            500,
+            "internal-error",
+            "Internal error",
             "The hub could not complete this request; nothing was stored. "
-            "Operators have the details in the logs.", request.url.path,
+            "Operators have the details in the logs.",
+            request.url.path,
         )

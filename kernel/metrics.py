@@ -5,14 +5,16 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 EVENTS_PUBLISHED = Counter(
-    "hub_events_published_total", "Events published to Kafka by the outbox relay",
+    "hub_events_published_total",
+    "Events published to Kafka by the outbox relay",
     ["component", "topic"],
 )
 EVENTS_CONSUMED = Counter(
     "hub_events_consumed_total", "Events consumed from Kafka", ["component", "topic", "outcome"]
 )
 DELIVERIES = Counter(
-    "hub_deliveries_total", "Delivery attempts by connector and outcome",
+    "hub_deliveries_total",
+    "Delivery attempts by connector and outcome",
     ["connector", "outcome"],
 )
 DELIVERY_LATENCY = Histogram(

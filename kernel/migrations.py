@@ -54,7 +54,9 @@ async def migrate(
     async with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             # Two processes starting together must not both migrate.
-            await connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:c))"), {"c": component})
+            await connection.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:c))"), {"c": component}
+            )
             if schema:
                 await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         return await connection.run_sync(_migrate_sync, component, migrations)

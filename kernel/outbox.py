@@ -90,7 +90,7 @@ class OutboxRelay:
         self._wakeup = asyncio.Event()
 
     def wake(self) -> None:
-        """Tell the relay a transaction with events just committed (no need to wait for the poll)."""
+        """A transaction with events just committed: publish now, not at the next poll."""
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -154,8 +154,12 @@ class OutboxRelay:
             await session.commit()
             if failed_keys:
                 first_error = next(r for r in results if isinstance(r, BaseException))
-                log.warning("%s outbox: %d keys not published yet: %s",
-                            self._component, len(failed_keys), first_error)
+                log.warning(
+                    "%s outbox: %d keys not published yet: %s",
+                    self._component,
+                    len(failed_keys),
+                    first_error,
+                )
             return len(sent_ids)
 
     async def purge_sent(self) -> None:
@@ -171,7 +175,9 @@ class OutboxRelay:
     async def pending_count(self) -> int:
         async with self._sessions() as session:
             count = await session.scalar(
-                select(func.count()).select_from(OutboxMessage).where(OutboxMessage.sent_at.is_(None))
+                select(func.count())
+                .select_from(OutboxMessage)
+                .where(OutboxMessage.sent_at.is_(None))
             )
             return int(count or 0)
 
@@ -180,7 +186,10 @@ class OutboxRelay:
 async def transaction(
     sessions: async_sessionmaker[AsyncSession], relay: OutboxRelay | None
 ) -> AsyncIterator[AsyncSession]:
-    """One unit of work: commit the document change and its staged events together, then wake the relay."""
+    """One unit of work: the document change and its staged events commit together.
+
+    Then the relay is woken so the events leave at once rather than at its next poll.
+    """
     async with sessions() as session, session.begin():
         yield session
     if relay is not None:

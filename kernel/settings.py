@@ -75,7 +75,8 @@ class HubSettings(BaseSettings):
             ]
             if missing:
                 raise ValueError(
-                    "HUB_ENVIRONMENT=production needs " + ", ".join(missing)
+                    "HUB_ENVIRONMENT=production needs "
+                    + ", ".join(missing)
                     + " (the embedded broker, SQLite and the development token issuer"
                     " are for development only)"
                 )

@@ -55,6 +55,8 @@ def load_tenants(directory: Path) -> dict[str, Tenant]:
 class UnknownTenant(ProblemError):
     def __init__(self, code: str) -> None:
         super().__init__(
-            403, "unknown-tenant", "Unknown tenant",
+            403,
+            "unknown-tenant",
+            "Unknown tenant",
             f"Tenant {code!r} is not configured on this hub; ask an operator to add it.",
         )

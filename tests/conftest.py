@@ -124,5 +124,3 @@ async def _drop_schema(url: str, schema: str) -> None:
 def _no_stray_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # A developer's shell may export DATABASE_URL; tests pick their databases explicitly.
     monkeypatch.delenv("DATABASE_URL", raising=False)
-
-

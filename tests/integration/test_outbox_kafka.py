@@ -34,8 +34,13 @@ async def test_relay_publishes_committed_events_in_order_per_key(
         for attempts in range(1, 21):
             async with transaction(sessions, relay) as session:
                 data = DeliveryReceipt(
-                    source_event_id="e", source_event_type="t", route="r", connector="c",
-                    idempotency_key="e:r", outcome="delivered", attempts=attempts,
+                    source_event_id="e",
+                    source_event_type="t",
+                    route="r",
+                    connector="c",
+                    idempotency_key="e:r",
+                    outcome="delivered",
+                    attempts=attempts,
                 )
                 stage(session, new_event(data, tenant="92137", subject=document, source="urn:test"))
         assert await relay.publish_pending() == 20
@@ -44,8 +49,11 @@ async def test_relay_publishes_committed_events_in_order_per_key(
         await engine.dispose()
 
     consumer = AIOKafkaConsumer(
-        "gateway.receipts", bootstrap_servers=kafka_bootstrap, group_id=f"t-{uuid.uuid4()}",
-        auto_offset_reset="earliest", enable_auto_commit=False,
+        "gateway.receipts",
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"t-{uuid.uuid4()}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     await consumer.start()
     seen: list[int] = []

@@ -20,8 +20,9 @@ class Greeting(BaseModel):
 
 
 def build(settings: HubSettings) -> FastAPI:
-    app = create_app("test", settings.model_copy(update={"max_body_bytes": 1000}),
-                     title="t", description="d")
+    app = create_app(
+        "test", settings.model_copy(update={"max_body_bytes": 1000}), title="t", description="d"
+    )
 
     @app.post("/greet")
     async def greet(body: Greeting, caller: CallerDep) -> dict[str, str]:
@@ -35,17 +36,25 @@ def build(settings: HubSettings) -> FastAPI:
 async def client(hub_settings: HubSettings) -> httpx.AsyncClient:
     app = build(hub_settings)
     transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        yield client
 
 
-def bearer(settings: HubSettings, tenant: str = "92137", scopes: tuple[str, ...] = ("test:write",)) -> dict[str, str]:
+def bearer(
+    settings: HubSettings, tenant: str = "92137", scopes: tuple[str, ...] = ("test:write",)
+) -> dict[str, str]:
     return {"Authorization": "Bearer " + issue_token(settings, tenant, list(scopes))}
 
 
-async def test_a_valid_token_names_the_tenant(client: httpx.AsyncClient, hub_settings: HubSettings) -> None:
-    response = await client.post("/greet", json={"name": "Ana", "times": 1}, headers=bearer(hub_settings))
+async def test_a_valid_token_names_the_tenant(
+    client: httpx.AsyncClient, hub_settings: HubSettings
+) -> None:
+    response = await client.post(
+        "/greet", json={"name": "Ana", "times": 1}, headers=bearer(hub_settings)
+    )
     assert response.json() == {"tenant": "92137", "hello": "Ana"}
 
 
@@ -63,10 +72,14 @@ async def test_missing_foreign_and_expired_tokens_are_refused(
     assert response.status_code == 401 and "not valid" in response.json()["detail"]
 
     expired = issue_token(hub_settings, "92137", ["test:write"], ttl=-10)
-    response = await client.post("/greet", json=body, headers={"Authorization": f"Bearer {expired}"})
+    response = await client.post(
+        "/greet", json=body, headers={"Authorization": f"Bearer {expired}"}
+    )
     assert response.json()["detail"] == "the bearer token has expired"
 
-    response = await client.post("/greet", json=body, headers=bearer(hub_settings, scopes=("test:read",)))
+    response = await client.post(
+        "/greet", json=body, headers=bearer(hub_settings, scopes=("test:read",))
+    )
     assert response.status_code == 403 and "test:write" in response.json()["detail"]
 
 
@@ -77,20 +90,31 @@ async def test_a_token_without_a_proper_tenant_is_refused(
 
     key = load_or_create_issuer_key(hub_settings.keys_dir)
     token = jwt.encode(
-        {"iss": hub_settings.jwt_issuer, "aud": hub_settings.jwt_audience, "exp": 2**31, "tenant": "ALL"},
-        key, algorithm="RS256",
+        {
+            "iss": hub_settings.jwt_issuer,
+            "aud": hub_settings.jwt_audience,
+            "exp": 2**31,
+            "tenant": "ALL",
+        },
+        key,
+        algorithm="RS256",
     )
-    response = await client.post("/greet", json={"name": "A", "times": 1},
-                                 headers={"Authorization": f"Bearer {token}"})
+    response = await client.post(
+        "/greet", json={"name": "A", "times": 1}, headers={"Authorization": f"Bearer {token}"}
+    )
     assert response.status_code == 401 and "5-digit" in response.json()["detail"]
 
 
-async def test_bad_bodies_get_specific_problems(client: httpx.AsyncClient, hub_settings: HubSettings) -> None:
+async def test_bad_bodies_get_specific_problems(
+    client: httpx.AsyncClient, hub_settings: HubSettings
+) -> None:
     headers = {**bearer(hub_settings), "content-type": "application/json"}
     malformed = await client.post("/greet", content=b'{"name": ', headers=headers)
     assert (malformed.status_code, malformed.json()["title"]) == (400, "Malformed JSON")
 
-    wrong = await client.post("/greet", json={"name": "A", "times": "many", "extra": 1}, headers=headers)
+    wrong = await client.post(
+        "/greet", json={"name": "A", "times": "many", "extra": 1}, headers=headers
+    )
     assert wrong.status_code == 422
     fields = {error["field"] for error in wrong.json()["errors"]}
     assert fields == {"times", "extra"}
@@ -99,7 +123,9 @@ async def test_bad_bodies_get_specific_problems(client: httpx.AsyncClient, hub_s
     assert huge.status_code == 413 and huge.json()["type"].endswith("/body-too-large")
 
 
-async def test_health_metrics_and_jwks(client: httpx.AsyncClient, hub_settings: HubSettings) -> None:
+async def test_health_metrics_and_jwks(
+    client: httpx.AsyncClient, hub_settings: HubSettings
+) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok", "component": "test"}
     await client.post("/greet", json={"name": "A", "times": 1}, headers=bearer(hub_settings))
     metrics = (await client.get("/metrics")).text

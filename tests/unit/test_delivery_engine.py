@@ -87,21 +87,30 @@ async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSess
 
 
 def make_engine(
-    sessions: async_sessionmaker[AsyncSession], connector: FakeConnector, clock: Clock,
+    sessions: async_sessionmaker[AsyncSession],
+    connector: FakeConnector,
+    clock: Clock,
     max_attempts: int = 3,
 ) -> DeliveryEngine:
     route = Route(TENANT, "outgoing-mail-ebox", SEND, "ebox", "fake")
     routing = RoutingTable(
         routes={(TENANT, SEND): [route]},
-        retry={TENANT: RetryPolicy(max_attempts=max_attempts, base_delay_seconds=1, max_delay_seconds=4)},
+        retry={
+            TENANT: RetryPolicy(
+                max_attempts=max_attempts, base_delay_seconds=1, max_delay_seconds=4
+            )
+        },
     )
-    return DeliveryEngine(sessions=sessions, routing=routing, connectors={(TENANT, "ebox"): connector},
-                          clock=clock)
+    return DeliveryEngine(
+        sessions=sessions, routing=routing, connectors={(TENANT, "ebox"): connector}, clock=clock
+    )
 
 
 async def deliveries(sessions: async_sessionmaker[AsyncSession]) -> list[DeliveryRecord]:
     async with sessions() as session:
-        return list((await session.scalars(select(DeliveryRecord).order_by(DeliveryRecord.id))).all())
+        return list(
+            (await session.scalars(select(DeliveryRecord).order_by(DeliveryRecord.id))).all()
+        )
 
 
 async def receipts(sessions: async_sessionmaker[AsyncSession]) -> list[DeliveryReceipt]:
@@ -110,20 +119,33 @@ async def receipts(sessions: async_sessionmaker[AsyncSession]) -> list[DeliveryR
     return [from_record(row.headers, row.value).data_as(DeliveryReceipt) for row in rows]
 
 
-async def test_a_delivered_event_is_recorded_with_a_receipt(sessions: async_sessionmaker[AsyncSession]) -> None:
+async def test_a_delivered_event_is_recorded_with_a_receipt(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
     connector, clock = FakeConnector(["ebox-42"]), Clock()
     event = mail_event()
-    await make_engine(sessions, connector, clock).handle_record(*as_record(event), "courrier.events")
+    await make_engine(sessions, connector, clock).handle_record(
+        *as_record(event), "courrier.events"
+    )
 
     assert [call.idempotency_key for call in connector.calls] == [f"{event.id}:outgoing-mail-ebox"]
     [record] = await deliveries(sessions)
-    assert (record.status, record.attempts, record.external_reference) == ("delivered", 1, "ebox-42")
+    assert (record.status, record.attempts, record.external_reference) == (
+        "delivered",
+        1,
+        "ebox-42",
+    )
     [receipt] = await receipts(sessions)
     assert (receipt.outcome, receipt.external_reference, receipt.source_event_id) == (
-        "delivered", "ebox-42", event.id)
+        "delivered",
+        "ebox-42",
+        event.id,
+    )
 
 
-async def test_an_event_consumed_twice_is_delivered_once(sessions: async_sessionmaker[AsyncSession]) -> None:
+async def test_an_event_consumed_twice_is_delivered_once(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
     connector, clock = FakeConnector(), Clock()
     engine = make_engine(sessions, connector, clock)
     headers, value = as_record(mail_event())

@@ -12,15 +12,20 @@ from contracts.events.courrier import OutgoingMailSendRequested, Recipient
 def sample() -> OutgoingMailSendRequested:
     pdf = b"%PDF-1.7"
     return OutgoingMailSendRequested(
-        mail_id="m1", registration_number="S2026/000001",
-        recipient=Recipient(kind="enterprise", identifier="0403170701"), subject="Taxe",
-        body_pdf_base64=base64.b64encode(pdf).decode(), body_pdf_md5=hashlib.md5(pdf).hexdigest(),
+        mail_id="m1",
+        registration_number="S2026/000001",
+        recipient=Recipient(kind="enterprise", identifier="0403170701"),
+        subject="Taxe",
+        body_pdf_base64=base64.b64encode(pdf).decode(),
+        body_pdf_md5=hashlib.md5(pdf).hexdigest(),
     )
 
 
 def test_binary_mode_round_trip_with_tenant_key() -> None:
     event = new_event(sample(), tenant="92137", subject="m1", source="urn:hub:courrier")
-    record = to_record(event, extra_headers={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
+    record = to_record(
+        event, extra_headers={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+    )
     headers = headers_as_text(record.headers)
     assert record.topic == "courrier.events"
     assert record.key == b"92137:m1"

@@ -37,8 +37,13 @@ class FakeSender:
 
 def receipt(subject: str, attempts: int = 1) -> Any:
     data = DeliveryReceipt(
-        source_event_id="e", source_event_type="t", route="r", connector="c",
-        idempotency_key="e:r", outcome="delivered", attempts=attempts,
+        source_event_id="e",
+        source_event_type="t",
+        route="r",
+        connector="c",
+        idempotency_key="e:r",
+        outcome="delivered",
+        attempts=attempts,
     )
     return new_event(data, tenant="92137", subject=subject, source="urn:test")
 
@@ -80,7 +85,10 @@ async def test_the_relay_publishes_in_order_and_marks_sent(
             stage(session, receipt("doc-1", attempts))
     assert await relay.publish_pending() == 3
     assert [key for _, key, _ in sender.sent] == [b"92137:doc-1"] * 3
-    assert [b'"attempts":%d' % n in value for n, (_, _, value) in zip((1, 2, 3), sender.sent, strict=True)] == [True] * 3
+    assert [
+        b'"attempts":%d' % n in value
+        for n, (_, _, value) in zip((1, 2, 3), sender.sent, strict=True)
+    ] == [True] * 3
     assert await pending(sessions) == 0
     assert await relay.publish_pending() == 0
 

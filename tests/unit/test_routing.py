@@ -25,7 +25,10 @@ def test_the_committed_tenant_files_are_valid() -> None:
 
 
 def test_every_problem_is_reported_with_its_file_and_field(tmp_path: Path) -> None:
-    write(tmp_path, "92137", f"""
+    write(
+        tmp_path,
+        "92137",
+        f"""
 tenant: "92137"
 name: Test
 connectors:
@@ -33,7 +36,8 @@ connectors:
 routes:
   - {{name: one, event_type: courrier.nothing.v1, connector: ebox}}
   - {{name: one, event_type: {SEND}, connector: missing}}
-""")
+""",
+    )
     with pytest.raises(RoutingConfigError) as raised:
         load_routing(load_tenants(tmp_path), {"ebox_soap"}, environ={})
     message = str(raised.value)
@@ -45,13 +49,17 @@ routes:
 
 
 def test_schema_errors_name_the_field(tmp_path: Path) -> None:
-    write(tmp_path, "92137", f"""
+    write(
+        tmp_path,
+        "92137",
+        f"""
 tenant: "92137"
 name: Test
 routes:
   - {{name: Bad Name, event_type: {SEND}, connector: ebox}}
 retry: {{max_attempts: 0}}
-""")
+""",
+    )
     with pytest.raises(RoutingConfigError) as raised:
         load_routing(load_tenants(tmp_path), {"ebox_soap"}, environ={})
     assert "routes.0.name: String should match pattern" in str(raised.value)
@@ -60,14 +68,16 @@ retry: {{max_attempts: 0}}
 
 def test_tenant_files_must_be_named_after_their_tenant(tmp_path: Path) -> None:
     write(tmp_path, "12345", 'tenant: "92137"\nname: Wrong file\n')
-    with pytest.raises(TenantConfigError, match="must be named 92137.yaml"):
+    with pytest.raises(TenantConfigError, match=r"must be named 92137\.yaml"):
         load_tenants(tmp_path)
 
 
 def test_environment_references_expand_innermost_first() -> None:
     template = "${OUTER:-${BASE:-http://127.0.0.1:8010}/ebox}"
     assert expand_environment(template, {}) == "http://127.0.0.1:8010/ebox"
-    assert expand_environment(template, {"BASE": "http://sandbox:8010"}) == "http://sandbox:8010/ebox"
+    assert (
+        expand_environment(template, {"BASE": "http://sandbox:8010"}) == "http://sandbox:8010/ebox"
+    )
     assert expand_environment(template, {"OUTER": "https://ebox.example"}) == "https://ebox.example"
     with pytest.raises(RoutingConfigError, match="SECRET is not set"):
         expand_environment({"secret": ["${SECRET}"]}, {})
