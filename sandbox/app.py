@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI, Request
 
 from kernel.app import create_app
 from kernel.settings import HubSettings, get_settings
+from sandbox import ebox_rest, ebox_soap
 from sandbox.recorder import FaultSettings, Recorder
 
 
@@ -55,10 +56,14 @@ def build_app(settings: HubSettings | None = None, recorder: Recorder | None = N
         "sandbox",
         settings,
         title="Hub sandbox",
-        description="Simulated external services (federal e-Box REST and SOAP) for development and tests.",
+        description=(
+            "Simulated external services (federal e-Box REST and SOAP) for development and tests."
+        ),
     )
     app.state.recorder = recorder
     app.include_router(control_router(recorder))
+    app.include_router(ebox_rest.router(recorder, settings))
+    app.include_router(ebox_soap.router(recorder, settings))
     return app
 
 

@@ -1,0 +1,304 @@
+# zeep ships py.typed but leaves most functions unannotated; calling them is intended here.
+"""Connector to the federal e-Box SOAP service ``EboxMessage`` v1 (WS-Security X.509, SHA-256).
+
+One ``courrier.outgoing_mail.send_requested.v1`` event becomes one
+``publishEboxMessage`` call, signed with the tenant's X.509 certificate
+(``gateway.wssecurity``: Timestamp, BinarySecurityToken, RSA-SHA256 over
+Body, Timestamp and token). The answer's ``ID`` is the delivery's external
+reference.
+
+The contract carries the letter as a SOAP-with-Attachments part: the
+request's ``Document/Content`` is a ``wsi:swaRef`` (``cid:…``) naming a MIME
+part of a ``multipart/related`` message. The signature covers the envelope,
+not the attachment, so the Body also carries the letter's SHA-256 ``Digest``: altering the PDF
+breaks the digest, altering the digest breaks the signature. zeep cannot
+send attachments, so zeep builds and signs the envelope and reads the answer
+(faults included), and this module wraps the envelope and the PDF into the
+multipart message and posts it through zeep's transport.
+
+Idempotency: the delivery's key travels as the ``Idempotency-Key`` header
+and, because the real service knows nothing of that header, also inside the
+signed Body as ``MessageID/Ticket``, the sender's own reference of the
+message. A Ticket holds at most 25 characters, so it is a digest of the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from lxml import etree
+from pydantic import Field, model_validator
+from zeep import AsyncClient
+from zeep import Settings as ZeepSettings
+from zeep.exceptions import Fault
+from zeep.transports import AsyncTransport
+from zeep.wsdl.bindings.soap import SoapBinding
+
+from contracts.envelope import EnvelopeError
+from contracts.events.courrier import OutgoingMailSendRequested
+from contracts.identifiers import EnterpriseNumber, check_enterprise_number, check_niss
+from gateway.connectors.base import (
+    ConnectorContext,
+    ConnectorSettings,
+    Delivery,
+    DeliveryResult,
+    register_connector,
+)
+from gateway.errors import (
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    translate_transport_errors,
+)
+from gateway.wssecurity import X509Signature
+from kernel.pki import ensure_tenant_signing_identity
+
+TYPE_NAME = "ebox_soap"
+TARGET = "e-Box SOAP"
+#: The contract's WSDL with the X.509 SHA-256 policy, under ``HubSettings.corpus_dir``.
+DEFAULT_WSDL = Path(
+    "contracts/ebox/soap/be/socialsecurity/eboxmessage/v1/EboxMessage-X509Sha256_v1.wsdl"
+)
+BINDING = "{http://socialsecurity.be/eboxmessage/v1}EboxMessageSOAPBinding"
+OPERATION = "publishEboxMessage"
+NO_DIGITAL_USER = "NO_DIGITAL_USER"
+ERRORS_NS = "http://socialsecurity.be/errors/v1"
+TICKET_LENGTH = 25  # the contract's Ticket: at most 25 characters
+PDF_MAGIC = b"%PDF-"
+
+
+class EboxSoapSettings(ConnectorSettings):
+    type: Literal["ebox_soap"]
+    endpoint: str = Field(pattern=r"^https?://")
+    #: Defaults to the corpus WSDL; loaded once, when the connector is built.
+    wsdl: Path | None = None
+    #: The tenant's signing key and certificate (PEM). Unset in development: the hub's
+    #: self-signed tenant identity (kernel/pki.py). Production names the federal PKI's.
+    key_file: Path | None = None
+    cert_file: Path | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    #: The sender as the e-Box registered it: the application and the commune's or CPAS's
+    #: enterprise number (``SenderID``, optional in the contract), and the message type.
+    sender_application: str = Field(default="wallonia-interop-hub", min_length=1, max_length=150)
+    sender_institution: EnterpriseNumber | None = None
+    message_type: str = Field(default="OUTGOING_MAIL", min_length=6, max_length=80)
+
+    @model_validator(mode="after")
+    def _key_and_certificate_together(self) -> EboxSoapSettings:
+        if (self.key_file is None) != (self.cert_file is None):
+            raise ValueError("key_file and cert_file are given together, or neither")
+        return self
+
+
+class _SharedPoolTransport(AsyncTransport):
+    """zeep's httpx transport over the gateway's shared pool, with this connector's timeout."""
+
+    def __init__(self, http: httpx.AsyncClient, timeout_seconds: float) -> None:
+        headers = http.headers.copy()
+        super().__init__(client=http)  # type: ignore[no-untyped-call]  # zeep: untyped
+        http.headers = headers  # AsyncTransport replaces the client's headers; the pool is shared
+        self._timeout = httpx.Timeout(timeout_seconds)
+
+    async def post(self, address: str, message: bytes, headers: dict[str, str]) -> httpx.Response:
+        # No logging of the message here (zeep's would): it holds national numbers.
+        return await self.client.post(
+            address, content=message, headers=headers, timeout=self._timeout
+        )
+
+    async def aclose(self) -> None:
+        self.wsdl_client.close()  # only the WSDL loader is ours; the gateway closes the pool
+
+
+class EboxSoapConnector:
+    type_name = TYPE_NAME
+
+    def __init__(self, ctx: ConnectorContext, settings: EboxSoapSettings) -> None:
+        self.settings = settings
+        key_file, cert_file = _signing_files(ctx, settings)
+        self._transport = _SharedPoolTransport(ctx.http, settings.timeout_seconds)
+        self._client = AsyncClient(
+            str(settings.wsdl or ctx.hub.corpus_dir / DEFAULT_WSDL),
+            transport=self._transport,
+            wsse=X509Signature.from_files(key_file, cert_file),
+            settings=ZeepSettings(forbid_dtd=True, forbid_entities=True, forbid_external=True),
+        )
+        self._service = self._client.create_service(BINDING, settings.endpoint)
+        binding = self._client.wsdl.bindings[BINDING]
+        if not isinstance(binding, SoapBinding):
+            raise ValueError(f"{BINDING} of the e-Box WSDL is not a SOAP binding")
+        self._binding = binding
+        self._operation = self._binding.get(OPERATION)
+
+    async def deliver(self, delivery: Delivery) -> DeliveryResult:
+        try:
+            mail: OutgoingMailSendRequested = delivery.event.data_as(OutgoingMailSendRequested)
+        except EnvelopeError as exc:
+            raise PermanentDeliveryError(
+                f"{TARGET} delivers {OutgoingMailSendRequested.TYPE} only,"
+                f" not {delivery.event.type}"
+            ) from exc
+        letter = _letter_of(mail)
+        ticket = ticket_for(delivery.idempotency_key)
+        content_id = f"letter-{ticket}@hub"
+        with translate_transport_errors(TARGET):
+            envelope = self._client.create_message(
+                self._service, OPERATION, **self._request(mail, ticket, content_id, letter)
+            )
+            payload, content_type = soap_with_attachment(
+                _serialise(envelope), content_id, letter, "application/pdf"
+            )
+            headers = {
+                **delivery.trace_headers,
+                "Content-Type": content_type,
+                "SOAPAction": '""',
+                "Idempotency-Key": delivery.idempotency_key,
+            }
+            response = await self._transport.post(self.settings.endpoint, payload, headers)
+            try:
+                answer = self._binding.process_reply(
+                    self._client,
+                    self._operation,
+                    self._transport.new_response(response),  # type: ignore[no-untyped-call]
+                )
+            except Fault as fault:
+                if business_error_code(fault) == NO_DIGITAL_USER:
+                    raise PermanentDeliveryError("the recipient has no digital e-Box") from fault
+                raise
+        # zeep hands back the response's only child, ID, as itself.
+        message_id = answer if isinstance(answer, str) else getattr(answer, "ID", None)
+        if not message_id:
+            # It may have been published: a retry under the same Ticket is answered, not re-sent.
+            raise RetryableDeliveryError(f"{TARGET} answered without a message ID")
+        return DeliveryResult(external_reference=str(message_id))
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    def _request(
+        self, mail: OutgoingMailSendRequested, ticket: str, content_id: str, letter: bytes
+    ) -> dict[str, Any]:
+        settings = self.settings
+        sender = (
+            {"Application": settings.sender_application, "Institution": settings.sender_institution}
+            if settings.sender_institution
+            else None
+        )
+        return {
+            "MessageID": {"Ticket": ticket},
+            "SenderID": sender,
+            "RecipientID": [_recipient(mail)],
+            "MessageType": settings.message_type,
+            "Document": {
+                "Title": mail.subject,
+                "Content": f"cid:{content_id}",
+                "Digest": {
+                    "DigestMethod": "SHA-256",
+                    "DigestValue": hashlib.sha256(letter).digest(),
+                },
+                "DownloadFileName": _file_name(mail),
+                "MIME": "application/pdf",
+            },
+        }
+
+
+def ticket_for(idempotency_key: str) -> str:
+    """The ``MessageID/Ticket`` standing for an idempotency key (125 bits of its SHA-256)."""
+    digest = hashlib.sha256(idempotency_key.encode()).digest()
+    return base64.b32encode(digest).decode("ascii").lower()[:TICKET_LENGTH]
+
+
+def soap_with_attachment(
+    envelope: bytes, content_id: str, content: bytes, media_type: str
+) -> tuple[bytes, str]:
+    """A SOAP 1.1 with Attachments message: the envelope, then one attachment part.
+
+    Returns the body and its ``Content-Type``.
+    """
+    boundary = f"uuid:{uuid.uuid4()}"
+    root_id = "<envelope@hub>"
+    parts = [
+        (
+            f"Content-Type: text/xml; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+            f"Content-ID: {root_id}\r\n\r\n",
+            envelope,
+        ),
+        (
+            f"Content-Type: {media_type}\r\nContent-Transfer-Encoding: binary\r\n"
+            f"Content-ID: <{content_id}>\r\n\r\n",
+            content,
+        ),
+    ]
+    body = b"".join(
+        f"--{boundary}\r\n{headers}".encode("ascii") + data + b"\r\n" for headers, data in parts
+    )
+    body += f"--{boundary}--\r\n".encode("ascii")
+    content_type = f'multipart/related; type="text/xml"; start="{root_id}"; boundary="{boundary}"'
+    return body, content_type
+
+
+def business_error_code(fault: Fault) -> str | None:
+    """The ``Code`` of the contract's ``BusinessError`` fault detail, if the fault carries one."""
+    detail = fault.detail
+    if detail is None:
+        return None
+    code = detail.find(f"{{{ERRORS_NS}}}BusinessError/{{{ERRORS_NS}}}Code")
+    return code.text.strip() if code is not None and code.text else None
+
+
+def _serialise(envelope: etree._Element) -> bytes:
+    serialised: bytes = etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+    return serialised
+
+
+def _signing_files(ctx: ConnectorContext, settings: EboxSoapSettings) -> tuple[Path, Path]:
+    if settings.key_file and settings.cert_file:
+        return settings.key_file, settings.cert_file
+    if ctx.hub.environment == "production":
+        raise ValueError(
+            f"tenant {ctx.tenant}: the ebox_soap connector needs key_file and cert_file in"
+            " production (the tenant's certificate from the federal PKI)"
+        )
+    return ensure_tenant_signing_identity(ctx.hub.keys_dir, ctx.tenant)
+
+
+def _recipient(mail: OutgoingMailSendRequested) -> dict[str, str]:
+    """The contract's ``RecipientID``; the identifier is checked here so the clerk learns why."""
+    recipient = mail.recipient
+    try:
+        if recipient.kind == "person":
+            return {"INSS": check_niss(recipient.identifier), "EboxType": "CITIZEN"}
+        company = check_enterprise_number(recipient.identifier)
+        return {"CompanyID": company, "EboxType": "ENTERPRISE"}
+    except ValueError as exc:
+        raise PermanentDeliveryError(f"The recipient's identifier is wrong: {exc}.") from exc
+
+
+def _letter_of(mail: OutgoingMailSendRequested) -> bytes:
+    try:
+        letter = base64.b64decode(mail.body_pdf_base64, validate=True)
+    except binascii.Error as exc:
+        raise PermanentDeliveryError("The letter's PDF is not valid base64.") from exc
+    if hashlib.md5(letter, usedforsecurity=False).hexdigest() != mail.body_pdf_md5:
+        raise PermanentDeliveryError("The letter's PDF does not match its MD5 checksum.")
+    if not letter.startswith(PDF_MAGIC):
+        raise PermanentDeliveryError("The letter is not a PDF document.")
+    return letter
+
+
+def _file_name(mail: OutgoingMailSendRequested) -> str:
+    """``DownloadFileName`` (1 to 80 characters): the registration number, made file-safe."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", mail.registration_number).strip("-.") or "letter"
+    return stem[:76] + ".pdf"
+
+
+def _build(ctx: ConnectorContext, raw: dict[str, Any]) -> EboxSoapConnector:
+    return EboxSoapConnector(ctx, EboxSoapSettings.model_validate(raw))
+
+
+register_connector(TYPE_NAME, _build)

@@ -1,0 +1,416 @@
+"""WS-Security X.509 signatures (SHA-256), for senders and receivers.
+
+The one WS-Security module of the hub: every SOAP connector that must sign
+(the federal e-Box, the regional oversight service…) uses ``X509Signature``
+as its zeep ``wsse`` plugin, and every simulated receiver checks messages
+with ``verify_signed_envelope``.
+
+What a signed message looks like (the e-Box ``X509_SHA256`` policy:
+X.509 token always sent to the recipient, Basic256Sha256, IncludeTimestamp,
+ProtectTokens, signed Body)::
+
+    soap:Header/wsse:Security  (soap:mustUnderstand="1")
+        wsu:Timestamp           Created, Expires (Created + 5 minutes)
+        wsse:BinarySecurityToken  the signer's X.509 certificate (base64 DER)
+        ds:Signature            RSA-SHA256 over an exc-c14n SignedInfo whose
+                                three References (SHA-256, exc-c14n) cover the
+                                Timestamp, the token and the soap:Body; KeyInfo
+                                points at the token (SecurityTokenReference)
+
+A receiver accepts a message only when all of this holds, checked in this
+order so the reason it gives is the first thing wrong: the XML is safe to
+parse (no DOCTYPE, no entities), the Timestamp is fresh, the references use
+exactly the algorithms above and each points (by ``wsu:Id``, unique in the
+message) at one element, the Body and the Timestamp are among them, the
+token's certificate is one of the trusted ones (by SHA-256 fingerprint) and
+currently valid, and xmlsec verifies the signature with that certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import xmlsec
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from lxml import etree
+
+from kernel.pki import tenant_of
+
+SOAP11_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP12_ENV = "http://www.w3.org/2003/05/soap-envelope"
+WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+WSU = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
+DS = "http://www.w3.org/2000/09/xmldsig#"
+X509V3 = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-x509-token-profile-1.0#X509v3"
+BASE64_BINARY = (
+    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary"
+)
+EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
+RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
+SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"
+
+WSU_ID = f"{{{WSU}}}Id"
+_ID_ATTRIBUTES = (WSU_ID, "Id", "ID", "{http://www.w3.org/XML/1998/namespace}id")
+TIMESTAMP_LIFETIME = timedelta(minutes=5)
+#: Tolerated difference between the sender's clock and ours.
+CLOCK_SKEW = timedelta(minutes=1)
+
+
+class SignatureError(Exception):
+    """A message that must not be trusted; ``reason`` says why in words a sender can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UntrustedCertificateError(SignatureError):
+    """Signed with a certificate the receiver does not trust (yet: its trust store may be stale)."""
+
+
+# --------------------------------------------------------------------------- signing
+
+
+class X509Signature:
+    """zeep ``wsse`` plugin: timestamp, include the certificate and sign (RSA-SHA256).
+
+    ``apply`` runs on every outgoing envelope after zeep's other plugins, so
+    nothing changes the message once it is signed.
+    """
+
+    def __init__(
+        self,
+        key_pem: bytes,
+        cert_pem: bytes,
+        *,
+        password: str | None = None,
+        timestamp_lifetime: timedelta = TIMESTAMP_LIFETIME,
+    ) -> None:
+        private_key = serialization.load_pem_private_key(
+            key_pem, password.encode() if password else None
+        )
+        self.certificate = x509.load_pem_x509_certificate(cert_pem)
+        if private_key.public_key() != self.certificate.public_key():
+            raise ValueError("the signing key does not belong to the signing certificate")
+        self._key = xmlsec.Key.from_memory(key_pem, xmlsec.constants.KeyDataFormatPem, password)
+        self._token = base64.b64encode(
+            self.certificate.public_bytes(serialization.Encoding.DER)
+        ).decode("ascii")
+        self._lifetime = timestamp_lifetime
+
+    @classmethod
+    def from_files(
+        cls,
+        key_file: Path,
+        cert_file: Path,
+        *,
+        password: str | None = None,
+        timestamp_lifetime: timedelta = TIMESTAMP_LIFETIME,
+    ) -> X509Signature:
+        return cls(
+            key_file.read_bytes(),
+            cert_file.read_bytes(),
+            password=password,
+            timestamp_lifetime=timestamp_lifetime,
+        )
+
+    def apply(self, envelope: etree._Element, headers: dict[str, Any]) -> tuple[Any, Any]:
+        self.sign(envelope)
+        return envelope, headers
+
+    def verify(self, envelope: etree._Element) -> etree._Element:
+        # The e-Box policy signs requests only; answers come over TLS unsigned.
+        return envelope
+
+    def sign(self, envelope: etree._Element, now: datetime | None = None) -> None:
+        soap_env = _soap_namespace(envelope)
+        body = envelope.find(f"{{{soap_env}}}Body")
+        if body is None:
+            raise ValueError("the SOAP envelope has no Body to sign")
+        security = _new_security_header(envelope, soap_env)
+
+        created = now or datetime.now(UTC)
+        timestamp = etree.SubElement(security, f"{{{WSU}}}Timestamp", nsmap={"wsu": WSU})
+        etree.SubElement(timestamp, f"{{{WSU}}}Created").text = _instant(created)
+        etree.SubElement(timestamp, f"{{{WSU}}}Expires").text = _instant(created + self._lifetime)
+
+        token = etree.SubElement(
+            security,
+            f"{{{WSSE}}}BinarySecurityToken",
+            {"ValueType": X509V3, "EncodingType": BASE64_BINARY},
+        )
+        token.text = self._token
+
+        signature = xmlsec.template.create(
+            envelope,
+            xmlsec.constants.TransformExclC14N,
+            xmlsec.constants.TransformRsaSha256,
+            ns="ds",
+        )
+        security.append(signature)
+        context = xmlsec.SignatureContext()
+        # The token is signed too (ProtectTokens): nobody can swap in another certificate.
+        for node in (timestamp, token, body):
+            node_id = node.get(WSU_ID) or f"id-{uuid.uuid4()}"
+            node.set(WSU_ID, node_id)
+            context.register_id(node, "Id", WSU)
+            reference = xmlsec.template.add_reference(
+                signature, xmlsec.constants.TransformSha256, uri=f"#{node_id}"
+            )
+            xmlsec.template.add_transform(reference, xmlsec.constants.TransformExclC14N)
+        context.key = self._key
+        context.sign(signature)
+
+        # KeyInfo is not signed; added afterwards so xmlsec does not try to fill it itself.
+        key_info = etree.SubElement(signature, f"{{{DS}}}KeyInfo")
+        token_reference = etree.SubElement(key_info, f"{{{WSSE}}}SecurityTokenReference")
+        etree.SubElement(
+            token_reference,
+            f"{{{WSSE}}}Reference",
+            {"URI": f"#{token.get(WSU_ID)}", "ValueType": X509V3},
+        )
+
+
+def _new_security_header(envelope: etree._Element, soap_env: str) -> etree._Element:
+    header = envelope.find(f"{{{soap_env}}}Header")
+    if header is None:
+        header = etree.Element(f"{{{soap_env}}}Header")
+        envelope.insert(0, header)
+    if header.find(f"{{{WSSE}}}Security") is not None:
+        raise ValueError("the envelope already carries a wsse:Security header")
+    security = etree.SubElement(header, f"{{{WSSE}}}Security", nsmap={"wsse": WSSE, "wsu": WSU})
+    security.set(f"{{{soap_env}}}mustUnderstand", "1")
+    return security
+
+
+def _instant(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- verifying
+
+
+@dataclass(frozen=True)
+class VerifiedEnvelope:
+    envelope: etree._Element
+    body: etree._Element
+    certificate: x509.Certificate
+    subject: str  # RFC 4514, e.g. "O=92137,CN=hub-92137"
+    tenant: str | None  # the hub tenant the certificate speaks for, if it is a hub certificate
+    created: datetime
+
+
+def parse_xml_safely(data: bytes) -> etree._Element:
+    """Parse untrusted XML: no DTD, no entities, no network, libxml2's size limits kept."""
+    # Refused before parsing: a DOCTYPE is how billion-laughs and external entities get in.
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise SignatureError("DOCTYPE and ENTITY declarations are not accepted in SOAP messages")
+    parser = etree.XMLParser(
+        resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False
+    )
+    try:
+        root = etree.fromstring(data, parser=parser)
+    except etree.XMLSyntaxError as exc:
+        raise SignatureError(f"the message is not well-formed XML: {exc}") from exc
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:  # e.g. hidden by a UTF-16 encoding
+        raise SignatureError("DOCTYPE and ENTITY declarations are not accepted in SOAP messages")
+    return root
+
+
+def verify_signed_envelope(
+    envelope_bytes: bytes,
+    trusted_certificates: Iterable[x509.Certificate],
+    *,
+    now: datetime | None = None,
+    max_age: timedelta = TIMESTAMP_LIFETIME,
+) -> VerifiedEnvelope:
+    """Check a signed SOAP message (see the module docstring) or raise ``SignatureError``."""
+    envelope = parse_xml_safely(envelope_bytes)
+    soap_env = _soap_namespace(envelope)
+    body = _only_child(envelope, f"{{{soap_env}}}Body", "SOAP Body")
+    header = envelope.find(f"{{{soap_env}}}Header")
+    if header is None:
+        raise SignatureError("the message is not signed: it has no SOAP Header")
+    security = _only_child(header, f"{{{WSSE}}}Security", "wsse:Security header")
+    timestamp = _only_child(security, f"{{{WSU}}}Timestamp", "wsu:Timestamp")
+    created = _check_freshness(timestamp, now or datetime.now(UTC), max_age)
+    signature = _only_child(security, f"{{{DS}}}Signature", "ds:Signature")
+
+    elements_by_id = _elements_by_id(envelope)
+    signed = _signed_elements(signature, elements_by_id)
+    if not any(element is body for element in signed):
+        raise SignatureError("the signature does not cover the SOAP Body")
+    if not any(element is timestamp for element in signed):
+        raise SignatureError("the signature does not cover the wsu:Timestamp")
+
+    certificate = _trusted_token_certificate(
+        signature, security, elements_by_id, trusted_certificates, now or datetime.now(UTC)
+    )
+    context = xmlsec.SignatureContext()
+    for element in elements_by_id.values():
+        context.register_id(element, "Id", WSU)
+    # The key is the trusted certificate's, never one read from the message's KeyInfo.
+    context.key = xmlsec.Key.from_memory(
+        certificate.public_bytes(serialization.Encoding.DER),
+        xmlsec.constants.KeyDataFormatCertDer,
+    )
+    try:
+        context.verify(signature)
+    except xmlsec.Error as exc:
+        raise SignatureError(
+            "the signature does not match the signed content"
+            " (the Body, the Timestamp or the token was changed after signing)"
+        ) from exc
+    return VerifiedEnvelope(
+        envelope=envelope,
+        body=body,
+        certificate=certificate,
+        subject=certificate.subject.rfc4514_string(),
+        tenant=tenant_of(certificate),
+        created=created,
+    )
+
+
+def _soap_namespace(envelope: etree._Element) -> str:
+    qname = etree.QName(envelope)
+    if qname.localname != "Envelope" or qname.namespace not in (SOAP11_ENV, SOAP12_ENV):
+        raise SignatureError("the message is not a SOAP envelope")
+    return qname.namespace
+
+
+def _only_child(parent: etree._Element, tag: str, what: str) -> etree._Element:
+    found = parent.findall(tag)
+    if not found:
+        raise SignatureError(f"the message is not signed: it has no {what}")
+    if len(found) > 1:
+        raise SignatureError(f"the message has more than one {what}")
+    return found[0]
+
+
+def _check_freshness(timestamp: etree._Element, now: datetime, max_age: timedelta) -> datetime:
+    created = _parse_instant(timestamp.findtext(f"{{{WSU}}}Created"), "Created")
+    expires = _parse_instant(timestamp.findtext(f"{{{WSU}}}Expires"), "Expires")
+    if created > now + CLOCK_SKEW:
+        raise SignatureError(f"the wsu:Timestamp was created in the future ({_instant(created)})")
+    if expires <= now - CLOCK_SKEW:
+        raise SignatureError(f"the message expired at {_instant(expires)}")
+    # Expires is the sender's word; the age limit is ours, so a far Expires cannot widen replays.
+    if now - created > max_age + CLOCK_SKEW:
+        raise SignatureError(
+            f"the message is too old (created {_instant(created)},"
+            f" accepted for {int(max_age.total_seconds())} s)"
+        )
+    return created
+
+
+def _parse_instant(text: str | None, name: str) -> datetime:
+    if not text:
+        raise SignatureError(f"the wsu:Timestamp has no {name}")
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise SignatureError(f"the wsu:Timestamp {name} {text!r} is not a date-time") from exc
+    if moment.tzinfo is None:
+        raise SignatureError(f"the wsu:Timestamp {name} {text!r} has no time zone")
+    return moment
+
+
+def _elements_by_id(envelope: etree._Element) -> dict[str, etree._Element]:
+    """The elements carrying a ``wsu:Id``, by id.
+
+    An id used twice, under any of the attribute names an XML signature library
+    may resolve, is refused: that is how signature wrapping hides the signed
+    Body in the header and puts a forged one in its place.
+    """
+    found: dict[str, etree._Element] = {}
+    seen: set[str] = set()
+    for element in envelope.iter():
+        if not isinstance(element.tag, str):  # comments, processing instructions
+            continue
+        for attribute in _ID_ATTRIBUTES:
+            node_id = element.get(attribute)
+            if node_id is None:
+                continue
+            if node_id in seen:
+                raise SignatureError(f"more than one element has the id {node_id!r}")
+            seen.add(node_id)
+            if attribute == WSU_ID:
+                found[node_id] = element
+    return found
+
+
+def _signed_elements(
+    signature: etree._Element, elements_by_id: dict[str, etree._Element]
+) -> list[etree._Element]:
+    ns = {"ds": DS}
+    signed_info = _only_child(signature, f"{{{DS}}}SignedInfo", "ds:SignedInfo")
+    if signed_info.xpath("string(ds:CanonicalizationMethod/@Algorithm)", namespaces=ns) != EXC_C14N:
+        raise SignatureError("SignedInfo must be canonicalised with exclusive C14N")
+    if signed_info.xpath("string(ds:SignatureMethod/@Algorithm)", namespaces=ns) != RSA_SHA256:
+        raise SignatureError("the signature method must be RSA-SHA256")
+    signed = []
+    for reference in signed_info.findall(f"{{{DS}}}Reference"):
+        uri = reference.get("URI") or ""
+        # Only same-message references by wsu:Id: no XPointer, no whole document, no fetching.
+        if not uri.startswith("#") or uri[1:] not in elements_by_id:
+            raise SignatureError(f"signature reference {uri!r} does not name an element by wsu:Id")
+        if reference.xpath("string(ds:DigestMethod/@Algorithm)", namespaces=ns) != SHA256:
+            raise SignatureError(f"signature reference {uri!r} must use a SHA-256 digest")
+        transforms = reference.xpath("ds:Transforms/ds:Transform/@Algorithm", namespaces=ns)
+        if transforms != [EXC_C14N]:
+            raise SignatureError(
+                f"signature reference {uri!r} may only use the exclusive C14N transform"
+            )
+        signed.append(elements_by_id[uri[1:]])
+    return signed
+
+
+def _trusted_token_certificate(
+    signature: etree._Element,
+    security: etree._Element,
+    elements_by_id: dict[str, etree._Element],
+    trusted_certificates: Iterable[x509.Certificate],
+    now: datetime,
+) -> x509.Certificate:
+    uri = signature.xpath(
+        "string(ds:KeyInfo/wsse:SecurityTokenReference/wsse:Reference/@URI)",
+        namespaces={"ds": DS, "wsse": WSSE},
+    )
+    token = elements_by_id.get(uri[1:]) if uri.startswith("#") else None
+    if (
+        token is None
+        or token.tag != f"{{{WSSE}}}BinarySecurityToken"
+        or token.getparent() is not security
+        or token.get("ValueType") != X509V3
+    ):
+        raise SignatureError(
+            "the signature's KeyInfo must reference an X.509 wsse:BinarySecurityToken"
+            " of the same wsse:Security header"
+        )
+    try:
+        der = base64.b64decode("".join((token.text or "").split()), validate=True)
+        presented = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise SignatureError("the wsse:BinarySecurityToken is not an X.509 certificate") from exc
+    fingerprint = presented.fingerprint(hashes.SHA256())
+    trusted = next(
+        (c for c in trusted_certificates if c.fingerprint(hashes.SHA256()) == fingerprint), None
+    )
+    if trusted is None:
+        raise UntrustedCertificateError(
+            f"the signing certificate ({presented.subject.rfc4514_string()},"
+            f" SHA-256 {fingerprint.hex()}) is not trusted"
+        )
+    if not trusted.not_valid_before_utc <= now <= trusted.not_valid_after_utc:
+        raise SignatureError(
+            f"the signing certificate ({trusted.subject.rfc4514_string()}) is not valid now"
+        )
+    return trusted

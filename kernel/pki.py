@@ -1,0 +1,139 @@
+"""Development key material: each tenant's X.509 signing identity.
+
+In development and tests every tenant signs its SOAP messages with a
+self-signed certificate the hub makes on first start (``hub up``), and the
+sandbox trusts exactly those certificates. In production a tenant's key and
+certificate come from the federal PKI and are named in its connector
+settings; nothing here is used then.
+
+Layout: ``<keys_dir>/tenants/<tenant>/ebox-signing.key`` (PKCS#8 PEM, mode
+0600) and ``ebox-signing.crt`` (PEM), subject ``CN=hub-<tenant>, O=<tenant>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+KEY_FILE = "ebox-signing.key"
+CERT_FILE = "ebox-signing.crt"
+VALIDITY = timedelta(days=730)
+_TENANT = re.compile(r"^[0-9]{5}$")
+
+
+def tenant_identity_dir(keys_dir: Path, tenant: str) -> Path:
+    if not _TENANT.match(tenant):  # the code becomes a path: never let "../" through
+        raise ValueError(f"tenant code {tenant!r} is not a 5-digit NIS code")
+    return keys_dir / "tenants" / tenant
+
+
+def ensure_tenant_signing_identity(keys_dir: Path, tenant: str) -> tuple[Path, Path]:
+    """Create the tenant's signing key and self-signed certificate once; return their paths.
+
+    The pair is written into a private temporary directory which is then
+    renamed into place in one step, so processes starting together never see
+    (or mix) half an identity: the first rename wins, the others discard theirs.
+    """
+    directory = tenant_identity_dir(keys_dir, tenant)
+    key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
+    if key_path.is_file() and cert_path.is_file():
+        return key_path, cert_path
+    if directory.exists():
+        raise RuntimeError(
+            f"{directory} exists but does not hold both {KEY_FILE} and {CERT_FILE};"
+            " remove it and the hub will make a new development identity"
+        )
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.parent / f".{tenant}.{secrets.token_hex(8)}.tmp"
+    staging.mkdir(mode=0o700)
+    try:
+        _write_identity(staging, tenant)
+        try:
+            staging.rename(directory)
+        except OSError:
+            if not (key_path.is_file() and cert_path.is_file()):
+                raise  # not a lost race: a real failure
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return key_path, cert_path
+
+
+def _write_identity(directory: Path, tenant: str) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"hub-{tenant}"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, tenant),
+        ]
+    )
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))  # tolerate small clock differences
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=True,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # Created 0600 from the start: the key is never readable by others, not even briefly.
+    descriptor = os.open(directory / KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(key_pem)
+    (directory / CERT_FILE).write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def trusted_tenant_certificates(keys_dir: Path) -> list[x509.Certificate]:
+    """Every tenant's development certificate: the sandbox's trust store.
+
+    Production trust comes from the federal PKI, not from this directory.
+    """
+    certificates = []
+    for path in sorted((keys_dir / "tenants").glob(f"*/{CERT_FILE}")):
+        if not _TENANT.match(path.parent.name):  # e.g. another process's staging directory
+            continue
+        with contextlib.suppress(ValueError):  # a damaged file is simply not trusted
+            certificates.append(x509.load_pem_x509_certificate(path.read_bytes()))
+    return certificates
+
+
+def tenant_of(certificate: x509.Certificate) -> str | None:
+    """The tenant a hub certificate speaks for: its subject's O, when that is a NIS code."""
+    for attribute in certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME):
+        value = attribute.value
+        if isinstance(value, str) and _TENANT.match(value):
+            return value
+    return None

@@ -1,0 +1,69 @@
+"""Development signing identities of the tenants (kernel/pki.py)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from kernel.pki import ensure_tenant_signing_identity, tenant_of, trusted_tenant_certificates
+
+
+def test_identity_is_made_once_with_a_private_key_and_a_two_year_certificate(
+    tmp_path: Path,
+) -> None:
+    key_path, cert_path = ensure_tenant_signing_identity(tmp_path, "92137")
+
+    assert key_path == tmp_path / "tenants" / "92137" / "ebox-signing.key"
+    assert cert_path == tmp_path / "tenants" / "92137" / "ebox-signing.crt"
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    name = certificate.subject
+    assert name.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "hub-92137"
+    assert name.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "92137"
+    assert certificate.issuer == certificate.subject  # self-signed
+    lifetime = certificate.not_valid_after_utc - datetime.now(UTC)
+    assert timedelta(days=729) < lifetime <= timedelta(days=730)
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    assert key.public_key() == certificate.public_key()
+    assert tenant_of(certificate) == "92137"
+
+    before = (key_path.read_bytes(), cert_path.read_bytes())
+    assert ensure_tenant_signing_identity(tmp_path, "92137") == (key_path, cert_path)
+    assert (key_path.read_bytes(), cert_path.read_bytes()) == before
+
+
+def test_processes_starting_together_agree_on_one_matching_pair(tmp_path: Path) -> None:
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(
+            pool.map(lambda _: ensure_tenant_signing_identity(tmp_path, "62063"), range(6))
+        )
+
+    assert len(set(results)) == 1
+    key_path, cert_path = results[0]
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert key.public_key() == certificate.public_key()
+    assert sorted(p.name for p in (tmp_path / "tenants").iterdir()) == ["62063"]  # no leftovers
+
+
+def test_trust_store_lists_every_tenant_certificate(tmp_path: Path) -> None:
+    assert trusted_tenant_certificates(tmp_path) == []
+    ensure_tenant_signing_identity(tmp_path, "92137")
+    ensure_tenant_signing_identity(tmp_path, "62063")
+
+    assert sorted(tenant_of(c) or "" for c in trusted_tenant_certificates(tmp_path)) == [
+        "62063",
+        "92137",
+    ]
+
+
+@pytest.mark.parametrize("tenant", ["../x", "9213", "92137/..", ""])
+def test_tenant_code_never_becomes_an_arbitrary_path(tmp_path: Path, tenant: str) -> None:
+    with pytest.raises(ValueError, match="5-digit"):
+        ensure_tenant_signing_identity(tmp_path, tenant)
