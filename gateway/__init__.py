@@ -1,1 +1,1 @@
-"""The interop gateway: consumes document events, delivers them through connectors, publishes receipts."""
+"""The interop gateway: delivers document events through connectors and publishes receipts."""

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from pydantic import Field, SecretStr, ValidationError
 
 from contracts.envelope import EnvelopeError
 from contracts.events.courrier import OutgoingMailSendRequested
-from contracts.identifiers import EnterpriseNumber, check_enterprise_number, check_niss
+from contracts.identifiers import EnterpriseNumber
 from gateway.connectors.base import (
     ConnectorContext,
     ConnectorSettings,
@@ -40,6 +38,7 @@ from gateway.connectors.base import (
     DeliveryResult,
     register_connector,
 )
+from gateway.connectors.letters import letter_file_name, letter_of, recipient_number
 from gateway.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
@@ -59,7 +58,6 @@ NO_DIGITAL_EBOX_REASON = (
     "send it by post instead. (e-Box answer NO_DIGITAL_USER)"
 )
 LETTER_PART = "upfile1"
-PDF_MAGIC = b"%PDF-"
 
 
 class EboxRestSettings(ConnectorSettings):
@@ -112,10 +110,10 @@ class EboxRestConnector:
                 f"{TARGET} delivers {OutgoingMailSendRequested.TYPE} only,"
                 f" not {delivery.event.type}"
             ) from exc
-        letter = _letter_of(mail)
+        letter = letter_of(mail)
         files = [
             ("messageToPublish", (None, self._message_json(mail, letter), "application/json")),
-            (LETTER_PART, (_file_name(mail), letter, "application/pdf")),
+            (LETTER_PART, (letter_file_name(mail), letter, "application/pdf")),
         ]
         headers = {**delivery.trace_headers, "Idempotency-Key": delivery.idempotency_key}
         with translate_transport_errors(TARGET):
@@ -236,34 +234,9 @@ def _json_field(response: httpx.Response, name: str) -> Any:
 
 
 def _ebox_id(mail: OutgoingMailSendRequested) -> dict[str, str]:
-    """The contract's ``EboxId``; the identifier is checked here so the clerk learns why."""
-    recipient = mail.recipient
-    try:
-        if recipient.kind == "person":
-            return {"eboxType": "citizen", "eboxIdValue": check_niss(recipient.identifier)}
-        return {
-            "eboxType": "enterprise",
-            "eboxIdValue": check_enterprise_number(recipient.identifier),
-        }
-    except ValueError as exc:
-        raise PermanentDeliveryError(f"The recipient's identifier is wrong: {exc}.") from exc
-
-
-def _letter_of(mail: OutgoingMailSendRequested) -> bytes:
-    try:
-        letter = base64.b64decode(mail.body_pdf_base64, validate=True)
-    except binascii.Error as exc:
-        raise PermanentDeliveryError("The letter's PDF is not valid base64.") from exc
-    if hashlib.md5(letter, usedforsecurity=False).hexdigest() != mail.body_pdf_md5:
-        raise PermanentDeliveryError("The letter's PDF does not match its MD5 checksum.")
-    if not letter.startswith(PDF_MAGIC):
-        raise PermanentDeliveryError("The letter is not a PDF document.")
-    return letter
-
-
-def _file_name(mail: OutgoingMailSendRequested) -> str:
-    # Registration numbers look like S2026/000123; a file name takes no slash.
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", mail.registration_number) + ".pdf"
+    """The contract's ``EboxId``."""
+    kind = "citizen" if mail.recipient.kind == "person" else "enterprise"
+    return {"eboxType": kind, "eboxIdValue": recipient_number(mail)}
 
 
 def _sha256_base64url(content: bytes) -> str:

@@ -25,9 +25,7 @@ message. A Ticket holds at most 25 characters, so it is a digest of the key.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
-import re
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +41,7 @@ from zeep.wsdl.bindings.soap import SoapBinding
 
 from contracts.envelope import EnvelopeError
 from contracts.events.courrier import OutgoingMailSendRequested
-from contracts.identifiers import EnterpriseNumber, check_enterprise_number, check_niss
+from contracts.identifiers import EnterpriseNumber
 from gateway.connectors.base import (
     ConnectorContext,
     ConnectorSettings,
@@ -51,6 +49,7 @@ from gateway.connectors.base import (
     DeliveryResult,
     register_connector,
 )
+from gateway.connectors.letters import letter_file_name, letter_of, recipient_number
 from gateway.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
@@ -70,7 +69,6 @@ OPERATION = "publishEboxMessage"
 NO_DIGITAL_USER = "NO_DIGITAL_USER"
 ERRORS_NS = "http://socialsecurity.be/errors/v1"
 TICKET_LENGTH = 25  # the contract's Ticket: at most 25 characters
-PDF_MAGIC = b"%PDF-"
 
 
 class EboxSoapSettings(ConnectorSettings):
@@ -143,7 +141,7 @@ class EboxSoapConnector:
                 f"{TARGET} delivers {OutgoingMailSendRequested.TYPE} only,"
                 f" not {delivery.event.type}"
             ) from exc
-        letter = _letter_of(mail)
+        letter = letter_of(mail)
         ticket = ticket_for(delivery.idempotency_key)
         content_id = f"letter-{ticket}@hub"
         with translate_transport_errors(TARGET):
@@ -201,7 +199,7 @@ class EboxSoapConnector:
                     "DigestMethod": "SHA-256",
                     "DigestValue": hashlib.sha256(letter).digest(),
                 },
-                "DownloadFileName": _file_name(mail),
+                "DownloadFileName": letter_file_name(mail),
                 "MIME": "application/pdf",
             },
         }
@@ -268,33 +266,10 @@ def _signing_files(ctx: ConnectorContext, settings: EboxSoapSettings) -> tuple[P
 
 
 def _recipient(mail: OutgoingMailSendRequested) -> dict[str, str]:
-    """The contract's ``RecipientID``; the identifier is checked here so the clerk learns why."""
-    recipient = mail.recipient
-    try:
-        if recipient.kind == "person":
-            return {"INSS": check_niss(recipient.identifier), "EboxType": "CITIZEN"}
-        company = check_enterprise_number(recipient.identifier)
-        return {"CompanyID": company, "EboxType": "ENTERPRISE"}
-    except ValueError as exc:
-        raise PermanentDeliveryError(f"The recipient's identifier is wrong: {exc}.") from exc
-
-
-def _letter_of(mail: OutgoingMailSendRequested) -> bytes:
-    try:
-        letter = base64.b64decode(mail.body_pdf_base64, validate=True)
-    except binascii.Error as exc:
-        raise PermanentDeliveryError("The letter's PDF is not valid base64.") from exc
-    if hashlib.md5(letter, usedforsecurity=False).hexdigest() != mail.body_pdf_md5:
-        raise PermanentDeliveryError("The letter's PDF does not match its MD5 checksum.")
-    if not letter.startswith(PDF_MAGIC):
-        raise PermanentDeliveryError("The letter is not a PDF document.")
-    return letter
-
-
-def _file_name(mail: OutgoingMailSendRequested) -> str:
-    """``DownloadFileName`` (1 to 80 characters): the registration number, made file-safe."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", mail.registration_number).strip("-.") or "letter"
-    return stem[:76] + ".pdf"
+    """The contract's ``RecipientID``."""
+    if mail.recipient.kind == "person":
+        return {"INSS": recipient_number(mail), "EboxType": "CITIZEN"}
+    return {"CompanyID": recipient_number(mail), "EboxType": "ENTERPRISE"}
 
 
 def _build(ctx: ConnectorContext, raw: dict[str, Any]) -> EboxSoapConnector:
