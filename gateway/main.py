@@ -51,7 +51,8 @@ class GatewayOptions:
     """What tests and benchmarks may override; by default everything comes from settings."""
 
     database_url: str | None = None
-    database_schema: str | None = "gateway"
+    #: PostgreSQL schema; None means ``settings.database_schema_for("gateway")``.
+    database_schema: str | None = None
     kafka_bootstrap_servers: str | None = None
     group_id: str = "gateway"
     concurrency: int = 64
@@ -67,11 +68,11 @@ def build_app(
     routing = load_routing(load_tenants(settings.tenants_dir), set(connector_types()))
 
     async def startup(app: FastAPI) -> list[BackgroundTask]:
+        schema = options.database_schema or settings.database_schema_for("gateway")
         engine = create_engine(
-            options.database_url or settings.database_url_for("gateway"),
-            schema=options.database_schema,
+            options.database_url or settings.database_url_for("gateway"), schema=schema
         )
-        await migrate(engine, "gateway", MIGRATIONS, schema=options.database_schema)
+        await migrate(engine, "gateway", MIGRATIONS, schema=schema)
         sessions = session_factory(engine)
         http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=100)

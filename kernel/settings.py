@@ -44,6 +44,9 @@ class HubSettings(BaseSettings):
     )
     #: ``DATABASE_URL`` of this process; unset means SQLite under ``var_dir``.
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    #: On PostgreSQL each process keeps its tables in schema ``<prefix><process>``;
+    #: a prefix lets two hubs (staging and production, or test runs) share a database.
+    database_schema_prefix: str = Field(default="", pattern=r"^[a-z0-9_]{0,40}$")
 
     #: OAuth2: in development the hub is its own issuer; in production an OIDC JWKS URL.
     jwt_issuer: str = "urn:hub:dev-issuer"
@@ -87,6 +90,9 @@ class HubSettings(BaseSettings):
         if self.database_url:
             return normalise_database_url(self.database_url)
         return f"sqlite+aiosqlite:///{self.var_dir / (process + '.db')}"
+
+    def database_schema_for(self, process: str) -> str:
+        return self.database_schema_prefix + process
 
     @property
     def keys_dir(self) -> Path:
