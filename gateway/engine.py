@@ -86,8 +86,9 @@ class DeliveryEngine:
             log.warning("no routes configured: the gateway consumes nothing")
             return
         consumer = make_consumer(bootstrap_servers, group_id, sorted(topics), client_id="gateway")
-        await consumer.start()
         try:
+            # start() waits for the group join; a shutdown during it must still stop the client.
+            await consumer.start()
             while True:
                 await self.consume_batch(consumer)
         finally:

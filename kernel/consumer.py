@@ -86,8 +86,9 @@ class EventConsumer:
 
     async def run(self, bootstrap_servers: str, group_id: str, topics: Iterable[str]) -> None:
         consumer = make_consumer(bootstrap_servers, group_id, topics, client_id=self._component)
-        await consumer.start()
         try:
+            # start() waits for the group join; a shutdown during it must still stop the client.
+            await consumer.start()
             await self._consume(consumer)
         finally:
             await consumer.stop()

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from kernel.database import create_engine
 from kernel.kafka import EmbeddedBroker, ensure_topics, free_port, wait_for_broker
 from kernel.settings import HubSettings
+from tests.support.hub_processes import drop_schemas
 
 POSTGRES_URL = os.environ.get("HUB_TEST_POSTGRES_URL", "")
 REQUIRE_POSTGRES = os.environ.get("HUB_REQUIRE_POSTGRES") == "1"
@@ -107,17 +108,18 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str |
         return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}", None
     url: str = request.getfixturevalue("postgres_url")
     schema = "t_" + uuid.uuid4().hex[:12]
-    request.addfinalizer(lambda: run_isolated(_drop_schema(url, schema)))
+    request.addfinalizer(lambda: run_isolated(drop_schemas(url, [schema])))
     return url, schema
 
 
-async def _drop_schema(url: str, schema: str) -> None:
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    finally:
-        await engine.dispose()
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """For tests that run the hub's processes: None puts each process on its own
+    SQLite file; otherwise the PostgreSQL URL (each process then uses its own schemas)."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture(autouse=True)

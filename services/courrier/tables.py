@@ -1,0 +1,123 @@
+"""The registry's tables and their migrations.
+
+Files (scans, letters) are stored as bytes in the database, beside their
+mail: the file, its registration and its event commit in one transaction, so
+a failed request leaves no orphan file and a committed one never misses its
+file; one backup holds everything, and tenant filtering applies to files as
+to mail. The API caps bodies at 12 MiB and letters at 4 MiB, sizes both
+SQLite and PostgreSQL store comfortably.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import (
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from kernel.consumer import InboxEntry
+from kernel.database import Base, UtcDateTime
+from kernel.migrations import Migration, create_tables
+from kernel.outbox import OutboxMessage
+
+
+class Mail(Base):
+    """One entry of the registry: an incoming or an outgoing mail of one tenant."""
+
+    __tablename__ = "courrier_mails"
+    __table_args__ = (
+        UniqueConstraint("tenant", "registration_number", name="uq_courrier_mails_number"),
+        UniqueConstraint("tenant", "external_id", name="uq_courrier_mails_external_id"),
+        Index("ix_courrier_mails_listing", "tenant", "direction", "state", "mail_date"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(5))
+    direction: Mapped[str] = mapped_column(String(16))
+    registration_number: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    #: The registry's date: received_on for incoming mail, the creation day for outgoing mail.
+    mail_date: Mapped[date] = mapped_column(Date)
+    subject: Mapped[str] = mapped_column(Text)
+    sender: Mapped[str | None] = mapped_column(Text)
+    assigned_service: Mapped[str | None] = mapped_column(String(200))
+    #: IMIO intake: the document type and the scanner's own id of the document.
+    scan_type: Mapped[str | None] = mapped_column(String(16))
+    external_id: Mapped[str | None] = mapped_column(String(64))
+    recipient_kind: Mapped[str | None] = mapped_column(String(16))
+    recipient_identifier: Mapped[str | None] = mapped_column(String(16))
+    recipient_name: Mapped[str | None] = mapped_column(String(200))
+    send_event_id: Mapped[str | None] = mapped_column(String(64))
+    ebox_message_id: Mapped[str | None] = mapped_column(String(200))
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    #: Optimistic lock: a concurrent change of the same mail fails instead of being lost.
+    version: Mapped[int] = mapped_column(Integer)
+
+    files: Mapped[list[MailFile]] = relationship(
+        lazy="selectin", order_by="MailFile.created_at", cascade="all, delete-orphan"
+    )
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 (SQLAlchemy reads it as is)
+
+
+class MailFile(Base):
+    __tablename__ = "courrier_files"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    mail_id: Mapped[str] = mapped_column(
+        ForeignKey("courrier_mails.id", ondelete="CASCADE"), index=True
+    )
+    tenant: Mapped[str] = mapped_column(String(5))
+    #: "scan" (intake) or "letter" (the PDF of an outgoing mail).
+    role: Mapped[str] = mapped_column(String(16))
+    filename: Mapped[str] = mapped_column(String(255))
+    media_type: Mapped[str] = mapped_column(String(127))
+    size: Mapped[int] = mapped_column(Integer)
+    md5: Mapped[str] = mapped_column(String(32))
+    #: Loaded only when asked for: listings never read the bytes.
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RegistrationCounter(Base):
+    """The last sequence handed out per tenant, year and direction (a row lock serialises them)."""
+
+    __tablename__ = "courrier_registration_counters"
+
+    tenant: Mapped[str] = mapped_column(String(5), primary_key=True)
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    direction: Mapped[str] = mapped_column(String(16), primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(Integer)
+
+
+def table_of(model: type[Base]) -> Table:
+    table = model.__table__
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to a table")
+    return table
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(
+        1,
+        "registry, files, registration counters, outbox and inbox",
+        create_tables(
+            *(
+                table_of(model)
+                for model in (Mail, MailFile, RegistrationCounter, OutboxMessage, InboxEntry)
+            )
+        ),
+    ),
+]

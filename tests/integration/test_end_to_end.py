@@ -1,0 +1,77 @@
+"""From the courrier API to the sandbox's e-Box and back to "sent", across real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hub.traffic import outgoing_mail
+from tests.support.hub_processes import HubProcesses, hub_processes
+
+pytestmark = pytest.mark.integration
+
+NO_EBOX_NISS = "90010100123"  # listed in sandbox/fixtures/ebox_recipients.yaml
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+async def wait_final(
+    client: httpx.AsyncClient, mail_id: str, timeout: float = 60
+) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view: dict[str, object] = (await client.get(f"/v1/outgoing-mails/{mail_id}")).json()
+        if view["state"] in ("sent", "failed"):
+            return view
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"mail {mail_id} did not reach sent or failed in {timeout}s")
+
+
+async def test_outgoing_mail_reaches_the_ebox_over_soap_and_rest_in_one_trace(
+    tmp_path: Path, kafka_bootstrap: str, database_url: str | None
+) -> None:
+    async with hub_processes(tmp_path, kafka_bootstrap, database_url) as hub:
+        for tenant, service in ((hub.soap_tenant, "ebox_soap"), (hub.rest_tenant, "ebox_rest")):
+            async with hub.courrier(tenant) as client:
+                traceparent = f"00-{TRACE_ID}-{random.getrandbits(64):016x}-01"
+                response = await client.post(
+                    "/v1/outgoing-mails:send",
+                    json=outgoing_mail(random.Random(), 1),
+                    headers={"traceparent": traceparent},
+                )
+                assert response.status_code == 202, response.text
+                mail = await wait_final(client, response.json()["id"])
+            assert mail["state"] == "sent", mail
+            received = await sandbox_receptions(hub, service)
+            [reception] = [r for r in received if r["answer_id"] == mail["ebox_message_id"]]
+            assert reception["tenant"] == tenant
+            # The sandbox saw the trace that started at the courrier API call.
+            assert reception["traceparent"].split("-")[1] == TRACE_ID
+
+
+async def test_a_recipient_without_digital_ebox_ends_failed_with_a_clear_reason(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    async with hub_processes(tmp_path, kafka_bootstrap, None) as hub:
+        async with hub.courrier(hub.soap_tenant) as client:
+            body = outgoing_mail(random.Random(), 1)
+            body["recipient"] = {"kind": "person", "identifier": NO_EBOX_NISS}
+            response = await client.post("/v1/outgoing-mails:send", json=body)
+            mail = await wait_final(client, response.json()["id"])
+        assert mail["state"] == "failed"
+        assert "no digital e-Box" in str(mail["failure_reason"])
+
+
+async def sandbox_receptions(hub: HubProcesses, service: str) -> list[dict[str, object]]:
+    async with httpx.AsyncClient(base_url=hub.url("sandbox")) as client:
+        items = (await client.get("/_sandbox/received", params={"service": service})).json()[
+            "items"
+        ]
+    for item in items:
+        answer = item["answer"]
+        item["answer_id"] = answer.get("messageId") or answer.get("message_id")
+    return list(items)
