@@ -106,6 +106,21 @@ class PeakMemory:
             time.sleep(0.1)
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system) each process has used so far."""
+    used = {}
+    for name, pid in pids.items():
+        times = psutil.Process(pid).cpu_times()
+        used[name] = times.user + times.system
+    return used
+
+
+def cpu_ms_per_item(
+    before: dict[str, float], after: dict[str, float], items: int
+) -> dict[str, float]:
+    return {name: round((after[name] - before[name]) * 1000 / items, 2) for name in before}
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 1) if ordered else 0.0
@@ -199,7 +214,14 @@ async def raw_limit(
                 "recipient": {"eboxType": "citizen", "eboxIdValue": mail.recipient.identifier},
                 "subject": {"fr": mail.subject},
                 "bodyMainContent": False,
-                "attachments": [{"httpPartName": "upfile1", "mainContent": True}],
+                "replyAuthorized": False,
+                "attachments": [
+                    {
+                        "httpPartName": "upfile1",
+                        "mainContent": True,
+                        "attachmentTitle": {"fr": "Lettre"},
+                    }
+                ],
             }
             async with slots:
                 response = await http.post(
@@ -216,7 +238,10 @@ async def raw_limit(
                         "Idempotency-Key": headers["ce_id"],
                     },
                 )
-            response.raise_for_status()
+            if response.status_code != 201:
+                raise RuntimeError(
+                    f"raw publication refused: {response.status_code} {response.text}"
+                )
 
         started, done = time.perf_counter(), 0
         while done < count:
@@ -315,13 +340,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             running.append(item)
             await wait_healthy(item, "127.0.0.1")
         assert broker.process is not None
-        memory = PeakMemory(
-            {r.component.name: r.process.pid for r in running} | {"broker": broker.process.pid}
-        )
+        pids = {r.component.name: r.process.pid for r in running} | {"broker": broker.process.pid}
+        memory = PeakMemory(dict(pids))
         memory.start()
+        pids["benchmark"] = os.getpid()
         results: dict[str, Any] = {}
+        before = cpu_seconds(pids)
         results["raw_limit"] = await raw_limit(
-            broker.bootstrap_servers, running[0].url, args.count, 64
+            broker.bootstrap_servers, running[0].url, args.count, 8
+        )
+        results["raw_limit"]["cpu_ms_per_event"] = cpu_ms_per_item(
+            before, cpu_seconds(pids), args.count
         )
         watcher = SentWatcher(broker.bootstrap_servers)
         await watcher.start()
@@ -333,7 +362,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             limits=httpx.Limits(max_connections=64),
         ) as client:
             await hub_latency(client, watcher, rate=20, seconds=2)  # warm-up: group joins, caches
+            before = cpu_seconds(pids)
             results["hub_throughput"] = await hub_throughput(client, watcher, args.count)
+            results["hub_throughput"]["cpu_ms_per_mail"] = cpu_ms_per_item(
+                before, cpu_seconds(pids), args.count
+            )
             results["hub_latency"] = await hub_latency(client, watcher, args.rate, args.seconds)
         await watcher.stop()
         results["peak_rss_mb"] = memory.stop()

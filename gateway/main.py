@@ -55,7 +55,8 @@ class GatewayOptions:
     database_schema: str | None = None
     kafka_bootstrap_servers: str | None = None
     group_id: str = "gateway"
-    concurrency: int = 64
+    #: Deliveries in flight at once; each holds one pooled HTTP connection.
+    concurrency: int = 8
 
 
 def build_app(
@@ -74,9 +75,7 @@ def build_app(
         )
         await migrate(engine, "gateway", MIGRATIONS, schema=schema)
         sessions = session_factory(engine)
-        http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100)
-        )
+        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=options.concurrency * 2))
         connectors = build_connectors(routing, settings, http)
         bootstrap = options.kafka_bootstrap_servers or settings.kafka_bootstrap_servers
         if not bootstrap:

@@ -74,11 +74,11 @@ def _authorise(request: Request, caller: Caller, scope: str) -> Caller:
     return caller
 
 
-def reader(request: Request, caller: CallerDep) -> Caller:
+async def reader(request: Request, caller: CallerDep) -> Caller:
     return _authorise(request, caller, READ_SCOPE)
 
 
-def writer(request: Request, caller: CallerDep) -> Caller:
+async def writer(request: Request, caller: CallerDep) -> Caller:
     return _authorise(request, caller, WRITE_SCOPE)
 
 
@@ -98,7 +98,7 @@ class Storage:
             yield session
 
 
-def storage(request: Request) -> Storage:
+async def storage(request: Request) -> Storage:
     return Storage(request.app.state.sessions, request.app.state.relay)
 
 
@@ -141,7 +141,7 @@ class Listing:
         return registry.MailFilter(direction, self.state, self.date_from, self.date_to)
 
 
-def listing(
+async def listing(
     state: MailState | None = None,
     date_from: Annotated[
         date | None, Query(description="On or after this date (received_on for incoming mail)")
