@@ -7,11 +7,19 @@ One run, on this machine, of:
 (b) hub throughput: N outgoing mails from the courrier API to "sent" (the
     e-Box receipt processed by courrier), through the outbox, Kafka, the
     gateway and the sandbox;
-(c) hub latency at a fixed offered rate (100 mails/s by default): p50/p99
-    from the API call to the ``courrier.outgoing_mail.sent.v1`` event;
-(d) the peak RSS of every process during (b) and (c).
+(c) hub latency at fixed offered rates (20 and 100 mails/s by default):
+    p50/p99 from the API call to the ``courrier.outgoing_mail.sent.v1`` event;
+(d) the peak RSS of every process during (b) and (c);
+(e) invoice validation: the Python rules against the official XSLT
+    (``benchmarks/invoices.py``; ``--only invoices`` runs it alone);
+(f) invoices end to end, Peppol sandbox to the accounting connector
+    (``benchmarks/factures_flow.py``, ``--only factures``);
+(g) meeting: WS4PM createItem with a 1 MB annex, OParl list pages over 10,000
+    published decisions (``benchmarks/meeting.py``, ``--only meeting``);
+(h) urban: NOTICe notifications end to end, and urban's memory with 100,000
+    files (``benchmarks/urban.py``, ``--only urban``).
 
-The processes are started exactly as ``hub up`` starts them, on the embedded
+The processes are started exactly as ``hub up`` starts them (``benchmarks.common``), on the embedded
 broker and SQLite (or ``DATABASE_URL``). Results: a table, and JSON in
 ``var/bench/results.json``; docs/benchmarks.md records them with the machine.
 """
@@ -24,43 +32,32 @@ import base64
 import hashlib
 import json
 import os
-import platform
 import random
-import shutil
-import tempfile
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
-from aiokafka import AIOKafkaConsumer
 
+from benchmarks import factures_flow, invoices, meeting, urban
+from benchmarks.common import (
+    KEEP_ALIVE_SAFE_LIMITS,
+    EventWatcher,
+    PeakMemory,
+    bench_hub,
+    cpu_ms_per_item,
+    cpu_seconds,
+    machine,
+    percentile,
+)
 from contracts.envelope import from_record, headers_as_text, new_event, to_record
 from contracts.events.courrier import OutgoingMailSendRequested, OutgoingMailSent, Recipient
-from hub.components import BY_NAME
-from hub.supervisor import (
-    Running,
-    prepare_development_material,
-    start_component,
-    stop_all,
-    wait_healthy,
-)
 from hub.traffic import letter_pdf, outgoing_mail, random_niss
-from kernel.auth import issue_token
-from kernel.kafka import (
-    EmbeddedBroker,
-    ensure_topics,
-    free_port,
-    make_consumer,
-    make_producer,
-    wait_for_broker,
-)
-from kernel.settings import HubSettings
+from kernel.kafka import ensure_topics, make_consumer, make_producer
 
+SENT = OutgoingMailSent.TYPE
 TENANT = "62063"  # the REST tenant of config/tenants, as in the raw baseline
 TENANT_FILE = """\
 tenant: "{code}"
@@ -77,93 +74,6 @@ routes:
     event_type: courrier.outgoing_mail.send_requested.v1
     connector: ebox
 """
-
-
-@dataclass
-class PeakMemory:
-    """Samples the RSS of the hub's processes in a thread, keeping each one's peak."""
-
-    processes: dict[str, int]
-    peaks_mb: dict[str, float] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def start(self) -> None:
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    def stop(self) -> dict[str, float]:
-        self._stop.set()
-        return {name: round(mb, 1) for name, mb in self.peaks_mb.items()}
-
-    def _sample(self) -> None:
-        handles = {name: psutil.Process(pid) for name, pid in self.processes.items()}
-        while not self._stop.is_set():
-            for name, handle in handles.items():
-                try:
-                    rss = handle.memory_info().rss / 1_048_576
-                except psutil.Error:
-                    continue
-                self.peaks_mb[name] = max(self.peaks_mb.get(name, 0.0), rss)
-            time.sleep(0.1)
-
-
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """CPU time (user + system) each process has used so far."""
-    used = {}
-    for name, pid in pids.items():
-        times = psutil.Process(pid).cpu_times()
-        used[name] = times.user + times.system
-    return used
-
-
-def cpu_ms_per_item(
-    before: dict[str, float], after: dict[str, float], items: int
-) -> dict[str, float]:
-    return {name: round((after[name] - before[name]) * 1000 / items, 2) for name in before}
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 1) if ordered else 0.0
-
-
-class SentWatcher:
-    """Reads ``courrier.events`` and notes when each mail's "sent" event arrived."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.sent_at: dict[str, float] = {}
-        self._bootstrap = bootstrap
-        self._consumer: AIOKafkaConsumer | None = None
-
-    async def start(self) -> None:
-        self._consumer = make_consumer(
-            self._bootstrap, f"bench-{uuid.uuid4()}", ["courrier.events"], "bench"
-        )
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=100)
-            now = time.perf_counter()
-            for records in batch.values():
-                for record in records:
-                    headers = headers_as_text(record.headers)
-                    if headers.get("ce_type") == OutgoingMailSent.TYPE:
-                        self.sent_at[headers["ce_subject"]] = now
-
-    async def wait_for(self, mail_ids: list[str], timeout: float) -> None:
-        deadline = time.perf_counter() + timeout
-        while any(mail_id not in self.sent_at for mail_id in mail_ids):
-            if time.perf_counter() > deadline:
-                missing = sum(mail_id not in self.sent_at for mail_id in mail_ids)
-                raise TimeoutError(f"{missing} mails were not sent within {timeout}s")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        assert self._consumer is not None
-        await self._consumer.stop()
 
 
 async def raw_limit(
@@ -268,7 +178,7 @@ async def submit(client: httpx.AsyncClient, rng: random.Random, number: int) -> 
 
 
 async def hub_throughput(
-    client: httpx.AsyncClient, watcher: SentWatcher, count: int
+    client: httpx.AsyncClient, watcher: EventWatcher, count: int
 ) -> dict[str, Any]:
     rng, slots = random.Random(11), asyncio.Semaphore(32)
 
@@ -279,8 +189,8 @@ async def hub_throughput(
     started = time.perf_counter()
     submitted = await asyncio.gather(*(one(n) for n in range(count)))
     accepted = time.perf_counter() - started
-    await watcher.wait_for([mail_id for mail_id, _ in submitted], timeout=600)
-    elapsed = max(watcher.sent_at[mail_id] for mail_id, _ in submitted) - started
+    await watcher.wait_for(SENT, [mail_id for mail_id, _ in submitted], timeout=600)
+    elapsed = max(watcher.arrived[SENT][mail_id] for mail_id, _ in submitted) - started
     return {
         "mails": count,
         "seconds": round(elapsed, 2),
@@ -290,7 +200,7 @@ async def hub_throughput(
 
 
 async def hub_latency(
-    client: httpx.AsyncClient, watcher: SentWatcher, rate: float, seconds: float
+    client: httpx.AsyncClient, watcher: EventWatcher, rate: float, seconds: float
 ) -> dict[str, Any]:
     """Offer ``rate`` mails/s for ``seconds``; latency = API call to the "sent" event."""
     rng, interval, tasks = random.Random(13), 1.0 / rate, []
@@ -302,8 +212,8 @@ async def hub_latency(
         tasks.append(asyncio.create_task(submit(client, rng, 100_000 + number)))
     submitted = await asyncio.gather(*tasks)
     achieved = len(submitted) / (time.perf_counter() - start)
-    await watcher.wait_for([mail_id for mail_id, _ in submitted], timeout=300)
-    latencies = [(watcher.sent_at[mail_id] - at) * 1000 for mail_id, at in submitted]
+    await watcher.wait_for(SENT, [mail_id for mail_id, _ in submitted], timeout=300)
+    latencies = [(watcher.arrived[SENT][mail_id] - at) * 1000 for mail_id, at in submitted]
     return {
         "offered_per_second": rate,
         "achieved_per_second": round(achieved, 1),
@@ -315,51 +225,25 @@ async def hub_latency(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="hub-bench-"))
-    tenants = workdir / "tenants"
-    tenants.mkdir()
-    (tenants / f"{TENANT}.yaml").write_text(TENANT_FILE.format(code=TENANT))
-    settings = HubSettings(var_dir=workdir / "var", tenants_dir=tenants)
-    prepare_development_material(settings)
-    broker = EmbeddedBroker(port=free_port(), log_path=None)
-    broker.start()
-    running: list[Running] = []
-    try:
-        await wait_for_broker(broker.bootstrap_servers)
-        await ensure_topics(broker.bootstrap_servers)
-        ports = {name: free_port() for name in ("sandbox", "courrier", "gateway")}
-        extra = {"HUB_SANDBOX_URL": f"http://127.0.0.1:{ports['sandbox']}"}
-        for name in ("sandbox", "courrier", "gateway"):
-            item = start_component(
-                BY_NAME[name],
-                settings,
-                broker.bootstrap_servers,
-                port=ports[name],
-                extra_environment=extra,
-            )
-            running.append(item)
-            await wait_healthy(item, "127.0.0.1")
-        assert broker.process is not None
-        pids = {r.component.name: r.process.pid for r in running} | {"broker": broker.process.pid}
+    async with bench_hub({TENANT: TENANT_FILE.format(code=TENANT)}) as hub:
+        await hub.start("sandbox", "courrier", "gateway")
+        pids = hub.pids()
         memory = PeakMemory(dict(pids))
         memory.start()
         pids["benchmark"] = os.getpid()
-        results: dict[str, Any] = {}
+        results: dict[str, Any] = {"load_average_before": machine()["load_average"]}
         before = cpu_seconds(pids)
-        results["raw_limit"] = await raw_limit(
-            broker.bootstrap_servers, running[0].url, args.count, 8
-        )
+        results["raw_limit"] = await raw_limit(hub.bootstrap, hub.url("sandbox"), args.count, 8)
         results["raw_limit"]["cpu_ms_per_event"] = cpu_ms_per_item(
             before, cpu_seconds(pids), args.count
         )
-        watcher = SentWatcher(broker.bootstrap_servers)
+        watcher = EventWatcher(hub.bootstrap, ["courrier.events"], [SENT])
         await watcher.start()
-        token = issue_token(settings, TENANT, ["courrier:read", "courrier:write"])
         async with httpx.AsyncClient(
-            base_url=running[1].url,
+            base_url=hub.url("courrier"),
             timeout=60,
-            headers={"Authorization": f"Bearer {token}"},
-            limits=httpx.Limits(max_connections=64),
+            headers=hub.token(TENANT, "courrier:read", "courrier:write"),
+            limits=KEEP_ALIVE_SAFE_LIMITS,
         ) as client:
             await hub_latency(client, watcher, rate=20, seconds=2)  # warm-up: group joins, caches
             before = cpu_seconds(pids)
@@ -367,7 +251,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["hub_throughput"]["cpu_ms_per_mail"] = cpu_ms_per_item(
                 before, cpu_seconds(pids), args.count
             )
-            results["hub_latency"] = await hub_latency(client, watcher, args.rate, args.seconds)
+            results["hub_latency"] = [
+                await hub_latency(client, watcher, rate, args.seconds) for rate in args.rates
+            ]
         await watcher.stop()
         results["peak_rss_mb"] = memory.stop()
         results["hub_vs_raw"] = round(
@@ -375,17 +261,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             / results["raw_limit"]["events_per_second"],
             2,
         )
-        results["machine"] = {
-            "cpus": os.cpu_count(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "database": "sqlite" if not os.environ.get("DATABASE_URL") else "postgresql",
-        }
+        results["machine"] = machine()
         return results
-    finally:
-        stop_all(running, broker)
-        shutil.rmtree(workdir, ignore_errors=True)
+
+
+#: The parts that run after the spine, each alone with ``--only``: name → (results key, run).
+PARTS: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+    "invoices": ("invoice_validation", invoices.run),  # (e)
+    "factures": ("factures_flow", factures_flow.run),  # (f)
+    "meeting": ("meeting", meeting.run),  # (g)
+    "urban": ("urban", urban.run),  # (h)
+}
 
 
 def main() -> None:
@@ -393,11 +279,27 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--count", type=int, default=2000, help="events for (a) and (b)")
-    parser.add_argument("--rate", type=float, default=100.0, help="offered mails/s for (c)")
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [float(rate) for rate in text.split(",")],
+        default=[20.0, 100.0],
+        help="offered mails/s for (c), comma-separated",
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of (c)")
+    parser.add_argument(
+        "--only",
+        choices=sorted(PARTS),
+        help="run one part alone (its module: benchmarks.invoices, benchmarks.factures_flow, "
+        "benchmarks.meeting, benchmarks.urban)",
+    )
     args = parser.parse_args()
-    results = asyncio.run(run(args))
     out = Path("var/bench/results.json")
+    # --only: the other parts keep their last results.
+    previous = json.loads(out.read_text()) if args.only and out.is_file() else {}
+    results = previous if args.only else asyncio.run(run(args))
+    for name, (key, run_part) in PARTS.items():
+        if args.only in (None, name):
+            results[key] = run_part()  # each starts and stops its own processes
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

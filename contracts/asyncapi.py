@@ -35,7 +35,7 @@ WRITE_COMMAND = "python -m contracts.asyncapi --write"
 
 #: Version of this API description: bump the minor version when an event type
 #: is added, the major version when one is removed (a ``.vN`` type retired).
-API_VERSION = "1.0.0"
+API_VERSION = "1.1.0"
 KAFKA_BINDING_VERSION = "0.5.0"
 SCHEMAS = "#/components/schemas/"
 
@@ -43,11 +43,17 @@ SCHEMAS = "#/components/schemas/"
 TOPIC_DESCRIPTIONS: dict[str, str] = {
     "courrier.events": "Changes of incoming and outgoing mail in the mail registry "
     "(services/courrier), published through its transactional outbox.",
-    "factures.events": "Invoices (services/factures).",
-    "urban.events": "Urban-planning files and permits (services/urban).",
+    "factures.events": "Every step of an invoice in services/factures (received, "
+    "validated or rejected, approval, booked, paid) and its answers to the supplier "
+    "(Peppol Invoice Response), published through its transactional outbox.",
+    "urban.events": "Urban-planning files and permits (services/urban), among them "
+    "the requests for a college or council decision.",
     "meeting.events": "Council and college meetings and their decisions (services/meeting).",
     "gateway.receipts": "Final outcome of each delivery the gateway made on a route "
     "(delivered, failed or dead), published through the gateway's outbox.",
+    "gateway.inbound": "Documents the gateway's inbound adapters fetched from outside "
+    "(business documents from the Peppol access point, the regional oversight's outcomes), "
+    "for the service that owns them.",
 }
 
 
@@ -93,6 +99,165 @@ OPERATIONS: tuple[Operation, ...] = (
         topic="gateway.receipts",
         summary="The mail registry records whether an outgoing mail reached its recipient.",
         group_id="courrier",
+    ),
+    Operation(
+        id="facturesSendsFacturesEvents",
+        process="factures",
+        action="send",
+        topic="factures.events",
+        summary="The invoice service publishes every step of an invoice and its answers "
+        "to the supplier (outbox relay).",
+    ),
+    Operation(
+        id="gatewayReceivesFacturesEvents",
+        process="gateway",
+        action="receive",
+        topic="factures.events",
+        summary="The gateway hands approved invoices to the tenant's accounting software "
+        "and sends Invoice Responses to the Peppol access point.",
+        group_id="gateway",
+    ),
+    Operation(
+        id="gatewaySendsInbound",
+        process="gateway",
+        action="send",
+        topic="gateway.inbound",
+        summary="The gateway publishes each document fetched from the Peppol access point "
+        "once, for the tenant whose participant receives it, each outcome of the "
+        "regional oversight once, for the commune it concerns, each NOTICe notification "
+        "once (with its checked documents), for the tenant whose NOTICe instance it names, "
+        "and each opinion of a consulted body once (outbox relay).",
+    ),
+    Operation(
+        id="gatewayReceivesUrbanEvents",
+        process="gateway",
+        action="receive",
+        topic="urban.events",
+        summary="The gateway posts urban's responses to NOTICe, identifies applicants at the "
+        "KSZ-BCSS (the registered identity comes back in the receipt's answer) and sends "
+        "requests for opinions to the consulted bodies' platform.",
+        group_id="gateway",
+    ),
+    Operation(
+        id="facturesReceivesInbound",
+        process="factures",
+        action="receive",
+        topic="gateway.inbound",
+        summary="The invoice service receives, checks and answers Peppol invoices.",
+        group_id="factures",
+    ),
+    Operation(
+        id="facturesReceivesCourrierEvents",
+        process="factures",
+        action="receive",
+        topic="courrier.events",
+        summary="Scanned paper invoices (intake type FACT) become invoices to encode.",
+        group_id="factures",
+    ),
+    Operation(
+        id="facturesReceivesReceipts",
+        process="factures",
+        action="receive",
+        topic="gateway.receipts",
+        summary="The accounting software's booking reference books the approved invoice.",
+        group_id="factures",
+    ),
+    Operation(
+        id="meetingSendsMeetingEvents",
+        process="meeting",
+        action="send",
+        topic="meeting.events",
+        summary="The meeting service publishes items created and decided, meetings closed "
+        "and decisions published (outbox relay).",
+    ),
+    Operation(
+        id="meetingReceivesUrbanEvents",
+        process="meeting",
+        action="receive",
+        topic="urban.events",
+        summary="A request for a decision becomes an agenda item in the wanted configuration.",
+        group_id="meeting",
+    ),
+    Operation(
+        id="urbanSendsUrbanEvents",
+        process="urban",
+        action="send",
+        topic="urban.events",
+        summary="The urban service publishes files opened, deadline warnings, NOTICe responses, "
+        "identification and opinion requests, and requests for a college decision (outbox relay).",
+    ),
+    Operation(
+        id="urbanReceivesInbound",
+        process="urban",
+        action="receive",
+        topic="gateway.inbound",
+        summary="NOTICe notifications open or complete permit files; consulted bodies' "
+        "opinions move their procedure on. A notification that cannot be applied is kept.",
+        group_id="urban",
+    ),
+    Operation(
+        id="urbanReceivesReceipts",
+        process="urban",
+        action="receive",
+        topic="gateway.receipts",
+        summary="The National Register's answer to an identification request is compared with "
+        "the declared identity; a delivered FINAL NOTICe response notifies the decision.",
+        group_id="urban",
+    ),
+    Operation(
+        id="urbanReceivesMeetingEvents",
+        process="urban",
+        action="receive",
+        topic="meeting.events",
+        summary="The college's decision on a file's item (matched by external_identifier, the "
+        "file reference) grants or refuses the permit; no polling of the meeting service.",
+        group_id="urban",
+    ),
+    Operation(
+        id="gatewayReceivesMeetingEvents",
+        process="gateway",
+        action="receive",
+        topic="meeting.events",
+        summary="The gateway transmits decisions subject to regional oversight (tutelle) "
+        "to the Region, signed with the commune's certificate.",
+        group_id="gateway",
+    ),
+    Operation(
+        id="meetingReceivesReceipts",
+        process="meeting",
+        action="receive",
+        topic="gateway.receipts",
+        summary="A decision's oversight transmission is acknowledged (its number kept) "
+        "or failed (its reason kept).",
+        group_id="meeting",
+    ),
+    Operation(
+        id="meetingReceivesInbound",
+        process="meeting",
+        action="receive",
+        topic="gateway.inbound",
+        summary="The regional oversight's outcome (approved, annulled, no objection) is "
+        "recorded on the decision and announced on meeting.events.",
+        group_id="meeting",
+    ),
+    Operation(
+        id="courrierReceivesMeetingEvents",
+        process="courrier",
+        action="receive",
+        topic="meeting.events",
+        summary="A numbered decision that names the person or company it concerns becomes "
+        "one outgoing mail (the notification letter, as a PDF) sent to their e-Box, "
+        "about the item.",
+        group_id="courrier",
+    ),
+    Operation(
+        id="meetingReceivesCourrierEvents",
+        process="meeting",
+        action="receive",
+        topic="courrier.events",
+        summary="Outgoing mail about an item moves its decision's notification on: in "
+        "progress, done (the e-Box message id kept) or failed (to be sent on paper).",
+        group_id="meeting",
     ),
 )
 

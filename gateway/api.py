@@ -1,4 +1,11 @@
-"""The operators' API and dashboard: what was delivered, what failed, and replay."""
+"""The operators' API and dashboard: what was delivered, what failed, and replay;
+what came in from outside (``/v1/inbound``).
+
+Scopes: ``gateway:read`` reads the caller's tenant's deliveries and inbound
+documents; ``gateway:operate`` replays; ``gateway:unroutable`` (the hub's
+operators, whatever their token's tenant) also sees the inbound documents no
+tenant could receive, which belong to no tenant.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,12 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.deliveries import DeliveryRecord
 from gateway.engine import DeliveryEngine
+from gateway.inbound.records import InboundDocument
 from kernel.auth import CallerDep
 from kernel.errors import Conflict, NotFound
 
@@ -51,12 +59,13 @@ class StatusCount(BaseModel):
     count: int
 
 
+def sessions_of(request: Request) -> async_sessionmaker[AsyncSession]:
+    factory: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    return factory
+
+
 def router() -> APIRouter:
     api = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
-
-    def sessions_of(request: Request) -> async_sessionmaker[AsyncSession]:
-        factory: async_sessionmaker[AsyncSession] = request.app.state.sessions
-        return factory
 
     @api.get("", response_model=DeliveryPage)
     async def list_deliveries(
@@ -125,6 +134,85 @@ def router() -> APIRouter:
                 f"Delivery {key} is {record.status}; only failed or dead deliveries are replayed.",
             )
         return DeliveryView.of(record)
+
+    return api
+
+
+#: Sees the inbound documents addressed to no tenant of the hub.
+UNROUTABLE_SCOPE = "gateway:unroutable"
+
+
+class InboundView(BaseModel):
+    id: int
+    channel: str
+    source_message_id: str
+    tenant: str | None
+    sender: str
+    receiver: str
+    document_type: str
+    size: int
+    sha256: str
+    status: str
+    source_status: str
+    reason: str | None
+    event_id: str | None
+    received_at: datetime | None
+    fetched_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, record: InboundDocument) -> InboundView:
+        return cls.model_validate(record, from_attributes=True)
+
+
+class InboundPage(BaseModel):
+    items: list[InboundView]
+    next_cursor: int | None
+
+
+def inbound_router() -> APIRouter:
+    api = APIRouter(prefix="/v1/inbound", tags=["inbound"])
+
+    @api.get("", response_model=InboundPage)
+    async def list_inbound(
+        request: Request,
+        caller: CallerDep,
+        status: Literal["published", "unroutable", "refused"] | None = None,
+        source_status: Literal["pending", "acknowledged", "rejected"] | None = None,
+        sender: str | None = Query(default=None, description="Peppol participant, 0208:…"),
+        receiver: str | None = None,
+        limit: int = Query(default=50, ge=1, le=500),
+        cursor: int | None = Query(default=None, description="next_cursor of the previous page"),
+    ) -> InboundPage:
+        """The documents fetched for the caller's tenant (and, with scope
+        ``gateway:unroutable``, those for no tenant), newest first."""
+        caller.require("gateway:read")
+        if status == "unroutable":
+            caller.require(UNROUTABLE_SCOPE)
+        visible = InboundDocument.tenant == caller.tenant
+        if UNROUTABLE_SCOPE in caller.scopes:
+            visible = or_(visible, InboundDocument.tenant.is_(None))
+        query = select(InboundDocument).where(visible)
+        for column, value in (
+            (InboundDocument.status, status),
+            (InboundDocument.source_status, source_status),
+            (InboundDocument.sender, sender),
+            (InboundDocument.receiver, receiver),
+        ):
+            if value:
+                query = query.where(column == value)
+        if cursor:
+            query = query.where(InboundDocument.id < cursor)
+        async with sessions_of(request)() as session:
+            rows = list(
+                (
+                    await session.scalars(query.order_by(InboundDocument.id.desc()).limit(limit))
+                ).all()
+            )
+        return InboundPage(
+            items=[InboundView.of(r) for r in rows],
+            next_cursor=rows[-1].id if len(rows) == limit else None,
+        )
 
     return api
 

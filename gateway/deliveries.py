@@ -20,6 +20,7 @@ from typing import Any, Literal
 from sqlalchemy import JSON, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from gateway.inbound.records import InboundDocument
 from gateway.routing import RetryPolicy
 from kernel.database import Base, BigId, UtcDateTime
 from kernel.migrations import Migration, create_tables
@@ -64,6 +65,11 @@ MIGRATIONS = [
         1,
         "delivery log and outbox",
         create_tables(DeliveryRecord.__table__, OutboxMessage.__table__),  # type: ignore[arg-type]
+    ),
+    Migration(
+        2,
+        "inbound documents (Peppol access point)",
+        create_tables(InboundDocument.__table__),  # type: ignore[arg-type]
     ),
 ]
 

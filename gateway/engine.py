@@ -53,6 +53,7 @@ class Outcome:
     status: str  # delivered | failed | retry
     external_reference: str | None = None
     reason: str | None = None
+    answer: dict[str, str | None] | None = None
 
 
 class DeliveryEngine:
@@ -232,7 +233,9 @@ class DeliveryEngine:
                         "connector %s crashed on %s", route.connector_type, record.idempotency_key
                     )
                     return Outcome("retry", reason=f"internal connector error: {exc!r}")
-                return Outcome("delivered", external_reference=result.external_reference)
+                return Outcome(
+                    "delivered", external_reference=result.external_reference, answer=result.answer
+                )
 
     def _apply(
         self,
@@ -246,7 +249,7 @@ class DeliveryEngine:
         record.attempts += 1
         record.updated_at = now
         record.last_error = outcome.reason
-        policy = self._routing.retry_policy(route.tenant)
+        policy = self._routing.retry_policy(route)
         status = outcome.status
         if status == "retry":
             if record.attempts < policy.max_attempts:
@@ -271,6 +274,9 @@ class DeliveryEngine:
             external_reference=outcome.external_reference,
             reason=outcome.reason if status != "delivered" else None,
             attempts=record.attempts,
+            # Not kept in the delivery log (it may be personal data): the receipt is staged
+            # in this transaction, so it is never needed again.
+            answer=outcome.answer if status == "delivered" else None,
         )
         with continue_trace(record.record_headers):
             stage(

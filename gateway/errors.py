@@ -42,6 +42,24 @@ def error_for_status(status: int, reason: str) -> DeliveryError:
     return PermanentDeliveryError(f"HTTP {status}: {reason}")
 
 
+def error_for_response(target: str, response: httpx.Response) -> DeliveryError:
+    """The error of a refused request, with the target's own explanation when it gives one.
+
+    Problem JSON (RFC 9457) gives ``detail``; other JSON errors often ``message``.
+    """
+    explanation = response.text[:300]
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for name in ("detail", "message", "title"):
+            if isinstance(body.get(name), str) and body[name]:
+                explanation = body[name][:500]
+                break
+    return error_for_status(response.status_code, f"{target}: {explanation}")
+
+
 @contextmanager
 def translate_transport_errors(target: str) -> Iterator[None]:
     try:

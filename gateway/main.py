@@ -7,16 +7,23 @@ from dataclasses import dataclass
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.api import dashboard_router, router
+from gateway.api import dashboard_router, inbound_router, router
 from gateway.connectors.base import (
     Connector,
     ConnectorContext,
     connector_types,
     load_plugin_connectors,
 )
+from gateway.connectors.oversight_soap import OversightSoapConnector
+from gateway.connectors.peppol_ap import PeppolApSettings
 from gateway.deliveries import MIGRATIONS
 from gateway.engine import DeliveryEngine
+from gateway.inbound.notice import build_notice_inbound
+from gateway.inbound.opinions import build_opinion_inbound
+from gateway.inbound.oversight import OversightInbound
+from gateway.inbound.peppol import PeppolInbound, inboxes_from
 from gateway.routing import RoutingTable, load_routing
 from kernel.app import BackgroundTask, create_app
 from kernel.database import create_engine, session_factory
@@ -27,7 +34,17 @@ from kernel.settings import HubSettings, get_settings
 from kernel.tenants import load_tenants
 
 #: The hub's own connectors; importing each registers its type.
-BUILT_IN_CONNECTORS = ("gateway.connectors.ebox_rest", "gateway.connectors.ebox_soap")
+BUILT_IN_CONNECTORS = (
+    "gateway.connectors.ebox_rest",
+    "gateway.connectors.ebox_soap",
+    "gateway.connectors.peppol_ap",
+    "gateway.connectors.inforius",
+    "gateway.connectors.stesud",
+    "gateway.connectors.oversight_soap",
+    "gateway.connectors.notice",
+    "gateway.connectors.ksz_bcss",
+    "gateway.connectors.opinions",
+)
 
 
 def register_built_in_connectors() -> None:
@@ -46,6 +63,24 @@ def build_connectors(
     }
 
 
+def build_peppol_inbound(
+    routing: RoutingTable,
+    sessions: async_sessionmaker[AsyncSession],
+    http: httpx.AsyncClient,
+    relay: OutboxRelay | None,
+) -> PeppolInbound:
+    accounts = [
+        PeppolApSettings.model_validate(routing.connector_settings[(tenant, name)])
+        for tenant, name in routing.peppol_inboxes.items()
+    ]
+    return PeppolInbound(
+        sessions=sessions,
+        inboxes=inboxes_from(accounts, http),
+        participants=routing.participants,
+        relay=relay,
+    )
+
+
 @dataclass
 class GatewayOptions:
     """What tests and benchmarks may override; by default everything comes from settings."""
@@ -57,6 +92,13 @@ class GatewayOptions:
     group_id: str = "gateway"
     #: Deliveries in flight at once; each holds one pooled HTTP connection.
     concurrency: int = 8
+    #: Pause between two polls of the Peppol access point inboxes; None: the settings'.
+    peppol_poll_seconds: float | None = None
+    #: Pause between two polls of the regional oversight's outcomes; None: the settings'.
+    oversight_poll_seconds: float | None = None
+    #: Pause between two polls of NOTICe and of the opinions platform; None: the settings'.
+    notice_poll_seconds: float | None = None
+    opinion_poll_seconds: float | None = None
 
 
 def build_app(
@@ -66,7 +108,8 @@ def build_app(
     options = options or GatewayOptions()
     register_built_in_connectors()
     # Validate every tenant file now: a wrong routing table stops the start with its reasons.
-    routing = load_routing(load_tenants(settings.tenants_dir), set(connector_types()))
+    tenants = load_tenants(settings.tenants_dir)
+    routing = load_routing(tenants, set(connector_types()))
 
     async def startup(app: FastAPI) -> list[BackgroundTask]:
         schema = options.database_schema or settings.database_schema_for("gateway")
@@ -92,6 +135,15 @@ def build_app(
             relay=relay,
             concurrency=options.concurrency,
         )
+        peppol_inbound = build_peppol_inbound(routing, sessions, http, relay)
+        # Each tenant's oversight connector also reads the oversight's outcomes.
+        oversight_inbound = OversightInbound(
+            sessions=sessions,
+            sources=[c for c in connectors.values() if isinstance(c, OversightSoapConnector)],
+            relay=relay,
+        )
+        notice_inbound = build_notice_inbound(routing, tenants, sessions, http, relay)
+        opinion_inbound = build_opinion_inbound(routing, sessions, http, relay)
         app.state.db_engine, app.state.sessions, app.state.engine = (
             engine,
             sessions,
@@ -108,7 +160,29 @@ def build_app(
         async def retry_deliveries() -> None:
             await delivery_engine.run_retries()
 
-        return [relay_receipts, consume_events, retry_deliveries]
+        async def poll_peppol_inboxes() -> None:
+            await peppol_inbound.run(options.peppol_poll_seconds or settings.inbound_poll_seconds)
+
+        async def poll_oversight_outcomes() -> None:
+            await oversight_inbound.run(
+                options.oversight_poll_seconds or settings.inbound_poll_seconds
+            )
+
+        async def poll_notice() -> None:
+            await notice_inbound.run(options.notice_poll_seconds or settings.inbound_poll_seconds)
+
+        async def poll_opinions() -> None:
+            await opinion_inbound.run(options.opinion_poll_seconds or settings.inbound_poll_seconds)
+
+        return [
+            relay_receipts,
+            consume_events,
+            retry_deliveries,
+            poll_peppol_inboxes,
+            poll_oversight_outcomes,
+            poll_notice,
+            poll_opinions,
+        ]
 
     async def shutdown(app: FastAPI) -> None:
         producer, http, connectors = app.state.resources
@@ -122,10 +196,14 @@ def build_app(
         "gateway",
         settings,
         title="Interop gateway",
-        description="Delivers the hub's document events to external services and reports outcomes.",
+        description=(
+            "Delivers the hub's document events to external services and reports outcomes;"
+            " fetches the communes' Peppol documents from their access point."
+        ),
         startup=startup,
         shutdown=shutdown,
     )
     app.include_router(router())
+    app.include_router(inbound_router())
     app.include_router(dashboard_router())
     return app

@@ -12,18 +12,15 @@ serves the embedded hub and docker-compose (e.g. ``${HUB_SANDBOX_URL}``).
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.events import event_class_for
-from kernel.tenants import Tenant
+from kernel.tenants import Tenant, TenantConfigError, expand_environment
 
 # Innermost references first: a default may itself hold a reference.
-_ENV_REFERENCE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}$]*))?\}")
 
 
 class RoutingConfigError(ValueError):
@@ -42,11 +39,23 @@ class RouteConfig(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     event_type: str
     connector: str
+    #: This route's own retry policy, e.g. for a vendor that acknowledges within
+    #: hours (a file exchange); the tenant's ``retry`` otherwise.
+    retry: RetryPolicy | None = None
 
 
 class ConnectorConfig(BaseModel):
     model_config = ConfigDict(extra="allow")  # the connector's own model checks the rest
     type: str
+
+
+class PeppolSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: "<EAS scheme>:<identifier>", e.g. "0208:0216987614" (a Belgian enterprise number).
+    participant: str = Field(pattern=r"^[0-9]{4}:[^\s:]{1,200}$")
+    #: The connector (of type ``peppol_ap``, in this file) whose access point account
+    #: holds this participant's inbox: the gateway polls it. None: nothing is polled.
+    access_point: str | None = None
 
 
 class TenantRoutingFile(BaseModel):
@@ -56,6 +65,9 @@ class TenantRoutingFile(BaseModel):
     connectors: dict[str, ConnectorConfig] = Field(default_factory=dict)
     routes: list[RouteConfig] = Field(default_factory=list)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    peppol: PeppolSettings | None = None
+    #: The NOTICe instance (``notice: instance:``), read by ``kernel.tenants``.
+    notice: dict[str, Any] | None = None
     #: Free-form settings read by the services (not by the gateway).
     services: dict[str, Any] = Field(default_factory=dict)
 
@@ -67,6 +79,7 @@ class Route:
     event_type: str
     connector_name: str
     connector_type: str
+    retry: RetryPolicy | None = None
 
 
 @dataclass
@@ -74,6 +87,10 @@ class RoutingTable:
     routes: dict[tuple[str, str], list[Route]] = field(default_factory=dict)
     connector_settings: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     retry: dict[str, RetryPolicy] = field(default_factory=dict)
+    #: tenant → its Peppol participant ("0208:0216987614").
+    participants: dict[str, str] = field(default_factory=dict)
+    #: tenant → the name of its connector whose access point inbox the gateway polls.
+    peppol_inboxes: dict[str, str] = field(default_factory=dict)
 
     def routes_for(self, tenant: str, event_type: str) -> list[Route]:
         return self.routes.get((tenant, event_type), [])
@@ -85,36 +102,12 @@ class RoutingTable:
                     return route
         return None
 
-    def retry_policy(self, tenant: str) -> RetryPolicy:
-        return self.retry.get(tenant, RetryPolicy())
+    def retry_policy(self, route: Route) -> RetryPolicy:
+        """The route's own policy if it has one, else its tenant's."""
+        return route.retry or self.retry.get(route.tenant, RetryPolicy())
 
     def event_types(self) -> set[str]:
         return {event_type for (_, event_type) in self.routes}
-
-
-def expand_environment(value: Any, environ: dict[str, str] | None = None) -> Any:
-    environ = dict(os.environ) if environ is None else environ
-    if isinstance(value, str):
-
-        def replace(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in environ and environ[name] != "":
-                return environ[name]
-            if default is not None:
-                return default
-            raise RoutingConfigError(f"environment variable {name} is not set")
-
-        for _ in range(5):  # nesting depth we accept
-            expanded = _ENV_REFERENCE.sub(replace, value)
-            if expanded == value:
-                break
-            value = expanded
-        return value
-    if isinstance(value, dict):
-        return {key: expand_environment(item, environ) for key, item in value.items()}
-    if isinstance(value, list):
-        return [expand_environment(item, environ) for item in value]
-    return value
 
 
 def load_routing(
@@ -128,7 +121,7 @@ def load_routing(
         where = str(tenant.source_file)
         try:
             parsed = TenantRoutingFile.model_validate(expand_environment(tenant.raw, environ))
-        except RoutingConfigError as exc:
+        except TenantConfigError as exc:
             problems.append(f"{where}: {exc}")
             continue
         except ValidationError as exc:
@@ -145,6 +138,17 @@ def load_routing(
                 )
                 continue
             table.connector_settings[(code, name)] = connector.model_dump()
+        if parsed.peppol is not None:
+            table.participants[code] = parsed.peppol.participant
+            inbox = parsed.peppol.access_point
+            if inbox is not None:
+                if parsed.connectors.get(inbox, ConnectorConfig(type="")).type != "peppol_ap":
+                    problems.append(
+                        f"{where}: peppol.access_point: no connector named {inbox!r} of type"
+                        " peppol_ap in this file"
+                    )
+                else:
+                    table.peppol_inboxes[code] = inbox
         seen_names: set[str] = set()
         for index, route in enumerate(parsed.routes):
             at = f"{where}: routes[{index}] ({route.name})"
@@ -163,6 +167,7 @@ def load_routing(
                     event_type=route.event_type,
                     connector_name=route.connector,
                     connector_type=parsed.connectors[route.connector].type,
+                    retry=route.retry,
                 )
             )
     if problems:

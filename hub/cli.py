@@ -11,6 +11,7 @@ import typer
 import uvicorn
 
 from hub.components import BY_NAME
+from hub.invoice_cli import app as invoice_app
 from kernel.auth import issue_token
 from kernel.logs import configure_logging
 from kernel.settings import get_settings
@@ -19,6 +20,7 @@ from kernel.telemetry import configure_tracing
 app = typer.Typer(
     help="The e-government integration hub.", no_args_is_help=True, add_completion=False
 )
+app.add_typer(invoice_app, name="invoice")
 
 
 @app.command()
@@ -102,7 +104,7 @@ def demo(
         typer.echo(json.dumps({name: result.as_dict() for name, result in results.items()}))
     else:
         print_table(results)
-    if any(result.delivered < result.submitted for result in results.values()):
+    if not all(result.all_accounted_for() for result in results.values()):
         raise typer.Exit(1)
 
 

@@ -29,6 +29,24 @@ COMPONENTS: tuple[Component, ...] = (
         "mail registry API",
     ),
     Component(
+        "factures",
+        "services.factures.main:build_app",
+        DEFAULT_PORTS["factures"],
+        "invoice reception, approval and supplier answers (Peppol BIS 3.0)",
+    ),
+    Component(
+        "meeting",
+        "services.meeting.main:build_app",
+        DEFAULT_PORTS["meeting"],
+        "college and council meetings, decisions, WS4PM facade",
+    ),
+    Component(
+        "urban",
+        "services.urban.main:build_app",
+        DEFAULT_PORTS["urban"],
+        "urban-planning and environmental permit files (CoDT), NOTICe, deadlines",
+    ),
+    Component(
         "gateway",
         "gateway.main:build_app",
         DEFAULT_PORTS["gateway"],

@@ -3,9 +3,13 @@
 Each event's handler runs in one database transaction that also records the
 event id in the ``inbox`` table (and may stage outgoing events in the outbox),
 so a redelivered event is recognised and skipped. Offsets are committed to
-Kafka only after the batch's transactions committed. Records that are not hub
-CloudEvents are counted, logged and skipped: a poison record must not stop a
-partition.
+Kafka only after the batch's transactions committed.
+
+A record that breaks its contract must neither stop the partition (a poison
+record) nor be lost: when its type is one this service handles, it is kept in
+``rejected_events`` with the reason, for an operator (``kernel.api``'s
+``/v1/rejected-events``); records of other types are counted and skipped
+unparsed.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import String
+from sqlalchemy import JSON, LargeBinary, String, Text, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from contracts.envelope import CloudEvent, EnvelopeError, from_record, headers_as_text
-from kernel.database import Base, UtcDateTime, utcnow
+from kernel.database import Base, BigId, UtcDateTime, utcnow
 from kernel.kafka import make_consumer
 from kernel.metrics import EVENTS_CONSUMED
 from kernel.outbox import OutboxRelay
@@ -32,6 +37,18 @@ log = logging.getLogger(__name__)
 EventHandler = Callable[[AsyncSession, CloudEvent], Awaitable[None]]
 
 
+def merge_handlers(*parts: dict[str, EventHandler]) -> dict[str, EventHandler]:
+    """The handlers of a service's parts; two parts handling one event type is an error
+    (one would silently replace the other), so each type has exactly one handler."""
+    merged: dict[str, EventHandler] = {}
+    for part in parts:
+        for event_type, handler in part.items():
+            if event_type in merged:
+                raise ValueError(f"two handlers for {event_type}: combine them into one")
+            merged[event_type] = handler
+    return merged
+
+
 class InboxEntry(Base):
     """An event this process has already handled (by CloudEvent id)."""
 
@@ -39,6 +56,21 @@ class InboxEntry(Base):
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     event_type: Mapped[str] = mapped_column(String(128))
     handled_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RejectedEvent(Base):
+    """A record addressed to this service that breaks its contract, kept with the reason."""
+
+    __tablename__ = "rejected_events"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    event_type: Mapped[str] = mapped_column(String(128))
+    tenant: Mapped[str | None] = mapped_column(String(5), index=True)
+    topic: Mapped[str] = mapped_column(String(249))
+    headers: Mapped[dict[str, Any]] = mapped_column(JSON)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    reason: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class EventConsumer:
@@ -57,14 +89,16 @@ class EventConsumer:
 
     async def handle(self, headers: dict[str, str], value: bytes, topic: str) -> str:
         """Handle one record; return the outcome label (handled, duplicate, ignored, rejected)."""
+        handler = self._handlers.get(headers.get("ce_type", ""))
+        if handler is None:
+            # Not ours: skipped before its body is even parsed, so a new consumer group
+            # catching up on a topic's history reads the others' events cheaply.
+            return self._count(topic, "ignored")
         try:
             event = from_record(headers, value)
         except EnvelopeError as exc:
-            log.warning("%s skipped a record on %s: %s", self._component, topic, exc)
-            return self._count(topic, "rejected")
-        handler = self._handlers.get(event.type)
-        if handler is None:
-            return self._count(topic, "ignored")
+            kept = await self.keep_rejected(headers, value, topic, str(exc))
+            return self._count(topic, "kept" if kept else "duplicate")
         with (
             continue_trace(headers),
             tracer(self._component).start_as_current_span(f"handle {event.type}"),
@@ -79,6 +113,40 @@ class EventConsumer:
         if self._relay:
             self._relay.wake()
         return self._count(topic, "handled")
+
+    async def keep_rejected(
+        self, headers: dict[str, str], value: bytes, topic: str, reason: str
+    ) -> bool:
+        """Keep a record of ours that breaks its contract; False when it is kept already."""
+        event_id = headers.get("ce_id")
+        log.warning(
+            "%s kept event %s (%s) on %s, which breaks its contract: %s",
+            self._component,
+            event_id,
+            headers.get("ce_type"),
+            topic,
+            reason,
+        )
+        async with self._sessions() as session, session.begin():
+            if event_id is not None:
+                known = await session.scalar(
+                    select(RejectedEvent.id).where(RejectedEvent.event_id == event_id)
+                )
+                if known is not None:
+                    return False
+            session.add(
+                RejectedEvent(
+                    event_id=event_id,
+                    event_type=headers.get("ce_type", ""),
+                    tenant=headers.get("ce_tenant"),
+                    topic=topic,
+                    headers=headers,
+                    value=value,
+                    reason=reason,
+                    received_at=utcnow(),
+                )
+            )
+        return True
 
     def _count(self, topic: str, outcome: str) -> str:
         EVENTS_CONSUMED.labels(component=self._component, topic=topic, outcome=outcome).inc()

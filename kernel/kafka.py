@@ -30,6 +30,7 @@ TOPICS: dict[str, int] = {
     "urban.events": 6,
     "meeting.events": 6,
     "gateway.receipts": 6,
+    "gateway.inbound": 6,
 }
 
 #: Large enough for an outgoing mail carrying its PDF (capped at 4 MiB by courrier).
@@ -148,6 +149,9 @@ def make_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
     )
 
 
+FETCH_MAX_WAIT_MS = 20
+
+
 def make_consumer(
     bootstrap_servers: str, group_id: str, topics: Iterable[str], client_id: str
 ) -> AIOKafkaConsumer:
@@ -161,4 +165,10 @@ def make_consumer(
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=MAX_REQUEST_BYTES,
         fetch_max_bytes=4 * MAX_REQUEST_BYTES,
+        # Tansu answers a fetch only when fetch_max_wait_ms has passed, even when
+        # records are already there; at aiokafka's 500 ms default that wait was
+        # the largest part of the hub's end-to-end latency (bench: median consume
+        # latency 202 ms at 500 ms, 5 ms at 20 ms). An idle consumer now polls
+        # fifty times a second, which costs the broker little.
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )

@@ -13,10 +13,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Column, Connection, DateTime, Integer, MetaData, String, Table, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    inspect,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kernel.database import utcnow
+from kernel.database import Base, utcnow
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,40 @@ def create_tables(*tables: Table) -> Callable[[Connection], None]:
             table.create(connection, checkfirst=True)
 
     return apply
+
+
+def add_columns(table: Table, *names: str) -> Callable[[Connection], None]:
+    """Add ``table``'s columns ``names`` where they are missing, and create its indexes.
+
+    A database created at an earlier migration lacks them; one created now got
+    them from ``create_tables`` (which uses today's table) and is left as is.
+    """
+
+    def apply(connection: Connection) -> None:
+        existing = {column["name"] for column in inspect(connection).get_columns(table.name)}
+        preparer = connection.dialect.identifier_preparer
+        for name in names:
+            if name in existing:
+                continue
+            column = table.c[name]
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.execute(
+                text(
+                    f"ALTER TABLE {preparer.quote(table.name)} "
+                    f"ADD COLUMN {preparer.quote(name)} {kind}"
+                )
+            )
+        for index in table.indexes:
+            index.create(connection, checkfirst=True)
+
+    return apply
+
+
+def table_of(model: type[Base]) -> Table:
+    table = model.__table__
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to a table")
+    return table
 
 
 _version_metadata = MetaData()

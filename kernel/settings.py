@@ -57,6 +57,12 @@ class HubSettings(BaseSettings):
     max_body_bytes: int = 12 * 1024 * 1024
 
     sandbox_url: str = "http://127.0.0.1:8010"
+    #: The hub's address as the public reaches it (behind a proxy), for the absolute URLs of
+    #: public APIs (OParl); unset: the address each request came to.
+    public_base_url: str | None = None
+    #: Pause between two polls of an outside service by the gateway's inbound adapters
+    #: (Peppol access point, NOTICe, oversight outcomes…).
+    inbound_poll_seconds: float = Field(default=5.0, gt=0, le=3600)
     otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
 
     @field_validator("kafka_bootstrap_servers", "database_url", "jwks_url", mode="before")

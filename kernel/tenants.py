@@ -6,6 +6,8 @@ same file's routes and connectors with its own, stricter model.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from typing import Any
 import yaml
 
 from kernel.errors import ProblemError
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}$]*))?\}")
 
 
 class TenantConfigError(ValueError):
@@ -25,6 +29,9 @@ class Tenant:
     name: str
     source_file: Path
     raw: dict[str, Any]
+    #: The commune's instance code on the SPW's NOTICe (``notice: instance:``): the
+    #: gateway routes NOTICe notifications by it and urban checks them against it.
+    notice_instance: str | None = None
 
 
 def load_tenants(directory: Path) -> dict[str, Tenant]:
@@ -46,10 +53,58 @@ def load_tenants(directory: Path) -> dict[str, Tenant]:
         name = raw.get("name")
         if not isinstance(name, str) or not name:
             raise TenantConfigError(f"{path}: 'name' is required")
-        tenants[code] = Tenant(code=code, name=name, source_file=path, raw=raw)
+        notice_instance = _notice_instance(path, raw)
+        tenants[code] = Tenant(code, name, path, raw, notice_instance)
     if not tenants:
         raise TenantConfigError(f"no tenant file (*.yaml) in {directory}")
+    instances: dict[str, str] = {}
+    for code, tenant in tenants.items():
+        if tenant.notice_instance is None:
+            continue
+        if tenant.notice_instance in instances:
+            raise TenantConfigError(
+                f"{tenant.source_file}: NOTICe instance {tenant.notice_instance!r} is also "
+                f"tenant {instances[tenant.notice_instance]}'s"
+            )
+        instances[tenant.notice_instance] = code
     return tenants
+
+
+def _notice_instance(path: Path, raw: dict[str, Any]) -> str | None:
+    block = raw.get("notice")
+    if block is None:
+        return None
+    instance = block.get("instance") if isinstance(block, dict) else None
+    if not isinstance(instance, str) or not 0 < len(instance) <= 100:
+        raise TenantConfigError(f"{path}: notice.instance must be the NOTICe instance code")
+    return instance
+
+
+def expand_environment(value: Any, environ: dict[str, str] | None = None) -> Any:
+    """``${VAR}`` and ``${VAR:-default}`` references in a tenant file's values, nested ones
+    innermost first; an unset variable without a default is a TenantConfigError."""
+    environ = dict(os.environ) if environ is None else environ
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ and environ[name] != "":
+                return environ[name]
+            if default is not None:
+                return default
+            raise TenantConfigError(f"environment variable {name} is not set")
+
+        for _ in range(5):  # nesting depth we accept
+            expanded = _ENV_REFERENCE.sub(replace, value)
+            if expanded == value:
+                break
+            value = expanded
+        return value
+    if isinstance(value, dict):
+        return {key: expand_environment(item, environ) for key, item in value.items()}
+    if isinstance(value, list):
+        return [expand_environment(item, environ) for item in value]
+    return value
 
 
 class UnknownTenant(ProblemError):

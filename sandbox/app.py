@@ -1,4 +1,12 @@
-"""The sandbox process: simulated e-Box (REST and SOAP) and, later, the other external services.
+"""The sandbox process: simulated external services.
+
+The federal e-Box (REST and SOAP), the communes' Peppol access point
+(``peppol_ap``), the accounting packages Inforius (REST) and Stésud (a
+drop directory watched by a background task), the regional oversight
+(``oversight``, a modelled SOAP contract), the SPW's NOTICe permit
+notifications (``notice``, modelled REST), the KSZ-BCSS ``IdentifyPerson``
+(``ksz_bcss``, SOAP) and the consulted bodies' opinions (``opinions``, modelled
+REST).
 
 ``/_sandbox/*`` is the test and operator control surface: what was received
 (with how often each idempotency key arrived) and fault injection.
@@ -10,10 +18,11 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 
-from kernel.app import create_app
+from kernel.app import BackgroundTask, create_app
 from kernel.settings import HubSettings, get_settings
-from sandbox import ebox_rest, ebox_soap
+from sandbox import ebox_rest, ebox_soap, inforius, ksz_bcss, notice, opinions, oversight, peppol_ap
 from sandbox.recorder import FaultSettings, Recorder
+from sandbox.stesud import StesudSandbox
 
 
 def control_router(recorder: Recorder) -> APIRouter:
@@ -52,18 +61,35 @@ def control_router(recorder: Recorder) -> APIRouter:
 def build_app(settings: HubSettings | None = None, recorder: Recorder | None = None) -> FastAPI:
     settings = settings or get_settings()
     recorder = recorder or Recorder()
+    stesud = StesudSandbox.from_settings(settings, recorder)
+
+    async def startup(app: FastAPI) -> list[BackgroundTask]:
+        async def watch_stesud_drop_directory() -> None:
+            await stesud.run()
+
+        return [watch_stesud_drop_directory]
+
     app = create_app(
         "sandbox",
         settings,
         title="Hub sandbox",
         description=(
-            "Simulated external services (federal e-Box REST and SOAP) for development and tests."
+            "Simulated external services for development and tests: federal e-Box (REST and"
+            " SOAP), Peppol access point, Inforius and Stésud accounting, regional oversight."
         ),
+        startup=startup,
     )
     app.state.recorder = recorder
     app.include_router(control_router(recorder))
     app.include_router(ebox_rest.router(recorder, settings))
     app.include_router(ebox_soap.router(recorder, settings))
+    app.include_router(peppol_ap.router(recorder))
+    app.include_router(inforius.router(recorder))
+    app.include_router(oversight.router(recorder, settings))
+    app.include_router(notice.router(recorder))
+    app.include_router(ksz_bcss.router(recorder, settings))
+    app.include_router(opinions.router(recorder))
+    app.state.stesud = stesud
     return app
 
 

@@ -1,4 +1,11 @@
-"""Events of the mail registry, on topic ``courrier.events``."""
+"""Events of the mail registry, on topic ``courrier.events``.
+
+An outgoing mail that another service asked for (e.g. the notification of a
+college decision) names that service's document in ``about``, on each of its
+events, so the asking service follows the mail without calling courrier.
+``about`` is optional and left out of the JSON when absent: events of mail
+typed in by a clerk are the same as before it existed.
+"""
 
 from __future__ import annotations
 
@@ -46,8 +53,28 @@ class Recipient(BaseModel):
     name: str | None = None
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+class DocumentReference(BaseModel):
+    """A document of another service, e.g. the agenda item whose decision a mail notifies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    service: str = Field(
+        min_length=1, max_length=32, description="The service that owns it, e.g. meeting"
+    )
+    document_id: str = Field(
+        min_length=1, max_length=200, description="Its id in that service, e.g. the item's id"
+    )
+
+
+ABOUT_DESCRIPTION = "The document of another service this mail was sent for, if any"
+
+
 class OutgoingMailSendRequested(EventData):
-    """A clerk asked to send an outgoing mail; the gateway delivers it to the e-Box."""
+    """A clerk or another service's event asked to send an outgoing mail; the gateway
+    delivers it to the e-Box."""
 
     TYPE: ClassVar[str] = "courrier.outgoing_mail.send_requested.v1"
     TOPIC: ClassVar[str] = TOPIC
@@ -58,6 +85,9 @@ class OutgoingMailSendRequested(EventData):
     subject: str
     body_pdf_base64: str = Field(description="The letter as a PDF, base64-encoded")
     body_pdf_md5: str = Field(pattern=r"^[0-9a-f]{32}$")
+    about: DocumentReference | None = Field(
+        default=None, exclude_if=_absent, description=ABOUT_DESCRIPTION
+    )
 
 
 class OutgoingMailSent(EventData):
@@ -69,6 +99,9 @@ class OutgoingMailSent(EventData):
     mail_id: str
     registration_number: str
     ebox_message_id: str
+    about: DocumentReference | None = Field(
+        default=None, exclude_if=_absent, description=ABOUT_DESCRIPTION
+    )
 
 
 class OutgoingMailFailed(EventData):
@@ -80,3 +113,6 @@ class OutgoingMailFailed(EventData):
     mail_id: str
     registration_number: str
     reason: str
+    about: DocumentReference | None = Field(
+        default=None, exclude_if=_absent, description=ABOUT_DESCRIPTION
+    )

@@ -33,3 +33,6 @@ class DeliveryReceipt(EventData):
     external_reference: str | None = None
     reason: str | None = None
     attempts: int = Field(ge=1)
+    #: What the target answered, for a delivery that is a question (e.g. the identity
+    #: the National Register holds for a NISS); None for plain deliveries.
+    answer: dict[str, str | None] | None = None

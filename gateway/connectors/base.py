@@ -1,19 +1,39 @@
 """What every connector is, and how the gateway builds one from a tenant's settings.
 
 A connector type registers a factory under its name (``ebox_rest``,
-``ebox_soap``…). The tenant's YAML names the type and gives its settings,
-which the connector validates with its own pydantic model at start, so a
-typo in a tenant file is a clear error before any event is consumed.
+``ebox_soap``, ``peppol_ap``, ``inforius``, ``stesud``…). The tenant's YAML
+names the type and gives its settings, which the connector validates with its
+own pydantic model at start (``settings_of``), so a typo in a tenant file is
+a clear error before any event is consumed.
+
+A connector's ``deliver`` either returns a ``DeliveryResult`` (its
+``external_reference`` is the target's id for what it received; for an
+accounting connector, the booking reference; ``answer`` is what a target that
+is asked a question answered, copied into the receipt) or raises
+``RetryableDeliveryError`` / ``PermanentDeliveryError`` (``gateway.errors``,
+whose ``translate_transport_errors`` maps httpx errors). It must be
+idempotent under ``Delivery.idempotency_key``: the same key may come again
+after a crash or a retry.
+
+Vendors add connectors without touching the hub: a package declares an entry
+point in the group ``hub.connectors`` (``PLUGIN_GROUP``) whose object is a
+callable that calls ``register_connector``; ``docs/connectors.md`` has a
+complete example::
+
+    [project.entry-points."hub.connectors"]
+    acme = "acme_hub.connector:register"
+
+Once installed beside the hub, a tenant file may say ``type: acme``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from contracts.envelope import CloudEvent
 from kernel.settings import HubSettings
@@ -34,6 +54,9 @@ class Delivery:
 @dataclass(frozen=True)
 class DeliveryResult:
     external_reference: str  # the target's id for what it received (e.g. the e-Box message id)
+    #: What the target answered when the delivery is a question (e.g. the identity the
+    #: National Register holds for a NISS); the engine copies it into the receipt.
+    answer: dict[str, str | None] | None = None
 
 
 class Connector(Protocol):
@@ -55,6 +78,33 @@ class ConnectorContext:
     tenant: str
     hub: HubSettings
     http: httpx.AsyncClient  # shared pool; connectors set their own per-call timeouts
+
+
+_S = TypeVar("_S", bound=ConnectorSettings)
+
+
+def settings_of(model: type[_S], context: ConnectorContext, config: dict[str, Any]) -> _S:
+    """``config`` validated by the connector's model, or a ValueError naming every problem.
+
+    The message leaves out the input values: they would print the secrets.
+    """
+    try:
+        return model.model_validate(config)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()
+        )
+        type_name = config.get("type", model.__name__)
+        raise ValueError(f"tenant {context.tenant}: {type_name} settings: {problems}") from exc
+
+
+def json_field(response: httpx.Response, name: str) -> Any:
+    """A top-level field of a JSON object answer, or None (not JSON, not an object, absent)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get(name) if isinstance(body, dict) else None
 
 
 ConnectorFactory = Callable[[ConnectorContext, dict[str, Any]], Connector]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 
 from contracts.envelope import EnvelopeError
 from contracts.events.courrier import OutgoingMailSendRequested
@@ -36,7 +36,9 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
+    json_field,
     register_connector,
+    settings_of,
 )
 from gateway.connectors.letters import letter_file_name, letter_of, recipient_number
 from gateway.errors import (
@@ -190,15 +192,15 @@ class EboxRestConnector:
         requested_at = self._clock()
         response = await self._http.post(self.settings.token_url, data=form, timeout=self._timeout)
         if response.status_code in (400, 401):
-            error = _json_field(response, "error") or response.text[:200]
+            error = json_field(response, "error") or response.text[:200]
             raise PermanentDeliveryError(
                 f"{TARGET}: the token endpoint refused the hub's client credentials "
                 f"({error}); check client_id and client_secret of this tenant"
             )
         if response.is_error:
             raise error_for_status(response.status_code, f"{TARGET} token endpoint")
-        value = _json_field(response, "access_token")
-        expires_in = _json_field(response, "expires_in")
+        value = json_field(response, "access_token")
+        expires_in = json_field(response, "expires_in")
         if not isinstance(value, str) or not isinstance(expires_in, int | float):
             raise RetryableDeliveryError(f"{TARGET}: the token endpoint's answer has no token")
         return _Token(value, requested_at + expires_in - TOKEN_RENEWAL_MARGIN_SECONDS)
@@ -209,28 +211,20 @@ class EboxRestConnector:
 
 def _message_id(response: httpx.Response) -> str:
     if response.is_success:
-        message_id = _json_field(response, "messageId")
+        message_id = json_field(response, "messageId")
         if not isinstance(message_id, str) or not message_id:
             # It may have been published: retrying under the same idempotency key is safe.
             raise RetryableDeliveryError(
                 f"{TARGET} answered {response.status_code} with no messageId"
             )
         return message_id
-    code = _json_field(response, "code")
+    code = json_field(response, "code")
     if code == NO_DIGITAL_USER:
         # A business answer, whatever its HTTP status: retrying never gives the recipient an e-Box.
         raise PermanentDeliveryError(NO_DIGITAL_EBOX_REASON)
-    message = _json_field(response, "message")
+    message = json_field(response, "message")
     detail = f"{code}: {message}" if code else response.text[:300]
     raise error_for_status(response.status_code, f"{TARGET} {detail}")
-
-
-def _json_field(response: httpx.Response, name: str) -> Any:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body.get(name) if isinstance(body, dict) else None
 
 
 def _ebox_id(mail: OutgoingMailSendRequested) -> dict[str, str]:
@@ -244,15 +238,7 @@ def _sha256_base64url(content: bytes) -> str:
 
 
 def create_connector(context: ConnectorContext, config: dict[str, Any]) -> EboxRestConnector:
-    try:
-        settings = EboxRestSettings.model_validate(config)
-    except ValidationError as exc:
-        # Without the input values: they would print the client secret.
-        problems = "; ".join(
-            f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()
-        )
-        raise ValueError(f"tenant {context.tenant}: {TYPE_NAME} settings: {problems}") from exc
-    return EboxRestConnector(settings, context.http)
+    return EboxRestConnector(settings_of(EboxRestSettings, context, config), context.http)
 
 
 register_connector(TYPE_NAME, create_connector)

@@ -30,33 +30,25 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
-from lxml import etree
-from pydantic import Field, model_validator
-from zeep import AsyncClient
-from zeep import Settings as ZeepSettings
+from pydantic import Field
 from zeep.exceptions import Fault
-from zeep.transports import AsyncTransport
-from zeep.wsdl.bindings.soap import SoapBinding
 
 from contracts.envelope import EnvelopeError
 from contracts.events.courrier import OutgoingMailSendRequested
 from contracts.identifiers import EnterpriseNumber
 from gateway.connectors.base import (
     ConnectorContext,
-    ConnectorSettings,
     Delivery,
     DeliveryResult,
     register_connector,
 )
 from gateway.connectors.letters import letter_file_name, letter_of, recipient_number
+from gateway.connectors.soap import SignedSoapClient, SigningSettings, signing_files
 from gateway.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
     translate_transport_errors,
 )
-from gateway.wssecurity import X509Signature
-from kernel.pki import ensure_tenant_signing_identity
 
 TYPE_NAME = "ebox_soap"
 TARGET = "e-Box SOAP"
@@ -71,15 +63,11 @@ ERRORS_NS = "http://socialsecurity.be/errors/v1"
 TICKET_LENGTH = 25  # the contract's Ticket: at most 25 characters
 
 
-class EboxSoapSettings(ConnectorSettings):
+class EboxSoapSettings(SigningSettings):
     type: Literal["ebox_soap"]
     endpoint: str = Field(pattern=r"^https?://")
     #: Defaults to the corpus WSDL; loaded once, when the connector is built.
     wsdl: Path | None = None
-    #: The tenant's signing key and certificate (PEM). Unset in development: the hub's
-    #: self-signed tenant identity (kernel/pki.py). Production names the federal PKI's.
-    key_file: Path | None = None
-    cert_file: Path | None = None
     timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     #: The sender as the e-Box registered it: the application and the commune's or CPAS's
     #: enterprise number (``SenderID``, optional in the contract), and the message type.
@@ -87,51 +75,22 @@ class EboxSoapSettings(ConnectorSettings):
     sender_institution: EnterpriseNumber | None = None
     message_type: str = Field(default="OUTGOING_MAIL", min_length=6, max_length=80)
 
-    @model_validator(mode="after")
-    def _key_and_certificate_together(self) -> EboxSoapSettings:
-        if (self.key_file is None) != (self.cert_file is None):
-            raise ValueError("key_file and cert_file are given together, or neither")
-        return self
-
-
-class _SharedPoolTransport(AsyncTransport):
-    """zeep's httpx transport over the gateway's shared pool, with this connector's timeout."""
-
-    def __init__(self, http: httpx.AsyncClient, timeout_seconds: float) -> None:
-        headers = http.headers.copy()
-        super().__init__(client=http)  # type: ignore[no-untyped-call]  # zeep: untyped
-        http.headers = headers  # AsyncTransport replaces the client's headers; the pool is shared
-        self._timeout = httpx.Timeout(timeout_seconds)
-
-    async def post(self, address: str, message: bytes, headers: dict[str, str]) -> httpx.Response:
-        # No logging of the message here (zeep's would): it holds national numbers.
-        return await self.client.post(
-            address, content=message, headers=headers, timeout=self._timeout
-        )
-
-    async def aclose(self) -> None:
-        self.wsdl_client.close()  # only the WSDL loader is ours; the gateway closes the pool
-
 
 class EboxSoapConnector:
     type_name = TYPE_NAME
 
     def __init__(self, ctx: ConnectorContext, settings: EboxSoapSettings) -> None:
         self.settings = settings
-        key_file, cert_file = _signing_files(ctx, settings)
-        self._transport = _SharedPoolTransport(ctx.http, settings.timeout_seconds)
-        self._client = AsyncClient(
-            str(settings.wsdl or ctx.hub.corpus_dir / DEFAULT_WSDL),
-            transport=self._transport,
-            wsse=X509Signature.from_files(key_file, cert_file),
-            settings=ZeepSettings(forbid_dtd=True, forbid_entities=True, forbid_external=True),
+        key_file, cert_file = signing_files(ctx, settings.key_file, settings.cert_file, TYPE_NAME)
+        self._soap = SignedSoapClient(
+            wsdl=str(settings.wsdl or ctx.hub.corpus_dir / DEFAULT_WSDL),
+            binding=BINDING,
+            endpoint=settings.endpoint,
+            http=ctx.http,
+            timeout_seconds=settings.timeout_seconds,
+            key_file=key_file,
+            cert_file=cert_file,
         )
-        self._service = self._client.create_service(BINDING, settings.endpoint)
-        binding = self._client.wsdl.bindings[BINDING]
-        if not isinstance(binding, SoapBinding):
-            raise ValueError(f"{BINDING} of the e-Box WSDL is not a SOAP binding")
-        self._binding = binding
-        self._operation = self._binding.get(OPERATION)
 
     async def deliver(self, delivery: Delivery) -> DeliveryResult:
         try:
@@ -145,11 +104,11 @@ class EboxSoapConnector:
         ticket = ticket_for(delivery.idempotency_key)
         content_id = f"letter-{ticket}@hub"
         with translate_transport_errors(TARGET):
-            envelope = self._client.create_message(
-                self._service, OPERATION, **self._request(mail, ticket, content_id, letter)
+            envelope = self._soap.envelope(
+                OPERATION, **self._request(mail, ticket, content_id, letter)
             )
             payload, content_type = soap_with_attachment(
-                _serialise(envelope), content_id, letter, "application/pdf"
+                envelope, content_id, letter, "application/pdf"
             )
             headers = {
                 **delivery.trace_headers,
@@ -157,13 +116,9 @@ class EboxSoapConnector:
                 "SOAPAction": '""',
                 "Idempotency-Key": delivery.idempotency_key,
             }
-            response = await self._transport.post(self.settings.endpoint, payload, headers)
+            response = await self._soap.post(payload, headers)
             try:
-                answer = self._binding.process_reply(
-                    self._client,
-                    self._operation,
-                    self._transport.new_response(response),  # type: ignore[no-untyped-call]
-                )
+                answer = self._soap.answer(OPERATION, response)
             except Fault as fault:
                 if business_error_code(fault) == NO_DIGITAL_USER:
                     raise PermanentDeliveryError("the recipient has no digital e-Box") from fault
@@ -176,7 +131,7 @@ class EboxSoapConnector:
         return DeliveryResult(external_reference=str(message_id))
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        await self._soap.aclose()
 
     def _request(
         self, mail: OutgoingMailSendRequested, ticket: str, content_id: str, letter: bytes
@@ -247,22 +202,6 @@ def business_error_code(fault: Fault) -> str | None:
         return None
     code = detail.find(f"{{{ERRORS_NS}}}BusinessError/{{{ERRORS_NS}}}Code")
     return code.text.strip() if code is not None and code.text else None
-
-
-def _serialise(envelope: etree._Element) -> bytes:
-    serialised: bytes = etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
-    return serialised
-
-
-def _signing_files(ctx: ConnectorContext, settings: EboxSoapSettings) -> tuple[Path, Path]:
-    if settings.key_file and settings.cert_file:
-        return settings.key_file, settings.cert_file
-    if ctx.hub.environment == "production":
-        raise ValueError(
-            f"tenant {ctx.tenant}: the ebox_soap connector needs key_file and cert_file in"
-            " production (the tenant's certificate from the federal PKI)"
-        )
-    return ensure_tenant_signing_identity(ctx.hub.keys_dir, ctx.tenant)
 
 
 def _recipient(mail: OutgoingMailSendRequested) -> dict[str, str]:

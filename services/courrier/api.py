@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated
@@ -20,14 +18,12 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Security, UploadFile
 from fastapi.security import HTTPBearer
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from kernel.auth import Caller, CallerDep
+from kernel.api import Page, Storage, StorageDep, authorised, problem_responses
+from kernel.auth import Caller
 from kernel.database import utcnow
 from kernel.errors import ProblemError
-from kernel.outbox import OutboxRelay, transaction
 from kernel.settings import HubSettings
-from kernel.tenants import Tenant, UnknownTenant
 from services.courrier import registry
 from services.courrier.domain import (
     Direction,
@@ -50,8 +46,6 @@ from services.courrier.schemas import (
     MailSummary,
     OutgoingMailCreate,
     OutgoingMailView,
-    Page,
-    problem_responses,
 )
 from services.courrier.tables import Mail
 
@@ -66,43 +60,8 @@ bearer = HTTPBearer(
 )
 
 
-def _authorise(request: Request, caller: Caller, scope: str) -> Caller:
-    tenants: dict[str, Tenant] = request.app.state.tenants
-    if caller.tenant not in tenants:
-        raise UnknownTenant(caller.tenant)
-    caller.require(scope)
-    return caller
-
-
-async def reader(request: Request, caller: CallerDep) -> Caller:
-    return _authorise(request, caller, READ_SCOPE)
-
-
-async def writer(request: Request, caller: CallerDep) -> Caller:
-    return _authorise(request, caller, WRITE_SCOPE)
-
-
-Reader = Annotated[Caller, Depends(reader)]
-Writer = Annotated[Caller, Depends(writer)]
-
-
-@dataclass(frozen=True)
-class Storage:
-    sessions: async_sessionmaker[AsyncSession]
-    relay: OutboxRelay | None
-
-    @asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
-        """One transaction: the document change and its events commit together."""
-        async with transaction(self.sessions, self.relay) as session:
-            yield session
-
-
-async def storage(request: Request) -> Storage:
-    return Storage(request.app.state.sessions, request.app.state.relay)
-
-
-StorageDep = Annotated[Storage, Depends(storage)]
+Reader = Annotated[Caller, Depends(authorised(READ_SCOPE))]
+Writer = Annotated[Caller, Depends(authorised(WRITE_SCOPE))]
 
 
 class InvalidBase64(ProblemError):

@@ -1,93 +1,43 @@
-"""The courrier process: its database, API, outbox relay and receipt consumer, wired together."""
+"""The courrier process: its database, API, outbox relay and event consumer, wired together.
+
+The consumer follows ``gateway.receipts`` (the e-Box deliveries of outgoing
+mail) and ``meeting.events`` (decisions to notify to the party they concern).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from fastapi import FastAPI
 
-from kernel.app import BackgroundTask, create_app
-from kernel.consumer import EventConsumer
-from kernel.database import create_engine, session_factory
-from kernel.kafka import make_producer
-from kernel.migrations import migrate
-from kernel.outbox import OutboxRelay
+from kernel.consumer import EventHandler, merge_handlers
+from kernel.service import Service, ServiceOptions, build_service_app
 from kernel.settings import HubSettings, get_settings
-from kernel.tenants import load_tenants
 from services.courrier.api import router
+from services.courrier.decisions import MEETING_TOPIC, decision_handlers
 from services.courrier.receipts import HANDLERS, RECEIPTS_TOPIC
 from services.courrier.tables import MIGRATIONS
 
 COMPONENT = "courrier"
+#: What courrier consumes: its mail's e-Box receipts, and decisions to notify.
+TOPICS = (RECEIPTS_TOPIC, MEETING_TOPIC)
+
+CourrierOptions = ServiceOptions
 
 
-@dataclass
-class CourrierOptions:
-    """What tests and benchmarks may override; by default everything comes from settings."""
-
-    database_url: str | None = None
-    #: PostgreSQL schema; None means ``settings.database_schema_for("courrier")``.
-    database_schema: str | None = None
-    kafka_bootstrap_servers: str | None = None
-    group_id: str = COMPONENT
-    #: False: the API alone, events wait in the outbox (tests of the API without a broker).
-    background: bool = True
+def handlers(app: FastAPI) -> dict[str, EventHandler]:
+    return merge_handlers(HANDLERS, decision_handlers(app.state.tenants))
 
 
 def build_app(
-    settings: HubSettings | None = None, options: CourrierOptions | None = None
+    settings: HubSettings | None = None, options: ServiceOptions | None = None
 ) -> FastAPI:
-    settings = settings or get_settings()
-    options = options or CourrierOptions()
-
-    async def startup(app: FastAPI) -> list[BackgroundTask]:
-        app.state.tenants = load_tenants(settings.tenants_dir)
-        schema = options.database_schema or settings.database_schema_for(COMPONENT)
-        engine = create_engine(
-            options.database_url or settings.database_url_for(COMPONENT), schema=schema
-        )
-        app.state.db_engine = engine
-        app.state.producer = app.state.relay = None
-        await migrate(engine, COMPONENT, MIGRATIONS, schema=schema)
-        sessions = session_factory(engine)
-        app.state.sessions = sessions
-        if not options.background:
-            return []
-        bootstrap = options.kafka_bootstrap_servers or settings.kafka_bootstrap_servers
-        if not bootstrap:
-            raise RuntimeError(
-                "KAFKA_BOOTSTRAP_SERVERS is not set (hub up sets it for the embedded broker)"
-            )
-        producer = make_producer(bootstrap, client_id=COMPONENT)
-        await producer.start()
-        app.state.producer = producer
-        relay = OutboxRelay(sessions, producer, component=COMPONENT)
-        app.state.relay = relay
-        consumer = EventConsumer(
-            component=COMPONENT, sessions=sessions, handlers=HANDLERS, relay=relay
-        )
-
-        async def relay_outbox() -> None:
-            await relay.run()
-
-        async def consume_receipts() -> None:
-            await consumer.run(bootstrap, options.group_id, [RECEIPTS_TOPIC])
-
-        return [relay_outbox, consume_receipts]
-
-    async def shutdown(app: FastAPI) -> None:
-        if app.state.producer is not None:
-            await app.state.producer.stop()
-        await app.state.db_engine.dispose()
-
-    app = create_app(
-        COMPONENT,
-        settings,
+    service = Service(
+        component=COMPONENT,
         title="Mail registry (courrier)",
         description="Registers incoming mail (typed in or scanned) with yearly numbers, and "
         "sends outgoing mail to the recipients' e-Box through the hub's gateway.",
-        startup=startup,
-        shutdown=shutdown,
+        migrations=MIGRATIONS,
+        topics=TOPICS,
+        handlers=handlers,
+        routers=[router()],
     )
-    app.include_router(router())
-    return app
+    return build_service_app(service, settings or get_settings(), options or ServiceOptions())

@@ -23,6 +23,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from contracts.envelope import new_event
 from contracts.events.courrier import (
     AttachedFile,
+    DocumentReference,
     IncomingMailRegistered,
     OutgoingMailFailed,
     OutgoingMailSendRequested,
@@ -31,6 +32,7 @@ from contracts.events.courrier import (
 )
 from contracts.identifiers import mask_niss
 from kernel.errors import NotFound
+from kernel.migrations import table_of
 from kernel.outbox import stage
 from services.courrier.domain import (
     Delivered,
@@ -44,7 +46,7 @@ from services.courrier.domain import (
     request_send,
     state_after,
 )
-from services.courrier.tables import Mail, MailFile, RegistrationCounter, table_of
+from services.courrier.tables import Mail, MailFile, RegistrationCounter
 
 SOURCE = "urn:hub:courrier"
 log = logging.getLogger(__name__)
@@ -184,8 +186,14 @@ async def create_outgoing(
     subject: str,
     letter: bytes,
     now: datetime,
+    about: DocumentReference | None = None,
+    requested_by_event_id: str | None = None,
 ) -> Mail:
-    """A draft outgoing mail; its arguments are already checked (``domain.check_letter``…)."""
+    """A draft outgoing mail; its arguments are already checked (``domain.check_letter``…).
+
+    ``about`` names the other service's document the mail is for; its events
+    carry it back. ``requested_by_event_id`` is the event that asked for the mail.
+    """
     number = await allocate_registration_number(
         SqlRegistrationCounters(session), tenant, Direction.OUTGOING, now
     )
@@ -201,6 +209,9 @@ async def create_outgoing(
         recipient_kind=recipient_kind,
         recipient_identifier=recipient_identifier,
         recipient_name=recipient_name,
+        about_service=about.service if about else None,
+        about_document_id=about.document_id if about else None,
+        requested_by_event_id=requested_by_event_id,
         created_at=now,
         updated_at=now,
         files=[_new_file(tenant, "letter", upload, now)],
@@ -230,6 +241,7 @@ async def send_outgoing(session: AsyncSession, mail: Mail, now: datetime) -> Non
         subject=mail.subject,
         body_pdf_base64=base64.b64encode(content).decode("ascii"),
         body_pdf_md5=letter.md5,
+        about=about_of(mail),
     )
     event = new_event(data, tenant=mail.tenant, subject=mail.id, source=SOURCE)
     number = mail.registration_number  # the failed flush below expires the mail's attributes
@@ -256,15 +268,25 @@ def record_delivery_outcome(
             mail_id=mail.id,
             registration_number=mail.registration_number,
             ebox_message_id=outcome.ebox_message_id or "",
+            about=about_of(mail),
         )
     else:
         mail.failure_reason = outcome.reason
         data = OutgoingMailFailed(
-            mail_id=mail.id, registration_number=mail.registration_number, reason=outcome.reason
+            mail_id=mail.id,
+            registration_number=mail.registration_number,
+            reason=outcome.reason,
+            about=about_of(mail),
         )
     stage(session, new_event(data, tenant=mail.tenant, subject=mail.id, source=SOURCE))
     log.info("tenant %s outgoing mail %s is %s", mail.tenant, mail.registration_number, new_state)
     return True
+
+
+def about_of(mail: Mail) -> DocumentReference | None:
+    if mail.about_service is None or mail.about_document_id is None:
+        return None
+    return DocumentReference(service=mail.about_service, document_id=mail.about_document_id)
 
 
 # -- queries --------------------------------------------------------------------------
@@ -287,6 +309,29 @@ async def find_mail(
 async def find_by_external_id(session: AsyncSession, tenant: str, external_id: str) -> Mail | None:
     return await session.scalar(
         select(Mail).where(Mail.tenant == tenant, Mail.external_id == external_id)
+    )
+
+
+async def find_requested_mail(
+    session: AsyncSession, tenant: str, about: DocumentReference, event_id: str
+) -> Mail | None:
+    """The mail an event already asked for: by that event, or by another about the same document.
+
+    The second covers a request published again under a new event id: a
+    document asks for its mail once, whatever carried the request.
+    """
+    return await session.scalar(
+        select(Mail)
+        .where(
+            Mail.tenant == tenant,
+            Mail.requested_by_event_id.is_not(None),
+            (Mail.requested_by_event_id == event_id)
+            | (
+                (Mail.about_service == about.service)
+                & (Mail.about_document_id == about.document_id)
+            ),
+        )
+        .limit(1)
     )
 
 

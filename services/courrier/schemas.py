@@ -7,14 +7,12 @@ error the caller sees, not a value silently dropped.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.courrier.domain import Direction, MailState
 from services.courrier.tables import Mail, MailFile
-
-T = TypeVar("T")
 
 
 class RequestModel(BaseModel):
@@ -105,6 +103,13 @@ class RecipientView(BaseModel):
     name: str | None
 
 
+class AboutView(BaseModel):
+    """The document of another service an outgoing mail was sent for."""
+
+    service: str = Field(examples=["meeting"])
+    document_id: str = Field(description="Its id in that service, e.g. the agenda item's id")
+
+
 class OutgoingMailView(BaseModel):
     id: str
     registration_number: str = Field(examples=["S2026/000045"])
@@ -114,6 +119,10 @@ class OutgoingMailView(BaseModel):
     letter: FileView
     ebox_message_id: str | None = Field(description="The e-Box's id of the delivered message")
     failure_reason: str | None
+    about: AboutView | None = Field(
+        description="Set when another service's event asked for the mail, e.g. the "
+        "notification of a college decision (service meeting, the item's id)"
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -132,6 +141,9 @@ class OutgoingMailView(BaseModel):
             letter=FileView.of(next(file for file in mail.files if file.role == "letter")),
             ebox_message_id=mail.ebox_message_id,
             failure_reason=mail.failure_reason,
+            about=None
+            if mail.about_service is None or mail.about_document_id is None
+            else AboutView(service=mail.about_service, document_id=mail.about_document_id),
             created_at=mail.created_at,
             updated_at=mail.updated_at,
         )
@@ -163,45 +175,3 @@ class MailSummary(BaseModel):
             if mail.direction == Direction.INCOMING
             else mail.recipient_name,
         )
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    total: int = Field(description="How many documents match the filters in all")
-    limit: int
-    offset: int
-
-
-class Problem(BaseModel):
-    """RFC 9457 Problem Details; ``type`` ends in a stable slug (``…/problems/not-a-pdf``)."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
-    title: str
-    status: int
-    detail: str
-    instance: str | None = None
-
-
-_PROBLEM_SCHEMA = Problem.model_json_schema()
-
-
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI documentation of the Problem JSON answers of a route."""
-    descriptions = {
-        400: "Malformed request body",
-        401: "Missing or invalid bearer token",
-        403: "Token lacks the scope, or its tenant is not configured",
-        404: "No such document for the caller's tenant",
-        409: "The document's state forbids the operation",
-        413: "Body or letter too large",
-        422: "The request breaks the API contract or a registry rule",
-        503: "A dependency of this operation is unavailable",
-    }
-    return {
-        status: {
-            "description": descriptions[status],
-            "content": {"application/problem+json": {"schema": _PROBLEM_SCHEMA}},
-        }
-        for status in (401, 403, *statuses)
-    }

@@ -19,15 +19,14 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
-    Table,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from kernel.consumer import InboxEntry
+from kernel.consumer import InboxEntry, RejectedEvent
 from kernel.database import Base, UtcDateTime
-from kernel.migrations import Migration, create_tables
+from kernel.migrations import Migration, add_columns, create_tables, table_of
 from kernel.outbox import OutboxMessage
 
 
@@ -39,6 +38,14 @@ class Mail(Base):
         UniqueConstraint("tenant", "registration_number", name="uq_courrier_mails_number"),
         UniqueConstraint("tenant", "external_id", name="uq_courrier_mails_external_id"),
         Index("ix_courrier_mails_listing", "tenant", "direction", "state", "mail_date"),
+        # One mail per event that asked for one: a redelivered or replayed request finds it.
+        Index(
+            "uq_courrier_mails_requested_by",
+            "tenant",
+            "requested_by_event_id",
+            unique=True,
+        ),
+        Index("ix_courrier_mails_about", "tenant", "about_service", "about_document_id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -60,6 +67,11 @@ class Mail(Base):
     send_event_id: Mapped[str | None] = mapped_column(String(64))
     ebox_message_id: Mapped[str | None] = mapped_column(String(200))
     failure_reason: Mapped[str | None] = mapped_column(Text)
+    #: The other service's document the mail is about (``contracts.events.courrier.about``).
+    about_service: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    about_document_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: The event that asked for the mail (e.g. ``meeting.item.decided.v1``); None when typed in.
+    requested_by_event_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     #: Optimistic lock: a concurrent change of the same mail fails instead of being lost.
@@ -102,13 +114,6 @@ class RegistrationCounter(Base):
     last_sequence: Mapped[int] = mapped_column(Integer)
 
 
-def table_of(model: type[Base]) -> Table:
-    table = model.__table__
-    if not isinstance(table, Table):
-        raise TypeError(f"{model.__name__} is not mapped to a table")
-    return table
-
-
 MIGRATIONS: list[Migration] = [
     Migration(
         1,
@@ -119,5 +124,15 @@ MIGRATIONS: list[Migration] = [
                 for model in (Mail, MailFile, RegistrationCounter, OutboxMessage, InboxEntry)
             )
         ),
+    ),
+    Migration(
+        2,
+        "outgoing mail asked for by another service's event (e.g. a decision's notification)",
+        add_columns(table_of(Mail), "about_service", "about_document_id", "requested_by_event_id"),
+    ),
+    Migration(
+        3,
+        "events that break their contract, kept for an operator",
+        create_tables(table_of(RejectedEvent)),
     ),
 ]

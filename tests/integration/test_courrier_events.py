@@ -27,7 +27,7 @@ from contracts.events.gateway import DeliveryReceipt
 from kernel.consumer import EventConsumer, InboxEntry
 from kernel.kafka import make_producer
 from kernel.settings import HubSettings
-from services.courrier.receipts import HANDLERS
+from services.courrier.receipts import HANDLERS, RECEIPTS_TOPIC
 from tests.integration.test_courrier_api import (
     LIEGE,
     SAMBREVILLE,
@@ -54,6 +54,8 @@ async def courrier(
         background=True,
         kafka_bootstrap_servers=kafka_bootstrap,
         group_id=f"courrier-test-{uuid.uuid4().hex[:8]}",
+        # Receipts only: decisions other tests publish on meeting.events would make mails.
+        topics=(RECEIPTS_TOPIC,),
     ) as served:
         # Wait until the receipt consumer has joined its group: tests then do not race the
         # join, and stopping the app never cancels a consumer still starting (which aiokafka
@@ -135,7 +137,13 @@ async def sent_mail(courrier: Courrier) -> tuple[str, str]:
     )
     assert response.status_code == 202, response.text
     mail_id: str = response.json()["id"]
-    [row] = [row for row in await courrier.outbox() if row.event_type.endswith("send_requested.v1")]
+    # Only this mail's row: the consumer may also have made mails from decisions that
+    # other tests published on meeting.events for the same tenant.
+    [row] = [
+        row
+        for row in await courrier.outbox()
+        if row.event_type.endswith("send_requested.v1") and row.key.endswith(mail_id.encode())
+    ]
     return mail_id, row.event_id
 
 

@@ -51,6 +51,19 @@ async def test_outgoing_mail_reaches_the_ebox_over_soap_and_rest_in_one_trace(
             assert reception["tenant"] == tenant
             # The sandbox saw the trace that started at the courrier API call.
             assert reception["traceparent"].split("-")[1] == TRACE_ID
+        async with httpx.AsyncClient() as client:
+            gateway_metrics = (await client.get(hub.url("gateway") + "/metrics")).text
+            courrier_metrics = (await client.get(hub.url("courrier") + "/metrics")).text
+        for connector in ("ebox_soap", "ebox_rest"):
+            assert f'hub_deliveries_total{{connector="{connector}",outcome="delivered"}} 1.0' in (
+                gateway_metrics
+            )
+            assert f'hub_delivery_latency_seconds_count{{connector="{connector}"}} 1.0' in (
+                gateway_metrics
+            )
+        assert 'hub_events_published_total{component="courrier",topic="courrier.events"}' in (
+            courrier_metrics
+        )
 
 
 async def test_a_recipient_without_digital_ebox_ends_failed_with_a_clear_reason(
@@ -64,6 +77,38 @@ async def test_a_recipient_without_digital_ebox_ends_failed_with_a_clear_reason(
             mail = await wait_final(client, response.json()["id"])
         assert mail["state"] == "failed"
         assert "no digital e-Box" in str(mail["failure_reason"])
+
+        # The operator of that tenant sees the failed delivery, with its reason, and replays it;
+        # another tenant's operator sees nothing of it.
+        operator = hub.token(hub.soap_tenant, "gateway:read", "gateway:operate")
+        stranger = hub.token(hub.rest_tenant, "gateway:read", "gateway:operate")
+        async with httpx.AsyncClient(base_url=hub.url("gateway")) as gateway:
+            page = (await gateway.get("/v1/deliveries?status=failed", headers=operator)).json()
+            [delivery] = page["items"]
+            assert (
+                delivery["subject"] == mail["id"] and "no digital e-Box" in delivery["last_error"]
+            )
+            summary = (await gateway.get("/v1/deliveries/summary", headers=operator)).json()
+            assert summary == [{"connector": "ebox_soap", "status": "failed", "count": 1}]
+            assert (await gateway.get("/v1/deliveries", headers=stranger)).json()["items"] == []
+            key = delivery["idempotency_key"]
+            foreign = await gateway.post(f"/v1/deliveries/{key}/replay", headers=stranger)
+            assert foreign.status_code == 404
+            read_only = hub.token(hub.soap_tenant, "gateway:read")
+            assert (
+                await gateway.post(f"/v1/deliveries/{key}/replay", headers=read_only)
+            ).status_code == 403
+            replayed = await gateway.post(f"/v1/deliveries/{key}/replay", headers=operator)
+            assert (replayed.status_code, replayed.json()["status"]) == (200, "retrying")
+            # The replay really goes out again (attempts start from zero) and, as the
+            # recipient still has no e-Box, ends failed again after a new attempt.
+            for _ in range(100):
+                current = (await gateway.get(f"/v1/deliveries/{key}", headers=operator)).json()
+                if current["status"] == "failed":
+                    break
+                await asyncio.sleep(0.1)
+            assert (current["status"], current["attempts"]) == ("failed", 1)
+            assert current["updated_at"] > delivery["updated_at"]
 
 
 async def sandbox_receptions(hub: HubProcesses, service: str) -> list[dict[str, object]]:

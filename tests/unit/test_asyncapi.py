@@ -163,8 +163,8 @@ def test_every_topic_is_a_channel_and_empty_ones_say_so(document: dict[str, Any]
         assert channel["bindings"]["kafka"]["partitions"] == TOPICS[topic]
         if not channel["messages"]:
             assert "No event type is published on this topic yet" in channel["description"]
-    for empty in ("factures.events", "urban.events", "meeting.events"):
-        assert channels[empty]["messages"] == {}
+    assert "urban.file.decision_needed.v1" in channels["urban.events"]["messages"]
+    assert "gateway.notice.notification_received.v1" in channels["gateway.inbound"]["messages"]
 
 
 def test_every_registered_event_type_is_a_message_on_its_topic(document: dict[str, Any]) -> None:
@@ -187,19 +187,43 @@ def test_the_ce_type_header_is_each_message_name(document: dict[str, Any]) -> No
         assert "ce_type" in headers["required"]
 
 
-def test_who_sends_and_who_receives(document: dict[str, Any]) -> None:
+def test_who_receives_what_is_what_the_code_subscribes(document: dict[str, Any]) -> None:
+    from contracts.events import event_class_for
     from gateway.main import GatewayOptions
+    from gateway.routing import load_routing
+    from kernel.settings import REPOSITORY_ROOT
+    from kernel.tenants import load_tenants
+    from services.courrier.main import TOPICS as COURRIER_RECEIVES
+    from services.factures.consumers import TOPICS as FACTURES_RECEIVES
+    from services.meeting.main import TOPICS as MEETING_RECEIVES
+    from services.urban.consumers import TOPICS as URBAN_RECEIVES
+    from tests.unit.test_routing import BUILT_IN_TYPES
 
+    routing = load_routing(load_tenants(REPOSITORY_ROOT / "config" / "tenants"), BUILT_IN_TYPES, {})
+    routed_topics = set()
+    for event_type in routing.event_types():
+        event_class = event_class_for(event_type)
+        assert event_class is not None
+        routed_topics.add(event_class.TOPIC)
+    subscribed = (
+        {("courrier", topic) for topic in COURRIER_RECEIVES}
+        | {("factures", topic) for topic in FACTURES_RECEIVES}
+        | {("meeting", topic) for topic in MEETING_RECEIVES}
+        | {("urban", topic) for topic in URBAN_RECEIVES}
+        | {("gateway", topic) for topic in routed_topics}
+    )
+    operations = document["operations"].values()
     flows = {
         (op["tags"][0]["name"], op["action"], op["channel"]["$ref"].removeprefix("#/channels/"))
-        for op in document["operations"].values()
+        for op in operations
     }
-    assert flows == {
-        ("courrier", "send", "courrier.events"),
-        ("gateway", "receive", "courrier.events"),
-        ("gateway", "send", "gateway.receipts"),
-        ("courrier", "receive", "gateway.receipts"),
-    }
+    assert {(process, topic) for process, action, topic in flows if action == "receive"} == (
+        subscribed
+    )
+    # Every topic someone receives has a sender, and services send on their own topic.
+    senders = {(process, topic) for process, action, topic in flows if action == "send"}
+    assert {topic for _, topic in subscribed} <= {t for _, t in senders}
+    assert all(topic.startswith(process) for process, topic in senders)
     receive = document["operations"]["gatewayReceivesCourrierEvents"]
     assert receive["bindings"]["kafka"]["groupId"]["const"] == GatewayOptions().group_id
 

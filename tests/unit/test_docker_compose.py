@@ -19,10 +19,10 @@ import yaml
 from pydantic import AliasChoices
 
 from contracts.asyncapi import build_document
-from gateway.routing import expand_environment
 from hub.components import COMPONENTS
 from kernel.kafka import MAX_REQUEST_BYTES, TOPICS
 from kernel.settings import REPOSITORY_ROOT, HubSettings, normalise_database_url
+from kernel.tenants import expand_environment
 
 COMPOSE_FILE = REPOSITORY_ROOT / "docker-compose.yml"
 DOCKERFILE = REPOSITORY_ROOT / "Dockerfile"

@@ -31,6 +31,7 @@ from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import load_routing
 from kernel.settings import REPOSITORY_ROOT, HubSettings
 from kernel.tenants import load_tenants
+from tests.unit.test_routing import BUILT_IN_TYPES
 
 PDF = b"%PDF-1.7\n% a letter from the commune\n%%EOF\n"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -401,7 +402,7 @@ async def test_other_event_types_are_refused(connector: EboxRestConnector) -> No
 
 async def test_the_type_is_registered_and_reads_the_committed_tenant_file() -> None:
     tenants = load_tenants(REPOSITORY_ROOT / "config" / "tenants")
-    table = load_routing(tenants, {"ebox_rest", "ebox_soap"}, environ={})
+    table = load_routing(tenants, BUILT_IN_TYPES, environ={})
     config = table.connector_settings[("62063", "ebox")]
     async with httpx.AsyncClient() as http:
         context = ConnectorContext("62063", HubSettings(), http)

@@ -4,11 +4,32 @@ from pathlib import Path
 
 import pytest
 
-from gateway.routing import RoutingConfigError, expand_environment, load_routing
+from gateway.routing import RoutingConfigError, load_routing
 from kernel.settings import REPOSITORY_ROOT
-from kernel.tenants import TenantConfigError, load_tenants
+from kernel.tenants import TenantConfigError, expand_environment, load_tenants
+
+#: The connector types the gateway registers itself (gateway.main.BUILT_IN_CONNECTORS).
+BUILT_IN_TYPES = {
+    "ebox_rest",
+    "ebox_soap",
+    "peppol_ap",
+    "inforius",
+    "stesud",
+    "oversight_soap",
+    "notice",
+    "ksz_identify",
+    "opinion_rest",
+}
 
 SEND = "courrier.outgoing_mail.send_requested.v1"
+
+
+def test_the_gateway_registers_every_built_in_type() -> None:
+    from gateway.connectors.base import connector_types
+    from gateway.main import register_built_in_connectors
+
+    register_built_in_connectors()
+    assert set(connector_types()) >= BUILT_IN_TYPES
 
 
 def write(directory: Path, code: str, body: str) -> None:
@@ -18,7 +39,7 @@ def write(directory: Path, code: str, body: str) -> None:
 
 def test_the_committed_tenant_files_are_valid() -> None:
     tenants = load_tenants(REPOSITORY_ROOT / "config" / "tenants")
-    table = load_routing(tenants, {"ebox_rest", "ebox_soap"}, environ={})
+    table = load_routing(tenants, BUILT_IN_TYPES, environ={})
     assert {route.connector_type for route in table.routes_for("92137", SEND)} == {"ebox_soap"}
     assert {route.connector_type for route in table.routes_for("62063", SEND)} == {"ebox_rest"}
     assert table.routes_for("92137", "courrier.incoming_mail.registered.v1") == []
@@ -79,5 +100,28 @@ def test_environment_references_expand_innermost_first() -> None:
         expand_environment(template, {"BASE": "http://sandbox:8010"}) == "http://sandbox:8010/ebox"
     )
     assert expand_environment(template, {"OUTER": "https://ebox.example"}) == "https://ebox.example"
-    with pytest.raises(RoutingConfigError, match="SECRET is not set"):
+    with pytest.raises(TenantConfigError, match="SECRET is not set"):
         expand_environment({"secret": ["${SECRET}"]}, {})
+
+
+def test_a_route_may_have_its_own_retry_policy_and_others_keep_the_tenants(
+    tmp_path: Path,
+) -> None:
+    write(
+        tmp_path,
+        "92137",
+        f"""
+tenant: "92137"
+name: Test
+connectors:
+  ebox: {{type: ebox_rest}}
+routes:
+  - {{name: slow, event_type: {SEND}, connector: ebox, retry: {{max_attempts: 60}}}}
+  - {{name: usual, event_type: {SEND}, connector: ebox}}
+retry: {{max_attempts: 4}}
+""",
+    )
+    table = load_routing(load_tenants(tmp_path), BUILT_IN_TYPES, environ={})
+    slow, usual = table.routes_for("92137", SEND)
+    assert table.retry_policy(slow).max_attempts == 60
+    assert table.retry_policy(usual).max_attempts == 4

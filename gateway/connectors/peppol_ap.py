@@ -1,0 +1,130 @@
+"""Connector to the communes' Peppol access point: sends their Invoice Responses.
+
+One ``factures.invoice_response.requested.v1`` event becomes one ``POST
+{base_url}/outbox`` of the modelled access point contract
+(``contracts/peppol-ap/openapi.yaml``): the UBL ApplicationResponse (BIS
+Invoice Response 3.0) with its sender (the commune) and receiver (the
+supplier). The AP's ``messageId`` is the delivery's external reference.
+
+The same settings (base URL and API key of the hub's AP account) are read by
+the inbound adapter (``gateway/inbound/peppol.py``), which polls that
+account's inbox: one connector block per tenant names the access point both
+ways.
+
+Each request carries ``Idempotency-Key: <delivery key>``, so a retry after a
+lost answer gets the first answer instead of a second response to the
+supplier.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Literal
+
+import httpx
+from pydantic import Field, SecretStr
+
+from contracts.envelope import EnvelopeError
+from contracts.events.factures import InvoiceResponseRequested
+from contracts.events.peppol import PeppolEndpoint
+from gateway.connectors.base import (
+    ConnectorContext,
+    ConnectorSettings,
+    Delivery,
+    DeliveryResult,
+    json_field,
+    register_connector,
+    settings_of,
+)
+from gateway.errors import (
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    error_for_response,
+    translate_transport_errors,
+)
+
+TYPE_NAME = "peppol_ap"
+TARGET = "Peppol access point"
+INVOICE_RESPONSE_DOCUMENT_TYPE = (
+    "urn:oasis:names:specification:ubl:schema:xsd:ApplicationResponse-2::ApplicationResponse##"
+    "urn:fdc:peppol.eu:poacc:trns:invoice_response:3::2.1"
+)
+INVOICE_RESPONSE_PROCESS = "urn:fdc:peppol.eu:poacc:bis:invoice_response:3"
+
+
+class PeppolApSettings(ConnectorSettings):
+    type: Literal["peppol_ap"]
+    #: The AP API root (``/outbox`` and ``/inbox`` are appended).
+    base_url: str
+    #: The hub's account key at the AP (sent as ``X-Api-Key``).
+    api_key: SecretStr
+    timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Api-Key": self.api_key.get_secret_value()}
+
+    def url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + path
+
+
+def participant(endpoint: PeppolEndpoint) -> str:
+    return f"{endpoint.scheme}:{endpoint.identifier}"
+
+
+class PeppolApConnector:
+    type_name = TYPE_NAME
+
+    def __init__(self, settings: PeppolApSettings, http: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self._http = http
+        self._timeout = httpx.Timeout(settings.timeout_seconds)
+
+    async def deliver(self, delivery: Delivery) -> DeliveryResult:
+        try:
+            answer: InvoiceResponseRequested = delivery.event.data_as(InvoiceResponseRequested)
+        except EnvelopeError as exc:
+            raise PermanentDeliveryError(
+                f"{TARGET} delivers {InvoiceResponseRequested.TYPE} only, not {delivery.event.type}"
+            ) from exc
+        try:
+            base64.b64decode(answer.application_response_base64, validate=True)
+        except binascii.Error as exc:
+            raise PermanentDeliveryError("The Invoice Response is not valid base64.") from exc
+        body = {
+            "sender": participant(answer.sender),
+            "receiver": participant(answer.receiver),
+            "documentTypeId": INVOICE_RESPONSE_DOCUMENT_TYPE,
+            "processId": INVOICE_RESPONSE_PROCESS,
+            "document": answer.application_response_base64,
+        }
+        headers = {
+            **delivery.trace_headers,
+            **self.settings.headers(),
+            "Idempotency-Key": delivery.idempotency_key,
+        }
+        with translate_transport_errors(TARGET):
+            response = await self._http.post(
+                self.settings.url("/outbox"), json=body, headers=headers, timeout=self._timeout
+            )
+            if response.status_code == 401:
+                raise PermanentDeliveryError(
+                    f"{TARGET} refused the hub's API key; check this tenant's api_key"
+                )
+            if response.is_error:
+                raise error_for_response(TARGET, response)
+            message_id = json_field(response, "messageId")
+            if not isinstance(message_id, str) or not message_id:
+                # It may have been accepted: retrying under the same key is safe.
+                raise RetryableDeliveryError(f"{TARGET} answered with no messageId")
+            return DeliveryResult(external_reference=message_id)
+
+    async def aclose(self) -> None:
+        pass  # the HTTP client is shared; the gateway closes it
+
+
+def create_connector(context: ConnectorContext, config: dict[str, Any]) -> PeppolApConnector:
+    return PeppolApConnector(settings_of(PeppolApSettings, context, config), context.http)
+
+
+register_connector(TYPE_NAME, create_connector)

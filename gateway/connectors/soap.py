@@ -1,0 +1,142 @@
+# zeep ships py.typed but leaves most functions unannotated; calling them is intended here.
+"""The plumbing every signed SOAP connector shares: zeep over the gateway's pool, signed.
+
+``SignedSoapClient`` holds one binding of a WSDL, signs each request with the
+tenant's X.509 certificate (``gateway.wssecurity.X509Signature``, the one
+signer of the hub) and posts it through the gateway's shared httpx pool with
+the connector's own timeout. A connector builds the signed envelope
+(``envelope``), may wrap it (the e-Box sends SOAP with Attachments), posts it
+(``post``) and reads the answer (``answer``, which raises zeep's ``Fault``);
+``call`` does the three for a plain ``text/xml`` request. Errors are left to
+``gateway.errors.translate_transport_errors`` around the caller's I/O.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from lxml import etree
+from pydantic import model_validator
+from zeep import AsyncClient
+from zeep import Settings as ZeepSettings
+from zeep.transports import AsyncTransport
+from zeep.wsdl.bindings.soap import SoapBinding
+
+from gateway.connectors.base import ConnectorContext, ConnectorSettings
+from gateway.wssecurity import X509Signature
+from kernel.pki import ensure_tenant_signing_identity
+
+XML_CONTENT_TYPE = "text/xml; charset=utf-8"
+
+
+class SharedPoolTransport(AsyncTransport):
+    """zeep's httpx transport over the gateway's shared pool, with this connector's timeout."""
+
+    def __init__(self, http: httpx.AsyncClient, timeout_seconds: float) -> None:
+        headers = http.headers.copy()
+        super().__init__(client=http)  # type: ignore[no-untyped-call]  # zeep: untyped
+        http.headers = headers  # AsyncTransport replaces the client's headers; the pool is shared
+        self._timeout = httpx.Timeout(timeout_seconds)
+
+    async def post(self, address: str, message: bytes, headers: dict[str, str]) -> httpx.Response:
+        # No logging of the message here (zeep's would): it holds personal data.
+        return await self.client.post(
+            address, content=message, headers=headers, timeout=self._timeout
+        )
+
+    async def aclose(self) -> None:
+        self.wsdl_client.close()  # only the WSDL loader is ours; the gateway closes the pool
+
+
+class SigningSettings(ConnectorSettings):
+    """The settings of a connector that signs: the tenant's key and certificate (PEM).
+
+    Unset in development: the hub's self-signed tenant identity (kernel/pki.py).
+    Production names the ones of the PKI the target trusts.
+    """
+
+    key_file: Path | None = None
+    cert_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _key_and_certificate_together(self) -> SigningSettings:
+        if (self.key_file is None) != (self.cert_file is None):
+            raise ValueError("key_file and cert_file are given together, or neither")
+        return self
+
+
+def signing_files(
+    ctx: ConnectorContext, key_file: Path | None, cert_file: Path | None, type_name: str
+) -> tuple[Path, Path]:
+    """The tenant's signing key and certificate: configured ones, or in development the hub's
+    self-signed tenant identity (``kernel/pki.py``)."""
+    if key_file and cert_file:
+        return key_file, cert_file
+    if ctx.hub.environment == "production":
+        raise ValueError(
+            f"tenant {ctx.tenant}: the {type_name} connector needs key_file and cert_file in"
+            " production (the tenant's certificate from the federal PKI)"
+        )
+    return ensure_tenant_signing_identity(ctx.hub.keys_dir, ctx.tenant)
+
+
+class SignedSoapClient:
+    def __init__(
+        self,
+        *,
+        wsdl: str,
+        binding: str,
+        endpoint: str,
+        http: httpx.AsyncClient,
+        timeout_seconds: float,
+        key_file: Path,
+        cert_file: Path,
+    ) -> None:
+        self.endpoint = endpoint
+        self.transport = SharedPoolTransport(http, timeout_seconds)
+        self.client = AsyncClient(
+            wsdl,
+            transport=self.transport,
+            wsse=X509Signature.from_files(key_file, cert_file),
+            settings=ZeepSettings(forbid_dtd=True, forbid_entities=True, forbid_external=True),
+        )
+        self._service = self.client.create_service(binding, endpoint)
+        found = self.client.wsdl.bindings[binding]
+        if not isinstance(found, SoapBinding):
+            raise ValueError(f"{binding} of {wsdl} is not a SOAP binding")
+        self._binding = found
+
+    def envelope(self, operation: str, **request: Any) -> bytes:
+        """The operation's request envelope, signed, serialised with its XML declaration."""
+        element = self.client.create_message(self._service, operation, **request)
+        return serialise(element)
+
+    async def post(self, payload: bytes, headers: dict[str, str]) -> httpx.Response:
+        return await self.transport.post(self.endpoint, payload, headers)
+
+    def answer(self, operation: str, response: httpx.Response) -> Any:
+        """The operation's answer as zeep reads it; a SOAP Fault raises zeep's ``Fault``."""
+        return self._binding.process_reply(
+            self.client,
+            self._binding.get(operation),
+            self.transport.new_response(response),  # type: ignore[no-untyped-call]
+        )
+
+    async def call(self, operation: str, headers: dict[str, str], **request: Any) -> Any:
+        """A plain SOAP 1.1 request (``text/xml``) and its answer."""
+        soap_action = self._binding.get(operation).soapaction or ""
+        response = await self.post(
+            self.envelope(operation, **request),
+            {**headers, "Content-Type": XML_CONTENT_TYPE, "SOAPAction": f'"{soap_action}"'},
+        )
+        return self.answer(operation, response)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+def serialise(envelope: etree._Element) -> bytes:
+    serialised: bytes = etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+    return serialised

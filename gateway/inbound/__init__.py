@@ -1,0 +1,1 @@
+"""Inbound adapters: documents the gateway fetches from outside for the hub's services."""

@@ -1,0 +1,480 @@
+"""Inbound adapter: permit notifications from the SPW's NOTICe.
+
+A background task of the gateway polls, for every tenant whose file names its
+NOTICe instance (``notice.instance``), that instance's
+notifications awaiting a response (``EN_ATTENTE_REPONSE``), with the account
+of the tenant's ``notice`` connector (modelled contract
+``contracts/notice/openapi.yaml``). A page at a time (cursor paging), it:
+
+1. looks up the page's notification ids in ``gateway_inbound`` (channel
+   ``notice``) in one query and leaves the known ones alone: a notification
+   stays listed until the commune answers FINAL, so it is seen at every poll
+   and processed once;
+2. fetches each new one and its documents, at most ``concurrency`` at a time,
+   and checks every document against its metadata (size, SHA-256). A
+   mismatch is fetched once more (a broken transfer); if it persists, the
+   document is published as received, with its actual size and SHA-256, and
+   the mismatch is recorded as the row's ``reason`` (``/v1/inbound``) and
+   logged: urban keeps and shows what NOTICe gave rather than losing the
+   request, and an operator sees the problem;
+3. records the page's notifications and stages their
+   ``gateway.notice.notification_received.v1`` events in one transaction.
+
+A notification whose instance is no tenant's is recorded ``unroutable`` and
+never published; one that breaks the hub's event contract, or whose
+documents are too large for one event, is recorded ``refused`` with the
+reason. NOTICe has no receipt acknowledgement, so ``source_status`` stays
+``pending``: the notification is NOTICe's to close (the FINAL response,
+sent by the ``notice`` connector). The row keeps the notification as fetched
+(metadata, not the documents), which stay at NOTICe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, Protocol
+
+import httpx
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.envelope import new_event
+from contracts.events.outside import NoticeDocument, NoticeNotificationReceived
+from contracts.events.peppol import MAX_DOCUMENT_BYTES
+from gateway.connectors.notice import TYPE_NAME, NoticeSettings
+from gateway.inbound.records import InboundDocument, Status
+from gateway.routing import RoutingTable
+from kernel.database import utcnow
+from kernel.logs import mask_national_numbers
+from kernel.outbox import OutboxRelay, stage
+from kernel.telemetry import tracer
+from kernel.tenants import Tenant
+
+log = logging.getLogger(__name__)
+SOURCE = "urn:hub:gateway:notice"
+CHANNEL = "notice"
+SENDER = "SPW NOTICe"
+AWAITING = "EN_ATTENTE_REPONSE"
+DOCUMENT_TYPE = "notice-notification"
+
+
+class NoticeError(RuntimeError):
+    """NOTICe answered something unexpected; the notification is tried at the next poll."""
+
+
+class NoticeApi(Protocol):
+    """What the adapter needs of a NOTICe account (the HTTP client, or a fake)."""
+
+    name: str
+
+    async def list_page(
+        self, instance_code: str, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """One page of ids awaiting a response, and the cursor of the next page."""
+        ...
+
+    async def notification(self, notification_id: str) -> dict[str, Any]: ...
+
+    async def document(self, notification_id: str, document_id: str) -> bytes: ...
+
+
+class HttpNoticeApi:
+    def __init__(self, settings: NoticeSettings, http: httpx.AsyncClient) -> None:
+        self.name = settings.base_url
+        self._settings = settings
+        self._http = http
+        self._timeout = httpx.Timeout(settings.timeout_seconds)
+
+    async def list_page(
+        self, instance_code: str, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        params: dict[str, Any] = {"status": AWAITING, "limit": limit}
+        if after is not None:
+            params["after"] = after
+        response = await self._get(f"/instances/{instance_code}/notifications", params=params)
+        body = _json_object(response)
+        try:
+            ids = [str(item["id"]) for item in body["items"]]
+        except (KeyError, TypeError) as exc:
+            raise NoticeError(f"instance {instance_code}: a listing breaks the contract") from exc
+        cursor = body.get("next")
+        return ids, str(cursor) if cursor else None
+
+    async def notification(self, notification_id: str) -> dict[str, Any]:
+        return _json_object(await self._get(f"/notifications/{notification_id}"))
+
+    async def document(self, notification_id: str, document_id: str) -> bytes:
+        response = await self._get(f"/notifications/{notification_id}/documents/{document_id}")
+        return response.content
+
+    async def _get(self, path: str, **kwargs: Any) -> httpx.Response:
+        response = await self._http.get(
+            self._settings.url(path),
+            headers=self._settings.headers(),
+            timeout=self._timeout,
+            **kwargs,
+        )
+        if response.is_error:
+            raise NoticeError(f"GET {path}: HTTP {response.status_code} {response.text[:300]}")
+        return response
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise NoticeError(f"{response.request.url.path}: the answer is not JSON") from exc
+    if not isinstance(body, dict):
+        raise NoticeError(f"{response.request.url.path}: the answer is not a JSON object")
+    return body
+
+
+@dataclass(frozen=True)
+class NoticeSource:
+    """One NOTICe account and the instances polled with it."""
+
+    api: NoticeApi
+    instances: tuple[str, ...]
+
+
+@dataclass
+class FetchedNotification:
+    notification_id: str
+    detail: dict[str, Any]
+    documents: list[NoticeDocument] = field(default_factory=list)
+    #: Documents that do not match their metadata, said for a person.
+    mismatches: list[str] = field(default_factory=list)
+    #: Why the notification cannot become an event (set while reading it).
+    problem: str | None = None
+
+
+def unroutable_reason(instance_code: str) -> str:
+    return (
+        f"The NOTICe instance {instance_code!r} is no tenant's (no tenant file names it as"
+        " notice.instance): the notification is kept here, not published."
+    )
+
+
+class NoticeInbound:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        sources: Sequence[NoticeSource],
+        instances: Mapping[str, str],
+        relay: OutboxRelay | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        concurrency: int = 8,
+        page_size: int = 500,
+    ) -> None:
+        self._sessions = sessions
+        self._sources = list(sources)
+        #: NOTICe instance code → tenant.
+        self._tenants = dict(instances)
+        self._relay = relay
+        self._clock = clock
+        self._slots = asyncio.Semaphore(concurrency)
+        self._page_size = page_size
+        self._tracer = tracer("gateway")
+
+    async def run(self, poll_seconds: float = 5.0) -> None:
+        if not self._sources:
+            log.info("no tenant names a NOTICe instance: nothing to poll")
+            return
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:  # the database is away: the next poll tries again
+                log.exception("NOTICe poll failed; trying again")
+            await asyncio.sleep(poll_seconds)
+
+    async def poll_once(self) -> int:
+        """Take every new notification of every instance; return how many were taken."""
+        taken = 0
+        for source in self._sources:
+            for instance in source.instances:
+                taken += await self._poll_instance(source.api, instance)
+        return taken
+
+    async def _poll_instance(self, api: NoticeApi, instance: str) -> int:
+        taken, after = 0, None
+        while True:
+            try:
+                ids, after = await api.list_page(instance, after, self._page_size)
+            except Exception as exc:  # NOTICe is away: try at the next poll
+                log.warning("NOTICe instance %s could not be listed: %r", instance, exc)
+                return taken
+            known = await self._known(ids)
+            new = [i for i in dict.fromkeys(ids) if i not in known]
+            fetched = await asyncio.gather(*(self._fetch(api, i) for i in new))
+            taken += await self._record(
+                [notification for notification in fetched if notification is not None]
+            )
+            if after is None:
+                return taken
+
+    async def _known(self, ids: Iterable[str]) -> set[str]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(InboundDocument.source_message_id).where(
+                    InboundDocument.channel == CHANNEL,
+                    InboundDocument.source_message_id.in_(list(ids)),
+                )
+            )
+            return set(rows.all())
+
+    async def _fetch(self, api: NoticeApi, notification_id: str) -> FetchedNotification | None:
+        """The notification and its checked documents; None (logged) when it must wait."""
+        async with self._slots:
+            try:
+                detail = await api.notification(notification_id)
+                fetched = FetchedNotification(notification_id, detail)
+                for metadata in detail.get("documents") or []:
+                    await self._fetch_document(api, fetched, metadata)
+            except Exception as exc:  # this one waits for the next poll; the others go on
+                log.warning("NOTICe notification %s not taken yet: %r", notification_id, exc)
+                return None
+        return fetched
+
+    async def _fetch_document(
+        self, api: NoticeApi, fetched: FetchedNotification, metadata: Any
+    ) -> None:
+        try:
+            document_id = str(metadata["id"])
+            declared_size, declared_sha256 = int(metadata["size"]), str(metadata["sha256"])
+            filename, media_type = str(metadata["filename"]), str(metadata["mediaType"])
+        except (KeyError, TypeError, ValueError):
+            fetched.problem = f"a document's metadata breaks NOTICe's contract: {metadata!r}"
+            return
+        content = await api.document(fetched.notification_id, document_id)
+        mismatch = document_mismatch(content, declared_size, declared_sha256)
+        if mismatch:  # perhaps a broken transfer: once more
+            content = await api.document(fetched.notification_id, document_id)
+            mismatch = document_mismatch(content, declared_size, declared_sha256)
+        if mismatch:
+            fetched.mismatches.append(f"document {document_id} ({filename}): {mismatch}")
+        fetched.documents.append(
+            NoticeDocument(
+                document_id=document_id,
+                filename=filename,
+                media_type=media_type,
+                size=len(content),
+                sha256=hashlib.sha256(content).hexdigest(),
+                content_base64=base64.b64encode(content).decode(),
+            )
+        )
+
+    async def _record(self, notifications: list[FetchedNotification]) -> int:
+        """Record a page's notifications and stage their events in one transaction.
+
+        Should another gateway replica have recorded one meanwhile, each is
+        recorded on its own instead, and the ones already there are left alone.
+        """
+        if not notifications:
+            return 0
+        recorded = [self._row(n) for n in notifications]
+        try:
+            async with self._sessions() as session, session.begin():
+                for row, data in recorded:
+                    self._add(session, row, data)
+        except IntegrityError:
+            recorded = []
+            for notification in notifications:
+                row, data = self._row(notification)  # the failed transaction's rows are spent
+                try:
+                    async with self._sessions() as session, session.begin():
+                        self._add(session, row, data)
+                except IntegrityError:
+                    log.info(
+                        "NOTICe notification %s was recorded concurrently", row.source_message_id
+                    )
+                    continue
+                recorded.append((row, data))
+        published = 0
+        for row, _ in recorded:
+            if row.status == "published":
+                published += 1
+            else:
+                log.warning(
+                    "NOTICe notification %s is %s: %s",
+                    row.source_message_id,
+                    row.status,
+                    row.reason,
+                )
+        if published and self._relay:
+            self._relay.wake()
+        log.info("NOTICe: %d notifications recorded, %d published", len(recorded), published)
+        return len(recorded)
+
+    def _row(
+        self, fetched: FetchedNotification
+    ) -> tuple[InboundDocument, NoticeNotificationReceived | None]:
+        detail = fetched.detail
+        instance = str(detail.get("instanceCode", ""))
+        tenant = self._tenants.get(instance)
+        status: Status = "published"
+        data: NoticeNotificationReceived | None = None
+        reason = "; ".join(fetched.mismatches) or None
+        if tenant is None:
+            status, reason = "unroutable", unroutable_reason(instance)
+        elif fetched.problem:
+            status, reason = "refused", fetched.problem
+        else:
+            try:
+                data = event_data(fetched)
+            except (ValidationError, KeyError, TypeError, ValueError) as exc:
+                status, reason = "refused", contract_problem(exc)
+            else:
+                size = sum(len(d.content_base64) for d in data.documents)
+                if size > MAX_DOCUMENT_BYTES:
+                    status, data = "refused", None
+                    reason = (
+                        f"Its documents take {size} bytes in base64; one event carries at most"
+                        f" {MAX_DOCUMENT_BYTES}. Kept here for an operator."
+                    )
+        stored = json.dumps(detail, sort_keys=True, ensure_ascii=False).encode()
+        now = self._clock()
+        row = InboundDocument(
+            channel=CHANNEL,
+            source_message_id=fetched.notification_id,
+            tenant=tenant,
+            sender=SENDER,
+            receiver=instance[:210],
+            document_type=str(detail.get("fileType") or DOCUMENT_TYPE)[:500],
+            size=len(stored),
+            sha256=hashlib.sha256(stored).hexdigest(),
+            document=stored,
+            status=status,
+            source_status="pending",
+            reason=reason,
+            received_at=_received_at(detail.get("receivedOn")),
+            fetched_at=now,
+            updated_at=now,
+        )
+        return row, data
+
+    def _add(
+        self, session: AsyncSession, row: InboundDocument, data: NoticeNotificationReceived | None
+    ) -> None:
+        session.add(row)
+        if data is None or row.tenant is None:
+            return
+        with self._tracer.start_as_current_span(
+            "notice inbound", attributes={"hub.notice.notification_id": row.source_message_id}
+        ):
+            event = new_event(data, tenant=row.tenant, subject=row.source_message_id, source=SOURCE)
+            stage(session, event)
+        row.event_id = event.id
+
+
+def document_mismatch(content: bytes, size: int, sha256: str) -> str | None:
+    """How ``content`` differs from its metadata, or None."""
+    problems = []
+    if len(content) != size:
+        problems.append(f"{len(content)} bytes received, {size} declared")
+    actual = hashlib.sha256(content).hexdigest()
+    if actual != sha256.lower():
+        problems.append(f"SHA-256 {actual} received, {sha256} declared")
+    return "; ".join(problems) or None
+
+
+def event_data(fetched: FetchedNotification) -> NoticeNotificationReceived:
+    detail = fetched.detail
+    return NoticeNotificationReceived(
+        notification_id=fetched.notification_id,
+        instance_code=detail["instanceCode"],
+        file_type=detail["fileType"],
+        received_on=date.fromisoformat(detail["receivedOn"]),
+        subject=detail["subject"],
+        applicants=detail.get("applicants") or [],
+        parcels=detail.get("parcels") or [],
+        documents=fetched.documents,
+    )
+
+
+def contract_problem(exc: Exception) -> str:
+    """Why a notification cannot be the hub's event, without the values (national numbers)."""
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False)
+        )
+    else:
+        problems = f"{type(exc).__name__}: {exc}"
+    return mask_national_numbers(
+        f"The notification breaks the hub's event contract ({problems}): kept here, not published."
+    )
+
+
+def _received_at(value: object) -> datetime | None:
+    try:
+        day = date.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def notice_sources(
+    settings_by_tenant: Mapping[str, NoticeSettings],
+    instances: Mapping[str, str],
+    http: httpx.AsyncClient,
+) -> list[NoticeSource]:
+    """One source per NOTICe account, polling its tenants' instances and ``poll_instances``.
+
+    ``settings_by_tenant``: each tenant's ``notice`` connector; ``instances``: NOTICe
+    instance code → tenant. Tenants sharing an account are polled with it once.
+    """
+    accounts: dict[tuple[str, str], tuple[NoticeSettings, dict[str, None]]] = {}
+    polled_by_tenant = {tenant: code for code, tenant in instances.items()}
+    for tenant, settings in settings_by_tenant.items():
+        account = (settings.base_url.rstrip("/"), settings.api_key.get_secret_value())
+        _, codes = accounts.setdefault(account, (settings, {}))
+        if tenant in polled_by_tenant:
+            codes[polled_by_tenant[tenant]] = None
+        codes.update(dict.fromkeys(settings.poll_instances))
+    return [
+        NoticeSource(HttpNoticeApi(settings, http), tuple(codes))
+        for settings, codes in accounts.values()
+        if codes
+    ]
+
+
+def build_notice_inbound(
+    routing: RoutingTable,
+    tenants: Mapping[str, Tenant],
+    sessions: async_sessionmaker[AsyncSession],
+    http: httpx.AsyncClient,
+    relay: OutboxRelay | None,
+) -> NoticeInbound:
+    """The adapter for every tenant that names its NOTICe instance, polled with the
+    account of its ``notice`` connector (a tenant without one is not polled)."""
+    instances = {
+        tenant.notice_instance: code
+        for code, tenant in tenants.items()
+        if tenant.notice_instance is not None
+    }
+    accounts: dict[str, NoticeSettings] = {}
+    for (tenant, _), config in sorted(routing.connector_settings.items()):
+        if config["type"] == TYPE_NAME and tenant not in accounts:
+            accounts[tenant] = NoticeSettings.model_validate(config)
+    for code, tenant in instances.items():
+        if tenant not in accounts:
+            log.warning(
+                "tenant %s names NOTICe instance %s but has no notice connector: not polled",
+                tenant,
+                code,
+            )
+    return NoticeInbound(
+        sessions=sessions,
+        sources=notice_sources(accounts, instances, http),
+        instances=instances,
+        relay=relay,
+    )

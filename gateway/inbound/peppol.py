@@ -1,0 +1,320 @@
+"""Inbound adapter: business documents from the communes' Peppol access point.
+
+A background task of the gateway polls the inbox of every access point
+account the tenant files name (``peppol.access_point``: a ``peppol_ap``
+connector; tenants sharing one account are polled once). For each new
+message it:
+
+1. fetches it unless ``gateway_inbound`` already has its AP message id;
+2. records it and, when its receiver is a tenant's participant, stages
+   ``PeppolDocumentReceived`` in the gateway's outbox, in one transaction;
+3. tells the access point: acknowledged (published) or rejected with reason
+   code ``FD`` (unroutable: no tenant has that receiver).
+
+A crash between 2 and 3 leaves the message new at the AP: the next poll
+finds the row and only does 3. A crash between 1 and 2 records nothing: the
+next poll fetches again. So each message is published once. The adapter does
+not judge the document (not XML, too large…): the factures service does, and
+answers the supplier with its reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import httpx
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.envelope import new_event
+from contracts.events.peppol import MAX_DOCUMENT_BYTES, PeppolDocumentReceived, PeppolEndpoint
+from gateway.connectors.peppol_ap import PeppolApSettings
+from gateway.inbound.records import InboundDocument, Status
+from kernel.database import utcnow
+from kernel.outbox import OutboxRelay, stage
+from kernel.telemetry import tracer
+
+log = logging.getLogger(__name__)
+SOURCE = "urn:hub:gateway:peppol"
+CHANNEL = "peppol"
+#: MLS-like reason code of a transport-level rejection (unknown receiver, too large).
+FAILURE_OF_DELIVERY = "FD"
+
+
+class AccessPointError(RuntimeError):
+    """The access point answered something unexpected; the message is tried at the next poll."""
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    message_id: str
+    sender: str
+    receiver: str
+    document_type: str
+    received_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class FetchedDocument:
+    item: InboxItem
+    content: bytes
+
+
+class AccessPointInbox(Protocol):
+    """What the adapter needs of an access point account (the HTTP client, or a fake)."""
+
+    name: str
+
+    async def list_new(self) -> list[InboxItem]: ...
+
+    async def fetch(self, message_id: str) -> FetchedDocument: ...
+
+    async def acknowledge(self, message_id: str) -> None: ...
+
+    async def reject(self, message_id: str, reason_code: str, reason: str) -> None: ...
+
+
+class HttpAccessPointInbox:
+    """The inbox of one account, over the modelled contract ``contracts/peppol-ap/openapi.yaml``."""
+
+    def __init__(self, settings: PeppolApSettings, http: httpx.AsyncClient) -> None:
+        self.name = settings.base_url
+        self._settings = settings
+        self._http = http
+        self._timeout = httpx.Timeout(settings.timeout_seconds)
+
+    async def list_new(self) -> list[InboxItem]:
+        body = await self._call("GET", "/inbox", params={"limit": 100})
+        return [_item(entry) for entry in body.get("items", [])]
+
+    async def fetch(self, message_id: str) -> FetchedDocument:
+        body = await self._call("GET", f"/inbox/{message_id}")
+        try:
+            content = base64.b64decode(body["document"], validate=True)
+        except (KeyError, TypeError, binascii.Error) as exc:
+            raise AccessPointError(f"message {message_id}: no readable document") from exc
+        return FetchedDocument(_item(body), content)
+
+    async def acknowledge(self, message_id: str) -> None:
+        await self._call("POST", f"/inbox/{message_id}/acknowledge")
+
+    async def reject(self, message_id: str, reason_code: str, reason: str) -> None:
+        await self._call(
+            "POST",
+            f"/inbox/{message_id}/reject",
+            json={"reasonCode": reason_code, "reason": reason},
+        )
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = await self._http.request(
+            method,
+            self._settings.url(path),
+            headers=self._settings.headers(),
+            timeout=self._timeout,
+            **kwargs,
+        )
+        if response.is_error:
+            raise AccessPointError(
+                f"{method} {path}: HTTP {response.status_code} {response.text[:300]}"
+            )
+        body = response.json()
+        if not isinstance(body, dict):
+            raise AccessPointError(f"{method} {path}: the answer is not a JSON object")
+        return body
+
+
+def _item(entry: dict[str, Any]) -> InboxItem:
+    try:
+        received = entry.get("receivedAt")
+        return InboxItem(
+            message_id=str(entry["messageId"]),
+            sender=str(entry["sender"]),
+            receiver=str(entry["receiver"]),
+            document_type=str(entry["documentTypeId"]),
+            received_at=datetime.fromisoformat(received) if received else None,
+        )
+    except (KeyError, ValueError) as exc:
+        raise AccessPointError(f"an inbox entry breaks the contract: {exc!r}") from exc
+
+
+def endpoint_of(participant: str) -> PeppolEndpoint:
+    scheme, _, identifier = participant.partition(":")
+    return PeppolEndpoint(scheme=scheme, identifier=identifier)
+
+
+def too_large_reason(size: int) -> str:
+    return (
+        f"The document is {size} bytes; this hub accepts business documents of at most "
+        f"{MAX_DOCUMENT_BYTES} bytes. Send the invoice without embedded attachments, or "
+        "with smaller ones."
+    )
+
+
+def unroutable_reason(receiver: str) -> str:
+    return (
+        f"The receiver {receiver} is not a participant served by this hub (no commune or CPAS"
+        " has it): the document cannot be delivered. Check the receiver's Peppol identifier."
+    )
+
+
+class PeppolInbound:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        inboxes: Sequence[AccessPointInbox],
+        participants: Mapping[str, str],
+        relay: OutboxRelay | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._inboxes = list(inboxes)
+        # Peppol identifiers compare case-insensitively.
+        self._tenants = {p.lower(): tenant for tenant, p in participants.items()}
+        self._relay = relay
+        self._clock = clock
+        self._tracer = tracer("gateway")
+
+    async def run(self, poll_seconds: float = 5.0) -> None:
+        if not self._inboxes:
+            log.info("no tenant names a Peppol access point: nothing to poll")
+            return
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(poll_seconds)
+
+    async def poll_once(self) -> int:
+        """Take every new message of every inbox; return how many were taken."""
+        taken = 0
+        for inbox in self._inboxes:
+            try:
+                items = await inbox.list_new()
+            except Exception as exc:  # the AP is away: try at the next poll
+                log.warning("Peppol inbox %s could not be listed: %r", inbox.name, exc)
+                continue
+            for item in items:
+                try:
+                    await self.take(inbox, item)
+                    taken += 1
+                except Exception as exc:  # this one waits for the next poll; the others go on
+                    log.warning("Peppol message %s not taken yet: %r", item.message_id, exc)
+        return taken
+
+    async def take(self, inbox: AccessPointInbox, item: InboxItem) -> InboundDocument:
+        record = await self._known(item.message_id)
+        if record is None:
+            record = await self._record(await inbox.fetch(item.message_id))
+        await self._report(inbox, record)
+        return record
+
+    async def _known(self, message_id: str) -> InboundDocument | None:
+        async with self._sessions() as session:
+            found: InboundDocument | None = await session.scalar(
+                select(InboundDocument).where(InboundDocument.source_message_id == message_id)
+            )
+            return found
+
+    async def _record(self, fetched: FetchedDocument) -> InboundDocument:
+        item = fetched.item
+        tenant = self._tenants.get(item.receiver.lower())
+        status: Status = "published"
+        reason = None
+        if tenant is None:
+            status, reason = "unroutable", unroutable_reason(item.receiver)
+        elif len(fetched.content) > MAX_DOCUMENT_BYTES:
+            # Its event could not be published (Kafka's record limit): it would block
+            # the outbox for good. Refused at the door, kept here for the operator.
+            status, reason = "refused", too_large_reason(len(fetched.content))
+        now = self._clock()
+        record = InboundDocument(
+            channel=CHANNEL,
+            source_message_id=item.message_id,
+            tenant=tenant,
+            sender=item.sender,
+            receiver=item.receiver,
+            document_type=item.document_type,
+            size=len(fetched.content),
+            sha256=hashlib.sha256(fetched.content).hexdigest(),
+            document=fetched.content,
+            status=status,
+            source_status="pending",
+            reason=reason,
+            received_at=item.received_at,
+            fetched_at=now,
+            updated_at=now,
+        )
+        with self._tracer.start_as_current_span(
+            "peppol inbound", attributes={"hub.peppol.message_id": item.message_id}
+        ):
+            try:
+                async with self._sessions() as session, session.begin():
+                    session.add(record)
+                    if tenant is not None and status == "published":
+                        record.event_id = self._stage(session, tenant, fetched, record.sha256)
+            except IntegrityError:
+                # Another gateway replica recorded it meanwhile: theirs is the one.
+                known = await self._known(item.message_id)
+                if known is None:
+                    raise
+                return known
+        if status == "published":
+            log.info("Peppol message %s published for tenant %s", item.message_id, tenant)
+            if self._relay:
+                self._relay.wake()
+        else:
+            log.warning("Peppol message %s is %s: %s", item.message_id, status, record.reason)
+        return record
+
+    @staticmethod
+    def _stage(session: AsyncSession, tenant: str, fetched: FetchedDocument, sha256: str) -> str:
+        item = fetched.item
+        data = PeppolDocumentReceived(
+            access_point_message_id=item.message_id,
+            sender=endpoint_of(item.sender),
+            receiver=endpoint_of(item.receiver),
+            document_type=item.document_type,
+            document_base64=base64.b64encode(fetched.content).decode(),
+            sha256=sha256,
+        )
+        event = new_event(data, tenant=tenant, subject=item.message_id, source=SOURCE)
+        stage(session, event)
+        return event.id
+
+    async def _report(self, inbox: AccessPointInbox, record: InboundDocument) -> None:
+        if record.status == "published":
+            await inbox.acknowledge(record.source_message_id)
+            source_status = "acknowledged"
+        else:
+            await inbox.reject(
+                record.source_message_id, FAILURE_OF_DELIVERY, record.reason or record.status
+            )
+            source_status = "rejected"
+        if record.source_status == source_status:
+            return
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                update(InboundDocument)
+                .where(InboundDocument.id == record.id)
+                .values(source_status=source_status, updated_at=self._clock())
+            )
+        record.source_status = source_status
+
+
+def inboxes_from(
+    settings_by_tenant: Iterable[PeppolApSettings], http: httpx.AsyncClient
+) -> list[HttpAccessPointInbox]:
+    """One inbox per access point account: tenants sharing an account are polled once."""
+    accounts: dict[tuple[str, str], PeppolApSettings] = {}
+    for settings in settings_by_tenant:
+        account = (settings.base_url.rstrip("/"), settings.api_key.get_secret_value())
+        accounts.setdefault(account, settings)
+    return [HttpAccessPointInbox(settings, http) for settings in accounts.values()]

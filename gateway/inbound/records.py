@@ -1,0 +1,59 @@
+"""The inbound log: one row per document fetched from outside, unique by its source's id.
+
+A row is written in the transaction that stages the document's event in the
+outbox, so a document is published once however often it is fetched. Status:
+
+    published     its event is staged for the tenant's services
+    unroutable    no tenant has its receiver; kept here for an operator, never published
+    refused       too large to travel in an event; kept here, never published
+
+``source_status`` is where the source (the Peppol access point) stands:
+
+    pending ──► acknowledged   (published documents)
+       └──────► rejected       (unroutable and refused ones, with ``reason``)
+
+A crash after the commit and before the source is told leaves ``pending``:
+the next poll sees the document again, finds the row, and only tells the
+source.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from kernel.database import Base, BigId, UtcDateTime
+
+Status = Literal["published", "unroutable", "refused"]
+SourceStatus = Literal["pending", "acknowledged", "rejected"]
+
+
+class InboundDocument(Base):
+    __tablename__ = "gateway_inbound"
+    __table_args__ = (
+        Index("ix_gateway_inbound_tenant", "tenant", "id"),
+        Index("ix_gateway_inbound_status", "status", "id"),
+        Index("ix_gateway_inbound_pending", "source_status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(32))  # "peppol"
+    #: The access point's message id: a document polled twice is recorded once.
+    source_message_id: Mapped[str] = mapped_column(String(200), unique=True)
+    tenant: Mapped[str | None] = mapped_column(String(5), nullable=True)
+    sender: Mapped[str] = mapped_column(String(210))
+    receiver: Mapped[str] = mapped_column(String(210))
+    document_type: Mapped[str] = mapped_column(String(500))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    document: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16))
+    source_status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    event_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    received_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    fetched_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -1,0 +1,112 @@
+"""Factures' demo: suppliers' invoices through the Peppol sandbox, approved and booked."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import time
+
+import httpx
+
+from hub.demos import DemoRun, ServiceResult
+from hub.invoices import FAULTS, SupplierInvoice, supplier_invoice
+from kernel.tenants import load_tenants
+
+#: Every fifth invoice carries a fault a clerk meets (wrong totals, unknown VAT category,
+#: no buyer reference, a CII document instead of UBL), in turn.
+FAULTY_EVERY = 5
+
+
+async def factures_demo(run: DemoRun) -> ServiceResult:
+    """Suppliers send invoices through the Peppol sandbox; a clerk approves the valid ones.
+
+    Delivered: a valid invoice booked by the tenant's accounting software.
+    Rejected: an invalid one refused with reasons and answered RE to the supplier.
+    """
+    count, timeout, tenant = run.count, run.timeout, run.tenant
+    participant = str(load_tenants(run.settings.tenants_dir)[tenant].raw["peppol"]["participant"])
+    result = ServiceResult(rejected=0)
+    rng = random.Random()
+    sandbox = run.client("sandbox")
+    factures = run.client("factures", ["factures:read", "factures:write"])
+    async with sandbox, factures:
+        sent: dict[str, tuple[SupplierInvoice, float]] = {}
+        submit = run.task("factures: suppliers send invoices", count)
+        for number in range(count):
+            fault = (
+                FAULTS[number // FAULTY_EVERY % len(FAULTS)] if number % FAULTY_EVERY == 4 else None
+            )
+            invoice = supplier_invoice(rng, number, buyer_participant=participant, fault=fault)
+            drop = {
+                "sender": invoice.sender,
+                "receiver": participant,
+                "document_base64": base64.b64encode(invoice.document).decode(),
+            }
+            response = await sandbox.post("/_sandbox/peppol/inbox", json=drop)
+            if response.status_code == 201:
+                sent[response.json()["messageId"]] = (invoice, time.monotonic())
+            else:
+                result.problems.append(
+                    f"access point: {response.status_code} {response.text[:200]}"
+                )
+            run.advance(submit)
+        result.submitted = len(sent) + len(result.problems)
+
+        follow = run.task("factures: approving and booking", len(sent))
+        approved: set[str] = set()
+        pending = dict(sent)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for message_id, (invoice, started) in list(pending.items()):
+                listed = await factures.get(
+                    "/v1/invoices", params={"peppol_message_id": message_id}
+                )
+                items = listed.json()["items"] if listed.status_code == 200 else []
+                if not items:
+                    continue
+                found = items[0]
+                state = found["state"]
+                if state == "to_approve" and found["id"] not in approved:
+                    # The clerk of the ordering service approves what is correct.
+                    await factures.post(f"/v1/invoices/{found['id']}/approve")
+                    approved.add(found["id"])
+                    continue
+                if state not in ("booked", "rejected"):
+                    continue
+                del pending[message_id]
+                run.advance(follow)
+                if state == "booked" and invoice.fault is None:
+                    result.delivered += 1
+                    result.latencies_ms.append((time.monotonic() - started) * 1000)
+                elif state == "rejected" and invoice.fault is not None:
+                    result.rejected = (result.rejected or 0) + 1
+                else:
+                    result.failed += 1
+                    result.problems.append(
+                        f"{invoice.number} ({invoice.fault or 'valid'}) ended {state}"
+                    )
+            if pending:
+                await asyncio.sleep(0.5)
+        for invoice, _ in pending.values():
+            result.failed += 1
+            result.problems.append(f"{invoice.number}: not handled within {timeout:.0f} s")
+        await _check_supplier_answers(sandbox, sent, result)
+    return result
+
+
+async def _check_supplier_answers(
+    sandbox: httpx.AsyncClient,
+    sent: dict[str, tuple[SupplierInvoice, float]],
+    result: ServiceResult,
+) -> None:
+    """A rejected invoice counts as rejected only once its supplier got the RE answer."""
+    answers = (await sandbox.get("/_sandbox/peppol/inbox")).json()["answers"]
+    for invoice, _ in sent.values():
+        if invoice.fault is None or invoice.fault == "cii":
+            continue  # a CII document has no number the answer could name
+        codes = {answer["status"] for answer in answers.get(invoice.number, [])}
+        if "RE" not in codes and result.rejected:
+            result.rejected -= 1
+            result.failed += 1
+            result.problems.append(f"{invoice.number}: rejected, but no RE reached the supplier")

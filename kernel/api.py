@@ -1,0 +1,159 @@
+"""What every service's REST API shares: who may call, one transaction per change, paging, Problems.
+
+A route declares its caller with ``Annotated[Caller, Depends(authorised(SCOPE))]``:
+the token is checked (``kernel.auth``), its tenant must be configured, and it
+must carry the scope. ``StorageDep`` gives the route the service's sessions and
+``unit_of_work`` (the document change and its outbox events commit together).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from kernel.auth import Caller, CallerDep
+from kernel.consumer import RejectedEvent
+from kernel.outbox import OutboxRelay, transaction
+from kernel.tenants import Tenant, UnknownTenant
+
+T = TypeVar("T")
+
+
+def authorised(scope: str) -> Callable[[Request, Caller], Awaitable[Caller]]:
+    """A dependency: the caller of a configured tenant holding ``scope``."""
+
+    async def dependency(request: Request, caller: CallerDep) -> Caller:
+        tenants: dict[str, Tenant] = request.app.state.tenants
+        if caller.tenant not in tenants:
+            raise UnknownTenant(caller.tenant)
+        caller.require(scope)
+        return caller
+
+    return dependency
+
+
+@dataclass(frozen=True)
+class Storage:
+    sessions: async_sessionmaker[AsyncSession]
+    relay: OutboxRelay | None
+    tenants: dict[str, Tenant]
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
+        """One transaction: the document change and its events commit together."""
+        async with transaction(self.sessions, self.relay) as session:
+            yield session
+
+
+async def storage(request: Request) -> Storage:
+    state = request.app.state
+    return Storage(state.sessions, state.relay, state.tenants)
+
+
+StorageDep = Annotated[Storage, Depends(storage)]
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int = Field(description="How many documents match the filters in all")
+    limit: int
+    offset: int
+
+
+class Problem(BaseModel):
+    """RFC 9457 Problem Details; ``type`` ends in a stable slug (``…/problems/not-a-pdf``)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+_PROBLEM_SCHEMA = Problem.model_json_schema()
+_PROBLEM_DESCRIPTIONS = {
+    400: "Malformed request body",
+    401: "Missing or invalid bearer token",
+    403: "Token lacks the scope, or its tenant is not configured",
+    404: "No such document for the caller's tenant",
+    409: "The document's state forbids the operation",
+    413: "Body or attached document too large",
+    415: "Unsupported media type",
+    422: "The request breaks the API contract or a business rule",
+    503: "A dependency of this operation is unavailable",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI documentation of the Problem JSON answers of a route."""
+    return {
+        status: {
+            "description": _PROBLEM_DESCRIPTIONS[status],
+            "content": {"application/problem+json": {"schema": _PROBLEM_SCHEMA}},
+        }
+        for status in (401, 403, *statuses)
+    }
+
+
+class RejectedEventView(BaseModel):
+    id: int
+    event_id: str | None
+    event_type: str
+    topic: str
+    reason: str = Field(description="Why the event breaks its contract")
+    received_at: datetime
+    data: str = Field(description="The event's body as received (UTF-8, invalid bytes replaced)")
+
+
+def rejected_events_router(read_scope: str) -> APIRouter:
+    """``GET /v1/rejected-events``: the caller's tenant's events this service kept unhandled."""
+    router = APIRouter(prefix="/v1", tags=["operations"])
+    # A dependency object, not an annotation: annotations are strings here (PEP 563)
+    # and FastAPI could not resolve one naming this function's local ``read_scope``.
+    reader = Depends(authorised(read_scope))
+
+    @router.get(
+        "/rejected-events", response_model=Page[RejectedEventView], responses=problem_responses()
+    )
+    async def rejected_events(
+        store: StorageDep,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        caller: Caller = reader,
+    ) -> Page[RejectedEventView]:
+        """Events addressed to this service that break their contract, newest first: kept,
+        never handled, for an operator to read and have the sender correct."""
+        mine = RejectedEvent.tenant == caller.tenant
+        async with store.sessions() as session:
+            total = await session.scalar(select(func.count()).where(mine)) or 0
+            rows = await session.scalars(
+                select(RejectedEvent)
+                .where(mine)
+                .order_by(RejectedEvent.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            items = [
+                RejectedEventView(
+                    id=row.id,
+                    event_id=row.event_id,
+                    event_type=row.event_type,
+                    topic=row.topic,
+                    reason=row.reason,
+                    received_at=row.received_at,
+                    data=row.value.decode("utf-8", "replace"),
+                )
+                for row in rows
+            ]
+        return Page[RejectedEventView](items=items, total=total, limit=limit, offset=offset)
+
+    return router

@@ -1,0 +1,444 @@
+"""Simulated Peppol access point (AP) of the hub's communes: their inbox and their outbox.
+
+It implements the modelled contract ``contracts/peppol-ap/openapi.yaml`` (no
+Belgian AP publishes a common receiver API; the contract says how it was
+modelled):
+
+- ``/peppol-ap/v1/inbox``: the received business documents of an account,
+  listed while ``new``, fetched with their content, acknowledged (processed)
+  or rejected at transport level with an MLS-like reason code;
+- ``/peppol-ap/v1/outbox``: the commune's answers. Only a well-formed BIS
+  Invoice Response 3.0 (UBL ApplicationResponse) is accepted; anything else
+  is refused with a Problem JSON listing every reason.
+
+**Sandbox credentials**: ``X-Api-Key: sandbox-ap-key-<account>`` for any
+account name (the committed tenant files use account ``hub``).
+
+Control surface ``/_sandbox/peppol/inbox``: ``POST`` drops a document into an
+account's inbox as if a supplier's AP had delivered it (tests, ``hub demo``);
+``GET`` shows the inbox (with each message's state) and what the communes
+answered, with the status codes per invoice. Outbox requests are recorded
+under their ``Idempotency-Key`` by the sandbox's recorder (service
+``peppol_ap``), which also injects the faults set for ``peppol_ap``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from lxml import etree
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kernel.errors import problem_response
+from kernel.settings import REPOSITORY_ROOT
+from sandbox.openapi_contract import OpenApiContract, contract_errors
+from sandbox.recorder import Recorder
+
+SERVICE = "peppol_ap"
+CONTRACT = REPOSITORY_ROOT / "contracts" / "peppol-ap" / "openapi.yaml"
+PREFIX = "/peppol-ap/v1"
+DEFAULT_ACCOUNT = "hub"
+API_KEY_PREFIX = "sandbox-ap-key-"
+_ACCOUNT = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+INVOICE_DOCUMENT_TYPE = (
+    "urn:oasis:names:specification:ubl:schema:xsd:Invoice-2::Invoice##"
+    "urn:cen.eu:en16931:2017#compliant#urn:fdc:peppol.eu:2017:poacc:billing:3.0::2.1"
+)
+BILLING_PROCESS = "urn:fdc:peppol.eu:2017:poacc:billing:01:1.0"
+
+APPLICATION_RESPONSE = "{urn:oasis:names:specification:ubl:schema:xsd:ApplicationResponse-2}"
+CBC = "urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2"
+CAC = "urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"
+NS = {"cbc": CBC, "cac": CAC}
+INVOICE_RESPONSE_CUSTOMIZATION = "urn:fdc:peppol.eu:poacc:trns:invoice_response:3"
+RESPONSE_CODES = ("AB", "IP", "UQ", "RE", "AP", "PD")
+
+# The parser never loads a DTD, expands an entity or touches the network.
+_SAFE_PARSER = etree.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
+)
+
+
+# -- the inbox --------------------------------------------------------------------------
+
+
+@dataclass
+class InboxMessage:
+    message_id: str
+    account: str
+    sender: str
+    receiver: str
+    document_type: str
+    process: str
+    received_at: datetime
+    document: bytes
+    status: str = "new"  # new | acknowledged | rejected
+    reason_code: str | None = None
+    reason: str | None = None
+    fetches: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "messageId": self.message_id,
+            "sender": self.sender,
+            "receiver": self.receiver,
+            "documentTypeId": self.document_type,
+            "processId": self.process,
+            "receivedAt": self.received_at.isoformat(timespec="seconds"),
+            "size": len(self.document),
+        }
+
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"messageId": self.message_id, "status": self.status}
+        if self.reason_code:
+            state |= {"reasonCode": self.reason_code, "reason": self.reason}
+        return state
+
+
+@dataclass
+class AccessPoint:
+    messages: dict[str, InboxMessage] = field(default_factory=dict)
+
+    def deliver(self, drop: InboxDrop) -> InboxMessage:
+        message = InboxMessage(
+            message_id=str(uuid.uuid4()),
+            account=drop.account,
+            sender=drop.sender,
+            receiver=drop.receiver,
+            document_type=drop.document_type,
+            process=drop.process,
+            received_at=datetime.now(UTC),
+            document=drop.content(),
+        )
+        self.messages[message.message_id] = message
+        return message
+
+    def of_account(self, account: str, message_id: str) -> InboxMessage | None:
+        message = self.messages.get(message_id)
+        return message if message is not None and message.account == account else None
+
+
+class InboxDrop(BaseModel):
+    """A document a supplier's access point delivered (control endpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+    account: str = Field(default=DEFAULT_ACCOUNT, pattern=_ACCOUNT.pattern)
+    sender: str = Field(pattern=r"^[0-9]{4}:[^\s:]{1,200}$")
+    receiver: str = Field(pattern=r"^[0-9]{4}:[^\s:]{1,200}$")
+    document_type: str = INVOICE_DOCUMENT_TYPE
+    process: str = BILLING_PROCESS
+    #: The document as text (an XML invoice), or ``document_base64`` for any bytes.
+    document: str | None = None
+    document_base64: str | None = None
+
+    @field_validator("document_base64")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except binascii.Error as exc:
+                raise ValueError("not valid base64") from exc
+        return value
+
+    def content(self) -> bytes:
+        if self.document_base64 is not None:
+            return base64.b64decode(self.document_base64, validate=True)
+        return (self.document or "").encode("utf-8")
+
+
+# -- the outbox -------------------------------------------------------------------------
+
+
+class InvalidDocument(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class InvoiceResponse:
+    invoice_number: str
+    response_code: str
+    sender: str
+    receiver: str
+
+
+def read_invoice_response(content: bytes, sender: str, receiver: str) -> InvoiceResponse:
+    """The BIS Invoice Response 3.0 in ``content``, or InvalidDocument with every reason."""
+    try:
+        root = etree.fromstring(content, parser=_SAFE_PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise InvalidDocument([f"document: not well-formed XML ({exc})"]) from exc
+    if root.getroottree().docinfo.doctype:
+        raise InvalidDocument(["document: a DOCTYPE is not allowed in a Peppol document"])
+    if root.tag != f"{APPLICATION_RESPONSE}ApplicationResponse":
+        raise InvalidDocument(
+            [f"document: the root element is {root.tag}, not a UBL ApplicationResponse"]
+        )
+    problems: list[str] = []
+
+    def text(path: str) -> str:
+        return str(root.findtext(path, default="", namespaces=NS)).strip()
+
+    customization = text("cbc:CustomizationID")
+    if customization != INVOICE_RESPONSE_CUSTOMIZATION:
+        problems.append(
+            f"cbc:CustomizationID: {customization!r} is not {INVOICE_RESPONSE_CUSTOMIZATION!r}"
+        )
+    code = text("cac:DocumentResponse/cac:Response/cbc:ResponseCode")
+    if code not in RESPONSE_CODES:
+        problems.append(
+            f"cac:DocumentResponse/cac:Response/cbc:ResponseCode: {code!r} is not one of "
+            + ", ".join(RESPONSE_CODES)
+        )
+    invoice = text("cac:DocumentResponse/cac:DocumentReference/cbc:ID")
+    if not invoice:
+        problems.append("cac:DocumentResponse/cac:DocumentReference/cbc:ID: the invoice answered")
+    for party, expected in (("SenderParty", sender), ("ReceiverParty", receiver)):
+        endpoint = root.find(f"cac:{party}/cbc:EndpointID", namespaces=NS)
+        found = (
+            f"{endpoint.get('schemeID', '')}:{(endpoint.text or '').strip()}"
+            if endpoint is not None
+            else None
+        )
+        if found is None or found.lower() != expected.lower():
+            problems.append(
+                f"cac:{party}/cbc:EndpointID: {found!r} is not the request's {expected!r}"
+            )
+    if problems:
+        raise InvalidDocument(problems)
+    return InvoiceResponse(invoice, code, sender, receiver)
+
+
+# -- answers ----------------------------------------------------------------------------
+
+
+def problem(status: int, slug: str, title: str, detail: str, **extensions: Any) -> JSONResponse:
+    return problem_response(status, slug, title, detail, **extensions)
+
+
+def unauthorized() -> JSONResponse:
+    return problem(
+        401,
+        "unauthorized",
+        "Missing or unknown API key",
+        "Send the account's key as X-Api-Key (sandbox: sandbox-ap-key-<account>).",
+    )
+
+
+def unavailable() -> JSONResponse:
+    return problem(
+        503, "unavailable", "Access point unavailable", "The sandbox was told to fail this request."
+    )
+
+
+def account_of(request: Request) -> str | None:
+    key = request.headers.get("X-Api-Key", "")
+    account = key.removeprefix(API_KEY_PREFIX)
+    if not key.startswith(API_KEY_PREFIX) or not _ACCOUNT.fullmatch(account):
+        return None
+    # Constant time, as a real key check would be.
+    return account if secrets.compare_digest(key, API_KEY_PREFIX + account) else None
+
+
+# -- the routes -------------------------------------------------------------------------
+
+
+def router(recorder: Recorder, access_point: AccessPoint | None = None) -> APIRouter:
+    access_point = access_point or AccessPoint()
+    contract = OpenApiContract(CONTRACT)
+    outgoing = contract.validator("OutgoingDocument")
+    rejection = contract.validator("Rejection")
+    api = APIRouter(prefix=PREFIX, tags=["sandbox: Peppol access point"])
+
+    async def guard(request: Request) -> str | JSONResponse:
+        """The caller's account, or the answer that refuses the request."""
+        if await recorder.inject_faults(SERVICE):
+            return unavailable()
+        return account_of(request) or unauthorized()
+
+    def not_found(message_id: str) -> JSONResponse:
+        return problem(
+            404, "not-found", "Message not found", f"No message {message_id!r} in this inbox."
+        )
+
+    @api.get("/inbox")
+    async def list_inbox(
+        request: Request, limit: int = 100, receiver: str | None = None
+    ) -> JSONResponse:
+        account = await guard(request)
+        if isinstance(account, JSONResponse):
+            return account
+        new = [
+            m
+            for m in access_point.messages.values()
+            if m.account == account
+            and m.status == "new"
+            and (receiver is None or m.receiver.lower() == receiver.lower())
+        ]
+        return JSONResponse({"items": [m.summary() for m in new[: max(1, min(limit, 500))]]})
+
+    @api.get("/inbox/{message_id}")
+    async def get_message(request: Request, message_id: str) -> JSONResponse:
+        account = await guard(request)
+        if isinstance(account, JSONResponse):
+            return account
+        message = access_point.of_account(account, message_id)
+        if message is None:
+            return not_found(message_id)
+        message.fetches += 1
+        body = message.summary() | {
+            "status": message.status,
+            "document": base64.b64encode(message.document).decode(),
+        }
+        return JSONResponse(body)
+
+    @api.post("/inbox/{message_id}/acknowledge")
+    async def acknowledge(request: Request, message_id: str) -> JSONResponse:
+        account = await guard(request)
+        if isinstance(account, JSONResponse):
+            return account
+        message = access_point.of_account(account, message_id)
+        if message is None:
+            return not_found(message_id)
+        if message.status == "rejected":
+            return problem(
+                409, "already-rejected", "Already rejected", f"Message {message_id} was rejected."
+            )
+        message.status = "acknowledged"
+        return JSONResponse(message.state())
+
+    @api.post("/inbox/{message_id}/reject")
+    async def reject(request: Request, message_id: str) -> JSONResponse:
+        account = await guard(request)
+        if isinstance(account, JSONResponse):
+            return account
+        message = access_point.of_account(account, message_id)
+        if message is None:
+            return not_found(message_id)
+        body = await _json_body(request)
+        problems = ["body: not JSON"] if body is None else contract_errors(rejection, body)
+        if problems:
+            return _invalid(problems)
+        assert isinstance(body, dict)
+        if message.status == "acknowledged":
+            return problem(
+                409,
+                "already-acknowledged",
+                "Already acknowledged",
+                f"Message {message_id} was acknowledged.",
+            )
+        message.status = "rejected"
+        message.reason_code, message.reason = body["reasonCode"], body["reason"]
+        return JSONResponse(message.state())
+
+    @api.post("/outbox", status_code=202)
+    async def send(request: Request) -> JSONResponse:
+        account = await guard(request)
+        if isinstance(account, JSONResponse):
+            return account
+        body = await _json_body(request)
+        problems = ["body: not JSON"] if body is None else contract_errors(outgoing, body)
+        if problems:
+            return _invalid(problems)
+        assert isinstance(body, dict)
+        try:
+            content = base64.b64decode(body["document"], validate=True)
+            response = read_invoice_response(content, body["sender"], body["receiver"])
+        except binascii.Error:
+            return _invalid(["document: not valid base64"])
+        except InvalidDocument as exc:
+            return _invalid(exc.problems)
+        key = request.headers.get("Idempotency-Key") or f"no-key-{uuid.uuid4()}"
+        fingerprint = hashlib.sha256(content).hexdigest()
+        async with recorder.lock:
+            first = recorder.seen(SERVICE, key)
+            if first is not None:
+                if (first.tenant, first.summary.get("fingerprint")) != (account, fingerprint):
+                    return _invalid(
+                        ["Idempotency-Key: already used for a different document"],
+                        slug="idempotency-key-reused",
+                    )
+                return JSONResponse(first.answer, status_code=202)
+            answer = {"messageId": str(uuid.uuid4()), "status": "accepted"}
+            recorder.record(
+                SERVICE,
+                key,
+                tenant=account,  # the recorder's owner field: here the AP account
+                answer=answer,
+                traceparent=request.headers.get("traceparent"),
+                summary={
+                    "invoice": response.invoice_number,
+                    "response_code": response.response_code,
+                    "sender": response.sender,
+                    "receiver": response.receiver,
+                    "fingerprint": fingerprint,
+                },
+            )
+        return JSONResponse(answer, status_code=202)
+
+    control = APIRouter(prefix="/_sandbox/peppol", tags=["sandbox control"])
+
+    @control.post("/inbox", status_code=201)
+    async def drop(document: InboxDrop) -> dict[str, Any]:
+        """A supplier's access point delivers ``document`` into ``account``'s inbox."""
+        return access_point.deliver(document).summary()
+
+    @control.get("/inbox")
+    async def inbox_and_answers() -> dict[str, Any]:
+        """Every inbox message with its state, and the answers sent, by invoice."""
+        answers: dict[str, list[dict[str, Any]]] = {}
+        for reception in recorder.receptions(SERVICE):
+            summary = reception.summary
+            answers.setdefault(summary["invoice"], []).append(
+                {
+                    "status": summary["response_code"],
+                    "sender": summary["sender"],
+                    "receiver": summary["receiver"],
+                    "message_id": reception.answer["messageId"],
+                    "idempotency_key": reception.idempotency_key,
+                    "arrivals": reception.arrivals,
+                }
+            )
+        return {
+            "messages": [
+                m.summary() | m.state() | {"account": m.account, "fetches": m.fetches}
+                for m in access_point.messages.values()
+            ],
+            "answers": answers,
+        }
+
+    routes = APIRouter()
+    routes.include_router(api)
+    routes.include_router(control)
+    return routes
+
+
+async def _json_body(request: Request) -> object | None:
+    try:
+        return json.loads(await request.body())
+    except ValueError:
+        return None
+
+
+def _invalid(problems: list[str], slug: str = "invalid-document") -> JSONResponse:
+    return problem(
+        422,
+        slug,
+        "The request breaks the access point's contract",
+        "; ".join(problems),
+        errors=problems,
+    )

@@ -1,0 +1,697 @@
+"""The invoice service's use cases, each inside the caller's transaction with its events staged.
+
+Callers open the unit of work (``kernel.outbox.transaction``, or the event
+consumer's transaction) and examine the document first (``examine``: parsing
+and the business rules, pure CPU); a use case changes the tables, writes the
+history and stages the matching events and supplier answers, so the change
+and its events commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
+
+from contracts.envelope import new_event
+from contracts.events.base import EventData
+from contracts.events.factures import (
+    Channel,
+    DocumentKind,
+    InvoiceApprovalRequested,
+    InvoiceApproved,
+    InvoiceBooked,
+    InvoiceDisputed,
+    InvoicePaid,
+    InvoiceReceived,
+    InvoiceRejected,
+    InvoiceResponseRequested,
+    InvoiceValidated,
+    ResponseStatus,
+)
+from contracts.events.factures import Finding as FindingData
+from contracts.events.peppol import PeppolEndpoint
+from kernel.errors import NotFound, ProblemError
+from kernel.outbox import stage
+from kernel.tenants import Tenant
+from services.factures import reasons
+from services.factures.accounting import (
+    accounting_document,
+    peppol_endpoint_of,
+    supplier_name,
+)
+from services.factures.domain import (
+    RECEPTION_RESPONSE,
+    RESPONSE_AFTER,
+    ApprovalRouting,
+    Booked,
+    BookingOutcome,
+    ConcurrentChange,
+    InvoiceState,
+    Step,
+    advance,
+    answers_supplier,
+    approval_routing,
+    duplicate_key,
+    format_endpoint,
+    parse_endpoint,
+    same_endpoint,
+    supplier_key,
+    tenant_endpoint,
+)
+from services.factures.model import Invoice as InvoiceModel
+from services.factures.model import read_invoice
+from services.factures.reasons import Reason
+from services.factures.responses import InvoiceResponse, Party, build_application_response
+from services.factures.rules.engine import Finding
+from services.factures.tables import Invoice, InvoiceStep
+from services.factures.ubl import UblDocument, parse_document
+from services.factures.validation import check_document, is_valid
+
+SOURCE = "urn:hub:factures"
+log = logging.getLogger(__name__)
+
+
+# -- what a use case needs to know -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Buyer:
+    """The tenant an invoice belongs to, as the workflow needs it."""
+
+    tenant: str
+    name: str | None
+    endpoint: PeppolEndpoint | None
+    routing: ApprovalRouting
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> Buyer:
+        return cls(tenant.code, tenant.name, tenant_endpoint(tenant), approval_routing(tenant))
+
+    @classmethod
+    def unconfigured(cls, code: str, endpoint: PeppolEndpoint | None) -> Buyer:
+        return cls(code, None, endpoint, ApprovalRouting())
+
+
+@dataclass(frozen=True)
+class Examination:
+    """A document after parsing, reading and the business rules."""
+
+    content: bytes
+    document: UblDocument | None
+    invoice: InvoiceModel | None
+    findings: list[Finding]
+
+    @property
+    def readable(self) -> bool:
+        return self.document is not None
+
+    @property
+    def valid(self) -> bool:
+        return self.document is not None and is_valid(self.findings)
+
+    @property
+    def buyer_endpoint(self) -> PeppolEndpoint | None:
+        return peppol_endpoint_of(self.invoice.buyer if self.invoice else None)
+
+    @property
+    def supplier_endpoint(self) -> PeppolEndpoint | None:
+        return peppol_endpoint_of(self.invoice.seller if self.invoice else None)
+
+
+def examine(content: bytes) -> Examination:
+    """Parse and check ``content`` (CPU-bound: callers run it in a worker thread)."""
+    document, findings = check_document(content)
+    invoice = read_invoice(document) if document is not None else None
+    return Examination(content, document, invoice, findings)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """How a document arrived: the channel, and what its envelope said."""
+
+    channel: Channel
+    #: The Peppol envelope's sender and receiver; uploads have none (BT-34 is used).
+    sender: PeppolEndpoint | None = None
+    receiver: PeppolEndpoint | None = None
+    peppol_message_id: str | None = None
+    #: Refusals found before the content was read (a corrupted transfer, an unknown tenant).
+    refusals: Sequence[Reason] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class InvoiceFilter:
+    state: InvoiceState | None = None
+    assigned_service: str | None = None
+    channel: Channel | None = None
+    peppol_message_id: str | None = None
+
+
+class InvalidEncoding(ProblemError):
+    def __init__(self, found: list[Reason], findings: list[Finding]) -> None:
+        super().__init__(
+            422,
+            "invalid-encoding",
+            "The encoded invoice does not pass the checks",
+            "The UBL encoding of this scanned invoice breaks the rules; correct it and upload "
+            "it again (the invoice stays to encode): " + reasons.summary(found),
+            reasons=[reason.text for reason in found],
+            findings=[finding.as_json() for finding in findings],
+        )
+
+
+# -- reception ---------------------------------------------------------------------------
+
+
+async def receive(
+    session: AsyncSession, buyer: Buyer, arrival: Arrival, examination: Examination, now: datetime
+) -> Invoice:
+    """Store a received document whatever its state, acknowledge it, then check and route it."""
+    invoice = Invoice(
+        id=str(uuid.uuid4()),
+        tenant=buyer.tenant,
+        channel=arrival.channel,
+        state=InvoiceState.RECEIVED,
+        peppol_message_id=arrival.peppol_message_id,
+        preceding_invoices=[],
+        findings=[],
+        rejection_reasons=[],
+        created_at=now,
+        updated_at=now,
+        history=[],
+    )
+    _take_content(invoice, buyer, arrival, examination)
+    session.add(invoice)
+    received = _received_event(invoice)
+    _record(invoice, now, event=received, note=f"received by {arrival.channel}")
+    _stage(session, invoice, received)
+    await _answer(session, invoice, buyer, RECEPTION_RESPONSE, ())
+    refusals = list(arrival.refusals)
+    if not refusals and examination.document is not None and arrival.receiver is not None:
+        document_buyer = examination.buyer_endpoint
+        if document_buyer is not None and not same_endpoint(document_buyer, arrival.receiver):
+            refusals.append(
+                reasons.addressed_elsewhere(
+                    format_endpoint(document_buyer) or "", format_endpoint(buyer.endpoint)
+                )
+            )
+    await _check_and_route(session, invoice, buyer, examination, now, refusals)
+    log.info(
+        "tenant %s received %s %s by %s: %s",
+        buyer.tenant,
+        invoice.kind or "document",
+        invoice.number,
+        arrival.channel,
+        invoice.state,
+    )
+    return invoice
+
+
+async def register_scan(
+    session: AsyncSession,
+    *,
+    tenant: str,
+    mail_id: str,
+    registration_number: str,
+    sender: str | None,
+    assigned_service: str | None,
+    now: datetime,
+) -> Invoice:
+    """A scanned paper invoice, registered by courrier: a clerk will encode it."""
+    invoice = Invoice(
+        id=str(uuid.uuid4()),
+        tenant=tenant,
+        channel="scan",
+        state=InvoiceState.TO_ENCODE,
+        supplier_name=sender or None,
+        assigned_service=assigned_service,
+        scan_mail_id=mail_id,
+        scan_registration_number=registration_number,
+        preceding_invoices=[],
+        findings=[],
+        rejection_reasons=[],
+        created_at=now,
+        updated_at=now,
+        history=[],
+    )
+    session.add(invoice)
+    event = InvoiceReceived(invoice_id=invoice.id, channel="scan", kind=None, scan_mail_id=mail_id)
+    _record(invoice, now, event=event, note=f"scanned as mail {registration_number}")
+    _stage(session, invoice, event)
+    log.info("tenant %s: scanned invoice %s to encode", tenant, registration_number)
+    return invoice
+
+
+async def encode(
+    session: AsyncSession,
+    invoice: Invoice,
+    buyer: Buyer,
+    examination: Examination,
+    actor: str,
+    now: datetime,
+) -> None:
+    """Give a scanned invoice its UBL encoding, then check and route it like any other.
+
+    An encoding that breaks the rules is the clerk's typing, not the supplier's
+    invoice: it is refused (422) and the invoice stays to encode. A duplicate or
+    a credit note of an unknown invoice is a fact about the paper invoice: it
+    is rejected like a received one.
+    """
+    if not examination.valid:
+        found = reasons.reasons_for(examination.findings)
+        raise InvalidEncoding(found, examination.findings)
+    label = invoice.scan_registration_number or invoice.id
+    invoice.state = advance(InvoiceState(invoice.state), Step.ENCODE, label)
+    _take_content(invoice, buyer, Arrival("scan"), examination)
+    invoice.updated_at = now
+    await _flush_or_conflict(session, label, Step.ENCODE)
+    _record(invoice, now, actor=actor, note="encoded from the scan")
+    await _check_and_route(session, invoice, buyer, examination, now, [])
+
+
+def _take_content(
+    invoice: Invoice, buyer: Buyer, arrival: Arrival, examination: Examination
+) -> None:
+    invoice.ubl = examination.content
+    invoice.size = len(examination.content)
+    document = examination.document
+    invoice.sha256 = document.sha256 if document is not None else _sha256(examination.content)
+    invoice.buyer_endpoint = format_endpoint(arrival.receiver or buyer.endpoint)
+    # Answers go back the way the document came: the Peppol sender, else BT-34.
+    invoice.supplier_endpoint = format_endpoint(arrival.sender or examination.supplier_endpoint)
+    invoice.findings = [finding.as_json() for finding in examination.findings]
+    model = examination.invoice
+    if model is None:
+        return
+    seller = model.seller
+    invoice.kind = model.kind
+    invoice.number = model.number
+    invoice.issue_date = model.issue_date
+    invoice.due_date = model.due_date
+    invoice.currency = model.currency
+    invoice.supplier_name = supplier_name(seller) or invoice.supplier_name
+    invoice.supplier_vat_id = seller.vat_id if seller else None
+    invoice.supplier_legal_id = (
+        seller.legal_registration.value if seller and seller.legal_registration else None
+    )
+    invoice.supplier_key = supplier_key(
+        invoice.supplier_vat_id, invoice.supplier_legal_id, invoice.supplier_name
+    )
+    invoice.buyer_reference = model.buyer_reference
+    invoice.order_reference = model.purchase_order_reference
+    invoice.preceding_invoices = [preceding.number for preceding in model.preceding_invoices]
+    invoice.tax_exclusive_amount = model.totals.total_without_vat
+    invoice.tax_amount = model.totals.vat_total
+    invoice.payable_amount = model.totals.amount_due
+
+
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+async def _check_and_route(
+    session: AsyncSession,
+    invoice: Invoice,
+    buyer: Buyer,
+    examination: Examination,
+    now: datetime,
+    refusals: list[Reason],
+) -> None:
+    """received → rejected, or received → validated → to_approve."""
+    found = refusals + reasons.reasons_for(examination.findings)
+    if not found:
+        found = await _business_refusals(session, invoice)
+    if found:
+        await _reject(session, invoice, buyer, examination.findings, found, now)
+        return
+    label = _label(invoice)
+    invoice.state = advance(InvoiceState(invoice.state), Step.VALIDATE, label)
+    invoice.accepted_key = duplicate_key(invoice.supplier_key, invoice.number, invoice.issue_date)
+    warnings = [_finding_data(f) for f in examination.findings if f.flag == "warning"]
+    validated = InvoiceValidated(invoice_id=invoice.id, number=label, warnings=warnings)
+    _record(invoice, now, event=validated, note=f"{len(warnings)} warnings" if warnings else None)
+    _stage(session, invoice, validated)
+
+    invoice.state = advance(invoice.state, Step.REQUEST_APPROVAL, label)
+    invoice.assigned_service = buyer.routing.service_for(
+        invoice.buyer_reference, invoice.order_reference
+    )
+    requested = InvoiceApprovalRequested(
+        invoice_id=invoice.id, number=label, assigned_service=invoice.assigned_service
+    )
+    _record(
+        invoice,
+        now,
+        event=requested,
+        response=RESPONSE_AFTER[Step.REQUEST_APPROVAL],
+        note=f"sent to {invoice.assigned_service} for approval",
+    )
+    _stage(session, invoice, requested)
+    await _answer(session, invoice, buyer, RESPONSE_AFTER[Step.REQUEST_APPROVAL], ())
+
+
+async def _business_refusals(session: AsyncSession, invoice: Invoice) -> list[Reason]:
+    """Duplicates and credit notes of unknown invoices: rules of the tenant's books, not of UBL."""
+    key = duplicate_key(invoice.supplier_key, invoice.number, invoice.issue_date)
+    if key is not None:
+        earlier = await session.scalar(
+            select(Invoice).where(Invoice.tenant == invoice.tenant, Invoice.accepted_key == key)
+        )
+        if earlier is not None and earlier.id != invoice.id:
+            received_on = earlier.created_at.date().isoformat()
+            return [reasons.duplicate(invoice.number or "", earlier.state, received_on)]
+    if invoice.kind != "CreditNote" or not invoice.preceding_invoices:
+        return []
+    credited: list[Invoice] = []
+    missing: list[str] = []
+    for number in invoice.preceding_invoices:
+        found = await session.scalar(
+            select(Invoice)
+            .where(
+                Invoice.tenant == invoice.tenant,
+                Invoice.kind == "Invoice",
+                Invoice.supplier_key == invoice.supplier_key,
+                Invoice.number == number,
+                Invoice.accepted_key.is_not(None),
+            )
+            .order_by(Invoice.created_at)
+            .limit(1)
+        )
+        if found is None:
+            missing.append(number)
+        else:
+            credited.append(found)
+    if missing:
+        return [reasons.unknown_preceding_invoice(missing)]
+    invoice.credited_invoice_id = credited[0].id
+    return []
+
+
+async def _reject(
+    session: AsyncSession,
+    invoice: Invoice,
+    buyer: Buyer,
+    findings: list[Finding],
+    found: list[Reason],
+    now: datetime,
+) -> None:
+    invoice.state = advance(InvoiceState(invoice.state), Step.REJECT, _label(invoice))
+    invoice.accepted_key = None
+    invoice.rejection_reasons = [
+        {"code": reason.code, "text": reason.text, "rule": reason.rule} for reason in found
+    ]
+    event = InvoiceRejected(
+        invoice_id=invoice.id,
+        number=invoice.number,
+        reason=reasons.summary(found),
+        findings=[_finding_data(finding) for finding in findings],
+    )
+    _record(invoice, now, event=event, response=RESPONSE_AFTER[Step.REJECT], note=event.reason)
+    _stage(session, invoice, event)
+    await _answer(session, invoice, buyer, RESPONSE_AFTER[Step.REJECT], found)
+
+
+# -- the clerks' decisions ---------------------------------------------------------------
+
+
+async def approve(
+    session: AsyncSession, invoice: Invoice, buyer: Buyer, approved_by: str, now: datetime
+) -> None:
+    """Approve for payment: the accounting connector books it and sends back its reference."""
+    label = _label(invoice)
+    new_state = advance(InvoiceState(invoice.state), Step.APPROVE, label)
+    ubl = await _ubl_of(session, invoice)
+    data = InvoiceApproved(
+        invoice_id=invoice.id,
+        approved_by=approved_by,
+        document=accounting_document(read_invoice(parse_document(ubl)), ubl),
+    )
+    event = new_event(data, tenant=invoice.tenant, subject=invoice.id, source=SOURCE)
+    invoice.state, invoice.updated_at = new_state, now
+    invoice.approved_by, invoice.approval_event_id = approved_by, event.id
+    invoice.booking_failure = None
+    await _flush_or_conflict(session, label, Step.APPROVE)
+    stage(session, event)
+    _record(invoice, now, event=data, response="AP", actor=approved_by)
+    await _answer(session, invoice, buyer, RESPONSE_AFTER[Step.APPROVE], ())
+
+
+async def dispute(
+    session: AsyncSession,
+    invoice: Invoice,
+    buyer: Buyer,
+    reason: Reason,
+    actor: str,
+    now: datetime,
+) -> None:
+    label = _label(invoice)
+    invoice.state = advance(InvoiceState(invoice.state), Step.DISPUTE, label)
+    invoice.dispute_reason, invoice.updated_at = reason.text, now
+    await _flush_or_conflict(session, label, Step.DISPUTE)
+    event = InvoiceDisputed(invoice_id=invoice.id, number=label, reason=reason.text)
+    _stage(session, invoice, event)
+    _record(invoice, now, event=event, response="UQ", actor=actor, note=reason.text)
+    await _answer(session, invoice, buyer, RESPONSE_AFTER[Step.DISPUTE], (reason,))
+
+
+async def mark_paid(
+    session: AsyncSession,
+    invoice: Invoice,
+    buyer: Buyer,
+    paid_on: date,
+    amount: Decimal | None,
+    actor: str,
+    now: datetime,
+) -> None:
+    label = _label(invoice)
+    invoice.state = advance(InvoiceState(invoice.state), Step.PAY, label)
+    invoice.paid_on, invoice.updated_at = paid_on, now
+    await _flush_or_conflict(session, label, Step.PAY)
+    paid = amount if amount is not None else invoice.payable_amount or Decimal(0)
+    event = InvoicePaid(invoice_id=invoice.id, number=label, paid_on=paid_on, amount=paid)
+    _stage(session, invoice, event)
+    _record(invoice, now, event=event, response="PD", actor=actor, note=f"paid {paid}")
+    await _answer(session, invoice, buyer, RESPONSE_AFTER[Step.PAY], ())
+
+
+def record_booking(
+    session: AsyncSession, invoice: Invoice, outcome: BookingOutcome, now: datetime
+) -> bool:
+    """Apply the accounting connector's receipt; False when it changes nothing (late, repeated)."""
+    if InvoiceState(invoice.state) is not InvoiceState.APPROVED:
+        return False
+    if not isinstance(outcome, Booked):
+        invoice.booking_failure, invoice.updated_at = outcome.reason, now
+        _record(invoice, now, note=f"not booked yet: {outcome.reason}")
+        return True
+    label = _label(invoice)
+    invoice.state = advance(InvoiceState.APPROVED, Step.BOOK, label)
+    invoice.accounting_reference = outcome.accounting_reference
+    invoice.accounting_connector = outcome.connector
+    invoice.booking_failure, invoice.updated_at = None, now
+    event = InvoiceBooked(
+        invoice_id=invoice.id,
+        number=label,
+        accounting_reference=outcome.accounting_reference,
+        connector=outcome.connector,
+    )
+    _stage(session, invoice, event)
+    _record(invoice, now, event=event, actor=outcome.connector, note=outcome.accounting_reference)
+    return True
+
+
+# -- shared steps ------------------------------------------------------------------------
+
+
+def _label(invoice: Invoice) -> str:
+    """How people name the invoice: its number, else the scan's or the hub's id."""
+    return invoice.number or invoice.scan_registration_number or invoice.id
+
+
+def _finding_data(finding: Finding) -> FindingData:
+    return FindingData(
+        rule=finding.rule, flag=finding.flag, message=finding.message, location=finding.location
+    )
+
+
+def _received_event(invoice: Invoice) -> InvoiceReceived:
+    channel: Channel = "peppol" if invoice.channel == "peppol" else "upload"
+    kinds: dict[str | None, DocumentKind] = {"Invoice": "Invoice", "CreditNote": "CreditNote"}
+    return InvoiceReceived(
+        invoice_id=invoice.id,
+        channel=channel,
+        kind=kinds.get(invoice.kind),
+        number=invoice.number,
+        supplier_name=invoice.supplier_name,
+        issue_date=invoice.issue_date,
+        currency=invoice.currency,
+        payable_amount=invoice.payable_amount,
+        sha256=invoice.sha256,
+        peppol_message_id=invoice.peppol_message_id,
+    )
+
+
+def _stage(session: AsyncSession, invoice: Invoice, data: EventData) -> None:
+    stage(session, new_event(data, tenant=invoice.tenant, subject=invoice.id, source=SOURCE))
+
+
+def _record(
+    invoice: Invoice,
+    now: datetime,
+    *,
+    event: EventData | None = None,
+    response: ResponseStatus | None = None,
+    actor: str | None = None,
+    note: str | None = None,
+) -> None:
+    invoice.history.append(
+        InvoiceStep(
+            at=now,
+            state=invoice.state,
+            event_type=event.TYPE if event is not None else None,
+            response_status=response,
+            actor=actor,
+            note=note,
+        )
+    )
+
+
+async def _flush_or_conflict(session: AsyncSession, label: str, step: Step) -> None:
+    """Write now, so that a concurrent change of the same invoice fails this one (409)."""
+    try:
+        await session.flush()
+    except StaleDataError as exc:
+        raise ConcurrentChange(label, step) from exc
+
+
+async def _answer(
+    session: AsyncSession,
+    invoice: Invoice,
+    buyer: Buyer,
+    status: ResponseStatus,
+    found: Sequence[Reason],
+) -> None:
+    """Stage a Peppol Invoice Response to the supplier, when there is a Peppol way back."""
+    supplier = parse_endpoint(invoice.supplier_endpoint)
+    commune = parse_endpoint(invoice.buyer_endpoint) or buyer.endpoint
+    if not answers_supplier(invoice.channel, supplier) or supplier is None or commune is None:
+        return
+    response = InvoiceResponse(
+        response_id=str(uuid.uuid4()),
+        issue_date=invoice.updated_at.date(),
+        status=status,
+        sender=Party(commune, buyer.name),
+        receiver=Party(supplier, invoice.supplier_name),
+        # An unreadable document has no number: name it by its Peppol message.
+        document_id=invoice.number or invoice.peppol_message_id or invoice.id,
+        document_issue_date=invoice.issue_date,
+        document_kind=invoice.kind,
+        reasons=tuple(found),
+    )
+    data = InvoiceResponseRequested(
+        invoice_id=invoice.id,
+        status=status,
+        sender=commune,
+        receiver=supplier,
+        application_response_base64=base64.b64encode(build_application_response(response)).decode(
+            "ascii"
+        ),
+        in_reply_to=invoice.peppol_message_id,
+    )
+    _stage(session, invoice, data)
+
+
+async def _ubl_of(session: AsyncSession, invoice: Invoice) -> bytes:
+    content = await session.scalar(select(Invoice.ubl).where(Invoice.id == invoice.id))
+    if content is None:
+        raise NotFound("UBL document of invoice", invoice.id)
+    return content
+
+
+# -- queries -----------------------------------------------------------------------------
+
+
+async def find_invoice(
+    session: AsyncSession, tenant: str, invoice_id: str, *, for_update: bool = False
+) -> Invoice:
+    """The tenant's invoice; another tenant's invoice is "not found", never "forbidden"."""
+    query = select(Invoice).where(Invoice.id == invoice_id, Invoice.tenant == tenant)
+    if for_update:
+        query = query.with_for_update()
+    invoice = await session.scalar(query)
+    if invoice is None:
+        raise NotFound("invoice", invoice_id)
+    return invoice
+
+
+async def find_by_peppol_message(
+    session: AsyncSession, tenant: str, message_id: str
+) -> Invoice | None:
+    return await session.scalar(
+        select(Invoice).where(Invoice.tenant == tenant, Invoice.peppol_message_id == message_id)
+    )
+
+
+async def find_by_scan(session: AsyncSession, tenant: str, mail_id: str) -> Invoice | None:
+    return await session.scalar(
+        select(Invoice).where(Invoice.tenant == tenant, Invoice.scan_mail_id == mail_id)
+    )
+
+
+async def find_upload(session: AsyncSession, tenant: str, sha256: str) -> Invoice | None:
+    """An earlier upload of the very same bytes (a client retrying its request)."""
+    return await session.scalar(
+        select(Invoice)
+        .where(Invoice.tenant == tenant, Invoice.channel == "upload", Invoice.sha256 == sha256)
+        .order_by(Invoice.created_at)
+        .limit(1)
+    )
+
+
+async def read_ubl(session: AsyncSession, tenant: str, invoice_id: str) -> bytes:
+    content = await session.scalar(
+        select(Invoice.ubl).where(Invoice.id == invoice_id, Invoice.tenant == tenant)
+    )
+    if content is None:
+        await find_invoice(session, tenant, invoice_id)  # 404 for another tenant's
+        raise NotFound("UBL document of invoice", invoice_id)
+    return content
+
+
+def _conditions(tenant: str, where: InvoiceFilter) -> list[ColumnElement[bool]]:
+    conditions = [Invoice.tenant == tenant]
+    if where.state is not None:
+        conditions.append(Invoice.state == where.state)
+    if where.assigned_service is not None:
+        conditions.append(Invoice.assigned_service == where.assigned_service)
+    if where.channel is not None:
+        conditions.append(Invoice.channel == where.channel)
+    if where.peppol_message_id is not None:
+        conditions.append(Invoice.peppol_message_id == where.peppol_message_id)
+    return conditions
+
+
+async def list_invoices(
+    session: AsyncSession, tenant: str, where: InvoiceFilter, *, limit: int, offset: int
+) -> tuple[list[Invoice], int]:
+    """One page of the tenant's invoices, newest first, and how many match in all."""
+    conditions = _conditions(tenant, where)
+    page = (
+        select(Invoice)
+        .where(*conditions)
+        .order_by(Invoice.created_at.desc(), Invoice.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    rows = list((await session.scalars(page)).all())
+    total = await session.scalar(select(func.count()).select_from(Invoice).where(*conditions))
+    return rows, int(total or 0)

@@ -1,0 +1,154 @@
+"""The invoice service's tables and their migrations.
+
+The received UBL is stored as bytes beside its invoice, as courrier stores its
+scans: the document, its state and its events commit in one transaction, and
+a rejected document is kept with its findings like any other. Amounts are
+stored as decimal strings: exact on both SQLite (which has no decimal type)
+and PostgreSQL, and only ever shown, never summed in SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from kernel.consumer import InboxEntry, RejectedEvent
+from kernel.database import Base, BigId, UtcDateTime
+from kernel.migrations import Migration, create_tables, table_of
+from kernel.outbox import OutboxMessage
+
+
+class DecimalText(TypeDecorator[Decimal]):
+    """A Decimal stored as its exact text."""
+
+    impl = String(64)
+    cache_ok = True
+
+    def process_bind_param(self, value: Decimal | None, dialect: Any) -> str | None:
+        return None if value is None else str(value)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> Decimal | None:
+        return None if value is None else Decimal(value)
+
+
+class Invoice(Base):
+    """One received invoice or credit note of one tenant (or a scanned one still to encode)."""
+
+    __tablename__ = "factures_invoices"
+    __table_args__ = (
+        # Redelivery of one Peppol message, or one scan, gives one invoice.
+        UniqueConstraint("tenant", "peppol_message_id", name="uq_factures_peppol_message"),
+        UniqueConstraint("tenant", "scan_mail_id", name="uq_factures_scan_mail"),
+        # Set only on invoices that count (not rejected): two concurrent receptions of
+        # the same invoice cannot both pass the duplicate check.
+        UniqueConstraint("tenant", "accepted_key", name="uq_factures_accepted_key"),
+        Index("ix_factures_invoices_listing", "tenant", "state", "created_at"),
+        Index("ix_factures_invoices_supplier", "tenant", "supplier_key", "number"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(5))
+    #: "peppol", "upload" or "scan" (contracts.events.factures.Channel).
+    channel: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    #: "Invoice" or "CreditNote"; None for a scan not yet encoded or an unreadable document.
+    kind: Mapped[str | None] = mapped_column(String(16))
+    number: Mapped[str | None] = mapped_column(String(200))
+    issue_date: Mapped[date | None] = mapped_column(Date)
+    due_date: Mapped[date | None] = mapped_column(Date)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    supplier_name: Mapped[str | None] = mapped_column(Text)
+    supplier_vat_id: Mapped[str | None] = mapped_column(String(64))
+    supplier_legal_id: Mapped[str | None] = mapped_column(String(64))
+    supplier_key: Mapped[str | None] = mapped_column(String(300))
+    #: Peppol endpoints as "scheme:identifier"; the supplier's is who we answer.
+    supplier_endpoint: Mapped[str | None] = mapped_column(String(220))
+    buyer_endpoint: Mapped[str | None] = mapped_column(String(220))
+    buyer_reference: Mapped[str | None] = mapped_column(String(200))
+    order_reference: Mapped[str | None] = mapped_column(String(200))
+    #: BT-25 numbers of a credit note, and the invoice it was linked to.
+    preceding_invoices: Mapped[list[str]] = mapped_column(JSON)
+    credited_invoice_id: Mapped[str | None] = mapped_column(String(36))
+    tax_exclusive_amount: Mapped[Decimal | None] = mapped_column(DecimalText)
+    tax_amount: Mapped[Decimal | None] = mapped_column(DecimalText)
+    payable_amount: Mapped[Decimal | None] = mapped_column(DecimalText)
+    assigned_service: Mapped[str | None] = mapped_column(String(200))
+    #: The checks' findings (rule, flag, message, location) and the clerk-readable reasons.
+    findings: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    rejection_reasons: Mapped[list[dict[str, str | None]]] = mapped_column(JSON)
+    accepted_key: Mapped[str | None] = mapped_column(String(600))
+    peppol_message_id: Mapped[str | None] = mapped_column(String(200))
+    scan_mail_id: Mapped[str | None] = mapped_column(String(36))
+    scan_registration_number: Mapped[str | None] = mapped_column(String(32))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(Integer)
+    #: Loaded only when asked for: listings never read the bytes.
+    ubl: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    approved_by: Mapped[str | None] = mapped_column(String(200))
+    #: The InvoiceApproved event whose delivery receipt books the invoice.
+    approval_event_id: Mapped[str | None] = mapped_column(String(64))
+    accounting_reference: Mapped[str | None] = mapped_column(String(200))
+    accounting_connector: Mapped[str | None] = mapped_column(String(64))
+    booking_failure: Mapped[str | None] = mapped_column(Text)
+    dispute_reason: Mapped[str | None] = mapped_column(Text)
+    paid_on: Mapped[date | None] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    #: Optimistic lock: two clerks acting on one invoice at once cannot both win.
+    version: Mapped[int] = mapped_column(Integer)
+
+    history: Mapped[list[InvoiceStep]] = relationship(
+        lazy="selectin", order_by="InvoiceStep.id", cascade="all, delete-orphan"
+    )
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 (SQLAlchemy reads it as is)
+
+
+class InvoiceStep(Base):
+    """One step of an invoice's history: the state it reached, when, by whom and why."""
+
+    __tablename__ = "factures_history"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    invoice_id: Mapped[str] = mapped_column(
+        ForeignKey("factures_invoices.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    state: Mapped[str] = mapped_column(String(16))
+    #: The event announcing the step (its CloudEvent type), if any.
+    event_type: Mapped[str | None] = mapped_column(String(128))
+    #: The supplier's answer sent with the step (AB, IP…), if any.
+    response_status: Mapped[str | None] = mapped_column(String(2))
+    actor: Mapped[str | None] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(
+        1,
+        "invoices, their history, outbox and inbox",
+        create_tables(
+            *(table_of(model) for model in (Invoice, InvoiceStep, OutboxMessage, InboxEntry))
+        ),
+    ),
+    Migration(
+        2,
+        "events that break their contract, kept for an operator",
+        create_tables(table_of(RejectedEvent)),
+    ),
+]

@@ -1,0 +1,690 @@
+"""The meeting service's use cases, each inside the caller's transaction with its events staged.
+
+Callers (REST, WS4PM, the urban request consumer) open the unit of work and
+check their input first; a use case changes the tables and stages the
+matching event, so the change and its event commit together or not at all.
+
+Concurrency: every change that depends on a meeting being open starts with
+a guarded ``UPDATE`` of the meeting row (``state = 'open'``). It takes the
+row's lock on PostgreSQL and the database's write lock on SQLite, so
+closing a meeting and deciding in it are serialised, and a decision never
+lands in a meeting closed meanwhile. Two decisions on one item are caught
+by the item's optimistic version; decision numbers come from a counter row
+updated in the same transaction, so a rolled back decision gives its
+number back: numbers stay gap-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import undefer
+from sqlalchemy.orm.exc import StaleDataError
+
+from contracts.envelope import new_event
+from contracts.events.meeting import (
+    AnnexReference,
+    ConcernedParty,
+    DecisionPublished,
+    DecisionSummary,
+    DecisionTransmissionRequested,
+    ItemCreated,
+    ItemDecided,
+    ItemOrigin,
+    MeetingClosed,
+)
+from kernel.errors import NotFound
+from kernel.migrations import table_of
+from kernel.outbox import stage
+from services.meeting.configuration import MeetingConfig
+from services.meeting.domain import (
+    FINAL_STATES,
+    AnnexUpload,
+    Decision,
+    DeliveryKind,
+    DeliveryStatus,
+    ExternalIdentifierLinked,
+    ItemAlreadyDecided,
+    ItemState,
+    MeetingHasUndecidedItems,
+    MeetingIsClosed,
+    MeetingOfAnotherConfig,
+    MeetingState,
+    NothingToPublish,
+    Transition,
+    allocate_decision_number,
+    check_decidable,
+    state_after,
+)
+from services.meeting.publication import record_publication
+from services.meeting.tables import (
+    Annex,
+    DecisionCounter,
+    DecisionDelivery,
+    Item,
+    Meeting,
+    UnplacedRequest,
+)
+
+SOURCE = "urn:hub:meeting"
+log = logging.getLogger(__name__)
+
+
+class SqlDecisionCounters:
+    """One counter row per (tenant, configuration, year), incremented in the caller's transaction.
+
+    The UPDATE holds the row's write lock (PostgreSQL) or the database's
+    (SQLite) until commit, so concurrent decisions queue on it.
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def next_sequence(self, tenant: str, meeting_config: str, year: int) -> int:
+        table = table_of(DecisionCounter)
+        key = {"tenant": tenant, "meeting_config": meeting_config, "year": year}
+        if self._session.bind.dialect.name == "postgresql":
+            create = postgresql.insert(table).values(**key, last_sequence=0)
+            await self._session.execute(create.on_conflict_do_nothing())
+        else:
+            create_lite = sqlite.insert(table).values(**key, last_sequence=0)
+            await self._session.execute(create_lite.on_conflict_do_nothing())
+        result = await self._session.execute(
+            update(table)
+            .where(
+                table.c.tenant == tenant,
+                table.c.meeting_config == meeting_config,
+                table.c.year == year,
+            )
+            .values(last_sequence=table.c.last_sequence + 1)
+            .returning(table.c.last_sequence)
+        )
+        return int(result.scalar_one())
+
+
+@dataclass(frozen=True)
+class Attendee:
+    name: str
+    role: str | None
+    present: bool | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "present": self.present}
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """What an item is created with; already checked against its configuration."""
+
+    title: str
+    proposing_service: str
+    category: str | None = None
+    description: str | None = None
+    motivation: str | None = None
+    decision_text: str | None = None
+    external_identifier: str | None = None
+    preferred_meeting_id: str | None = None
+    concerned_party: ConcernedParty | None = None
+    annexes: tuple[AnnexUpload, ...] = ()
+
+
+# -- meetings ---------------------------------------------------------------------------
+
+
+async def create_meeting(
+    session: AsyncSession,
+    *,
+    tenant: str,
+    config: MeetingConfig,
+    date: datetime,
+    place: str,
+    attendees: tuple[Attendee, ...],
+    now: datetime,
+) -> Meeting:
+    meeting = Meeting(
+        id=str(uuid.uuid4()),
+        tenant=tenant,
+        meeting_config=config.id,
+        date=date,
+        place=place,
+        state=MeetingState.OPEN,
+        attendees=[attendee.as_json() for attendee in attendees],
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(meeting)
+    log.info("tenant %s scheduled a %s meeting %s", tenant, config.id, meeting.id)
+    return meeting
+
+
+async def _hold_open_meeting(session: AsyncSession, meeting: Meeting, now: datetime) -> None:
+    """Lock the meeting for this transaction, or refuse because it is closed (see module doc)."""
+    result = await session.execute(
+        update(Meeting)
+        .where(
+            Meeting.id == meeting.id,
+            Meeting.tenant == meeting.tenant,
+            Meeting.state == MeetingState.OPEN,
+        )
+        .values(updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        raise MeetingIsClosed(meeting.id)
+
+
+async def record_attendance(
+    session: AsyncSession, meeting: Meeting, attendees: tuple[Attendee, ...], now: datetime
+) -> None:
+    await _hold_open_meeting(session, meeting, now)
+    meeting.attendees = [attendee.as_json() for attendee in attendees]
+    meeting.updated_at = now
+
+
+async def close_meeting(
+    session: AsyncSession, config: MeetingConfig, meeting: Meeting, now: datetime
+) -> None:
+    await _hold_open_meeting(session, meeting, now)
+    items = list(
+        (
+            await session.scalars(
+                select(Item)
+                .where(Item.tenant == meeting.tenant, Item.meeting_id == meeting.id)
+                .order_by(Item.decision_number, Item.created_at)
+            )
+        ).all()
+    )
+    undecided = [item.id for item in items if item.state == ItemState.PRESENTED]
+    if undecided:
+        raise MeetingHasUndecidedItems(meeting.id, undecided)
+    meeting.state, meeting.closed_at, meeting.updated_at = MeetingState.CLOSED, now, now
+    data = MeetingClosed(
+        meeting_id=meeting.id,
+        meeting_config=meeting.meeting_config,
+        meeting_kind=config.kind,
+        meeting_date=meeting.date,
+        place=meeting.place,
+        decisions=[
+            DecisionSummary(
+                item_id=item.id,
+                decision=Decision(item.decision).value,
+                decision_number=item.decision_number,
+            )
+            for item in items
+            if item.decision is not None
+        ],
+    )
+    stage(session, new_event(data, tenant=meeting.tenant, subject=meeting.id, source=SOURCE))
+    log.info("tenant %s closed meeting %s (%d items)", meeting.tenant, meeting.id, len(items))
+
+
+# -- items --------------------------------------------------------------------------------
+
+
+async def create_item(
+    session: AsyncSession,
+    *,
+    tenant: str,
+    config: MeetingConfig,
+    new: NewItem,
+    origin: ItemOrigin,
+    creator: str,
+    now: datetime,
+    requested_by_event_id: str | None = None,
+) -> Item:
+    if new.external_identifier is not None:
+        linked = await find_linked_item(session, tenant, new.external_identifier, config.id)
+        if linked is not None:
+            raise ExternalIdentifierLinked(new.external_identifier, linked.id)
+    if new.preferred_meeting_id is not None:
+        await find_meeting(session, tenant, new.preferred_meeting_id)
+    party = new.concerned_party
+    item = Item(
+        id=str(uuid.uuid4()),
+        tenant=tenant,
+        meeting_config=config.id,
+        state=ItemState.CREATED,
+        title=new.title,
+        proposing_service=new.proposing_service,
+        category=new.category,
+        description=new.description,
+        motivation=new.motivation,
+        decision_text=new.decision_text,
+        external_identifier=new.external_identifier,
+        preferred_meeting_id=new.preferred_meeting_id,
+        concerned_party_kind=party.kind if party else None,
+        concerned_party_identifier=party.identifier if party else None,
+        concerned_party_name=party.name if party else None,
+        origin=origin,
+        creator=creator,
+        created_at=now,
+        updated_at=now,
+        deliveries=[],  # owed once decided; empty now, so no lazy load after commit
+        annexes=[
+            Annex(
+                id=str(uuid.uuid4()),
+                tenant=tenant,
+                position=position,
+                title=annex.title,
+                filename=annex.filename,
+                media_type=annex.media_type,
+                size=len(annex.content),
+                md5=annex.md5,
+                content=annex.content,
+                created_at=now,
+            )
+            for position, annex in enumerate(new.annexes)
+        ],
+    )
+    session.add(item)
+    data = ItemCreated(
+        item_id=item.id,
+        meeting_config=config.id,
+        title=item.title,
+        proposing_service=item.proposing_service,
+        category=item.category,
+        external_identifier=item.external_identifier,
+        origin=origin,
+        requested_by_event_id=requested_by_event_id,
+    )
+    stage(session, new_event(data, tenant=tenant, subject=item.id, source=SOURCE))
+    log.info("tenant %s created %s item %s (%s)", tenant, config.id, item.id, origin)
+    return item
+
+
+async def apply_transition(
+    session: AsyncSession,
+    item: Item,
+    transition: Transition,
+    now: datetime,
+    meeting: Meeting | None = None,
+) -> None:
+    """Propose, validate or present an item (into an open meeting of its configuration)."""
+    item_id = item.id  # a failed flush expires the item's attributes
+    new_state = state_after(item.id, ItemState(item.state), transition)
+    if transition is Transition.PRESENT:
+        if meeting is None:
+            raise ValueError("presenting an item needs the meeting")
+        if meeting.meeting_config != item.meeting_config:
+            raise MeetingOfAnotherConfig(meeting.meeting_config, item.meeting_config)
+        await _hold_open_meeting(session, meeting, now)
+        item.meeting_id, item.decision, item.decided_at = meeting.id, None, None
+    item.state, item.updated_at = new_state, now
+    try:
+        await session.flush()
+    except StaleDataError as exc:  # a concurrent request moved it first
+        raise ItemAlreadyDecided(item_id, "changed by a concurrent request") from exc
+
+
+async def decide(
+    session: AsyncSession,
+    config: MeetingConfig,
+    item: Item,
+    decision: Decision,
+    decision_text: str | None,
+    now: datetime,
+) -> None:
+    item_id = item.id
+    check_decidable(item_id, ItemState(item.state))
+    if item.meeting_id is None:
+        raise RuntimeError(f"presented item {item_id} has no meeting")
+    meeting = await find_meeting(session, item.tenant, item.meeting_id)
+    await _hold_open_meeting(session, meeting, now)
+    number = (
+        await allocate_decision_number(
+            SqlDecisionCounters(session), item.tenant, config, meeting.date
+        )
+        if decision.is_numbered
+        else None
+    )
+    category = config.category(item.category) if item.category else None
+    item.state, item.decision, item.decision_number = ItemState(decision.value), decision, number
+    item.decision_text = decision_text if decision_text is not None else item.decision_text
+    item.decided_at = item.updated_at = now
+    item.oversight_applies = bool(category and category.oversight) and decision.is_numbered
+    item.publication_required = bool(category and category.publication) and decision.is_numbered
+    try:
+        await session.flush()
+    except StaleDataError as exc:  # a concurrent request decided it first
+        raise ItemAlreadyDecided(item_id, "decided by a concurrent request") from exc
+    data = ItemDecided(
+        item_id=item.id,
+        meeting_id=meeting.id,
+        meeting_config=config.id,
+        meeting_kind=config.kind,
+        meeting_date=meeting.date,
+        title=item.title,
+        decision=decision.value,
+        decision_text=item.decision_text or "",
+        decision_number=number,
+        category=item.category,
+        external_identifier=item.external_identifier,
+        oversight_applies=item.oversight_applies,
+        publication_required=item.publication_required,
+        concerned_party=concerned_party_of(item),
+    )
+    for kind in required_deliveries(data):
+        item.deliveries.append(
+            DecisionDelivery(tenant=item.tenant, kind=kind, status="pending", updated_at=now)
+        )
+    stage(session, new_event(data, tenant=item.tenant, subject=item.id, source=SOURCE))
+    if data.oversight_applies:
+        transmission = transmission_requested(data, item)
+        stage(session, new_event(transmission, tenant=item.tenant, subject=item.id, source=SOURCE))
+    log.info("tenant %s decided item %s: %s %s", item.tenant, item.id, decision, number or "")
+
+
+def transmission_requested(decided: ItemDecided, item: Item) -> DecisionTransmissionRequested:
+    """What the regional oversight needs of a decision subject to it (annexes by reference)."""
+    if decided.decision_number is None or decided.category is None:
+        raise ValueError(
+            f"item {decided.item_id}: only numbered, categorised decisions go to oversight"
+        )
+    return DecisionTransmissionRequested(
+        item_id=decided.item_id,
+        meeting_id=decided.meeting_id,
+        meeting_config=decided.meeting_config,
+        meeting_kind=decided.meeting_kind,
+        meeting_date=decided.meeting_date,
+        decision=decided.decision,
+        decision_number=decided.decision_number,
+        category=decided.category,
+        title=decided.title,
+        decision_text=decided.decision_text,
+        annexes=[
+            AnnexReference(
+                annex_id=annex.id,
+                title=annex.title,
+                filename=annex.filename,
+                media_type=annex.media_type,
+                md5=annex.md5,
+            )
+            for annex in item.annexes
+        ],
+    )
+
+
+def required_deliveries(decided: ItemDecided) -> list[DeliveryKind]:
+    """What a decision owes the outside world; a postponed item (no decision) owes nothing."""
+    if decided.decision_number is None:
+        return []
+    kinds: list[DeliveryKind] = []
+    if decided.oversight_applies:
+        kinds.append("oversight")
+    if decided.publication_required:
+        kinds.append("publication")
+    if decided.concerned_party is not None:
+        kinds.append("notification")
+    return kinds
+
+
+async def record_delivery(
+    session: AsyncSession,
+    tenant: str,
+    item_id: str,
+    kind: DeliveryKind,
+    status: DeliveryStatus,
+    now: datetime,
+    *,
+    reference: str | None = None,
+    detail: str | None = None,
+) -> bool:
+    """Move one of a decision's deliveries on; False when the decision does not owe it.
+
+    A delivery that is done stays done: a late or repeated report (a receipt
+    redelivered, a retry's outcome) never takes it back.
+    """
+    delivery = await session.scalar(
+        select(DecisionDelivery)
+        .where(
+            DecisionDelivery.tenant == tenant,
+            DecisionDelivery.item_id == item_id,
+            DecisionDelivery.kind == kind,
+        )
+        .with_for_update()
+    )
+    if delivery is None:
+        return False
+    if delivery.status == "done" and status != "done":
+        return True
+    delivery.status = status
+    delivery.reference = reference if reference is not None else delivery.reference
+    delivery.detail = detail
+    delivery.updated_at = now
+    return True
+
+
+async def publish_decision(session: AsyncSession, item: Item, now: datetime) -> None:
+    if ItemState(item.state) not in FINAL_STATES or item.decision_number is None:
+        raise NothingToPublish(item.id, f"it is {item.state}; only decisions are published.")
+    if item.published_at is not None:
+        raise NothingToPublish(item.id, "its decision is already published.")
+    meeting = await find_meeting(session, item.tenant, item.meeting_id or "")
+    if meeting.state != MeetingState.CLOSED:
+        raise NothingToPublish(item.id, f"its meeting {meeting.id} is not closed yet.")
+    item_id = item.id
+    item.published_at = item.updated_at = now
+    try:
+        await session.flush()
+    except StaleDataError as exc:
+        raise NothingToPublish(
+            item_id, "its decision was published by a concurrent request."
+        ) from exc
+    await record_publication(session, item, meeting, now)
+    data = DecisionPublished(
+        item_id=item.id,
+        meeting_id=meeting.id,
+        meeting_config=item.meeting_config,
+        decision=Decision(item.state).value,
+        decision_number=item.decision_number,
+        title=item.title,
+        decision_text=item.decision_text or "",
+        category=item.category,
+        external_identifier=item.external_identifier,
+        published_at=now,
+    )
+    stage(session, new_event(data, tenant=item.tenant, subject=item.id, source=SOURCE))
+    await record_delivery(session, item.tenant, item.id, "publication", "done", now)
+
+
+def concerned_party_of(item: Item) -> ConcernedParty | None:
+    if item.concerned_party_kind is None or item.concerned_party_identifier is None:
+        return None
+    return ConcernedParty.model_validate(
+        {
+            "kind": item.concerned_party_kind,
+            "identifier": item.concerned_party_identifier,
+            "name": item.concerned_party_name,
+        }
+    )
+
+
+def keep_unplaced_request(
+    session: AsyncSession,
+    *,
+    event_id: str,
+    tenant: str,
+    event_type: str,
+    subject: str,
+    reason: str,
+    data: dict[str, Any],
+    now: datetime,
+) -> None:
+    session.add(
+        UnplacedRequest(
+            event_id=event_id,
+            tenant=tenant,
+            event_type=event_type,
+            subject=subject,
+            reason=reason,
+            data=data,
+            received_at=now,
+        )
+    )
+
+
+# -- queries ------------------------------------------------------------------------------
+
+
+async def find_item(session: AsyncSession, tenant: str, item_id: str) -> Item:
+    """The tenant's item; another tenant's item is "not found", never "forbidden"."""
+    item = await session.scalar(select(Item).where(Item.id == item_id, Item.tenant == tenant))
+    if item is None:
+        raise NotFound("item", item_id)
+    return item
+
+
+async def find_meeting(session: AsyncSession, tenant: str, meeting_id: str) -> Meeting:
+    meeting = await session.scalar(
+        select(Meeting).where(Meeting.id == meeting_id, Meeting.tenant == tenant)
+    )
+    if meeting is None:
+        raise NotFound("meeting", meeting_id)
+    return meeting
+
+
+async def find_linked_item(
+    session: AsyncSession, tenant: str, external_identifier: str, meeting_config: str | None
+) -> Item | None:
+    query = select(Item).where(
+        Item.tenant == tenant, Item.external_identifier == external_identifier
+    )
+    if meeting_config is not None:
+        query = query.where(Item.meeting_config == meeting_config)
+    return await session.scalar(query.order_by(Item.created_at).limit(1))
+
+
+async def read_annex(session: AsyncSession, tenant: str, item_id: str, annex_id: str) -> Annex:
+    annex = await session.scalar(
+        select(Annex)
+        .where(Annex.id == annex_id, Annex.item_id == item_id, Annex.tenant == tenant)
+        .options(undefer(Annex.content))
+    )
+    if annex is None:
+        raise NotFound("annex", annex_id)
+    return annex
+
+
+async def annex_contents(session: AsyncSession, item: Item) -> dict[str, bytes]:
+    rows = await session.execute(
+        select(Annex.id, Annex.content).where(Annex.item_id == item.id, Annex.tenant == item.tenant)
+    )
+    return {annex_id: content for annex_id, content in rows.tuples()}
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    meeting_config: str | None = None
+    state: ItemState | None = None
+    category: str | None = None
+    proposing_service: str | None = None
+    meeting_id: str | None = None
+    external_identifier: str | None = None
+    text: str | None = None
+    item_id: str | None = None
+
+
+def _item_conditions(tenant: str, where: ItemFilter) -> list[ColumnElement[bool]]:
+    conditions = [Item.tenant == tenant]
+    for column, value in (
+        (Item.meeting_config, where.meeting_config),
+        (Item.state, where.state),
+        (Item.category, where.category),
+        (Item.proposing_service, where.proposing_service),
+        (Item.meeting_id, where.meeting_id),
+        (Item.external_identifier, where.external_identifier),
+        (Item.id, where.item_id),
+    ):
+        if value is not None:
+            conditions.append(column == value)
+    if where.text:
+        pattern = f"%{where.text.lower()}%"
+        conditions.append(
+            or_(
+                func.lower(Item.title).like(pattern),
+                func.lower(func.coalesce(Item.description, "")).like(pattern),
+            )
+        )
+    return conditions
+
+
+async def list_items(
+    session: AsyncSession, tenant: str, where: ItemFilter, *, limit: int, offset: int
+) -> tuple[list[Item], int]:
+    conditions = _item_conditions(tenant, where)
+    page = (
+        select(Item)
+        .where(*conditions)
+        .order_by(Item.created_at.desc(), Item.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    rows = list((await session.scalars(page)).all())
+    total = await session.scalar(select(func.count()).select_from(Item).where(*conditions))
+    return rows, int(total or 0)
+
+
+async def list_meetings(
+    session: AsyncSession,
+    tenant: str,
+    *,
+    meeting_config: str | None,
+    state: MeetingState | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[Meeting], int]:
+    conditions: list[ColumnElement[bool]] = [Meeting.tenant == tenant]
+    if meeting_config is not None:
+        conditions.append(Meeting.meeting_config == meeting_config)
+    if state is not None:
+        conditions.append(Meeting.state == state)
+    page = select(Meeting).where(*conditions).order_by(Meeting.date, Meeting.id)
+    rows = list((await session.scalars(page.limit(limit).offset(offset))).all())
+    total = await session.scalar(select(func.count()).select_from(Meeting).where(*conditions))
+    return rows, int(total or 0)
+
+
+async def meetings_accepting_items(
+    session: AsyncSession, tenant: str, meeting_config: str, now: datetime
+) -> list[Meeting]:
+    """Open meetings of the configuration that have not taken place yet, soonest first."""
+    rows = await session.scalars(
+        select(Meeting)
+        .where(
+            Meeting.tenant == tenant,
+            Meeting.meeting_config == meeting_config,
+            Meeting.state == MeetingState.OPEN,
+            Meeting.date >= now,
+        )
+        .order_by(Meeting.date)
+    )
+    return list(rows.all())
+
+
+async def meeting_dates(session: AsyncSession, tenant: str, ids: set[str]) -> dict[str, datetime]:
+    if not ids:
+        return {}
+    rows = await session.execute(
+        select(Meeting.id, Meeting.date).where(Meeting.tenant == tenant, Meeting.id.in_(ids))
+    )
+    return {meeting_id: date for meeting_id, date in rows.tuples()}
+
+
+async def list_unplaced_requests(
+    session: AsyncSession, tenant: str, *, limit: int, offset: int
+) -> list[UnplacedRequest]:
+    rows = await session.scalars(
+        select(UnplacedRequest)
+        .where(UnplacedRequest.tenant == tenant)
+        .order_by(UnplacedRequest.received_at.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows.all())

@@ -1,0 +1,571 @@
+"""A WS4PM-compatible SOAP facade at ``/ws4pm``, for clients written against IMIO's PloneMeeting.
+
+The contract is ours (``contracts/ws4pm/ws4pm.wsdl``, served at ``/ws4pm?wsdl``
+with its address set to the URL it was fetched from): WS4PM's namespace,
+element and field names for the operations the hub implements. Operations
+run the same use cases as the REST API, in one transaction each.
+
+Callers authenticate with HTTP Basic; the username names the tenant (tenant
+files, ``services.meeting.ws4pm_clients``). Requests are parsed without DTDs,
+entities or network access and within the body limit, then validated
+against the contract's schema, so a bad request is answered with a SOAP 1.1
+Fault that says what is wrong, and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
+from lxml import etree
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kernel.api import Storage, storage
+from kernel.database import utcnow
+from kernel.errors import PROBLEM_BASE, ProblemError
+from kernel.settings import REPOSITORY_ROOT, HubSettings
+from services.meeting import agenda
+from services.meeting.api import create_item_once
+from services.meeting.configuration import TenantMeetings
+from services.meeting.domain import (
+    AnnexUpload,
+    ItemState,
+    Transition,
+    check_annexes,
+    check_item_fields,
+    configuration,
+)
+from services.meeting.tables import Item
+
+log = logging.getLogger(__name__)
+
+WSDL_PATH = REPOSITORY_ROOT / "contracts" / "ws4pm" / "ws4pm.wsdl"
+WS4PM_NS = "http://ws4pm.imio.be"
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+XSD_NS = "http://www.w3.org/2001/XMLSchema"
+WSDL_SOAP_NS = "http://schemas.xmlsoap.org/wsdl/soap/"
+XML_MEDIA_TYPE = "text/xml; charset=utf-8"
+VERSION = "hub-ws4pm-1.0"
+#: WS4PM's "no date": clients read it where an item has no (preferred) meeting.
+NO_DATE = datetime(1950, 1, 1, tzinfo=UTC)
+SEARCH_LIMIT = 200
+#: PloneMeeting's names of our item states (``review_state``).
+REVIEW_STATES: dict[ItemState, str] = {
+    ItemState.CREATED: "itemcreated",
+    ItemState.PROPOSED: "proposed",
+    ItemState.VALIDATED: "validated",
+    ItemState.PRESENTED: "presented",
+    ItemState.ACCEPTED: "accepted",
+    ItemState.ACCEPTED_WITH_AMENDMENTS: "accepted_but_modified",
+    ItemState.REFUSED: "refused",
+    ItemState.POSTPONED: "delayed",
+}
+STATES_BY_REVIEW_STATE = {name: state for state, name in REVIEW_STATES.items()}
+POSITIVE_DECIDED_STATES = ("accepted", "accepted_but_modified")
+
+# No DTD (hence no entity, no "billion laughs"), no network, libxml2's size limits kept.
+_SAFE_PARSER = etree.XMLParser(
+    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, dtd_validation=False
+)
+
+
+class Ws4pmFault(Exception):
+    """The request is wrong: answered as a SOAP Fault (``Client``) with this message."""
+
+    def __init__(self, message: str, status: int = 500, slug: str = "ws4pm-request") -> None:
+        super().__init__(message)
+        self.message, self.status, self.slug = message, status, slug
+
+
+@dataclass(frozen=True)
+class Ws4pmCaller:
+    tenant: str
+    username: str
+    meetings: TenantMeetings
+
+
+# -- the contract ---------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _contract() -> tuple[bytes, etree.XMLSchema]:
+    wsdl = WSDL_PATH.read_bytes()
+    tree = etree.fromstring(wsdl, _SAFE_PARSER)
+    schema_element = tree.find(f".//{{{XSD_NS}}}schema")
+    if schema_element is None:
+        raise RuntimeError(f"{WSDL_PATH} has no xs:schema")
+    return wsdl, etree.XMLSchema(copy.deepcopy(schema_element))
+
+
+def served_wsdl(endpoint: str) -> bytes:
+    """The WSDL with its service address set to where it is served."""
+    tree = etree.fromstring(_contract()[0], _SAFE_PARSER)
+    for address in tree.iter(f"{{{WSDL_SOAP_NS}}}address"):
+        address.set("location", endpoint)
+    return bytes(etree.tostring(tree, xml_declaration=True, encoding="UTF-8"))
+
+
+# -- answers --------------------------------------------------------------------------------
+
+
+def _envelope(payload: etree._Element) -> etree._Element:
+    envelope = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"soapenv": SOAP_ENV})
+    etree.SubElement(envelope, f"{{{SOAP_ENV}}}Body").append(payload)
+    return envelope
+
+
+def _xml_response(
+    envelope: etree._Element, status: int, headers: dict[str, str] | None = None
+) -> Response:
+    content = etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+    return Response(content, status_code=status, media_type=XML_MEDIA_TYPE, headers=headers)
+
+
+def soap_fault(code: str, message: str, slug: str, status: int = 500) -> Response:
+    """A SOAP 1.1 Fault; its detail names the hub's problem type, as REST's Problem JSON does."""
+    fault = etree.Element(f"{{{SOAP_ENV}}}Fault")
+    etree.SubElement(fault, "faultcode").text = f"soapenv:{code}"
+    etree.SubElement(fault, "faultstring").text = message
+    etree.SubElement(etree.SubElement(fault, "detail"), "problemType").text = PROBLEM_BASE + slug
+    headers = {"WWW-Authenticate": 'Basic realm="ws4pm"'} if status == 401 else None
+    return _xml_response(_envelope(fault), status, headers)
+
+
+def _answer(operation: str) -> etree._Element:
+    return etree.Element(f"{{{WS4PM_NS}}}{operation}Response", nsmap={"ns1": WS4PM_NS})
+
+
+def _add(parent: etree._Element, name: str, value: object) -> etree._Element:
+    """An unqualified child, as WS4PM's schema wants (no elementFormDefault)."""
+    child = etree.SubElement(parent, name)
+    if isinstance(value, bool):
+        child.text = "true" if value else "false"
+    elif isinstance(value, datetime):
+        child.text = value.astimezone(UTC).isoformat()
+    elif value is not None:
+        child.text = str(value)
+    return child
+
+
+# -- reading the request ------------------------------------------------------------------
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Ws4pmFault(f"the message is larger than {limit} bytes", slug="body-too-large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_operation(body: bytes) -> etree._Element:
+    """The operation element of a SOAP 1.1 envelope, checked against the contract's schema."""
+    if not body.strip():
+        raise Ws4pmFault("the request has no body: send a SOAP 1.1 envelope")
+    try:
+        root = etree.fromstring(body, _SAFE_PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise Ws4pmFault(
+            f"the request is not well-formed XML: {exc}", slug="malformed-xml"
+        ) from exc
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
+        raise Ws4pmFault(
+            "DOCTYPE declarations are refused (they enable entity expansion attacks)",
+            slug="malformed-xml",
+        )
+    if root.tag != f"{{{SOAP_ENV}}}Envelope":
+        raise Ws4pmFault(f"expected a SOAP 1.1 Envelope ({SOAP_ENV}), got {root.tag}")
+    body_element = root.find(f"{{{SOAP_ENV}}}Body")
+    children = [] if body_element is None else [c for c in body_element if isinstance(c.tag, str)]
+    if len(children) != 1:
+        raise Ws4pmFault("the SOAP Body must hold exactly one operation element")
+    operation = children[0]
+    namespace = etree.QName(operation).namespace
+    if namespace != WS4PM_NS:
+        raise Ws4pmFault(
+            f"the operation element {etree.QName(operation).localname!r} is in namespace "
+            f"{namespace!r}; WS4PM operations are in {WS4PM_NS!r}",
+            slug="wrong-namespace",
+        )
+    name = etree.QName(operation).localname.removesuffix("Request")
+    if name not in OPERATIONS:
+        raise Ws4pmFault(
+            f"unknown or unsupported operation {etree.QName(operation).localname!r}; "
+            f"this service implements {', '.join(sorted(OPERATIONS))}",
+            slug="unknown-operation",
+        )
+    schema = _contract()[1]
+    if not schema.validate(operation):
+        error = schema.error_log.last_error
+        raise Ws4pmFault(
+            f"{name}: the request does not match the WS4PM contract: {error.message}",
+            slug="invalid-request",
+        )
+    return operation
+
+
+def _text(element: etree._Element, name: str) -> str | None:
+    value = element.findtext(name)
+    return value if value else None
+
+
+def _flag(element: etree._Element, name: str, default: bool) -> bool:
+    value = element.findtext(name)
+    return default if value is None else value.strip() in ("true", "1")
+
+
+def authenticate(request: Request, settings: dict[str, TenantMeetings]) -> Ws4pmCaller:
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        raise Ws4pmFault("send HTTP Basic credentials of a WS4PM client", 401, "unauthorized")
+    try:
+        username, _, password = (
+            base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+        )
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise Ws4pmFault("the Basic credentials are not valid base64", 401, "unauthorized") from exc
+    for tenant, meetings in settings.items():
+        for client in meetings.ws4pm_clients:
+            if client.username == username and hmac.compare_digest(
+                client.password.encode(), password.encode()
+            ):
+                return Ws4pmCaller(tenant, username, meetings)
+    log.warning("WS4PM: refused credentials for user %r", username)
+    raise Ws4pmFault("unknown WS4PM user or wrong password", 401, "unauthorized")
+
+
+# -- operations -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Context:
+    caller: Ws4pmCaller
+    store: Storage
+    base_url: str
+
+
+Operation = Callable[[Context, etree._Element], Awaitable[etree._Element]]
+
+
+async def test_connection(context: Context, request: etree._Element) -> etree._Element:
+    answer = _answer("testConnection")
+    _add(answer, "connectionState", True)
+    _add(answer, "version", VERSION)
+    return answer
+
+
+async def check_is_linked(context: Context, request: etree._Element) -> etree._Element:
+    external = request.findtext("externalIdentifier") or ""
+    config = _text(request, "meetingConfigId")
+    async with context.store.sessions() as session:
+        item = await agenda.find_linked_item(session, context.caller.tenant, external, config)
+    answer = _answer("checkIsLinked")
+    _add(answer, "isLinked", item is not None)
+    return answer
+
+
+async def get_config_infos(context: Context, request: etree._Element) -> etree._Element:
+    show_categories = _flag(request, "showCategories", False)
+    answer = _answer("getConfigInfos")
+    services: dict[str, None] = {}
+    for config in context.caller.meetings.configurations.values():
+        info = _add(answer, "configInfo", None)
+        for name, value in (("UID", config.id), ("id", config.id), ("title", config.title)):
+            _add(info, name, value)
+        _add(info, "description", config.description)
+        for state in POSITIVE_DECIDED_STATES:
+            _add(info, "itemPositiveDecidedStates", state)
+        if show_categories:
+            for category in config.categories:
+                basic = _add(info, "categories", None)
+                for name in ("UID", "id"):
+                    _add(basic, name, category.id)
+                _add(basic, "title", category.title)
+                _add(basic, "description", "")
+        services.update(dict.fromkeys(config.proposing_services))
+    for service in services:
+        group = _add(answer, "groupInfo", None)
+        for name in ("UID", "id", "title"):
+            _add(group, name, service)
+        _add(group, "description", "")
+    return answer
+
+
+async def meetings_accepting_items(context: Context, request: etree._Element) -> etree._Element:
+    config = configuration(
+        context.caller.meetings.configurations, request.findtext("meetingConfigId") or ""
+    )
+    async with context.store.sessions() as session:
+        meetings = await agenda.meetings_accepting_items(
+            session, context.caller.tenant, config.id, utcnow()
+        )
+    answer = _answer("meetingsAcceptingItems")
+    for meeting in meetings:
+        info = _add(answer, "meetingInfo", None)
+        _add(info, "UID", meeting.id)
+        _add(info, "date", meeting.date)
+    return answer
+
+
+def _annexes(data: etree._Element) -> tuple[AnnexUpload, ...]:
+    annexes = []
+    for number, annex in enumerate(data.findall("annexes"), start=1):
+        title = annex.findtext("title") or f"annex {number}"
+        filename = annex.findtext("filename") or f"annex-{number}.pdf"
+        try:
+            content = base64.b64decode(
+                "".join((annex.findtext("file") or "").split()), validate=True
+            )
+        except binascii.Error as exc:
+            raise Ws4pmFault(f"annex {filename!r}: file is not valid base64: {exc}") from exc
+        annexes.append(AnnexUpload(title, filename, _media_type_of(filename), content))
+    return tuple(annexes)
+
+
+def _media_type_of(filename: str) -> str:
+    suffix = Path(filename).suffix.lower()
+    return {
+        ".pdf": "application/pdf",
+        ".odt": "application/vnd.oasis.opendocument.text",
+        ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        ".png": "image/png",
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+    }.get(suffix, "application/octet-stream")
+
+
+async def create_item(context: Context, request: etree._Element) -> etree._Element:
+    caller = context.caller
+    config = configuration(
+        caller.meetings.configurations, request.findtext("meetingConfigId") or ""
+    )
+    proposing_service = request.findtext("proposingGroupId") or ""
+    data = request.find("creationData")
+    if data is None:  # the schema requires it; kept for the type checker
+        raise Ws4pmFault("createItem needs creationData")
+    category = _text(data, "category")
+    check_item_fields(config, category, proposing_service)
+    annexes = _annexes(data)
+    check_annexes(annexes)
+    description = "\n\n".join(
+        text for text in (_text(data, "description"), _text(data, "detailedDescription")) if text
+    )
+    transitions, warnings = _transitions(request, _text(data, "preferredMeeting"))
+    new = agenda.NewItem(
+        title=data.findtext("title") or "",
+        proposing_service=proposing_service,
+        category=category,
+        description=description or None,
+        motivation=_text(data, "motivation"),
+        decision_text=_text(data, "decision"),
+        external_identifier=_text(data, "externalIdentifier"),
+        preferred_meeting_id=_text(data, "preferredMeeting"),
+        annexes=annexes,
+    )
+    if not transitions:
+        item = await create_item_once(
+            context.store, caller.tenant, config, new, "ws4pm", caller.username
+        )
+    else:
+        item = await _create_and_move(context, config.id, new, transitions)
+    answer = _answer("createItem")
+    _add(answer, "UID", item.id)
+    for warning in warnings:
+        _add(answer, "warnings", warning)
+    return answer
+
+
+def _transitions(
+    request: etree._Element, preferred_meeting: str | None
+) -> tuple[list[Transition], list[str]]:
+    transitions, warnings = [], []
+    for name in (t.text or "" for t in request.findall("wfTransitions")):
+        try:
+            transition = Transition(name)
+        except ValueError:
+            warnings.append(f"transition {name!r} is not supported here and was not applied")
+            continue
+        if transition is Transition.PRESENT and preferred_meeting is None:
+            warnings.append("transition 'present' needs a preferredMeeting; not applied")
+            continue
+        transitions.append(transition)
+    return transitions, warnings
+
+
+async def _create_and_move(
+    context: Context, config_id: str, new: agenda.NewItem, transitions: list[Transition]
+) -> Item:
+    """Create the item and apply its transitions in one transaction: all of it or nothing."""
+    caller = context.caller
+    config = caller.meetings.configurations[config_id]
+    async with context.store.unit_of_work() as session:
+        now = utcnow()
+        item = await agenda.create_item(
+            session,
+            tenant=caller.tenant,
+            config=config,
+            new=new,
+            origin="ws4pm",
+            creator=caller.username,
+            now=now,
+        )
+        await session.flush()
+        for transition in transitions:
+            meeting = None
+            if transition is Transition.PRESENT and new.preferred_meeting_id:
+                meeting = await agenda.find_meeting(
+                    session, caller.tenant, new.preferred_meeting_id
+                )
+            await agenda.apply_transition(session, item, transition, now, meeting)
+    return item
+
+
+async def get_item_infos(context: Context, request: etree._Element) -> etree._Element:
+    uid = request.findtext("UID") or ""
+    show_annexes = _flag(request, "showAnnexes", False)
+    with_binary = _flag(request, "include_annex_binary", True)
+    async with context.store.sessions() as session:
+        try:
+            item = await agenda.find_item(session, context.caller.tenant, uid)
+        except ProblemError as exc:
+            raise Ws4pmFault(
+                f"no item with UID {uid!r} is visible to this client", slug="not-found"
+            ) from exc
+        answer = _answer("getItemInfos")
+        await _item_info(session, context, answer, item, show_annexes, with_binary)
+    return answer
+
+
+async def search_items(context: Context, request: etree._Element) -> etree._Element:
+    review_state = _text(request, "review_state")
+    state = STATES_BY_REVIEW_STATE.get(review_state) if review_state else None
+    answer = _answer("searchItems")
+    if review_state and state is None:
+        return answer  # no item is in a state this service does not have
+    where = agenda.ItemFilter(
+        meeting_config=_text(request, "meetingConfigId"),
+        state=state,
+        category=_text(request, "getCategory"),
+        proposing_service=_text(request, "getProposingGroup"),
+        meeting_id=_text(request, "meeting_uid"),
+        external_identifier=_text(request, "externalIdentifier"),
+        text=_text(request, "SearchableText") or _text(request, "Title"),
+        item_id=_text(request, "UID"),
+    )
+    async with context.store.sessions() as session:
+        items, _ = await agenda.list_items(
+            session, context.caller.tenant, where, limit=SEARCH_LIMIT, offset=0
+        )
+        for item in items:
+            await _item_info(session, context, answer, item, show_annexes=False, with_binary=False)
+    return answer
+
+
+async def _item_info(
+    session: AsyncSession,
+    context: Context,
+    parent: etree._Element,
+    item: Item,
+    show_annexes: bool,
+    with_binary: bool,
+) -> None:
+    dates = await agenda.meeting_dates(
+        session, item.tenant, {m for m in (item.meeting_id, item.preferred_meeting_id) if m}
+    )
+    info = _add(parent, "itemInfo", None)
+    _add(info, "UID", item.id)
+    _add(info, "id", item.id)
+    _add(info, "title", item.title)
+    _add(info, "creator", item.creator)
+    _add(info, "creation_date", item.created_at)
+    _add(info, "modification_date", item.updated_at)
+    if item.category:
+        _add(info, "category", item.category)
+    _add(info, "description", item.description or "")
+    if item.decision_text:
+        _add(info, "decision", item.decision_text)
+    if item.preferred_meeting_id:
+        _add(info, "preferredMeeting", item.preferred_meeting_id)
+    _add(info, "preferred_meeting_date", dates.get(item.preferred_meeting_id or "", NO_DATE))
+    _add(info, "review_state", REVIEW_STATES[ItemState(item.state)])
+    if item.meeting_id:
+        _add(info, "meeting", item.meeting_id)
+    _add(info, "meeting_date", dates.get(item.meeting_id or "", NO_DATE))
+    _add(info, "absolute_url", f"{context.base_url}/v1/items/{item.id}")
+    if item.external_identifier:
+        _add(info, "externalIdentifier", item.external_identifier)
+    if show_annexes:
+        contents = await agenda.annex_contents(session, item) if with_binary else {}
+        for annex in item.annexes:
+            element = _add(info, "annexes", None)
+            _add(element, "id", annex.id)
+            _add(element, "title", annex.title)
+            _add(element, "filename", annex.filename)
+            if with_binary:
+                _add(element, "file", base64.b64encode(contents[annex.id]).decode("ascii"))
+
+
+OPERATIONS: dict[str, Operation] = {
+    "testConnection": test_connection,
+    "checkIsLinked": check_is_linked,
+    "getConfigInfos": get_config_infos,
+    "meetingsAcceptingItems": meetings_accepting_items,
+    "createItem": create_item,
+    "getItemInfos": get_item_infos,
+    "searchItems": search_items,
+}
+
+
+# -- the endpoint ------------------------------------------------------------------------
+
+
+def ws4pm_router(settings: HubSettings) -> APIRouter:
+    soap = APIRouter(prefix="/ws4pm", tags=["WS4PM (SOAP)"])
+
+    @soap.get("", include_in_schema=False)
+    async def contract(request: Request, wsdl: str | None = None) -> Response:
+        if wsdl is None:
+            return Response("Ask for ?wsdl", status_code=404, media_type="text/plain")
+        endpoint = str(request.url.remove_query_params(["wsdl"]))
+        return Response(served_wsdl(endpoint), media_type=XML_MEDIA_TYPE)
+
+    @soap.post("", include_in_schema=False)
+    async def endpoint(request: Request) -> Response:
+        try:
+            caller = authenticate(request, request.app.state.meeting_settings)
+            operation = parse_operation(await read_limited(request, settings.max_body_bytes))
+            name = etree.QName(operation).localname.removesuffix("Request")
+            context = Context(
+                caller,
+                await storage(request),
+                str(request.base_url).rstrip("/"),
+            )
+            answer = await OPERATIONS[name](context, operation)
+        except Ws4pmFault as exc:
+            return soap_fault("Client", exc.message, exc.slug, exc.status)
+        except ProblemError as exc:
+            code = "Client" if exc.status < 500 else "Server"
+            return soap_fault(code, f"{exc.title}: {exc.detail}", exc.slug)
+        except Exception:  # answered in SOAP too: a WS4PM client cannot read Problem JSON
+            log.exception("WS4PM request failed")
+            return soap_fault(
+                "Server",
+                "The hub could not complete this request; nothing was stored.",
+                "internal-error",
+            )
+        return _xml_response(_envelope(answer), 200)
+
+    return soap

@@ -1,0 +1,259 @@
+"""What urban consumes: NOTICe notifications and opinions (``gateway.inbound``), the
+gateway's receipts (identity checks, NOTICe responses) and the college's decisions
+(``meeting.events``, matched by ``external_identifier``: urban never polls meeting).
+
+Each event is applied once (the consumer's inbox). An event that cannot be
+applied (a notification with an unknown file type, a bad CaPaKey, NISS or
+document, addressed to another commune's NOTICe instance, or news of a closed
+notification; an opinion or a decision for a file this tenant does not have)
+is kept whole in ``urban_unprocessed_events`` with the reason and the consumer
+goes on: it must never stop the partition, nor be dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.envelope import CloudEvent, EnvelopeError, from_record
+from contracts.events.gateway import TOPIC as RECEIPTS_TOPIC
+from contracts.events.gateway import DeliveryReceipt
+from contracts.events.meeting import TOPIC as MEETING_TOPIC
+from contracts.events.meeting import ItemDecided
+from contracts.events.outside import NoticeNotificationReceived, OpinionReceived
+from contracts.events.peppol import INBOUND_TOPIC
+from contracts.events.urban import Applicant, IdentificationRequested, NoticeResponseRequested
+from kernel.consumer import EventConsumer, EventHandler, InboxEntry
+from kernel.database import utcnow
+from kernel.errors import NotFound, ProblemError
+from services.urban import permits
+from services.urban.configuration import TenantUrban
+from services.urban.domain import REFERENCE_PATTERN, check_applicant, check_capakey, check_file_type
+from services.urban.tables import FileApplicant, NoticeResponse, Opinion, PermitFile
+
+log = logging.getLogger(__name__)
+
+TOPICS = (INBOUND_TOPIC, RECEIPTS_TOPIC, MEETING_TOPIC)
+
+__all__ = ["TOPICS", "NoticeKeepingConsumer", "handlers"]
+
+
+class UnknownTenant(ProblemError):
+    def __init__(self, tenant: str) -> None:
+        super().__init__(
+            422, "unknown-tenant", "Unknown tenant", f"Tenant {tenant!r} is not configured here."
+        )
+
+
+def handlers(urban_settings: Mapping[str, TenantUrban]) -> dict[str, EventHandler]:
+    def settings_of(tenant: str) -> TenantUrban:
+        settings = urban_settings.get(tenant)
+        if settings is None:
+            raise UnknownTenant(tenant)
+        return settings
+
+    async def handle_notification(session: AsyncSession, event: CloudEvent) -> None:
+        notification = event.data_as(NoticeNotificationReceived)
+        try:
+            settings = settings_of(event.tenant)
+            await permits.receive_notification(session, settings, notification, utcnow())
+        except ProblemError as exc:
+            keep(session, event, exc)
+
+    async def handle_opinion(session: AsyncSession, event: CloudEvent) -> None:
+        received = event.data_as(OpinionReceived)
+        try:
+            settings = settings_of(event.tenant)
+            opinion = await session.scalar(
+                select(Opinion).where(
+                    Opinion.id == received.opinion_id,
+                    Opinion.file_id == received.file_id,
+                    Opinion.tenant == event.tenant,
+                )
+            )
+            if opinion is None:
+                raise NotFound("opinion request", received.opinion_id)
+            if opinion.received_on is not None:
+                log.info("opinion %s already recorded; event %s skipped", opinion.id, event.id)
+                return
+            file = await permits.find_file(session, event.tenant, received.file_id)
+            await permits.record_opinion(
+                session,
+                settings,
+                file,
+                opinion,
+                verdict=received.verdict,
+                text=received.text,
+                given_on=received.given_on,
+                now=utcnow(),
+            )
+        except ProblemError as exc:
+            keep(session, event, exc)
+
+    async def handle_decision(session: AsyncSession, event: CloudEvent) -> None:
+        decided = event.data_as(ItemDecided)
+        reference = decided.external_identifier
+        if reference is None or not REFERENCE_PATTERN.match(reference):
+            return  # an item of another service
+        try:
+            settings = settings_of(event.tenant)
+            file = await permits.find_by_reference(session, event.tenant, reference)
+            await permits.record_decision(session, settings, file, decided, utcnow())
+        except ProblemError as exc:
+            keep(session, event, exc)
+
+    async def handle_receipt(session: AsyncSession, event: CloudEvent) -> None:
+        receipt = event.data_as(DeliveryReceipt)
+        if receipt.source_event_type == IdentificationRequested.TYPE:
+            await _identity_receipt(session, event, receipt)
+        elif receipt.source_event_type == NoticeResponseRequested.TYPE:
+            response = await session.scalar(
+                select(NoticeResponse).where(
+                    NoticeResponse.event_id == receipt.source_event_id,
+                    NoticeResponse.tenant == event.tenant,
+                )
+            )
+            if response is None:
+                log.warning("receipt %s answers no NOTICe response of ours; ignored", event.id)
+                return
+            await permits.record_notice_delivery(
+                session, settings_of(event.tenant), response, receipt.outcome, utcnow()
+            )
+
+    return {
+        NoticeNotificationReceived.TYPE: handle_notification,
+        OpinionReceived.TYPE: handle_opinion,
+        ItemDecided.TYPE: handle_decision,
+        DeliveryReceipt.TYPE: handle_receipt,
+    }
+
+
+async def _identity_receipt(
+    session: AsyncSession, event: CloudEvent, receipt: DeliveryReceipt
+) -> None:
+    applicant = await session.scalar(
+        select(FileApplicant).where(
+            FileApplicant.identification_event_id == receipt.source_event_id,
+            FileApplicant.tenant == event.tenant,
+        )
+    )
+    if applicant is None:
+        log.warning("receipt %s answers no identification request of ours; ignored", event.id)
+        return
+    file = await session.get_one(PermitFile, applicant.file_id)
+    status = permits.record_identity(file, applicant, receipt.outcome, receipt.answer, utcnow())
+    # The applicant's national number never reaches the logs: the file and position name it.
+    log.info(
+        "tenant %s: applicant %d of %s is %s",
+        file.tenant,
+        applicant.position,
+        file.reference,
+        status,
+    )
+
+
+def keep(session: AsyncSession, event: CloudEvent, problem: ProblemError) -> None:
+    log.warning(
+        "tenant %s: %s %s kept unprocessed: %s", event.tenant, event.type, event.id, problem.detail
+    )
+    permits.keep_unprocessed(
+        session,
+        event_id=event.id,
+        tenant=event.tenant,
+        event_type=event.type,
+        subject=event.subject,
+        problem=problem.slug,
+        reason=problem.detail,
+        data=event.data.model_dump(mode="json"),
+        now=utcnow(),
+    )
+
+
+# -- notifications that do not even match their contract ------------------------------------
+
+
+def explain_invalid_notification(data: Any) -> ProblemError | None:
+    """The first rule a raw notification breaks, in the words of the urban domain."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        check_file_type(data.get("file_type"))
+        for raw in data.get("applicants") or []:
+            check_applicant(Applicant.model_construct(**raw))
+        for parcel in data.get("parcels") or []:
+            check_capakey(str(parcel.get("capakey", "")))
+    except ProblemError as exc:
+        return exc
+    except (TypeError, AttributeError):
+        return None
+    return None
+
+
+class NoticeKeepingConsumer(EventConsumer):
+    """The kernel's consumer, except that a NOTICe notification breaking its contract is kept.
+
+    The kernel skips a record whose data does not match its contract (a poison
+    record must not stop a partition). A NOTICe notification is a citizen's
+    request: skipping it would lose it, so urban keeps it, with the reason,
+    among the unprocessed events, and goes on.
+    """
+
+    async def handle(self, headers: dict[str, str], value: bytes, topic: str) -> str:
+        if headers.get("ce_type") != NoticeNotificationReceived.TYPE:
+            return await super().handle(headers, value, topic)
+        try:
+            from_record(headers, value)
+        except EnvelopeError as exc:
+            kept = await self._keep_invalid(headers, value, exc)
+            return self._count(topic, "kept" if kept else "duplicate")
+        return await super().handle(headers, value, topic)
+
+    async def _keep_invalid(self, headers: dict[str, str], value: bytes, error: Exception) -> bool:
+        event_id = headers.get("ce_id") or ""
+        try:
+            data: Any = json.loads(value)
+        except ValueError:
+            data = {"undecodable_value": value.decode("utf-8", "replace")}
+        problem = explain_invalid_notification(data) or ProblemError(
+            422, "contract-violation", "Not a valid notification", _short(error)
+        )
+        async with self._sessions() as session, session.begin():
+            if not event_id or await session.get(InboxEntry, event_id) is not None:
+                return False
+            log.warning(
+                "a NOTICe notification %s is kept unprocessed: %s", event_id, problem.detail
+            )
+            permits.keep_unprocessed(
+                session,
+                event_id=event_id,
+                tenant=headers.get("ce_tenant", "")[:5],
+                event_type=NoticeNotificationReceived.TYPE,
+                subject=headers.get("ce_subject", "")[:200],
+                problem=problem.slug,
+                reason=problem.detail,
+                data=data if isinstance(data, dict) else {"value": data},
+                now=utcnow(),
+            )
+            session.add(
+                InboxEntry(
+                    event_id=event_id,
+                    event_type=NoticeNotificationReceived.TYPE,
+                    handled_at=utcnow(),
+                )
+            )
+        return True
+
+
+def _short(error: Exception) -> str:
+    cause = error.__cause__
+    if isinstance(cause, ValidationError):
+        first = cause.errors()[0]
+        location = ".".join(str(part) for part in first["loc"])
+        return f"{location}: {first['msg']}"
+    return str(error)

@@ -1,0 +1,268 @@
+"""The legal deadlines of a permit file, computed from its facts alone (no I/O, no clock).
+
+``deadlines(facts)`` lists every deadline the file has reached so far, each
+with its due date and, once met, the date it was met; ``docs/urban-deadlines.md``
+gives the rules, the articles they come from and the simplifications made.
+
+Counting (CoDT D.I.16, and the same habit in the environmental permit decree):
+the day of the starting act is not counted, the last day is; a last day that
+falls on a Saturday, a Sunday or a Belgian legal holiday moves to the next
+working day. A public inquiry does not run from 16 July to 15 August nor from
+24 December to 1 January; the days it stood still push the decision deadline
+back by as many days.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from functools import cache
+
+from contracts.events.urban import FileType
+
+COMPLETENESS = "completeness"
+INQUIRY = "inquiry"
+DECISION = "decision"
+NOTIFICATION = "notification"
+OPINION_PREFIX = "opinion:"
+
+#: The days a public inquiry lasts for a permit or a certificate n°2.
+INQUIRY_DAYS = 15
+
+#: Days to check completeness (and send the acknowledgment or the list of missing documents).
+COMPLETENESS_DAYS: dict[FileType, int] = {
+    "permis_urbanisme": 20,
+    "permis_urbanisation": 20,
+    "certificat_urbanisme_1": 20,
+    "certificat_urbanisme_2": 20,
+    "declaration_urbanistique": 20,
+    "permis_unique": 20,
+    "permis_environnement_1": 20,
+    "permis_environnement_2": 20,
+    "declaration_classe_3": 15,
+}
+
+#: Environmental procedures: one decision deadline, counted from the completeness date.
+ENVIRONMENT_DECISION_DAYS: dict[FileType, int] = {
+    "permis_environnement_1": 140,
+    "permis_environnement_2": 70,
+    "permis_unique": 90,
+}
+
+#: Decided on the receipt date's clock, whatever the completeness check finds.
+FROM_RECEIPT_DECISION_DAYS: dict[FileType, int] = {
+    "certificat_urbanisme_1": 30,
+    "declaration_classe_3": 15,
+}
+
+#: The consulted body whose opinion is the delegated official's (fonctionnaire délégué).
+DELEGATED_OFFICIAL = "FD"
+
+
+@dataclass(frozen=True)
+class OpinionFacts:
+    opinion_id: str
+    body: str
+    due_on: date
+    received_on: date | None = None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the procedure of one file has gone through, as dates."""
+
+    file_type: FileType
+    received_on: date
+    #: The day the file was found complete (the acknowledgment of receipt was sent).
+    complete_on: date | None = None
+    #: The day the list of missing documents was sent: it answers the completeness check too.
+    missing_asked_on: date | None = None
+    opinions: tuple[OpinionFacts, ...] = ()
+    inquiry_starts_on: date | None = None
+    decided_on: date | None = None
+    #: The day the decision reached the applicant (for NOTICe files, the SPW's receipt).
+    notified_on: date | None = None
+
+
+@dataclass(frozen=True)
+class Deadline:
+    name: str
+    due_on: date
+    met_on: date | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.met_on is None
+
+
+# -- the calendar ------------------------------------------------------------------------
+
+
+def easter_sunday(year: int) -> date:
+    """Gregorian Easter (the anonymous Gregorian computus, "Meeus/Jones/Butcher")."""
+    golden = year % 19
+    century, year_of_century = divmod(year, 100)
+    leap_century, leap_century_rest = divmod(century, 4)
+    correction = (century + 8) // 25
+    moon_correction = (century - correction + 1) // 3
+    epact = (19 * golden + century - leap_century - moon_correction + 15) % 30
+    leap_year, leap_year_rest = divmod(year_of_century, 4)
+    weekday = (32 + 2 * leap_century_rest + 2 * leap_year - epact - leap_year_rest) % 7
+    shift = (golden + 11 * epact + 22 * weekday) // 451
+    month, day = divmod(epact + weekday - 7 * shift + 114, 31)
+    return date(year, month, day + 1)
+
+
+@cache
+def belgian_holidays(year: int) -> frozenset[date]:
+    """The ten legal holidays (law of 4 January 1974 and its royal decree)."""
+    easter = easter_sunday(year)
+    return frozenset(
+        {
+            date(year, 1, 1),
+            easter + timedelta(days=1),  # Easter Monday
+            date(year, 5, 1),
+            easter + timedelta(days=39),  # Ascension
+            easter + timedelta(days=50),  # Whit Monday
+            date(year, 7, 21),
+            date(year, 8, 15),
+            date(year, 11, 1),
+            date(year, 11, 11),
+            date(year, 12, 25),
+        }
+    )
+
+
+def is_working_day(day: date) -> bool:
+    return day.weekday() < 5 and day not in belgian_holidays(day.year)
+
+
+def last_day(start: date, days: int) -> date:
+    """``days`` after ``start`` (not counted), moved to the next working day if need be."""
+    due = start + timedelta(days=days)
+    while not is_working_day(due):
+        due += timedelta(days=1)
+    return due
+
+
+def inquiry_suspended(day: date) -> bool:
+    """16 July to 15 August and 24 December to 1 January, both included."""
+    month_day = (day.month, day.day)
+    return (7, 16) <= month_day <= (8, 15) or month_day >= (12, 24) or month_day <= (1, 1)
+
+
+def inquiry_end(starts_on: date, days: int = INQUIRY_DAYS) -> tuple[date, int]:
+    """The inquiry's last day and how many suspended days it stood still.
+
+    The start day counts as the first day of the inquiry, as the notice posted
+    on the site announces it ("du … au …"); suspended days do not count.
+    """
+    counted, suspended, day = 0, 0, starts_on - timedelta(days=1)
+    while counted < days:
+        day += timedelta(days=1)
+        if inquiry_suspended(day):
+            suspended += 1
+        else:
+            counted += 1
+    while not is_working_day(day):
+        day += timedelta(days=1)
+    return day, suspended
+
+
+# -- the rules ----------------------------------------------------------------------------
+
+
+def decision_days(facts: Facts) -> int:
+    """How many days the college has to decide (and send its decision)."""
+    if facts.file_type in FROM_RECEIPT_DECISION_DAYS:
+        return FROM_RECEIPT_DECISION_DAYS[facts.file_type]
+    if facts.file_type in ENVIRONMENT_DECISION_DAYS:
+        return ENVIRONMENT_DECISION_DAYS[facts.file_type]
+    bodies = {opinion.body.upper() for opinion in facts.opinions}
+    if DELEGATED_OFFICIAL in bodies:
+        return 115
+    if bodies or facts.inquiry_starts_on is not None:
+        return 75
+    return 30
+
+
+def deadlines(facts: Facts) -> list[Deadline]:
+    """Every deadline the file has reached so far, in the order the procedure meets them."""
+    found = [
+        Deadline(
+            COMPLETENESS,
+            last_day(facts.received_on, COMPLETENESS_DAYS[facts.file_type]),
+            facts.complete_on or facts.missing_asked_on,
+        )
+    ]
+    for opinion in facts.opinions:
+        found.append(Deadline(OPINION_PREFIX + opinion.body, opinion.due_on, opinion.received_on))
+    suspended = 0
+    if facts.inquiry_starts_on is not None:
+        end, suspended = inquiry_end(facts.inquiry_starts_on)
+        # Shown, never warned about: the inquiry's end is a date of the procedure, not a duty.
+        found.append(Deadline(INQUIRY, end, met_on=end))
+    decision_due = _decision_due(facts, suspended)
+    if decision_due is not None:
+        found.append(Deadline(DECISION, decision_due, facts.decided_on))
+        if facts.decided_on is not None:
+            # The deadline is the date the decision is *sent*: a late decision is due at once.
+            found.append(
+                Deadline(NOTIFICATION, max(decision_due, facts.decided_on), facts.notified_on)
+            )
+    return found
+
+
+def _decision_due(facts: Facts, suspended: int) -> date | None:
+    if facts.file_type in FROM_RECEIPT_DECISION_DAYS:
+        start = facts.received_on
+    elif facts.complete_on is not None:
+        start = facts.complete_on
+    else:
+        return None  # the decision clock starts with the acknowledgment
+    return last_day(start, decision_days(facts) + suspended)
+
+
+def next_open(found: list[Deadline]) -> Deadline | None:
+    """The open deadline that falls first (the file's ``next_deadline_on``)."""
+    open_ones = [deadline for deadline in found if deadline.open]
+    return min(open_ones, key=lambda deadline: deadline.due_on, default=None)
+
+
+def warnings_due(
+    found: list[Deadline], today: date, warn_days: int, already: set[tuple[str, str]]
+) -> list[tuple[Deadline, str]]:
+    """The warnings to emit today: ``approaching`` within ``warn_days``, ``exceeded`` after.
+
+    ``already`` holds the (deadline, level) pairs emitted before: each is emitted once.
+    A deadline that is already exceeded is not also announced as approaching.
+    """
+    due: list[tuple[Deadline, str]] = []
+    for deadline in found:
+        if not deadline.open:
+            continue
+        level = (
+            "exceeded"
+            if today > deadline.due_on
+            else "approaching"
+            if today >= deadline.due_on - timedelta(days=warn_days)
+            else None
+        )
+        if level is not None and (deadline.name, level) not in already:
+            due.append((deadline, level))
+    return due
+
+
+def next_warning_on(
+    found: list[Deadline], today: date, warn_days: int, already: set[tuple[str, str]]
+) -> date | None:
+    """The first day on which ``warnings_due`` will have something new (the watcher's index)."""
+    days: list[date] = []
+    for deadline in found:
+        if not deadline.open:
+            continue
+        if (deadline.name, "approaching") not in already and today <= deadline.due_on:
+            days.append(deadline.due_on - timedelta(days=warn_days))
+        if (deadline.name, "exceeded") not in already:
+            days.append(deadline.due_on + timedelta(days=1))
+    return min(days, default=None)

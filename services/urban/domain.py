@@ -1,0 +1,283 @@
+"""The rules of urban-planning and environmental permit files, without I/O.
+
+- A file moves ``received → complete`` (or ``incomplete`` and back to
+  ``received`` when the applicant completes it) ``→ awaiting_decision`` (every
+  opinion is in, the public inquiry if any is over, and the college was asked
+  for its decision) ``→ granted`` or ``refused``. A postponed item leaves the
+  file awaiting its decision.
+- Opinions are asked for once the file is complete and before the decision is
+  asked for; the file is ready when the last one is in.
+- Applicants are people (NISS) or companies (enterprise number), checked
+  modulo 97; parcels are named by their CaPaKey.
+- A file opened from a NOTICe notification answers it twice: ``PARTIAL`` when
+  found complete, ``FINAL`` with the decision; after ``FINAL`` the
+  notification is closed and takes no more answers.
+
+Rule violations are ``ProblemError`` subclasses: REST shows them as they are,
+the consumers keep the event that broke them, with the detail, for operators.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from enum import StrEnum
+from typing import get_args
+
+from contracts.events.urban import Applicant, FileType
+from contracts.identifiers import check_enterprise_number, check_niss
+from kernel.errors import Conflict, ProblemError
+
+FILE_TYPES: tuple[FileType, ...] = get_args(FileType)
+
+#: The prefix of each file type's reference, ``<prefix>/<year>/<sequence>``.
+REFERENCE_PREFIXES: dict[FileType, str] = {
+    "permis_urbanisme": "PU",
+    "permis_urbanisation": "PURB",
+    "certificat_urbanisme_1": "CU1",
+    "certificat_urbanisme_2": "CU2",
+    "declaration_urbanistique": "DU",
+    "permis_unique": "PUN",
+    "permis_environnement_1": "PE1",
+    "permis_environnement_2": "PE2",
+    "declaration_classe_3": "DC3",
+}
+REFERENCE_PATTERN = re.compile(r"^(" + "|".join(REFERENCE_PREFIXES.values()) + r")/\d{4}/\d{4,}$")
+
+TITLES: dict[FileType, str] = {
+    "permis_urbanisme": "Permis d'urbanisme",
+    "permis_urbanisation": "Permis d'urbanisation",
+    "certificat_urbanisme_1": "Certificat d'urbanisme n°1",
+    "certificat_urbanisme_2": "Certificat d'urbanisme n°2",
+    "declaration_urbanistique": "Déclaration urbanistique",
+    "permis_unique": "Permis unique",
+    "permis_environnement_1": "Permis d'environnement (classe 1)",
+    "permis_environnement_2": "Permis d'environnement (classe 2)",
+    "declaration_classe_3": "Déclaration de classe 3",
+}
+
+# division (5 digits) section (letter) radical (4 digits) / bis (2 digits)
+# exposant (letter or _) puissance (3 digits)
+_CAPAKEY = re.compile(r"^(\d{5})([A-Z])(\d{4})/(\d{2})([A-Z_])(\d{3})$")
+
+
+class FileState(StrEnum):
+    RECEIVED = "received"
+    INCOMPLETE = "incomplete"
+    COMPLETE = "complete"
+    AWAITING_DECISION = "awaiting_decision"
+    GRANTED = "granted"
+    REFUSED = "refused"
+
+
+DECIDED_STATES = frozenset({FileState.GRANTED, FileState.REFUSED})
+#: Where opinions may be asked for, an inquiry recorded and the decision asked for.
+INSTRUCTION_STATES = frozenset({FileState.COMPLETE})
+
+
+class IdentityStatus(StrEnum):
+    """How an applicant's declared identity compares with the National Register's."""
+
+    NOT_CHECKED = "not_checked"  # a company, or a person before the request leaves
+    REQUESTED = "requested"
+    MATCHED = "matched"
+    MISMATCH = "mismatch"
+    NOT_FOUND = "not_found"
+    FAILED = "failed"  # the register could not be asked (the gateway's receipt failed)
+
+
+FLAGGED_IDENTITIES = frozenset({IdentityStatus.MISMATCH, IdentityStatus.NOT_FOUND})
+
+#: A meeting decision and the permit outcome it gives; a postponement gives none.
+DECISION_OUTCOMES: dict[str, FileState] = {
+    "accepted": FileState.GRANTED,
+    "accepted_with_amendments": FileState.GRANTED,
+    "refused": FileState.REFUSED,
+}
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+class InvalidCapakey(ProblemError):
+    def __init__(self, capakey: str) -> None:
+        super().__init__(
+            422,
+            "invalid-capakey",
+            "Invalid CaPaKey",
+            f"{capakey!r} is not a CaPaKey: it reads division (5 digits), section (a capital "
+            "letter), radical (4 digits), '/', bis (2 digits), exposant (a capital letter or "
+            "'_') and puissance (3 digits), e.g. 25015A0123/00B000.",
+            capakey=capakey,
+        )
+
+
+class InvalidIdentifier(ProblemError):
+    def __init__(self, kind: str, reason: str) -> None:
+        slug = "invalid-national-number" if kind == "person" else "invalid-enterprise-number"
+        super().__init__(422, slug, "Invalid applicant identifier", f"Applicant: {reason}.")
+
+
+class UnknownFileType(ProblemError):
+    def __init__(self, file_type: object) -> None:
+        super().__init__(
+            422,
+            "unknown-file-type",
+            "Unknown file type",
+            f"{file_type!r} is no file type of the CoDT or the environmental permit decree "
+            f"(known: {', '.join(FILE_TYPES)}).",
+        )
+
+
+class DocumentMismatch(ProblemError):
+    def __init__(self, document_id: str, reason: str) -> None:
+        super().__init__(
+            422,
+            "document-mismatch",
+            "A document is not what its metadata says",
+            f"Document {document_id!r}: {reason}.",
+            document_id=document_id,
+        )
+
+
+class WrongNoticeInstance(ProblemError):
+    def __init__(self, instance_code: str, tenant: str, expected: str | None) -> None:
+        expected_text = (
+            f"this tenant's NOTICe instance is {expected!r}"
+            if expected
+            else "this tenant has no NOTICe instance configured (notice.instance)"
+        )
+        super().__init__(
+            422,
+            "wrong-notice-instance",
+            "The notification is addressed to another commune",
+            f"The notification names NOTICe instance {instance_code!r}, but {expected_text}; "
+            f"it was published for tenant {tenant}.",
+        )
+
+
+class NotificationClosed(Conflict):
+    def __init__(self, notification_id: str) -> None:
+        super().__init__(
+            "notice-notification-closed",
+            f"NOTICe notification {notification_id} is closed: its FINAL response (the "
+            "decision) was sent, it takes no more responses.",
+            notification_id=notification_id,
+        )
+
+
+class NotANoticeFile(Conflict):
+    def __init__(self, reference: str) -> None:
+        super().__init__(
+            "not-a-notice-file",
+            f"File {reference} was not opened from a NOTICe notification: there is nothing "
+            "to answer.",
+        )
+
+
+class StateForbids(Conflict):
+    def __init__(self, reference: str, state: str, action: str, allowed: list[str]) -> None:
+        super().__init__(
+            "file-state-forbids",
+            f"File {reference} is {state}: {action} applies to a file that is "
+            f"{' or '.join(sorted(allowed))}.",
+            state=state,
+        )
+
+
+class ConcurrentFileChange(Conflict):
+    def __init__(self, reference: str) -> None:
+        super().__init__(
+            "concurrent-file-change",
+            f"File {reference} was changed by something else (an identity check, an opinion "
+            "or a decision that came in) while this request changed it; nothing was stored: "
+            "reload the file and try again.",
+        )
+
+
+class OpinionsPending(Conflict):
+    def __init__(self, reference: str, bodies: list[str]) -> None:
+        super().__init__(
+            "opinions-pending",
+            f"File {reference} still waits for the opinion of {', '.join(bodies)}.",
+            pending=bodies,
+        )
+
+
+class InquiryRunning(Conflict):
+    def __init__(self, reference: str, ends_on: str) -> None:
+        super().__init__(
+            "inquiry-running",
+            f"File {reference}: its public inquiry runs until {ends_on}.",
+            ends_on=ends_on,
+        )
+
+
+# -- checks ---------------------------------------------------------------------------
+
+
+def check_capakey(value: str) -> str:
+    capakey = value.strip().upper()
+    if not _CAPAKEY.match(capakey):
+        raise InvalidCapakey(value)
+    return capakey
+
+
+def check_applicant(applicant: Applicant) -> Applicant:
+    """The applicant with its identifier reduced to its digits, or the rule it breaks."""
+    check = check_niss if applicant.kind == "person" else check_enterprise_number
+    try:
+        identifier = check(applicant.identifier)
+    except ValueError as exc:
+        raise InvalidIdentifier(applicant.kind, str(exc)) from exc
+    return applicant.model_copy(update={"identifier": identifier})
+
+
+def check_file_type(value: object) -> FileType:
+    for file_type in FILE_TYPES:
+        if value == file_type:
+            return file_type
+    raise UnknownFileType(value)
+
+
+def check_state(reference: str, state: str, action: str, allowed: frozenset[FileState]) -> None:
+    if FileState(state) not in allowed:
+        raise StateForbids(reference, state, action, [str(s) for s in allowed])
+
+
+# -- identities -------------------------------------------------------------------------
+
+
+def split_declared_name(name: str) -> tuple[str, str | None]:
+    """``"Dupont, Marie"`` → (``"Dupont"``, ``"Marie"``); a name without comma is a last name."""
+    last, _, first = name.partition(",")
+    return last.strip(), (first.strip() or None)
+
+
+def comparable(name: str) -> str:
+    """Case, accents, hyphens and spacing do not make two names different."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    letters = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(re.sub(r"[-'’.]", " ", letters).casefold().split())
+
+
+def identity_status(
+    declared_last: str, declared_first: str | None, answer: dict[str, str | None]
+) -> IdentityStatus:
+    """Compare a declared identity with the register's answer (``last_name``, ``first_names``)."""
+    if (answer.get("status") or "found") != "found":
+        return IdentityStatus.NOT_FOUND
+    if comparable(declared_last) != comparable(answer.get("last_name") or ""):
+        return IdentityStatus.MISMATCH
+    if declared_first is None:
+        return IdentityStatus.MATCHED
+    registered = comparable(answer.get("first_names") or "")
+    declared = comparable(declared_first)
+    # A person often declares only the first of their registered first names.
+    if registered == declared or registered.startswith(declared + " "):
+        return IdentityStatus.MATCHED
+    return IdentityStatus.MISMATCH
+
+
+def format_reference(file_type: FileType, year: int, sequence: int) -> str:
+    return f"{REFERENCE_PREFIXES[file_type]}/{year}/{sequence:04d}"

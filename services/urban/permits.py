@@ -1,0 +1,838 @@
+"""The urban service's use cases, each inside the caller's transaction with its events staged.
+
+Callers (REST, the consumers, the deadline watcher) open the unit of work and
+check their input first; a use case changes the tables and stages the
+matching events, so the change and its events commit together or not at all.
+Every change of a file's procedure recomputes its deadlines
+(``refresh_deadlines``), so ``next_deadline_on`` and ``next_warning_on`` are
+always those of the facts stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import undefer
+from sqlalchemy.orm.exc import StaleDataError
+
+from contracts.envelope import CloudEvent, new_event
+from contracts.events.base import EventData
+from contracts.events.meeting import ConcernedParty, ItemDecided
+from contracts.events.outside import NoticeDocument, NoticeNotificationReceived
+from contracts.events.urban import (
+    Applicant,
+    DecisionNeeded,
+    FileOpened,
+    FileType,
+    IdentificationRequested,
+    NoticeResponseRequested,
+    OpinionRequested,
+    Parcel,
+)
+from kernel.errors import NotFound
+from kernel.migrations import table_of
+from kernel.outbox import stage
+from services.urban import deadlines
+from services.urban.configuration import TenantUrban
+from services.urban.domain import (
+    DECISION_OUTCOMES,
+    FLAGGED_IDENTITIES,
+    INSTRUCTION_STATES,
+    TITLES,
+    ConcurrentFileChange,
+    DocumentMismatch,
+    FileState,
+    IdentityStatus,
+    InquiryRunning,
+    NotANoticeFile,
+    NotificationClosed,
+    OpinionsPending,
+    WrongNoticeInstance,
+    check_applicant,
+    check_capakey,
+    check_state,
+    format_reference,
+    identity_status,
+    split_declared_name,
+)
+from services.urban.tables import (
+    DeadlineWarningSent,
+    FileApplicant,
+    FileDocument,
+    FileParcel,
+    NoticeResponse,
+    Opinion,
+    PermitFile,
+    ReferenceCounter,
+    UnprocessedEvent,
+)
+
+SOURCE = "urn:hub:urban"
+BRUSSELS = ZoneInfo("Europe/Brussels")
+log = logging.getLogger(__name__)
+
+
+def brussels_day(moment: datetime) -> date:
+    """Legal deadlines count in the commune's calendar days."""
+    return moment.astimezone(BRUSSELS).date()
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document whose bytes were checked against its size and SHA-256."""
+
+    document_id: str
+    filename: str
+    media_type: str
+    content: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """What a file is opened with; already checked (``checked_new_file``)."""
+
+    file_type: FileType
+    subject: str
+    received_on: date
+    applicants: tuple[Applicant, ...]
+    parcels: tuple[Parcel, ...]
+    documents: tuple[Document, ...] = ()
+
+
+def checked_new_file(
+    file_type: FileType,
+    subject: str,
+    received_on: date,
+    applicants: list[Applicant],
+    parcels: list[Parcel],
+    documents: tuple[Document, ...] = (),
+) -> NewFile:
+    """Identifiers reduced to digits and checked, CaPaKeys checked, or the rule broken."""
+    return NewFile(
+        file_type=file_type,
+        subject=subject,
+        received_on=received_on,
+        applicants=tuple(check_applicant(applicant) for applicant in applicants),
+        parcels=tuple(
+            parcel.model_copy(update={"capakey": check_capakey(parcel.capakey)})
+            for parcel in parcels
+        ),
+        documents=documents,
+    )
+
+
+def checked_document(document: NoticeDocument) -> Document:
+    try:
+        content = base64.b64decode(document.content_base64, validate=True)
+    except binascii.Error as exc:
+        raise DocumentMismatch(document.document_id, f"its content is not base64 ({exc})") from exc
+    if len(content) != document.size:
+        raise DocumentMismatch(
+            document.document_id,
+            f"its metadata says {document.size} bytes, its content has {len(content)}",
+        )
+    checked = Document(document.document_id, document.filename, document.media_type, content)
+    if checked.sha256 != document.sha256:
+        raise DocumentMismatch(
+            document.document_id,
+            f"its metadata says SHA-256 {document.sha256}, its content has {checked.sha256}",
+        )
+    return checked
+
+
+# -- references ---------------------------------------------------------------------------
+
+
+async def next_reference(session: AsyncSession, tenant: str, file_type: FileType, year: int) -> str:
+    """The next reference of the file type and year; the counter row serialises openings."""
+    prefix = format_reference(file_type, year, 1).split("/")[0]
+    table = table_of(ReferenceCounter)
+    key = {"tenant": tenant, "prefix": prefix, "year": year}
+    if session.bind.dialect.name == "postgresql":
+        create = postgresql.insert(table).values(**key, last_sequence=0)
+        await session.execute(create.on_conflict_do_nothing())
+    else:
+        create_lite = sqlite.insert(table).values(**key, last_sequence=0)
+        await session.execute(create_lite.on_conflict_do_nothing())
+    result = await session.execute(
+        update(table)
+        .where(table.c.tenant == tenant, table.c.prefix == prefix, table.c.year == year)
+        .values(last_sequence=table.c.last_sequence + 1)
+        .returning(table.c.last_sequence)
+    )
+    return format_reference(file_type, year, int(result.scalar_one()))
+
+
+# -- opening and NOTICe ---------------------------------------------------------------------
+
+
+async def open_file(
+    session: AsyncSession,
+    settings: TenantUrban,
+    new: NewFile,
+    now: datetime,
+    *,
+    origin: str,
+    notification: NoticeNotificationReceived | None = None,
+) -> PermitFile:
+    today = brussels_day(now)
+    reference = await next_reference(session, settings.tenant, new.file_type, today.year)
+    file = PermitFile(
+        id=str(uuid.uuid4()),
+        tenant=settings.tenant,
+        reference=reference,
+        file_type=new.file_type,
+        state=FileState.RECEIVED,
+        subject=new.subject,
+        received_on=new.received_on,
+        identity_flagged=False,
+        origin=origin,
+        notice_notification_id=notification.notification_id if notification else None,
+        notice_instance_code=notification.instance_code if notification else None,
+        notice_state="open" if notification else None,
+        created_at=now,
+        updated_at=now,
+        applicants=[
+            FileApplicant(
+                tenant=settings.tenant,
+                position=position,
+                kind=applicant.kind,
+                identifier=applicant.identifier,
+                name=applicant.name,
+                address=applicant.address,
+                identity_status=IdentityStatus.NOT_CHECKED,
+            )
+            for position, applicant in enumerate(new.applicants)
+        ],
+        parcels=[
+            FileParcel(position=position, capakey=parcel.capakey, address=parcel.address)
+            for position, parcel in enumerate(new.parcels)
+        ],
+        opinions=[],
+        documents=[_document_row(document, now) for document in new.documents],
+    )
+    session.add(file)
+    await session.flush()
+    opened = FileOpened(
+        file_id=file.id,
+        reference=reference,
+        file_type=new.file_type,
+        received_on=new.received_on,
+        applicants=list(new.applicants),
+        parcels=list(new.parcels),
+        notice_notification_id=file.notice_notification_id,
+    )
+    _emit(session, file, opened)
+    for applicant in file.applicants:
+        if applicant.kind == "person":
+            _request_identification(session, file, applicant)
+    await refresh_deadlines(session, file, settings, today, new_file=True)
+    log.info("tenant %s opened %s file %s (%s)", file.tenant, new.file_type, reference, origin)
+    return file
+
+
+def _document_row(document: Document, now: datetime) -> FileDocument:
+    return FileDocument(
+        document_id=document.document_id,
+        filename=document.filename,
+        media_type=document.media_type,
+        size=len(document.content),
+        sha256=document.sha256,
+        content=document.content,
+        received_at=now,
+    )
+
+
+def _request_identification(
+    session: AsyncSession, file: PermitFile, applicant: FileApplicant
+) -> None:
+    last_name, first_name = split_declared_name(applicant.name)
+    data = IdentificationRequested(
+        file_id=file.id,
+        niss=applicant.identifier,
+        declared_last_name=last_name,
+        declared_first_name=first_name,
+    )
+    event = _emit(session, file, data)
+    applicant.identification_event_id = event.id
+    applicant.identity_status = IdentityStatus.REQUESTED
+
+
+async def receive_notification(
+    session: AsyncSession,
+    settings: TenantUrban,
+    notification: NoticeNotificationReceived,
+    now: datetime,
+) -> PermitFile:
+    """Open the file of a new notification, or bring news to the file of a known one.
+
+    Everything is checked before anything is written: a notification that
+    breaks a rule raises and leaves no trace but the one its caller keeps.
+    """
+    if notification.instance_code != settings.notice_instance:
+        raise WrongNoticeInstance(
+            notification.instance_code, settings.tenant, settings.notice_instance
+        )
+    new = checked_new_file(
+        notification.file_type,
+        notification.subject,
+        notification.received_on,
+        notification.applicants,
+        notification.parcels,
+        tuple(checked_document(document) for document in notification.documents),
+    )
+    file = await session.scalar(
+        select(PermitFile).where(
+            PermitFile.tenant == settings.tenant,
+            PermitFile.notice_notification_id == notification.notification_id,
+        )
+    )
+    if file is None:
+        return await open_file(
+            session, settings, new, now, origin="notice", notification=notification
+        )
+    if file.notice_state == "closed":
+        raise NotificationClosed(notification.notification_id)
+    known = {document.document_id for document in file.documents}
+    added = [document for document in new.documents if document.document_id not in known]
+    file.documents.extend(_document_row(document, now) for document in added)
+    if added and file.state == FileState.INCOMPLETE:
+        # The applicant sent what was missing: the completeness check starts over.
+        file.state, file.received_on = FileState.RECEIVED, new.received_on
+        file.missing_documents, file.missing_asked_on = None, None
+    file.updated_at = now
+    await refresh_deadlines(session, file, settings, brussels_day(now))
+    log.info(
+        "tenant %s: notification %s brings %d new documents to %s",
+        file.tenant,
+        notification.notification_id,
+        len(added),
+        file.reference,
+    )
+    return file
+
+
+# -- the procedure --------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def one_change(session: AsyncSession, file: PermitFile) -> AsyncIterator[None]:
+    """A change of ``file``, written at its end; if a concurrent change of the file came
+    first (its optimistic version, checked at any flush), this one is refused with a 409
+    rather than failing at commit."""
+    reference = file.reference  # a failed flush expires the file's attributes
+    try:
+        yield
+        await session.flush()
+    except StaleDataError as exc:
+        raise ConcurrentFileChange(reference) from exc
+
+
+async def declare_complete(
+    session: AsyncSession, settings: TenantUrban, file: PermitFile, now: datetime
+) -> None:
+    check_state(
+        file.reference,
+        file.state,
+        "the completeness check",
+        frozenset({FileState.RECEIVED, FileState.INCOMPLETE}),
+    )
+    today = brussels_day(now)
+    file.state, file.complete_on, file.missing_documents = FileState.COMPLETE, today, None
+    file.updated_at = now
+    await refresh_deadlines(session, file, settings, today)
+    if file.notice_notification_id is not None:
+        decision_due = file_deadlines(file).get(deadlines.DECISION)
+        message = f"Dossier {file.reference} complet le {today.isoformat()}"
+        if decision_due is not None:
+            message += f"; décision attendue au plus tard le {decision_due.isoformat()}"
+        respond_to_notice(session, file, "PARTIAL", message + ".", now)
+
+
+async def declare_incomplete(
+    session: AsyncSession,
+    settings: TenantUrban,
+    file: PermitFile,
+    missing: list[str],
+    now: datetime,
+) -> None:
+    check_state(
+        file.reference, file.state, "the completeness check", frozenset({FileState.RECEIVED})
+    )
+    # The completeness deadline is met: the list of missing documents was sent in time.
+    file.state, file.missing_documents = FileState.INCOMPLETE, missing
+    file.missing_asked_on, file.updated_at = brussels_day(now), now
+    await refresh_deadlines(session, file, settings, brussels_day(now))
+
+
+async def record_inquiry(
+    session: AsyncSession, settings: TenantUrban, file: PermitFile, starts_on: date, now: datetime
+) -> None:
+    check_state(file.reference, file.state, "a public inquiry", INSTRUCTION_STATES)
+    file.inquiry_starts_on, file.updated_at = starts_on, now
+    await refresh_deadlines(session, file, settings, brussels_day(now))
+
+
+async def request_opinion(
+    session: AsyncSession,
+    settings: TenantUrban,
+    file: PermitFile,
+    body: str,
+    subject: str,
+    due_on: date,
+    now: datetime,
+) -> Opinion:
+    check_state(file.reference, file.state, "an opinion request", INSTRUCTION_STATES)
+    opinion = Opinion(
+        id=str(uuid.uuid4()),
+        tenant=file.tenant,
+        body=body,
+        subject=subject,
+        due_on=due_on,
+        requested_at=now,
+    )
+    file.opinions.append(opinion)
+    file.updated_at = now
+    data = OpinionRequested(
+        file_id=file.id,
+        opinion_id=opinion.id,
+        body=body,
+        subject=subject,
+        due_on=due_on,
+        reference=file.reference,
+    )
+    _emit(session, file, data)
+    await refresh_deadlines(session, file, settings, brussels_day(now))
+    return opinion
+
+
+async def record_opinion(
+    session: AsyncSession,
+    settings: TenantUrban,
+    file: PermitFile,
+    opinion: Opinion,
+    *,
+    verdict: str,
+    text: str,
+    given_on: date,
+    now: datetime,
+) -> None:
+    """Record a body's opinion; the last one in makes the file ready and asks for the decision."""
+    today = brussels_day(now)
+    opinion.verdict, opinion.text, opinion.given_on, opinion.received_on = (
+        verdict,
+        text,
+        given_on,
+        today,
+    )
+    file.updated_at = now
+    await refresh_deadlines(session, file, settings, today)
+    if file.state == FileState.COMPLETE and not _readiness_problems(file, today):
+        await request_decision(session, settings, file, now)
+
+
+def _readiness_problems(file: PermitFile, today: date) -> list[str]:
+    pending = sorted(opinion.body for opinion in file.opinions if opinion.received_on is None)
+    if pending:
+        return pending
+    if file.inquiry_starts_on is not None:
+        end, _ = deadlines.inquiry_end(file.inquiry_starts_on)
+        if today <= end:
+            return [f"inquiry until {end.isoformat()}"]
+    return []
+
+
+async def request_decision(
+    session: AsyncSession, settings: TenantUrban, file: PermitFile, now: datetime
+) -> None:
+    """Ask the college for its decision (``urban.file.decision_needed.v1``)."""
+    check_state(file.reference, file.state, "asking for the decision", INSTRUCTION_STATES)
+    today = brussels_day(now)
+    pending = sorted(opinion.body for opinion in file.opinions if opinion.received_on is None)
+    if pending:
+        raise OpinionsPending(file.reference, pending)
+    if file.inquiry_starts_on is not None:
+        end, _ = deadlines.inquiry_end(file.inquiry_starts_on)
+        if today <= end:
+            raise InquiryRunning(file.reference, end.isoformat())
+    target = settings.decision
+    first = file.applicants[0] if file.applicants else None
+    title = f"{TITLES[_file_type(file)]} {file.reference}: {file.subject}"
+    data = DecisionNeeded(
+        file_id=file.id,
+        title=title[:1000],
+        proposing_service=target.proposing_service,
+        category=target.category,
+        description=_description(file),
+        meeting_config=target.meeting_config,
+        external_identifier=file.reference,
+        concerned_party=(
+            ConcernedParty.model_validate(
+                {"kind": first.kind, "identifier": first.identifier, "name": first.name}
+            )
+            if first is not None
+            else None
+        ),
+    )
+    event = _emit(session, file, data)
+    file.state, file.decision_requested_event_id, file.updated_at = (
+        FileState.AWAITING_DECISION,
+        event.id,
+        now,
+    )
+    log.info(
+        "tenant %s asked %s for a decision on %s",
+        file.tenant,
+        target.meeting_config,
+        file.reference,
+    )
+
+
+def _description(file: PermitFile) -> str:
+    parcels = ", ".join(
+        f"{parcel.capakey}" + (f" ({parcel.address})" if parcel.address else "")
+        for parcel in file.parcels
+    )
+    opinions = "; ".join(f"{opinion.body}: {opinion.verdict}" for opinion in file.opinions)
+    lines = [f"Parcelles: {parcels or '-'}", f"Avis: {opinions or 'aucun'}"]
+    if file.inquiry_starts_on is not None:
+        lines.append(f"Enquête publique ouverte le {file.inquiry_starts_on.isoformat()}")
+    return "\n".join(lines)
+
+
+async def record_decision(
+    session: AsyncSession,
+    settings: TenantUrban,
+    file: PermitFile,
+    decided: ItemDecided,
+    now: datetime,
+) -> bool:
+    """Apply the college's decision; False for a postponement (the file keeps waiting)."""
+    outcome = DECISION_OUTCOMES.get(decided.decision)
+    if outcome is None:
+        log.info("tenant %s: decision on %s postponed", file.tenant, file.reference)
+        return False
+    check_state(
+        file.reference,
+        file.state,
+        "a decision",
+        frozenset({FileState.COMPLETE, FileState.AWAITING_DECISION}),
+    )
+    if file.notice_state == "closed":
+        raise NotificationClosed(file.notice_notification_id or "")
+    decided_on = brussels_day(decided.meeting_date)
+    file.state, file.decision, file.decision_number = (
+        outcome,
+        outcome.value,
+        decided.decision_number,
+    )
+    file.decision_text, file.decided_on, file.updated_at = decided.decision_text, decided_on, now
+    if file.notice_notification_id is None:
+        # Nothing in the hub tells urban when a counter file's decision reached the applicant
+        # (courrier notifies from meeting's decision): its notification is not followed here.
+        file.notified_on = decided_on
+    await refresh_deadlines(session, file, settings, brussels_day(now))
+    if file.notice_notification_id is not None:
+        verb = "octroie" if outcome == FileState.GRANTED else "refuse"
+        message = (
+            f"Le collège communal {verb} la demande {file.reference} "
+            f"(décision {decided.decision_number or '-'} du {decided_on.isoformat()})."
+        )
+        respond_to_notice(
+            session,
+            file,
+            "FINAL",
+            message,
+            now,
+            decision="granted" if outcome == FileState.GRANTED else "refused",
+            decision_number=decided.decision_number,
+        )
+    log.info("tenant %s: %s is %s", file.tenant, file.reference, outcome)
+    return True
+
+
+def respond_to_notice(
+    session: AsyncSession,
+    file: PermitFile,
+    state: str,
+    message: str,
+    now: datetime,
+    *,
+    decision: str | None = None,
+    decision_number: str | None = None,
+) -> NoticeResponse:
+    if file.notice_notification_id is None or file.notice_instance_code is None:
+        raise NotANoticeFile(file.reference)
+    if file.notice_state == "closed":
+        raise NotificationClosed(file.notice_notification_id)
+    data = NoticeResponseRequested.model_validate(
+        {
+            "file_id": file.id,
+            "notification_id": file.notice_notification_id,
+            "instance_code": file.notice_instance_code,
+            "state": state,
+            "message": message,
+            "decision": decision,
+            "decision_number": decision_number,
+        }
+    )
+    event = _emit(session, file, data)
+    file.notice_state = "closed" if state == "FINAL" else "partial_sent"
+    response = NoticeResponse(
+        event_id=event.id,
+        file_id=file.id,
+        tenant=file.tenant,
+        state=state,
+        message=message,
+        delivery="pending",
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(response)
+    return response
+
+
+async def record_notice_delivery(
+    session: AsyncSession,
+    settings: TenantUrban,
+    response: NoticeResponse,
+    outcome: str,
+    now: datetime,
+) -> None:
+    """The gateway's receipt of a response; a delivered FINAL is the decision's notification."""
+    if response.delivery == "delivered":
+        return  # a delivered response stays delivered whatever comes late
+    response.delivery, response.updated_at = outcome, now
+    if outcome == "delivered" and response.state == "FINAL":
+        file = await find_file(session, response.tenant, response.file_id)
+        file.notified_on, file.updated_at = brussels_day(now), now
+        await refresh_deadlines(session, file, settings, brussels_day(now))
+
+
+def record_identity(
+    file: PermitFile,
+    applicant: FileApplicant,
+    outcome: str,
+    answer: dict[str, str | None] | None,
+    now: datetime,
+) -> IdentityStatus:
+    """Compare the register's answer with the declared identity; flag the file on a mismatch."""
+    if outcome != "delivered" or answer is None:
+        status = IdentityStatus.FAILED
+    else:
+        last_name, first_name = split_declared_name(applicant.name)
+        status = identity_status(last_name, first_name, answer)
+        registered = ", ".join(
+            part for part in (answer.get("last_name"), answer.get("first_names")) if part
+        )
+        applicant.registered_name = registered or None
+    applicant.identity_status = status
+    file.identity_flagged = any(
+        IdentityStatus(other.identity_status) in FLAGGED_IDENTITIES for other in file.applicants
+    )
+    file.updated_at = now
+    return status
+
+
+# -- deadlines ------------------------------------------------------------------------------
+
+
+def facts_of(file: PermitFile) -> deadlines.Facts:
+    return deadlines.Facts(
+        file_type=_file_type(file),
+        received_on=file.received_on,
+        complete_on=file.complete_on,
+        missing_asked_on=file.missing_asked_on,
+        opinions=tuple(
+            deadlines.OpinionFacts(o.id, o.body, o.due_on, o.received_on) for o in file.opinions
+        ),
+        inquiry_starts_on=file.inquiry_starts_on,
+        decided_on=file.decided_on,
+        notified_on=file.notified_on,
+    )
+
+
+def file_deadlines(file: PermitFile) -> dict[str, date]:
+    return {deadline.name: deadline.due_on for deadline in deadlines.deadlines(facts_of(file))}
+
+
+async def warnings_sent(session: AsyncSession, file_id: str) -> set[tuple[str, str]]:
+    rows = await session.execute(
+        select(DeadlineWarningSent.deadline, DeadlineWarningSent.level).where(
+            DeadlineWarningSent.file_id == file_id
+        )
+    )
+    return {(deadline, level) for deadline, level in rows.tuples()}
+
+
+async def refresh_deadlines(
+    session: AsyncSession,
+    file: PermitFile,
+    settings: TenantUrban,
+    today: date,
+    *,
+    new_file: bool = False,
+    already: set[tuple[str, str]] | None = None,
+) -> list[deadlines.Deadline]:
+    found = deadlines.deadlines(facts_of(file))
+    if already is None:
+        already = set() if new_file else await warnings_sent(session, file.id)
+    upcoming = deadlines.next_open(found)
+    file.next_deadline = upcoming.name if upcoming else None
+    file.next_deadline_on = upcoming.due_on if upcoming else None
+    file.next_warning_on = deadlines.next_warning_on(found, today, settings.warning_days, already)
+    return found
+
+
+def _file_type(file: PermitFile) -> FileType:
+    for file_type in TITLES:
+        if file_type == file.file_type:
+            return file_type
+    raise ValueError(f"file {file.id} has an unknown type {file.file_type!r}")
+
+
+def _emit(session: AsyncSession, file: PermitFile, data: EventData) -> CloudEvent:
+    """Stage an event of the file: subject the file id, so its events keep their order."""
+    event = new_event(data, tenant=file.tenant, subject=file.id, source=SOURCE)
+    stage(session, event)
+    return event
+
+
+# -- unprocessed events -------------------------------------------------------------------
+
+
+def keep_unprocessed(
+    session: AsyncSession,
+    *,
+    event_id: str,
+    tenant: str,
+    event_type: str,
+    subject: str,
+    problem: str,
+    reason: str,
+    data: dict[str, Any] | None,
+    now: datetime,
+) -> None:
+    session.add(
+        UnprocessedEvent(
+            event_id=event_id,
+            tenant=tenant,
+            event_type=event_type,
+            subject=subject,
+            problem=problem,
+            reason=reason,
+            data=data,
+            received_at=now,
+        )
+    )
+
+
+# -- queries --------------------------------------------------------------------------------
+
+
+async def find_file(session: AsyncSession, tenant: str, file_id: str) -> PermitFile:
+    """The tenant's file; another tenant's file is "not found", never "forbidden"."""
+    file = await session.scalar(
+        select(PermitFile).where(PermitFile.id == file_id, PermitFile.tenant == tenant)
+    )
+    if file is None:
+        raise NotFound("file", file_id)
+    return file
+
+
+async def find_by_reference(session: AsyncSession, tenant: str, reference: str) -> PermitFile:
+    file = await session.scalar(
+        select(PermitFile).where(PermitFile.tenant == tenant, PermitFile.reference == reference)
+    )
+    if file is None:
+        raise NotFound("file", reference)
+    return file
+
+
+async def read_document(
+    session: AsyncSession, tenant: str, file_id: str, document_id: str
+) -> FileDocument:
+    document = await session.scalar(
+        select(FileDocument)
+        .join(PermitFile, PermitFile.id == FileDocument.file_id)
+        .where(
+            PermitFile.tenant == tenant,
+            FileDocument.file_id == file_id,
+            FileDocument.document_id == document_id,
+        )
+        .options(undefer(FileDocument.content))
+    )
+    if document is None:
+        raise NotFound("document", document_id)
+    return document
+
+
+@dataclass(frozen=True)
+class FileFilter:
+    state: FileState | None = None
+    file_type: str | None = None
+    reference: str | None = None
+    identity_flagged: bool | None = None
+    deadline_before: date | None = None
+
+
+async def list_files(
+    session: AsyncSession, tenant: str, where: FileFilter, *, limit: int, offset: int
+) -> tuple[list[PermitFile], int]:
+    conditions: list[ColumnElement[bool]] = [PermitFile.tenant == tenant]
+    for column, value in (
+        (PermitFile.state, where.state),
+        (PermitFile.file_type, where.file_type),
+        (PermitFile.reference, where.reference),
+        (PermitFile.identity_flagged, where.identity_flagged),
+    ):
+        if value is not None:
+            conditions.append(column == value)
+    if where.deadline_before is not None:
+        conditions.append(PermitFile.next_deadline_on <= where.deadline_before)
+        order: tuple[Any, ...] = (PermitFile.next_deadline_on, PermitFile.id)
+    else:
+        order = (PermitFile.created_at.desc(), PermitFile.id)
+    page = select(PermitFile).where(*conditions).order_by(*order).limit(limit).offset(offset)
+    rows = list((await session.scalars(page)).all())
+    total = await session.scalar(select(func.count()).select_from(PermitFile).where(*conditions))
+    return rows, int(total or 0)
+
+
+async def list_unprocessed(
+    session: AsyncSession, tenant: str, *, limit: int, offset: int
+) -> list[UnprocessedEvent]:
+    rows = await session.scalars(
+        select(UnprocessedEvent)
+        .where(UnprocessedEvent.tenant == tenant)
+        .order_by(UnprocessedEvent.received_at.desc(), UnprocessedEvent.event_id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows.all())
+
+
+async def notice_responses(session: AsyncSession, file: PermitFile) -> list[NoticeResponse]:
+    rows = await session.scalars(
+        select(NoticeResponse)
+        .where(NoticeResponse.file_id == file.id, NoticeResponse.tenant == file.tenant)
+        .order_by(NoticeResponse.created_at)
+    )
+    return list(rows.all())

@@ -1,0 +1,265 @@
+"""The REST API's request and response documents.
+
+Requests refuse unknown fields (``extra="forbid"``): a misspelt field is an
+error the caller sees, not a value silently dropped. Identifiers and CaPaKeys
+are checked by the domain (``permits.checked_new_file``) so that their errors
+have their own Problem types.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.events.urban import FileType
+from services.urban import deadlines
+from services.urban.domain import FileState, IdentityStatus
+from services.urban.permits import facts_of
+from services.urban.tables import (
+    FileApplicant,
+    FileDocument,
+    NoticeResponse,
+    Opinion,
+    PermitFile,
+    UnprocessedEvent,
+)
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApplicantIn(RequestModel):
+    kind: Literal["person", "enterprise"]
+    identifier: str = Field(
+        max_length=30, description="NISS (11 digits) or enterprise number (10 digits)"
+    )
+    name: str = Field(min_length=1, max_length=300, description="'Last, First' for a person")
+    address: str | None = Field(default=None, max_length=500)
+
+
+class ParcelIn(RequestModel):
+    capakey: str = Field(max_length=30, examples=["25015A0123/00B000"])
+    address: str | None = Field(default=None, max_length=500)
+
+
+class FileCreate(RequestModel):
+    file_type: FileType
+    subject: str = Field(min_length=1, max_length=2000)
+    received_on: date
+    applicants: list[ApplicantIn] = Field(min_length=1, max_length=50)
+    parcels: list[ParcelIn] = Field(min_length=1, max_length=200)
+
+
+class IncompleteBody(RequestModel):
+    missing_documents: list[str] = Field(min_length=1, max_length=100)
+
+
+class InquiryBody(RequestModel):
+    starts_on: date
+
+
+class OpinionCreate(RequestModel):
+    body: str = Field(
+        min_length=1, max_length=50, examples=["SRI", "FD", "DNF"], description="The body's code"
+    )
+    subject: str = Field(min_length=1, max_length=2000)
+    due_on: date
+
+
+class NoticeResponseCreate(RequestModel):
+    message: str = Field(min_length=1, max_length=4000)
+
+
+class ApplicantView(BaseModel):
+    kind: Literal["person", "enterprise"]
+    identifier: str
+    name: str
+    address: str | None
+    identity_status: IdentityStatus
+    registered_name: str | None = Field(description="As the National Register has it")
+
+    @classmethod
+    def of(cls, applicant: FileApplicant) -> ApplicantView:
+        return cls(
+            kind="person" if applicant.kind == "person" else "enterprise",
+            identifier=applicant.identifier,
+            name=applicant.name,
+            address=applicant.address,
+            identity_status=IdentityStatus(applicant.identity_status),
+            registered_name=applicant.registered_name,
+        )
+
+
+class OpinionView(BaseModel):
+    id: str
+    body: str
+    subject: str
+    due_on: date
+    requested_at: datetime
+    verdict: str | None
+    text: str | None
+    given_on: date | None
+    received_on: date | None
+
+    @classmethod
+    def of(cls, opinion: Opinion) -> OpinionView:
+        return cls(
+            id=opinion.id,
+            body=opinion.body,
+            subject=opinion.subject,
+            due_on=opinion.due_on,
+            requested_at=opinion.requested_at,
+            verdict=opinion.verdict,
+            text=opinion.text,
+            given_on=opinion.given_on,
+            received_on=opinion.received_on,
+        )
+
+
+class DocumentView(BaseModel):
+    document_id: str
+    filename: str
+    media_type: str
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, document: FileDocument) -> DocumentView:
+        return cls(
+            document_id=document.document_id,
+            filename=document.filename,
+            media_type=document.media_type,
+            size=document.size,
+            sha256=document.sha256,
+        )
+
+
+class DeadlineView(BaseModel):
+    name: str = Field(examples=["completeness", "decision", "opinion:SRI"])
+    due_on: date
+    met_on: date | None
+
+
+class NoticeResponseView(BaseModel):
+    event_id: str
+    state: Literal["PARTIAL", "FINAL"]
+    message: str
+    delivery: str = Field(description="pending, delivered, failed or dead")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, response: NoticeResponse) -> NoticeResponseView:
+        return cls(
+            event_id=response.event_id,
+            state="FINAL" if response.state == "FINAL" else "PARTIAL",
+            message=response.message,
+            delivery=response.delivery,
+            created_at=response.created_at,
+        )
+
+
+class FileSummary(BaseModel):
+    id: str
+    reference: str = Field(examples=["PU/2026/0012"])
+    file_type: FileType
+    state: FileState
+    subject: str
+    received_on: date
+    identity_flagged: bool = Field(
+        description="An applicant's declared identity differs from the National Register's"
+    )
+    next_deadline: str | None
+    next_deadline_on: date | None
+    notice_notification_id: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, file: PermitFile) -> FileSummary:
+        return cls(**_summary_fields(file))
+
+
+def _summary_fields(file: PermitFile) -> dict[str, Any]:
+    return {
+        "id": file.id,
+        "reference": file.reference,
+        "file_type": file.file_type,
+        "state": FileState(file.state),
+        "subject": file.subject,
+        "received_on": file.received_on,
+        "identity_flagged": file.identity_flagged,
+        "next_deadline": file.next_deadline,
+        "next_deadline_on": file.next_deadline_on,
+        "notice_notification_id": file.notice_notification_id,
+        "created_at": file.created_at,
+    }
+
+
+class FileView(FileSummary):
+    complete_on: date | None
+    missing_documents: list[str] | None
+    inquiry_starts_on: date | None
+    decision: Literal["granted", "refused"] | None
+    decision_number: str | None
+    decided_on: date | None
+    notified_on: date | None
+    notice_state: str | None = Field(description="open, partial_sent or closed (FINAL sent)")
+    applicants: list[ApplicantView]
+    parcels: list[dict[str, str | None]]
+    opinions: list[OpinionView]
+    documents: list[DocumentView]
+    deadlines: list[DeadlineView]
+    notice_responses: list[NoticeResponseView]
+    updated_at: datetime
+
+    @classmethod
+    def of_file(cls, file: PermitFile, responses: list[NoticeResponse]) -> FileView:
+        return cls(
+            **_summary_fields(file),
+            complete_on=file.complete_on,
+            missing_documents=file.missing_documents,
+            inquiry_starts_on=file.inquiry_starts_on,
+            decision="granted"
+            if file.decision == "granted"
+            else "refused"
+            if file.decision == "refused"
+            else None,
+            decision_number=file.decision_number,
+            decided_on=file.decided_on,
+            notified_on=file.notified_on,
+            notice_state=file.notice_state,
+            applicants=[ApplicantView.of(applicant) for applicant in file.applicants],
+            parcels=[{"capakey": p.capakey, "address": p.address} for p in file.parcels],
+            opinions=[OpinionView.of(opinion) for opinion in file.opinions],
+            documents=[DocumentView.of(document) for document in file.documents],
+            deadlines=[
+                DeadlineView(name=d.name, due_on=d.due_on, met_on=d.met_on)
+                for d in deadlines.deadlines(facts_of(file))
+            ],
+            notice_responses=[NoticeResponseView.of(response) for response in responses],
+            updated_at=file.updated_at,
+        )
+
+
+class UnprocessedView(BaseModel):
+    event_id: str
+    event_type: str
+    subject: str
+    problem: str = Field(description="The Problem type slug, e.g. invalid-capakey")
+    reason: str
+    data: dict[str, Any] | None
+    received_at: datetime
+
+    @classmethod
+    def of(cls, row: UnprocessedEvent) -> UnprocessedView:
+        return cls(
+            event_id=row.event_id,
+            event_type=row.event_type,
+            subject=row.subject,
+            problem=row.problem,
+            reason=row.reason,
+            data=row.data,
+            received_at=row.received_at,
+        )

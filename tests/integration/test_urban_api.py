@@ -1,0 +1,628 @@
+"""The urban service over real HTTP on 127.0.0.1, on SQLite and PostgreSQL (no broker needed).
+
+Events stay in the outbox here (``background=False``); inbound events are
+handed to the service's own consumer (``NoticeKeepingConsumer.handle``, the
+code path of a Kafka record) and the deadline watcher runs with a fixed clock.
+``test_urban_events`` checks what crosses the real broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from contracts.envelope import CloudEvent, from_record, headers_as_text, new_event, to_record
+from contracts.events.base import EventData
+from contracts.events.gateway import DeliveryReceipt
+from contracts.events.meeting import ItemDecided
+from contracts.events.outside import NoticeNotificationReceived, OpinionReceived
+from contracts.events.urban import (
+    DeadlineWarning,
+    DecisionNeeded,
+    FileOpened,
+    IdentificationRequested,
+    NoticeResponseRequested,
+    OpinionRequested,
+)
+from kernel.auth import issue_token
+from kernel.database import utcnow
+from kernel.outbox import OutboxMessage
+from kernel.settings import HubSettings
+from services.urban import permits
+from services.urban.consumers import NoticeKeepingConsumer, handlers
+from services.urban.deadlines import last_day
+from services.urban.main import UrbanOptions, build_app
+from services.urban.tables import PermitFile
+from services.urban.watcher import DeadlineWatcher
+from tests.support.servers import serving
+
+pytestmark = pytest.mark.integration
+
+SAMBREVILLE, LIEGE = "92137", "62063"
+INSTANCE = {SAMBREVILLE: "NOTICE-SAM", LIEGE: "NOTICE-LGE"}
+ALL_SCOPES = ("urban:read", "urban:write")
+NISS = "85073003328"
+ENTERPRISE = "0403170701"
+PDF = b"%PDF-1.4\n% plan d'implantation\n%%EOF\n"
+
+TENANT_FILE = """\
+tenant: "{code}"
+name: {name}
+notice:
+  instance: "{instance}"
+services:
+  urban:
+    warning_days: 5
+    decision: {{meeting_config: college, proposing_service: urbanisme, category: urbanisme}}
+"""
+
+
+def settings_for(hub_settings: HubSettings, tmp_path: Path) -> HubSettings:
+    directory = tmp_path / "tenants"
+    directory.mkdir(parents=True, exist_ok=True)
+    for code, name in ((SAMBREVILLE, "Ville de Sambreville"), (LIEGE, "Ville de Liège")):
+        text = TENANT_FILE.format(code=code, name=name, instance=INSTANCE[code])
+        (directory / f"{code}.yaml").write_text(text, "utf-8")
+    return hub_settings.model_copy(update={"tenants_dir": directory})
+
+
+@dataclass
+class UrbanService:
+    app: FastAPI
+    http: httpx.AsyncClient
+    settings: HubSettings
+
+    def auth(
+        self, tenant: str = SAMBREVILLE, scopes: tuple[str, ...] = ALL_SCOPES
+    ) -> dict[str, str]:
+        token = issue_token(self.settings, tenant, list(scopes))
+        return {"Authorization": f"Bearer {token}"}
+
+    async def post(self, path: str, body: Any = None, tenant: str = SAMBREVILLE) -> httpx.Response:
+        return await self.http.post(path, json=body, headers=self.auth(tenant))
+
+    async def get(self, path: str, tenant: str = SAMBREVILLE, **params: Any) -> httpx.Response:
+        return await self.http.get(path, params=params, headers=self.auth(tenant))
+
+    async def deliver(self, event: CloudEvent, *, raw_value: bytes | None = None) -> str:
+        """Hand ``event`` to the service's consumer as a Kafka record would bring it."""
+        consumer = NoticeKeepingConsumer(
+            component="urban",
+            sessions=self.app.state.sessions,
+            handlers=handlers(self.app.state.urban_settings),
+        )
+        record = to_record(event)
+        headers = {name: value.decode() for name, value in record.headers}
+        return await consumer.handle(headers, raw_value or record.value, record.topic)
+
+    async def events(self, event_type: str | None = None) -> list[CloudEvent]:
+        async with self.app.state.sessions() as session:
+            rows = await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))
+            found = [
+                from_record(
+                    headers_as_text([(k, v.encode()) for k, v in row.headers.items()]), row.value
+                )
+                for row in rows.all()
+            ]
+        return [event for event in found if event_type is None or event.type == event_type]
+
+    async def file_count(self) -> int:
+        async with self.app.state.sessions() as session:
+            return int(await session.scalar(select(func.count()).select_from(PermitFile)) or 0)
+
+    async def open_file(self, tenant: str = SAMBREVILLE, **changes: Any) -> dict[str, Any]:
+        response = await self.post("/v1/files", file_body(**changes), tenant)
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+def file_body(**changes: Any) -> dict[str, Any]:
+    return {
+        "file_type": "permis_urbanisme",
+        "subject": "Construction d'une maison unifamiliale",
+        "received_on": date.today().isoformat(),
+        "applicants": [
+            {"kind": "person", "identifier": "85.07.30-033.28", "name": "Lefèvre, Hélène"},
+            {"kind": "enterprise", "identifier": f"BE {ENTERPRISE}", "name": "SA Construct"},
+        ],
+        "parcels": [{"capakey": "92137A0123/00B000", "address": "Rue Haute 1, 5060 Sambreville"}],
+        **changes,
+    }
+
+
+def notification(
+    tenant: str = SAMBREVILLE, notification_id: str | None = None, **changes: Any
+) -> CloudEvent:
+    document = {
+        "document_id": "doc-1",
+        "filename": "plans.pdf",
+        "media_type": "application/pdf",
+        "size": len(PDF),
+        "sha256": hashlib.sha256(PDF).hexdigest(),
+        "content_base64": base64.b64encode(PDF).decode(),
+    }
+    notification_id = notification_id or f"NOT-{uuid.uuid4().hex[:10]}"
+    data = NoticeNotificationReceived.model_validate(
+        {
+            "notification_id": notification_id,
+            "instance_code": INSTANCE[tenant],
+            "file_type": "permis_urbanisme",
+            "received_on": date.today().isoformat(),
+            "subject": "Transformation d'une grange en habitation",
+            "applicants": [
+                {"kind": "person", "identifier": NISS, "name": "Lefèvre, Hélène"},
+            ],
+            "parcels": [{"capakey": "92137A0123/00B000", "address": "Rue Haute 1"}],
+            "documents": [document],
+            **changes,
+        }
+    )
+    return inbound(data, tenant, notification_id)
+
+
+def inbound(data: EventData, tenant: str, subject: str) -> CloudEvent:
+    return new_event(data, tenant=tenant, subject=subject, source="urn:hub:gateway")
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: HubSettings, database: tuple[str, str | None], **options: Any
+) -> AsyncIterator[UrbanService]:
+    url, schema = database
+    app = build_app(
+        settings,
+        UrbanOptions(database_url=url, database_schema=schema, **{"background": False, **options}),
+    )
+    async with serving(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
+        yield UrbanService(app, http, settings)
+
+
+@pytest.fixture
+async def service(
+    hub_settings: HubSettings, tmp_path: Path, database: tuple[str, str | None]
+) -> AsyncIterator[UrbanService]:
+    async with running(settings_for(hub_settings, tmp_path), database) as served:
+        yield served
+
+
+def problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["type"].endswith("/" + slug), body
+    return body
+
+
+def decided(reference: str, decision: str = "accepted", **changes: Any) -> ItemDecided:
+    return ItemDecided.model_validate(
+        {
+            "item_id": str(uuid.uuid4()),
+            "meeting_id": str(uuid.uuid4()),
+            "meeting_config": "college",
+            "meeting_kind": "college",
+            "meeting_date": utcnow().isoformat(),
+            "title": "Permis d'urbanisme",
+            "decision": decision,
+            "decision_text": "Le collège octroie le permis.",
+            "decision_number": None if decision == "postponed" else "COL/2026/0042",
+            "external_identifier": reference,
+            "oversight_applies": False,
+            "publication_required": True,
+            **changes,
+        }
+    )
+
+
+def receipt(source: CloudEvent, outcome: str = "delivered", **changes: Any) -> CloudEvent:
+    data = DeliveryReceipt.model_validate(
+        {
+            "source_event_id": source.id,
+            "source_event_type": source.type,
+            "route": "route",
+            "connector": "connector",
+            "idempotency_key": f"{source.id}:route",
+            "outcome": outcome,
+            "attempts": 1,
+            **changes,
+        }
+    )
+    return new_event(data, tenant=source.tenant, subject=source.subject, source="urn:hub:gateway")
+
+
+# -- the API ------------------------------------------------------------------------------
+
+
+async def test_a_counter_file_opens_with_its_reference_deadlines_and_identity_request(
+    service: UrbanService,
+) -> None:
+    opened = await service.open_file()
+    year = datetime.now(UTC).year
+    assert opened["reference"] == f"PU/{year}/0001"
+    assert opened["state"] == "received"
+    assert [a["identifier"] for a in opened["applicants"]] == [NISS, ENTERPRISE]
+    assert [a["identity_status"] for a in opened["applicants"]] == ["requested", "not_checked"]
+    assert opened["next_deadline"] == "completeness"
+    assert opened["next_deadline_on"] is not None
+    second = await service.open_file(file_type="permis_urbanisme")
+    assert second["reference"] == f"PU/{year}/0002"
+    [file_opened, _] = await service.events(FileOpened.TYPE)
+    assert file_opened.data_as(FileOpened).reference == opened["reference"]
+    [identification, _] = await service.events(IdentificationRequested.TYPE)
+    request = identification.data_as(IdentificationRequested)
+    assert (request.niss, request.declared_last_name, request.declared_first_name) == (
+        NISS,
+        "Lefèvre",
+        "Hélène",
+    )
+    assert identification.subject == opened["id"]
+
+
+async def test_invalid_capakeys_and_identifiers_get_their_own_problems(
+    service: UrbanService,
+) -> None:
+    bad_parcel = file_body(parcels=[{"capakey": "92137A123/00B000"}])
+    body = problem(await service.post("/v1/files", bad_parcel), 422, "invalid-capakey")
+    assert "e.g. 25015A0123/00B000" in body["detail"]
+    bad_niss = file_body(
+        applicants=[{"kind": "person", "identifier": "85073003329", "name": "X, Y"}]
+    )
+    problem(await service.post("/v1/files", bad_niss), 422, "invalid-national-number")
+    bad_company = file_body(
+        applicants=[{"kind": "enterprise", "identifier": "0403170702", "name": "SA"}]
+    )
+    problem(await service.post("/v1/files", bad_company), 422, "invalid-enterprise-number")
+    problem(await service.post("/v1/files", file_body(file_type="permis")), 422, "invalid-request")
+    assert await service.file_count() == 0
+
+
+async def test_tenants_are_walls_and_scopes_are_checked(service: UrbanService) -> None:
+    opened = await service.open_file()
+    problem(await service.get(f"/v1/files/{opened['id']}", LIEGE), 404, "not-found")
+    assert (await service.get("/v1/files", LIEGE)).json()["total"] == 0
+    reader = service.auth(scopes=("urban:read",))
+    response = await service.http.post(f"/v1/files/{opened['id']}/complete", headers=reader)
+    problem(response, 403, "forbidden")
+    problem(await service.http.get("/v1/files"), 401, "unauthorized")
+
+
+async def test_the_procedure_runs_from_completeness_through_opinions_to_the_decision_request(
+    service: UrbanService,
+) -> None:
+    opened = await service.open_file()
+    path = f"/v1/files/{opened['id']}"
+    early = await service.post(
+        f"{path}/opinions", {"body": "SRI", "subject": "x", "due_on": "2030-01-01"}
+    )
+    problem(early, 409, "file-state-forbids")
+    complete = await service.post(f"{path}/complete")
+    assert complete.status_code == 200, complete.text
+    assert complete.json()["state"] == "complete"
+    decision_due = {d["name"]: d["due_on"] for d in complete.json()["deadlines"]}["decision"]
+    due_on = (date.today() + timedelta(days=30)).isoformat()
+    requested = []
+    for body in ("SRI", "FD"):
+        response = await service.post(
+            f"{path}/opinions", {"body": body, "subject": "Avis sur la demande", "due_on": due_on}
+        )
+        assert response.status_code == 201, response.text
+        requested.append(response.json()["id"])
+    after = (await service.get(path)).json()
+    # The delegated official's opinion turns the 30 days into 115.
+    assert {d["name"]: d["due_on"] for d in after["deadlines"]}["decision"] > decision_due
+    problem(await service.post(f"{path}/request-decision"), 409, "opinions-pending")
+    events = await service.events(OpinionRequested.TYPE)
+    assert [e.data_as(OpinionRequested).body for e in events] == ["SRI", "FD"]
+    assert events[0].data_as(OpinionRequested).reference == opened["reference"]
+
+    for opinion_id, body in zip(requested, ("SRI", "FD"), strict=True):
+        data = OpinionReceived(
+            opinion_id=opinion_id,
+            file_id=opened["id"],
+            body=body,
+            verdict="favourable",
+            text="Avis favorable.",
+            given_on=date.today(),
+        )
+        assert await service.deliver(inbound(data, SAMBREVILLE, opened["id"])) == "handled"
+    ready = (await service.get(path)).json()
+    assert ready["state"] == "awaiting_decision"
+    assert [o["verdict"] for o in ready["opinions"]] == ["favourable", "favourable"]
+    [needed] = await service.events(DecisionNeeded.TYPE)
+    request = needed.data_as(DecisionNeeded)
+    assert (request.meeting_config, request.external_identifier) == ("college", opened["reference"])
+    assert request.category == "urbanisme"
+    assert request.concerned_party is not None and request.concerned_party.identifier == NISS
+    # A counter file has no NOTICe notification to answer.
+    response = await service.post(f"{path}/notice-responses", {"message": "Info"})
+    problem(response, 409, "not-a-notice-file")
+
+
+async def test_a_change_racing_another_change_of_the_file_is_refused_409_not_500(
+    service: UrbanService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = await service.open_file()
+    declare_complete = permits.declare_complete
+
+    async def racing(session: Any, settings: Any, permit: PermitFile, now: datetime) -> None:
+        # The applicant's identity check comes in between the clerk's read and write.
+        async with service.app.state.sessions() as other, other.begin():
+            (await other.get_one(PermitFile, permit.id)).updated_at = utcnow()
+        await declare_complete(session, settings, permit, now)
+
+    monkeypatch.setattr(permits, "declare_complete", racing)
+    response = await service.post(f"/v1/files/{file['id']}/complete")
+
+    assert response.status_code == 409, response.text
+    assert response.json()["type"].endswith("/concurrent-file-change")
+    assert (await service.get(f"/v1/files/{file['id']}")).json()["state"] == "received"
+    assert await service.events(NoticeResponseRequested.TYPE) == []
+    monkeypatch.undo()
+    assert (await service.post(f"/v1/files/{file['id']}/complete")).status_code == 200
+
+
+async def test_an_opinion_for_an_unknown_request_is_kept(service: UrbanService) -> None:
+    data = OpinionReceived(
+        opinion_id="nope",
+        file_id="nofile",
+        body="SRI",
+        verdict="unfavourable",
+        text="Non.",
+        given_on=date.today(),
+    )
+    event = inbound(data, SAMBREVILLE, "nofile")
+    assert await service.deliver(event) == "handled"
+    [kept] = (await service.get("/v1/unprocessed-notifications")).json()
+    assert (kept["event_id"], kept["problem"]) == (event.id, "not-found")
+
+
+# -- NOTICe -------------------------------------------------------------------------------
+
+
+async def test_a_notification_opens_one_file_even_when_delivered_twice(
+    service: UrbanService,
+) -> None:
+    event = notification()
+    assert await service.deliver(event) == "handled"
+    assert await service.deliver(event) == "duplicate"
+    # The gateway fetched it again: another event, the same notification.
+    data = event.data_as(NoticeNotificationReceived)
+    assert await service.deliver(inbound(data, SAMBREVILLE, data.notification_id)) == "handled"
+    assert await service.file_count() == 1
+    [opened] = await service.events(FileOpened.TYPE)
+    file_id = opened.data_as(FileOpened).file_id
+    file = (await service.get(f"/v1/files/{file_id}")).json()
+    assert file["notice_notification_id"] == data.notification_id
+    assert file["documents"][0]["sha256"] == hashlib.sha256(PDF).hexdigest()
+    document = await service.get(f"/v1/files/{file_id}/documents/doc-1")
+    assert document.content == PDF
+
+
+async def test_complete_sends_partial_the_decision_sends_final_and_closes_the_notification(
+    service: UrbanService,
+) -> None:
+    event = notification()
+    await service.deliver(event)
+    [opened] = await service.events(FileOpened.TYPE)
+    file_id, reference = opened.data_as(FileOpened).file_id, opened.data_as(FileOpened).reference
+    assert (await service.post(f"/v1/files/{file_id}/complete")).status_code == 200
+    [partial] = await service.events(NoticeResponseRequested.TYPE)
+    response = partial.data_as(NoticeResponseRequested)
+    assert (response.state, response.instance_code) == ("PARTIAL", INSTANCE[SAMBREVILLE])
+    assert response.notification_id == event.data_as(NoticeNotificationReceived).notification_id
+    assert (await service.post(f"/v1/files/{file_id}/request-decision")).status_code == 200
+
+    postponed = inbound(decided(reference, "postponed"), SAMBREVILLE, "item")
+    assert await service.deliver(postponed) == "handled"
+    assert (await service.get(f"/v1/files/{file_id}")).json()["state"] == "awaiting_decision"
+
+    assert await service.deliver(inbound(decided(reference), SAMBREVILLE, "item")) == "handled"
+    file = (await service.get(f"/v1/files/{file_id}")).json()
+    assert (file["state"], file["decision"], file["decision_number"]) == (
+        "granted",
+        "granted",
+        "COL/2026/0042",
+    )
+    assert file["notice_state"] == "closed"
+    assert file["next_deadline"] == "notification"
+    [_, final] = await service.events(NoticeResponseRequested.TYPE)
+    assert (
+        final.data_as(NoticeResponseRequested).state,
+        final.data_as(NoticeResponseRequested).decision,
+    ) == (
+        "FINAL",
+        "granted",
+    )
+    # No more responses once closed: by the API, by a second decision, by NOTICe news.
+    response_problem = problem(
+        await service.post(f"/v1/files/{file_id}/notice-responses", {"message": "Encore"}),
+        409,
+        "notice-notification-closed",
+    )
+    assert "FINAL" in response_problem["detail"]
+    again = inbound(decided(reference, "refused"), SAMBREVILLE, "item")
+    await service.deliver(again)
+    news = notification(notification_id=response.notification_id)
+    await service.deliver(news)
+    kept = {
+        row["event_id"]: row["problem"]
+        for row in (await service.get("/v1/unprocessed-notifications")).json()
+    }
+    assert kept == {again.id: "file-state-forbids", news.id: "notice-notification-closed"}
+    # The SPW's receipt of the FINAL response is the decision's notification.
+    assert await service.deliver(receipt(final)) == "handled"
+    file = (await service.get(f"/v1/files/{file_id}")).json()
+    assert file["notified_on"] is not None and file["next_deadline"] is None
+    assert [r["delivery"] for r in file["notice_responses"]] == ["pending", "delivered"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "slug"),
+    [
+        ({"instance_code": "NOTICE-LGE"}, "wrong-notice-instance"),
+        (
+            {"applicants": [{"kind": "person", "identifier": "85073003329", "name": "A, B"}]},
+            "invalid-national-number",
+        ),
+        (
+            {
+                "documents": [
+                    {
+                        "document_id": "d",
+                        "filename": "f.pdf",
+                        "media_type": "application/pdf",
+                        "size": 3,
+                        "sha256": hashlib.sha256(PDF).hexdigest(),
+                        "content_base64": base64.b64encode(PDF).decode(),
+                    }
+                ]
+            },
+            "document-mismatch",
+        ),
+        (
+            {
+                "documents": [
+                    {
+                        "document_id": "d",
+                        "filename": "f.pdf",
+                        "media_type": "application/pdf",
+                        "size": len(PDF),
+                        "sha256": "0" * 64,
+                        "content_base64": base64.b64encode(PDF).decode(),
+                    }
+                ]
+            },
+            "document-mismatch",
+        ),
+    ],
+)
+async def test_a_notification_that_cannot_be_applied_is_kept_and_the_next_one_goes_through(
+    service: UrbanService, changes: dict[str, Any], slug: str
+) -> None:
+    bad = notification(**changes)
+    assert await service.deliver(bad) == "handled"
+    [kept] = (await service.get("/v1/unprocessed-notifications")).json()
+    assert (kept["event_id"], kept["problem"]) == (bad.id, slug)
+    assert (
+        kept["data"]["notification_id"] == bad.data_as(NoticeNotificationReceived).notification_id
+    )
+    assert await service.file_count() == 0
+    assert (await service.get("/v1/unprocessed-notifications", LIEGE)).json() == []
+    assert await service.deliver(notification()) == "handled"
+    assert await service.file_count() == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "slug"),
+    [
+        ("file_type", "permis_de_batir", "unknown-file-type"),
+        ("parcels", [{"capakey": "92137A0123/00B00", "address": None}], "invalid-capakey"),
+    ],
+)
+async def test_a_notification_breaking_its_contract_is_kept_not_dropped(
+    service: UrbanService, field: str, value: Any, slug: str
+) -> None:
+    event = notification()
+    raw = event.data.model_dump(mode="json")
+    raw[field] = value
+
+    assert await service.deliver(event, raw_value=json.dumps(raw).encode()) == "kept"
+    assert await service.deliver(event, raw_value=json.dumps(raw).encode()) == "duplicate"
+    [kept] = (await service.get("/v1/unprocessed-notifications")).json()
+    assert (kept["event_id"], kept["problem"]) == (event.id, slug)
+    assert kept["data"][field] == value
+    assert await service.file_count() == 0
+
+
+async def test_a_decision_for_another_tenants_file_is_kept_not_applied(
+    service: UrbanService,
+) -> None:
+    opened = await service.open_file(LIEGE)
+    event = inbound(decided(opened["reference"]), SAMBREVILLE, "item")
+    assert await service.deliver(event) == "handled"
+    [kept] = (await service.get("/v1/unprocessed-notifications")).json()
+    assert (kept["event_id"], kept["problem"]) == (event.id, "not-found")
+    assert (await service.get(f"/v1/files/{opened['id']}", LIEGE)).json()["state"] == "received"
+    # An item of another service (no file reference) is none of urban's business.
+    other = inbound(decided("TRAV/2026/17"), SAMBREVILLE, "item")
+    assert await service.deliver(other) == "handled"
+    assert len((await service.get("/v1/unprocessed-notifications")).json()) == 1
+
+
+# -- identities ---------------------------------------------------------------------------
+
+
+async def test_the_registers_answer_flags_a_declared_identity_that_differs(
+    service: UrbanService, caplog: pytest.LogCaptureFixture
+) -> None:
+    opened = await service.open_file()
+    [request] = await service.events(IdentificationRequested.TYPE)
+    answer = {
+        "status": "found",
+        "last_name": "LEFEVRE",
+        "first_names": "Helene Marie",
+        "birth_date": "1985-07-30",
+    }
+    assert await service.deliver(receipt(request, answer=answer)) == "handled"
+    file = (await service.get(f"/v1/files/{opened['id']}")).json()
+    assert file["applicants"][0]["identity_status"] == "matched"
+    assert file["identity_flagged"] is False
+
+    other = await service.open_file()
+    [_, second] = await service.events(IdentificationRequested.TYPE)
+    wrong = {"status": "found", "last_name": "Dupont", "first_names": "Hélène"}
+    with caplog.at_level("INFO"):
+        await service.deliver(receipt(second, answer=wrong))
+    file = (await service.get(f"/v1/files/{other['id']}")).json()
+    assert file["applicants"][0]["identity_status"] == "mismatch"
+    assert file["applicants"][0]["registered_name"] == "Dupont, Hélène"
+    assert file["identity_flagged"] is True
+    flagged = (await service.get("/v1/files", identity_flagged=True)).json()
+    assert [f["id"] for f in flagged["items"]] == [other["id"]]
+    assert NISS not in caplog.text
+
+
+# -- the deadline watcher ---------------------------------------------------------------------
+
+
+async def test_the_watcher_warns_approaching_then_exceeded_once_each(
+    service: UrbanService,
+) -> None:
+    received = date.today()
+    due = last_day(received, 20)
+    opened = await service.open_file(received_on=received.isoformat())
+    untouched = await service.open_file(received_on=(received + timedelta(days=40)).isoformat())
+    day = datetime.combine(due - timedelta(days=5), time(12), tzinfo=UTC)
+
+    def watcher_on(moment: datetime) -> DeadlineWatcher:
+        return DeadlineWatcher(
+            service.app.state.sessions, None, service.app.state.urban_settings, clock=lambda: moment
+        )
+
+    assert await watcher_on(day - timedelta(days=1)).check_once() == 0
+    assert await watcher_on(day).check_once() == 1
+    assert await watcher_on(day).check_once() == 0
+    assert await watcher_on(day + timedelta(days=5)).check_once() == 0
+    assert await watcher_on(day + timedelta(days=6)).check_once() == 1
+    assert await watcher_on(day + timedelta(days=30)).check_once() == 0
+    warnings = [e.data_as(DeadlineWarning) for e in await service.events(DeadlineWarning.TYPE)]
+    assert [(w.reference, w.deadline, w.level, w.due_on) for w in warnings] == [
+        (opened["reference"], "completeness", "approaching", due),
+        (opened["reference"], "completeness", "exceeded", due),
+    ]
+    assert untouched["reference"] not in {w.reference for w in warnings}
+    listed = (await service.get("/v1/files", deadline_before=due.isoformat())).json()
+    assert [f["id"] for f in listed["items"]] == [opened["id"]]

@@ -1,0 +1,290 @@
+"""The accounting connectors: Inforius against a fake API (httpx.MockTransport), Stésud
+against a temporary drop directory."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from lxml import etree
+
+from contracts.envelope import CloudEvent
+from gateway.connectors.base import ConnectorContext, Delivery, connector_types
+from gateway.connectors.inforius import InforiusConnector
+from gateway.connectors.stesud import NAMESPACE, SCHEMA_PATH, StesudConnector, file_name
+from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
+from gateway.main import register_built_in_connectors
+from kernel.settings import REPOSITORY_ROOT, HubSettings
+from sandbox.openapi_contract import OpenApiContract, contract_errors
+from tests.support.invoices import UBL, approved_invoice, invoice_response_requested
+
+KEY = "e1:approved-invoice-accounting"
+INFORIUS_CONTRACT = REPOSITORY_ROOT / "contracts" / "vendors" / "inforius-openapi.yaml"
+
+
+def delivery(event: CloudEvent, key: str = KEY) -> Delivery:
+    return Delivery(
+        idempotency_key=key,
+        tenant=event.tenant,
+        route="approved-invoice-accounting",
+        event=event,
+        attempt=1,
+    )
+
+
+def build(
+    type_name: str,
+    tenant: str,
+    config: dict[str, object],
+    http: httpx.AsyncClient,
+    var_dir: Path = Path("var"),
+) -> object:
+    register_built_in_connectors()
+    context = ConnectorContext(tenant, HubSettings(var_dir=var_dir), http)
+    return connector_types()[type_name](context, {"type": type_name, **config})
+
+
+# -- Inforius ---------------------------------------------------------------------------------
+
+
+class FakeInforius:
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.answers: list[httpx.Response | Exception] = []
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = (
+            self.answers.pop(0)
+            if self.answers
+            else httpx.Response(
+                201,
+                json={
+                    "bookingReference": "INF/62063/2026/000007",
+                    "status": "BOOKED",
+                    "bookedAt": "2026-11-23T10:00:00+00:00",
+                },
+            )
+        )
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture
+def inforius() -> FakeInforius:
+    return FakeInforius()
+
+
+@pytest.fixture
+async def inforius_connector(inforius: FakeInforius) -> AsyncIterator[InforiusConnector]:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(inforius.handle)) as http:
+        built = build(
+            "inforius", "62063", {"base_url": "https://inforius.test/api/v2/", "api_key": "k"}, http
+        )
+        assert isinstance(built, InforiusConnector)
+        yield built
+
+
+async def test_inforius_books_the_invoice_as_its_contract_describes(
+    inforius: FakeInforius, inforius_connector: InforiusConnector
+) -> None:
+    result = await inforius_connector.deliver(delivery(approved_invoice()))
+
+    assert result.external_reference == "INF/62063/2026/000007"
+    [request] = inforius.requests
+    assert str(request.url) == "https://inforius.test/api/v2/purchase-invoices"
+    assert request.headers["X-API-Key"] == "k"
+    assert request.headers["Idempotency-Key"] == KEY
+    body = json.loads(request.content)
+    validator = OpenApiContract(INFORIUS_CONTRACT).validator("PurchaseInvoice")
+    assert contract_errors(validator, body) == []
+    assert body["administration"] == "62063"
+    assert body["externalReference"] == "inv-1"
+    assert body["supplier"] == {
+        "name": "Travaux Mosans SA",
+        "vatNumber": "BE0406798006",
+        "enterpriseNumber": "0406798006",
+        "iban": "BE71096123456769",
+    }
+    assert body["totals"] == {"taxExclusive": "1000.00", "tax": "210.00", "payable": "1210.00"}
+    assert body["lines"][0]["quantity"] == "40"
+    assert base64.b64decode(body["ubl"]["contentBase64"]) == UBL
+    assert body["ubl"]["filename"] == "F-2026-0042.xml"
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "reason"),
+    [
+        (
+            httpx.Response(
+                422,
+                json={
+                    "code": "UNKNOWN_SUPPLIER",
+                    "detail": "The supplier with VAT number BE0999999962 is not in the file",
+                },
+            ),
+            PermanentDeliveryError,
+            "HTTP 422: Inforius: The supplier with VAT number BE0999999962 is not in the file",
+        ),
+        (httpx.Response(400, json={"detail": "lines: []"}), PermanentDeliveryError, "lines"),
+        (httpx.Response(401, json={}), PermanentDeliveryError, "refused the hub's API key"),
+        (httpx.Response(500, text="oops"), RetryableDeliveryError, "HTTP 500: Inforius: oops"),
+        (httpx.Response(503, json={"detail": "x"}), RetryableDeliveryError, "HTTP 503"),
+        (httpx.Response(429, json={"detail": "x"}), RetryableDeliveryError, "HTTP 429"),
+        (httpx.ConnectTimeout("slow"), RetryableDeliveryError, "Inforius timed out"),
+        (httpx.ConnectError("refused"), RetryableDeliveryError, "Inforius unreachable"),
+        (httpx.Response(201, json={"status": "BOOKED"}), RetryableDeliveryError, "no booking"),
+    ],
+)
+async def test_inforius_answers_map_to_delivery_errors(
+    inforius: FakeInforius,
+    inforius_connector: InforiusConnector,
+    answer: httpx.Response | Exception,
+    error: type[Exception],
+    reason: str,
+) -> None:
+    inforius.answers.append(answer)
+
+    with pytest.raises(error) as raised:
+        await inforius_connector.deliver(delivery(approved_invoice()))
+
+    assert reason in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (invoice_response_requested(), "factures.invoice.approved.v1 only"),
+        (approved_invoice(vat_id=None), "this invoice has none (BT-31)"),
+        (approved_invoice(ubl_base64="not base64!"), "UBL document is not valid base64"),
+    ],
+)
+async def test_inforius_refuses_what_it_cannot_book_before_sending(
+    inforius: FakeInforius, inforius_connector: InforiusConnector, event: CloudEvent, reason: str
+) -> None:
+    with pytest.raises(PermanentDeliveryError) as raised:
+        await inforius_connector.deliver(delivery(event))
+
+    assert reason in str(raised.value)
+    assert inforius.requests == []
+
+
+async def test_inforius_settings_are_checked_without_printing_the_key() -> None:
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(ValueError) as raised:
+            build("inforius", "62063", {"api_key": "s3cret", "base_url": 1}, http)
+    assert str(raised.value) == (
+        "tenant 62063: inforius settings: base_url: Input should be a valid string"
+    )
+
+
+# -- Stésud -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def stesud(tmp_path: Path) -> AsyncIterator[StesudConnector]:
+    async with httpx.AsyncClient() as http:
+        built = build("stesud", "92137", {"drop_dir": ""}, http, var_dir=tmp_path / "var")
+        assert isinstance(built, StesudConnector)
+        yield built
+
+
+def acknowledge(connector: StesudConnector, name: str, body: str) -> None:
+    out = connector.directory / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / (name.removesuffix(".xml") + ".ack.xml")).write_text(
+        f'<Acknowledgement xmlns="{NAMESPACE}" file="{name}">{body}'
+        "<ProcessedAt>2026-11-23T10:00:00+00:00</ProcessedAt></Acknowledgement>",
+        encoding="utf-8",
+    )
+
+
+async def test_stesud_writes_the_file_once_then_waits_for_the_acknowledgement(
+    stesud: StesudConnector, tmp_path: Path
+) -> None:
+    assert stesud.directory == tmp_path / "var" / "stesud" / "92137"  # the sandbox's default
+    name = file_name(KEY)
+
+    with pytest.raises(RetryableDeliveryError) as first:
+        await stesud.deliver(delivery(approved_invoice(tenant="92137")))
+    assert "has not acknowledged" in str(first.value)
+    written = stesud.directory / "in" / name
+    content = written.read_bytes()
+    document = etree.fromstring(content)
+    assert etree.XMLSchema(etree.parse(str(SCHEMA_PATH))).validate(document)
+    assert document.get("administration") == "92137"
+    assert document.findtext(f"{{{NAMESPACE}}}Totals/{{{NAMESPACE}}}Payable") == "1210.00"
+
+    written.write_bytes(b"<changed/>")  # a second write would overwrite this
+    with pytest.raises(RetryableDeliveryError):
+        await stesud.deliver(delivery(approved_invoice(tenant="92137")))
+    assert written.read_bytes() == b"<changed/>"
+    assert [p.name for p in (stesud.directory / "in").iterdir()] == [name]
+
+
+async def test_stesud_does_not_write_again_a_file_it_already_processed(
+    stesud: StesudConnector,
+) -> None:
+    with pytest.raises(RetryableDeliveryError):
+        await stesud.deliver(delivery(approved_invoice(tenant="92137")))
+    done = stesud.directory / "done"
+    done.mkdir()
+    (stesud.directory / "in" / file_name(KEY)).rename(done / file_name(KEY))
+
+    with pytest.raises(RetryableDeliveryError) as raised:
+        await stesud.deliver(delivery(approved_invoice(tenant="92137")))
+
+    assert "already written" in str(raised.value)
+    assert list((stesud.directory / "in").iterdir()) == []
+
+
+async def test_a_booked_acknowledgement_gives_the_booking_reference(
+    stesud: StesudConnector,
+) -> None:
+    acknowledge(
+        stesud,
+        file_name(KEY),
+        "<Status>BOOKED</Status><BookingReference>STS-92137-2026-00001</BookingReference>",
+    )
+
+    result = await stesud.deliver(delivery(approved_invoice(tenant="92137")))
+
+    assert result.external_reference == "STS-92137-2026-00001"
+
+
+async def test_a_rejection_is_permanent_with_stesuds_reason(stesud: StesudConnector) -> None:
+    acknowledge(
+        stesud,
+        file_name(KEY),
+        '<Status>REJECTED</Status><Reason code="UNKNOWN_SUPPLIER">the supplier with VAT'
+        " number BE0999999962 is not in the supplier file</Reason>",
+    )
+
+    with pytest.raises(PermanentDeliveryError) as raised:
+        await stesud.deliver(delivery(approved_invoice(tenant="92137")))
+
+    assert "UNKNOWN_SUPPLIER: the supplier with VAT number BE0999999962" in str(raised.value)
+
+
+async def test_an_acknowledgement_breaking_the_contract_is_retried(
+    stesud: StesudConnector,
+) -> None:
+    acknowledge(stesud, file_name(KEY), "<Status>MAYBE</Status>")
+
+    with pytest.raises(RetryableDeliveryError) as raised:
+        await stesud.deliver(delivery(approved_invoice(tenant="92137")))
+
+    assert "breaks the contract" in str(raised.value)
+
+
+async def test_each_idempotency_key_has_its_own_file(stesud: StesudConnector) -> None:
+    for key in ("e1:approved-invoice-accounting", "e2:approved-invoice-accounting"):
+        with pytest.raises(RetryableDeliveryError):
+            await stesud.deliver(delivery(approved_invoice(tenant="92137"), key=key))
+
+    assert len(list((stesud.directory / "in").iterdir())) == 2

@@ -1,0 +1,116 @@
+"""The kernel's event consumer: once per event, and a broken event of ours is kept, not lost."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.envelope import CloudEvent, headers_as_text, new_event, to_record
+from contracts.events.gateway import DeliveryReceipt
+from kernel.api import rejected_events_router
+from kernel.app import BackgroundTask, create_app
+from kernel.auth import issue_token
+from kernel.consumer import EventConsumer, InboxEntry, RejectedEvent
+from kernel.database import create_engine, session_factory
+from kernel.migrations import Migration, create_tables, migrate, table_of
+from kernel.settings import HubSettings
+from kernel.tenants import Tenant
+from tests.support.servers import serving
+
+TENANT = "92137"
+MIGRATIONS = [
+    Migration(
+        1, "inbox and kept events", create_tables(*map(table_of, (InboxEntry, RejectedEvent)))
+    )
+]
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'consumer.db'}")
+    await migrate(engine, "test", MIGRATIONS)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+def receipt() -> CloudEvent:
+    data = DeliveryReceipt(
+        source_event_id="e-1",
+        source_event_type="courrier.outgoing_mail.send_requested.v1",
+        route="outgoing-mail-ebox",
+        connector="ebox_rest",
+        idempotency_key="e-1:outgoing-mail-ebox",
+        outcome="delivered",
+        external_reference="ebox-1",
+        attempts=1,
+    )
+    return new_event(data, tenant=TENANT, subject="mail-1", source="urn:hub:gateway")
+
+
+async def test_an_event_is_handled_once(sessions: async_sessionmaker[AsyncSession]) -> None:
+    handled: list[str] = []
+
+    async def handler(session: AsyncSession, event: CloudEvent) -> None:
+        handled.append(event.id)
+
+    consumer = EventConsumer(
+        component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
+    )
+    record = to_record(receipt())
+    headers = headers_as_text(record.headers)
+    outcomes = [await consumer.handle(headers, record.value, record.topic) for _ in range(2)]
+    assert outcomes == ["handled", "duplicate"] and len(handled) == 1
+
+
+async def test_a_broken_event_of_ours_is_kept_once_and_shown_to_its_tenant(
+    sessions: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    async def handler(session: AsyncSession, event: CloudEvent) -> None:
+        raise AssertionError("a broken event must never reach its handler")
+
+    consumer = EventConsumer(
+        component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
+    )
+    record = to_record(receipt())
+    headers = headers_as_text(record.headers)
+    broken = json.loads(record.value)
+    broken["attempts"] = 0  # the contract says at least 1
+    value = json.dumps(broken).encode()
+
+    outcomes = [await consumer.handle(headers, value, record.topic) for _ in range(2)]
+    other = {**headers, "ce_type": "somebody.else.thing.v1", "ce_id": "x"}
+    skipped = await consumer.handle(other, b"{not json", record.topic)
+
+    assert outcomes == ["kept", "duplicate"] and skipped == "ignored"
+    async with sessions() as session:
+        [kept] = (await session.scalars(select(RejectedEvent))).all()
+    assert (kept.event_id, kept.tenant, kept.value) == (headers["ce_id"], TENANT, value)
+    assert "attempts" in kept.reason
+
+    # The tenant's operator reads it; another tenant does not see it.
+    settings = HubSettings(var_dir=tmp_path / "var")
+
+    async def startup(app: FastAPI) -> list[BackgroundTask]:
+        app.state.sessions, app.state.relay = sessions, None
+        app.state.tenants = {
+            code: Tenant(code, code, tmp_path / f"{code}.yaml", {}) for code in (TENANT, "62063")
+        }
+        return []
+
+    app = create_app("test", settings, title="test", description="kept events", startup=startup)
+    app.include_router(rejected_events_router("test:read"))
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as client:
+        for tenant, expected in ((TENANT, [kept.event_id]), ("62063", [])):
+            token = issue_token(settings, tenant, ["test:read"])
+            page = await client.get(
+                "/v1/rejected-events", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert page.status_code == 200, page.text
+            assert [item["event_id"] for item in page.json()["items"]] == expected

@@ -1,0 +1,129 @@
+"""Peppol BIS Invoice Response 3.0: the ApplicationResponse the commune sends its supplier.
+
+Each response is checked against the OASIS UBL 2.1 ApplicationResponse schema
+read from the reference corpus (skipped when the corpus is absent).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from contracts.events.peppol import PeppolEndpoint
+from services.factures.reasons import Reason
+from services.factures.responses import (
+    CUSTOMIZATION_ID,
+    PROFILE_ID,
+    InvalidResponse,
+    InvoiceResponse,
+    Party,
+    build_application_response,
+)
+
+NS = {
+    "ar": "urn:oasis:names:specification:ubl:schema:xsd:ApplicationResponse-2",
+    "cac": "urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2",
+    "cbc": "urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2",
+}
+COMMUNE = Party(PeppolEndpoint(scheme="0208", identifier="0216987614"), "Ville de Sambreville")
+SUPPLIER = Party(PeppolEndpoint(scheme="0208", identifier="0403170701"), "Entreprise Dupont SA")
+
+
+def response(status: str, *found: Reason, kind: str | None = "Invoice") -> InvoiceResponse:
+    return InvoiceResponse(
+        response_id="R-1",
+        issue_date=date(2026, 3, 3),
+        status=status,  # type: ignore[arg-type]  # some tests pass unknown codes on purpose
+        sender=COMMUNE,
+        receiver=SUPPLIER,
+        document_id="F2026-0001",
+        document_issue_date=date(2026, 3, 2),
+        document_kind=kind,
+        reasons=found,
+    )
+
+
+@pytest.fixture(scope="module")
+def schema(corpus: Path) -> etree.XMLSchema:
+    path = corpus / "einvoice" / "ubl-2.1-xsd" / "maindoc" / "UBL-ApplicationResponse-2.1.xsd"
+    return etree.XMLSchema(etree.parse(str(path)))
+
+
+def parsed(data: bytes) -> etree._Element:
+    return etree.fromstring(data)
+
+
+def one(root: etree._Element, path: str) -> str:
+    [value] = root.xpath(path, namespaces=NS)
+    return str(value)
+
+
+@pytest.mark.parametrize("status", ["AB", "IP", "AP", "PD"])
+def test_a_status_response_names_both_parties_the_invoice_and_the_code(
+    status: str, schema: etree.XMLSchema
+) -> None:
+    root = parsed(build_application_response(response(status)))
+    assert schema.validate(root), schema.error_log
+    assert one(root, "cbc:CustomizationID/text()") == CUSTOMIZATION_ID
+    assert one(root, "cbc:ProfileID/text()") == PROFILE_ID
+    assert one(root, "cac:SenderParty/cbc:EndpointID/@schemeID") == "0208"
+    assert one(root, "cac:SenderParty/cbc:EndpointID/text()") == "0216987614"
+    assert one(root, "cac:ReceiverParty/cbc:EndpointID/text()") == "0403170701"
+    code = "cac:DocumentResponse/cac:Response/cbc:ResponseCode"
+    assert one(root, f"{code}/text()") == status
+    assert one(root, f"{code}/@listID") == "UNCL4343OpSubset"
+    reference = "cac:DocumentResponse/cac:DocumentReference"
+    assert one(root, f"{reference}/cbc:ID/text()") == "F2026-0001"
+    assert one(root, f"{reference}/cbc:DocumentTypeCode/text()") == "380"
+    assert not root.xpath("//cac:Status", namespaces=NS)
+
+
+def test_a_rejection_gives_one_status_per_reason_with_its_code_and_text(
+    schema: etree.XMLSchema,
+) -> None:
+    found = (
+        Reason("PRI", "The total with VAT is not the total without VAT plus the VAT.", "BR-CO-15"),
+        Reason("REF", "Neither a buyer reference nor an order reference is given.", "R003"),
+    )
+    root = parsed(build_application_response(response("RE", *found, kind="CreditNote")))
+    assert schema.validate(root), schema.error_log
+    statuses = root.xpath("//cac:Response/cac:Status", namespaces=NS)
+    assert [
+        (one(s, "cbc:StatusReasonCode/text()"), one(s, "cbc:StatusReasonCode/@listID"))
+        for s in statuses
+    ] == [("PRI", "OPStatusReason"), ("REF", "OPStatusReason")]
+    assert [one(s, "cbc:StatusReason/text()") for s in statuses] == [r.text for r in found]
+    assert one(root, "//cbc:DocumentTypeCode/text()") == "381"
+
+
+def test_an_unreadable_document_is_answered_without_type_or_date(schema: etree.XMLSchema) -> None:
+    unreadable = InvoiceResponse(
+        response_id="R-2",
+        issue_date=date(2026, 3, 3),
+        status="RE",
+        sender=COMMUNE,
+        receiver=Party(SUPPLIER.endpoint),
+        document_id="ap-message-17",
+        reasons=(Reason("UNR", "This is not well-formed XML (line 1, column 1).", "not-xml"),),
+    )
+    root = parsed(build_application_response(unreadable))
+    assert schema.validate(root), schema.error_log
+    assert not root.xpath("//cbc:DocumentTypeCode", namespaces=NS)
+    assert not root.xpath("cac:ReceiverParty/cac:PartyLegalEntity", namespaces=NS)
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        response("RE"),  # a rejection must say why
+        response("UQ"),
+        response("XX"),
+        response("RE", Reason("NOPE", "x")),
+    ],
+)
+def test_responses_the_bis_rules_would_refuse_are_never_built(wrong: InvoiceResponse) -> None:
+    with pytest.raises(InvalidResponse):
+        build_application_response(wrong)

@@ -1,0 +1,276 @@
+"""The NOTICe inbound adapter with a fake NOTICe and SQLite; the notice connector against a
+fake NOTICe (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.envelope import CloudEvent, from_record, new_event
+from contracts.events.outside import NoticeNotificationReceived
+from contracts.events.urban import NoticeResponseRequested
+from gateway.connectors.base import ConnectorContext, Delivery
+from gateway.connectors.notice import NoticeConnector, create_connector
+from gateway.deliveries import MIGRATIONS
+from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
+from gateway.inbound.notice import NoticeInbound, NoticeSource
+from gateway.inbound.records import InboundDocument
+from kernel.database import create_engine, session_factory
+from kernel.migrations import migrate
+from kernel.outbox import OutboxMessage
+from kernel.settings import HubSettings
+
+INSTANCE, STRANGER = "NOTICE-62063", "NOTICE-00000"
+PLAN = b"%PDF-1.7 plan"
+
+
+class FakeNotice:
+    name = "fake-notice"
+
+    def __init__(self) -> None:
+        self.notifications: dict[str, dict[str, Any]] = {}
+        self.contents: dict[tuple[str, str], list[bytes]] = {}
+        self.calls: list[str] = []
+
+    def add(self, notification_id: str, instance: str = INSTANCE, **changes: Any) -> None:
+        self.notifications[notification_id] = {
+            "id": notification_id,
+            "instanceCode": instance,
+            "status": "EN_ATTENTE_REPONSE",
+            "receivedOn": "2026-03-02",
+            "fileType": "permis_urbanisme",
+            "subject": "Maison",
+            "applicants": [{"kind": "person", "identifier": "85073003328", "name": "Lambert, S"}],
+            "parcels": [{"capakey": "62063A0123/00B000"}],
+            "documents": [
+                {
+                    "id": "D1",
+                    "filename": "plan.pdf",
+                    "mediaType": "application/pdf",
+                    "size": len(PLAN),
+                    "sha256": hashlib.sha256(PLAN).hexdigest(),
+                }
+            ],
+            "responses": [],
+        } | changes
+        self.contents[(notification_id, "D1")] = [PLAN]
+
+    async def list_page(
+        self, instance_code: str, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        ids = [i for i, n in self.notifications.items() if n["instanceCode"] == instance_code]
+        start = ids.index(after) + 1 if after else 0
+        page = ids[start : start + limit]
+        return page, (page[-1] if start + limit < len(ids) else None)
+
+    async def notification(self, notification_id: str) -> dict[str, Any]:
+        self.calls.append(f"get:{notification_id}")
+        return self.notifications[notification_id]
+
+    async def document(self, notification_id: str, document_id: str) -> bytes:
+        self.calls.append(f"doc:{notification_id}/{document_id}")
+        answers = self.contents[(notification_id, document_id)]
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+    await migrate(engine, "gateway", MIGRATIONS)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def notice() -> FakeNotice:
+    return FakeNotice()
+
+
+def inbound_for(sessions: async_sessionmaker[AsyncSession], notice: FakeNotice) -> NoticeInbound:
+    return NoticeInbound(
+        sessions=sessions,
+        sources=[NoticeSource(notice, (INSTANCE, STRANGER))],
+        instances={INSTANCE: "62063"},
+        page_size=2,
+    )
+
+
+async def published(sessions: async_sessionmaker[AsyncSession]) -> list[CloudEvent]:
+    async with sessions() as session:
+        rows = (await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))).all()
+    return [from_record(row.headers, row.value) for row in rows]
+
+
+async def records(sessions: async_sessionmaker[AsyncSession]) -> dict[str, InboundDocument]:
+    async with sessions() as session:
+        rows = (await session.scalars(select(InboundDocument))).all()
+    return {row.source_message_id: row for row in rows}
+
+
+async def test_each_notification_is_published_once_with_its_checked_documents_over_pages(
+    sessions: async_sessionmaker[AsyncSession], notice: FakeNotice
+) -> None:
+    for i in range(5):
+        notice.add(f"N{i}")
+    inbound = inbound_for(sessions, notice)
+
+    assert await inbound.poll_once() == 5
+    assert await inbound.poll_once() == 0  # still listed at NOTICe: nothing fetched again
+
+    events = await published(sessions)
+    assert [e.subject for e in events] == [f"N{i}" for i in range(5)]
+    data = events[0].data_as(NoticeNotificationReceived)
+    assert (events[0].tenant, data.instance_code, data.file_type) == (
+        "62063",
+        INSTANCE,
+        "permis_urbanisme",
+    )
+    [document] = data.documents
+    assert base64.b64decode(document.content_base64) == PLAN
+    assert (document.size, document.sha256) == (len(PLAN), hashlib.sha256(PLAN).hexdigest())
+    assert notice.calls.count("get:N0") == 1
+    rows = await records(sessions)
+    assert {(r.channel, r.status, r.reason) for r in rows.values()} == {
+        ("notice", "published", None)
+    }
+    assert rows["N0"].event_id == events[0].id
+    assert json.loads(rows["N0"].document)["id"] == "N0"
+
+
+async def test_a_document_that_breaks_its_metadata_is_fetched_again_then_published_flagged(
+    sessions: async_sessionmaker[AsyncSession], notice: FakeNotice
+) -> None:
+    notice.add("healed")
+    notice.contents[("healed", "D1")] = [PLAN[:5], PLAN]  # a broken transfer, then the file
+    notice.add("broken")
+    notice.contents[("broken", "D1")] = [b"tampered"]
+
+    await inbound_for(sessions, notice).poll_once()
+
+    rows = await records(sessions)
+    assert (rows["healed"].status, rows["healed"].reason) == ("published", None)
+    assert rows["broken"].status == "published"
+    assert rows["broken"].reason is not None
+    assert "document D1 (plan.pdf): 8 bytes received, 13 declared; SHA-256" in rows["broken"].reason
+    by_subject = {
+        e.subject: e.data_as(NoticeNotificationReceived) for e in await published(sessions)
+    }
+    [document] = by_subject["broken"].documents
+    assert base64.b64decode(document.content_base64) == b"tampered"
+    assert document.sha256 == hashlib.sha256(b"tampered").hexdigest()
+    assert notice.calls.count("doc:broken/D1") == 2
+
+
+async def test_unknown_instances_are_unroutable_and_contract_breaks_refused_never_published(
+    sessions: async_sessionmaker[AsyncSession], notice: FakeNotice
+) -> None:
+    notice.add("foreign", instance=STRANGER)
+    notice.add("odd", fileType="permis_de_pecher")
+
+    assert await inbound_for(sessions, notice).poll_once() == 2
+
+    rows = await records(sessions)
+    assert (rows["foreign"].status, rows["foreign"].tenant) == ("unroutable", None)
+    assert "The NOTICe instance 'NOTICE-00000' is no tenant's" in (rows["foreign"].reason or "")
+    assert rows["odd"].status == "refused"
+    assert "file_type" in (rows["odd"].reason or "")
+    assert "85073003328" not in (rows["odd"].reason or "")
+    assert await published(sessions) == []
+
+
+async def test_a_notification_that_fails_to_fetch_waits_for_the_next_poll(
+    sessions: async_sessionmaker[AsyncSession], notice: FakeNotice
+) -> None:
+    notice.add("N1")
+    notice.add("N2")
+    del notice.contents[("N1", "D1")]  # NOTICe fails on it this time
+    inbound = inbound_for(sessions, notice)
+
+    assert await inbound.poll_once() == 1
+    notice.contents[("N1", "D1")] = [PLAN]
+    assert await inbound.poll_once() == 1
+    assert sorted(e.subject for e in await published(sessions)) == ["N1", "N2"]
+
+
+# -- the connector ------------------------------------------------------------------------------
+
+
+def connector(handler: Any) -> NoticeConnector:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    config = {"type": "notice", "base_url": "http://notice/api/v1", "api_key": "k"}
+    built = create_connector(ConnectorContext("62063", HubSettings(), http), config)
+    assert isinstance(built, NoticeConnector)
+    return built
+
+
+def delivery(state: str = "FINAL", **changes: Any) -> Delivery:
+    fields: dict[str, Any] = {
+        "file_id": "F-1",
+        "notification_id": "N1",
+        "instance_code": INSTANCE,
+        "state": state,
+        "message": "Décision",
+        "decision": "refused" if state == "FINAL" else None,
+    }
+    event = new_event(
+        NoticeResponseRequested(**(fields | changes)), tenant="62063", subject="F-1", source="t"
+    )
+    return Delivery("e1:notice-response", "62063", "notice-response", event, 1)
+
+
+async def test_the_connector_posts_the_response_with_its_idempotency_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json={"responseId": "REP-1"})
+
+    result = await connector(answer).deliver(delivery())
+
+    assert result.external_reference == "REP-1"
+    [request] = seen
+    assert request.url.path == "/api/v1/notifications/N1/responses"
+    assert request.headers["Idempotency-Key"] == "e1:notice-response"
+    assert json.loads(request.content) == {
+        "state": "FINAL",
+        "message": "Décision",
+        "decision": "REFUSED",
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "reason"),
+    [
+        (409, PermanentDeliveryError, "N1 is already closed by a FINAL response"),
+        (401, PermanentDeliveryError, "refused the hub's API key"),
+        (422, PermanentDeliveryError, "HTTP 422: NOTICe: bad"),
+        (503, RetryableDeliveryError, "HTTP 503"),
+    ],
+)
+async def test_the_connector_maps_notice_errors(
+    status: int, error: type[Exception], reason: str
+) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json={"title": "x", "detail": "bad"})
+
+    with pytest.raises(error) as raised:
+        await connector(answer).deliver(delivery())
+
+    assert reason in str(raised.value)
+
+
+async def test_a_final_response_without_a_decision_is_refused_before_sending() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing is sent")
+
+    with pytest.raises(PermanentDeliveryError, match="needs the decision"):
+        await connector(answer).deliver(delivery(decision=None))

@@ -1,0 +1,138 @@
+"""The opinions inbound adapter with a fake platform and SQLite; the opinion_rest connector
+against a fake platform (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.envelope import from_record, new_event
+from contracts.events.outside import OpinionReceived
+from contracts.events.urban import OpinionRequested
+from gateway.connectors.base import ConnectorContext, Delivery
+from gateway.connectors.opinions import OpinionRestConnector, create_connector
+from gateway.deliveries import MIGRATIONS
+from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
+from gateway.inbound.opinions import OpinionInbound
+from kernel.database import create_engine, session_factory
+from kernel.migrations import migrate
+from kernel.outbox import OutboxMessage
+from kernel.settings import HubSettings
+
+ANSWER = {
+    "answerId": "AV-1",
+    "requestId": "OP-1",
+    "fileId": "F-1",
+    "reference": "PU/2026/0012",
+    "body": "SRI",
+    "verdict": "unfavourable",
+    "text": "Accès pompiers insuffisant.",
+    "givenOn": "2026-03-10",
+}
+
+
+class FakePlatform:
+    tenant = "62063"
+
+    def __init__(self) -> None:
+        self.answers = [ANSWER]
+        self.acknowledged: list[str] = []
+        self.fail_ack_once = False
+
+    async def list_new(self) -> list[dict[str, Any]]:
+        return [a for a in self.answers if a["answerId"] not in self.acknowledged]
+
+    async def acknowledge(self, answer_id: str) -> None:
+        if self.fail_ack_once:
+            self.fail_ack_once = False
+            raise httpx.ConnectError("lost")
+        self.acknowledged.append(answer_id)
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+    await migrate(engine, "gateway", MIGRATIONS)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+async def test_an_answer_is_published_once_even_when_its_acknowledgement_is_lost(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    platform = FakePlatform()
+    platform.fail_ack_once = True
+    inbound = OpinionInbound(sessions=sessions, accounts=[platform])
+
+    assert await inbound.poll_once() == 0  # recorded, not acknowledged
+    assert await inbound.poll_once() == 1  # found recorded: only acknowledged
+    assert await inbound.poll_once() == 0
+
+    async with sessions() as session:
+        rows = (await session.scalars(select(OutboxMessage))).all()
+    [event] = [from_record(row.headers, row.value) for row in rows]
+    data = event.data_as(OpinionReceived)
+    assert (event.tenant, event.subject) == ("62063", "F-1")
+    assert (data.opinion_id, data.verdict, data.given_on) == (
+        "OP-1",
+        "unfavourable",
+        date(2026, 3, 10),
+    )
+    assert platform.acknowledged == ["AV-1"]
+
+
+def connector(handler: Any) -> OpinionRestConnector:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    config = {"type": "opinion_rest", "base_url": "http://op/api/v1", "api_key": "k"}
+    built = create_connector(ConnectorContext("62063", HubSettings(), http), config)
+    assert isinstance(built, OpinionRestConnector)
+    return built
+
+
+def delivery() -> Delivery:
+    data = OpinionRequested(
+        file_id="F-1",
+        opinion_id="OP-1",
+        body="SRI",
+        subject="Sécurité incendie",
+        due_on=date(2026, 4, 1),
+        reference="PU/2026/0012",
+    )
+    event = new_event(data, tenant="62063", subject="F-1", source="urn:test")
+    return Delivery("e1:opinion-request", "62063", "opinion-request", event, 1)
+
+
+@pytest.mark.parametrize(
+    ("response", "error", "reason"),
+    [
+        (httpx.Response(401), PermanentDeliveryError, "refused the hub's API key"),
+        (httpx.Response(422, json={"detail": "bad body"}), PermanentDeliveryError, "bad body"),
+        (httpx.Response(503), RetryableDeliveryError, "HTTP 503"),
+        (httpx.Response(201, json={}), RetryableDeliveryError, "no requestId"),
+    ],
+)
+async def test_the_connector_maps_platform_errors(
+    response: httpx.Response, error: type[Exception], reason: str
+) -> None:
+    with pytest.raises(error) as raised:
+        await connector(lambda request: response).deliver(delivery())
+    assert reason in str(raised.value)
+
+
+async def test_the_connector_sends_the_request_with_its_idempotency_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def platform(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json={"requestId": "OP-1", "status": "pending"})
+
+    assert (await connector(platform).deliver(delivery())).external_reference == "OP-1"
+    assert seen[0].headers["Idempotency-Key"] == "e1:opinion-request"
+    assert seen[0].url.path == "/api/v1/requests"

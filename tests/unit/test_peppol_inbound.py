@@ -1,0 +1,463 @@
+"""The Peppol inbound adapter with a fake access point and SQLite; the peppol_ap connector
+against a fake access point (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts.envelope import CloudEvent, from_record
+from contracts.events.peppol import MAX_DOCUMENT_BYTES, PeppolDocumentReceived
+from gateway.connectors.base import ConnectorContext, Delivery, connector_types
+from gateway.connectors.peppol_ap import (
+    INVOICE_RESPONSE_DOCUMENT_TYPE,
+    PeppolApConnector,
+    PeppolApSettings,
+)
+from gateway.deliveries import MIGRATIONS
+from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
+from gateway.inbound.peppol import FetchedDocument, InboxItem, PeppolInbound, inboxes_from
+from gateway.inbound.records import InboundDocument
+from gateway.main import register_built_in_connectors
+from gateway.routing import load_routing
+from kernel.database import create_engine, session_factory
+from kernel.migrations import migrate
+from kernel.outbox import OutboxMessage
+from kernel.settings import REPOSITORY_ROOT, HubSettings
+from kernel.tenants import load_tenants
+from tests.support.invoices import (
+    application_response,
+    approved_invoice,
+    invoice_response_requested,
+)
+
+LIEGE, SAMBREVILLE = "0208:0207123407", "0208:0216987614"
+PARTICIPANTS = {"62063": LIEGE, "92137": SAMBREVILLE}
+SUPPLIER = "0208:0406798006"
+INVOICE = b'<?xml version="1.0"?><Invoice xmlns="urn:oasis:names:specification:ubl:schema:xsd:Invoice-2"><ID>F1</ID></Invoice>'  # noqa: E501
+INVOICE_TYPE = "urn:oasis:names:specification:ubl:schema:xsd:Invoice-2::Invoice##x::2.1"
+
+
+class FakeInbox:
+    """An access point account: messages stay listed until acknowledged or rejected."""
+
+    name = "fake-ap"
+
+    def __init__(self) -> None:
+        self.documents: dict[str, FetchedDocument] = {}
+        self.fetches: list[str] = []
+        self.acknowledged: list[str] = []
+        self.rejected: list[tuple[str, str, str]] = []
+        #: Calls that fail once each, e.g. {"ack:m1", "fetch:m2"}: a crash or a lost answer.
+        self.fail_once: set[str] = set()
+
+    def drop(self, message_id: str, receiver: str, content: bytes = INVOICE) -> None:
+        item = InboxItem(message_id, SUPPLIER, receiver, INVOICE_TYPE)
+        self.documents[message_id] = FetchedDocument(item, content)
+
+    def _maybe_fail(self, call: str) -> None:
+        if call in self.fail_once:
+            self.fail_once.discard(call)
+            raise httpx.ConnectError(f"{call} failed")
+
+    async def list_new(self) -> list[InboxItem]:
+        done = set(self.acknowledged) | {r[0] for r in self.rejected}
+        return [d.item for m, d in self.documents.items() if m not in done]
+
+    async def fetch(self, message_id: str) -> FetchedDocument:
+        self._maybe_fail(f"fetch:{message_id}")
+        self.fetches.append(message_id)
+        return self.documents[message_id]
+
+    async def acknowledge(self, message_id: str) -> None:
+        self._maybe_fail(f"ack:{message_id}")
+        self.acknowledged.append(message_id)
+
+    async def reject(self, message_id: str, reason_code: str, reason: str) -> None:
+        self._maybe_fail(f"reject:{message_id}")
+        self.rejected.append((message_id, reason_code, reason))
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+    await migrate(engine, "gateway", MIGRATIONS)
+    yield session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+def inbox() -> FakeInbox:
+    return FakeInbox()
+
+
+@pytest.fixture
+def inbound(sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox) -> PeppolInbound:
+    return PeppolInbound(sessions=sessions, inboxes=[inbox], participants=PARTICIPANTS)
+
+
+async def published(sessions: async_sessionmaker[AsyncSession]) -> list[CloudEvent]:
+    async with sessions() as session:
+        rows = (await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))).all()
+    return [from_record(row.headers, row.value) for row in rows]
+
+
+async def records(sessions: async_sessionmaker[AsyncSession]) -> list[InboundDocument]:
+    async with sessions() as session:
+        return list(
+            (await session.scalars(select(InboundDocument).order_by(InboundDocument.id))).all()
+        )
+
+
+# -- once and only once ---------------------------------------------------------------------
+
+
+async def test_a_document_for_a_tenant_is_published_in_the_outbox_and_acknowledged(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    inbox.drop("m1", LIEGE)
+
+    assert await inbound.poll_once() == 1
+
+    [event] = await published(sessions)
+    data = event.data_as(PeppolDocumentReceived)
+    assert (event.tenant, event.subject, event.topic) == ("62063", "m1", "gateway.inbound")
+    assert data.access_point_message_id == "m1"
+    assert (data.sender.scheme, data.sender.identifier) == ("0208", "0406798006")
+    assert (data.receiver.scheme, data.receiver.identifier) == ("0208", "0207123407")
+    assert data.document_type == INVOICE_TYPE
+    assert base64.b64decode(data.document_base64) == INVOICE
+    assert data.sha256 == hashlib.sha256(INVOICE).hexdigest()
+    [record] = await records(sessions)
+    assert (record.tenant, record.status, record.source_status) == (
+        "62063",
+        "published",
+        "acknowledged",
+    )
+    assert record.event_id == event.id
+    assert inbox.acknowledged == ["m1"]
+
+
+async def test_a_message_listed_again_is_published_once(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    inbox.drop("m1", LIEGE)
+    await inbound.poll_once()
+    inbox.acknowledged.clear()  # the AP lost the acknowledgement and lists it again
+
+    await inbound.poll_once()
+
+    assert len(await published(sessions)) == 1
+    assert inbox.fetches == ["m1"]
+    assert inbox.acknowledged == ["m1"]  # told again, nothing else
+
+
+async def test_a_crash_between_record_and_acknowledgement_only_acknowledges_next_time(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    inbox.drop("m1", SAMBREVILLE)
+    inbox.fail_once.add("ack:m1")
+
+    await inbound.poll_once()
+    [record] = await records(sessions)
+    assert (record.status, record.source_status) == ("published", "pending")
+    assert inbox.acknowledged == []
+
+    # A new gateway (same database) polls the still-new message.
+    restarted = PeppolInbound(sessions=sessions, inboxes=[inbox], participants=PARTICIPANTS)
+    await restarted.poll_once()
+
+    assert len(await published(sessions)) == 1
+    assert inbox.fetches == ["m1"]
+    assert inbox.acknowledged == ["m1"]
+    [record] = await records(sessions)
+    assert record.source_status == "acknowledged"
+
+
+async def test_a_failed_fetch_records_nothing_and_is_fetched_again(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    inbox.drop("m1", LIEGE)
+    inbox.drop("m2", LIEGE)
+    inbox.fail_once.add("fetch:m1")
+
+    assert await inbound.poll_once() == 1  # m1 waits; m2 is not held behind it
+    assert [e.subject for e in await published(sessions)] == ["m2"]
+
+    await inbound.poll_once()
+    assert sorted(e.subject for e in await published(sessions)) == ["m1", "m2"]
+
+
+async def test_two_gateways_recording_the_same_message_keep_one(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox
+) -> None:
+    inbox.drop("m1", LIEGE)
+    first = PeppolInbound(sessions=sessions, inboxes=[inbox], participants=PARTICIPANTS)
+    second = PeppolInbound(sessions=sessions, inboxes=[inbox], participants=PARTICIPANTS)
+
+    # Both fetched before either recorded (a replica each, polling together).
+    await first._record(await inbox.fetch("m1"))
+    kept = await second._record(await inbox.fetch("m1"))
+
+    assert len(await published(sessions)) == 1
+    assert kept.event_id == (await records(sessions))[0].event_id
+
+
+# -- what the adapter does not judge, and what it cannot route --------------------------------
+
+
+async def test_an_unroutable_document_is_kept_rejected_and_never_published(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    inbox.drop("m9", "0208:0999999962")
+
+    await inbound.poll_once()
+
+    assert await published(sessions) == []
+    [record] = await records(sessions)
+    assert (record.tenant, record.status, record.source_status) == (
+        None,
+        "unroutable",
+        "rejected",
+    )
+    assert record.document == INVOICE  # kept for an operator
+    [(message_id, code, reason)] = inbox.rejected
+    assert (message_id, code) == ("m9", "FD")
+    assert "0208:0999999962 is not a participant served by this hub" in reason
+    assert reason == record.reason
+    assert inbox.acknowledged == []
+
+
+async def test_a_failed_rejection_is_told_again_without_a_second_record(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    inbox.drop("m9", "9925:be0999999962")
+    inbox.fail_once.add("reject:m9")
+
+    await inbound.poll_once()
+    await inbound.poll_once()
+
+    assert len(await records(sessions)) == 1
+    assert [r[0] for r in inbox.rejected] == ["m9"]
+    assert inbox.fetches == ["m9"]
+
+
+@pytest.mark.parametrize(
+    "content", [b"%PDF-1.7 not an invoice", b"<Invoice>" + b"x" * 3_000_000, b""]
+)
+async def test_documents_are_published_without_being_judged(
+    sessions: async_sessionmaker[AsyncSession],
+    inbox: FakeInbox,
+    inbound: PeppolInbound,
+    content: bytes,
+) -> None:
+    inbox.drop("m1", LIEGE, content)
+
+    await inbound.poll_once()
+
+    [event] = await published(sessions)
+    data = event.data_as(PeppolDocumentReceived)
+    assert base64.b64decode(data.document_base64) == content
+    assert inbox.acknowledged == ["m1"]
+
+
+async def test_a_document_too_large_for_an_event_is_kept_refused_and_never_published(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    # Its event would exceed Kafka's record limit and block the outbox for good.
+    content = b"<Invoice>" + b"x" * MAX_DOCUMENT_BYTES
+    inbox.drop("m7", LIEGE, content)
+
+    await inbound.poll_once()
+
+    assert await published(sessions) == []
+    [record] = await records(sessions)
+    assert (record.status, record.source_status, record.document) == (
+        "refused",
+        "rejected",
+        content,
+    )
+    [(message_id, code, reason)] = inbox.rejected
+    assert (message_id, code) == ("m7", "FD")
+    assert f"at most {MAX_DOCUMENT_BYTES} bytes" in reason
+
+
+async def test_receivers_are_matched_without_regard_to_case(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox
+) -> None:
+    inbound = PeppolInbound(
+        sessions=sessions, inboxes=[inbox], participants={"62063": "9925:BE0207123407"}
+    )
+    inbox.drop("m1", "9925:be0207123407")
+
+    await inbound.poll_once()
+
+    assert [e.tenant for e in await published(sessions)] == ["62063"]
+
+
+async def test_an_access_point_that_cannot_list_is_tried_at_the_next_poll(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox
+) -> None:
+    class Away(FakeInbox):
+        async def list_new(self) -> list[InboxItem]:
+            raise httpx.ConnectError("refused")
+
+    inbox.drop("m1", LIEGE)
+    inbound = PeppolInbound(sessions=sessions, inboxes=[Away(), inbox], participants=PARTICIPANTS)
+
+    assert await inbound.poll_once() == 1  # the other account is polled all the same
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+async def test_the_committed_tenants_poll_one_shared_access_point_account() -> None:
+    register_built_in_connectors()
+    table = load_routing(
+        load_tenants(REPOSITORY_ROOT / "config" / "tenants"), set(connector_types()), environ={}
+    )
+
+    assert table.participants == PARTICIPANTS
+    assert table.peppol_inboxes == {"62063": "peppol", "92137": "peppol"}
+    accounts = [
+        PeppolApSettings.model_validate(table.connector_settings[(tenant, name)])
+        for tenant, name in table.peppol_inboxes.items()
+    ]
+    async with httpx.AsyncClient() as http:
+        inboxes = inboxes_from(accounts, http)
+    assert [inbox.name for inbox in inboxes] == ["http://127.0.0.1:8010/peppol-ap/v1"]
+    for tenant, accounting in (("92137", "stesud"), ("62063", "inforius")):
+        [approved] = table.routes_for(tenant, "factures.invoice.approved.v1")
+        assert approved.connector_type == accounting
+        [response] = table.routes_for(tenant, "factures.invoice_response.requested.v1")
+        assert response.connector_type == "peppol_ap"
+
+
+def test_the_access_point_must_be_a_peppol_ap_connector(tmp_path: Path) -> None:
+    (tmp_path / "92137.yaml").write_text(
+        'tenant: "92137"\nname: X\npeppol:\n  participant: "0208:0216987614"\n'
+        "  access_point: ebox\nconnectors:\n  ebox:\n    type: ebox_soap\n"
+        "    endpoint: http://x\n",
+        encoding="utf-8",
+    )
+
+    with pytest.raises(ValueError) as raised:
+        load_routing(load_tenants(tmp_path), {"ebox_soap", "peppol_ap"}, environ={})
+
+    assert "peppol.access_point: no connector named 'ebox' of type peppol_ap" in str(raised.value)
+
+
+# -- the peppol_ap connector ------------------------------------------------------------------
+
+
+class FakeAccessPoint:
+    def __init__(self, *answers: httpx.Response | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = (
+            self.answers.pop(0)
+            if self.answers
+            else httpx.Response(202, json={"messageId": "ap-1", "status": "accepted"})
+        )
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def delivery(event: CloudEvent, key: str = "e1:invoice-response-peppol") -> Delivery:
+    return Delivery(
+        idempotency_key=key,
+        tenant=event.tenant,
+        route="invoice-response-peppol",
+        event=event,
+        attempt=1,
+        trace_headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    )
+
+
+@pytest.fixture
+def access_point() -> FakeAccessPoint:
+    return FakeAccessPoint()
+
+
+@pytest.fixture
+async def connector(access_point: FakeAccessPoint) -> AsyncIterator[PeppolApConnector]:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(access_point.handle)) as http:
+        register_built_in_connectors()
+        built = connector_types()["peppol_ap"](
+            ConnectorContext("62063", HubSettings(), http),
+            {"type": "peppol_ap", "base_url": "https://ap.test/v1/", "api_key": "k3y"},
+        )
+        assert isinstance(built, PeppolApConnector)
+        yield built
+
+
+async def test_an_invoice_response_goes_to_the_outbox_with_the_idempotency_key(
+    connector: PeppolApConnector, access_point: FakeAccessPoint
+) -> None:
+    result = await connector.deliver(delivery(invoice_response_requested(code="AP")))
+
+    assert result.external_reference == "ap-1"
+    [request] = access_point.requests
+    assert (request.method, str(request.url)) == ("POST", "https://ap.test/v1/outbox")
+    assert request.headers["Idempotency-Key"] == "e1:invoice-response-peppol"
+    assert request.headers["X-Api-Key"] == "k3y"
+    assert request.headers["traceparent"].startswith("00-0af7651916cd43dd")
+    body = json.loads(request.content)
+    assert body["sender"] == "0208:0207123407"
+    assert body["receiver"] == "0208:0406798006"
+    assert body["documentTypeId"] == INVOICE_RESPONSE_DOCUMENT_TYPE
+    assert base64.b64decode(body["document"]) == application_response(code="AP")
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "reason"),
+    [
+        (
+            httpx.Response(
+                422,
+                json={"title": "x", "status": 422, "detail": "cbc:CustomizationID: 'x' is not"},
+            ),
+            PermanentDeliveryError,
+            "HTTP 422: Peppol access point: cbc:CustomizationID: 'x' is not",
+        ),
+        (httpx.Response(401, json={}), PermanentDeliveryError, "refused the hub's API key"),
+        (httpx.Response(503, json={"detail": "down"}), RetryableDeliveryError, "HTTP 503"),
+        (httpx.ReadTimeout("slow"), RetryableDeliveryError, "timed out"),
+        (httpx.Response(202, json={}), RetryableDeliveryError, "no messageId"),
+    ],
+)
+async def test_access_point_answers_map_to_delivery_errors(
+    access_point: FakeAccessPoint,
+    connector: PeppolApConnector,
+    answer: httpx.Response | Exception,
+    error: type[Exception],
+    reason: str,
+) -> None:
+    access_point.answers.append(answer)
+
+    with pytest.raises(error) as raised:
+        await connector.deliver(delivery(invoice_response_requested()))
+
+    assert reason in str(raised.value)
+
+
+async def test_other_events_are_refused_before_anything_is_sent(
+    connector: PeppolApConnector, access_point: FakeAccessPoint
+) -> None:
+    with pytest.raises(PermanentDeliveryError) as raised:
+        await connector.deliver(delivery(approved_invoice()))
+
+    assert "factures.invoice_response.requested.v1 only" in str(raised.value)
+    assert access_point.requests == []

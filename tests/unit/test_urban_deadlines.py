@@ -1,0 +1,217 @@
+"""The legal deadlines of permit files (services/urban/deadlines.py): pure, no clock."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from services.urban.deadlines import (
+    COMPLETENESS,
+    DECISION,
+    INQUIRY,
+    NOTIFICATION,
+    Deadline,
+    Facts,
+    OpinionFacts,
+    belgian_holidays,
+    deadlines,
+    easter_sunday,
+    inquiry_end,
+    last_day,
+    next_open,
+    next_warning_on,
+    warnings_due,
+)
+
+
+def by_name(facts: Facts) -> dict[str, Deadline]:
+    return {deadline.name: deadline for deadline in deadlines(facts)}
+
+
+# -- the calendar ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("year", "easter"),
+    [
+        (2024, date(2024, 3, 31)),
+        (2025, date(2025, 4, 20)),
+        (2026, date(2026, 4, 5)),
+        (2019, date(2019, 4, 21)),
+        (2038, date(2038, 4, 25)),
+    ],
+)
+def test_easter_sunday(year: int, easter: date) -> None:
+    assert easter_sunday(year) == easter
+
+
+def test_the_ten_belgian_legal_holidays_of_2026() -> None:
+    assert sorted(belgian_holidays(2026)) == [
+        date(2026, 1, 1),
+        date(2026, 4, 6),  # Easter Monday
+        date(2026, 5, 1),
+        date(2026, 5, 14),  # Ascension
+        date(2026, 5, 25),  # Whit Monday
+        date(2026, 7, 21),
+        date(2026, 8, 15),
+        date(2026, 11, 1),
+        date(2026, 11, 11),
+        date(2026, 12, 25),
+    ]
+
+
+def test_the_start_day_does_not_count_and_a_closed_last_day_moves_to_the_next_working_day() -> None:
+    assert last_day(date(2026, 3, 2), 20) == date(2026, 3, 23)  # Monday + 20 = Sunday 22 → 23
+    assert last_day(date(2026, 3, 3), 20) == date(2026, 3, 23)  # a Monday: stays
+    assert last_day(date(2026, 4, 26), 10) == date(2026, 5, 6)  # a Wednesday
+    assert last_day(date(2026, 4, 21), 10) == date(2026, 5, 4)  # 1 May (Fri) + weekend → Mon 4
+
+
+# -- completeness and decision ---------------------------------------------------------------
+
+
+def test_completeness_is_due_20_days_after_receipt_and_met_by_the_answer() -> None:
+    facts = Facts("permis_urbanisme", received_on=date(2026, 2, 2))
+    found = by_name(facts)
+    assert found[COMPLETENESS] == Deadline(COMPLETENESS, date(2026, 2, 23), None)
+    assert DECISION not in found  # the decision clock starts with the acknowledgment
+    answered = Facts("permis_urbanisme", date(2026, 2, 2), missing_asked_on=date(2026, 2, 10))
+    assert by_name(answered)[COMPLETENESS].met_on == date(2026, 2, 10)
+
+
+@pytest.mark.parametrize(
+    ("opinions", "inquiry", "days"),
+    [
+        ((), None, 30),
+        ((OpinionFacts("o1", "SRI", date(2026, 4, 1)),), None, 75),
+        ((), date(2026, 3, 2), 75),
+        ((OpinionFacts("o1", "SRI", date(2026, 4, 1)),), date(2026, 3, 2), 75),
+        ((OpinionFacts("o2", "FD", date(2026, 4, 1)),), None, 115),
+    ],
+)
+def test_a_permit_is_decided_in_30_75_or_115_days_by_opinions_and_inquiry(
+    opinions: tuple[OpinionFacts, ...], inquiry: date | None, days: int
+) -> None:
+    complete_on = date(2026, 3, 2)
+    facts = Facts(
+        "permis_urbanisme",
+        received_on=date(2026, 2, 20),
+        complete_on=complete_on,
+        opinions=opinions,
+        inquiry_starts_on=inquiry,
+    )
+    # No inquiry here crosses a suspension: the deadline is the plain count.
+    assert by_name(facts)[DECISION].due_on == last_day(complete_on, days)
+
+
+@pytest.mark.parametrize(
+    ("file_type", "days"),
+    [("permis_environnement_1", 140), ("permis_environnement_2", 70), ("permis_unique", 90)],
+)
+def test_environmental_permits_have_their_decree_deadlines(file_type: str, days: int) -> None:
+    facts = Facts(file_type, date(2026, 2, 2), complete_on=date(2026, 2, 16))  # type: ignore[arg-type]
+    assert by_name(facts)[DECISION].due_on == last_day(date(2026, 2, 16), days)
+
+
+def test_a_certificate_n1_is_due_30_days_after_receipt_whatever_the_check() -> None:
+    facts = Facts("certificat_urbanisme_1", received_on=date(2026, 2, 2))
+    assert by_name(facts)[DECISION].due_on == date(2026, 3, 4)
+
+
+def test_a_class_3_declaration_has_15_days() -> None:
+    found = by_name(Facts("declaration_classe_3", received_on=date(2026, 2, 2)))
+    assert found[COMPLETENESS].due_on == date(2026, 2, 17)
+    assert found[DECISION].due_on == date(2026, 2, 17)
+
+
+# -- public inquiries and their suspensions ----------------------------------------------------
+
+
+def test_an_inquiry_outside_the_suspensions_lasts_15_days() -> None:
+    assert inquiry_end(date(2026, 3, 2)) == (date(2026, 3, 16), 0)
+
+
+def test_an_inquiry_stands_still_from_16_july_to_15_august() -> None:
+    # 10 July-15 July counts 6 days; 16 July-15 August (31 days) stands still; 9 more from
+    # 16 August: the 24th is a Monday.
+    assert inquiry_end(date(2026, 7, 10)) == (date(2026, 8, 24), 31)
+
+
+def test_an_inquiry_stands_still_from_24_december_to_1_january() -> None:
+    # 15-23 December counts 9 days; 24 December-1 January (9 days) stands still; 6 more
+    # from 2 January: 7 January 2027 is a Thursday.
+    assert inquiry_end(date(2026, 12, 15)) == (date(2027, 1, 7), 9)
+
+
+def test_the_suspended_days_push_the_decision_back() -> None:
+    complete_on = date(2026, 7, 1)
+    facts = Facts(
+        "permis_urbanisme",
+        received_on=date(2026, 6, 20),
+        complete_on=complete_on,
+        inquiry_starts_on=date(2026, 7, 10),
+    )
+    found = by_name(facts)
+    assert found[DECISION].due_on == last_day(complete_on, 75 + 31)
+    assert found[INQUIRY] == Deadline(INQUIRY, date(2026, 8, 24), date(2026, 8, 24))
+
+
+def test_the_notification_is_due_with_the_decision_and_at_once_when_decided_late() -> None:
+    base = Facts("permis_urbanisme", date(2026, 2, 2), complete_on=date(2026, 2, 16))
+    due = by_name(base)[DECISION].due_on
+    on_time = by_name(Facts(**{**base.__dict__, "decided_on": date(2026, 3, 5)}))
+    assert on_time[DECISION].met_on == date(2026, 3, 5)
+    assert on_time[NOTIFICATION] == Deadline(NOTIFICATION, due, None)
+    late = by_name(Facts(**{**base.__dict__, "decided_on": date(2026, 4, 1)}))
+    assert late[NOTIFICATION].due_on == date(2026, 4, 1)
+    notified = Facts(
+        **{**base.__dict__, "decided_on": date(2026, 3, 5), "notified_on": date(2026, 3, 6)}
+    )
+    assert next_open(deadlines(notified)) is None
+
+
+def test_opinions_are_deadlines_until_they_are_in() -> None:
+    facts = Facts(
+        "permis_urbanisme",
+        date(2026, 2, 2),
+        complete_on=date(2026, 2, 16),
+        opinions=(
+            OpinionFacts("o1", "SRI", date(2026, 3, 18), received_on=date(2026, 3, 1)),
+            OpinionFacts("o2", "DNF", date(2026, 3, 20)),
+        ),
+    )
+    found = by_name(facts)
+    assert found["opinion:SRI"].met_on == date(2026, 3, 1)
+    assert next_open(deadlines(facts)) == Deadline("opinion:DNF", date(2026, 3, 20))
+
+
+# -- warnings -------------------------------------------------------------------------------
+
+
+def test_warnings_come_once_per_deadline_and_level() -> None:
+    found = deadlines(Facts("permis_urbanisme", received_on=date(2026, 2, 2)))  # due 23 Feb
+    assert warnings_due(found, date(2026, 2, 17), 5, set()) == []
+    assert next_warning_on(found, date(2026, 2, 17), 5, set()) == date(2026, 2, 18)
+    [(deadline, level)] = warnings_due(found, date(2026, 2, 18), 5, set())
+    assert (deadline.name, level) == (COMPLETENESS, "approaching")
+    sent = {(COMPLETENESS, "approaching")}
+    assert warnings_due(found, date(2026, 2, 23), 5, sent) == []
+    assert next_warning_on(found, date(2026, 2, 18), 5, sent) == date(2026, 2, 24)
+    [(_, level)] = warnings_due(found, date(2026, 2, 24), 5, sent)
+    assert level == "exceeded"
+    sent.add((COMPLETENESS, "exceeded"))
+    assert next_warning_on(found, date(2026, 2, 24), 5, sent) is None
+
+
+def test_a_deadline_first_seen_exceeded_is_not_also_announced_approaching() -> None:
+    found = deadlines(Facts("permis_urbanisme", received_on=date(2026, 2, 2)))
+    [(_, level)] = warnings_due(found, date(2026, 3, 10), 5, set())
+    assert level == "exceeded"
+    assert next_warning_on(found, date(2026, 3, 10), 5, {(COMPLETENESS, "exceeded")}) is None
+
+
+def test_met_deadlines_give_no_warning() -> None:
+    facts = Facts("permis_urbanisme", date(2026, 2, 2), complete_on=date(2026, 2, 3))
+    found = deadlines(facts)
+    assert [d.name for d, _ in warnings_due(found, date(2026, 3, 20), 5, set())] == [DECISION]
