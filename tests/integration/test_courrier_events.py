@@ -36,6 +36,7 @@ from tests.integration.test_courrier_api import (
     running,
     settings_for,
 )
+from tests.support.groups import group_at_end
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +54,7 @@ async def courrier(
         database,
         background=True,
         kafka_bootstrap_servers=kafka_bootstrap,
-        group_id=f"courrier-test-{uuid.uuid4().hex[:8]}",
+        group_id=await group_at_end(kafka_bootstrap, "courrier-test"),
         # Receipts only: decisions other tests publish on meeting.events would make mails.
         topics=(RECEIPTS_TOPIC,),
     ) as served:

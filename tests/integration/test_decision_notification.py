@@ -1,10 +1,10 @@
 """A decision is notified to the party it concerns: meeting → courrier → (gateway) → meeting.
 
 Each test serves a meeting app and a courrier app, each with its own
-database, outbox relay and consumer (fresh consumer groups) on the session's
-broker; the test plays the gateway by publishing its receipts. The tenant is
-a random code that only these apps know, so apps of other tests sharing the
-broker (which read every topic from the start) never act on these decisions.
+database, outbox relay and consumer on the session's broker (fresh consumer
+groups that start at the topics' ends: tests/support/groups.py); the test
+plays the gateway by publishing its receipts. The tenant is a random code
+that only these apps know, so other tests' apps never act on these decisions.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from tests.integration.test_courrier_events import (
     records_with_key,
 )
 from tests.integration.test_meeting_api import NISS, TENANT_FILE, WS4PM_PASSWORD, MeetingService
+from tests.support.groups import group_at_end
 from tests.support.hub_processes import drop_schemas
 from tests.unit.test_decision_letters import pdf_text
 
@@ -86,13 +87,18 @@ async def hub(
     )
     settings = hub_settings.model_copy(update={"tenants_dir": tenants})
     options: dict[str, Any] = {"background": True, "kafka_bootstrap_servers": kafka_bootstrap}
-    group = uuid.uuid4().hex[:8]
     async with (
         test_courrier_api.running(
-            settings, database, group_id=f"courrier-test-{group}", **options
+            settings,
+            database,
+            group_id=await group_at_end(kafka_bootstrap, "courrier-test"),
+            **options,
         ) as courrier,
         test_meeting_api.running(
-            settings, meeting_database, group_id=f"meeting-test-{group}", **options
+            settings,
+            meeting_database,
+            group_id=await group_at_end(kafka_bootstrap, "meeting-test"),
+            **options,
         ) as meeting,
     ):
         # Both consumers are up once each handled a first event (see test_courrier_events).
@@ -108,14 +114,8 @@ async def hub(
         )
         await publish(kafka_bootstrap, courrier_probe)
         await publish(kafka_bootstrap, meeting_probe)
-        # A new consumer group first reads the topics' whole history (the session's
-        # other tests' events): on a loaded CI machine that takes a while.
-        await eventually(
-            lambda: handled(courrier.app, courrier_probe), "courrier's consumer is up", 180
-        )
-        await eventually(
-            lambda: handled(meeting.app, meeting_probe), "meeting's consumer is up", 180
-        )
+        await eventually(lambda: handled(courrier.app, courrier_probe), "courrier's consumer is up")
+        await eventually(lambda: handled(meeting.app, meeting_probe), "meeting's consumer is up")
         yield Hub(tenant, meeting, courrier)
 
 

@@ -45,6 +45,7 @@ from tests.integration.test_factures_api import (
     running,
     settings_for,
 )
+from tests.support.groups import group_at_end
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ async def factures(
         database,
         background=True,
         kafka_bootstrap_servers=kafka_bootstrap,
-        group_id=f"factures-test-{uuid.uuid4().hex[:8]}",
+        group_id=await group_at_end(kafka_bootstrap, "factures-test"),
     ) as served:
         # Wait until the consumer has joined its group (see test_courrier_events).
         probe = accounting_receipt(str(uuid.uuid4()), "probe")

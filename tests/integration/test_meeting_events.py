@@ -20,6 +20,7 @@ from kernel.settings import HubSettings
 from services.meeting.tables import Item, UnplacedRequest
 from tests.integration.test_courrier_events import eventually, publish, records_with_key
 from tests.integration.test_meeting_api import SAMBREVILLE, MeetingService, running, settings_for
+from tests.support.groups import group_at_end
 
 pytestmark = pytest.mark.integration
 ENTERPRISE = "0403170701"
@@ -37,7 +38,7 @@ async def service(
         database,
         background=True,
         kafka_bootstrap_servers=kafka_bootstrap,
-        group_id=f"meeting-test-{uuid.uuid4().hex[:8]}",
+        group_id=await group_at_end(kafka_bootstrap, "meeting-test"),
     ) as served:
         # The consumer has joined once a first request is handled (see test_courrier_events).
         probe = decision_needed(meeting_config="no-such-config")

@@ -28,6 +28,7 @@ from kernel.settings import HubSettings
 from sandbox.app import build_app as build_sandbox
 from sandbox.recorder import Recorder
 from tests.support.gateway_hub import events_on
+from tests.support.groups import group_at_end
 from tests.support.servers import serving
 
 pytestmark = pytest.mark.integration
@@ -200,7 +201,7 @@ async def test_a_decision_from_kafka_is_transmitted_and_its_outcome_comes_back_o
             database_url=url,
             database_schema=schema,
             kafka_bootstrap_servers=kafka_bootstrap,
-            group_id=f"gateway-{uuid.uuid4().hex[:8]}",
+            group_id=await group_at_end(kafka_bootstrap, "gateway"),
             oversight_poll_seconds=0.1,
         )
         async with serving(build_gateway(settings, options)):

@@ -7,7 +7,6 @@ consumer group) and its watcher on the session's broker.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tests.integration.test_urban_api import (
     running,
     settings_for,
 )
+from tests.support.groups import group_at_end
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ async def service(
         database,
         background=True,
         kafka_bootstrap_servers=kafka_bootstrap,
-        group_id=f"urban-test-{uuid.uuid4().hex[:8]}",
+        group_id=await group_at_end(kafka_bootstrap, "urban-test"),
     ) as served:
         # The consumer has joined once a first event is handled (see test_courrier_events).
         probe = notification(instance_code="NOT-OURS")

@@ -28,6 +28,7 @@ from kernel.auth import issue_token
 from kernel.settings import HubSettings
 from sandbox.app import build_app as build_sandbox
 from sandbox.recorder import Recorder
+from tests.support.groups import group_at_end
 from tests.support.servers import serving
 
 T = TypeVar("T")
@@ -117,7 +118,7 @@ async def gateway_hub(
             database_url=url,
             database_schema=schema,
             kafka_bootstrap_servers=bootstrap,
-            group_id=f"gateway-{uuid.uuid4().hex[:8]}",
+            group_id=await group_at_end(bootstrap, "gateway"),
             peppol_poll_seconds=0.1,
         )
         async with serving(build_gateway(settings, options)) as gateway:

@@ -22,6 +22,7 @@ from kernel.kafka import make_producer
 from kernel.settings import HubSettings
 from sandbox.app import build_app as build_sandbox
 from sandbox.recorder import Recorder
+from tests.support.groups import group_at_end
 from tests.support.servers import serving
 
 TENANT_FILE = """\
@@ -97,7 +98,7 @@ async def urban_gateway(
             database_url=url,
             database_schema=schema,
             kafka_bootstrap_servers=bootstrap,
-            group_id=f"gateway-{uuid.uuid4().hex[:8]}",
+            group_id=await group_at_end(bootstrap, "gateway"),
             peppol_poll_seconds=0.1,
             notice_poll_seconds=0.1,
             opinion_poll_seconds=0.1,
