@@ -11,9 +11,11 @@ A connector's ``deliver`` either returns a ``DeliveryResult`` (its
 accounting connector, the booking reference; ``answer`` is what a target that
 is asked a question answered, copied into the receipt) or raises
 ``RetryableDeliveryError`` / ``PermanentDeliveryError`` (``gateway.errors``,
-whose ``translate_transport_errors`` maps httpx errors). It must be
-idempotent under ``Delivery.idempotency_key``: the same key may come again
-after a crash or a retry.
+whose ``translate_transport_errors`` maps httpx errors; a connector that
+POSTs JSON and gets an id back calls ``gateway.connectors.rest.post_delivery``,
+which does all of that). It must be idempotent under
+``Delivery.idempotency_key``: the same key may come again after a crash or a
+retry.
 
 Vendors add connectors without touching the hub: a package declares an entry
 point in the group ``hub.connectors`` (``PLUGIN_GROUP``) whose object is a

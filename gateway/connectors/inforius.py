@@ -25,16 +25,11 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
-    json_field,
     register_connector,
     settings_of,
 )
-from gateway.errors import (
-    PermanentDeliveryError,
-    RetryableDeliveryError,
-    error_for_response,
-    translate_transport_errors,
-)
+from gateway.connectors.rest import post_delivery
+from gateway.errors import PermanentDeliveryError
 
 TYPE_NAME = "inforius"
 TARGET = "Inforius"
@@ -61,29 +56,16 @@ class InforiusConnector:
 
     async def deliver(self, delivery: Delivery) -> DeliveryResult:
         approved = approved_invoice_of(delivery, TARGET)
-        headers = {
-            **delivery.trace_headers,
-            "X-API-Key": self.settings.api_key.get_secret_value(),
-            "Idempotency-Key": delivery.idempotency_key,
-        }
-        with translate_transport_errors(TARGET):
-            response = await self._http.post(
-                self.settings.base_url.rstrip("/") + "/purchase-invoices",
-                json=self.purchase_invoice(approved),
-                headers=headers,
-                timeout=self._timeout,
-            )
-            if response.status_code == 401:
-                raise PermanentDeliveryError(
-                    f"{TARGET} refused the hub's API key; check this tenant's api_key"
-                )
-            if response.is_error:
-                raise error_for_response(TARGET, response)
-            reference = json_field(response, "bookingReference")
-            if not isinstance(reference, str) or not reference:
-                # It may be booked: retrying under the same key is safe.
-                raise RetryableDeliveryError(f"{TARGET} answered with no bookingReference")
-            return DeliveryResult(external_reference=reference)
+        return await post_delivery(
+            self._http,
+            self.settings.base_url.rstrip("/") + "/purchase-invoices",
+            self.purchase_invoice(approved),
+            delivery=delivery,
+            target=TARGET,
+            api_key_headers={"X-API-Key": self.settings.api_key.get_secret_value()},
+            timeout=self._timeout,
+            reference_field="bookingReference",
+        )
 
     def purchase_invoice(self, approved: InvoiceApproved) -> dict[str, Any]:
         document = approved.document

@@ -34,12 +34,8 @@ from gateway.connectors.base import (
     register_connector,
     settings_of,
 )
-from gateway.errors import (
-    PermanentDeliveryError,
-    RetryableDeliveryError,
-    error_for_response,
-    translate_transport_errors,
-)
+from gateway.connectors.rest import post_delivery
+from gateway.errors import PermanentDeliveryError
 
 TYPE_NAME = "notice"
 TARGET = "NOTICe"
@@ -107,33 +103,26 @@ class NoticeConnector:
                 f"{TARGET} delivers {NoticeResponseRequested.TYPE} only, not {delivery.event.type}"
             ) from exc
         body = response_body(response)
-        headers = {
-            **delivery.trace_headers,
-            **self.settings.headers(),
-            "Idempotency-Key": delivery.idempotency_key,
-        }
-        path = f"/notifications/{response.notification_id}/responses"
-        with translate_transport_errors(TARGET):
-            answer = await self._http.post(
-                self.settings.url(path), json=body, headers=headers, timeout=self._timeout
+
+        def already_closed(answer: httpx.Response) -> str:
+            # NOTICe's 409: the notification was closed by a FINAL response; it stays closed.
+            return (
+                f"{TARGET} notification {response.notification_id} is already closed by a"
+                f" FINAL response: this {response.state} response was refused"
+                f" ({json_field(answer, 'detail') or 'HTTP 409'})"
             )
-            if answer.status_code == 401:
-                raise PermanentDeliveryError(
-                    f"{TARGET} refused the hub's API key; check this tenant's api_key"
-                )
-            if answer.status_code == 409:
-                raise PermanentDeliveryError(
-                    f"{TARGET} notification {response.notification_id} is already closed by a"
-                    f" FINAL response: this {response.state} response was refused"
-                    f" ({json_field(answer, 'detail') or 'HTTP 409'})"
-                )
-            if answer.is_error:
-                raise error_for_response(TARGET, answer)
-            response_id = json_field(answer, "responseId")
-            if not isinstance(response_id, str) or not response_id:
-                # It may have been recorded: retrying under the same key is safe.
-                raise RetryableDeliveryError(f"{TARGET} answered with no responseId")
-            return DeliveryResult(external_reference=response_id)
+
+        return await post_delivery(
+            self._http,
+            self.settings.url(f"/notifications/{response.notification_id}/responses"),
+            body,
+            delivery=delivery,
+            target=TARGET,
+            api_key_headers=self.settings.headers(),
+            timeout=self._timeout,
+            reference_field="responseId",
+            refusals={409: already_closed},
+        )
 
     async def aclose(self) -> None:
         pass  # the HTTP client is shared; the gateway closes it

@@ -24,16 +24,11 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
-    json_field,
     register_connector,
     settings_of,
 )
-from gateway.errors import (
-    PermanentDeliveryError,
-    RetryableDeliveryError,
-    error_for_response,
-    translate_transport_errors,
-)
+from gateway.connectors.rest import post_delivery
+from gateway.errors import PermanentDeliveryError
 
 TYPE_NAME = "opinion_rest"
 TARGET = "opinions platform"
@@ -77,25 +72,18 @@ class OpinionRestConnector:
             "subject": asked.subject,
             "dueOn": asked.due_on.isoformat(),
         }
-        headers = {
-            **delivery.trace_headers,
-            **self.settings.headers(),
-            "Idempotency-Key": delivery.idempotency_key,
-        }
-        with translate_transport_errors(TARGET):
-            response = await self._http.post(
-                self.settings.url("/requests"), json=body, headers=headers, timeout=self._timeout
-            )
-            if response.status_code == 401:
-                raise PermanentDeliveryError(
-                    f"The {TARGET} refused the hub's API key; check this tenant's api_key"
-                )
-            if response.is_error:
-                raise error_for_response(TARGET, response)
-            request_id = json_field(response, "requestId")
-            if not isinstance(request_id, str) or not request_id:
-                raise RetryableDeliveryError(f"The {TARGET} answered with no requestId")
-            return DeliveryResult(external_reference=request_id)
+        return await post_delivery(
+            self._http,
+            self.settings.url("/requests"),
+            body,
+            delivery=delivery,
+            target=TARGET,
+            # Our sentences begin "The opinions platform…"; HTTP errors say "opinions platform: …".
+            subject=f"The {TARGET}",
+            api_key_headers=self.settings.headers(),
+            timeout=self._timeout,
+            reference_field="requestId",
+        )
 
     async def aclose(self) -> None:
         pass  # the HTTP client is shared; the gateway closes it

@@ -33,16 +33,11 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
-    json_field,
     register_connector,
     settings_of,
 )
-from gateway.errors import (
-    PermanentDeliveryError,
-    RetryableDeliveryError,
-    error_for_response,
-    translate_transport_errors,
-)
+from gateway.connectors.rest import post_delivery
+from gateway.errors import PermanentDeliveryError
 
 TYPE_NAME = "peppol_ap"
 TARGET = "Peppol access point"
@@ -98,26 +93,16 @@ class PeppolApConnector:
             "processId": INVOICE_RESPONSE_PROCESS,
             "document": answer.application_response_base64,
         }
-        headers = {
-            **delivery.trace_headers,
-            **self.settings.headers(),
-            "Idempotency-Key": delivery.idempotency_key,
-        }
-        with translate_transport_errors(TARGET):
-            response = await self._http.post(
-                self.settings.url("/outbox"), json=body, headers=headers, timeout=self._timeout
-            )
-            if response.status_code == 401:
-                raise PermanentDeliveryError(
-                    f"{TARGET} refused the hub's API key; check this tenant's api_key"
-                )
-            if response.is_error:
-                raise error_for_response(TARGET, response)
-            message_id = json_field(response, "messageId")
-            if not isinstance(message_id, str) or not message_id:
-                # It may have been accepted: retrying under the same key is safe.
-                raise RetryableDeliveryError(f"{TARGET} answered with no messageId")
-            return DeliveryResult(external_reference=message_id)
+        return await post_delivery(
+            self._http,
+            self.settings.url("/outbox"),
+            body,
+            delivery=delivery,
+            target=TARGET,
+            api_key_headers=self.settings.headers(),
+            timeout=self._timeout,
+            reference_field="messageId",
+        )
 
     async def aclose(self) -> None:
         pass  # the HTTP client is shared; the gateway closes it

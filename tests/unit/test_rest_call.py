@@ -1,0 +1,115 @@
+"""``post_delivery``, the one JSON POST of the REST connectors, against fake targets
+(httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import date
+
+import httpx
+import pytest
+
+from contracts.envelope import new_event
+from contracts.events.urban import OpinionRequested
+from gateway.connectors.base import Delivery, DeliveryResult
+from gateway.connectors.rest import Refusal, post_delivery
+from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
+
+URL = "https://target.test/api/things"
+TARGET = "Target"
+
+
+def delivery() -> Delivery:
+    data = OpinionRequested(
+        file_id="F-1",
+        opinion_id="OP-1",
+        body="SRI",
+        subject="s",
+        due_on=date(2026, 4, 1),
+        reference="PU/2026/0012",
+    )
+    event = new_event(data, tenant="62063", subject="F-1", source="urn:test")
+    return Delivery(
+        "e1:route", "62063", "route", event, 1, trace_headers={"traceparent": "00-abc-def-01"}
+    )
+
+
+async def post(
+    handler: Callable[[httpx.Request], httpx.Response],
+    refusals: Mapping[int, Refusal] | None = None,
+    subject: str | None = None,
+) -> DeliveryResult:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        return await post_delivery(
+            http,
+            URL,
+            {"name": "value"},
+            delivery=delivery(),
+            target=TARGET,
+            api_key_headers={"X-Api-Key": "k3y"},
+            timeout=httpx.Timeout(5.0),
+            reference_field="thingId",
+            refusals=refusals,
+            subject=subject,
+        )
+
+
+async def test_a_json_answer_gives_the_external_reference() -> None:
+    seen: list[httpx.Request] = []
+
+    def target(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"thingId": "T-1"})
+
+    assert await post(target) == DeliveryResult(external_reference="T-1")
+    [request] = seen
+    assert (request.method, str(request.url)) == ("POST", URL)
+    assert json.loads(request.content) == {"name": "value"}
+    assert request.headers["X-Api-Key"] == "k3y"
+    assert request.headers["Idempotency-Key"] == "e1:route"
+    assert request.headers["traceparent"] == "00-abc-def-01"
+    assert request.extensions["timeout"]["read"] == 5.0
+
+
+async def test_a_503_is_retryable() -> None:
+    with pytest.raises(RetryableDeliveryError, match="HTTP 503: Target: busy"):
+        await post(lambda request: httpx.Response(503, text="busy"))
+
+
+async def test_a_problem_json_400_is_permanent_with_its_detail() -> None:
+    problem = {"type": "about:blank", "title": "Bad Request", "status": 400, "detail": "no name"}
+
+    def target(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            400, json=problem, headers={"Content-Type": "application/problem+json"}
+        )
+
+    with pytest.raises(PermanentDeliveryError, match="HTTP 400: Target: no name"):
+        await post(target)
+
+
+async def test_a_connect_error_is_retryable() -> None:
+    def target(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with pytest.raises(RetryableDeliveryError, match="Target unreachable: connection refused"):
+        await post(target)
+
+
+async def test_a_401_is_permanent_and_names_the_api_key() -> None:
+    with pytest.raises(PermanentDeliveryError, match=r"^The target refused the hub's API key"):
+        await post(lambda request: httpx.Response(401), subject="The target")
+
+
+async def test_a_refusal_of_the_connector_comes_before_the_generic_mapping() -> None:
+    def closed(answer: httpx.Response) -> str:
+        return f"closed ({answer.json()['detail']})"
+
+    with pytest.raises(PermanentDeliveryError, match=r"^closed \(gone\)$"):
+        await post(lambda request: httpx.Response(409, json={"detail": "gone"}), {409: closed})
+
+
+async def test_a_success_without_the_reference_is_retryable() -> None:
+    with pytest.raises(RetryableDeliveryError, match="Target answered with no thingId"):
+        await post(lambda request: httpx.Response(201, json={"status": "ok"}))
