@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, event
+from sqlalchemy import BigInteger, DateTime, Integer, Table, event, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -89,3 +90,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def next_in_sequence(
+    session: AsyncSession, table: Table, key: dict[str, Any], column: str = "last_sequence"
+) -> int:
+    """Add one to ``column`` of the counter row at ``key`` (created at 0 if new); the new value.
+
+    Runs in the caller's transaction: the UPDATE holds the row's write lock
+    (PostgreSQL) or the database's (SQLite) until commit, so concurrent callers
+    queue on it and the values they get are unique and, when every caller
+    commits, gap-free. A rolled-back caller gives its value back.
+    """
+    start = {**key, column: 0}
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(postgresql.insert(table).values(start).on_conflict_do_nothing())
+    else:
+        await session.execute(sqlite.insert(table).values(start).on_conflict_do_nothing())
+    result = await session.execute(
+        update(table)
+        .where(*(table.c[name] == value for name, value in key.items()))
+        .values({column: table.c[column] + 1})
+        .returning(table.c[column])
+    )
+    return int(result.scalar_one())

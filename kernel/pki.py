@@ -46,9 +46,11 @@ def ensure_tenant_signing_identity(keys_dir: Path, tenant: str) -> tuple[Path, P
     """
     directory = tenant_identity_dir(keys_dir, tenant)
     key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
-    if key_path.is_file() and cert_path.is_file():
-        return key_path, cert_path
     if directory.exists():
+        # Renamed into place whole: an existing directory is complete or broken. (Looking
+        # at the files first, then at the directory, raced with a process renaming it.)
+        if key_path.is_file() and cert_path.is_file():
+            return key_path, cert_path
         raise RuntimeError(
             f"{directory} exists but does not hold both {KEY_FILE} and {CERT_FILE};"
             " remove it and the hub will make a new development identity"

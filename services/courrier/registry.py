@@ -14,8 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import ColumnElement, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.exc import StaleDataError
@@ -31,6 +30,7 @@ from contracts.events.courrier import (
     Recipient,
 )
 from contracts.identifiers import mask_niss
+from kernel.database import next_in_sequence
 from kernel.errors import NotFound
 from kernel.migrations import table_of
 from kernel.outbox import stage
@@ -64,25 +64,8 @@ class SqlRegistrationCounters:
         self._session = session
 
     async def next_sequence(self, tenant: str, year: int, direction: Direction) -> int:
-        table = table_of(RegistrationCounter)
         key = {"tenant": tenant, "year": year, "direction": str(direction)}
-        if self._session.bind.dialect.name == "postgresql":
-            create = postgresql.insert(table).values(**key, last_sequence=0)
-            await self._session.execute(create.on_conflict_do_nothing())
-        else:
-            create_lite = sqlite.insert(table).values(**key, last_sequence=0)
-            await self._session.execute(create_lite.on_conflict_do_nothing())
-        result = await self._session.execute(
-            update(table)
-            .where(
-                table.c.tenant == tenant,
-                table.c.year == year,
-                table.c.direction == str(direction),
-            )
-            .values(last_sequence=table.c.last_sequence + 1)
-            .returning(table.c.last_sequence)
-        )
-        return int(result.scalar_one())
+        return await next_in_sequence(self._session, table_of(RegistrationCounter), key)
 
 
 @dataclass(frozen=True)

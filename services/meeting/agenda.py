@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.exc import StaleDataError
@@ -40,6 +39,7 @@ from contracts.events.meeting import (
     ItemOrigin,
     MeetingClosed,
 )
+from kernel.database import next_in_sequence
 from kernel.errors import NotFound
 from kernel.migrations import table_of
 from kernel.outbox import stage
@@ -88,25 +88,8 @@ class SqlDecisionCounters:
         self._session = session
 
     async def next_sequence(self, tenant: str, meeting_config: str, year: int) -> int:
-        table = table_of(DecisionCounter)
         key = {"tenant": tenant, "meeting_config": meeting_config, "year": year}
-        if self._session.bind.dialect.name == "postgresql":
-            create = postgresql.insert(table).values(**key, last_sequence=0)
-            await self._session.execute(create.on_conflict_do_nothing())
-        else:
-            create_lite = sqlite.insert(table).values(**key, last_sequence=0)
-            await self._session.execute(create_lite.on_conflict_do_nothing())
-        result = await self._session.execute(
-            update(table)
-            .where(
-                table.c.tenant == tenant,
-                table.c.meeting_config == meeting_config,
-                table.c.year == year,
-            )
-            .values(last_sequence=table.c.last_sequence + 1)
-            .returning(table.c.last_sequence)
-        )
-        return int(result.scalar_one())
+        return await next_in_sequence(self._session, table_of(DecisionCounter), key)
 
 
 @dataclass(frozen=True)

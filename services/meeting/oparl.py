@@ -13,14 +13,24 @@ Everything served comes from the read model written at publication
 (offset on ``(tenant, published_at, id)``) and a count, serialised from
 plain rows into dictionaries, without pydantic on the way out.
 
+A tenant's lists change only when it publishes (a published decision's
+meeting is closed and no longer changes), so a rendered list page stays true
+until the tenant's next publication. ``PageCache`` keeps rendered pages under
+the tenant's publication generation (``PublicationGeneration``, read from the
+database on every request, so every meeting process sees a publication at
+once) and serves them with that generation in the ``ETag``: a crawler that
+sends ``If-None-Match`` gets a ``304``.
+
 Object ids are absolute URLs on ``HUB_PUBLIC_BASE_URL`` when set, else on the
 address the request came to.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -36,7 +46,13 @@ from kernel.errors import NotFound, ProblemError
 from kernel.tenants import Tenant
 from services.meeting.configuration import MeetingConfig, TenantMeetings
 from services.meeting.domain import BRUSSELS, MeetingState
-from services.meeting.tables import Annex, Meeting, PublishedDecision, PublishedFile
+from services.meeting.tables import (
+    Annex,
+    Meeting,
+    PublicationGeneration,
+    PublishedDecision,
+    PublishedFile,
+)
 
 PREFIX = "/oparl/v1"
 OPARL_VERSION = "https://schema.oparl.org/1.1/"
@@ -52,6 +68,8 @@ RESULTS = {
 PAPER_TYPES = {"college": "Décision du collège communal", "council": "Délibération du conseil"}
 #: Published files are public: any web page may read them (OParl asks servers for CORS).
 CORS = {"Access-Control-Allow-Origin": "*"}
+#: Rendered list pages kept per meeting process (a page of 20 decisions is ~20 kB).
+PAGE_CACHE_BYTES = 64 * 1024 * 1024
 
 
 def oparl_type(name: str) -> str:
@@ -387,6 +405,62 @@ def object_response(data: dict[str, Any]) -> JSONResponse:
     return JSONResponse(data, headers=CORS)
 
 
+@dataclass(frozen=True)
+class RenderedPage:
+    content: bytes
+    etag: str
+
+
+class PageCache:
+    """Rendered list pages by (tenant, publication generation, URL), least recently used first out.
+
+    A page of an older generation is never asked for again (the key holds the
+    generation) and ages out; the total size stays under ``max_bytes``.
+    """
+
+    def __init__(self, max_bytes: int = PAGE_CACHE_BYTES) -> None:
+        self._pages: OrderedDict[tuple[str, int, str], RenderedPage] = OrderedDict()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+
+    def get(self, key: tuple[str, int, str]) -> RenderedPage | None:
+        page = self._pages.get(key)
+        if page is not None:
+            self._pages.move_to_end(key)
+        return page
+
+    def put(self, key: tuple[str, int, str], content: bytes) -> RenderedPage:
+        generation = key[1]
+        digest = hashlib.blake2b(content, digest_size=8).hexdigest()
+        page = RenderedPage(content, f'"{generation}-{digest}"')
+        if len(content) > self._max_bytes:
+            return page
+        previous = self._pages.pop(key, None)
+        self._bytes += len(content) - (len(previous.content) if previous else 0)
+        self._pages[key] = page
+        while self._bytes > self._max_bytes:
+            _, oldest = self._pages.popitem(last=False)
+            self._bytes -= len(oldest.content)
+        return page
+
+
+async def publication_generation(connection: AsyncConnection, tenant: str) -> int:
+    generation = await connection.scalar(
+        select(PublicationGeneration.generation).where(PublicationGeneration.tenant == tenant)
+    )
+    return int(generation or 0)
+
+
+def page_response(request: Request, page: RenderedPage) -> Response:
+    """The page, or ``304 Not Modified`` when the client holds this very page."""
+    headers = {**CORS, "ETag": page.etag, "Cache-Control": "no-cache"}
+    asked = request.headers.get("if-none-match", "")
+    held = {tag.strip().removeprefix("W/") for tag in asked.split(",")}
+    if page.etag in held or "*" in held:
+        return Response(status_code=304, headers=headers)
+    return Response(page.content, media_type="application/json", headers=headers)
+
+
 async def page_of(
     connection: AsyncConnection,
     query: Select[Any],
@@ -537,6 +611,14 @@ def _bodies(request: Request) -> dict[str, Body]:
     return cached
 
 
+def _page_cache(request: Request) -> PageCache:
+    state = request.app.state
+    cache: PageCache | None = getattr(state, "oparl_pages", None)
+    if cache is None:
+        cache = state.oparl_pages = PageCache()
+    return cache
+
+
 def _body(request: Request, tenant: str) -> Body:
     body = _bodies(request).get(tenant)
     if body is None:
@@ -616,16 +698,24 @@ def _list_routes(api: APIRouter) -> None:
                 modified_since: MomentQuery = None,
                 modified_until: MomentQuery = None,
                 after: AfterQuery = None,
-            ) -> JSONResponse:
+            ) -> Response:
                 found = _body(request, body)
                 paging = _paging(
                     page, limit, created_since, created_until, modified_since, modified_until
                 )
                 paging = replace(paging, after=after or None)
                 urls = Urls.of(request)
+                cache = _page_cache(request)
                 async with request.app.state.db_engine.connect() as connection:
-                    listed = await render(connection, urls, found, paging)
-                return list_response(urls.listing(found.code, kind), paging, listed)
+                    generation = await publication_generation(connection, found.code)
+                    url = urls.listing(found.code, kind)
+                    key = (found.code, generation, f"{url}?{request.url.query}")
+                    rendered = cache.get(key)
+                    if rendered is None:
+                        listed = await render(connection, urls, found, paging)
+                        answer = list_response(url, paging, listed)
+                        rendered = cache.put(key, bytes(answer.body))
+                return page_response(request, rendered)
 
             api.add_api_route(
                 f"/bodies/{{body}}/{kind}",

@@ -18,8 +18,17 @@ from pathlib import PurePosixPath
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kernel.database import next_in_sequence
+from kernel.migrations import table_of
 from services.meeting.pseudonymise import Pseudonymiser
-from services.meeting.tables import Annex, Item, Meeting, PublishedDecision, PublishedFile
+from services.meeting.tables import (
+    Annex,
+    Item,
+    Meeting,
+    PublicationGeneration,
+    PublishedDecision,
+    PublishedFile,
+)
 
 _EXTENSION = re.compile(r"^\.[a-z0-9]{1,8}$")
 
@@ -108,4 +117,7 @@ async def record_publication(
     session.add(published)
     await session.flush()  # the decision row first: the files refer to it
     session.add_all(files)
+    await next_in_sequence(
+        session, table_of(PublicationGeneration), {"tenant": item.tenant}, "generation"
+    )
     return published

@@ -247,6 +247,21 @@ class PublishedFile(Base):
     published_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class PublicationGeneration(Base):
+    """How many times a tenant's published decisions changed (one more at each publication).
+
+    Everything OParl shows of a tenant comes from its publications (closed
+    meetings no longer change), so this number says whether a page OParl
+    rendered before is still true: it is part of the page cache's key and of
+    the ``ETag``, in every meeting process alike.
+    """
+
+    __tablename__ = "meeting_publication_generations"
+
+    tenant: Mapped[str] = mapped_column(String(5), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(
         1,
@@ -285,5 +300,10 @@ MIGRATIONS: list[Migration] = [
         5,
         "events that break their contract, kept for an operator",
         create_tables(table_of(RejectedEvent)),
+    ),
+    Migration(
+        6,
+        "each tenant's publication generation (OParl's page cache and ETags)",
+        create_tables(table_of(PublicationGeneration)),
     ),
 ]

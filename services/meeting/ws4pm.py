@@ -5,6 +5,21 @@ with its address set to the URL it was fetched from): WS4PM's namespace,
 element and field names for the operations the hub implements. Operations
 run the same use cases as the REST API, in one transaction each.
 
+Operations (``OPERATIONS``): testConnection, checkIsLinked, getConfigInfos,
+getUserInfos, meetingsAcceptingItems, createItem, getItemInfos,
+getSingleItemInfos, searchItems, and getItemTemplate, which is always a Fault:
+
+- getUserInfos describes the calling client only (a client's ``fullname`` is
+  its username, its ``email`` is empty: the hub holds no other identity; its
+  ``groups`` are the tenant's proposing services, for which it creates items).
+  Asking for another userId is a Fault: the hub has no user directory.
+- getSingleItemInfos answers getItemInfos' item infos directly in its
+  response element (no ``itemInfo`` wrapper), as WS4PM does.
+- getItemTemplate: WS4PM generates a document of the item from a POD
+  template; the hub has no templates (items never list any), so it answers
+  with a Fault saying so and pointing to getSingleItemInfos/getItemInfos
+  (with showAnnexes) rather than with a made-up document.
+
 Callers authenticate with HTTP Basic; the username names the tenant (tenant
 files, ``services.meeting.ws4pm_clients``). Requests are parsed without DTDs,
 entities or network access and within the body limit, then validated
@@ -71,6 +86,8 @@ REVIEW_STATES: dict[ItemState, str] = {
 }
 STATES_BY_REVIEW_STATE = {name: state for state, name in REVIEW_STATES.items()}
 POSITIVE_DECIDED_STATES = ("accepted", "accepted_but_modified")
+#: PloneMeeting's group suffix of item creators: a client creates items for every service.
+CREATORS_SUFFIX = "creators"
 
 # No DTD (hence no entity, no "billion laughs"), no network, libxml2's size limits kept.
 _SAFE_PARSER = etree.XMLParser(
@@ -280,7 +297,6 @@ async def check_is_linked(context: Context, request: etree._Element) -> etree._E
 async def get_config_infos(context: Context, request: etree._Element) -> etree._Element:
     show_categories = _flag(request, "showCategories", False)
     answer = _answer("getConfigInfos")
-    services: dict[str, None] = {}
     for config in context.caller.meetings.configurations.values():
         info = _add(answer, "configInfo", None)
         for name, value in (("UID", config.id), ("id", config.id), ("title", config.title)):
@@ -295,12 +311,53 @@ async def get_config_infos(context: Context, request: etree._Element) -> etree._
                     _add(basic, name, category.id)
                 _add(basic, "title", category.title)
                 _add(basic, "description", "")
+    for service in _proposing_services(context.caller):
+        _add_group(answer, "groupInfo", service)
+    return answer
+
+
+def _proposing_services(caller: Ws4pmCaller) -> list[str]:
+    """The tenant's proposing services, each once, in the order of its configurations."""
+    services: dict[str, None] = {}
+    for config in caller.meetings.configurations.values():
         services.update(dict.fromkeys(config.proposing_services))
-    for service in services:
-        group = _add(answer, "groupInfo", None)
-        for name in ("UID", "id", "title"):
-            _add(group, name, service)
-        _add(group, "description", "")
+    return list(services)
+
+
+def _add_group(parent: etree._Element, name: str, service: str) -> None:
+    """A proposing service as WS4PM's GroupInfo/BasicInfo (UID, id, title, description)."""
+    group = _add(parent, name, None)
+    for field in ("UID", "id", "title"):
+        _add(group, field, service)
+    _add(group, "description", "")
+
+
+async def get_user_infos(context: Context, request: etree._Element) -> etree._Element:
+    """The calling client's own infos; the hub has no directory of other users."""
+    caller = context.caller
+    user_id = request.findtext("userId") or ""
+    if user_id != caller.username:
+        raise Ws4pmFault(
+            f"getUserInfos: this client is {caller.username!r} and can only read its own "
+            f"infos, not {user_id!r}: the hub has no user directory (its WS4PM users are the "
+            "client credentials of each tenant)",
+            slug="forbidden",
+        )
+    show_groups = _flag(request, "showGroups", False)
+    suffix = _text(request, "suffix")
+    if show_groups and suffix not in (None, CREATORS_SUFFIX):
+        raise Ws4pmFault(
+            f"getUserInfos: the hub has no per-service roles, so it cannot answer for suffix "
+            f"{suffix!r}; a client creates items for every proposing service of its tenant: "
+            f"omit suffix or ask for {CREATORS_SUFFIX!r}",
+            slug="not-supported",
+        )
+    answer = _answer("getUserInfos")
+    _add(answer, "fullname", caller.username)  # the only name the hub knows a client by
+    _add(answer, "email", "")  # required by WS4PM; the hub holds no address for clients
+    if show_groups:
+        for service in _proposing_services(caller):
+            _add_group(answer, "groups", service)
     return answer
 
 
@@ -434,19 +491,52 @@ async def _create_and_move(
 
 
 async def get_item_infos(context: Context, request: etree._Element) -> etree._Element:
+    answer = _answer("getItemInfos")
+    await _requested_item_info(context, request, _add(answer, "itemInfo", None))
+    return answer
+
+
+async def get_single_item_infos(context: Context, request: etree._Element) -> etree._Element:
+    """getItemInfos' infos of the item, directly in the answer (WS4PM: no itemInfo wrapper)."""
+    answer = _answer("getSingleItemInfos")
+    await _requested_item_info(context, request, answer)
+    return answer
+
+
+async def _requested_item_info(
+    context: Context, request: etree._Element, info: etree._Element
+) -> None:
+    """Fill ``info`` with the infos of the item the request names by UID."""
     uid = request.findtext("UID") or ""
     show_annexes = _flag(request, "showAnnexes", False)
     with_binary = _flag(request, "include_annex_binary", True)
     async with context.store.sessions() as session:
-        try:
-            item = await agenda.find_item(session, context.caller.tenant, uid)
-        except ProblemError as exc:
-            raise Ws4pmFault(
-                f"no item with UID {uid!r} is visible to this client", slug="not-found"
-            ) from exc
-        answer = _answer("getItemInfos")
-        await _item_info(session, context, answer, item, show_annexes, with_binary)
-    return answer
+        item = await _visible_item(session, context, uid)
+        await _fill_item_info(session, context, info, item, show_annexes, with_binary)
+
+
+async def _visible_item(session: AsyncSession, context: Context, uid: str) -> Item:
+    """The caller's tenant's item; any other UID (unknown, another tenant's) is a Fault."""
+    try:
+        return await agenda.find_item(session, context.caller.tenant, uid)
+    except ProblemError as exc:
+        raise Ws4pmFault(
+            f"no item with UID {uid!r} is visible to this client", slug="not-found"
+        ) from exc
+
+
+async def get_item_template(context: Context, request: etree._Element) -> etree._Element:
+    """Always a Fault: the hub generates no documents from POD templates."""
+    uid = request.findtext("itemUID") or ""
+    template = request.findtext("templateId") or ""
+    async with context.store.sessions() as session:
+        await _visible_item(session, context, uid)
+    raise Ws4pmFault(
+        f"getItemTemplate: the hub generates no documents from POD templates, so it has no "
+        f"template {template!r} (items list no templates). Read the item with "
+        "getSingleItemInfos or getItemInfos, and its documents with showAnnexes=true",
+        slug="not-supported",
+    )
 
 
 async def search_items(context: Context, request: etree._Element) -> etree._Element:
@@ -470,22 +560,25 @@ async def search_items(context: Context, request: etree._Element) -> etree._Elem
             session, context.caller.tenant, where, limit=SEARCH_LIMIT, offset=0
         )
         for item in items:
-            await _item_info(session, context, answer, item, show_annexes=False, with_binary=False)
+            info = _add(answer, "itemInfo", None)
+            await _fill_item_info(
+                session, context, info, item, show_annexes=False, with_binary=False
+            )
     return answer
 
 
-async def _item_info(
+async def _fill_item_info(
     session: AsyncSession,
     context: Context,
-    parent: etree._Element,
+    info: etree._Element,
     item: Item,
     show_annexes: bool,
     with_binary: bool,
 ) -> None:
+    """WS4PM's ItemInfo fields of ``item``, in the contract's order, as children of ``info``."""
     dates = await agenda.meeting_dates(
         session, item.tenant, {m for m in (item.meeting_id, item.preferred_meeting_id) if m}
     )
-    info = _add(parent, "itemInfo", None)
     _add(info, "UID", item.id)
     _add(info, "id", item.id)
     _add(info, "title", item.title)
@@ -522,9 +615,12 @@ OPERATIONS: dict[str, Operation] = {
     "testConnection": test_connection,
     "checkIsLinked": check_is_linked,
     "getConfigInfos": get_config_infos,
+    "getUserInfos": get_user_infos,
     "meetingsAcceptingItems": meetings_accepting_items,
     "createItem": create_item,
     "getItemInfos": get_item_infos,
+    "getSingleItemInfos": get_single_item_infos,
+    "getItemTemplate": get_item_template,
     "searchItems": search_items,
 }
 

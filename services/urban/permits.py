@@ -22,8 +22,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.exc import StaleDataError
@@ -42,6 +41,7 @@ from contracts.events.urban import (
     OpinionRequested,
     Parcel,
 )
+from kernel.database import next_in_sequence
 from kernel.errors import NotFound
 from kernel.migrations import table_of
 from kernel.outbox import stage
@@ -163,21 +163,9 @@ def checked_document(document: NoticeDocument) -> Document:
 async def next_reference(session: AsyncSession, tenant: str, file_type: FileType, year: int) -> str:
     """The next reference of the file type and year; the counter row serialises openings."""
     prefix = format_reference(file_type, year, 1).split("/")[0]
-    table = table_of(ReferenceCounter)
     key = {"tenant": tenant, "prefix": prefix, "year": year}
-    if session.bind.dialect.name == "postgresql":
-        create = postgresql.insert(table).values(**key, last_sequence=0)
-        await session.execute(create.on_conflict_do_nothing())
-    else:
-        create_lite = sqlite.insert(table).values(**key, last_sequence=0)
-        await session.execute(create_lite.on_conflict_do_nothing())
-    result = await session.execute(
-        update(table)
-        .where(table.c.tenant == tenant, table.c.prefix == prefix, table.c.year == year)
-        .values(last_sequence=table.c.last_sequence + 1)
-        .returning(table.c.last_sequence)
-    )
-    return format_reference(file_type, year, int(result.scalar_one()))
+    sequence = await next_in_sequence(session, table_of(ReferenceCounter), key)
+    return format_reference(file_type, year, sequence)
 
 
 # -- opening and NOTICe ---------------------------------------------------------------------

@@ -21,6 +21,7 @@ from kernel.database import utcnow
 from kernel.settings import HubSettings
 from services.meeting.domain import MAX_ANNEX_BYTES
 from tests.integration.test_meeting_api import (
+    LIEGE,
     PDF,
     SAMBREVILLE,
     WS4PM_PASSWORD,
@@ -195,6 +196,90 @@ async def test_ws4pm_business_errors_are_faults_and_store_nothing(
     assert "wrong password" in refused.value.message
 
 
+async def test_a_ws4pm_client_reads_its_own_user_infos_and_no_one_else(
+    service: MeetingService,
+) -> None:
+    client = await ws4pm_client(service)
+    me = f"urban-{SAMBREVILLE}"
+    plain = await blocking(client.service.getUserInfos, userId=me)
+    assert (plain.fullname, plain.email, plain.groups) == (me, None, [])
+    configs = await blocking(client.service.getConfigInfos)
+    for suffix in (None, "creators"):
+        infos = await blocking(
+            client.service.getUserInfos, userId=me, showGroups=True, suffix=suffix
+        )
+        assert [(g.UID, g.id, g.title) for g in infos.groups] == [
+            (g.UID, g.id, g.title) for g in configs.groupInfo
+        ]
+        assert [g.id for g in infos.groups] == ["urbanisme", "travaux"]
+
+    with pytest.raises(Fault) as other:
+        await blocking(client.service.getUserInfos, userId=f"urban-{LIEGE}")
+    assert f"can only read its own infos, not 'urban-{LIEGE}'" in other.value.message
+    assert "no user directory" in other.value.message
+    with pytest.raises(Fault) as reviewers:
+        await blocking(client.service.getUserInfos, userId=me, showGroups=True, suffix="reviewers")
+    assert "no per-service roles" in reviewers.value.message
+
+
+async def test_get_single_item_infos_answers_the_item_unwrapped(service: MeetingService) -> None:
+    meeting_id = await service.meeting()
+    client = await ws4pm_client(service)
+    uid = (
+        await blocking(
+            client.service.createItem,
+            meetingConfigId="college",
+            proposingGroupId="urbanisme",
+            creationData=creation_data(preferredMeeting=meeting_id),
+        )
+    ).UID
+    single = await blocking(client.service.getSingleItemInfos, UID=uid, showAnnexes=True)
+    listed = (await blocking(client.service.getItemInfos, UID=uid, showAnnexes=True))[0]
+    assert single == listed
+    assert (single.UID, single.review_state, single.preferredMeeting) == (
+        uid,
+        "itemcreated",
+        meeting_id,
+    )
+    assert single.meeting is None and single.meeting_date.year == 1950
+    assert single.annexes[0].file == PDF and single.templates == []
+    bare = await blocking(client.service.getSingleItemInfos, UID=uid)
+    assert bare.annexes == [] and bare.externalIdentifier == "URB/2026/0099"
+
+    with pytest.raises(Fault) as missing:
+        await blocking(client.service.getSingleItemInfos, UID="no-such-item")
+    assert "no item with UID 'no-such-item' is visible" in missing.value.message
+    theirs = (await service.item(LIEGE))["id"]
+    with pytest.raises(Fault) as other_tenant:
+        await blocking(client.service.getSingleItemInfos, UID=theirs)
+    assert f"no item with UID {theirs!r} is visible" in other_tenant.value.message
+
+
+async def test_get_item_template_is_a_fault_that_says_templates_are_not_supported(
+    service: MeetingService,
+) -> None:
+    client = await ws4pm_client(service)
+    uid = (
+        await blocking(
+            client.service.createItem,
+            meetingConfigId="college",
+            proposingGroupId="urbanisme",
+            creationData=creation_data(),
+        )
+    ).UID
+    with pytest.raises(Fault) as template:
+        await blocking(
+            client.service.getItemTemplate, itemUID=uid, templateId="itemTemplate__format__odt"
+        )
+    message = template.value.message
+    assert "no documents from POD templates" in message
+    assert "'itemTemplate__format__odt'" in message and "getSingleItemInfos" in message
+    with pytest.raises(Fault) as missing:
+        await blocking(client.service.getItemTemplate, itemUID="no-such-item", templateId="t")
+    assert "no item with UID 'no-such-item'" in missing.value.message
+    assert await service.stored() == (1, 1)
+
+
 async def test_malformed_soap_gets_specific_faults(service: MeetingService) -> None:
     wrong_namespace = await raw_call(
         service,
@@ -211,7 +296,7 @@ async def test_malformed_soap_gets_specific_faults(service: MeetingService) -> N
     )
     assert "proposingGroupId" in fault_string(missing)
 
-    unknown = await raw_call(service, envelope("<pm:getItemTemplateRequest/>"))
+    unknown = await raw_call(service, envelope("<pm:deleteItemRequest/>"))
     assert "unknown or unsupported operation" in fault_string(unknown)
 
     bomb = (
@@ -252,6 +337,9 @@ async def test_the_served_wsdl_names_its_own_address_and_the_ws4pm_namespace(
         "createItem",
         "getConfigInfos",
         "getItemInfos",
+        "getItemTemplate",
+        "getSingleItemInfos",
+        "getUserInfos",
         "meetingsAcceptingItems",
         "searchItems",
         "testConnection",

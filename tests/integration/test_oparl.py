@@ -411,6 +411,36 @@ async def test_lists_page_with_links_counts_and_date_filters(service: MeetingSer
     assert lost.status_code == 400 and lost.json()["type"].endswith("/invalid-cursor")
 
 
+async def publish_one_more(service: MeetingService, tenant: str, reference: str) -> None:
+    meeting = await service.meeting(tenant=tenant)
+    item_id = await service.presented_item(meeting, tenant, external_identifier=reference)
+    await decide(service, item_id, "Le collège décide.", tenant)
+    assert (await service.post(f"/v1/meetings/{meeting}/close", tenant=tenant)).is_success
+    await publish(service, item_id, tenant)
+
+
+async def test_a_list_page_holds_until_its_tenant_publishes_again(service: MeetingService) -> None:
+    await make_decisions(service)
+    papers = f"{service.base_url}/oparl/v1/bodies/{SAMBREVILLE}/papers"
+    first = await service.http.get(papers)
+    assert first.status_code == 200 and first.json()["pagination"]["totalElements"] == 3
+    etag = first.headers["etag"]
+    assert first.headers["cache-control"] == "no-cache"
+    assert first.headers["access-control-allow-origin"] == "*"
+
+    # The client holds the page: 304, no body. Another tenant publishing changes nothing here.
+    await publish_one_more(service, LIEGE, "LG/2")
+    held = await service.http.get(papers, headers={"If-None-Match": f'W/"x", {etag}'})
+    assert held.status_code == 304 and held.content == b"" and held.headers["etag"] == etag
+    assert (await service.http.get(papers)).content == first.content
+
+    # The tenant publishes: the page is rendered again, with a new ETag.
+    await publish_one_more(service, SAMBREVILLE, "URB/9")
+    after = await service.http.get(papers, headers={"If-None-Match": etag})
+    assert after.status_code == 200 and after.json()["pagination"]["totalElements"] == 4
+    assert after.headers["etag"] != etag
+
+
 async def test_unpublished_and_other_tenants_objects_are_not_found(service: MeetingService) -> None:
     made = await make_decisions(service)
     root = f"{service.base_url}/oparl/v1/bodies"

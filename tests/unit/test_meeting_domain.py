@@ -191,7 +191,7 @@ def test_a_valid_ws4pm_request_yields_its_operation_element() -> None:
     ("body", "message"),
     [
         (soap("<pm:testConnectionRequest/>", "http://other.example"), "WS4PM operations are in"),
-        (soap("<pm:getUserInfosRequest/>"), "unknown or unsupported operation"),
+        (soap("<pm:deleteItemRequest/>"), "unknown or unsupported operation"),
         (soap("<pm:checkIsLinkedRequest/>"), "externalIdentifier"),
         (
             soap(

@@ -1,0 +1,33 @@
+"""OParl's page cache: bounded in bytes, least recently used out, ETags by generation."""
+
+from __future__ import annotations
+
+from services.meeting.oparl import PageCache
+
+
+def test_the_least_recently_used_page_leaves_first_when_the_cache_is_full() -> None:
+    cache = PageCache(max_bytes=25)
+    first = cache.put(("62063", 1, "/papers?page=1"), b"a" * 10)
+    cache.put(("62063", 1, "/papers?page=2"), b"b" * 10)
+    assert cache.get(("62063", 1, "/papers?page=1")) == first  # now the most recently used
+    cache.put(("62063", 1, "/papers?page=3"), b"c" * 10)
+    assert cache.get(("62063", 1, "/papers?page=2")) is None
+    assert cache.get(("62063", 1, "/papers?page=1")) is not None
+    assert cache.get(("62063", 1, "/papers?page=3")) is not None
+
+
+def test_a_page_larger_than_the_cache_is_served_but_not_kept() -> None:
+    cache = PageCache(max_bytes=5)
+    page = cache.put(("62063", 1, "/papers"), b"too large")
+    assert page.content == b"too large"
+    assert cache.get(("62063", 1, "/papers")) is None
+
+
+def test_the_etag_names_the_generation_and_the_content() -> None:
+    cache = PageCache()
+    old = cache.put(("62063", 1, "/papers"), b"{}")
+    new = cache.put(("62063", 2, "/papers"), b"{}")
+    other = cache.put(("62063", 2, "/meetings"), b"[]")
+    assert old.etag.startswith('"1-') and new.etag.startswith('"2-')
+    assert old.etag != new.etag != other.etag
+    assert cache.get(("62063", 1, "/papers")) == old  # an older generation is simply not asked
