@@ -13,8 +13,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -102,6 +103,22 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in (401, 403, *statuses)
     }
+
+
+def download_responses(*problems: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI of a route that answers a stored document's bytes (see ``download``)."""
+    ok = {"description": "The document's bytes", "content": {"*/*": {}}}
+    return {200: ok, **problem_responses(*problems)}
+
+
+def download(content: bytes, media_type: str, filename: str) -> Response:
+    """A stored document's bytes, which a browser saves under the document's own name.
+
+    ``filename*`` (RFC 6266 with RFC 8187 encoding) carries accents and spaces
+    of names like ``Décision n°12.pdf`` safely.
+    """
+    disposition = f"attachment; filename*=UTF-8''{quote(filename)}"
+    return Response(content, media_type=media_type, headers={"Content-Disposition": disposition})
 
 
 class RejectedEventView(BaseModel):

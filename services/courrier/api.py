@@ -13,13 +13,20 @@ import binascii
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Security, UploadFile
 from fastapi.security import HTTPBearer
 from sqlalchemy.exc import IntegrityError
 
-from kernel.api import Page, Storage, StorageDep, authorised, problem_responses
+from kernel.api import (
+    Page,
+    Storage,
+    StorageDep,
+    authorised,
+    download,
+    download_responses,
+    problem_responses,
+)
 from kernel.auth import Caller
 from kernel.database import utcnow
 from kernel.errors import ProblemError
@@ -361,10 +368,7 @@ def _registry_routes(api: APIRouter) -> None:
         "/mails/{mail_id}/files/{file_id}",
         tags=["registry"],
         response_class=Response,
-        responses={
-            200: {"description": "The file's bytes", "content": {"*/*": {}}},
-            **problem_responses(404),
-        },
+        responses=download_responses(404),
     )
     async def download_file(
         mail_id: str, file_id: str, caller: Reader, store: StorageDep
@@ -372,11 +376,7 @@ def _registry_routes(api: APIRouter) -> None:
         """A scan or a letter, as stored."""
         async with store.sessions() as session:
             file = await registry.read_file(session, caller.tenant, mail_id, file_id)
-        return Response(
-            file.content,
-            media_type=file.media_type,
-            headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(file.filename)}"},
-        )
+        return download(file.content, file.media_type, file.filename)
 
 
 async def _page(

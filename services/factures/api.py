@@ -16,7 +16,7 @@ from fastapi.security import HTTPBearer
 from sqlalchemy.exc import IntegrityError
 
 from contracts.events.factures import Channel
-from kernel.api import Storage, StorageDep, authorised
+from kernel.api import Storage, StorageDep, authorised, download
 from kernel.auth import Caller
 from kernel.database import utcnow
 from kernel.errors import ProblemError
@@ -240,11 +240,7 @@ def _reading_routes(api: APIRouter) -> None:
         """The UBL document exactly as received (or encoded), byte for byte."""
         async with store.sessions() as session:
             content = await registry.read_ubl(session, caller.tenant, invoice_id)
-        return Response(
-            content,
-            media_type="application/xml",
-            headers={"Content-Disposition": f'attachment; filename="{invoice_id}.xml"'},
-        )
+        return download(content, "application/xml", f"{invoice_id}.xml")
 
 
 def _decision_routes(api: APIRouter) -> None:

@@ -12,14 +12,21 @@ import base64
 import binascii
 from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response, Security
 from fastapi.security import HTTPBearer
 from sqlalchemy.exc import IntegrityError
 
 from contracts.events.meeting import ItemOrigin
-from kernel.api import Page, Storage, StorageDep, authorised, problem_responses
+from kernel.api import (
+    Page,
+    Storage,
+    StorageDep,
+    authorised,
+    download,
+    download_responses,
+    problem_responses,
+)
 from kernel.auth import Caller
 from kernel.database import utcnow
 from kernel.errors import ProblemError
@@ -293,23 +300,14 @@ def _item_routes(api: APIRouter) -> None:
         "/items/{item_id}/annexes/{annex_id}",
         tags=["items"],
         response_class=Response,
-        responses={
-            200: {"description": "The annex's bytes", "content": {"*/*": {}}},
-            **problem_responses(404),
-        },
+        responses=download_responses(404),
     )
     async def download_annex(
         item_id: str, annex_id: str, caller: Reader, store: StorageDep
     ) -> Response:
         async with store.sessions() as session:
             annex = await agenda.read_annex(session, caller.tenant, item_id, annex_id)
-        return Response(
-            annex.content,
-            media_type=annex.media_type,
-            headers={
-                "Content-Disposition": f"attachment; filename*=UTF-8''{quote(annex.filename)}"
-            },
-        )
+        return download(annex.content, annex.media_type, annex.filename)
 
     for transition in (Transition.PROPOSE, Transition.VALIDATE):
         _simple_transition_route(api, transition)

@@ -12,14 +12,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response, Security
 from fastapi.security import HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.events.urban import Applicant, FileType, Parcel
-from kernel.api import Page, Storage, StorageDep, authorised, problem_responses
+from kernel.api import (
+    Page,
+    Storage,
+    StorageDep,
+    authorised,
+    download,
+    download_responses,
+    problem_responses,
+)
 from kernel.auth import Caller
 from kernel.database import utcnow
 from services.urban import permits
@@ -146,23 +153,14 @@ def _file_routes(api: APIRouter) -> None:
         "/files/{file_id}/documents/{document_id}",
         tags=["files"],
         response_class=Response,
-        responses={
-            200: {"description": "The document's bytes", "content": {"*/*": {}}},
-            **problem_responses(404),
-        },
+        responses=download_responses(404),
     )
     async def download_document(
         file_id: str, document_id: str, caller: Reader, store: StorageDep
     ) -> Response:
         async with store.sessions() as session:
             document = await permits.read_document(session, caller.tenant, file_id, document_id)
-        return Response(
-            document.content,
-            media_type=document.media_type,
-            headers={
-                "Content-Disposition": f"attachment; filename*=UTF-8''{quote(document.filename)}"
-            },
-        )
+        return download(document.content, document.media_type, document.filename)
 
     @api.get("/unprocessed-notifications", tags=["files"], responses=problem_responses(422))
     async def list_unprocessed(
