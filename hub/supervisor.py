@@ -52,6 +52,9 @@ class Running:
 
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
+        # As uvicorn binds: connections of a hub stopped a moment ago (TIME_WAIT) do not
+        # hold the port, a process listening on it does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -153,10 +156,23 @@ def stop_all(running: list[Running], broker: EmbeddedBroker | None) -> None:
         broker.stop()
 
 
+#: Signals that stop the hub as Ctrl-C does: ``kill``, systemd, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_like_ctrl_c(_signum: int, _frame: object) -> None:
+    # Python's default for SIGTERM and SIGHUP ends the process at once, skipping the
+    # ``finally`` that stops the components: they run in sessions of their own (so a
+    # Ctrl-C reaches the supervisor alone) and would outlive it.
+    raise KeyboardInterrupt
+
+
 def run_hub(settings: HubSettings, broker_port: int) -> int:
     (settings.var_dir / "log").mkdir(parents=True, exist_ok=True)
     running: list[Running] = []
     broker: EmbeddedBroker | None = None
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, _stop_like_ctrl_c)
     try:
         with Progress(
             SpinnerColumn(),
@@ -194,6 +210,8 @@ def run_hub(settings: HubSettings, broker_port: int) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        for stop_signal in STOP_SIGNALS:  # a second Ctrl-C must not cut the stopping short
+            signal.signal(stop_signal, signal.SIG_IGN)
         console.print("Stopping the hub…")
         stop_all(running, broker)
         console.print("[green]Stopped.[/green]")
