@@ -35,7 +35,7 @@ WRITE_COMMAND = "python -m contracts.asyncapi --write"
 
 #: Version of this API description: bump the minor version when an event type
 #: is added, the major version when one is removed (a ``.vN`` type retired).
-API_VERSION = "1.1.0"
+API_VERSION = "1.2.0"
 KAFKA_BINDING_VERSION = "0.5.0"
 SCHEMAS = "#/components/schemas/"
 
@@ -184,7 +184,8 @@ OPERATIONS: tuple[Operation, ...] = (
         action="send",
         topic="urban.events",
         summary="The urban service publishes files opened, deadline warnings, NOTICe responses, "
-        "identification and opinion requests, and requests for a college decision (outbox relay).",
+        "identification and opinion requests, requests for a college decision and the "
+        "college's extensions of its decision deadline (outbox relay).",
     ),
     Operation(
         id="urbanReceivesInbound",

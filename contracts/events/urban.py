@@ -156,3 +156,22 @@ class OpinionRequested(EventData):
     subject: str
     due_on: date
     reference: str = Field(description="The file's number, for the body's reply")
+
+
+class DecisionDeadlineExtended(EventData):
+    """The college extended a file's decision deadline, once, by 30 days (CoDT D.IV.46).
+
+    The extension counts only if the college's decision to extend is sent to the
+    applicant and to the delegated official before ``previous_due_on`` ends: a
+    consumer that sends it has the dates and the reason here.
+    """
+
+    TYPE: ClassVar[str] = "urban.file.decision_deadline_extended.v1"
+    TOPIC: ClassVar[str] = TOPIC
+
+    file_id: str
+    reference: str = Field(description="The file's number, e.g. PU/2026/0012")
+    extended_on: date = Field(description="The day the extension was recorded")
+    previous_due_on: date = Field(description="The decision deadline before the extension")
+    due_on: date = Field(description="The decision deadline now, 30 days later")
+    reason: str = Field(description="Why the college needs more time, in plain words")

@@ -33,6 +33,7 @@ from services.urban import permits
 from services.urban.configuration import TenantUrban
 from services.urban.domain import FileState
 from services.urban.schemas import (
+    DecisionExtensionBody,
     FileCreate,
     FileSummary,
     FileView,
@@ -248,6 +249,22 @@ def _procedure_routes(api: APIRouter) -> None:
 
         async def change(s: AsyncSession, t: TenantUrban, f: PermitFile) -> None:
             await permits.request_decision(s, t, f, utcnow())
+
+        return await change_file(store, caller, file_id, change)
+
+    @api.post(
+        "/files/{file_id}/decision-deadline-extension", tags=["procedure"], responses=responses
+    )
+    async def extend_decision_deadline(
+        file_id: str, body: DecisionExtensionBody, caller: Writer, store: StorageDep
+    ) -> FileView:
+        """The college extended its decision deadline by 30 days, today, once (CoDT D.IV.46,
+        last paragraph; ``urban.file.decision_deadline_extended.v1``). Only for a permis
+        d'urbanisme or d'urbanisation, a certificat d'urbanisme n°2 or a déclaration
+        urbanistique, found complete, not decided, and before its deadline has passed."""
+
+        async def change(s: AsyncSession, t: TenantUrban, f: PermitFile) -> None:
+            await permits.extend_decision_deadline(s, t, f, body.reason, utcnow())
 
         return await change_file(store, caller, file_id, change)
 

@@ -9,13 +9,15 @@ the day of the starting act is not counted, the last day is; a last day that
 falls on a Saturday, a Sunday or a Belgian legal holiday moves to the next
 working day. A public inquiry does not run from 16 July to 15 August nor from
 24 December to 1 January; the days it stood still push the decision deadline
-back by as many days.
+back by as many days. The college may extend its decision deadline once by 30
+days (CoDT D.IV.46, last paragraph); ``extension_refusal`` says when it may not.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+from enum import Enum
 from functools import cache
 
 from contracts.events.urban import FileType
@@ -58,6 +60,17 @@ FROM_RECEIPT_DECISION_DAYS: dict[FileType, int] = {
 #: The consulted body whose opinion is the delegated official's (fonctionnaire délégué).
 DELEGATED_OFFICIAL = "FD"
 
+#: The procedures counted under CoDT D.IV.46, the only ones whose decision deadline the
+#: college may extend.
+EXTENDABLE_FILE_TYPES: tuple[FileType, ...] = (
+    "permis_urbanisme",
+    "permis_urbanisation",
+    "certificat_urbanisme_2",
+    "declaration_urbanistique",
+)
+#: The days the college's one extension adds to its decision deadline.
+EXTENSION_DAYS = 30
+
 
 @dataclass(frozen=True)
 class OpinionFacts:
@@ -82,6 +95,8 @@ class Facts:
     decided_on: date | None = None
     #: The day the decision reached the applicant (for NOTICe files, the SPW's receipt).
     notified_on: date | None = None
+    #: The day the college extended its decision deadline (once, by ``EXTENSION_DAYS``).
+    decision_extended_on: date | None = None
 
 
 @dataclass(frozen=True)
@@ -220,7 +235,41 @@ def _decision_due(facts: Facts, suspended: int) -> date | None:
         start = facts.complete_on
     else:
         return None  # the decision clock starts with the acknowledgment
-    return last_day(start, decision_days(facts) + suspended)
+    # The extension lengthens the count itself ("145 days" for a 115-day file): only the
+    # new last day moves to a working day, not the old one before the 30 days are added.
+    extension = EXTENSION_DAYS if facts.decision_extended_on is not None else 0
+    return last_day(start, decision_days(facts) + suspended + extension)
+
+
+class ExtensionRefusal(Enum):
+    """Why the college may not extend its decision deadline (CoDT D.IV.46, last paragraph)."""
+
+    NOT_EXTENDABLE = "the procedure is not one of CoDT D.IV.46"
+    ALREADY_EXTENDED = "the deadline was extended once already"
+    DECIDED = "the file is decided"
+    NOT_STARTED = "the decision clock has not started"
+    TOO_LATE = "the decision deadline has passed"
+
+
+def extension_refusal(facts: Facts, day: date) -> ExtensionRefusal | None:
+    """Why the college may not extend the decision deadline on ``day``; None when it may.
+
+    The extension must be decided (and sent) before the deadline ends, so its last
+    day still allows it; a deadline that has not started cannot be extended (Council
+    of State, n° 242.424, 25 September 2018).
+    """
+    if facts.file_type not in EXTENDABLE_FILE_TYPES:
+        return ExtensionRefusal.NOT_EXTENDABLE
+    if facts.decision_extended_on is not None:
+        return ExtensionRefusal.ALREADY_EXTENDED
+    if facts.decided_on is not None:
+        return ExtensionRefusal.DECIDED
+    due = next((found.due_on for found in deadlines(facts) if found.name == DECISION), None)
+    if due is None:
+        return ExtensionRefusal.NOT_STARTED
+    if day > due:
+        return ExtensionRefusal.TOO_LATE
+    return None
 
 
 def next_open(found: list[Deadline]) -> Deadline | None:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from datetime import date
 from enum import StrEnum
 from typing import get_args
 
 from contracts.events.urban import Applicant, FileType
 from contracts.identifiers import check_enterprise_number, check_niss
 from kernel.errors import Conflict, ProblemError
+from services.urban.deadlines import EXTENDABLE_FILE_TYPES
 
 FILE_TYPES: tuple[FileType, ...] = get_args(FileType)
 
@@ -281,3 +283,57 @@ def identity_status(
 
 def format_reference(file_type: FileType, year: int, sequence: int) -> str:
     return f"{REFERENCE_PREFIXES[file_type]}/{year}/{sequence:04d}"
+
+
+# -- the college's extension of its decision deadline (CoDT D.IV.46, last paragraph) --
+
+
+class DecisionDeadlineNotExtendable(Conflict):
+    def __init__(self, reference: str, file_type: FileType) -> None:
+        super().__init__(
+            "decision-deadline-not-extendable",
+            f"File {reference} is a {file_type} ({TITLES[file_type]}): only the decision "
+            "deadline of a procedure of CoDT D.IV.46 may be extended "
+            f"({', '.join(EXTENDABLE_FILE_TYPES)}).",
+            file_type=file_type,
+        )
+
+
+class DecisionDeadlineAlreadyExtended(Conflict):
+    def __init__(self, reference: str, extended_on: date) -> None:
+        super().__init__(
+            "decision-deadline-already-extended",
+            f"File {reference}: the college already extended its decision deadline on "
+            f"{extended_on.isoformat()}; CoDT D.IV.46 allows one extension only.",
+            extended_on=extended_on.isoformat(),
+        )
+
+
+class FileAlreadyDecided(Conflict):
+    def __init__(self, reference: str, decided_on: date) -> None:
+        super().__init__(
+            "file-already-decided",
+            f"File {reference} was decided on {decided_on.isoformat()}: its decision "
+            "deadline can no longer be extended.",
+            decided_on=decided_on.isoformat(),
+        )
+
+
+class DecisionClockNotStarted(Conflict):
+    def __init__(self, reference: str, state: str) -> None:
+        super().__init__(
+            "decision-clock-not-started",
+            f"File {reference} is {state}, not yet found complete: its decision deadline has "
+            "not started, and a deadline that has not started cannot be extended.",
+            state=state,
+        )
+
+
+class DecisionDeadlinePassed(Conflict):
+    def __init__(self, reference: str, due_on: date) -> None:
+        super().__init__(
+            "decision-deadline-passed",
+            f"File {reference}: its decision deadline ended on {due_on.isoformat()}; the "
+            "college may extend it only before it ends.",
+            due_on=due_on.isoformat(),
+        )

@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, assert_never
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.exc import StaleDataError
@@ -33,6 +33,7 @@ from contracts.events.meeting import ConcernedParty, ItemDecided
 from contracts.events.outside import NoticeDocument, NoticeNotificationReceived
 from contracts.events.urban import (
     Applicant,
+    DecisionDeadlineExtended,
     DecisionNeeded,
     FileOpened,
     FileType,
@@ -42,7 +43,7 @@ from contracts.events.urban import (
     Parcel,
 )
 from kernel.database import next_in_sequence
-from kernel.errors import NotFound
+from kernel.errors import Conflict, NotFound
 from kernel.migrations import table_of
 from kernel.outbox import stage
 from services.urban import deadlines
@@ -53,7 +54,12 @@ from services.urban.domain import (
     INSTRUCTION_STATES,
     TITLES,
     ConcurrentFileChange,
+    DecisionClockNotStarted,
+    DecisionDeadlineAlreadyExtended,
+    DecisionDeadlineNotExtendable,
+    DecisionDeadlinePassed,
     DocumentMismatch,
+    FileAlreadyDecided,
     FileState,
     IdentityStatus,
     InquiryRunning,
@@ -556,6 +562,63 @@ async def record_decision(
     return True
 
 
+# -- the college's extension of its decision deadline (CoDT D.IV.46, last paragraph) ----------
+
+
+async def extend_decision_deadline(
+    session: AsyncSession, settings: TenantUrban, file: PermitFile, reason: str, now: datetime
+) -> None:
+    """Record the college's one extension of the decision deadline, decided today
+    (``urban.file.decision_deadline_extended.v1``), or refuse it with the rule it breaks."""
+    today = brussels_day(now)
+    refusal = deadlines.extension_refusal(facts_of(file), today)
+    if refusal is not None:
+        raise _extension_refused(file, refusal)
+    previous_due_on = file_deadlines(file)[deadlines.DECISION]
+    file.decision_extended_on, file.updated_at = today, now
+    # The extended deadline is a new last day: its warnings are due again.
+    await session.execute(
+        delete(DeadlineWarningSent).where(
+            DeadlineWarningSent.file_id == file.id,
+            DeadlineWarningSent.deadline == deadlines.DECISION,
+        )
+    )
+    await refresh_deadlines(session, file, settings, today)
+    data = DecisionDeadlineExtended(
+        file_id=file.id,
+        reference=file.reference,
+        extended_on=today,
+        previous_due_on=previous_due_on,
+        due_on=file_deadlines(file)[deadlines.DECISION],
+        reason=reason,
+    )
+    _emit(session, file, data)
+    log.info(
+        "tenant %s: decision deadline of %s extended to %s",
+        file.tenant,
+        file.reference,
+        data.due_on,
+    )
+
+
+def _extension_refused(file: PermitFile, refusal: deadlines.ExtensionRefusal) -> Conflict:
+    match refusal:
+        case deadlines.ExtensionRefusal.NOT_EXTENDABLE:
+            return DecisionDeadlineNotExtendable(file.reference, _file_type(file))
+        case deadlines.ExtensionRefusal.ALREADY_EXTENDED:
+            assert file.decision_extended_on is not None
+            return DecisionDeadlineAlreadyExtended(file.reference, file.decision_extended_on)
+        case deadlines.ExtensionRefusal.DECIDED:
+            assert file.decided_on is not None
+            return FileAlreadyDecided(file.reference, file.decided_on)
+        case deadlines.ExtensionRefusal.NOT_STARTED:
+            return DecisionClockNotStarted(file.reference, file.state)
+        case deadlines.ExtensionRefusal.TOO_LATE:
+            return DecisionDeadlinePassed(file.reference, file_deadlines(file)[deadlines.DECISION])
+        case _:
+            assert_never(refusal)
+
+
 def respond_to_notice(
     session: AsyncSession,
     file: PermitFile,
@@ -654,6 +717,7 @@ def facts_of(file: PermitFile) -> deadlines.Facts:
         inquiry_starts_on=file.inquiry_starts_on,
         decided_on=file.decided_on,
         notified_on=file.notified_on,
+        decision_extended_on=file.decision_extended_on,
     )
 
 

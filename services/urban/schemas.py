@@ -61,6 +61,15 @@ class InquiryBody(RequestModel):
     starts_on: date
 
 
+class DecisionExtensionBody(RequestModel):
+    reason: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="Why the college needs more time, as its decision says",
+        examples=["Instruction d'un complément d'information sur l'impact paysager"],
+    )
+
+
 class OpinionCreate(RequestModel):
     body: str = Field(
         min_length=1, max_length=50, examples=["SRI", "FD", "DNF"], description="The body's code"
@@ -204,6 +213,9 @@ class FileView(FileSummary):
     decision: Literal["granted", "refused"] | None
     decision_number: str | None
     decided_on: date | None
+    decision_extended_on: date | None = Field(
+        description="The day the college extended its decision deadline by 30 days (once)"
+    )
     notified_on: date | None
     notice_state: str | None = Field(description="open, partial_sent or closed (FINAL sent)")
     applicants: list[ApplicantView]
@@ -228,6 +240,7 @@ class FileView(FileSummary):
             else None,
             decision_number=file.decision_number,
             decided_on=file.decided_on,
+            decision_extended_on=file.decision_extended_on,
             notified_on=file.notified_on,
             notice_state=file.notice_state,
             applicants=[ApplicantView.of(applicant) for applicant in file.applicants],

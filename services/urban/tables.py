@@ -32,7 +32,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from kernel.consumer import InboxEntry, RejectedEvent
 from kernel.database import Base, BigId, UtcDateTime
-from kernel.migrations import Migration, create_tables, table_of
+from kernel.migrations import Migration, add_columns, create_tables, table_of
 from kernel.outbox import OutboxMessage
 
 
@@ -66,6 +66,8 @@ class PermitFile(Base):
     decision_number: Mapped[str | None] = mapped_column(String(40))
     decision_text: Mapped[str | None] = mapped_column(Text)
     decided_on: Mapped[date | None] = mapped_column(Date)
+    #: The day the college extended its decision deadline by 30 days (once, CoDT D.IV.46).
+    decision_extended_on: Mapped[date | None] = mapped_column(Date)
     notified_on: Mapped[date | None] = mapped_column(Date)
     notice_notification_id: Mapped[str | None] = mapped_column(String(100))
     notice_instance_code: Mapped[str | None] = mapped_column(String(100))
@@ -256,5 +258,10 @@ MIGRATIONS: list[Migration] = [
         2,
         "events that break their contract, kept for an operator",
         create_tables(table_of(RejectedEvent)),
+    ),
+    Migration(
+        3,
+        "the day the college extended a file's decision deadline",
+        add_columns(table_of(PermitFile), "decision_extended_on"),
     ),
 ]

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import func, select
+from sqlalchemy import Column, MetaData, Table, func, inspect, select, text
 
 from contracts.envelope import CloudEvent, from_record, headers_as_text, new_event, to_record
 from contracts.events.base import EventData
@@ -31,6 +31,7 @@ from contracts.events.meeting import ItemDecided
 from contracts.events.outside import NoticeNotificationReceived, OpinionReceived
 from contracts.events.urban import (
     DeadlineWarning,
+    DecisionDeadlineExtended,
     DecisionNeeded,
     FileOpened,
     IdentificationRequested,
@@ -38,14 +39,15 @@ from contracts.events.urban import (
     OpinionRequested,
 )
 from kernel.auth import issue_token
-from kernel.database import utcnow
+from kernel.database import create_engine, utcnow
+from kernel.migrations import migrate
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
 from services.urban import permits
 from services.urban.consumers import NoticeKeepingConsumer, handlers
 from services.urban.deadlines import last_day
 from services.urban.main import UrbanOptions, build_app
-from services.urban.tables import PermitFile
+from services.urban.tables import MIGRATIONS, PermitFile
 from services.urban.watcher import DeadlineWatcher
 from tests.support.servers import serving
 
@@ -626,3 +628,175 @@ async def test_the_watcher_warns_approaching_then_exceeded_once_each(
     assert untouched["reference"] not in {w.reference for w in warnings}
     listed = (await service.get("/v1/files", deadline_before=due.isoformat())).json()
     assert [f["id"] for f in listed["items"]] == [opened["id"]]
+
+
+# -- the college's extension of the decision deadline -----------------------------------------
+
+
+def extension(file: dict[str, Any]) -> str:
+    return f"/v1/files/{file['id']}/decision-deadline-extension"
+
+
+REASON = {"reason": "Complément d'instruction sur l'impact paysager"}
+
+
+async def completed(service: UrbanService, **changes: Any) -> dict[str, Any]:
+    file = await service.open_file(**changes)
+    response = await service.post(f"/v1/files/{file['id']}/complete")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def decision_due(file: dict[str, Any]) -> date:
+    return date.fromisoformat({d["name"]: d["due_on"] for d in file["deadlines"]}["decision"])
+
+
+async def test_the_college_extends_the_decision_deadline_once_by_30_days(
+    service: UrbanService,
+) -> None:
+    today = permits.brussels_day(utcnow())
+    file = await completed(service)
+    due = decision_due(file)
+    assert due == last_day(today, 30)
+
+    def watcher_on(day: date) -> DeadlineWatcher:
+        moment = datetime.combine(day, time(12), tzinfo=UTC)
+        return DeadlineWatcher(
+            service.app.state.sessions, None, service.app.state.urban_settings, clock=lambda: moment
+        )
+
+    assert await watcher_on(due - timedelta(days=5)).check_once() == 1  # decision approaching
+    reader = service.auth(scopes=("urban:read",))
+    problem(await service.http.post(extension(file), json=REASON, headers=reader), 403, "forbidden")
+
+    response = await service.post(extension(file), REASON)
+
+    assert response.status_code == 200, response.text
+    extended = response.json()
+    new_due = last_day(today, 60)
+    assert extended["decision_extended_on"] == today.isoformat()
+    assert decision_due(extended) == new_due
+    assert (extended["next_deadline"], extended["next_deadline_on"]) == (
+        "decision",
+        new_due.isoformat(),
+    )
+    [event] = await service.events(DecisionDeadlineExtended.TYPE)
+    assert event.subject == file["id"]
+    assert event.data_as(DecisionDeadlineExtended) == DecisionDeadlineExtended(
+        file_id=file["id"],
+        reference=file["reference"],
+        extended_on=today,
+        previous_due_on=due,
+        due_on=new_due,
+        reason=REASON["reason"],
+    )
+    # The new last day is warned about in its turn.
+    assert await watcher_on(new_due - timedelta(days=5)).check_once() == 1
+    warnings = [e.data_as(DeadlineWarning) for e in await service.events(DeadlineWarning.TYPE)]
+    assert [(w.deadline, w.level, w.due_on) for w in warnings] == [
+        ("decision", "approaching", due),
+        ("decision", "approaching", new_due),
+    ]
+
+    again = problem(
+        await service.post(extension(file), REASON), 409, "decision-deadline-already-extended"
+    )
+    assert today.isoformat() in again["detail"]
+    assert len(await service.events(DecisionDeadlineExtended.TYPE)) == 1
+
+
+async def received(service: UrbanService) -> dict[str, Any]:
+    return await service.open_file()
+
+
+async def environmental(service: UrbanService) -> dict[str, Any]:
+    return await completed(service, file_type="permis_environnement_1")
+
+
+async def decided_file(service: UrbanService) -> dict[str, Any]:
+    file = await completed(service)
+    assert (await service.post(f"/v1/files/{file['id']}/request-decision")).status_code == 200
+    decision = inbound(decided(file["reference"]), SAMBREVILLE, "item")
+    assert await service.deliver(decision) == "handled"
+    return file
+
+
+async def past_its_deadline(service: UrbanService) -> dict[str, Any]:
+    file = await completed(service)
+    long_ago = permits.brussels_day(utcnow()) - timedelta(days=90)
+    async with service.app.state.sessions() as session, session.begin():
+        (await session.get_one(PermitFile, file["id"])).complete_on = long_ago
+    return file
+
+
+@pytest.mark.parametrize(
+    ("make_file", "slug", "said"),
+    [
+        (environmental, "decision-deadline-not-extendable", "permis_environnement_1"),
+        (received, "decision-clock-not-started", "not yet found complete"),
+        (decided_file, "file-already-decided", "was decided on"),
+        (past_its_deadline, "decision-deadline-passed", "ended on"),
+    ],
+)
+async def test_an_extension_the_rule_forbids_is_refused_and_changes_nothing(
+    service: UrbanService,
+    make_file: Callable[[UrbanService], Awaitable[dict[str, Any]]],
+    slug: str,
+    said: str,
+) -> None:
+    file = await make_file(service)
+    before = (await service.get(f"/v1/files/{file['id']}")).json()
+
+    refused = problem(await service.post(extension(file), REASON), 409, slug)
+
+    assert said in refused["detail"]
+    assert (await service.get(f"/v1/files/{file['id']}")).json() == before
+    assert await service.events(DecisionDeadlineExtended.TYPE) == []
+
+
+async def test_a_refused_late_extension_names_the_deadline_that_passed(
+    service: UrbanService,
+) -> None:
+    file = await past_its_deadline(service)
+    due = decision_due((await service.get(f"/v1/files/{file['id']}")).json())
+    refused = problem(await service.post(extension(file), REASON), 409, "decision-deadline-passed")
+    assert refused["due_on"] == due.isoformat()
+    assert due.isoformat() in refused["detail"]
+
+
+async def test_an_extension_needs_a_reason(service: UrbanService) -> None:
+    file = await completed(service)
+    problem(await service.post(extension(file), {"reason": ""}), 422, "invalid-request")
+    problem(await service.post(extension(file), {}), 422, "invalid-request")
+    assert (await service.get(f"/v1/files/{file['id']}")).json()["decision_extended_on"] is None
+
+
+async def test_a_database_made_before_extensions_gets_the_column(
+    database: tuple[str, str | None],
+) -> None:
+    url, schema = database
+    engine = create_engine(url, schema=schema)
+    try:
+        old = MetaData()
+        columns = [
+            Column(column.name, column.type, primary_key=column.primary_key)
+            for column in PermitFile.__table__.columns
+            if column.name != "decision_extended_on"
+        ]
+        Table(PermitFile.__tablename__, old, *columns)
+        async with engine.begin() as connection:
+            if schema:
+                await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            await connection.run_sync(old.create_all)
+        assert await migrate(engine, "urban", MIGRATIONS[:2], schema=schema) == 2
+        assert await migrate(engine, "urban", MIGRATIONS, schema=schema) == len(MIGRATIONS)
+        async with engine.connect() as connection:
+            names = await connection.run_sync(
+                lambda sync: {
+                    c["name"] for c in inspect(sync).get_columns(PermitFile.__tablename__)
+                }
+            )
+        assert "decision_extended_on" in names
+    finally:
+        await engine.dispose()

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import date
+from dataclasses import replace
+from datetime import date, timedelta
 
 import pytest
 
+from contracts.events.urban import FileType
 from services.urban.deadlines import (
     COMPLETENESS,
     DECISION,
     INQUIRY,
     NOTIFICATION,
     Deadline,
+    ExtensionRefusal,
     Facts,
     OpinionFacts,
     belgian_holidays,
     deadlines,
     easter_sunday,
+    extension_refusal,
     inquiry_end,
     last_day,
     next_open,
@@ -184,6 +188,119 @@ def test_opinions_are_deadlines_until_they_are_in() -> None:
     found = by_name(facts)
     assert found["opinion:SRI"].met_on == date(2026, 3, 1)
     assert next_open(deadlines(facts)) == Deadline("opinion:DNF", date(2026, 3, 20))
+
+
+# -- the college's extension of the decision deadline ------------------------------------------
+
+
+def test_the_extension_adds_30_days_and_moves_the_new_last_day_to_a_working_day() -> None:
+    facts = Facts("permis_urbanisme", date(2026, 2, 20), complete_on=date(2026, 3, 2))
+    assert by_name(facts)[DECISION].due_on == date(2026, 4, 1)
+    extended = replace(facts, decision_extended_on=date(2026, 3, 20))
+    # 60 days after 2 March is Friday 1 May, a legal holiday: Monday 4 May.
+    assert by_name(extended)[DECISION] == Deadline(DECISION, date(2026, 5, 4), None)
+
+
+def test_the_30_days_lengthen_the_count_not_the_last_day_already_moved() -> None:
+    facts = Facts("permis_urbanisme", date(2026, 2, 20), complete_on=date(2026, 3, 5))
+    # 30 days: Saturday 4 April, then Easter Monday: Tuesday 7 April.
+    assert by_name(facts)[DECISION].due_on == date(2026, 4, 7)
+    extended = replace(facts, decision_extended_on=date(2026, 4, 7))
+    # 60 days: Monday 4 May, not 7 April + 30 = 7 May.
+    assert by_name(extended)[DECISION].due_on == date(2026, 5, 4)
+
+
+def test_the_extension_adds_to_the_days_an_inquiry_stood_still() -> None:
+    facts = Facts(
+        "permis_urbanisme",
+        date(2026, 6, 20),
+        complete_on=date(2026, 7, 1),
+        inquiry_starts_on=date(2026, 7, 10),
+        decision_extended_on=date(2026, 9, 1),
+    )
+    assert by_name(facts)[DECISION].due_on == last_day(date(2026, 7, 1), 75 + 31 + 30)
+
+
+def test_a_decision_after_the_extension_is_notified_by_the_extended_deadline() -> None:
+    facts = Facts(
+        "permis_urbanisme",
+        date(2026, 2, 20),
+        complete_on=date(2026, 3, 2),
+        decision_extended_on=date(2026, 3, 30),
+        decided_on=date(2026, 4, 20),
+    )
+    found = by_name(facts)
+    assert found[DECISION].met_on == date(2026, 4, 20)
+    assert found[NOTIFICATION].due_on == date(2026, 5, 4)
+
+
+COMPLETE = Facts("permis_urbanisme", date(2026, 2, 20), complete_on=date(2026, 3, 2))  # due 1 April
+
+
+@pytest.mark.parametrize(
+    "file_type",
+    [
+        "permis_urbanisme",
+        "permis_urbanisation",
+        "certificat_urbanisme_2",
+        "declaration_urbanistique",
+    ],
+)
+def test_the_procedures_of_d_iv_46_may_be_extended_until_their_last_day(
+    file_type: FileType,
+) -> None:
+    facts = replace(COMPLETE, file_type=file_type)
+    assert extension_refusal(facts, date(2026, 3, 3)) is None
+    assert extension_refusal(facts, date(2026, 4, 1)) is None
+    assert extension_refusal(facts, date(2026, 4, 2)) is ExtensionRefusal.TOO_LATE
+
+
+@pytest.mark.parametrize(
+    "file_type",
+    [
+        "certificat_urbanisme_1",
+        "permis_unique",
+        "permis_environnement_1",
+        "permis_environnement_2",
+        "declaration_classe_3",
+    ],
+)
+def test_other_procedures_may_not_be_extended(file_type: FileType) -> None:
+    facts = replace(COMPLETE, file_type=file_type)
+    assert extension_refusal(facts, date(2026, 3, 3)) is ExtensionRefusal.NOT_EXTENDABLE
+
+
+@pytest.mark.parametrize(
+    ("facts", "refusal"),
+    [
+        (
+            replace(COMPLETE, decision_extended_on=date(2026, 3, 10)),
+            ExtensionRefusal.ALREADY_EXTENDED,
+        ),
+        (replace(COMPLETE, decided_on=date(2026, 3, 10)), ExtensionRefusal.DECIDED),
+        (replace(COMPLETE, complete_on=None), ExtensionRefusal.NOT_STARTED),
+        (
+            replace(COMPLETE, complete_on=None, missing_asked_on=date(2026, 3, 2)),
+            ExtensionRefusal.NOT_STARTED,
+        ),
+    ],
+)
+def test_the_extension_is_refused_once_extended_once_decided_or_before_the_clock_starts(
+    facts: Facts, refusal: ExtensionRefusal
+) -> None:
+    assert extension_refusal(facts, date(2026, 3, 20)) is refusal
+
+
+def test_the_last_day_allowing_the_extension_is_the_one_an_inquiry_pushed_back() -> None:
+    facts = Facts(
+        "permis_urbanisme",
+        date(2026, 6, 20),
+        complete_on=date(2026, 7, 1),
+        inquiry_starts_on=date(2026, 7, 10),
+    )
+    due = last_day(date(2026, 7, 1), 75 + 31)
+    assert extension_refusal(facts, due) is None
+    assert extension_refusal(facts, due + timedelta(days=1)) is ExtensionRefusal.TOO_LATE
 
 
 # -- warnings -------------------------------------------------------------------------------
