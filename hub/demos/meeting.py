@@ -169,6 +169,7 @@ class MeetingClerks:
                     "title": "Projet de décision",
                     "filename": filename,
                     "content_base64": base64.b64encode(content).decode(),
+                    "publishable": True,  # the draft decision: nothing private in it
                 }
             ],
         }

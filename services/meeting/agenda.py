@@ -40,12 +40,13 @@ from contracts.events.meeting import (
     MeetingClosed,
 )
 from kernel.database import next_in_sequence
-from kernel.errors import NotFound
+from kernel.errors import Conflict, NotFound
 from kernel.migrations import table_of
 from kernel.outbox import stage
 from services.meeting.configuration import MeetingConfig
 from services.meeting.domain import (
     FINAL_STATES,
+    AnnexPublicationFixed,
     AnnexUpload,
     Decision,
     DeliveryKind,
@@ -262,6 +263,7 @@ async def create_item(
                 md5=annex.md5,
                 content=annex.content,
                 created_at=now,
+                publishable=annex.publishable,
             )
             for position, annex in enumerate(new.annexes)
         ],
@@ -552,6 +554,29 @@ async def read_annex(session: AsyncSession, tenant: str, item_id: str, annex_id:
     )
     if annex is None:
         raise NotFound("annex", annex_id)
+    return annex
+
+
+async def mark_annex_publishable(
+    session: AsyncSession, item: Item, annex_id: str, publishable: bool, now: datetime
+) -> Annex:
+    """Say whether an annex is published with the decision; fixed once the decision is."""
+    annex = next((annex for annex in item.annexes if annex.id == annex_id), None)
+    if annex is None:
+        raise NotFound("annex", annex_id)
+    item_id = item.id
+    if item.published_at is not None:
+        raise AnnexPublicationFixed(item_id, annex_id)
+    annex.publishable = publishable
+    item.updated_at = now  # bumps the item's version: a publication racing this one fails
+    try:
+        await session.flush()
+    except StaleDataError as exc:
+        raise Conflict(
+            "concurrent-change",
+            f"Item {item_id} was changed by a concurrent request (its publication?): "
+            "read it again and retry.",
+        ) from exc
     return annex
 
 

@@ -44,6 +44,8 @@ from services.meeting.domain import (
 )
 from services.meeting.schemas import (
     AnnexIn,
+    AnnexUpdate,
+    AnnexView,
     AttendanceUpdate,
     AttendeeIn,
     DecideBody,
@@ -115,7 +117,9 @@ def decode_annex(annex: AnnexIn) -> AnnexUpload:
         content = base64.b64decode(annex.content_base64, validate=True)
     except binascii.Error as exc:
         raise InvalidBase64(annex.filename, str(exc)) from exc
-    return AnnexUpload(annex.title, annex.filename, annex.media_type, content, annex.md5)
+    return AnnexUpload(
+        annex.title, annex.filename, annex.media_type, content, annex.md5, annex.publishable
+    )
 
 
 def attendees_of(attendees: list[AttendeeIn]) -> tuple[agenda.Attendee, ...]:
@@ -308,6 +312,26 @@ def _item_routes(api: APIRouter) -> None:
         async with store.sessions() as session:
             annex = await agenda.read_annex(session, caller.tenant, item_id, annex_id)
         return download(annex.content, annex.media_type, annex.filename)
+
+    @api.patch(
+        "/items/{item_id}/annexes/{annex_id}",
+        tags=["items"],
+        responses=problem_responses(404, 409, 422),
+    )
+    async def update_annex(
+        item_id: str, annex_id: str, body: AnnexUpdate, caller: Writer, store: StorageDep
+    ) -> AnnexView:
+        """Mark an annex publishable with the decision (OParl), or not, until it is published.
+
+        Annexes of items created through WS4PM, which has no such field, start
+        unpublishable like every other: a clerk marks here what may be public.
+        """
+        async with store.unit_of_work() as session:
+            item = await agenda.find_item(session, caller.tenant, item_id)
+            annex = await agenda.mark_annex_publishable(
+                session, item, annex_id, body.publishable, utcnow()
+            )
+        return AnnexView.of(annex)
 
     for transition in (Transition.PROPOSE, Transition.VALIDATE):
         _simple_transition_route(api, transition)

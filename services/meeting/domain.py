@@ -196,6 +196,15 @@ class NothingToPublish(Conflict):
         super().__init__("nothing-to-publish", f"Item {item_id}: {reason}")
 
 
+class AnnexPublicationFixed(Conflict):
+    def __init__(self, item_id: str, annex_id: str) -> None:
+        super().__init__(
+            "annex-publication-fixed",
+            f"Item {item_id}: its decision is published, with the annexes that were "
+            f"publishable then; annex {annex_id} can no longer change.",
+        )
+
+
 class AnnexTooLarge(ProblemError):
     def __init__(self, filename: str, size: int) -> None:
         super().__init__(
@@ -310,6 +319,8 @@ class AnnexUpload:
     media_type: str
     content: bytes
     declared_md5: str | None = None
+    #: Published with the decision (OParl): never by default (see ``tables.Annex``).
+    publishable: bool = False
 
     @property
     def md5(self) -> str:

@@ -71,7 +71,11 @@ async def record_publication(
         select(
             Annex.id, Annex.position, Annex.title, Annex.filename, Annex.media_type, Annex.content
         )
-        .where(Annex.item_id == item.id, Annex.tenant == item.tenant)
+        .where(
+            Annex.item_id == item.id,
+            Annex.tenant == item.tenant,
+            Annex.publishable.is_(True),  # an annex's bytes are not pseudonymised
+        )
         .order_by(Annex.position)
     )
     files = [

@@ -54,6 +54,15 @@ class AnnexIn(RequestModel):
     md5: str | None = Field(
         default=None, pattern=r"^[0-9a-fA-F]{32}$", description="Checked when given"
     )
+    publishable: bool = Field(
+        default=False,
+        description="Published with the decision (OParl). Its bytes are published as they "
+        "are, not pseudonymised: mark only what may be public.",
+    )
+
+
+class AnnexUpdate(RequestModel):
+    publishable: bool = Field(description="Published with the decision (OParl)")
 
 
 class ItemCreate(RequestModel):
@@ -120,6 +129,7 @@ class AnnexView(BaseModel):
     media_type: str
     size: int
     md5: str
+    publishable: bool
 
     @classmethod
     def of(cls, annex: Annex) -> AnnexView:
@@ -130,6 +140,7 @@ class AnnexView(BaseModel):
             media_type=annex.media_type,
             size=annex.size,
             md5=annex.md5,
+            publishable=bool(annex.publishable),
         )
 
 

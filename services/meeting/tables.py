@@ -128,6 +128,9 @@ class Annex(Base):
     #: Loaded only when asked for: item views never read the bytes.
     content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    #: Published with the decision (OParl) only when a clerk says so: an annex's bytes are
+    #: not pseudonymised, so nothing is public by default. NULL (older rows) is "no".
+    publishable: Mapped[bool | None] = mapped_column(Boolean, default=False)
 
 
 class DecisionDelivery(Base):
@@ -305,5 +308,10 @@ MIGRATIONS: list[Migration] = [
         6,
         "each tenant's publication generation (OParl's page cache and ETags)",
         create_tables(table_of(PublicationGeneration)),
+    ),
+    Migration(
+        7,
+        "annexes are published only when marked publishable",
+        add_columns(table_of(Annex), "publishable"),
     ),
 ]

@@ -167,6 +167,7 @@ def item_body(**changes: Any) -> dict[str, Any]:
                 "filename": "plan.pdf",
                 "content_base64": base64.b64encode(PDF).decode(),
                 "md5": hashlib.md5(PDF).hexdigest(),
+                "publishable": True,
             }
         ],
     }

@@ -8,6 +8,7 @@ object against the OParl 1.1 JSON schemas of the reference corpus (their
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -439,6 +440,68 @@ async def test_a_list_page_holds_until_its_tenant_publishes_again(service: Meeti
     after = await service.http.get(papers, headers={"If-None-Match": etag})
     assert after.status_code == 200 and after.json()["pagination"]["totalElements"] == 4
     assert after.headers["etag"] != etag
+
+
+def annex(title: str, publishable: bool | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "title": title,
+        "filename": f"{title.lower()}.pdf",
+        "content_base64": base64.b64encode(PDF).decode(),
+    }
+    if publishable is not None:
+        body["publishable"] = publishable
+    return body
+
+
+async def test_only_annexes_marked_publishable_are_published(service: MeetingService) -> None:
+    meeting = await service.meeting()
+    item_id = await service.presented_item(
+        meeting,
+        external_identifier="URB/20",
+        annexes=[annex("Plan", publishable=True), annex("Courrier"), annex("Photos")],
+    )
+    view = (await service.http.get(f"/v1/items/{item_id}", headers=service.auth())).json()
+    plan, letter, photos = (a["annex_id"] for a in view["annexes"])
+    assert [a["publishable"] for a in view["annexes"]] == [True, False, False]  # default: no
+
+    # A clerk changes their minds before publication.
+    for annex_id, publishable in ((plan, False), (photos, True)):
+        response = await service.http.patch(
+            f"/v1/items/{item_id}/annexes/{annex_id}",
+            json={"publishable": publishable},
+            headers=service.auth(),
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["publishable"] is publishable
+    await decide(service, item_id, "Le collège octroie le permis.", SAMBREVILLE)
+    assert (await service.post(f"/v1/meetings/{meeting}/close")).status_code == 200
+    await publish(service, item_id)
+
+    root = f"{service.base_url}/oparl/v1/bodies/{SAMBREVILLE}"
+    paper = (await service.http.get(f"{root}/papers/{item_id}")).json()
+    published = [urlparse(file["id"]).path.rsplit("/", 1)[1] for file in paper["auxiliaryFile"]]
+    assert published == [photos]
+    for hidden in (plan, letter):
+        assert (await service.http.get(f"{root}/files/{hidden}/content")).status_code == 404
+    assert (await service.http.get(f"{root}/files/{photos}/content")).content == PDF
+
+    # Published: what was published stays as it is.
+    late = await service.http.patch(
+        f"/v1/items/{item_id}/annexes/{letter}", json={"publishable": True}, headers=service.auth()
+    )
+    assert late.status_code == 409 and late.json()["type"].endswith("/annex-publication-fixed")
+    unknown = await service.http.patch(
+        f"/v1/items/{item_id}/annexes/no-such-annex",
+        json={"publishable": True},
+        headers=service.auth(),
+    )
+    assert unknown.status_code == 404
+    wrong_type = await service.http.patch(
+        f"/v1/items/{item_id}/annexes/{letter}",
+        json={"publishable": "maybe"},
+        headers=service.auth(),
+    )
+    assert wrong_type.status_code == 422
 
 
 async def test_unpublished_and_other_tenants_objects_are_not_found(service: MeetingService) -> None:
