@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import Column, MetaData, Table, inspect, select, text
+from sqlalchemy import inspect, select
 
 from contracts.envelope import CloudEvent, from_record, headers_as_text, new_event
 from contracts.events.courrier import (
@@ -45,6 +45,7 @@ from tests.integration.test_courrier_events import (
 from tests.integration.test_meeting_api import NISS, TENANT_FILE, WS4PM_PASSWORD, MeetingService
 from tests.support.groups import group_at_end
 from tests.support.hub_processes import drop_schemas
+from tests.support.migrations import columns_of, create_table_without
 from tests.unit.test_decision_letters import pdf_text
 
 pytestmark = pytest.mark.integration
@@ -307,27 +308,15 @@ async def test_a_registry_at_version_1_gets_the_new_columns(
     url, schema = database
     engine = create_engine(url, schema=schema)
     try:
-        old = MetaData()
-        columns = [
-            Column(column.name, column.type, primary_key=column.primary_key)
-            for column in Mail.__table__.columns
-            if column.name not in ("about_service", "about_document_id", "requested_by_event_id")
-        ]
-        Table(Mail.__tablename__, old, *columns)
-        async with engine.begin() as connection:
-            if schema:
-                await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-            await connection.run_sync(old.create_all)
+        added = {"about_service", "about_document_id", "requested_by_event_id"}
+        await create_table_without(engine, schema, Mail, added)
         assert await migrate(engine, "courrier", MIGRATIONS[:1], schema=schema) == 1
         assert await migrate(engine, "courrier", MIGRATIONS, schema=schema) == len(MIGRATIONS)
+        assert added <= await columns_of(engine, Mail.__tablename__)
         async with engine.connect() as connection:
-            names = await connection.run_sync(
-                lambda sync: {c["name"] for c in inspect(sync).get_columns(Mail.__tablename__)}
-            )
             indexes = await connection.run_sync(
                 lambda sync: {i["name"] for i in inspect(sync).get_indexes(Mail.__tablename__)}
             )
-        assert {"about_service", "about_document_id", "requested_by_event_id"} <= names
         assert "uq_courrier_mails_requested_by" in indexes
     finally:
         await engine.dispose()

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import Column, MetaData, Table, func, inspect, select, text
+from sqlalchemy import func, select
 
 from contracts.envelope import CloudEvent, from_record, headers_as_text, new_event, to_record
 from contracts.events.base import EventData
@@ -49,6 +49,7 @@ from services.urban.deadlines import last_day
 from services.urban.main import UrbanOptions, build_app
 from services.urban.tables import MIGRATIONS, PermitFile
 from services.urban.watcher import DeadlineWatcher
+from tests.support.migrations import columns_of, create_table_without
 from tests.support.servers import serving
 
 pytestmark = pytest.mark.integration
@@ -778,25 +779,9 @@ async def test_a_database_made_before_extensions_gets_the_column(
     url, schema = database
     engine = create_engine(url, schema=schema)
     try:
-        old = MetaData()
-        columns = [
-            Column(column.name, column.type, primary_key=column.primary_key)
-            for column in PermitFile.__table__.columns
-            if column.name != "decision_extended_on"
-        ]
-        Table(PermitFile.__tablename__, old, *columns)
-        async with engine.begin() as connection:
-            if schema:
-                await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-            await connection.run_sync(old.create_all)
+        await create_table_without(engine, schema, PermitFile, {"decision_extended_on"})
         assert await migrate(engine, "urban", MIGRATIONS[:2], schema=schema) == 2
         assert await migrate(engine, "urban", MIGRATIONS, schema=schema) == len(MIGRATIONS)
-        async with engine.connect() as connection:
-            names = await connection.run_sync(
-                lambda sync: {
-                    c["name"] for c in inspect(sync).get_columns(PermitFile.__tablename__)
-                }
-            )
-        assert "decision_extended_on" in names
+        assert "decision_extended_on" in await columns_of(engine, PermitFile.__tablename__)
     finally:
         await engine.dispose()
