@@ -317,10 +317,18 @@ class Paging:
     #: Where the previous page ended (``next`` links carry it): the page starts after it
     #: through the index instead of skipping ``offset`` rows.
     after: str | None = None
+    #: How many objects the list holds, when an earlier page of the same publication
+    #: generation counted them: this page then needs no count.
+    total: int | None = None
 
     @property
     def offset(self) -> int:
         return (self.page - 1) * self.limit
+
+    @property
+    def filtered(self) -> bool:
+        moments = (self.created_since, self.created_until, self.modified_since, self.modified_until)
+        return any(moment is not None for moment in moments)
 
     def query(self, page: int, after: str | None = None) -> str:
         params: dict[str, str] = {}
@@ -422,6 +430,16 @@ class PageCache:
         self._pages: OrderedDict[tuple[str, int, str], RenderedPage] = OrderedDict()
         self._bytes = 0
         self._max_bytes = max_bytes
+        #: (tenant, list) → (generation, how many objects the unfiltered list holds).
+        self._sizes: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def list_size(self, tenant: str, kind: str, generation: int) -> int | None:
+        kept = self._sizes.get((tenant, kind))
+        return kept[1] if kept is not None and kept[0] == generation else None
+
+    def keep_list_size(self, tenant: str, kind: str, generation: int, size: int) -> None:
+        # One entry per list, replaced at the next generation: the memory stays bounded.
+        self._sizes[(tenant, kind)] = (generation, size)
 
     def get(self, key: tuple[str, int, str]) -> RenderedPage | None:
         page = self._pages.get(key)
@@ -476,6 +494,8 @@ async def page_of(
     after = key.cursor(rows[-1]) if rows else None
     if paging.offset == 0 and len(rows) < paging.limit:
         return rows, len(rows), after  # the whole list is on this page: no count needed
+    if paging.total is not None:
+        return rows, paging.total, after
     return rows, int(await connection.scalar(count) or 0), after
 
 
@@ -712,7 +732,12 @@ def _list_routes(api: APIRouter) -> None:
                     key = (found.code, generation, f"{url}?{request.url.query}")
                     rendered = cache.get(key)
                     if rendered is None:
+                        if not paging.filtered:  # filters are the public's: sizes not kept
+                            size = cache.list_size(found.code, kind, generation)
+                            paging = replace(paging, total=size)
                         listed = await render(connection, urls, found, paging)
+                        if not paging.filtered:
+                            cache.keep_list_size(found.code, kind, generation, listed.total)
                         answer = list_response(url, paging, listed)
                         rendered = cache.put(key, bytes(answer.body))
                 return page_response(request, rendered)

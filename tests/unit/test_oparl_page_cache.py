@@ -31,3 +31,15 @@ def test_the_etag_names_the_generation_and_the_content() -> None:
     assert old.etag.startswith('"1-') and new.etag.startswith('"2-')
     assert old.etag != new.etag != other.etag
     assert cache.get(("62063", 1, "/papers")) == old  # an older generation is simply not asked
+
+
+def test_a_list_size_holds_for_its_generation_only() -> None:
+    cache = PageCache()
+    assert cache.list_size("62063", "papers", 1) is None
+    cache.keep_list_size("62063", "papers", 1, 10_000)
+    assert cache.list_size("62063", "papers", 1) == 10_000
+    assert cache.list_size("62063", "papers", 2) is None  # published since: count again
+    assert cache.list_size("62063", "meetings", 1) is None
+    assert cache.list_size("92137", "papers", 1) is None
+    cache.keep_list_size("62063", "papers", 2, 10_001)
+    assert cache.list_size("62063", "papers", 1) is None
