@@ -63,6 +63,8 @@ class HubSettings(BaseSettings):
     #: Pause between two polls of an outside service by the gateway's inbound adapters
     #: (Peppol access point, NOTICe, oversight outcomes…).
     inbound_poll_seconds: float = Field(default=5.0, gt=0, le=3600)
+    #: Memory each meeting process gives to rendered OParl list pages (0: none kept).
+    oparl_page_cache_mb: int = Field(default=64, ge=0, le=4096)
     otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
 
     @field_validator("kafka_bootstrap_servers", "database_url", "jwks_url", mode="before")

@@ -30,7 +30,7 @@ from kernel.api import (
 from kernel.auth import Caller
 from kernel.database import utcnow
 from kernel.errors import ProblemError
-from services.meeting import agenda
+from services.meeting import agenda, oparl
 from services.meeting.configuration import MeetingConfig, TenantMeetings
 from services.meeting.domain import (
     AnnexUpload,
@@ -387,11 +387,14 @@ def _decision_routes(api: APIRouter) -> None:
         return ItemView.of(item)
 
     @api.post("/items/{item_id}/publish", tags=["decisions"], responses=problem_responses(404, 409))
-    async def publish_decision(item_id: str, caller: Writer, store: StorageDep) -> ItemView:
+    async def publish_decision(
+        item_id: str, request: Request, caller: Writer, store: StorageDep
+    ) -> ItemView:
         """Publish the decision of a closed meeting (``meeting.decision.published.v1``)."""
         async with store.unit_of_work() as session:
             item = await agenda.find_item(session, caller.tenant, item_id)
             await agenda.publish_decision(session, item, utcnow())
+        oparl.publication_committed(request, caller.tenant)
         return ItemView.of(item)
 
 

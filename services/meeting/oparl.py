@@ -15,11 +15,14 @@ plain rows into dictionaries, without pydantic on the way out.
 
 A tenant's lists change only when it publishes (a published decision's
 meeting is closed and no longer changes), so a rendered list page stays true
-until the tenant's next publication. ``PageCache`` keeps rendered pages under
-the tenant's publication generation (``PublicationGeneration``, read from the
-database on every request, so every meeting process sees a publication at
-once) and serves them with that generation in the ``ETag``: a crawler that
-sends ``If-None-Match`` gets a ``304``.
+until the tenant's next publication. ``PageCache`` keeps rendered pages, and
+each list's size, under the tenant's publication generation
+(``PublicationGeneration``, a counter the publication increments in its own
+transaction), and serves them with that generation in the ``ETag``: a crawler
+that sends ``If-None-Match`` gets a ``304``. A process reads the generation
+from the database at most once a second (``GENERATION_TTL_SECONDS``), and at
+once after it published itself, so a publication shows in every process
+within a second.
 
 Object ids are absolute URLs on ``HUB_PUBLIC_BASE_URL`` when set, else on the
 address the request came to.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -68,8 +72,13 @@ RESULTS = {
 PAPER_TYPES = {"college": "Décision du collège communal", "council": "Délibération du conseil"}
 #: Published files are public: any web page may read them (OParl asks servers for CORS).
 CORS = {"Access-Control-Allow-Origin": "*"}
-#: Rendered list pages kept per meeting process (a page of 20 decisions is ~20 kB).
+#: Rendered list pages kept per meeting process by default (a page of 20 decisions is
+#: ~20 kB); ``HUB_OPARL_PAGE_CACHE_MB`` sets it.
 PAGE_CACHE_BYTES = 64 * 1024 * 1024
+#: How long a meeting process trusts the publication generation it read last, so that
+#: a cached page costs no database round trip. A publication made through this process
+#: shows at once (``forget_generation``); one made through another, within this time.
+GENERATION_TTL_SECONDS = 1.0
 
 
 def oparl_type(name: str) -> str:
@@ -432,6 +441,22 @@ class PageCache:
         self._max_bytes = max_bytes
         #: (tenant, list) → (generation, how many objects the unfiltered list holds).
         self._sizes: dict[tuple[str, str], tuple[int, int]] = {}
+        #: tenant → (generation, when it was read, ``time.monotonic()``).
+        self._generations: dict[str, tuple[int, float]] = {}
+
+    def known_generation(self, tenant: str, now: float) -> int | None:
+        """The tenant's generation as read less than ``GENERATION_TTL_SECONDS`` ago."""
+        known = self._generations.get(tenant)
+        if known is None or now - known[1] >= GENERATION_TTL_SECONDS:
+            return None
+        return known[0]
+
+    def keep_generation(self, tenant: str, generation: int, now: float) -> None:
+        self._generations[tenant] = (generation, now)
+
+    def forget_generation(self, tenant: str) -> None:
+        """This process published for ``tenant``: read its generation again at once."""
+        self._generations.pop(tenant, None)
 
     def list_size(self, tenant: str, kind: str, generation: int) -> int | None:
         kept = self._sizes.get((tenant, kind))
@@ -635,8 +660,16 @@ def _page_cache(request: Request) -> PageCache:
     state = request.app.state
     cache: PageCache | None = getattr(state, "oparl_pages", None)
     if cache is None:
-        cache = state.oparl_pages = PageCache()
+        megabytes: int = state.settings.oparl_page_cache_mb
+        cache = state.oparl_pages = PageCache(megabytes * 1024 * 1024)
     return cache
+
+
+def publication_committed(request: Request, tenant: str) -> None:
+    """A publication of ``tenant`` committed through this process: OParl shows it at once."""
+    cache: PageCache | None = getattr(request.app.state, "oparl_pages", None)
+    if cache is not None:
+        cache.forget_generation(tenant)
 
 
 def _body(request: Request, tenant: str) -> Body:
@@ -726,20 +759,25 @@ def _list_routes(api: APIRouter) -> None:
                 paging = replace(paging, after=after or None)
                 urls = Urls.of(request)
                 cache = _page_cache(request)
-                async with request.app.state.db_engine.connect() as connection:
-                    generation = await publication_generation(connection, found.code)
-                    url = urls.listing(found.code, kind)
-                    key = (found.code, generation, f"{url}?{request.url.query}")
-                    rendered = cache.get(key)
-                    if rendered is None:
-                        if not paging.filtered:  # filters are the public's: sizes not kept
-                            size = cache.list_size(found.code, kind, generation)
-                            paging = replace(paging, total=size)
+                engine = request.app.state.db_engine
+                generation = cache.known_generation(found.code, time.monotonic())
+                if generation is None:
+                    async with engine.connect() as connection:
+                        generation = await publication_generation(connection, found.code)
+                    cache.keep_generation(found.code, generation, time.monotonic())
+                url = urls.listing(found.code, kind)
+                key = (found.code, generation, f"{url}?{request.url.query}")
+                rendered = cache.get(key)
+                if rendered is None:
+                    if not paging.filtered:  # filters are the public's: sizes not kept
+                        size = cache.list_size(found.code, kind, generation)
+                        paging = replace(paging, total=size)
+                    async with engine.connect() as connection:
                         listed = await render(connection, urls, found, paging)
-                        if not paging.filtered:
-                            cache.keep_list_size(found.code, kind, generation, listed.total)
-                        answer = list_response(url, paging, listed)
-                        rendered = cache.put(key, bytes(answer.body))
+                    if not paging.filtered:
+                        cache.keep_list_size(found.code, kind, generation, listed.total)
+                    answer = list_response(url, paging, listed)
+                    rendered = cache.put(key, bytes(answer.body))
                 return page_response(request, rendered)
 
             api.add_api_route(

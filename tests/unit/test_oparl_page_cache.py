@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.meeting.oparl import PageCache
+from services.meeting.oparl import GENERATION_TTL_SECONDS, PageCache
 
 
 def test_the_least_recently_used_page_leaves_first_when_the_cache_is_full() -> None:
@@ -43,3 +43,14 @@ def test_a_list_size_holds_for_its_generation_only() -> None:
     assert cache.list_size("92137", "papers", 1) is None
     cache.keep_list_size("62063", "papers", 2, 10_001)
     assert cache.list_size("62063", "papers", 1) is None
+
+
+def test_a_generation_read_is_trusted_for_a_second_or_until_this_process_publishes() -> None:
+    cache = PageCache()
+    assert cache.known_generation("62063", now=100.0) is None
+    cache.keep_generation("62063", 7, now=100.0)
+    assert cache.known_generation("62063", now=100.9) == 7
+    assert cache.known_generation("62063", now=100.0 + GENERATION_TTL_SECONDS) is None
+    assert cache.known_generation("92137", now=100.5) is None
+    cache.forget_generation("62063")  # this process just published for the tenant
+    assert cache.known_generation("62063", now=100.5) is None
