@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -46,6 +46,28 @@ log = logging.getLogger(__name__)
 SOURCE = "urn:hub:gateway"
 #: A claimed retry is hidden from other schedulers this long (a crashed one's claim expires).
 RETRY_LEASE = timedelta(seconds=120)
+
+
+@dataclass
+class _Pending:
+    """One event's delivery on one route, in a fetch: what was attempted and its outcome."""
+
+    event: CloudEvent
+    route: Route
+    headers: dict[str, str]
+    value: bytes
+    record: DeliveryRecord | None = None
+    #: None while it waits behind an earlier delivery of its document being retried.
+    outcome: Outcome | None = None
+
+    @property
+    def key(self) -> str:
+        return idempotency_key(self.event.id, self.route.name)
+
+    @property
+    def chain(self) -> tuple[str, str, str]:
+        """Deliveries of one document on one route keep their order."""
+        return (self.event.tenant, self.event.subject or "", self.route.name)
 
 
 @dataclass(frozen=True)
@@ -99,103 +121,136 @@ class DeliveryEngine:
         batches = await consumer.getmany(timeout_ms=200, max_records=500)
         if not batches:
             return 0
-        by_key: dict[bytes, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
-        for records in batches.values():
-            for record in records:
-                by_key[record.key or b""].append(record)
-        results = await asyncio.gather(
-            *(self._handle_in_order(records) for records in by_key.values()),
-            return_exceptions=True,
-        )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
+        records = [
+            (headers_as_text(record.headers), record.value or b"", partition.topic)
+            for partition, partition_records in batches.items()
+            for record in partition_records
+        ]
+        try:
+            await self.handle_records(records)
+        except Exception as exc:
             # The database is away (or worse): record nothing as consumed. Rewind to the
             # batch's first offsets; what was recorded meanwhile is recognised and skipped.
-            log.error("gateway batch failed (%d keys), rewinding: %r", len(failures), failures[0])
-            for partition, records in batches.items():
-                consumer.seek(partition, records[0].offset)
+            log.error("gateway batch of %d records failed, rewinding: %r", len(records), exc)
+            for partition, partition_records in batches.items():
+                consumer.seek(partition, partition_records[0].offset)
             await asyncio.sleep(1.0)
             return 0
         await consumer.commit()
-        return sum(len(records) for records in batches.values())
-
-    async def _handle_in_order(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> None:
-        for record in records:
-            await self.handle_record(
-                headers_as_text(record.headers), record.value or b"", record.topic
-            )
+        return len(records)
 
     async def handle_record(self, headers: dict[str, str], value: bytes, topic: str) -> None:
-        try:
-            event = from_record(headers, value)
-        except EnvelopeError as exc:
-            log.warning("gateway skipped a record on %s: %s", topic, exc)
-            EVENTS_CONSUMED.labels("gateway", topic, "rejected").inc()
-            return
-        routes = self._routing.routes_for(event.tenant, event.type)
-        EVENTS_CONSUMED.labels("gateway", topic, "routed" if routes else "ignored").inc()
-        await asyncio.gather(
-            *(self._first_attempt(event, route, headers, value) for route in routes)
-        )
+        await self.handle_records([(headers, value, topic)])
 
-    async def _first_attempt(
-        self, event: CloudEvent, route: Route, headers: dict[str, str], value: bytes
-    ) -> None:
-        key = idempotency_key(event.id, route.name)
+    async def handle_records(self, records: Sequence[tuple[dict[str, str], bytes, str]]) -> None:
+        """First attempts of a fetch's records on their routes, recorded in one transaction.
+
+        One read tells which deliveries are known (a redelivery after a crash or a
+        rebalance) and which documents wait behind a retry; the attempts run
+        concurrently across documents and in order within a document's route; one
+        transaction records every outcome with its receipt. Two per fetch instead
+        of two per record is what lets the gateway keep up with a busy service.
+        """
+        pending: list[_Pending] = []
+        for headers, value, topic in records:
+            try:
+                event = from_record(headers, value)
+            except EnvelopeError as exc:
+                log.warning("gateway skipped a record on %s: %s", topic, exc)
+                EVENTS_CONSUMED.labels("gateway", topic, "rejected").inc()
+                continue
+            routes = self._routing.routes_for(event.tenant, event.type)
+            EVENTS_CONSUMED.labels("gateway", topic, "routed" if routes else "ignored").inc()
+            pending.extend(_Pending(event, route, headers, value) for route in routes)
+        if not pending:
+            return
         async with self._sessions() as session:
-            known = await session.scalar(
-                select(DeliveryRecord.status).where(DeliveryRecord.idempotency_key == key)
+            known = set(
+                await session.scalars(
+                    select(DeliveryRecord.idempotency_key).where(
+                        DeliveryRecord.idempotency_key.in_({p.key for p in pending})
+                    )
+                )
             )
-            waiting_behind = known is None and await self._has_unfinished_earlier(
-                session, event, route
-            )
-        if known is not None:
-            return  # seen before a crash or a rebalance: recorded, or owned by the retries
-        record = DeliveryRecord(
-            idempotency_key=key,
-            event_id=event.id,
-            event_type=event.type,
-            event_time=event.time,
-            tenant=event.tenant,
-            subject=event.subject,
-            route=route.name,
-            connector=route.connector_type,
+            retrying = (
+                await session.execute(
+                    select(DeliveryRecord.tenant, DeliveryRecord.subject, DeliveryRecord.route)
+                    .where(
+                        DeliveryRecord.subject.in_({p.event.subject for p in pending}),
+                        DeliveryRecord.status == "retrying",
+                    )
+                    .distinct()
+                )
+            ).all()
+        blocked = {tuple(row) for row in retrying}
+        chains: dict[tuple[str, str, str], list[_Pending]] = defaultdict(list)
+        for item in pending:
+            # Seen before a crash or a rebalance (recorded, or owned by the retries), or
+            # twice in this fetch: nothing to do.
+            if item.key not in known:
+                known.add(item.key)
+                chains[item.chain].append(item)
+        await asyncio.gather(*(self._attempt_chain(chain, blocked) for chain in chains.values()))
+        fresh = [item for chain in chains.values() for item in chain]
+        try:
+            async with self._sessions() as session, session.begin():
+                for item in fresh:
+                    self._record(session, item)
+        except IntegrityError:
+            # Another member of the group recorded some of them during a rebalance:
+            # record the others one by one, keeping the first record of each.
+            for item in fresh:
+                await self._record_alone(item)
+        if self._relay and any(i.outcome and i.outcome.status != "retry" for i in fresh):
+            self._relay.wake()
+
+    async def _attempt_chain(
+        self, chain: list[_Pending], blocked: set[tuple[str, str, str]]
+    ) -> None:
+        """One document's deliveries on one route, in order; a retry holds the later ones."""
+        for item in chain:
+            if item.chain in blocked:
+                continue  # waits behind an earlier delivery that is being retried
+            item.record = self._new_record(item)
+            item.outcome = await self._attempt(item.record, item.event, item.route)
+            if item.outcome.status == "retry":
+                blocked.add(item.chain)
+
+    def _new_record(self, item: _Pending) -> DeliveryRecord:
+        return DeliveryRecord(
+            idempotency_key=item.key,
+            event_id=item.event.id,
+            event_type=item.event.type,
+            event_time=item.event.time,
+            tenant=item.event.tenant,
+            subject=item.event.subject,
+            route=item.route.name,
+            connector=item.route.connector_type,
             status="retrying",
             attempts=0,
             next_attempt_at=self._clock(),
-            record_headers=headers,
-            record_value=value,
+            record_headers=item.headers,
+            record_value=item.value,
             created_at=self._clock(),
             updated_at=self._clock(),
         )
-        outcome = None if waiting_behind else await self._attempt(record, event, route)
+
+    def _record(self, session: AsyncSession, item: _Pending) -> None:
+        record = item.record = self._new_record(item) if item.record is None else item.record
+        session.add(record)
+        if item.outcome is not None:
+            self._apply(session, record, item.event, item.route, item.outcome)
+
+    async def _record_alone(self, item: _Pending) -> None:
+        item.record = None  # the rolled-back transaction's object is not reused
         async with self._sessions() as session:
             try:
                 async with session.begin():
-                    session.add(record)
-                    if outcome is not None:
-                        self._apply(session, record, event, route, outcome)
+                    self._record(session, item)
             except IntegrityError:
-                # Another member of the group recorded the same key during a rebalance.
-                log.info("delivery %s was recorded concurrently; keeping the first record", key)
-                return
-        if outcome is not None and outcome.status != "retry" and self._relay:
-            self._relay.wake()
-
-    async def _has_unfinished_earlier(
-        self, session: AsyncSession, event: CloudEvent, route: Route
-    ) -> bool:
-        found = await session.scalar(
-            select(DeliveryRecord.id)
-            .where(
-                DeliveryRecord.tenant == event.tenant,
-                DeliveryRecord.subject == event.subject,
-                DeliveryRecord.route == route.name,
-                DeliveryRecord.status == "retrying",
-            )
-            .limit(1)
-        )
-        return found is not None
+                log.info(
+                    "delivery %s was recorded concurrently; keeping the first record", item.key
+                )
 
     # -- attempting ----------------------------------------------------------------
 

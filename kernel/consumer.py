@@ -1,9 +1,15 @@
 """The one way a service consumes events: handlers run in a transaction, at most once per event.
 
-Each event's handler runs in one database transaction that also records the
+Each event's handler runs in a database transaction that also records the
 event id in the ``inbox`` table (and may stage outgoing events in the outbox),
-so a redelivered event is recognised and skipped. Offsets are committed to
-Kafka only after the batch's transactions committed.
+so a redelivered event is recognised and skipped. The events of one fetch share
+one transaction (``handle_batch``): one commit, one inbox lookup and one relay
+wake-up for up to ``TRANSACTION_SIZE`` events instead of one each, which is
+what lets a consumer keep up with an API writing to the same database. When
+any handler of the batch fails, the transaction rolls back and the events are
+handled one by one, each in its own transaction and retried until it succeeds,
+so a failing event neither blocks nor undoes the others. Offsets are committed
+to Kafka only after the batch's transactions committed.
 
 A record that breaks its contract must neither stop the partition (a poison
 record) nor be lost: when its type is one this service handles, it is kept in
@@ -16,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +42,19 @@ from kernel.telemetry import continue_trace, tracer
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[AsyncSession, CloudEvent], Awaitable[None]]
+
+#: At most this many events share a transaction: on SQLite the batch holds the
+#: database's write lock, and the service's API must not wait long behind it.
+TRANSACTION_SIZE = 100
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One Kafka record as the consumer reads it."""
+
+    headers: dict[str, str]
+    value: bytes
+    topic: str
 
 
 def merge_handlers(*parts: dict[str, EventHandler]) -> dict[str, EventHandler]:
@@ -86,6 +106,55 @@ class EventConsumer:
         self._sessions = sessions
         self._handlers = handlers
         self._relay = relay
+
+    async def handle_batch(self, records: Sequence[Incoming]) -> list[str]:
+        """Handle ``records`` in order, in one transaction; their outcome labels, in order.
+
+        Raises when a handler fails: the transaction is rolled back and nothing
+        is counted, so the caller can hand the records to ``handle`` one by one.
+        """
+        outcomes: list[str | None] = []
+        ours: list[tuple[int, Incoming, CloudEvent, EventHandler]] = []
+        for record in records:
+            handler = self._handlers.get(record.headers.get("ce_type", ""))
+            if handler is None:
+                outcomes.append(self._count(record.topic, "ignored"))
+                continue
+            try:
+                event = from_record(record.headers, record.value)
+            except EnvelopeError:
+                # Kept by handle (a service may keep its own kinds of broken events).
+                outcomes.append(await self.handle(record.headers, record.value, record.topic))
+                continue
+            ours.append((len(outcomes), record, event, handler))
+            outcomes.append(None)
+        if ours:
+            async with self._sessions() as session, session.begin():
+                ids = {event.id for _, _, event, _ in ours}
+                seen = set(
+                    await session.scalars(
+                        select(InboxEntry.event_id).where(InboxEntry.event_id.in_(ids))
+                    )
+                )
+                for index, record, event, handler in ours:
+                    if event.id in seen:
+                        outcomes[index] = "duplicate"
+                        continue
+                    seen.add(event.id)
+                    with (
+                        continue_trace(record.headers),
+                        tracer(self._component).start_as_current_span(f"handle {event.type}"),
+                    ):
+                        await handler(session, event)
+                    session.add(
+                        InboxEntry(event_id=event.id, event_type=event.type, handled_at=utcnow())
+                    )
+                    outcomes[index] = "handled"
+            if self._relay:
+                self._relay.wake()
+            for index, record, _, _ in ours:
+                self._count(record.topic, str(outcomes[index]))
+        return [str(outcome) for outcome in outcomes]
 
     async def handle(self, headers: dict[str, str], value: bytes, topic: str) -> str:
         """Handle one record; return the outcome label (handled, duplicate, ignored, rejected)."""
@@ -164,24 +233,36 @@ class EventConsumer:
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
-            for partition, records in batches.items():
-                for record in records:
-                    while True:
-                        try:
-                            await self.handle(
-                                headers_as_text(record.headers),
-                                record.value or b"",
-                                partition.topic,
-                            )
-                            break
-                        except Exception:
-                            # The database is away or the handler failed: do not skip the
-                            # event, do not commit past it; try again shortly.
-                            log.exception(
-                                "%s could not handle an event on %s; retrying",
-                                self._component,
-                                partition.topic,
-                            )
-                            await asyncio.sleep(1.0)
+            records = [
+                Incoming(headers_as_text(record.headers), record.value or b"", partition.topic)
+                for partition, partition_records in batches.items()
+                for record in partition_records
+            ]
+            for start in range(0, len(records), TRANSACTION_SIZE):
+                chunk = records[start : start + TRANSACTION_SIZE]
+                try:
+                    await self.handle_batch(chunk)
+                except Exception:
+                    log.warning(
+                        "%s could not handle a batch of %d events together; one by one now",
+                        self._component,
+                        len(chunk),
+                        exc_info=True,
+                    )
+                    for record in chunk:
+                        await self._handle_until_done(record)
             if batches:
                 await consumer.commit()
+
+    async def _handle_until_done(self, record: Incoming) -> None:
+        while True:
+            try:
+                await self.handle(record.headers, record.value, record.topic)
+                return
+            except Exception:
+                # The database is away or the handler failed: do not skip the event,
+                # do not commit past it; try again shortly.
+                log.exception(
+                    "%s could not handle an event on %s; retrying", self._component, record.topic
+                )
+                await asyncio.sleep(1.0)

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.exc import StaleDataError
@@ -209,7 +209,11 @@ async def send_outgoing(session: AsyncSession, mail: Mail, now: datetime) -> Non
     """Move a draft to ``sending`` and stage the e-Box delivery request."""
     new_state = request_send(MailState(mail.state), mail.registration_number)
     letter = next(file for file in mail.files if file.role == "letter")
-    content = await session.scalar(select(MailFile.content).where(MailFile.id == letter.id))
+    # A mail drafted in this transaction still holds its letter; a stored one reads it
+    # (the column is deferred: lists of mails never load the PDFs).
+    content = inspect(letter).dict.get("content") or await session.scalar(
+        select(MailFile.content).where(MailFile.id == letter.id)
+    )
     if content is None:
         raise RuntimeError(f"the letter of outgoing mail {mail.id} has no content")
     kind: RecipientKind = "enterprise" if mail.recipient_kind == "enterprise" else "person"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
+from aiokafka import TopicPartition
 from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -17,7 +21,7 @@ from contracts.events.gateway import DeliveryReceipt
 from kernel.api import rejected_events_router
 from kernel.app import BackgroundTask, create_app
 from kernel.auth import issue_token
-from kernel.consumer import EventConsumer, InboxEntry, RejectedEvent
+from kernel.consumer import EventConsumer, InboxEntry, Incoming, RejectedEvent
 from kernel.database import create_engine, session_factory
 from kernel.migrations import Migration, create_tables, migrate, table_of
 from kernel.settings import HubSettings
@@ -114,3 +118,104 @@ async def test_a_broken_event_of_ours_is_kept_once_and_shown_to_its_tenant(
             )
             assert page.status_code == 200, page.text
             assert [item["event_id"] for item in page.json()["items"]] == expected
+
+
+def incoming(event: CloudEvent) -> Incoming:
+    record = to_record(event)
+    return Incoming(headers_as_text(record.headers), record.value, record.topic)
+
+
+def receipt_for(mail: str) -> CloudEvent:
+    return new_event(
+        receipt().data_as(DeliveryReceipt), tenant=TENANT, subject=mail, source="urn:hub:gateway"
+    )
+
+
+async def inbox_ids(sessions: async_sessionmaker[AsyncSession]) -> set[str]:
+    async with sessions() as session:
+        return set(await session.scalars(select(InboxEntry.event_id)))
+
+
+async def test_a_batch_is_handled_in_order_in_one_transaction_and_each_event_once(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    handled: list[str] = []
+
+    async def handler(session: AsyncSession, event: CloudEvent) -> None:
+        # Each handler sees what the earlier ones of its batch wrote.
+        handled.append(f"{event.subject} after {len(await inbox_ids_in(session))}")
+
+    async def inbox_ids_in(session: AsyncSession) -> list[str]:
+        return list(await session.scalars(select(InboxEntry.event_id)))
+
+    consumer = EventConsumer(
+        component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
+    )
+    first, second, earlier = receipt_for("mail-1"), receipt_for("mail-2"), receipt_for("mail-0")
+    assert await consumer.handle_batch([incoming(earlier)]) == ["handled"]
+    other = Incoming({"ce_type": "somebody.else.thing.v1", "ce_id": "x"}, b"{", "t")
+
+    outcomes = await consumer.handle_batch(
+        [incoming(first), other, incoming(first), incoming(earlier), incoming(second)]
+    )
+
+    assert outcomes == ["handled", "ignored", "duplicate", "duplicate", "handled"]
+    assert handled == ["mail-0 after 0", "mail-1 after 1", "mail-2 after 2"]
+    assert await inbox_ids(sessions) == {first.id, second.id, earlier.id}
+
+
+class OneFetch:
+    """A Kafka consumer that returns one fetch, then stops the loop; records its commits."""
+
+    def __init__(self, records: list[Incoming]) -> None:
+        self._records, self.commits = records, 0
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        if not self._records:
+            raise asyncio.CancelledError  # the loop ends here, as at a shutdown
+        partition = TopicPartition(self._records[0].topic, 0)
+        records = [
+            SimpleNamespace(headers=[(k, v.encode()) for k, v in r.headers.items()], value=r.value)
+            for r in self._records
+        ]
+        self._records = []
+        return {partition: records}
+
+    async def commit(self) -> None:
+        self.commits += 1
+
+
+async def test_a_failing_handler_undoes_its_batch_and_the_events_go_one_by_one(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures = {"mail-2": 3}  # mail-2's handler fails three times, then succeeds
+    runs: list[str] = []
+
+    async def handler(session: AsyncSession, event: CloudEvent) -> None:
+        if failures.get(event.subject or "", 0) > 0:
+            failures[event.subject or ""] -= 1
+            raise RuntimeError("the register is away")
+        runs.append(event.subject or "")
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    consumer = EventConsumer(
+        component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
+    )
+    events = [receipt_for(f"mail-{n}") for n in (1, 2, 3)]
+
+    with pytest.raises(RuntimeError):
+        await consumer.handle_batch([incoming(e) for e in events])
+    assert await inbox_ids(sessions) == set()  # mail-1's work was rolled back with the batch
+
+    fetch = OneFetch([incoming(e) for e in events])
+    with pytest.raises(asyncio.CancelledError):
+        await consumer._consume(fetch)
+
+    assert await inbox_ids(sessions) == {e.id for e in events}
+    # mail-1 ran in both undone batches, then alone; mail-2 failed alone once, then passed.
+    assert runs == ["mail-1", "mail-1", "mail-1", "mail-2", "mail-3"]
+    assert fetch.commits == 1
+
+
+async def fake_sleep(seconds: float) -> None:
+    return None

@@ -17,7 +17,7 @@ from contracts.envelope import CloudEvent, from_record, headers_as_text, new_eve
 from contracts.events.courrier import OutgoingMailSendRequested, Recipient
 from contracts.events.gateway import DeliveryReceipt
 from gateway.connectors.base import Delivery, DeliveryResult
-from gateway.deliveries import MIGRATIONS, DeliveryRecord
+from gateway.deliveries import MIGRATIONS, DeliveryRecord, idempotency_key
 from gateway.engine import DeliveryEngine
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import RetryPolicy, Route, RoutingTable
@@ -238,3 +238,72 @@ async def test_records_that_are_not_hub_events_are_skipped(
     await engine.handle_record({"ce_id": "x"}, value, "courrier.events")
     await engine.handle_record(headers, json.dumps({"mail_id": 3}).encode(), "courrier.events")
     assert connector.calls == [] and await deliveries(sessions) == []
+
+
+async def test_one_fetch_is_recorded_together_keeping_each_documents_order(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    connector = FakeConnector([RetryableDeliveryError("HTTP 503")])
+    clock = Clock()
+    engine = make_engine(sessions, connector, clock)
+    first, second, other = mail_event("mail-1"), mail_event("mail-1"), mail_event("mail-2")
+    fetch = [(*as_record(e), "courrier.events") for e in (first, second, other, first)]
+
+    await engine.handle_records(fetch)
+
+    # mail-1's first delivery is retried; its second waits behind it, not attempted;
+    # mail-2 is delivered; the record fetched twice is attempted and recorded once.
+    assert sorted(call.event.id for call in connector.calls) == sorted([first.id, other.id])
+    recorded = {r.event_id: (r.status, r.attempts) for r in await deliveries(sessions)}
+    assert recorded == {
+        first.id: ("retrying", 1),
+        second.id: ("retrying", 0),
+        other.id: ("delivered", 1),
+    }
+    assert [r.source_event_id for r in await receipts(sessions)] == [other.id]
+
+    # Fetched again after a crash (offsets not committed): nothing is attempted twice.
+    await engine.handle_records(fetch)
+    assert len(connector.calls) == 2 and len(await deliveries(sessions)) == 3
+
+
+async def test_a_delivery_recorded_meanwhile_by_another_member_keeps_its_first_record(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    clock = Clock()
+    events = [mail_event("mail-1"), mail_event("mail-2")]
+    theirs = idempotency_key(events[0].id, "outgoing-mail-ebox")
+
+    class RebalancedConnector(FakeConnector):
+        async def deliver(self, delivery: Delivery) -> DeliveryResult:
+            if delivery.idempotency_key == theirs:
+                # Another gateway, which owned the partition a moment ago, records it now.
+                async with sessions() as session, session.begin():
+                    session.add(
+                        DeliveryRecord(
+                            idempotency_key=theirs,
+                            event_id=events[0].id,
+                            event_type=SEND,
+                            event_time=events[0].time,
+                            tenant=TENANT,
+                            subject="mail-1",
+                            route="outgoing-mail-ebox",
+                            connector="fake",
+                            status="delivered",
+                            attempts=1,
+                            external_reference="theirs",
+                            record_headers={},
+                            record_value=b"",
+                            created_at=clock(),
+                            updated_at=clock(),
+                        )
+                    )
+            return await super().deliver(delivery)
+
+    engine = make_engine(sessions, RebalancedConnector(), clock)
+    await engine.handle_records([(*as_record(e), "courrier.events") for e in events])
+
+    recorded = {r.subject: r.external_reference for r in await deliveries(sessions)}
+    assert recorded["mail-1"] == "theirs" and recorded["mail-2"] is not None
+    assert [r.subject for r in await deliveries(sessions)] == ["mail-1", "mail-2"]
+    assert len(await receipts(sessions)) == 1  # theirs announced its own receipt
