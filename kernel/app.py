@@ -149,9 +149,9 @@ def create_app(
         version=version,
         lifespan=lifespan,
         # TraceAndCountMiddleware is the one server span per request. FastAPI's own
-        # telemetry (0.16x) would add a second one, and spans for each dependency and
-        # for serialisation: a quarter of a simple API call's CPU, for spans nobody reads.
-        # (Older FastAPI releases keep unknown settings unused.)
+        # telemetry (0.16x) would add a second one and spans for each dependency and
+        # for serialisation (0.06 ms of CPU per request on a minimal endpoint).
+        # Older FastAPI releases keep this unknown setting unused.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -97,13 +96,6 @@ def development_jwks(settings: HubSettings) -> dict[str, Any]:
     return {"keys": [jwk]}
 
 
-#: A verified token is trusted this long without checking its signature again (never
-#: past its expiry): a client sends the same token on many calls, and the RS256 check
-#: and claim parsing were a tenth of a simple API call's CPU.
-VERIFIED_TOKEN_SECONDS = 60.0
-VERIFIED_TOKENS_KEPT = 1024
-
-
 class TokenVerifier:
     """Verifies bearer tokens against the development key or a remote JWKS."""
 
@@ -113,26 +105,8 @@ class TokenVerifier:
         self._dev_key = (
             None if settings.jwks_url else load_or_create_issuer_key(settings.keys_dir).public_key()
         )
-        #: token → (caller, monotonic time until which it is trusted), oldest first.
-        self._verified: OrderedDict[str, tuple[Caller, float]] = OrderedDict()
 
     def verify(self, token: str) -> Caller:
-        now = time.monotonic()
-        known = self._verified.get(token)
-        if known is not None and now < known[1]:
-            return known[0]
-        caller, expires_at = self._verify_signature_and_claims(token)
-        self._verified[token] = (
-            caller,
-            now + min(VERIFIED_TOKEN_SECONDS, expires_at - time.time()),
-        )
-        self._verified.move_to_end(token)
-        while len(self._verified) > VERIFIED_TOKENS_KEPT:
-            self._verified.popitem(last=False)
-        return caller
-
-    def _verify_signature_and_claims(self, token: str) -> tuple[Caller, float]:
-        """The token's caller and its expiry (Unix time), or Unauthorized."""
         try:
             key: Any = (
                 self._jwks_client.get_signing_key_from_jwt(token).key
@@ -155,12 +129,11 @@ class TokenVerifier:
         if not isinstance(tenant, str) or not (len(tenant) == 5 and tenant.isdigit()):
             raise Unauthorized("the token's tenant claim is not a 5-digit NIS code")
         scope = claims.get("scope", "")
-        caller = Caller(
+        return Caller(
             tenant=tenant,
             scopes=frozenset(scope.split() if isinstance(scope, str) else []),
             subject=str(claims.get("sub", "")),
         )
-        return caller, float(claims["exp"])
 
 
 async def current_caller(request: Request) -> Caller:
