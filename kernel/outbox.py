@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from contracts.envelope import CloudEvent, to_record
-from kernel.database import Base, BigId, UtcDateTime, utcnow
+from kernel.database import Base, BigId, UtcDateTime, utcnow, writer_turn
 from kernel.metrics import EVENTS_PUBLISHED
 
 log = logging.getLogger(__name__)
@@ -145,13 +145,14 @@ class OutboxRelay:
                     continue
                 sent_ids.append(row.id)
                 EVENTS_PUBLISHED.labels(component=self._component, topic=row.topic).inc()
-            if sent_ids:
-                await session.execute(
-                    update(OutboxMessage)
-                    .where(OutboxMessage.id.in_(sent_ids))
-                    .values(sent_at=utcnow())
-                )
-            await session.commit()
+            async with writer_turn(self._sessions):
+                if sent_ids:
+                    await session.execute(
+                        update(OutboxMessage)
+                        .where(OutboxMessage.id.in_(sent_ids))
+                        .values(sent_at=utcnow())
+                    )
+                await session.commit()
             if failed_keys:
                 first_error = next(r for r in results if isinstance(r, BaseException))
                 log.warning(
@@ -190,7 +191,7 @@ async def transaction(
 
     Then the relay is woken so the events leave at once rather than at its next poll.
     """
-    async with sessions() as session, session.begin():
+    async with writer_turn(sessions), sessions() as session, session.begin():
         yield session
     if relay is not None:
         relay.wake()

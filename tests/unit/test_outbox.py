@@ -106,3 +106,24 @@ async def test_a_key_that_failed_stays_pending_while_others_go(
     sender.fail_keys.clear()
     assert await relay.publish_pending() == 1
     assert [key for _, key, _ in sender.sent] == [b"92137:doc-2", b"92137:doc-1"]
+
+
+async def test_on_sqlite_a_process_writers_take_turns(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # Without turns the second writer would start at once and then sleep in SQLite's
+    # busy handler until the first commits; with them it starts when the first is done.
+    steps: list[str] = []
+
+    async def write(name: str) -> None:
+        async with transaction(sessions, None) as session:
+            steps.append(f"{name} begins")
+            stage(session, receipt(name))
+            await session.flush()
+            await asyncio.sleep(0.05)
+            steps.append(f"{name} ends")
+
+    await asyncio.gather(write("first"), write("second"))
+
+    assert steps == ["first begins", "first ends", "second begins", "second ends"]
+    assert await pending(sessions) == 2
