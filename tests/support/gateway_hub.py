@@ -136,7 +136,14 @@ async def events_on(
     settle_seconds: float = 1.0,
     timeout: float = 30.0,
 ) -> list[CloudEvent]:
-    """Every wanted event of ``topic``, read until ``at_least`` came and no more for a while."""
+    """Every wanted event of ``topic`` (once per CloudEvent id), read until ``at_least`` came
+    and no more for a while.
+
+    Kafka may hold an event twice (a relay crash between publishing and marking it
+    sent, a producer retry) and this reader may read a record twice (its group
+    rebalanced under a loaded machine and, with nothing committed, starts over):
+    consumers deduplicate by the id, and so does this helper.
+    """
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -157,7 +164,7 @@ async def events_on(
                         event = from_record(headers_as_text(record.headers), record.value or b"")
                     except EnvelopeError:
                         continue
-                    if wanted(event):
+                    if wanted(event) and all(event.id != seen.id for seen in found):
                         found.append(event)
                         quiet_since = time.monotonic()
             if len(found) >= at_least and time.monotonic() - quiet_since > settle_seconds:
