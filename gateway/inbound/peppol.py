@@ -39,7 +39,7 @@ from contracts.envelope import new_event
 from contracts.events.peppol import MAX_DOCUMENT_BYTES, PeppolDocumentReceived, PeppolEndpoint
 from gateway.connectors.peppol_ap import PeppolApSettings
 from gateway.inbound.records import InboundDocument, Status
-from kernel.database import utcnow
+from kernel.database import utcnow, writer_turn
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
 
@@ -175,9 +175,11 @@ class PeppolInbound:
         participants: Mapping[str, str],
         relay: OutboxRelay | None = None,
         clock: Callable[[], datetime] = utcnow,
+        concurrency: int = 8,
     ) -> None:
         self._sessions = sessions
         self._inboxes = list(inboxes)
+        self._slots = asyncio.Semaphore(concurrency)
         # Peppol identifiers compare case-insensitively.
         self._tenants = {p.lower(): tenant for tenant, p in participants.items()}
         self._relay = relay
@@ -193,7 +195,12 @@ class PeppolInbound:
             await asyncio.sleep(poll_seconds)
 
     async def poll_once(self) -> int:
-        """Take every new message of every inbox; return how many were taken."""
+        """Take every new message of every inbox; return how many were taken.
+
+        A listing's messages are taken ``concurrency`` at a time: each is its own
+        document, and one at a time the round trips to the access point, not the
+        work, set the pace.
+        """
         taken = 0
         for inbox in self._inboxes:
             try:
@@ -201,13 +208,20 @@ class PeppolInbound:
             except Exception as exc:  # the AP is away: try at the next poll
                 log.warning("Peppol inbox %s could not be listed: %r", inbox.name, exc)
                 continue
-            for item in items:
-                try:
-                    await self.take(inbox, item)
-                    taken += 1
-                except Exception as exc:  # this one waits for the next poll; the others go on
-                    log.warning("Peppol message %s not taken yet: %r", item.message_id, exc)
+            outcomes = await asyncio.gather(
+                *(self._take_or_wait(inbox, item) for item in dict.fromkeys(items))
+            )
+            taken += sum(outcomes)
         return taken
+
+    async def _take_or_wait(self, inbox: AccessPointInbox, item: InboxItem) -> bool:
+        async with self._slots:
+            try:
+                await self.take(inbox, item)
+                return True
+            except Exception as exc:  # this one waits for the next poll; the others go on
+                log.warning("Peppol message %s not taken yet: %r", item.message_id, exc)
+                return False
 
     async def take(self, inbox: AccessPointInbox, item: InboxItem) -> InboundDocument:
         record = await self._known(item.message_id)
@@ -256,7 +270,11 @@ class PeppolInbound:
             "peppol inbound", attributes={"hub.peppol.message_id": item.message_id}
         ):
             try:
-                async with self._sessions() as session, session.begin():
+                async with (
+                    writer_turn(self._sessions),
+                    self._sessions() as session,
+                    session.begin(),
+                ):
                     session.add(record)
                     if tenant is not None and status == "published":
                         record.event_id = self._stage(session, tenant, fetched, record.sha256)
@@ -300,7 +318,7 @@ class PeppolInbound:
             source_status = "rejected"
         if record.source_status == source_status:
             return
-        async with self._sessions() as session, session.begin():
+        async with writer_turn(self._sessions), self._sessions() as session, session.begin():
             await session.execute(
                 update(InboundDocument)
                 .where(InboundDocument.id == record.id)

@@ -3,6 +3,7 @@ against a fake access point (httpx.MockTransport)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -461,3 +462,32 @@ async def test_other_events_are_refused_before_anything_is_sent(
 
     assert "factures.invoice_response.requested.v1 only" in str(raised.value)
     assert access_point.requests == []
+
+
+async def test_a_listings_messages_are_fetched_several_at_a_time(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox
+) -> None:
+    in_flight = 0
+    most_in_flight = 0
+
+    class SlowInbox(FakeInbox):
+        async def fetch(self, message_id: str) -> FetchedDocument:
+            nonlocal in_flight, most_in_flight
+            in_flight += 1
+            most_in_flight = max(most_in_flight, in_flight)
+            await asyncio.sleep(0.02)  # a round trip to the access point
+            in_flight -= 1
+            return await super().fetch(message_id)
+
+    slow = SlowInbox()
+    for number in range(10):
+        slow.drop(f"m{number}", LIEGE)
+    inbound = PeppolInbound(
+        sessions=sessions, inboxes=[slow], participants=PARTICIPANTS, concurrency=4
+    )
+
+    assert await inbound.poll_once() == 10
+
+    assert most_in_flight == 4
+    assert sorted(slow.acknowledged) == sorted(f"m{n}" for n in range(10))
+    assert len(await published(sessions)) == 10
