@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import new_event
@@ -108,22 +108,46 @@ async def test_a_key_that_failed_stays_pending_while_others_go(
     assert [key for _, key, _ in sender.sent] == [b"92137:doc-2", b"92137:doc-1"]
 
 
-async def test_on_sqlite_a_process_writers_take_turns(
-    sessions: async_sessionmaker[AsyncSession],
+async def test_on_sqlite_a_process_writers_take_turns_and_never_wait_in_sqlite(
+    tmp_path: Path,
 ) -> None:
-    # Without turns the second writer would start at once and then sleep in SQLite's
-    # busy handler until the first commits; with them it starts when the first is done.
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}")
+
+    def no_waiting_in_sqlite(dbapi_connection: Any, _record: Any) -> None:
+        # A writer finding the database locked now fails at once instead of sleeping.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 0")
+        cursor.close()
+
+    event.listen(engine.sync_engine, "connect", no_waiting_in_sqlite)
+    await migrate(engine, "test", [Migration(1, "outbox", create_tables(OutboxMessage.__table__))])  # type: ignore[arg-type]
+    sessions = session_factory(engine)
     steps: list[str] = []
 
-    async def write(name: str) -> None:
-        async with transaction(sessions, None) as session:
-            steps.append(f"{name} begins")
-            stage(session, receipt(name))
-            await session.flush()
-            await asyncio.sleep(0.05)
-            steps.append(f"{name} ends")
+    async def write(name: str, rolls_back: bool = False) -> None:
+        try:
+            async with transaction(sessions, None) as session:
+                steps.append(f"{name} begins")
+                stage(session, receipt(name))
+                await session.flush()
+                await asyncio.sleep(0.05)
+                steps.append(f"{name} ends")
+                if rolls_back:
+                    raise LookupError("undone")
+        except LookupError:
+            pass
 
-    await asyncio.gather(write("first"), write("second"))
-
-    assert steps == ["first begins", "first ends", "second begins", "second ends"]
-    assert await pending(sessions) == 2
+    try:
+        await asyncio.gather(write("first", rolls_back=True), write("second"), write("third"))
+        assert await pending(sessions) == 2
+    finally:
+        await engine.dispose()
+    # One transaction after the other; a rolled-back one gives its turn back too.
+    assert steps == [
+        "first begins",
+        "first ends",
+        "second begins",
+        "second ends",
+        "third begins",
+        "third ends",
+    ]
