@@ -19,7 +19,7 @@ WS4PM as SOAP Faults with the same detail.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal, Protocol
@@ -321,10 +321,12 @@ class AnnexUpload:
     declared_md5: str | None = None
     #: Published with the decision (OParl): never by default (see ``tables.Annex``).
     publishable: bool = False
+    #: Computed once, as the upload is read: not later, inside the item's transaction,
+    #: where a megabyte's digest would hold the database's writer turn (1.3 ms).
+    md5: str = field(init=False)
 
-    @property
-    def md5(self) -> str:
-        return hashlib.md5(self.content).hexdigest()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "md5", hashlib.md5(self.content).hexdigest())
 
 
 def check_annexes(annexes: tuple[AnnexUpload, ...]) -> None:
