@@ -210,12 +210,18 @@ async def test_permanent_errors_fail_at_once_with_the_reason(
     assert (receipt.outcome, receipt.reason) == ("failed", reason)
 
 
+def first_attempt_retried(
+    sessions: async_sessionmaker[AsyncSession],
+) -> tuple[FakeConnector, Clock, DeliveryEngine]:
+    """An engine whose target answers 503 to the first attempt and accepts the others."""
+    connector, clock = FakeConnector([RetryableDeliveryError("HTTP 503")]), Clock()
+    return connector, clock, make_engine(sessions, connector, clock)
+
+
 async def test_a_retrying_document_does_not_block_others_but_keeps_its_own_order(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    connector = FakeConnector([RetryableDeliveryError("HTTP 503")])
-    clock = Clock()
-    engine = make_engine(sessions, connector, clock)
+    connector, clock, engine = first_attempt_retried(sessions)
     first, second, other = mail_event("mail-1"), mail_event("mail-1"), mail_event("mail-2")
     for event in (first, second, other):
         await engine.handle_record(*as_record(event), "courrier.events")
@@ -243,9 +249,7 @@ async def test_records_that_are_not_hub_events_are_skipped(
 async def test_one_fetch_is_recorded_together_keeping_each_documents_order(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    connector = FakeConnector([RetryableDeliveryError("HTTP 503")])
-    clock = Clock()
-    engine = make_engine(sessions, connector, clock)
+    connector, _, engine = first_attempt_retried(sessions)
     first, second, other = mail_event("mail-1"), mail_event("mail-1"), mail_event("mail-2")
     fetch = [(*as_record(e), "courrier.events") for e in (first, second, other, first)]
 
