@@ -111,14 +111,15 @@ class EventConsumer:
         """Handle ``records`` in order, in one transaction; their outcome labels, in order.
 
         Raises when a handler fails: the transaction is rolled back and nothing
-        is counted, so the caller can hand the records to ``handle`` one by one.
+        is counted (broken records are kept already, and are recognised when kept
+        again), so the caller can hand the records to ``handle`` one by one.
         """
         outcomes: list[str | None] = []
         ours: list[tuple[int, Incoming, CloudEvent, EventHandler]] = []
         for record in records:
             handler = self._handlers.get(record.headers.get("ce_type", ""))
             if handler is None:
-                outcomes.append(self._count(record.topic, "ignored"))
+                outcomes.append("ignored")
                 continue
             try:
                 event = from_record(record.headers, record.value)
@@ -154,6 +155,9 @@ class EventConsumer:
                 self._relay.wake()
             for index, record, _, _ in ours:
                 self._count(record.topic, str(outcomes[index]))
+        for record, outcome in zip(records, outcomes, strict=True):
+            if outcome == "ignored":
+                self._count(record.topic, outcome)
         return [str(outcome) for outcome in outcomes]
 
     async def handle(self, headers: dict[str, str], value: bytes, topic: str) -> str:
@@ -172,7 +176,7 @@ class EventConsumer:
             continue_trace(headers),
             tracer(self._component).start_as_current_span(f"handle {event.type}"),
         ):
-            async with self._sessions() as session, session.begin():
+            async with writer_turn(self._sessions), self._sessions() as session, session.begin():
                 if await session.get(InboxEntry, event.id) is not None:
                     return self._count(topic, "duplicate")
                 await handler(session, event)
