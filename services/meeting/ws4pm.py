@@ -388,7 +388,7 @@ def _annexes(data: etree._Element) -> tuple[AnnexUpload, ...]:
                 content = binascii.a2b_base64(encoded, strict_mode=True)
             except binascii.Error:
                 content = base64.b64decode("".join(encoded.split()), validate=True)
-        except (binascii.Error, ValueError) as exc:
+        except ValueError as exc:  # binascii.Error, or text that is not ASCII
             raise Ws4pmFault(f"annex {filename!r}: file is not valid base64: {exc}") from exc
         annexes.append(AnnexUpload(title, filename, _media_type_of(filename), content))
     return tuple(annexes)
