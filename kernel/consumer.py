@@ -110,9 +110,12 @@ class EventConsumer:
     async def handle_batch(self, records: Sequence[Incoming]) -> list[str]:
         """Handle ``records`` in order, in one transaction; their outcome labels, in order.
 
-        Raises when a handler fails: the transaction is rolled back and nothing
-        is counted (broken records are kept already, and are recognised when kept
-        again), so the caller can hand the records to ``handle`` one by one.
+        A record of another type is skipped before its body is even parsed, so a
+        new consumer group catching up on a topic's history reads the others'
+        events cheaply. Raises when a handler fails: the transaction is rolled
+        back and nothing is counted (broken records are kept already, and are
+        recognised when kept again), so the caller can hand the records to
+        ``handle`` one by one.
         """
         outcomes: list[str | None] = []
         ours: list[tuple[int, Incoming, CloudEvent, EventHandler]] = []
@@ -123,9 +126,8 @@ class EventConsumer:
                 continue
             try:
                 event = from_record(record.headers, record.value)
-            except EnvelopeError:
-                # Kept by handle (a service may keep its own kinds of broken events).
-                outcomes.append(await self.handle(record.headers, record.value, record.topic))
+            except EnvelopeError as exc:
+                outcomes.append(await self.keep_broken(record, exc))
                 continue
             ours.append((len(outcomes), record, event, handler))
             outcomes.append(None)
@@ -161,31 +163,16 @@ class EventConsumer:
         return [str(outcome) for outcome in outcomes]
 
     async def handle(self, headers: dict[str, str], value: bytes, topic: str) -> str:
-        """Handle one record; return the outcome label (handled, duplicate, ignored, rejected)."""
-        handler = self._handlers.get(headers.get("ce_type", ""))
-        if handler is None:
-            # Not ours: skipped before its body is even parsed, so a new consumer group
-            # catching up on a topic's history reads the others' events cheaply.
-            return self._count(topic, "ignored")
-        try:
-            event = from_record(headers, value)
-        except EnvelopeError as exc:
-            kept = await self.keep_rejected(headers, value, topic, str(exc))
-            return self._count(topic, "kept" if kept else "duplicate")
-        with (
-            continue_trace(headers),
-            tracer(self._component).start_as_current_span(f"handle {event.type}"),
-        ):
-            async with writer_turn(self._sessions), self._sessions() as session, session.begin():
-                if await session.get(InboxEntry, event.id) is not None:
-                    return self._count(topic, "duplicate")
-                await handler(session, event)
-                session.add(
-                    InboxEntry(event_id=event.id, event_type=event.type, handled_at=utcnow())
-                )
-        if self._relay:
-            self._relay.wake()
-        return self._count(topic, "handled")
+        """Handle one record in its own transaction; its outcome label (handled, duplicate,
+        ignored, kept)."""
+        [outcome] = await self.handle_batch([Incoming(headers, value, topic)])
+        return outcome
+
+    async def keep_broken(self, record: Incoming, error: EnvelopeError) -> str:
+        """Keep a record of ours that breaks its contract; a service may keep its own kinds
+        its own way (urban keeps a NOTICe notification among its unprocessed ones)."""
+        kept = await self.keep_rejected(record.headers, record.value, record.topic, str(error))
+        return self._count(record.topic, "kept" if kept else "duplicate")
 
     async def keep_rejected(
         self, headers: dict[str, str], value: bytes, topic: str, reason: str

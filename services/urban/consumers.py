@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts.envelope import CloudEvent, EnvelopeError, from_record
+from contracts.envelope import CloudEvent, EnvelopeError
 from contracts.events.gateway import TOPIC as RECEIPTS_TOPIC
 from contracts.events.gateway import DeliveryReceipt
 from contracts.events.meeting import TOPIC as MEETING_TOPIC
@@ -29,7 +29,7 @@ from contracts.events.meeting import ItemDecided
 from contracts.events.outside import NoticeNotificationReceived, OpinionReceived
 from contracts.events.peppol import INBOUND_TOPIC
 from contracts.events.urban import Applicant, IdentificationRequested, NoticeResponseRequested
-from kernel.consumer import EventConsumer, EventHandler, InboxEntry
+from kernel.consumer import EventConsumer, EventHandler, InboxEntry, Incoming
 from kernel.database import utcnow
 from kernel.errors import NotFound, ProblemError
 from services.urban import permits
@@ -204,15 +204,11 @@ class NoticeKeepingConsumer(EventConsumer):
     among the unprocessed events, and goes on.
     """
 
-    async def handle(self, headers: dict[str, str], value: bytes, topic: str) -> str:
-        if headers.get("ce_type") != NoticeNotificationReceived.TYPE:
-            return await super().handle(headers, value, topic)
-        try:
-            from_record(headers, value)
-        except EnvelopeError as exc:
-            kept = await self._keep_invalid(headers, value, exc)
-            return self._count(topic, "kept" if kept else "duplicate")
-        return await super().handle(headers, value, topic)
+    async def keep_broken(self, record: Incoming, error: EnvelopeError) -> str:
+        if record.headers.get("ce_type") != NoticeNotificationReceived.TYPE:
+            return await super().keep_broken(record, error)
+        kept = await self._keep_invalid(record.headers, record.value, error)
+        return self._count(record.topic, "kept" if kept else "duplicate")
 
     async def _keep_invalid(self, headers: dict[str, str], value: bytes, error: Exception) -> bool:
         event_id = headers.get("ce_id") or ""
