@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import random
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pybase64
 import yaml
 
 from benchmarks.common import (
@@ -117,7 +117,7 @@ def invoice_drops(count: int, first: int, participant: str) -> list[dict[str, st
             {
                 "sender": invoice.sender,
                 "receiver": participant,
-                "document_base64": base64.b64encode(invoice.document).decode(),
+                "document_base64": pybase64.b64encode(invoice.document).decode(),
             }
         )
     return drops

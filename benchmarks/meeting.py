@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import gc
 import json
 import os
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pybase64
 from lxml import etree
 
 from benchmarks.common import (
@@ -288,7 +288,7 @@ def create_item_envelope(annex: bytes) -> tuple[bytes, bytes]:
     annexes = etree.SubElement(data, "annexes")
     etree.SubElement(annexes, "title").text = "Plans"
     etree.SubElement(annexes, "filename").text = "plans.pdf"
-    etree.SubElement(annexes, "file").text = base64.b64encode(annex).decode("ascii")
+    etree.SubElement(annexes, "file").text = pybase64.b64encode(annex).decode("ascii")
     before, after = etree.tostring(envelope, xml_declaration=True, encoding="UTF-8").split(
         TITLE_MARK.encode()
     )

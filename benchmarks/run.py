@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import hashlib
 import json
 import os
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pybase64
 
 from benchmarks import factures_flow, invoices, meeting, urban
 from benchmarks.common import (
@@ -92,7 +92,7 @@ async def raw_limit(
             registration_number=f"S2026/{number:06d}",
             recipient=Recipient(kind="person", identifier=random_niss(rng)),
             subject="Benchmark",
-            body_pdf_base64=base64.b64encode(pdf).decode(),
+            body_pdf_base64=pybase64.b64encode(pdf).decode(),
             body_pdf_md5=hashlib.md5(pdf).hexdigest(),
         )
         record = to_record(new_event(data, tenant=TENANT, subject=data.mail_id, source="urn:bench"))
@@ -119,7 +119,7 @@ async def raw_limit(
 
         async def post(value: bytes, headers: dict[str, str]) -> None:
             mail = from_record(headers, value).data_as(OutgoingMailSendRequested)
-            letter = base64.b64decode(mail.body_pdf_base64)
+            letter = pybase64.b64decode(mail.body_pdf_base64)
             message = {
                 "recipient": {"eboxType": "citizen", "eboxIdValue": mail.recipient.identifier},
                 "subject": {"fr": mail.subject},

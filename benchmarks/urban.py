@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import random
@@ -43,6 +42,7 @@ from typing import Any
 
 import httpx
 import psutil
+import pybase64
 from sqlalchemy import func, insert, select
 
 from benchmarks.common import (
@@ -86,7 +86,7 @@ def notifications(count: int, first: int) -> list[dict[str, Any]]:
     rng = random.Random(first)
     plan = letter_pdf("Plans", "benchmark")
     plan += b"\n%" + b"0" * max(0, 2_000 - len(plan) - 2)
-    content = base64.b64encode(plan).decode()
+    content = pybase64.b64encode(plan).decode()
     return [
         {
             "id": f"NOT-BENCH-{number:06d}",

@@ -28,7 +28,6 @@ currently valid, and xmlsec verifies the signature with that certificate.
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pybase64
 import xmlsec
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -100,7 +100,7 @@ class X509Signature:
         if private_key.public_key() != self.certificate.public_key():
             raise ValueError("the signing key does not belong to the signing certificate")
         self._key = xmlsec.Key.from_memory(key_pem, xmlsec.constants.KeyDataFormatPem, password)
-        self._token = base64.b64encode(
+        self._token = pybase64.b64encode(
             self.certificate.public_bytes(serialization.Encoding.DER)
         ).decode("ascii")
         self._lifetime = timestamp_lifetime
@@ -396,7 +396,7 @@ def _trusted_token_certificate(
             " of the same wsse:Security header"
         )
     try:
-        der = base64.b64decode("".join((token.text or "").split()), validate=True)
+        der = pybase64.b64decode("".join((token.text or "").split()), validate=True)
         presented = x509.load_der_x509_certificate(der)
     except ValueError as exc:
         raise SignatureError("the wsse:BinarySecurityToken is not an X.509 certificate") from exc

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import random
 from datetime import date, timedelta
+
+import pybase64
 
 SUBJECTS = (
     "Permis d'urbanisme : accusé de réception de votre demande",
@@ -74,5 +75,5 @@ def outgoing_mail(rng: random.Random, number: int) -> dict[str, object]:
     return {
         "recipient": recipient,
         "subject": subject,
-        "body_pdf_base64": base64.b64encode(pdf).decode(),
+        "body_pdf_base64": pybase64.b64encode(pdf).decode(),
     }

@@ -33,7 +33,6 @@ A repeated Ticket gets the first answer and publishes nothing new.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import copy
 import email.message
@@ -44,6 +43,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import unquote
 
+import pybase64
 from fastapi import APIRouter, Request, Response
 from lxml import etree
 
@@ -179,7 +179,7 @@ def _mime_parts(body: bytes, boundary: bytes) -> dict[str, bytes]:
         encoding = (headers.get("Content-Transfer-Encoding") or "binary").strip().lower()
         if encoding == "base64":
             try:
-                content = base64.b64decode(content)
+                content = pybase64.b64decode(content)
             except binascii.Error as exc:
                 raise ClientFault(f"MIME part {number} is not valid base64") from exc
         content_id = (headers.get("Content-ID") or f"part-{number}").strip().strip("<>")
@@ -228,7 +228,7 @@ def check_documents(request: etree._Element, attachments: dict[str, bytes]) -> l
         value = document.findtext(f"{{{TYPES_NS}}}Digest/{{{TYPES_NS}}}DigestValue")
         if method and value:
             actual = hashlib.new(DIGESTS[method], content).digest()
-            if base64.b64encode(actual).decode() != "".join(value.split()):
+            if pybase64.b64encode(actual).decode() != "".join(value.split()):
                 raise ClientFault(f"the attachment {reference} does not match its {method} Digest")
         names.append(document.findtext(f"{{{TYPES_NS}}}DownloadFileName") or "")
     return names

@@ -21,7 +21,6 @@ refused (422 ``IDEMPOTENCY_KEY_REUSED``). Faults set for ``inforius`` apply.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
@@ -31,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pybase64
 import yaml
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -169,7 +169,7 @@ def router(recorder: Recorder) -> APIRouter:
 
 def _ubl_problems(content_base64: str) -> list[str]:
     try:
-        content = base64.b64decode(content_base64, validate=True)
+        content = pybase64.b64decode(content_base64, validate=True)
     except binascii.Error:
         return ["ubl.contentBase64: not valid base64"]
     if not content.lstrip().startswith(b"<"):

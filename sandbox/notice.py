@@ -29,7 +29,6 @@ Faults are those set for service ``notice``.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
+import pybase64
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -80,14 +80,14 @@ class SeedDocument(BaseModel):
             raise ValueError("give content or content_base64")
         if self.content_base64 is not None:
             try:
-                base64.b64decode(self.content_base64, validate=True)
+                pybase64.b64decode(self.content_base64, validate=True)
             except binascii.Error as exc:
                 raise ValueError("content_base64 is not valid base64") from exc
         return self
 
     def bytes(self) -> bytes:
         if self.content_base64 is not None:
-            return base64.b64decode(self.content_base64, validate=True)
+            return pybase64.b64decode(self.content_base64, validate=True)
         return (self.content or "").encode("utf-8")
 
 
@@ -336,7 +336,7 @@ def router(recorder: Recorder, notice: Notice | None = None) -> APIRouter:
         assert isinstance(body, dict)
         if "document" in body:
             try:
-                base64.b64decode(body["document"]["content"], validate=True)
+                pybase64.b64decode(body["document"]["content"], validate=True)
             except binascii.Error:
                 return invalid(["document.content: not valid base64"])
         key = request.headers.get("Idempotency-Key") or f"no-key-{uuid.uuid4()}"

@@ -24,7 +24,6 @@ under their ``Idempotency-Key`` by the sandbox's recorder (service
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pybase64
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from lxml import etree
@@ -148,14 +148,14 @@ class InboxDrop(BaseModel):
     def _base64(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                base64.b64decode(value, validate=True)
+                pybase64.b64decode(value, validate=True)
             except binascii.Error as exc:
                 raise ValueError("not valid base64") from exc
         return value
 
     def content(self) -> bytes:
         if self.document_base64 is not None:
-            return base64.b64decode(self.document_base64, validate=True)
+            return pybase64.b64decode(self.document_base64, validate=True)
         return (self.document or "").encode("utf-8")
 
 
@@ -302,7 +302,7 @@ def router(recorder: Recorder, access_point: AccessPoint | None = None) -> APIRo
         message.fetches += 1
         body = message.summary() | {
             "status": message.status,
-            "document": base64.b64encode(message.document).decode(),
+            "document": pybase64.b64encode(message.document).decode(),
         }
         return JSONResponse(body)
 
@@ -356,7 +356,7 @@ def router(recorder: Recorder, access_point: AccessPoint | None = None) -> APIRo
             return _invalid(problems)
         assert isinstance(body, dict)
         try:
-            content = base64.b64decode(body["document"], validate=True)
+            content = pybase64.b64decode(body["document"], validate=True)
             response = read_invoice_response(content, body["sender"], body["receiver"])
         except binascii.Error:
             return _invalid(["document: not valid base64"])

@@ -8,10 +8,11 @@ service records on the invoice.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from decimal import Decimal
+
+import pybase64
 
 from contracts.envelope import EnvelopeError
 from contracts.events.factures import AccountingDocument, InvoiceApproved
@@ -27,7 +28,7 @@ def approved_invoice_of(delivery: Delivery, target: str) -> InvoiceApproved:
             f"{target} books {InvoiceApproved.TYPE} only, not {delivery.event.type}"
         ) from exc
     try:
-        base64.b64decode(approved.document.ubl_base64, validate=True)
+        pybase64.b64decode(approved.document.ubl_base64, validate=True)
     except binascii.Error as exc:
         raise PermanentDeliveryError("The invoice's UBL document is not valid base64.") from exc
     return approved

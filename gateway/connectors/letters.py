@@ -7,10 +7,11 @@ reasons are written for the clerk who sent the mail.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import re
+
+import pybase64
 
 from contracts.events.courrier import OutgoingMailSendRequested
 from contracts.identifiers import check_enterprise_number, check_niss
@@ -22,7 +23,7 @@ PDF_MAGIC = b"%PDF-"
 def letter_of(mail: OutgoingMailSendRequested) -> bytes:
     """The PDF, checked against its MD5 and its magic bytes."""
     try:
-        letter = base64.b64decode(mail.body_pdf_base64, validate=True)
+        letter = pybase64.b64decode(mail.body_pdf_base64, validate=True)
     except binascii.Error as exc:
         raise PermanentDeliveryError("The letter's PDF is not valid base64.") from exc
     if hashlib.md5(letter, usedforsecurity=False).hexdigest() != mail.body_pdf_md5:

@@ -18,11 +18,11 @@ supplier.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from typing import Any, Literal
 
 import httpx
+import pybase64
 from pydantic import Field, SecretStr
 
 from contracts.envelope import EnvelopeError
@@ -83,7 +83,7 @@ class PeppolApConnector:
                 f"{TARGET} delivers {InvoiceResponseRequested.TYPE} only, not {delivery.event.type}"
             ) from exc
         try:
-            base64.b64decode(answer.application_response_base64, validate=True)
+            pybase64.b64decode(answer.application_response_base64, validate=True)
         except binascii.Error as exc:
             raise PermanentDeliveryError("The Invoice Response is not valid base64.") from exc
         body = {

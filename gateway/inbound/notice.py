@@ -32,7 +32,6 @@ sent by the ``notice`` connector). The row keeps the notification as fetched
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
@@ -42,6 +41,7 @@ from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 import httpx
+import pybase64
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -269,7 +269,7 @@ class NoticeInbound:
                 media_type=media_type,
                 size=len(content),
                 sha256=hashlib.sha256(content).hexdigest(),
-                content_base64=base64.b64encode(content).decode(),
+                content_base64=pybase64.b64encode(content).decode(),
             )
         )
 

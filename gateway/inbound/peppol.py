@@ -21,7 +21,6 @@ answers the supplier with its reasons.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import hashlib
 import logging
@@ -31,6 +30,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
+import pybase64
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -99,7 +99,7 @@ class HttpAccessPointInbox:
     async def fetch(self, message_id: str) -> FetchedDocument:
         body = await self._call("GET", f"/inbox/{message_id}")
         try:
-            content = base64.b64decode(body["document"], validate=True)
+            content = pybase64.b64decode(body["document"], validate=True)
         except (KeyError, TypeError, binascii.Error) as exc:
             raise AccessPointError(f"message {message_id}: no readable document") from exc
         return FetchedDocument(_item(body), content)
@@ -300,7 +300,7 @@ class PeppolInbound:
             sender=endpoint_of(item.sender),
             receiver=endpoint_of(item.receiver),
             document_type=item.document_type,
-            document_base64=base64.b64encode(fetched.content).decode(),
+            document_base64=pybase64.b64encode(fetched.content).decode(),
             sha256=sha256,
         )
         event = new_event(data, tenant=tenant, subject=item.message_id, source=SOURCE)

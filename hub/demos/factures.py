@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import random
 import time
 
 import httpx
+import pybase64
 
 from hub.demos import DemoRun, ServiceResult
 from hub.invoices import FAULTS, SupplierInvoice, supplier_invoice
@@ -41,7 +41,7 @@ async def factures_demo(run: DemoRun) -> ServiceResult:
             drop = {
                 "sender": invoice.sender,
                 "receiver": participant,
-                "document_base64": base64.b64encode(invoice.document).decode(),
+                "document_base64": pybase64.b64encode(invoice.document).decode(),
             }
             response = await sandbox.post("/_sandbox/peppol/inbox", json=drop)
             if response.status_code == 201:

@@ -18,7 +18,6 @@ Items that the urban tool asks for by event are decided by ``hub.demos.urban``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import random
 import time
 import uuid
@@ -27,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pybase64
 import zeep
 from zeep.exceptions import Error as ZeepError
 from zeep.transports import AsyncTransport
@@ -168,7 +168,7 @@ class MeetingClerks:
                 {
                     "title": "Projet de décision",
                     "filename": filename,
-                    "content_base64": base64.b64encode(content).decode(),
+                    "content_base64": pybase64.b64encode(content).decode(),
                     "publishable": True,  # the draft decision: nothing private in it
                 }
             ],

@@ -20,7 +20,6 @@ delivery is done: courrier's mail was accepted by the e-Box).
 from __future__ import annotations
 
 import asyncio
-import base64
 import random
 import time
 import uuid
@@ -30,6 +29,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
+import pybase64
 
 from hub.demos import DemoRun, ServiceResult, StepFailed, call, pages
 from hub.traffic import letter_pdf, random_enterprise_number
@@ -114,7 +114,7 @@ def notification(
             {
                 "filename": "plan-implantation.pdf",
                 "media_type": "application/pdf",
-                "content_base64": base64.b64encode(plan).decode(),
+                "content_base64": pybase64.b64encode(plan).decode(),
             }
         ],
     }

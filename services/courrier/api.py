@@ -8,12 +8,12 @@ transaction that stores the document and stages its event.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated
 
+import pybase64
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Security, UploadFile
 from fastapi.security import HTTPBearer
 from sqlalchemy.exc import IntegrityError
@@ -124,7 +124,7 @@ ListingDep = Annotated[Listing, Depends(listing)]
 
 def decode_letter(encoded: str) -> bytes:
     try:
-        content = base64.b64decode(encoded, validate=True)
+        content = pybase64.b64decode(encoded, validate=True)
     except binascii.Error as exc:
         raise InvalidBase64(str(exc)) from exc
     check_letter(content)

@@ -7,13 +7,13 @@ the change and its event commit together or not at all.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 
+import pybase64
 from sqlalchemy import ColumnElement, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
@@ -226,7 +226,7 @@ async def send_outgoing(session: AsyncSession, mail: Mail, now: datetime) -> Non
             name=mail.recipient_name,
         ),
         subject=mail.subject,
-        body_pdf_base64=base64.b64encode(content).decode("ascii"),
+        body_pdf_base64=pybase64.b64encode(content).decode("ascii"),
         body_pdf_md5=letter.md5,
         about=about_of(mail),
     )

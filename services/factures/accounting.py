@@ -7,8 +7,9 @@ crashing the approval and are visible in the booked document.
 
 from __future__ import annotations
 
-import base64
 from decimal import Decimal
+
+import pybase64
 
 from contracts.events.factures import (
     AccountingDocument,
@@ -95,5 +96,5 @@ def accounting_document(invoice: Invoice, ubl: bytes) -> AccountingDocument:
             )
             for position, line in enumerate(invoice.lines, start=1)
         ],
-        ubl_base64=base64.b64encode(ubl).decode("ascii"),
+        ubl_base64=pybase64.b64encode(ubl).decode("ascii"),
     )

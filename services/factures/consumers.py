@@ -17,12 +17,12 @@ it must never stop the consumer, which would retry it forever.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import hashlib
 import logging
 from collections.abc import Mapping
 
+import pybase64
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -113,7 +113,7 @@ def handlers(tenants: Mapping[str, Tenant]) -> dict[str, EventHandler]:
 def _content_of(data: PeppolDocumentReceived) -> tuple[bytes, list[Reason]]:
     """The document's bytes and, if the transfer damaged them, why they cannot be trusted."""
     try:
-        content = base64.b64decode(data.document_base64, validate=True)
+        content = pybase64.b64decode(data.document_base64, validate=True)
     except binascii.Error:
         content = data.document_base64.encode("utf-8", "replace")
         return content, [reasons.corrupted(data.sha256, "not computable (invalid base64)")]

@@ -9,7 +9,6 @@ and its events commit together or not at all.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import uuid
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
+import pybase64
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
@@ -602,7 +602,7 @@ async def _answer(
         status=status,
         sender=commune,
         receiver=supplier,
-        application_response_base64=base64.b64encode(build_application_response(response)).decode(
+        application_response_base64=pybase64.b64encode(build_application_response(response)).decode(
             "ascii"
         ),
         in_reply_to=invoice.peppol_message_id,

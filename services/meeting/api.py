@@ -8,11 +8,11 @@ transaction that stores the change and stages its event.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from dataclasses import dataclass
 from typing import Annotated
 
+import pybase64
 from fastapi import APIRouter, Depends, Query, Request, Response, Security
 from fastapi.security import HTTPBearer
 from sqlalchemy.exc import IntegrityError
@@ -114,7 +114,7 @@ class InvalidBase64(ProblemError):
 
 def decode_annex(annex: AnnexIn) -> AnnexUpload:
     try:
-        content = base64.b64decode(annex.content_base64, validate=True)
+        content = pybase64.b64decode(annex.content_base64, validate=True)
     except binascii.Error as exc:
         raise InvalidBase64(annex.filename, str(exc)) from exc
     return AnnexUpload(

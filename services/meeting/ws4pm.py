@@ -29,7 +29,6 @@ Fault that says what is wrong, and nothing is stored.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import copy
 import hmac
@@ -40,6 +39,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
+import pybase64
 from fastapi import APIRouter, Request, Response
 from lxml import etree
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -250,7 +250,7 @@ def authenticate(request: Request, settings: dict[str, TenantMeetings]) -> Ws4pm
         raise Ws4pmFault("send HTTP Basic credentials of a WS4PM client", 401, "unauthorized")
     try:
         username, _, password = (
-            base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+            pybase64.b64decode(encoded.strip(), validate=True).decode().partition(":")
         )
     except (binascii.Error, UnicodeDecodeError) as exc:
         raise Ws4pmFault("the Basic credentials are not valid base64", 401, "unauthorized") from exc
@@ -377,7 +377,7 @@ async def meetings_accepting_items(context: Context, request: etree._Element) ->
     return answer
 
 
-def _annexes(data: etree._Element) -> tuple[AnnexUpload, ...]:
+def annexes_of(data: etree._Element) -> tuple[AnnexUpload, ...]:
     annexes = []
     for number, annex in enumerate(data.findall("annexes"), start=1):
         title = annex.findtext("title") or f"annex {number}"
@@ -385,9 +385,9 @@ def _annexes(data: etree._Element) -> tuple[AnnexUpload, ...]:
         encoded = annex.findtext("file") or ""
         try:
             try:  # most clients send it on one line: no copy without whitespace needed
-                content = binascii.a2b_base64(encoded, strict_mode=True)
+                content = pybase64.b64decode(encoded, validate=True)
             except binascii.Error:
-                content = base64.b64decode("".join(encoded.split()), validate=True)
+                content = pybase64.b64decode("".join(encoded.split()), validate=True)
         except ValueError as exc:  # binascii.Error, or text that is not ASCII
             raise Ws4pmFault(f"annex {filename!r}: file is not valid base64: {exc}") from exc
         annexes.append(AnnexUpload(title, filename, _media_type_of(filename), content))
@@ -417,7 +417,7 @@ async def create_item(context: Context, request: etree._Element) -> etree._Eleme
         raise Ws4pmFault("createItem needs creationData")
     category = _text(data, "category")
     check_item_fields(config, category, proposing_service)
-    annexes = _annexes(data)
+    annexes = annexes_of(data)
     check_annexes(annexes)
     description = "\n\n".join(
         text for text in (_text(data, "description"), _text(data, "detailedDescription")) if text
@@ -610,7 +610,7 @@ async def _fill_item_info(
             _add(element, "title", annex.title)
             _add(element, "filename", annex.filename)
             if with_binary:
-                _add(element, "file", base64.b64encode(contents[annex.id]).decode("ascii"))
+                _add(element, "file", pybase64.b64encode(contents[annex.id]).decode("ascii"))
 
 
 OPERATIONS: dict[str, Operation] = {

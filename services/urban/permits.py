@@ -10,7 +10,6 @@ always those of the facts stored.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import logging
@@ -22,6 +21,7 @@ from datetime import date, datetime
 from typing import Any, assert_never
 from zoneinfo import ZoneInfo
 
+import pybase64
 from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
@@ -146,7 +146,7 @@ def checked_new_file(
 
 def checked_document(document: NoticeDocument) -> Document:
     try:
-        content = base64.b64decode(document.content_base64, validate=True)
+        content = pybase64.b64decode(document.content_base64, validate=True)
     except binascii.Error as exc:
         raise DocumentMismatch(document.document_id, f"its content is not base64 ({exc})") from exc
     if len(content) != document.size:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from lxml import etree
 from pydantic import ValidationError
 
 from contracts.events.meeting import ConcernedParty
@@ -33,7 +35,7 @@ from services.meeting.domain import (
     configuration,
     state_after,
 )
-from services.meeting.ws4pm import Ws4pmFault, parse_operation
+from services.meeting.ws4pm import Ws4pmFault, annexes_of, parse_operation
 
 COLLEGE = MeetingConfig.model_validate(
     {
@@ -185,6 +187,31 @@ def test_a_valid_ws4pm_request_yields_its_operation_element() -> None:
         )
     )
     assert operation.findtext("creationData/title") == "T"
+
+
+def creation_data(encoded_annex: str) -> etree._Element:
+    return etree.fromstring(
+        "<creationData><annexes><title>Plans</title><filename>plans.pdf</filename>"
+        f"<file>{encoded_annex}</file></annexes></creationData>"
+    )
+
+
+def test_ws4pm_annexes_are_decoded_on_one_line_or_wrapped_and_refused_when_not_base64() -> None:
+    content = bytes(range(256)) * 300
+    one_line = base64.b64encode(content).decode()
+    wrapped = base64.encodebytes(content).decode()  # 76 characters a line, as MIME wraps it
+    for encoded in (one_line, wrapped):
+        (annex,) = annexes_of(creation_data(encoded))
+        assert (annex.filename, annex.media_type, annex.content) == (
+            "plans.pdf",
+            "application/pdf",
+            content,
+        )
+        assert annex.md5 == hashlib.md5(content).hexdigest()
+    for broken in (one_line[:-2], one_line[:100] + "*" + one_line[101:], "é" + one_line):
+        with pytest.raises(Ws4pmFault) as fault:
+            annexes_of(creation_data(broken))
+        assert "annex 'plans.pdf': file is not valid base64" in fault.value.message
 
 
 @pytest.mark.parametrize(
