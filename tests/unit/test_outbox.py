@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import new_event
@@ -108,18 +108,8 @@ async def test_a_key_that_failed_stays_pending_while_others_go(
     assert [key for _, key, _ in sender.sent] == [b"92137:doc-2", b"92137:doc-1"]
 
 
-async def test_on_sqlite_a_process_writers_take_turns_and_never_wait_in_sqlite(
-    tmp_path: Path,
-) -> None:
+async def test_on_sqlite_a_process_writers_take_turns(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}")
-
-    def no_waiting_in_sqlite(dbapi_connection: Any, _record: Any) -> None:
-        # A writer finding the database locked now fails at once instead of sleeping.
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout = 0")
-        cursor.close()
-
-    event.listen(engine.sync_engine, "connect", no_waiting_in_sqlite)
     await migrate(engine, "test", [Migration(1, "outbox", create_tables(OutboxMessage.__table__))])  # type: ignore[arg-type]
     sessions = session_factory(engine)
     steps: list[str] = []

@@ -1,0 +1,83 @@
+"""kernel.sqlite_driver: statements on the loop's thread; waiting for a lock without blocking it."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+
+from kernel import sqlite_driver
+from kernel.database import create_engine
+
+
+async def test_statements_run_on_the_event_loops_thread(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'thread.db'}")
+
+    def expose_thread(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.create_function("thread_ident", 0, threading.get_ident)
+
+    event.listen(engine.sync_engine, "connect", expose_thread)
+    try:
+        async with engine.connect() as connection:
+            ran_on = (await connection.execute(text("SELECT thread_ident()"))).scalar_one()
+    finally:
+        await engine.dispose()
+    assert ran_on == threading.get_ident()
+
+
+async def test_a_writer_finding_the_database_locked_waits_while_the_loop_runs_on(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'locked.db'}"
+    holder, waiter = create_engine(url), create_engine(url)  # two pools: two connections
+    steps: list[str] = []
+    try:
+        async with holder.begin() as connection:
+            await connection.execute(text("CREATE TABLE letters (id INTEGER PRIMARY KEY)"))
+
+        async def second_writer() -> None:
+            async with waiter.begin() as connection:
+                await connection.execute(text("INSERT INTO letters (id) VALUES (2)"))
+            steps.append("second committed")
+
+        async with holder.begin() as connection:
+            await connection.execute(text("INSERT INTO letters (id) VALUES (1)"))
+            started = time.monotonic()
+            second = asyncio.create_task(second_writer())
+            # The second writer is refused (SQLITE_BUSY) and waits; if it waited in SQLite's
+            # busy handler on this thread, this sleep could not end before it gave up.
+            await asyncio.sleep(0.2)
+            steps.append("first commits")
+        await second
+        assert time.monotonic() - started < 2
+        async with holder.connect() as connection:
+            rows = (await connection.execute(text("SELECT id FROM letters ORDER BY id"))).all()
+    finally:
+        await holder.dispose()
+        await waiter.dispose()
+    assert steps == ["first commits", "second committed"]
+    assert [row.id for row in rows] == [1, 2]
+
+
+async def test_a_writer_gives_up_with_database_is_locked_after_its_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "held.db")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE letters (id INTEGER PRIMARY KEY)")
+    holder.execute("BEGIN IMMEDIATE")  # holds the write lock and never lets go
+    connection = await sqlite_driver.connector(path, busy_timeout=0.1)()
+    started = time.monotonic()
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            await connection.execute("INSERT INTO letters (id) VALUES (1)")
+    finally:
+        await connection.close()
+        holder.close()
+    assert 0.1 <= time.monotonic() - started < 1
