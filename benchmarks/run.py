@@ -54,6 +54,7 @@ from benchmarks.common import (
 )
 from contracts.envelope import from_record, headers_as_text, new_event, to_record
 from contracts.events.courrier import OutgoingMailSendRequested, OutgoingMailSent, Recipient
+from gateway.connectors.ebox_rest import multipart_form_data
 from hub.traffic import letter_pdf, outgoing_mail, random_niss
 from kernel.kafka import ensure_topics, make_consumer, make_producer
 
@@ -133,19 +134,21 @@ async def raw_limit(
                     }
                 ],
             }
+            # Encoded as the gateway encodes it, in one write (``multipart_form_data``).
+            body, content_type = multipart_form_data(
+                [
+                    ("messageToPublish", None, json.dumps(message).encode(), "application/json"),
+                    ("upfile1", "letter.pdf", letter, "application/pdf"),
+                ]
+            )
             async with slots:
                 response = await http.post(
                     "/ebox/rest/publishMessage",
-                    files=[
-                        (
-                            "messageToPublish",
-                            (None, json.dumps(message).encode(), "application/json"),
-                        ),
-                        ("upfile1", ("letter.pdf", letter, "application/pdf")),
-                    ],
+                    content=body,
                     headers={
                         "Authorization": f"Bearer {token}",
                         "Idempotency-Key": headers["ce_id"],
+                        "Content-Type": content_type,
                     },
                 )
             if response.status_code != 201:

@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import JSON, LargeBinary, String, Text, select
+from sqlalchemy import JSON, LargeBinary, String, Text, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -36,6 +36,7 @@ from contracts.envelope import CloudEvent, EnvelopeError, from_record, headers_a
 from kernel.database import Base, BigId, UtcDateTime, utcnow, writer_turn
 from kernel.kafka import make_consumer
 from kernel.metrics import EVENTS_CONSUMED
+from kernel.migrations import table_of
 from kernel.outbox import OutboxRelay
 from kernel.telemetry import continue_trace, tracer
 
@@ -139,6 +140,7 @@ class EventConsumer:
                         select(InboxEntry.event_id).where(InboxEntry.event_id.in_(ids))
                     )
                 )
+                handled: list[dict[str, Any]] = []
                 for index, record, event, handler in ours:
                     if event.id in seen:
                         outcomes[index] = "duplicate"
@@ -149,10 +151,12 @@ class EventConsumer:
                         tracer(self._component).start_as_current_span(f"handle {event.type}"),
                     ):
                         await handler(session, event)
-                    session.add(
-                        InboxEntry(event_id=event.id, event_type=event.type, handled_at=utcnow())
+                    handled.append(
+                        {"event_id": event.id, "event_type": event.type, "handled_at": utcnow()}
                     )
                     outcomes[index] = "handled"
+                if handled:  # one INSERT for the batch, not one ORM object each
+                    await session.execute(insert(table_of(InboxEntry)), handled)
             if self._relay:
                 self._relay.wake()
             for index, record, _, _ in ours:

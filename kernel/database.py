@@ -140,15 +140,19 @@ async def next_in_sequence(
     queue on it and the values they get are unique and, when every caller
     commits, gap-free. A rolled-back caller gives its value back.
     """
-    start = {**key, column: 0}
-    if session.bind.dialect.name == "postgresql":
-        await session.execute(postgresql.insert(table).values(start).on_conflict_do_nothing())
-    else:
-        await session.execute(sqlite.insert(table).values(start).on_conflict_do_nothing())
-    result = await session.execute(
+    increment = (
         update(table)
         .where(*(table.c[name] == value for name, value in key.items()))
         .values({column: table.c[column] + 1})
         .returning(table.c[column])
     )
-    return int(result.scalar_one())
+    value = (await session.execute(increment)).scalar_one_or_none()
+    if value is not None:  # the counter exists: every call but a key's first
+        return int(value)
+    start = {**key, column: 0}
+    # Another transaction may create the row between the two statements: do nothing then.
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(postgresql.insert(table).values(start).on_conflict_do_nothing())
+    else:
+        await session.execute(sqlite.insert(table).values(start).on_conflict_do_nothing())
+    return int((await session.execute(increment)).scalar_one())

@@ -12,6 +12,7 @@ import logging
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import raiseload
 
 from contracts.envelope import CloudEvent
 from contracts.events.courrier import OutgoingMailSendRequested
@@ -39,6 +40,7 @@ async def handle_delivery_receipt(session: AsyncSession, event: CloudEvent) -> N
             Mail.tenant == event.tenant,
             Mail.direction == Direction.OUTGOING,
         )
+        .options(raiseload(Mail.files))  # a receipt changes the state, never the files
         .with_for_update()
     )
     if mail is None:

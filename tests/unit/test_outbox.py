@@ -75,6 +75,26 @@ async def test_an_event_exists_only_if_its_transaction_committed(
     assert await pending(sessions) == 1
 
 
+async def test_a_transactions_events_are_written_at_its_commit_in_the_order_staged(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with sessions() as session:
+        async with session.begin():
+            stage(session, receipt("doc-1"))
+            stage(session, receipt("doc-2"))
+            assert await pending(sessions) == 0  # nothing is written before the commit
+        # The same session, rolled back after staging: its events go with the rollback,
+        # and are not written by the session's next commit either.
+        async with session.begin():
+            stage(session, receipt("doc-3"))
+            await session.rollback()
+        async with session.begin():
+            stage(session, receipt("doc-4"))
+    async with sessions() as session:
+        rows = (await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))).all()
+    assert [row.key for row in rows] == [b"92137:doc-1", b"92137:doc-2", b"92137:doc-4"]
+
+
 async def test_the_relay_publishes_in_order_and_marks_sent(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
