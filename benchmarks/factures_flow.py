@@ -49,6 +49,7 @@ from benchmarks.common import (
     cpu_seconds,
     load_average,
     machine,
+    run_client,
 )
 from contracts.events.factures import (
     TOPIC,
@@ -191,7 +192,7 @@ async def run_async(count: int) -> dict[str, Any]:
 
 
 def run(count: int = 1000) -> dict[str, Any]:
-    return asyncio.run(run_async(count))
+    return run_client(run_async(count))
 
 
 def main() -> None:

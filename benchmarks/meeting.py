@@ -57,6 +57,7 @@ from benchmarks.common import (
     load_average,
     machine,
     percentile,
+    run_client,
 )
 from hub.supervisor import stop_all
 from hub.traffic import letter_pdf
@@ -394,7 +395,7 @@ async def run_async(items: int, concurrency: int, seconds: float) -> dict[str, A
 
 
 def run(items: int = 300, concurrency: int = 8, seconds: float = 20.0) -> dict[str, Any]:
-    return asyncio.run(run_async(items, concurrency, seconds))
+    return run_client(run_async(items, concurrency, seconds))
 
 
 def main() -> None:

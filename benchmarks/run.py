@@ -51,6 +51,7 @@ from benchmarks.common import (
     cpu_seconds,
     machine,
     percentile,
+    run_client,
 )
 from contracts.envelope import from_record, headers_as_text, new_event, to_record
 from contracts.events.courrier import OutgoingMailSendRequested, OutgoingMailSent, Recipient
@@ -300,7 +301,7 @@ def main() -> None:
     # --only: the other parts keep their last results.
     results = json.loads(out.read_text()) if args.only and out.is_file() else {}
     if args.only in (None, "spine"):
-        results.update(asyncio.run(run(args)))
+        results.update(run_client(run(args)))
     for name, (key, run_part) in PARTS.items():
         if args.only in (None, name):
             results[key] = run_part()  # each starts and stops its own processes

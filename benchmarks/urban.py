@@ -57,6 +57,7 @@ from benchmarks.common import (
     load_average,
     machine,
     percentile,
+    run_client,
 )
 from contracts.events.urban import TOPIC, FileOpened
 from hub.traffic import letter_pdf, random_niss
@@ -399,7 +400,7 @@ async def run_async(count: int, files: int) -> dict[str, Any]:
 
 
 def run(count: int = 10_000, files: int = 100_000) -> dict[str, Any]:
-    return asyncio.run(run_async(count, files))
+    return run_client(run_async(count, files))
 
 
 def main() -> None:

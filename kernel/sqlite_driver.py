@@ -19,6 +19,8 @@ timeout, and a statement refused with ``SQLITE_BUSY`` is retried after an
 ``asyncio.sleep`` (1 ms, doubling to 50 ms, for up to ``busy_timeout``
 seconds), which lets the holder of the lock, often a coroutine of the same
 loop, finish. ``kernel.database.writer_turn`` makes that rare within a process.
+The exception is a statement carrying a large document (``LARGE_PARAMETERS_BYTES``),
+and the commit of its transaction: those run in a worker thread.
 """
 
 from __future__ import annotations
@@ -39,12 +41,25 @@ _SQLITE_BUSY, _SQLITE_BUSY_SNAPSHOT = 5, 517
 _FIRST_WAIT, _LONGEST_WAIT = 0.001, 0.05
 
 
-async def _until_not_busy(call: Callable[[], T], busy_timeout: float) -> T:
+#: A statement whose parameters hold more bytes than this (a scan, an annex) runs in a
+#: worker thread, and so does the commit of its transaction, which writes those pages to
+#: the WAL: copying a megabyte there took 2-4 ms, which on the loop's thread held up
+#: every other request of the process, while sqlite3 lets go of the GIL meanwhile.
+LARGE_PARAMETERS_BYTES = 64 * 1024
+
+
+def _size_of(parameters: Sequence[Any]) -> int:
+    return sum(len(value) for value in parameters if isinstance(value, bytes | str))
+
+
+async def _until_not_busy(
+    call: Callable[[], T], busy_timeout: float, *, in_thread: bool = False
+) -> T:
     deadline = time.monotonic() + busy_timeout
     wait = _FIRST_WAIT
     while True:
         try:
-            return call()
+            return await asyncio.to_thread(call) if in_thread else call()
         except sqlite3.OperationalError as exc:
             code = getattr(exc, "sqlite_errorcode", 0)  # absent when Python raised it itself
             busy = code & 0xFF == _SQLITE_BUSY and code != _SQLITE_BUSY_SNAPSHOT
@@ -57,18 +72,28 @@ async def _until_not_busy(call: Callable[[], T], busy_timeout: float) -> T:
 class Cursor:
     """aiosqlite's cursor interface over a ``sqlite3.Cursor``, called in place."""
 
-    def __init__(self, cursor: sqlite3.Cursor, busy_timeout: float) -> None:
+    def __init__(self, cursor: sqlite3.Cursor, connection: Connection) -> None:
         self._cursor = cursor
-        self._busy_timeout = busy_timeout
+        self._connection = connection
 
     async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> Cursor:
         arguments = () if parameters is None else parameters
-        await _until_not_busy(lambda: self._cursor.execute(sql, arguments), self._busy_timeout)
+        large = self._connection.note_size(_size_of(arguments))
+        await _until_not_busy(
+            lambda: self._cursor.execute(sql, arguments),
+            self._connection.busy_timeout,
+            in_thread=large,
+        )
         return self
 
     async def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> Cursor:
         rows = list(parameters)  # a retry must see every row again
-        await _until_not_busy(lambda: self._cursor.executemany(sql, rows), self._busy_timeout)
+        large = self._connection.note_size(sum(map(_size_of, rows)))
+        await _until_not_busy(
+            lambda: self._cursor.executemany(sql, rows),
+            self._connection.busy_timeout,
+            in_thread=large,
+        )
         return self
 
     async def fetchone(self) -> Any:
@@ -128,8 +153,16 @@ class Connection:
 
     def __init__(self, connection: sqlite3.Connection, busy_timeout: float) -> None:
         self._connection: sqlite3.Connection | None = connection
-        self._busy_timeout = busy_timeout
+        self.busy_timeout = busy_timeout
         self._tx = _ImmediateQueue(connection)
+        #: The current transaction wrote large parameters: its commit runs in a thread.
+        self._wrote_large = False
+
+    def note_size(self, parameter_bytes: int) -> bool:
+        """Whether a statement with ``parameter_bytes`` of parameters is large (see above)."""
+        large = parameter_bytes > LARGE_PARAMETERS_BYTES
+        self._wrote_large = self._wrote_large or large
+        return large
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -142,20 +175,25 @@ class Connection:
         return self._conn.isolation_level
 
     async def cursor(self) -> Cursor:
-        return Cursor(self._conn.cursor(), self._busy_timeout)
+        return Cursor(self._conn.cursor(), self)
 
     async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> Cursor:
         cursor = await self.cursor()
         return await cursor.execute(sql, parameters)
 
     async def commit(self) -> None:
-        await _until_not_busy(self._conn.commit, self._busy_timeout)
+        await _until_not_busy(self._conn.commit, self.busy_timeout, in_thread=self._wrote_large)
+        self._wrote_large = False
 
     async def rollback(self) -> None:
+        self._wrote_large = False
         self._conn.rollback()
 
     async def create_function(self, *args: Any, **kwargs: Any) -> None:
         self._conn.create_function(*args, **kwargs)
+
+    async def set_trace_callback(self, callback: Callable[[str], object] | None) -> None:
+        self._conn.set_trace_callback(callback)
 
     async def close(self) -> None:
         self.stop()

@@ -81,3 +81,39 @@ async def test_a_writer_gives_up_with_database_is_locked_after_its_busy_timeout(
         await connection.close()
         holder.close()
     assert 0.1 <= time.monotonic() - started < 1
+
+
+async def test_a_large_document_and_its_commit_are_written_in_a_worker_thread(
+    tmp_path: Path,
+) -> None:
+    connection = await sqlite_driver.connector(str(tmp_path / "large.db"), busy_timeout=1.0)()
+    ran_on: list[tuple[str, int]] = []
+    await connection.set_trace_callback(
+        lambda statement: ran_on.append((statement.split()[0], threading.get_ident()))
+    )
+    large = b"%" * (sqlite_driver.LARGE_PARAMETERS_BYTES + 1)
+    try:
+        await connection.execute("CREATE TABLE annexes (content BLOB)")
+        await connection.commit()
+        await connection.execute("INSERT INTO annexes (content) VALUES (?)", (b"small",))
+        await connection.commit()
+        await connection.execute("INSERT INTO annexes (content) VALUES (?)", (large,))
+        await connection.commit()
+        await connection.execute("INSERT INTO annexes (content) VALUES (?)", (b"small again",))
+        await connection.commit()
+    finally:
+        await connection.close()
+    loop = threading.get_ident()
+    where = [(verb, "loop" if ident == loop else "worker") for verb, ident in ran_on]
+    assert where == [
+        ("CREATE", "loop"),
+        ("BEGIN", "loop"),
+        ("INSERT", "loop"),
+        ("COMMIT", "loop"),
+        ("BEGIN", "worker"),
+        ("INSERT", "worker"),
+        ("COMMIT", "worker"),
+        ("BEGIN", "loop"),
+        ("INSERT", "loop"),
+        ("COMMIT", "loop"),
+    ]
