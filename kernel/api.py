@@ -17,11 +17,11 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from kernel.auth import Caller, CallerDep
 from kernel.consumer import RejectedEvent
+from kernel.database import listing_page
 from kernel.outbox import OutboxRelay, transaction
 from kernel.tenants import Tenant, UnknownTenant
 
@@ -151,13 +151,13 @@ def rejected_events_router(read_scope: str) -> APIRouter:
         never handled, for an operator to read and have the sender correct."""
         mine = RejectedEvent.tenant == caller.tenant
         async with store.sessions() as session:
-            total = await session.scalar(select(func.count()).where(mine)) or 0
-            rows = await session.scalars(
-                select(RejectedEvent)
-                .where(mine)
-                .order_by(RejectedEvent.id.desc())
-                .limit(limit)
-                .offset(offset)
+            rows, total = await listing_page(
+                session,
+                RejectedEvent,
+                [mine],
+                [RejectedEvent.id.desc()],
+                limit=limit,
+                offset=offset,
             )
             items = [
                 RejectedEventView(

@@ -19,8 +19,9 @@ timeout, and a statement refused with ``SQLITE_BUSY`` is retried after an
 ``asyncio.sleep`` (1 ms, doubling to 50 ms, for up to ``busy_timeout``
 seconds), which lets the holder of the lock, often a coroutine of the same
 loop, finish. ``kernel.database.writer_turn`` makes that rare within a process.
-The exception is a statement carrying a large document (``LARGE_PARAMETERS_BYTES``),
-and the commit of its transaction: those run in a worker thread.
+The exceptions run in a worker thread: a statement carrying a large document
+(``LARGE_PARAMETERS_BYTES``) and the commit of its transaction, and a query its
+caller said may scan (a listing's page and count, ``next_may_scan``).
 """
 
 from __future__ import annotations
@@ -75,35 +76,42 @@ class Cursor:
     def __init__(self, cursor: sqlite3.Cursor, connection: Connection) -> None:
         self._cursor = cursor
         self._connection = connection
+        #: The last statement ran in a worker thread; so do its fetches, which compute the
+        #: rows after the first one.
+        self._in_thread = False
 
     async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> Cursor:
         arguments = () if parameters is None else parameters
-        large = self._connection.note_size(_size_of(arguments))
+        self._in_thread = self._connection.note_size(_size_of(arguments))
         await _until_not_busy(
             lambda: self._cursor.execute(sql, arguments),
             self._connection.busy_timeout,
-            in_thread=large,
+            in_thread=self._in_thread,
         )
         return self
 
     async def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> Cursor:
         rows = list(parameters)  # a retry must see every row again
-        large = self._connection.note_size(sum(map(_size_of, rows)))
+        self._in_thread = self._connection.note_size(sum(map(_size_of, rows)))
         await _until_not_busy(
             lambda: self._cursor.executemany(sql, rows),
             self._connection.busy_timeout,
-            in_thread=large,
+            in_thread=self._in_thread,
         )
         return self
 
+    async def _fetch(self, fetch: Callable[[], T]) -> T:
+        return await asyncio.to_thread(fetch) if self._in_thread else fetch()
+
     async def fetchone(self) -> Any:
-        return self._cursor.fetchone()
+        return await self._fetch(self._cursor.fetchone)
 
     async def fetchmany(self, size: int | None = None) -> list[Any]:
-        return self._cursor.fetchmany(self._cursor.arraysize if size is None else size)
+        count = self._cursor.arraysize if size is None else size
+        return await self._fetch(lambda: self._cursor.fetchmany(count))
 
     async def fetchall(self) -> list[Any]:
-        return self._cursor.fetchall()
+        return await self._fetch(self._cursor.fetchall)
 
     async def close(self) -> None:
         self._cursor.close()
@@ -157,12 +165,20 @@ class Connection:
         self._tx = _ImmediateQueue(connection)
         #: The current transaction wrote large parameters: its commit runs in a thread.
         self._wrote_large = False
+        self._next_may_scan = False
+
+    def next_may_scan(self) -> None:
+        """The next statement may read much of a table (``kernel.database.listing_page``):
+        run it in a worker thread, so that the loop serves other requests meanwhile."""
+        self._next_may_scan = True
 
     def note_size(self, parameter_bytes: int) -> bool:
-        """Whether a statement with ``parameter_bytes`` of parameters is large (see above)."""
+        """Whether the statement about to run, with ``parameter_bytes`` of parameters,
+        goes to a worker thread: a large document, or a query that may scan."""
         large = parameter_bytes > LARGE_PARAMETERS_BYTES
         self._wrote_large = self._wrote_large or large
-        return large
+        may_scan, self._next_may_scan = self._next_may_scan, False
+        return large or may_scan
 
     @property
     def _conn(self) -> sqlite3.Connection:

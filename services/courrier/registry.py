@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 import pybase64
-from sqlalchemy import ColumnElement, func, inspect, select
+from sqlalchemy import ColumnElement, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.exc import StaleDataError
@@ -30,7 +30,7 @@ from contracts.events.courrier import (
     Recipient,
 )
 from contracts.identifiers import mask_niss
-from kernel.database import next_in_sequence
+from kernel.database import listing_page, next_in_sequence
 from kernel.errors import NotFound
 from kernel.migrations import table_of
 from kernel.outbox import stage
@@ -351,13 +351,5 @@ async def list_mails(
 ) -> tuple[list[Mail], int]:
     """One page of the tenant's mail, newest first, and how many match in all."""
     conditions = _conditions(tenant, where)
-    page = (
-        select(Mail)
-        .where(*conditions)
-        .order_by(Mail.created_at.desc(), Mail.registration_number.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    rows = list((await session.scalars(page)).all())
-    total = await session.scalar(select(func.count()).select_from(Mail).where(*conditions))
-    return rows, int(total or 0)
+    order = (Mail.created_at.desc(), Mail.registration_number.desc())
+    return await listing_page(session, Mail, conditions, order, limit=limit, offset=offset)

@@ -18,7 +18,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 import pybase64
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -40,6 +40,7 @@ from contracts.events.factures import (
 )
 from contracts.events.factures import Finding as FindingData
 from contracts.events.peppol import PeppolEndpoint
+from kernel.database import listing_page
 from kernel.errors import NotFound, ProblemError
 from kernel.outbox import stage
 from kernel.tenants import Tenant
@@ -685,13 +686,5 @@ async def list_invoices(
 ) -> tuple[list[Invoice], int]:
     """One page of the tenant's invoices, newest first, and how many match in all."""
     conditions = _conditions(tenant, where)
-    page = (
-        select(Invoice)
-        .where(*conditions)
-        .order_by(Invoice.created_at.desc(), Invoice.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    rows = list((await session.scalars(page)).all())
-    total = await session.scalar(select(func.count()).select_from(Invoice).where(*conditions))
-    return rows, int(total or 0)
+    order = (Invoice.created_at.desc(), Invoice.id.desc())
+    return await listing_page(session, Invoice, conditions, order, limit=limit, offset=offset)

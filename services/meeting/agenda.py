@@ -39,7 +39,7 @@ from contracts.events.meeting import (
     ItemOrigin,
     MeetingClosed,
 )
-from kernel.database import next_in_sequence
+from kernel.database import listing_page, next_in_sequence
 from kernel.errors import Conflict, NotFound
 from kernel.migrations import table_of
 from kernel.outbox import stage
@@ -627,16 +627,8 @@ async def list_items(
     session: AsyncSession, tenant: str, where: ItemFilter, *, limit: int, offset: int
 ) -> tuple[list[Item], int]:
     conditions = _item_conditions(tenant, where)
-    page = (
-        select(Item)
-        .where(*conditions)
-        .order_by(Item.created_at.desc(), Item.id)
-        .limit(limit)
-        .offset(offset)
-    )
-    rows = list((await session.scalars(page)).all())
-    total = await session.scalar(select(func.count()).select_from(Item).where(*conditions))
-    return rows, int(total or 0)
+    order = (Item.created_at.desc(), Item.id)
+    return await listing_page(session, Item, conditions, order, limit=limit, offset=offset)
 
 
 async def list_meetings(
@@ -653,10 +645,8 @@ async def list_meetings(
         conditions.append(Meeting.meeting_config == meeting_config)
     if state is not None:
         conditions.append(Meeting.state == state)
-    page = select(Meeting).where(*conditions).order_by(Meeting.date, Meeting.id)
-    rows = list((await session.scalars(page.limit(limit).offset(offset))).all())
-    total = await session.scalar(select(func.count()).select_from(Meeting).where(*conditions))
-    return rows, int(total or 0)
+    order = (Meeting.date, Meeting.id)
+    return await listing_page(session, Meeting, conditions, order, limit=limit, offset=offset)
 
 
 async def meetings_accepting_items(

@@ -22,7 +22,7 @@ from typing import Any, assert_never
 from zoneinfo import ZoneInfo
 
 import pybase64
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.exc import StaleDataError
@@ -42,7 +42,7 @@ from contracts.events.urban import (
     OpinionRequested,
     Parcel,
 )
-from kernel.database import next_in_sequence
+from kernel.database import listing_page, next_in_sequence
 from kernel.errors import Conflict, NotFound
 from kernel.migrations import table_of
 from kernel.outbox import stage
@@ -862,10 +862,7 @@ async def list_files(
         order: tuple[Any, ...] = (PermitFile.next_deadline_on, PermitFile.id)
     else:
         order = (PermitFile.created_at.desc(), PermitFile.id)
-    page = select(PermitFile).where(*conditions).order_by(*order).limit(limit).offset(offset)
-    rows = list((await session.scalars(page)).all())
-    total = await session.scalar(select(func.count()).select_from(PermitFile).where(*conditions))
-    return rows, int(total or 0)
+    return await listing_page(session, PermitFile, conditions, order, limit=limit, offset=offset)
 
 
 async def list_unprocessed(

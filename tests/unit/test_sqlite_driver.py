@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event, func, select, text
 
 from kernel import sqlite_driver
-from kernel.database import create_engine
+from kernel.consumer import RejectedEvent
+from kernel.database import create_engine, listing_page, session_factory, utcnow
+from kernel.migrations import Migration, create_tables, migrate, table_of
 
 
 async def test_statements_run_on_the_event_loops_thread(tmp_path: Path) -> None:
@@ -117,3 +119,48 @@ async def test_a_large_document_and_its_commit_are_written_in_a_worker_thread(
         ("INSERT", "loop"),
         ("COMMIT", "loop"),
     ]
+
+
+async def test_a_listings_page_and_count_run_in_a_worker_thread(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'listing.db'}")
+    ran_on: list[int] = []
+
+    def expose_thread(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.create_function(
+            "note_thread", 0, lambda: ran_on.append(threading.get_ident()) or 1
+        )
+
+    event.listen(engine.sync_engine, "connect", expose_thread)
+    await migrate(engine, "test", [Migration(1, "kept", create_tables(table_of(RejectedEvent)))])
+    sessions = session_factory(engine)
+    try:
+        async with sessions() as session, session.begin():
+            session.add_all(
+                RejectedEvent(
+                    event_id=f"e-{n}",
+                    event_type="t",
+                    topic="t",
+                    headers={},
+                    value=b"",
+                    reason="r",
+                    received_at=utcnow(),
+                )
+                for n in range(3)
+            )
+        async with sessions() as session:
+            await session.scalar(select(func.note_thread()))
+            on_the_loop = set(ran_on)
+            ran_on.clear()
+            rows, total = await listing_page(
+                session,
+                RejectedEvent,
+                [func.note_thread() == 1],
+                [RejectedEvent.id],
+                limit=2,
+                offset=0,
+            )
+    finally:
+        await engine.dispose()
+    assert (len(rows), total) == (2, 3)
+    assert on_the_loop == {threading.get_ident()}
+    assert ran_on and threading.get_ident() not in ran_on
