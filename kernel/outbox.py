@@ -19,7 +19,8 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from opentelemetry import propagate
-from sqlalchemy import JSON, LargeBinary, String, delete, event, func, insert, select, update
+from sqlalchemy import JSON, LargeBinary, String, delete, func, insert, select, update
+from sqlalchemy import event as sqlalchemy_events
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -73,7 +74,7 @@ def stage(session: AsyncSession, event: CloudEvent) -> None:
     )
 
 
-@event.listens_for(Session, "before_commit")
+@sqlalchemy_events.listens_for(Session, "before_commit")
 def _insert_staged(session: Session) -> None:
     # Runs inside the commit, before its last flush: a failure there rolls these rows back too.
     rows = session.info.pop(_STAGED, None)
@@ -81,7 +82,7 @@ def _insert_staged(session: Session) -> None:
         session.execute(insert(table_of(OutboxMessage)), rows)
 
 
-@event.listens_for(Session, "after_rollback")
+@sqlalchemy_events.listens_for(Session, "after_rollback")
 def _forget_staged(session: Session) -> None:
     session.info.pop(_STAGED, None)
 

@@ -28,6 +28,7 @@ from typing import Literal
 from lxml import etree
 
 from contracts.events.peppol import MAX_DOCUMENT_BYTES as MAX_EVENT_DOCUMENT_BYTES
+from kernel.xml_parsing import safe_parser
 from services.factures.rules.engine import NS
 
 MAX_DOCUMENT_BYTES = MAX_EVENT_DOCUMENT_BYTES  # what an event can carry
@@ -91,17 +92,6 @@ class UblDocument:
     sha256: str
 
 
-def _safe_parser() -> etree.XMLParser:
-    # A new parser per call: lxml parsers are not safe to share between threads.
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-    )
-
-
 def parse_document(data: bytes) -> UblDocument:
     """Parse ``data`` as a UBL 2.1 Invoice or CreditNote, or raise ``DocumentRejected``."""
     if len(data) > MAX_DOCUMENT_BYTES:
@@ -113,7 +103,7 @@ def parse_document(data: bytes) -> UblDocument:
         raise DocumentRejected("not-xml", "The document is empty.")
     _refuse_doctype(data)
     try:
-        root = etree.fromstring(data, _safe_parser())
+        root = etree.fromstring(data, safe_parser())
     except etree.XMLSyntaxError as error:
         line, column = error.position
         raise DocumentRejected(

@@ -51,6 +51,7 @@ from kernel.api import Storage, storage
 from kernel.database import utcnow
 from kernel.errors import PROBLEM_BASE, ProblemError
 from kernel.settings import REPOSITORY_ROOT, HubSettings
+from kernel.xml_parsing import safe_parser
 from services.meeting import agenda
 from services.meeting.api import create_item_once
 from services.meeting.configuration import TenantMeetings
@@ -93,20 +94,6 @@ POSITIVE_DECIDED_STATES = ("accepted", "accepted_but_modified")
 CREATORS_SUFFIX = "creators"
 
 
-def _safe_parser() -> etree.XMLParser:
-    """No DTD (hence no entity, no "billion laughs"), no network, libxml2's size limits kept.
-
-    A new one for each document: an lxml parser must not serve two threads at once.
-    """
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        huge_tree=False,
-        dtd_validation=False,
-    )
-
-
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -143,7 +130,7 @@ class Ws4pmCaller:
 @lru_cache(maxsize=1)
 def _contract() -> tuple[bytes, etree.XMLSchema]:
     wsdl = WSDL_PATH.read_bytes()
-    tree = etree.fromstring(wsdl, _safe_parser())
+    tree = etree.fromstring(wsdl, safe_parser())
     schema_element = tree.find(f".//{{{XSD_NS}}}schema")
     if schema_element is None:
         raise RuntimeError(f"{WSDL_PATH} has no xs:schema")
@@ -152,7 +139,7 @@ def _contract() -> tuple[bytes, etree.XMLSchema]:
 
 def served_wsdl(endpoint: str) -> bytes:
     """The WSDL with its service address set to where it is served."""
-    tree = etree.fromstring(_contract()[0], _safe_parser())
+    tree = etree.fromstring(_contract()[0], safe_parser())
     for address in tree.iter(f"{{{WSDL_SOAP_NS}}}address"):
         address.set("location", endpoint)
     return bytes(etree.tostring(tree, xml_declaration=True, encoding="UTF-8"))
@@ -218,7 +205,7 @@ def parse_operation(body: bytes) -> etree._Element:
     if not body.strip():
         raise Ws4pmFault("the request has no body: send a SOAP 1.1 envelope")
     try:
-        root = etree.fromstring(body, _safe_parser())
+        root = etree.fromstring(body, safe_parser())
     except etree.XMLSyntaxError as exc:
         raise Ws4pmFault(
             f"the request is not well-formed XML: {exc}", slug="malformed-xml"
