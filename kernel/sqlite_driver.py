@@ -71,7 +71,8 @@ async def _until_not_busy(
 
 
 class Cursor:
-    """aiosqlite's cursor interface over a ``sqlite3.Cursor``, called in place."""
+    """aiosqlite's cursor interface over a ``sqlite3.Cursor``, called in place (or, for
+    the statements said above, in a worker thread)."""
 
     def __init__(self, cursor: sqlite3.Cursor, connection: Connection) -> None:
         self._cursor = cursor
@@ -82,7 +83,7 @@ class Cursor:
 
     async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> Cursor:
         arguments = () if parameters is None else parameters
-        self._in_thread = self._connection.note_size(_size_of(arguments))
+        self._in_thread = self._connection.runs_in_thread(_size_of(arguments))
         await _until_not_busy(
             lambda: self._cursor.execute(sql, arguments),
             self._connection.busy_timeout,
@@ -92,7 +93,7 @@ class Cursor:
 
     async def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> Cursor:
         rows = list(parameters)  # a retry must see every row again
-        self._in_thread = self._connection.note_size(sum(map(_size_of, rows)))
+        self._in_thread = self._connection.runs_in_thread(sum(map(_size_of, rows)))
         await _until_not_busy(
             lambda: self._cursor.executemany(sql, rows),
             self._connection.busy_timeout,
@@ -157,7 +158,8 @@ class _ImmediateQueue:
 
 
 class Connection:
-    """aiosqlite's connection interface over a ``sqlite3.Connection``, called in place."""
+    """aiosqlite's connection interface over a ``sqlite3.Connection``, called in place (or,
+    for the commit of a transaction that wrote a large document, in a worker thread)."""
 
     def __init__(self, connection: sqlite3.Connection, busy_timeout: float) -> None:
         self._connection: sqlite3.Connection | None = connection
@@ -172,7 +174,7 @@ class Connection:
         run it in a worker thread, so that the loop serves other requests meanwhile."""
         self._next_may_scan = True
 
-    def note_size(self, parameter_bytes: int) -> bool:
+    def runs_in_thread(self, parameter_bytes: int) -> bool:
         """Whether the statement about to run, with ``parameter_bytes`` of parameters,
         goes to a worker thread: a large document, or a query that may scan."""
         large = parameter_bytes > LARGE_PARAMETERS_BYTES
