@@ -50,7 +50,15 @@ LARGE_PARAMETERS_BYTES = 64 * 1024
 
 
 def _size_of(parameters: Sequence[Any]) -> int:
-    return sum(len(value) for value in parameters if isinstance(value, bytes | str))
+    """The bytes a statement's text and blob parameters carry. SQLAlchemy binds a
+    ``LargeBinary`` column as a ``memoryview``, so that counts as much as ``bytes``."""
+    size = 0
+    for value in parameters:
+        if isinstance(value, bytes | bytearray | str):
+            size += len(value)
+        elif isinstance(value, memoryview):
+            size += value.nbytes
+    return size
 
 
 async def _until_not_busy(

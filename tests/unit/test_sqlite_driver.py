@@ -121,6 +121,50 @@ async def test_a_large_document_and_its_commit_are_written_in_a_worker_thread(
     ]
 
 
+async def test_a_large_binary_column_written_through_the_orm_goes_to_the_worker_thread(
+    tmp_path: Path,
+) -> None:
+    # SQLAlchemy binds a LargeBinary value as a memoryview, not bytes: the size rule must
+    # count it, or an annex written by a service would never leave the loop's thread.
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'orm.db'}")
+
+    def expose_thread(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.create_function("thread_ident", 0, threading.get_ident)
+
+    event.listen(engine.sync_engine, "connect", expose_thread)
+    await migrate(engine, "test", [Migration(1, "kept", create_tables(table_of(RejectedEvent)))])
+    async with engine.begin() as connection:
+        await connection.execute(text("CREATE TABLE inserted_on (size INTEGER, ident INTEGER)"))
+        await connection.execute(
+            text(
+                "CREATE TRIGGER note_thread AFTER INSERT ON rejected_events BEGIN "
+                "INSERT INTO inserted_on VALUES (length(NEW.value), thread_ident()); END"
+            )
+        )
+    sessions = session_factory(engine)
+    large = sqlite_driver.LARGE_PARAMETERS_BYTES + 1
+    try:
+        for size in (10, large):
+            async with sessions() as session, session.begin():
+                session.add(
+                    RejectedEvent(
+                        event_id=f"e-{size}",
+                        event_type="t",
+                        topic="t",
+                        headers={},
+                        value=b"%" * size,
+                        reason="r",
+                        received_at=utcnow(),
+                    )
+                )
+        async with engine.connect() as connection:
+            ran_on = dict((await connection.execute(text("SELECT * FROM inserted_on"))).all())
+    finally:
+        await engine.dispose()
+    assert ran_on[10] == threading.get_ident()
+    assert ran_on[large] != threading.get_ident()
+
+
 async def test_a_listings_page_and_count_run_in_a_worker_thread(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'listing.db'}")
     ran_on: list[int] = []
