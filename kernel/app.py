@@ -122,7 +122,11 @@ def create_app(
     startup: Callable[[FastAPI], Awaitable[list[BackgroundTask]]] | None = None,
     shutdown: Callable[[FastAPI], Awaitable[None]] | None = None,
     version: str = "1.0.0",
+    front: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> FastAPI:
+    """The process's application. ``front`` wraps the routes innermost (inside the
+    span, count and body limit): a fast path that may answer before FastAPI routes."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.token_verifier = TokenVerifier(settings)
@@ -157,6 +161,8 @@ def create_app(
     app.state.settings = settings
     app.state.component = component
     install_problem_handlers(app)
+    if front is not None:
+        app.add_middleware(front)  # added first: the innermost
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(TraceAndCountMiddleware, component=component)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp
 
 from kernel.api import rejected_events_router
 from kernel.app import BackgroundTask, create_app
@@ -81,6 +82,8 @@ class Service:
     consumer: type[EventConsumer] = EventConsumer
     #: Scope that reads the service (and its kept rejected events).
     read_scope: str = field(default="")
+    #: A fast path in front of the routes (``kernel.app.create_app``'s ``front``).
+    front: Callable[[ASGIApp], ASGIApp] | None = None
 
 
 def build_service_app(service: Service, settings: HubSettings, options: ServiceOptions) -> FastAPI:
@@ -135,6 +138,7 @@ def build_service_app(service: Service, settings: HubSettings, options: ServiceO
         description=service.description,
         startup=startup,
         shutdown=shutdown,
+        front=service.front,
     )
     for router in service.routers:
         app.include_router(router)

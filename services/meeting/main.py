@@ -12,7 +12,7 @@ from services.meeting.api import router
 from services.meeting.configuration import load_meeting_settings
 from services.meeting.notifications import COURRIER_TOPIC
 from services.meeting.notifications import HANDLERS as NOTIFICATION_HANDLERS
-from services.meeting.oparl import oparl_router
+from services.meeting.oparl import RenderedPageFront, oparl_router
 from services.meeting.oversight import HANDLERS as OVERSIGHT_HANDLERS
 from services.meeting.oversight import TOPICS as OVERSIGHT_TOPICS
 from services.meeting.tables import MIGRATIONS
@@ -52,5 +52,6 @@ def build_app(
         handlers=handlers,
         routers=[router(), ws4pm_router(settings), oparl_router()],
         configure=configure,
+        front=RenderedPageFront,
     )
     return build_service_app(service, settings, options or ServiceOptions())

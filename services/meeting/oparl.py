@@ -45,6 +45,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import ColumnElement, Select, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kernel.errors import NotFound, ProblemError
 from kernel.tenants import Tenant
@@ -422,6 +423,10 @@ def object_response(data: dict[str, Any]) -> JSONResponse:
     return JSONResponse(data, headers=CORS)
 
 
+#: A rendered page's place in ``PageCache``: (tenant, publication generation, URL).
+PageKey = tuple[str, int, str]
+
+
 @dataclass(frozen=True)
 class RenderedPage:
     content: bytes
@@ -436,7 +441,7 @@ class PageCache:
     """
 
     def __init__(self, max_bytes: int = PAGE_CACHE_BYTES) -> None:
-        self._pages: OrderedDict[tuple[str, int, str], RenderedPage] = OrderedDict()
+        self._pages: OrderedDict[PageKey, RenderedPage] = OrderedDict()
         self._bytes = 0
         self._max_bytes = max_bytes
         #: (tenant, list) → (generation, how many objects the unfiltered list holds).
@@ -466,13 +471,13 @@ class PageCache:
         # One entry per list, replaced at the next generation: the memory stays bounded.
         self._sizes[(tenant, kind)] = (generation, size)
 
-    def get(self, key: tuple[str, int, str]) -> RenderedPage | None:
+    def get(self, key: PageKey) -> RenderedPage | None:
         page = self._pages.get(key)
         if page is not None:
             self._pages.move_to_end(key)
         return page
 
-    def put(self, key: tuple[str, int, str], content: bytes) -> RenderedPage:
+    def put(self, key: PageKey, content: bytes) -> RenderedPage:
         generation = key[1]
         digest = hashlib.blake2b(content, digest_size=8).hexdigest()
         page = RenderedPage(content, f'"{generation}-{digest}"')
@@ -485,6 +490,12 @@ class PageCache:
             _, oldest = self._pages.popitem(last=False)
             self._bytes -= len(oldest.content)
         return page
+
+
+def page_key(urls: Urls, tenant: str, kind: str, generation: int, query: str) -> PageKey:
+    """Where a rendered page of ``kind`` is kept: the list route and ``RenderedPageFront``
+    must agree on it to the byte."""
+    return (tenant, generation, f"{urls.listing(tenant, kind)}?{query}")
 
 
 async def publication_generation(connection: AsyncConnection, tenant: str) -> int:
@@ -502,6 +513,47 @@ def page_response(request: Request, page: RenderedPage) -> Response:
     if page.etag in held or "*" in held:
         return Response(status_code=304, headers=headers)
     return Response(page.content, media_type="application/json", headers=headers)
+
+
+class RenderedPageFront:
+    """Answers a list page already rendered for the tenant's known generation before
+    FastAPI routes the request (plain ASGI).
+
+    A crawler walking a body's lists asks mostly for pages already kept; routing,
+    query validation and dependency resolution cost more CPU than sending the kept
+    bytes. Anything else (another path, a page not kept, a generation not read
+    within ``GENERATION_TTL_SECONDS``) goes on to the routes, which render and keep
+    it, so both answer the same bytes under the same key (``page_key``).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._lists = PREFIX + "/bodies/"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        page = self._kept_page(scope) if scope["type"] == "http" else None
+        if page is None:
+            await self.app(scope, receive, send)
+            return
+        await page_response(Request(scope), page)(scope, receive, send)
+
+    def _kept_page(self, scope: Scope) -> RenderedPage | None:
+        if scope["method"] != "GET":
+            return None
+        path: str = scope["path"]
+        if not path.startswith(self._lists):
+            return None
+        tenant, _, kind = path[len(self._lists) :].partition("/")
+        if not tenant or not kind or "/" in kind:
+            return None  # the bodies list, a body, or an object: not a kept list page
+        cache: PageCache | None = getattr(scope["app"].state, "oparl_pages", None)
+        if cache is None:
+            return None
+        generation = cache.known_generation(tenant, time.monotonic())
+        if generation is None:
+            return None
+        request = Request(scope)
+        return cache.get(page_key(Urls.of(request), tenant, kind, generation, request.url.query))
 
 
 async def page_of(
@@ -766,7 +818,7 @@ def _list_routes(api: APIRouter) -> None:
                         generation = await publication_generation(connection, found.code)
                     cache.keep_generation(found.code, generation, time.monotonic())
                 url = urls.listing(found.code, kind)
-                key = (found.code, generation, f"{url}?{request.url.query}")
+                key = page_key(urls, found.code, kind, generation, request.url.query)
                 rendered = cache.get(key)
                 if rendered is None:
                     if not paging.filtered:  # filters are the public's: sizes not kept
