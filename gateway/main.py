@@ -20,6 +20,7 @@ from gateway.connectors.oversight_soap import OversightSoapConnector
 from gateway.connectors.peppol_ap import PeppolApSettings
 from gateway.deliveries import MIGRATIONS
 from gateway.engine import DeliveryEngine
+from gateway.http import outbound_client
 from gateway.inbound.notice import build_notice_inbound
 from gateway.inbound.opinions import build_opinion_inbound
 from gateway.inbound.oversight import OversightInbound
@@ -118,7 +119,7 @@ def build_app(
         )
         await migrate(engine, "gateway", MIGRATIONS, schema=schema)
         sessions = session_factory(engine)
-        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=options.concurrency * 2))
+        http = outbound_client(max_connections=options.concurrency * 2)
         connectors = build_connectors(routing, settings, http)
         bootstrap = options.kafka_bootstrap_servers or settings.kafka_bootstrap_servers
         if not bootstrap:

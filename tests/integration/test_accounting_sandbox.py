@@ -20,6 +20,7 @@ from gateway.connectors.inforius import create_connector as create_inforius
 from gateway.connectors.stesud import StesudConnector, file_name
 from gateway.connectors.stesud import create_connector as create_stesud
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
+from gateway.http import outbound_client
 from kernel.kafka import make_producer
 from kernel.settings import HubSettings
 from sandbox.app import build_app
@@ -41,7 +42,8 @@ async def sandbox(corpus: Path, hub_settings: HubSettings) -> AsyncIterator[str]
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as client:
+    # The gateway's own client, over the network to the sandbox.
+    async with outbound_client(max_connections=16, timeout=10) as client:
         yield client
 
 

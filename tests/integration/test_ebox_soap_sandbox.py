@@ -18,6 +18,7 @@ from contracts.events.courrier import OutgoingMailSendRequested, Recipient
 from gateway.connectors.base import ConnectorContext, Delivery, connector_types
 from gateway.connectors.ebox_soap import EboxSoapConnector, ticket_for
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
+from gateway.http import outbound_transport
 from gateway.wssecurity import X509Signature
 from kernel.pki import ensure_tenant_signing_identity
 from kernel.settings import HubSettings
@@ -54,7 +55,7 @@ class Interceptor(httpx.AsyncBaseTransport):
     """The network between gateway and e-Box: may rewrite requests, keeps the answers."""
 
     def __init__(self, rewrite: Callable[[bytes], bytes] = lambda body: body) -> None:
-        self._network = httpx.AsyncHTTPTransport()
+        self._network = outbound_transport(max_connections=16)  # the gateway's own
         self._rewrite = rewrite
         self.answers: list[httpx.Response] = []
 

@@ -16,6 +16,7 @@ from contracts.envelope import new_event
 from contracts.events.gateway import DeliveryReceipt
 from contracts.events.outside import NoticeNotificationReceived
 from contracts.events.urban import NoticeResponseRequested
+from gateway.http import outbound_client
 from sandbox.notice import CONTRACT
 from sandbox.openapi_contract import OpenApiContract, contract_errors
 from tests.support.gateway_hub import events_on, eventually
@@ -37,7 +38,8 @@ async def hub(
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as client:
+    # The gateway's own client, over the network to the sandbox.
+    async with outbound_client(max_connections=16, timeout=10) as client:
         yield client
 
 

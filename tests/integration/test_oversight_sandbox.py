@@ -21,6 +21,7 @@ from contracts.events.oversight import OversightOutcomeReceived
 from gateway.connectors.base import ConnectorContext, Delivery, connector_types
 from gateway.connectors.oversight_soap import OversightSoapConnector
 from gateway.errors import PermanentDeliveryError
+from gateway.http import outbound_transport
 from gateway.main import GatewayOptions
 from gateway.main import build_app as build_gateway
 from kernel.kafka import make_producer
@@ -59,7 +60,7 @@ class Network(httpx.AsyncBaseTransport):
     """Between gateway and oversight: may rewrite requests, keeps the answers."""
 
     def __init__(self, rewrite: Callable[[bytes], bytes] = lambda body: body) -> None:
-        self._network = httpx.AsyncHTTPTransport()
+        self._network = outbound_transport(max_connections=16)  # the gateway's own
         self._rewrite = rewrite
         self.answers: list[httpx.Response] = []
 

@@ -16,6 +16,7 @@ from contracts.events.peppol import PeppolDocumentReceived
 from gateway.connectors.base import ConnectorContext, Delivery
 from gateway.connectors.peppol_ap import PeppolApConnector, create_connector
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
+from gateway.http import outbound_client
 from kernel.settings import HubSettings
 from sandbox.app import build_app
 from sandbox.openapi_contract import OpenApiContract, contract_errors
@@ -46,7 +47,8 @@ async def sandbox(corpus: Path, hub_settings: HubSettings) -> AsyncIterator[str]
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as client:
+    # The gateway's own client, over the network to the sandbox.
+    async with outbound_client(max_connections=16, timeout=10) as client:
         yield client
 
 

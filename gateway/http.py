@@ -1,0 +1,69 @@
+"""The gateway's one outbound HTTP client: httpx's API over aiohttp's connection pool.
+
+Every connector sends through the client ``gateway.main`` builds here: the
+REST ones with httpx, the SOAP ones through zeep's transport over the same
+client (``gateway.connectors.soap.SharedPoolTransport``). Connectors, their
+error translation (``gateway.errors``) and their tests speak httpx only.
+
+Why aiohttp below httpx (``httpx-aiohttp``, a transport published by one of
+httpx's maintainers, which the OpenAI and Anthropic Python SDKs use for their
+aiohttp option): httpcore's pool asks every
+pooled connection whether it expired, through anyio's attribute lookup and a
+``poll`` of its socket, at each request and each response. With the gateway's
+8 to 16 requests in flight, 4,000 POSTs of 2 kB to a local server cost the
+client 1.13-1.56 ms of CPU each; over aiohttp's pool 0.33-0.45 ms
+(``docs/benchmarks.md``). In a profile of the gateway during the NOTICe flow,
+httpx was 55% of its samples, 12% in that expiry check alone.
+
+aiohttp's exceptions reach the connectors as httpx's, with aiohttp's as their
+``__cause__``: a timeout as ``TimeoutException``, any other failure of the
+connection as ``TransportError`` (``OutboundTransport`` corrects the one case
+``httpx-aiohttp`` gets wrong: a refused or broken connection is not a timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+#: How long an idle connection to a target stays open (httpx's default).
+KEEPALIVE_SECONDS = 5.0
+
+
+class OutboundTransport(AiohttpTransport):
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.ConnectTimeout as exc:
+            # httpx-aiohttp maps every aiohttp ClientConnectionError to ConnectTimeout;
+            # the operator must read "refused" or "disconnected", not "timed out".
+            cause = exc.__cause__
+            if cause is None or isinstance(cause, asyncio.TimeoutError):
+                raise
+            if isinstance(cause, aiohttp.ClientConnectorError):
+                raise httpx.ConnectError(str(cause), request=request) from cause
+            raise httpx.ReadError(str(cause) or type(cause).__name__, request=request) from cause
+
+
+def outbound_transport(max_connections: int) -> httpx.AsyncBaseTransport:
+    """aiohttp's pool with at most ``max_connections`` open, TLS verified as httpx does."""
+
+    def session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=max_connections,
+            keepalive_timeout=KEEPALIVE_SECONDS,
+            ssl=httpx.create_ssl_context(),
+        )
+        # aiohttp keeps no cookies of its own: httpx's client above already handles them.
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+    # Built at the first request: an aiohttp session belongs to the loop that runs it.
+    return OutboundTransport(client=session)
+
+
+def outbound_client(max_connections: int, timeout: float = 5.0) -> httpx.AsyncClient:
+    """The client connectors send with; ``timeout`` is each request's, unless it sets its own."""
+    return httpx.AsyncClient(transport=outbound_transport(max_connections), timeout=timeout)

@@ -1,0 +1,100 @@
+"""gateway.http: the gateway's outbound client, over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+
+from gateway.errors import RetryableDeliveryError, translate_transport_errors
+from gateway.http import outbound_client
+from kernel.kafka import free_port
+from tests.support.servers import serving
+
+
+def translated(error: httpx.HTTPError) -> str:
+    """What the gateway records for ``error`` (``gateway.errors``)."""
+    with pytest.raises(RetryableDeliveryError) as retryable, translate_transport_errors("Target"):
+        raise error
+    return str(retryable.value)
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[tuple[str, list[int]]]:
+    """A target that answers with the SHA-256 of the body, noting each caller's port."""
+    ports: list[int] = []
+    app = FastAPI()
+
+    @app.post("/digest")
+    async def digest(request: Request) -> dict[str, str]:
+        assert request.client is not None
+        ports.append(request.client.port)
+        return {"sha256": hashlib.sha256(await request.body()).hexdigest()}
+
+    @app.get("/slow")
+    async def slow() -> dict[str, str]:
+        await asyncio.sleep(2)
+        return {"late": "yes"}
+
+    async with serving(app) as url:
+        yield url, ports
+
+
+async def test_requests_share_at_most_the_pools_connections(
+    target: tuple[str, list[int]],
+) -> None:
+    url, ports = target
+    async with outbound_client(max_connections=2) as http:
+        answers = await asyncio.gather(
+            *(http.post(f"{url}/digest", content=b"%d" % n) for n in range(20))
+        )
+    assert [answer.json()["sha256"] for answer in answers] == [
+        hashlib.sha256(b"%d" % n).hexdigest() for n in range(20)
+    ]
+    assert len(ports) == 20 and len(set(ports)) <= 2  # kept alive, never over the limit
+
+
+async def test_a_body_over_a_mebibyte_arrives_whole(target: tuple[str, list[int]]) -> None:
+    url, _ = target
+    body = bytes(range(256)) * 12_000  # 3 MB, as a large e-Box PDF
+    async with outbound_client(max_connections=2) as http:
+        answer = await http.post(f"{url}/digest", content=body)
+    assert answer.json()["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+async def test_a_slow_target_is_a_retryable_timeout(target: tuple[str, list[int]]) -> None:
+    url, _ = target
+    async with outbound_client(max_connections=2) as http:
+        with pytest.raises(httpx.ReadTimeout) as raised:
+            await http.get(f"{url}/slow", timeout=0.3)
+    assert translated(raised.value).startswith("Target timed out")
+
+
+async def test_a_refused_connection_is_unreachable_not_a_timeout() -> None:
+    closed_port = free_port()
+    async with outbound_client(max_connections=2) as http:
+        with pytest.raises(httpx.ConnectError) as raised:
+            await http.get(f"http://127.0.0.1:{closed_port}/", timeout=2)
+    assert translated(raised.value).startswith("Target unreachable")
+
+
+async def test_a_target_closing_without_an_answer_is_unreachable_not_a_timeout() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with outbound_client(max_connections=2) as http:
+            with pytest.raises(httpx.TransportError) as raised:
+                await http.get(f"http://127.0.0.1:{port}/", timeout=2)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert not isinstance(raised.value, httpx.TimeoutException)
+    assert translated(raised.value).startswith("Target unreachable")
