@@ -1,9 +1,9 @@
 """``make bench``: the raw limit of Kafka + HTTP on this machine, and the hub against it.
 
 One run, on this machine, of:
-(a) raw limit: aiokafka consumes N send-request events and httpx posts each to
-    the sandbox's e-Box REST publication, with no hub logic (no database, no
-    routing, no receipts);
+(a) raw limit: aiokafka consumes N send-request events and the gateway's HTTP
+    client (``gateway.http``) posts each to the sandbox's e-Box REST
+    publication, with no hub logic (no database, no routing, no receipts);
 (b) hub throughput: N outgoing mails from the courrier API to "sent" (the
     e-Box receipt processed by courrier), through the outbox, Kafka, the
     gateway and the sandbox;
@@ -56,6 +56,7 @@ from benchmarks.common import (
 from contracts.envelope import from_record, headers_as_text, new_event, to_record
 from contracts.events.courrier import OutgoingMailSendRequested, OutgoingMailSent, Recipient
 from gateway.connectors.ebox_rest import multipart_form_data
+from gateway.http import outbound_transport
 from hub.traffic import letter_pdf, outgoing_mail, random_niss
 from kernel.kafka import ensure_topics, make_consumer, make_producer
 
@@ -81,7 +82,8 @@ routes:
 async def raw_limit(
     bootstrap: str, sandbox_url: str, count: int, concurrency: int
 ) -> dict[str, Any]:
-    """aiokafka consuming ``count`` events and httpx posting each: the ceiling of the machine."""
+    """aiokafka consuming ``count`` events and the gateway's client posting each: the
+    ceiling of the machine for the same libraries."""
     topic = f"bench.raw.{uuid.uuid4().hex[:6]}"
     await ensure_topics(bootstrap, {topic: 6})
     producer = make_producer(bootstrap, "bench-raw")
@@ -103,7 +105,7 @@ async def raw_limit(
     await producer.stop()
 
     async with httpx.AsyncClient(
-        base_url=sandbox_url, timeout=30, limits=httpx.Limits(max_connections=concurrency)
+        base_url=sandbox_url, timeout=30, transport=outbound_transport(concurrency)
     ) as http:
         token = (
             await http.post(

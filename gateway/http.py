@@ -29,8 +29,10 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-#: How long an idle connection to a target stays open (httpx's default).
-KEEPALIVE_SECONDS = 5.0
+#: How long an idle connection to a target stays open: under the 5 s after which
+#: uvicorn and Apache close one, so that a request rarely meets a connection the
+#: target has just closed (it would be retried, but later).
+KEEPALIVE_SECONDS = 4.0
 
 
 class OutboundTransport(AiohttpTransport):
