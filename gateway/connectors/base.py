@@ -79,7 +79,8 @@ class ConnectorSettings(BaseModel):
 class ConnectorContext:
     tenant: str
     hub: HubSettings
-    http: httpx.AsyncClient  # shared pool; connectors set their own per-call timeouts
+    #: The gateway's one client (``gateway.http``); connectors set their own per-call timeouts.
+    http: httpx.AsyncClient
 
 
 _S = TypeVar("_S", bound=ConnectorSettings)
