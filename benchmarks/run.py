@@ -17,7 +17,9 @@ One run, on this machine, of:
 (g) meeting: WS4PM createItem with a 1 MB annex, OParl list pages over 10,000
     published decisions (``benchmarks/meeting.py``, ``--only meeting``);
 (h) urban: NOTICe notifications end to end, and urban's memory with 100,000
-    files (``benchmarks/urban.py``, ``--only urban``).
+    files (``benchmarks/urban.py``, ``--only urban``);
+(i) the gateway's HTTP client against httpx's own pool, on one target
+    (``benchmarks/http_client.py``, ``--only http``).
 
 The processes are started exactly as ``hub up`` starts them (``benchmarks.common``), on the embedded
 broker and SQLite (or ``DATABASE_URL``). Results: a table, and JSON in
@@ -41,7 +43,7 @@ from typing import Any
 import httpx
 import pybase64
 
-from benchmarks import factures_flow, invoices, meeting, urban
+from benchmarks import factures_flow, http_client, invoices, meeting, urban
 from benchmarks.common import (
     KEEP_ALIVE_SAFE_LIMITS,
     EventWatcher,
@@ -277,6 +279,7 @@ PARTS: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
     "factures": ("factures_flow", factures_flow.run),  # (f)
     "meeting": ("meeting", meeting.run),  # (g)
     "urban": ("urban", urban.run),  # (h)
+    "http": ("http_client", http_client.run),  # (i)
 }
 
 
@@ -296,7 +299,8 @@ def main() -> None:
         "--only",
         choices=sorted(["spine", *PARTS]),
         help="run one part alone: spine is (a) to (d); the others are their modules "
-        "(benchmarks.invoices, benchmarks.factures_flow, benchmarks.meeting, benchmarks.urban)",
+        "(benchmarks.invoices, benchmarks.factures_flow, benchmarks.meeting, benchmarks.urban, "
+        "benchmarks.http_client)",
     )
     args = parser.parse_args()
     out = Path("var/bench/results.json")
