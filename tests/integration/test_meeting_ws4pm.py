@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from zeep.transports import Transport
 from contracts.events.meeting import ItemCreated
 from kernel.database import utcnow
 from kernel.settings import HubSettings
+from services.meeting import ws4pm
 from services.meeting.domain import MAX_ANNEX_BYTES
 from tests.integration.test_meeting_api import (
     LIEGE,
@@ -93,6 +95,34 @@ def creation_data(**changes: Any) -> dict[str, Any]:
     }
     data.update(changes)
     return data
+
+
+async def test_a_request_is_parsed_and_its_annexes_decoded_beside_the_event_loop(
+    service: MeetingService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A megabyte annex parsed, checked and decoded on the loop's thread would hold up
+    # every other request of the process meanwhile.
+    ran_on: dict[str, str] = {}
+
+    def noting(name: str, work: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def noted(argument: Any) -> Any:
+            ran_on[name] = threading.current_thread().name
+            return work(argument)
+
+        return noted
+
+    monkeypatch.setattr(ws4pm, "parse_operation", noting("parse", ws4pm.parse_operation))
+    monkeypatch.setattr(ws4pm, "annexes_of", noting("annexes", ws4pm.annexes_of))
+    meeting_id = await service.meeting()
+    client = await ws4pm_client(service)
+    await blocking(
+        client.service.createItem,
+        meetingConfigId="college",
+        proposingGroupId="urbanisme",
+        creationData=creation_data(preferredMeeting=meeting_id),
+    )
+    assert set(ran_on) == {"parse", "annexes"}
+    assert all(name.startswith("ws4pm-request") for name in ran_on.values()), ran_on
 
 
 async def test_a_ws4pm_client_creates_an_item_and_reads_its_decision(
