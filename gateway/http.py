@@ -7,12 +7,12 @@ error translation (``gateway.errors``) and their tests speak httpx only.
 
 Why aiohttp below httpx (``httpx-aiohttp``, a transport published by one of
 httpx's maintainers, which the OpenAI and Anthropic Python SDKs use for their
-aiohttp option): httpcore's pool asks every
-pooled connection whether it expired, through anyio's attribute lookup and a
-``poll`` of its socket, at each request and each response. With the gateway's
-8 to 16 requests in flight, 4,000 POSTs of 2 kB to a local server cost the
-client 1.13-1.56 ms of CPU each; over aiohttp's pool 0.33-0.45 ms
-(``docs/benchmarks.md``). In a profile of the gateway during the NOTICe flow,
+aiohttp option): httpcore's pool asks every pooled connection whether it
+expired, through anyio's attribute lookup and a ``poll`` of its socket, at
+each request and each response. With the gateway's 8 to 16 requests in
+flight, 4,000 POSTs of 2 kB to a local server cost the client 1.13-1.56 ms of
+CPU each; over aiohttp's pool 0.33-0.45 ms (``benchmarks/http_client.py``,
+``docs/benchmarks.md``). In a profile of the gateway during the NOTICe flow,
 httpx was 55% of its samples, 12% in that expiry check alone.
 
 aiohttp's exceptions reach the connectors as httpx's, with aiohttp's as their
