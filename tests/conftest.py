@@ -1,4 +1,5 @@
-"""Shared fixtures: one embedded broker per session, SQLite and PostgreSQL databases.
+"""Shared fixtures: one embedded broker per session, SQLite and PostgreSQL databases,
+the gateway's HTTP client.
 
 PostgreSQL: ``HUB_TEST_POSTGRES_URL`` names it (``.ci/run`` sets it and
 ``HUB_REQUIRE_POSTGRES=1``, which turns "unreachable" into a failure). Without
@@ -10,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from sqlalchemy import text
 
+from gateway.http import outbound_client
 from kernel.database import create_engine
 from kernel.kafka import EmbeddedBroker, ensure_topics, free_port, wait_for_broker
 from kernel.settings import HubSettings
@@ -69,6 +72,14 @@ def kafka_bootstrap() -> Iterator[str]:
 @pytest.fixture
 def hub_settings(tmp_path: Path) -> HubSettings:
     return HubSettings(var_dir=tmp_path / "var", corpus_dir=CORPUS)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway's own client (``gateway.http``): connectors under test send with it,
+    over the network to the sandbox, and tests drive the sandbox with it."""
+    async with outbound_client(max_connections=16, timeout=10) as client:
+        yield client
 
 
 def _postgres_reachable() -> str | None:

@@ -20,7 +20,6 @@ from gateway.connectors.inforius import create_connector as create_inforius
 from gateway.connectors.stesud import StesudConnector, file_name
 from gateway.connectors.stesud import create_connector as create_stesud
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
-from gateway.http import outbound_client
 from kernel.kafka import make_producer
 from kernel.settings import HubSettings
 from sandbox.app import build_app
@@ -38,13 +37,6 @@ KEY = "e1:approved-invoice-accounting"
 async def sandbox(corpus: Path, hub_settings: HubSettings) -> AsyncIterator[str]:
     async with serving(build_app(hub_settings, Recorder())) as url:
         yield url
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    # The gateway's own client, over the network to the sandbox.
-    async with outbound_client(max_connections=16, timeout=10) as client:
-        yield client
 
 
 async def received(http: httpx.AsyncClient, sandbox: str, service: str) -> list[dict[str, Any]]:

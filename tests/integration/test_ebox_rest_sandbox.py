@@ -18,7 +18,6 @@ from contracts.events.courrier import OutgoingMailSendRequested, Recipient
 from gateway.connectors.base import ConnectorContext, Delivery
 from gateway.connectors.ebox_rest import EboxRestConnector, create_connector
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
-from gateway.http import outbound_client
 from kernel.settings import HubSettings
 from sandbox.app import build_app
 from sandbox.ebox_rest import PUBLICATION_CONTRACT, SwaggerContract, load_recipients_without_ebox
@@ -41,13 +40,6 @@ ENTERPRISE_WITHOUT_EBOX = next(r.value for r in FIXTURE if r.ebox_type == "enter
 async def sandbox(corpus: Path, hub_settings: HubSettings) -> AsyncIterator[str]:
     async with serving(build_app(hub_settings, Recorder())) as url:
         yield url
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    # The gateway's own client, over the network to the sandbox.
-    async with outbound_client(max_connections=16, timeout=10) as client:
-        yield client
 
 
 def connector_for(

@@ -16,7 +16,6 @@ from contracts.envelope import new_event
 from contracts.events.gateway import DeliveryReceipt
 from contracts.events.outside import NoticeNotificationReceived
 from contracts.events.urban import NoticeResponseRequested
-from gateway.http import outbound_client
 from sandbox.notice import CONTRACT
 from sandbox.openapi_contract import OpenApiContract, contract_errors
 from tests.support.gateway_hub import events_on, eventually
@@ -34,13 +33,6 @@ async def hub(
 ) -> AsyncIterator[UrbanGateway]:
     async with urban_gateway(tmp_path, kafka_bootstrap, database, corpus) as running:
         yield running
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    # The gateway's own client, over the network to the sandbox.
-    async with outbound_client(max_connections=16, timeout=10) as client:
-        yield client
 
 
 def notification(instance: str, notification_id: str, **changes: Any) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from contracts.events.peppol import PeppolDocumentReceived
 from gateway.connectors.base import ConnectorContext, Delivery
 from gateway.connectors.peppol_ap import PeppolApConnector, create_connector
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
-from gateway.http import outbound_client
 from kernel.settings import HubSettings
 from sandbox.app import build_app
 from sandbox.openapi_contract import OpenApiContract, contract_errors
@@ -43,13 +42,6 @@ INVOICE_EXAMPLE = Path("einvoice/peppol-examples/base-example.xml")
 async def sandbox(corpus: Path, hub_settings: HubSettings) -> AsyncIterator[str]:
     async with serving(build_app(hub_settings, Recorder())) as url:
         yield url
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    # The gateway's own client, over the network to the sandbox.
-    async with outbound_client(max_connections=16, timeout=10) as client:
-        yield client
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from services.meeting.oparl import (
     GENERATION_TTL_SECONDS,
     PREFIX,
     PageCache,
+    RenderedPage,
     RenderedPageFront,
     Urls,
     page_key,
@@ -105,15 +106,14 @@ def front_client(cache: PageCache) -> tuple[httpx.AsyncClient, Routes]:
     return httpx.AsyncClient(transport=transport, base_url="http://meeting"), routes
 
 
-def kept_papers_page() -> PageCache:
+def kept_papers_page() -> tuple[PageCache, RenderedPage]:
     cache = PageCache()
     cache.keep_generation("62063", 3, time.monotonic())
-    cache.put(PAPERS_PAGE_2, b'{"data": []}')
-    return cache
+    return cache, cache.put(PAPERS_PAGE_2, b'{"data": []}')
 
 
 async def test_the_front_answers_a_kept_page_and_a_304_without_routing() -> None:
-    cache = kept_papers_page()
+    cache, kept = kept_papers_page()
     client, routes = front_client(cache)
     async with client:
         answer = await client.get(f"{PREFIX}/bodies/62063/papers?page=2&after=x")
@@ -122,14 +122,14 @@ async def test_the_front_answers_a_kept_page_and_a_304_without_routing() -> None
             headers={"If-None-Match": answer.headers["etag"]},
         )
     assert answer.status_code == 200 and answer.content == b'{"data": []}'
-    assert answer.headers["etag"] == cache.put(PAPERS_PAGE_2, b'{"data": []}').etag
+    assert answer.headers["etag"] == kept.etag
     assert answer.headers["access-control-allow-origin"] == "*"
     assert held.status_code == 304
     assert routes.reached == []
 
 
 async def test_the_front_passes_on_what_it_does_not_hold() -> None:
-    cache = kept_papers_page()
+    cache, _ = kept_papers_page()
     client, routes = front_client(cache)
     asked = [
         f"{PREFIX}/bodies/62063/papers?page=3",  # another page of the list

@@ -18,6 +18,19 @@ from kernel.database import create_engine, listing_page, session_factory, utcnow
 from kernel.migrations import Migration, create_tables, migrate, table_of
 
 
+def kept_record(event_id: str, value: bytes = b"") -> RejectedEvent:
+    """A row of a kernel table with a blob column, for statements through the ORM."""
+    return RejectedEvent(
+        event_id=event_id,
+        event_type="t",
+        topic="t",
+        headers={},
+        value=value,
+        reason="r",
+        received_at=utcnow(),
+    )
+
+
 async def test_statements_run_on_the_event_loops_thread(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'thread.db'}")
 
@@ -146,17 +159,7 @@ async def test_a_large_binary_column_written_through_the_orm_goes_to_the_worker_
     try:
         for size in (10, large):
             async with sessions() as session, session.begin():
-                session.add(
-                    RejectedEvent(
-                        event_id=f"e-{size}",
-                        event_type="t",
-                        topic="t",
-                        headers={},
-                        value=b"%" * size,
-                        reason="r",
-                        received_at=utcnow(),
-                    )
-                )
+                session.add(kept_record(f"e-{size}", b"%" * size))
         async with engine.connect() as connection:
             ran_on = dict((await connection.execute(text("SELECT * FROM inserted_on"))).all())
     finally:
@@ -179,18 +182,7 @@ async def test_a_listings_page_and_count_run_in_a_worker_thread(tmp_path: Path) 
     sessions = session_factory(engine)
     try:
         async with sessions() as session, session.begin():
-            session.add_all(
-                RejectedEvent(
-                    event_id=f"e-{n}",
-                    event_type="t",
-                    topic="t",
-                    headers={},
-                    value=b"",
-                    reason="r",
-                    received_at=utcnow(),
-                )
-                for n in range(3)
-            )
+            session.add_all(kept_record(f"e-{n}") for n in range(3))
         async with sessions() as session:
             await session.scalar(select(func.note_thread()))
             on_the_loop = set(ran_on)
