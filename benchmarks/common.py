@@ -206,7 +206,10 @@ class EventWatcher:
     """Reads ``topics`` and notes when each event of ``types`` arrived, by type and subject.
 
     ``on_event(type, subject)``, if given, is called as each one arrives (a
-    benchmark playing a clerk reacts to it there).
+    benchmark playing a clerk reacts to it there). ``produced`` keeps, beside
+    each arrival, the record's Kafka timestamp (its producer's wall clock, in
+    seconds): the stages of a flow are measured from it, free of this
+    reader's own fetch waits.
     """
 
     def __init__(
@@ -217,11 +220,17 @@ class EventWatcher:
         on_event: Callable[[str, str], None] | None = None,
     ) -> None:
         self.arrived: dict[str, dict[str, float]] = {event_type: {} for event_type in types}
+        self.produced: dict[str, dict[str, float]] = {event_type: {} for event_type in types}
         self._bootstrap = bootstrap
         self._topics = list(topics)
         self._on_event = on_event
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._wall_clock_offset = time.time() - time.perf_counter()
+
+    def arrived_at(self, event_type: str, subject: str) -> float:
+        """When that event arrived, by the wall clock (``time.time()``), as Kafka's timestamps."""
+        return self.arrived[event_type][subject] + self._wall_clock_offset
 
     async def start(self) -> None:
         self._consumer = make_consumer(
@@ -243,6 +252,7 @@ class EventWatcher:
                         continue
                     subject = headers.get("ce_subject", "")
                     seen.setdefault(subject, now)
+                    self.produced[headers["ce_type"]].setdefault(subject, record.timestamp / 1000)
                     if self._on_event is not None:
                         self._on_event(headers["ce_type"], subject)
 

@@ -57,12 +57,15 @@ from benchmarks.common import (
 )
 from contracts.envelope import from_record, headers_as_text, new_event, to_record
 from contracts.events.courrier import OutgoingMailSendRequested, OutgoingMailSent, Recipient
+from contracts.events.gateway import DeliveryReceipt
 from gateway.connectors.ebox_rest import multipart_form_data
 from gateway.http import outbound_transport
 from hub.traffic import letter_pdf, outgoing_mail, random_niss
 from kernel.kafka import ensure_topics, make_consumer, make_producer
 
 SENT = OutgoingMailSent.TYPE
+REQUESTED = OutgoingMailSendRequested.TYPE
+RECEIPT = DeliveryReceipt.TYPE
 TENANT = "62063"  # the REST tenant of config/tenants, as in the raw baseline
 TENANT_FILE = """\
 tenant: "{code}"
@@ -179,10 +182,40 @@ async def raw_limit(
 
 
 async def submit(client: httpx.AsyncClient, rng: random.Random, number: int) -> tuple[str, float]:
-    started = time.perf_counter()
+    """Send one outgoing mail; its id, and when it was sent (``time.time()``, as Kafka's clock)."""
+    started = time.time()
     response = await client.post("/v1/outgoing-mails:send", json=outgoing_mail(rng, number))
     response.raise_for_status()
     return response.json()["id"], started
+
+
+#: The events of a mail's way, in order: each stage ends when its event is produced.
+STAGES = (
+    ("api_and_relay", REQUESTED),  # the API's transaction, then the outbox relay
+    ("gateway_and_ebox", RECEIPT),  # Kafka to the gateway, the e-Box call, the receipt
+    ("courrier_and_relay", SENT),  # Kafka to courrier, the receipt's transaction, the relay
+)
+
+
+def stage_latencies(watcher: EventWatcher, submitted: list[tuple[str, float]]) -> dict[str, Any]:
+    """p50/p99 of each stage of the mails' way, from the Kafka timestamps of its events.
+
+    The last stage, ``to_reader``, is the "sent" event's way to this
+    benchmark's own consumer: part of the end-to-end figure, not of the hub.
+    """
+    stages: dict[str, list[float]] = {name: [] for name, _ in STAGES}
+    stages["to_reader"] = []
+    for mail_id, started in submitted:
+        begun = started
+        for name, event_type in STAGES:
+            ended = watcher.produced[event_type][mail_id]
+            stages[name].append((ended - begun) * 1000)
+            begun = ended
+        stages["to_reader"].append((watcher.arrived_at(SENT, mail_id) - begun) * 1000)
+    return {
+        name: {"p50_ms": percentile(values, 0.50), "p99_ms": percentile(values, 0.99)}
+        for name, values in stages.items()
+    }
 
 
 async def hub_throughput(
@@ -221,7 +254,7 @@ async def hub_latency(
     submitted = await asyncio.gather(*tasks)
     achieved = len(submitted) / (time.perf_counter() - start)
     await watcher.wait_for(SENT, [mail_id for mail_id, _ in submitted], timeout=300)
-    latencies = [(watcher.arrived[SENT][mail_id] - at) * 1000 for mail_id, at in submitted]
+    latencies = [(watcher.arrived_at(SENT, mail_id) - at) * 1000 for mail_id, at in submitted]
     return {
         "offered_per_second": rate,
         "achieved_per_second": round(achieved, 1),
@@ -229,6 +262,7 @@ async def hub_latency(
         "p50_ms": percentile(latencies, 0.50),
         "p99_ms": percentile(latencies, 0.99),
         "max_ms": round(max(latencies), 1),
+        "stages": stage_latencies(watcher, submitted),
     }
 
 
@@ -245,7 +279,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results["raw_limit"]["cpu_ms_per_event"] = cpu_ms_per_item(
             before, cpu_seconds(pids), args.count
         )
-        watcher = EventWatcher(hub.bootstrap, ["courrier.events"], [SENT])
+        watcher = EventWatcher(
+            hub.bootstrap, ["courrier.events", DeliveryReceipt.TOPIC], [REQUESTED, RECEIPT, SENT]
+        )
         await watcher.start()
         async with httpx.AsyncClient(
             base_url=hub.url("courrier"),
