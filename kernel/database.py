@@ -93,6 +93,11 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
         engine = create_async_engine(url, async_creator=sqlite_driver.connector(path, 30.0))
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "before_cursor_execute", _scans_off_the_loop)
+        if path != ":memory:":
+            checkpointer = sqlite_driver.WalCheckpointer(path)
+            checkpointer.start()
+            _checkpointers[engine.sync_engine] = checkpointer
+            event.listen(engine.sync_engine, "engine_disposed", lambda _: checkpointer.stop())
         return engine
     connect_args: dict[str, Any] = {}
     if schema:
@@ -100,6 +105,14 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
             raise ValueError(f"invalid schema name {schema!r}")
         connect_args["server_settings"] = {"search_path": schema}
     return create_async_engine(url, pool_size=10, max_overflow=10, connect_args=connect_args)
+
+
+_checkpointers: WeakKeyDictionary[Engine, sqlite_driver.WalCheckpointer] = WeakKeyDictionary()
+
+
+def wal_checkpointer(engine: AsyncEngine) -> sqlite_driver.WalCheckpointer | None:
+    """The thread that checkpoints ``engine``'s SQLite file; None for PostgreSQL or memory."""
+    return _checkpointers.get(engine.sync_engine)
 
 
 #: Execution option of a query that may read much of a table (``listing_page``).
@@ -148,6 +161,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA page_size=16384")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # The log is copied back by a thread of its own (sqlite_driver.WalCheckpointer);
+    # SQLite's own checkpoint in a commit is only its backstop.
+    cursor.execute(f"PRAGMA wal_autocheckpoint={sqlite_driver.WalCheckpointer.BACKSTOP_PAGES}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 

@@ -14,8 +14,15 @@ from sqlalchemy import event, func, select, text
 
 from kernel import sqlite_driver
 from kernel.consumer import RejectedEvent
-from kernel.database import create_engine, listing_page, session_factory, utcnow
+from kernel.database import (
+    create_engine,
+    listing_page,
+    session_factory,
+    utcnow,
+    wal_checkpointer,
+)
 from kernel.migrations import Migration, create_tables, migrate, table_of
+from tests.support.gateway_hub import eventually
 
 
 def kept_record(event_id: str, value: bytes = b"") -> RejectedEvent:
@@ -200,3 +207,38 @@ async def test_a_listings_page_and_count_run_in_a_worker_thread(tmp_path: Path) 
     assert (len(rows), total) == (2, 3)
     assert on_the_loop == {threading.get_ident()}
     assert ran_on and threading.get_ident() not in ran_on
+
+
+async def test_the_log_is_copied_into_the_database_by_a_thread_not_by_the_commit(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "checkpointed.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    checkpointer = wal_checkpointer(engine)
+    assert checkpointer is not None
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE annexes (content BLOB)"))
+        for _ in range(2):
+            async with engine.begin() as connection:
+                await connection.execute(
+                    text("INSERT INTO annexes VALUES (:content)"), {"content": b"x" * 1_000_000}
+                )
+
+        # 2 MB is far below SQLite's backstop: only the thread copies it into the file.
+        async def copied() -> bool:
+            return path.stat().st_size >= 2_000_000
+
+        assert await eventually(copied, timeout=5, pause=0.05)
+        assert checkpointer.checkpoints >= 1
+    finally:
+        await engine.dispose()
+    assert not checkpointer._thread.is_alive()  # dispose stopped it
+
+
+async def test_a_memory_database_has_no_checkpointer() -> None:
+    engine = create_engine("sqlite+aiosqlite:///:memory:")
+    try:
+        assert wal_checkpointer(engine) is None
+    finally:
+        await engine.dispose()
