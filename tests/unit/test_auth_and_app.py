@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, tzinfo
+from typing import Any
+
 import httpx
 import jwt
 import pytest
@@ -9,7 +13,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict
 
 from kernel.app import create_app
-from kernel.auth import CallerDep, issue_token
+from kernel.auth import CallerDep, TokenVerifier, Unauthorized, issue_token
 from kernel.settings import HubSettings
 
 
@@ -132,3 +136,70 @@ async def test_health_metrics_and_jwks(
     assert 'hub_http_requests_total{component="test",method="POST",status="200"}' in metrics
     jwks = (await client.get("/.well-known/jwks.json")).json()
     assert jwks["keys"][0]["kid"] == "hub-dev-1" and jwks["keys"][0]["kty"] == "RSA"
+
+
+def test_a_verified_token_is_remembered_and_not_checked_again(
+    hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = TokenVerifier(hub_settings)
+    token = issue_token(hub_settings, "92137", ["test:write"])
+    checks: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+        checks.append("decode")
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    first, second = verifier.verify(token), verifier.verify(token)
+    assert first == second and first.tenant == "92137"
+    assert checks == ["decode"]
+    verifier.verify(issue_token(hub_settings, "92137", ["test:read"]))  # another token: checked
+    assert checks == ["decode", "decode"]
+
+
+def test_a_remembered_token_is_refused_once_it_expires(
+    hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = TokenVerifier(hub_settings)
+    token = issue_token(hub_settings, "92137", ["test:write"], ttl=60)
+    assert verifier.verify(token).tenant == "92137"
+    later = time.time() + 61
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Later:
+            return cls.fromtimestamp(later, tz)
+
+    monkeypatch.setattr(time, "time", lambda: later)  # the verifier's clock
+    monkeypatch.setattr(jwt.api_jwt, "datetime", Later)  # PyJWT's
+    with pytest.raises(Unauthorized, match="expired"):
+        verifier.verify(token)
+
+
+def test_a_remembered_token_is_checked_again_after_remember_seconds(
+    hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = TokenVerifier(hub_settings)
+    token = issue_token(hub_settings, "92137", ["test:write"], ttl=3600)
+    verifier.verify(token)
+    checks: list[str] = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(
+        jwt, "decode", lambda *a, **k: checks.append("decode") or real_decode(*a, **k)
+    )
+    later = time.time() + TokenVerifier.REMEMBER_SECONDS + 1
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert verifier.verify(token).tenant == "92137"
+    assert checks == ["decode"]
+
+
+def test_the_verifier_remembers_at_most_its_limit(
+    hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(TokenVerifier, "REMEMBER_AT_MOST", 3)
+    verifier = TokenVerifier(hub_settings)
+    tokens = [issue_token(hub_settings, "92137", [f"s{n}"]) for n in range(5)]
+    for token in tokens:
+        verifier.verify(token)
+    assert list(verifier._verified) == tokens[2:]  # the oldest two were forgotten
