@@ -280,9 +280,8 @@ def _outgoing_routes(api: APIRouter) -> None:
                 subject=body.subject,
                 letter=letter,
                 now=now,
+                send=send,
             )
-            if send:
-                await registry.send_outgoing(session, mail, now)
         return mail
 
     @api.post(

@@ -65,7 +65,7 @@ def decision_handlers(tenants: dict[str, Tenant]) -> dict[str, EventHandler]:
             return
         now = utcnow()
         letter = DecisionLetter.of(decided, tenant.name, now)
-        mail = await registry.create_outgoing(
+        await registry.create_outgoing(
             session,
             tenant=event.tenant,
             recipient_kind=party.kind,
@@ -76,7 +76,7 @@ def decision_handlers(tenants: dict[str, Tenant]) -> dict[str, EventHandler]:
             now=now,
             about=about,
             requested_by_event_id=event.id,
+            send=True,
         )
-        await registry.send_outgoing(session, mail, now)
 
     return {ItemDecided.TYPE: handle_item_decided}

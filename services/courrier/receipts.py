@@ -33,16 +33,18 @@ async def handle_delivery_receipt(session: AsyncSession, event: CloudEvent) -> N
     receipt: DeliveryReceipt = event.data_as(DeliveryReceipt)
     if receipt.source_event_type != OutgoingMailSendRequested.TYPE:
         return  # a receipt of another of our events (e.g. an archived registration)
-    mail = await session.scalar(
-        select(Mail)
-        .where(
-            Mail.id == event.subject,
-            Mail.tenant == event.tenant,
-            Mail.direction == Direction.OUTGOING,
+    # The batch's earlier receipts are flushed together at its commit, not one by one here.
+    with session.no_autoflush:
+        mail = await session.scalar(
+            select(Mail)
+            .where(
+                Mail.id == event.subject,
+                Mail.tenant == event.tenant,
+                Mail.direction == Direction.OUTGOING,
+            )
+            .options(raiseload(Mail.files))  # a receipt changes the state, never the files
+            .with_for_update()
         )
-        .options(raiseload(Mail.files))  # a receipt changes the state, never the files
-        .with_for_update()
-    )
     if mail is None:
         log.warning(
             "receipt %s names outgoing mail %r of tenant %s, which does not exist here; ignored",

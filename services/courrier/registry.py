@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.exc import StaleDataError
 
-from contracts.envelope import new_event
+from contracts.envelope import CloudEvent, new_event
 from contracts.events.courrier import (
     AttachedFile,
     DocumentReference,
@@ -171,11 +171,15 @@ async def create_outgoing(
     now: datetime,
     about: DocumentReference | None = None,
     requested_by_event_id: str | None = None,
+    send: bool = False,
 ) -> Mail:
     """A draft outgoing mail; its arguments are already checked (``domain.check_letter``…).
 
     ``about`` names the other service's document the mail is for; its events
     carry it back. ``requested_by_event_id`` is the event that asked for the mail.
+    ``send``: the mail is sent at once, born in ``sending`` with its delivery
+    request staged, written by one INSERT (a draft sent later is updated by
+    ``send_outgoing``, which also guards against a concurrent send).
     """
     number = await allocate_registration_number(
         SqlRegistrationCounters(session), tenant, Direction.OUTGOING, now
@@ -199,23 +203,19 @@ async def create_outgoing(
         updated_at=now,
         files=[_new_file(tenant, "letter", upload, now)],
     )
-    session.add(mail)
     shown = mask_niss(recipient_identifier) if recipient_kind == "person" else recipient_identifier
-    log.info("tenant %s drafted outgoing mail %s to %s %s", tenant, number, recipient_kind, shown)
+    if send:
+        event = _send_request(mail, mail.files[0], letter)
+        mail.state, mail.send_event_id = request_send(MailState.DRAFT, number), event.id
+        stage(session, event)
+    done = "sends" if send else "drafted"
+    log.info("tenant %s %s outgoing mail %s to %s %s", tenant, done, number, recipient_kind, shown)
+    session.add(mail)
     return mail
 
 
-async def send_outgoing(session: AsyncSession, mail: Mail, now: datetime) -> None:
-    """Move a draft to ``sending`` and stage the e-Box delivery request."""
-    new_state = request_send(MailState(mail.state), mail.registration_number)
-    letter = next(file for file in mail.files if file.role == "letter")
-    # A mail drafted in this transaction still holds its letter; a stored one reads it
-    # (the column is deferred: lists of mails never load the PDFs).
-    content = inspect(letter).dict.get("content") or await session.scalar(
-        select(MailFile.content).where(MailFile.id == letter.id)
-    )
-    if content is None:
-        raise RuntimeError(f"the letter of outgoing mail {mail.id} has no content")
+def _send_request(mail: Mail, letter: MailFile, content: bytes) -> CloudEvent:
+    """The e-Box delivery request of ``mail``, whose letter is ``letter`` holding ``content``."""
     kind: RecipientKind = "enterprise" if mail.recipient_kind == "enterprise" else "person"
     data = OutgoingMailSendRequested(
         mail_id=mail.id,
@@ -230,7 +230,21 @@ async def send_outgoing(session: AsyncSession, mail: Mail, now: datetime) -> Non
         body_pdf_md5=letter.md5,
         about=about_of(mail),
     )
-    event = new_event(data, tenant=mail.tenant, subject=mail.id, source=SOURCE)
+    return new_event(data, tenant=mail.tenant, subject=mail.id, source=SOURCE)
+
+
+async def send_outgoing(session: AsyncSession, mail: Mail, now: datetime) -> None:
+    """Move a stored draft to ``sending`` and stage the e-Box delivery request."""
+    new_state = request_send(MailState(mail.state), mail.registration_number)
+    letter = next(file for file in mail.files if file.role == "letter")
+    # A mail drafted in this transaction still holds its letter; a stored one reads it
+    # (the column is deferred: lists of mails never load the PDFs).
+    content = inspect(letter).dict.get("content") or await session.scalar(
+        select(MailFile.content).where(MailFile.id == letter.id)
+    )
+    if content is None:
+        raise RuntimeError(f"the letter of outgoing mail {mail.id} has no content")
+    event = _send_request(mail, letter, content)
     number = mail.registration_number  # the failed flush below expires the mail's attributes
     mail.state, mail.send_event_id, mail.updated_at = new_state, event.id, now
     try:

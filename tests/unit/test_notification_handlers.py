@@ -51,16 +51,15 @@ class FakeRegistry:
 
     async def create_outgoing(self, session: object, **fields: Any) -> dict[str, Any]:
         self.created.append(fields)
+        if fields.get("send"):
+            self.sent.append(fields)
         return fields
-
-    async def send_outgoing(self, session: object, mail: object, now: datetime) -> None:
-        self.sent.append(mail)
 
 
 @pytest.fixture
 def fake_registry(monkeypatch: pytest.MonkeyPatch) -> FakeRegistry:
     fake = FakeRegistry()
-    for name in ("find_requested_mail", "create_outgoing", "send_outgoing"):
+    for name in ("find_requested_mail", "create_outgoing"):
         monkeypatch.setattr(f"services.courrier.registry.{name}", getattr(fake, name))
     return fake
 
