@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import shutil
@@ -179,6 +180,15 @@ def cpu_ms_per_item(
 ) -> dict[str, float]:
     per_process = {name: round((after[name] - before[name]) * 1000 / items, 2) for name in before}
     return per_process | {"total": round(sum(per_process.values()), 2)}
+
+
+def save_results(name: str, results: dict[str, Any]) -> Path:
+    """Write a benchmark's results as ``var/bench/<name>.json``, where docs/benchmarks.md
+    and ``benchmarks.run`` (which merges the parts) read them."""
+    out = Path("var/bench") / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    return out
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,6 +49,7 @@ from benchmarks.common import (
     load_average,
     machine,
     run_client,
+    save_results,
 )
 from contracts.events.factures import (
     TOPIC,
@@ -201,9 +201,7 @@ def main() -> None:
     )
     parser.add_argument("--count", type=int, default=1000, help="invoices timed")
     results = run(parser.parse_args().count)
-    out = Path("var/bench/factures_flow.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    save_results("factures_flow", results)
 
 
 if __name__ == "__main__":

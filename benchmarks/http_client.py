@@ -25,14 +25,13 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 from starlette.types import Receive, Scope, Send
 
-from benchmarks.common import machine, run_client
+from benchmarks.common import machine, run_client, save_results
 from gateway.http import outbound_client
 from kernel.kafka import free_port
 from kernel.settings import REPOSITORY_ROOT
@@ -159,9 +158,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     results = run(args.requests, args.concurrency)
-    out = Path("var/bench/http_client.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    save_results("http_client", results)
 
 
 if __name__ == "__main__":

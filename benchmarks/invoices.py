@@ -29,7 +29,6 @@ differences are listed. Without ``BENCH_EN16931_XSLT`` only the Python rules run
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -40,6 +39,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks.common import save_results
 from services.factures.rules import EN16931, PEPPOL, validate
 from services.factures.rules.en16931 import our_rule_id
 from services.factures.rules.engine import Finding, RuleSet
@@ -300,9 +300,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     args = parser.parse_args()
     results = run(args.rounds, args.warmup)
-    out = Path("var/bench/invoices.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    save_results("invoices", results)
 
 
 if __name__ == "__main__":

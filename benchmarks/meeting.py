@@ -39,7 +39,6 @@ import random
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,6 +57,7 @@ from benchmarks.common import (
     machine,
     percentile,
     run_client,
+    save_results,
 )
 from hub.supervisor import stop_all
 from hub.traffic import letter_pdf
@@ -407,9 +407,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of the OParl walk")
     args = parser.parse_args()
     results = run(args.items, args.concurrency, args.seconds)
-    out = Path("var/bench/meeting.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    save_results("meeting", results)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from benchmarks.common import (
     machine,
     percentile,
     run_client,
+    save_results,
 )
 from contracts.envelope import from_record, headers_as_text, new_event, to_record
 from contracts.events.courrier import OutgoingMailSendRequested, OutgoingMailSent, Recipient
@@ -347,8 +348,7 @@ def main() -> None:
     for name, (key, run_part) in PARTS.items():
         if args.only in (None, name):
             results[key] = run_part()  # each starts and stops its own processes
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    save_results("results", results)
     print(json.dumps(results, indent=2))
 
 

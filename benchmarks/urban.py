@@ -37,7 +37,6 @@ import random
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,6 +57,7 @@ from benchmarks.common import (
     machine,
     percentile,
     run_client,
+    save_results,
 )
 from contracts.events.urban import TOPIC, FileOpened
 from hub.traffic import letter_pdf, random_niss
@@ -411,9 +411,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=100_000, help="in urban's database")
     args = parser.parse_args()
     results = run(args.notifications, args.files)
-    out = Path("var/bench/urban.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    save_results("urban", results)
 
 
 if __name__ == "__main__":
