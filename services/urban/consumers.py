@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import raiseload
 
 from contracts.envelope import CloudEvent, EnvelopeError
 from contracts.events.gateway import TOPIC as RECEIPTS_TOPIC
@@ -137,16 +138,28 @@ def handlers(urban_settings: Mapping[str, TenantUrban]) -> dict[str, EventHandle
 async def _identity_receipt(
     session: AsyncSession, event: CloudEvent, receipt: DeliveryReceipt
 ) -> None:
-    applicant = await session.scalar(
-        select(FileApplicant).where(
-            FileApplicant.identification_event_id == receipt.source_event_id,
-            FileApplicant.tenant == event.tenant,
+    # The batch's earlier receipts are flushed together at its commit, not one by one here;
+    # the answer changes the file's applicants, so its other collections are not loaded.
+    with session.no_autoflush:
+        file = await session.scalar(
+            select(PermitFile)
+            .join(FileApplicant, FileApplicant.file_id == PermitFile.id)
+            .where(
+                FileApplicant.identification_event_id == receipt.source_event_id,
+                FileApplicant.tenant == event.tenant,
+            )
+            .options(
+                raiseload(PermitFile.parcels),
+                raiseload(PermitFile.opinions),
+                raiseload(PermitFile.documents),
+            )
         )
-    )
-    if applicant is None:
+    if file is None:
         log.warning("receipt %s answers no identification request of ours; ignored", event.id)
         return
-    file = await session.get_one(PermitFile, applicant.file_id)
+    applicant = next(
+        a for a in file.applicants if a.identification_event_id == receipt.source_event_id
+    )
     status = permits.record_identity(file, applicant, receipt.outcome, receipt.answer, utcnow())
     # The applicant's national number never reaches the logs: the file and position name it.
     log.info(

@@ -39,6 +39,7 @@ from contracts.events.urban import (
     OpinionRequested,
 )
 from kernel.auth import issue_token
+from kernel.consumer import Incoming
 from kernel.database import create_engine, utcnow
 from kernel.migrations import migrate
 from kernel.outbox import OutboxMessage
@@ -100,16 +101,28 @@ class UrbanService:
     async def get(self, path: str, tenant: str = SAMBREVILLE, **params: Any) -> httpx.Response:
         return await self.http.get(path, params=params, headers=self.auth(tenant))
 
-    async def deliver(self, event: CloudEvent, *, raw_value: bytes | None = None) -> str:
-        """Hand ``event`` to the service's consumer as a Kafka record would bring it."""
-        consumer = NoticeKeepingConsumer(
+    def consumer(self) -> NoticeKeepingConsumer:
+        return NoticeKeepingConsumer(
             component="urban",
             sessions=self.app.state.sessions,
             handlers=handlers(self.app.state.urban_settings),
         )
+
+    async def deliver(self, event: CloudEvent, *, raw_value: bytes | None = None) -> str:
+        """Hand ``event`` to the service's consumer as a Kafka record would bring it."""
         record = to_record(event)
         headers = {name: value.decode() for name, value in record.headers}
-        return await consumer.handle(headers, raw_value or record.value, record.topic)
+        return await self.consumer().handle(headers, raw_value or record.value, record.topic)
+
+    async def deliver_together(self, *events: CloudEvent) -> list[str]:
+        """Hand ``events`` to the consumer as one fetch, handled in one transaction."""
+        records = [to_record(event) for event in events]
+        return await self.consumer().handle_batch(
+            [
+                Incoming({name: value.decode() for name, value in r.headers}, r.value, r.topic)
+                for r in records
+            ]
+        )
 
     async def events(self, event_type: str | None = None) -> list[CloudEvent]:
         async with self.app.state.sessions() as session:
@@ -596,6 +609,30 @@ async def test_the_registers_answer_flags_a_declared_identity_that_differs(
     flagged = (await service.get("/v1/files", identity_flagged=True)).json()
     assert [f["id"] for f in flagged["items"]] == [other["id"]]
     assert NISS not in caplog.text
+
+
+async def test_an_identity_answer_and_news_of_the_notification_apply_in_one_transaction(
+    service: UrbanService,
+) -> None:
+    # The identity answer reads the file without its documents; news of the notification,
+    # in the same fetch and so the same session, still sees and extends them.
+    first = notification()
+    notification_id = first.data_as(NoticeNotificationReceived).notification_id
+    assert await service.deliver(first) == "handled"
+    [request] = await service.events(IdentificationRequested.TYPE)
+    [document] = first.data_as(NoticeNotificationReceived).documents
+    plan = document.model_copy(update={"document_id": "doc-2", "filename": "coupe.pdf"})
+    news = notification(notification_id=notification_id, documents=[document, plan])
+    answer = {"status": "found", "last_name": "LEFEVRE", "first_names": "Hélène"}
+
+    outcomes = await service.deliver_together(receipt(request, answer=answer), news)
+
+    assert outcomes == ["handled", "handled"]
+    [file] = (await service.get("/v1/files")).json()["items"]
+    view = (await service.get(f"/v1/files/{file['id']}")).json()
+    assert view["applicants"][0]["identity_status"] == "matched"
+    assert [d["document_id"] for d in view["documents"]] == ["doc-1", "doc-2"]
+    assert (await service.get("/v1/unprocessed-notifications")).json() == []
 
 
 # -- the deadline watcher ---------------------------------------------------------------------
