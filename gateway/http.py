@@ -66,6 +66,33 @@ def outbound_transport(max_connections: int) -> httpx.AsyncBaseTransport:
     return OutboundTransport(client=session)
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing a response sets."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
+class OutboundClient(httpx.AsyncClient):
+    """An httpx client that keeps no cookies.
+
+    One client sends for every tenant to every target, so a cookie one target set
+    must never ride along on another tenant's request; the services the gateway
+    calls authenticate each request (tokens, signatures, credentials) and keep no
+    session in cookies. Reading ``Set-Cookie`` also cost: httpx builds urllib's
+    request and response wrappers for each response, 6% of the gateway's CPU in the
+    NOTICe flow (docs/benchmarks.md).
+    """
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NoCookies()
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        raise AttributeError("the gateway's outbound client keeps no cookies")
+
+
 def outbound_client(max_connections: int, timeout: float = 5.0) -> httpx.AsyncClient:
     """The client connectors send with; ``timeout`` is each request's, unless it sets its own."""
-    return httpx.AsyncClient(transport=outbound_transport(max_connections), timeout=timeout)
+    return OutboundClient(transport=outbound_transport(max_connections), timeout=timeout)

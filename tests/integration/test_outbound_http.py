@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 
 from gateway.errors import RetryableDeliveryError, translate_transport_errors
 from gateway.http import outbound_client
@@ -35,6 +35,11 @@ async def target() -> AsyncIterator[tuple[str, list[int]]]:
         ports.append(request.client.port)
         return {"sha256": hashlib.sha256(await request.body()).hexdigest()}
 
+    @app.get("/session")
+    async def session(request: Request, response: Response) -> dict[str, str | None]:
+        response.set_cookie("session", "tenant-a")
+        return {"cookie": request.headers.get("cookie")}
+
     @app.get("/slow")
     async def slow() -> dict[str, str]:
         await asyncio.sleep(2)
@@ -42,6 +47,19 @@ async def target() -> AsyncIterator[tuple[str, list[int]]]:
 
     async with serving(app) as url:
         yield url, ports
+
+
+async def test_a_cookie_a_target_sets_never_rides_on_a_later_request(
+    target: tuple[str, list[int]],
+) -> None:
+    # One client sends for every tenant: what one target's answer set is not sent again.
+    url, _ = target
+    async with outbound_client(max_connections=2) as client:
+        first = await client.get(f"{url}/session")
+        assert first.cookies["session"] == "tenant-a"
+        second = await client.get(f"{url}/session")
+        assert second.json() == {"cookie": None}
+        assert not client.cookies
 
 
 async def test_requests_share_at_most_the_pools_connections(
