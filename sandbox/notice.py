@@ -37,10 +37,10 @@ import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pybase64
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -402,9 +402,31 @@ def router(recorder: Recorder, notice: Notice | None = None) -> APIRouter:
         )
 
     @control.get("/notifications")
-    async def notifications(instance_code: str | None = None) -> dict[str, Any]:
-        """Every notification with its state, responses and fetch counts."""
-        arrivals = {r.answer["responseId"]: r.arrivals for r in recorder.receptions(SERVICE)}
+    async def notifications(
+        instance_code: str | None = None,
+        without_response: Annotated[
+            Literal["PARTIAL", "FINAL"] | None,
+            Query(description="Only the notifications that have no response in this state"),
+        ] = None,
+        limit: Annotated[int | None, Query(ge=0, description="At most this many items")] = None,
+    ) -> dict[str, Any]:
+        """The notifications with their state, responses and fetch counts; ``count`` is
+        how many match, even when ``limit`` lists fewer (a test waiting for every
+        notification to be answered asks for ``without_response=PARTIAL&limit=0``)."""
+        matching = [
+            n
+            for n in notice.notifications.values()
+            if instance_code in (None, n.instance_code)
+            and (
+                without_response is None or all(r["state"] != without_response for r in n.responses)
+            )
+        ]
+        listed = matching[:limit]
+        arrivals = (
+            {r.answer["responseId"]: r.arrivals for r in recorder.receptions(SERVICE)}
+            if listed
+            else {}
+        )
         items = [
             n.summary()
             | {
@@ -414,10 +436,9 @@ def router(recorder: Recorder, notice: Notice | None = None) -> APIRouter:
                     r | {"arrivals": arrivals.get(r["responseId"], 1)} for r in n.responses
                 ],
             }
-            for n in notice.notifications.values()
-            if instance_code in (None, n.instance_code)
+            for n in listed
         ]
-        return {"count": len(items), "items": items}
+        return {"count": len(matching), "items": items}
 
     routes = APIRouter()
     routes.include_router(api)

@@ -118,6 +118,15 @@ async def test_a_notification_becomes_one_event_and_the_responses_reach_notice_o
         None,
     )
 
+    async def waiting_for(state: str) -> Any:
+        listed = await http.get(
+            f"{hub.sandbox}/_sandbox/notice/notifications",
+            params={"instance_code": hub.instance, "without_response": state, "limit": 0},
+        )
+        return listed.json()
+
+    assert await waiting_for("PARTIAL") == {"count": 1, "items": []}
+
     partial, final = (
         response(hub, notification_id, "PARTIAL"),
         response(hub, notification_id, "FINAL"),
@@ -149,6 +158,7 @@ async def test_a_notification_becomes_one_event_and_the_responses_reach_notice_o
         ("FINAL", "GRANTED", 1),
     ]
     assert by_source[final.id].external_reference == state["responses"][1]["responseId"]
+    assert await waiting_for("PARTIAL") == {"count": 0, "items": []}
 
 
 async def test_an_unknown_instance_is_kept_unroutable_and_a_bad_document_is_flagged(
