@@ -12,9 +12,9 @@ Tenant 62063 as committed (NOTICe instance ``NOTICE-62063``).
    soon as ``urban.file.opened.v1`` names it; completeness emits the PARTIAL
    response the gateway posts to NOTICe. It stops when NOTICe (``GET
    /_sandbox/notice/notifications?without_response=PARTIAL``, read every
-   second) shows a PARTIAL for every notification. 20 notifications go through first, untimed. Reported:
-   notifications/s from the seeding to the last PARTIAL, CPU ms per
-   notification per process, peak RSS. Target: 200/s.
+   second) shows a PARTIAL for every notification. 20 notifications go
+   through first, untimed. Reported: notifications/s from the seeding to the
+   last PARTIAL, CPU ms per notification per process, peak RSS. Target: 200/s.
 2. Memory: 100,000 files (with their applicant and parcel, their deadlines
    computed by the service's ``deadlines`` module as ``refresh_deadlines``
    does) are inserted into urban's SQLite file, in bulk through its table

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import raiseload
+from sqlalchemy.orm import joinedload, raiseload
 
 from contracts.envelope import CloudEvent, EnvelopeError
 from contracts.events.gateway import TOPIC as RECEIPTS_TOPIC
@@ -141,7 +141,7 @@ async def _identity_receipt(
     # The batch's earlier receipts are flushed together at its commit, not one by one here;
     # the answer changes the file's applicants, so its other collections are not loaded.
     with session.no_autoflush:
-        file = await session.scalar(
+        found = await session.execute(
             select(PermitFile)
             .join(FileApplicant, FileApplicant.file_id == PermitFile.id)
             .where(
@@ -149,11 +149,13 @@ async def _identity_receipt(
                 FileApplicant.tenant == event.tenant,
             )
             .options(
+                joinedload(PermitFile.applicants),
                 raiseload(PermitFile.parcels),
                 raiseload(PermitFile.opinions),
                 raiseload(PermitFile.documents),
             )
         )
+        file = found.unique().scalar_one_or_none()
     if file is None:
         log.warning("receipt %s answers no identification request of ours; ignored", event.id)
         return

@@ -187,7 +187,8 @@ async def open_file(
     notification: NoticeNotificationReceived | None = None,
 ) -> PermitFile:
     today = brussels_day(now)
-    reference = await next_reference(session, settings.tenant, new.file_type, today.year)
+    with session.no_autoflush:  # the counter needs none of the files opened before this one
+        reference = await next_reference(session, settings.tenant, new.file_type, today.year)
     file = PermitFile(
         id=str(uuid.uuid4()),
         tenant=settings.tenant,
@@ -222,8 +223,7 @@ async def open_file(
         opinions=[],
         documents=[_document_row(document, now) for document in new.documents],
     )
-    session.add(file)
-    await session.flush()
+    session.add(file)  # written at the next flush: the batch's commit, or the API's answer
     opened = FileOpened(
         file_id=file.id,
         reference=reference,
@@ -292,11 +292,7 @@ async def receive_notification(
         notification.parcels,
         tuple(checked_document(document) for document in notification.documents),
     )
-    file = await one_file(
-        session,
-        PermitFile.tenant == settings.tenant,
-        PermitFile.notice_notification_id == notification.notification_id,
-    )
+    file = await _file_of_notification(session, settings.tenant, notification.notification_id)
     if file is None:
         return await open_file(
             session, settings, new, now, origin="notice", notification=notification
@@ -320,6 +316,30 @@ async def receive_notification(
         file.reference,
     )
     return file
+
+
+async def _file_of_notification(
+    session: AsyncSession, tenant: str, notification_id: str
+) -> PermitFile | None:
+    """The file of a notification: opened earlier, or in this transaction and not yet written.
+
+    Files a consumer's batch opens are written together at its commit (one INSERT
+    per table for the batch, not a flush of four INSERTs per file), so the lookup
+    neither flushes them nor would find them in the database: it looks among them first.
+    """
+    for pending in session.new:
+        if (
+            isinstance(pending, PermitFile)
+            and pending.tenant == tenant
+            and pending.notice_notification_id == notification_id
+        ):
+            return pending
+    with session.no_autoflush:
+        return await one_file(
+            session,
+            PermitFile.tenant == tenant,
+            PermitFile.notice_notification_id == notification_id,
+        )
 
 
 # -- the procedure --------------------------------------------------------------------------

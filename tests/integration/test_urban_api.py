@@ -635,6 +635,32 @@ async def test_an_identity_answer_and_news_of_the_notification_apply_in_one_tran
     assert (await service.get("/v1/unprocessed-notifications")).json() == []
 
 
+async def test_a_notification_and_its_news_in_one_fetch_make_one_file(
+    service: UrbanService,
+) -> None:
+    # The batch's files are written at its commit: the news finds the file not yet written.
+    first = notification()
+    data = first.data_as(NoticeNotificationReceived)
+    [document] = data.documents
+    plan = document.model_copy(update={"document_id": "doc-2", "filename": "coupe.pdf"})
+    news = notification(notification_id=data.notification_id, documents=[document, plan])
+    other = notification()
+
+    assert await service.deliver_together(first, news, other) == ["handled"] * 3
+
+    assert await service.file_count() == 2
+    listed = (await service.get("/v1/files")).json()["items"]
+    references = sorted(f["reference"] for f in listed)
+    year = datetime.now(UTC).year
+    assert references == [f"PU/{year}/0001", f"PU/{year}/0002"]
+    async with service.app.state.sessions() as session:
+        file = await permits.one_file(
+            session, PermitFile.notice_notification_id == data.notification_id
+        )
+        assert file is not None
+        assert [d.document_id for d in file.documents] == ["doc-1", "doc-2"]
+
+
 # -- the deadline watcher ---------------------------------------------------------------------
 
 
