@@ -745,11 +745,15 @@ def file_deadlines(file: PermitFile) -> dict[str, date]:
 
 
 async def warnings_sent(session: AsyncSession, file_id: str) -> set[tuple[str, str]]:
-    rows = await session.execute(
-        select(DeadlineWarningSent.deadline, DeadlineWarningSent.level).where(
-            DeadlineWarningSent.file_id == file_id
+    """The warnings the watcher sent for the file. Only the watcher records them, and it
+    reads them before it adds any; so the caller's pending changes need no flush first
+    (they are written once, with the rest of the change)."""
+    with session.no_autoflush:
+        rows = await session.execute(
+            select(DeadlineWarningSent.deadline, DeadlineWarningSent.level).where(
+                DeadlineWarningSent.file_id == file_id
+            )
         )
-    )
     return {(deadline, level) for deadline, level in rows.tuples()}
 
 
