@@ -145,11 +145,13 @@ async def handle_delivery_receipt(session: AsyncSession, event: CloudEvent) -> N
     receipt = event.data_as(DeliveryReceipt)
     if receipt.source_event_type != InvoiceApproved.TYPE:
         return  # e.g. the receipt of an Invoice Response sent to the supplier
-    invoice = await session.scalar(
-        select(Invoice)
-        .where(Invoice.id == event.subject, Invoice.tenant == event.tenant)
-        .with_for_update()
-    )
+    # The batch's earlier bookings are flushed together at its commit, not one by one here.
+    with session.no_autoflush:
+        invoice = await session.scalar(
+            select(Invoice)
+            .where(Invoice.id == event.subject, Invoice.tenant == event.tenant)
+            .with_for_update()
+        )
     if invoice is None:
         log.warning(
             "receipt %s names invoice %r of tenant %s, which does not exist here; ignored",
