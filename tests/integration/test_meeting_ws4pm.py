@@ -104,15 +104,15 @@ async def test_a_request_is_parsed_and_its_annexes_decoded_beside_the_event_loop
     # every other request of the process meanwhile.
     ran_on: dict[str, str] = {}
 
-    def noting(name: str, work: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        def noted(argument: Any) -> Any:
+    def noting(name: str, work: Callable[..., Any]) -> Callable[..., Any]:
+        def noted(*arguments: Any) -> Any:
             ran_on[name] = threading.current_thread().name
-            return work(argument)
+            return work(*arguments)
 
         return noted
 
-    monkeypatch.setattr(ws4pm, "parse_operation", noting("parse", ws4pm.parse_operation))
-    monkeypatch.setattr(ws4pm, "annexes_of", noting("annexes", ws4pm.annexes_of))
+    monkeypatch.setattr(ws4pm, "read_request", noting("read", ws4pm.read_request))
+    monkeypatch.setattr(ws4pm, "_decode_annexes", noting("annexes", ws4pm._decode_annexes))
     meeting_id = await service.meeting()
     client = await ws4pm_client(service)
     await blocking(
@@ -121,7 +121,7 @@ async def test_a_request_is_parsed_and_its_annexes_decoded_beside_the_event_loop
         proposingGroupId="urbanisme",
         creationData=creation_data(preferredMeeting=meeting_id),
     )
-    assert set(ran_on) == {"parse", "annexes"}
+    assert set(ran_on) == {"read", "annexes"}
     assert all(name.startswith("ws4pm-request") for name in ran_on.values()), ran_on
 
 

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from lxml import etree
 from pydantic import ValidationError
 
 from contracts.events.meeting import ConcernedParty
@@ -35,7 +34,7 @@ from services.meeting.domain import (
     configuration,
     state_after,
 )
-from services.meeting.ws4pm import Ws4pmFault, annexes_of, parse_operation
+from services.meeting.ws4pm import Ws4pmFault, read_request
 
 COLLEGE = MeetingConfig.model_validate(
     {
@@ -176,24 +175,19 @@ def soap(body: str, namespace: str = "http://ws4pm.imio.be") -> bytes:
     ).encode()
 
 
-def test_a_valid_ws4pm_request_yields_its_operation_element() -> None:
-    annex = base64.b64encode(b"%PDF").decode()
-    operation = parse_operation(
-        soap(
-            "<pm:createItemRequest><meetingConfigId>college</meetingConfigId>"
-            "<proposingGroupId>urbanisme</proposingGroupId><creationData><title>T</title>"
-            f"<annexes><title>A</title><file>{annex}</file></annexes></creationData>"
-            "</pm:createItemRequest>"
-        )
+def create_item_request(encoded_annex: str) -> bytes:
+    return soap(
+        "<pm:createItemRequest><meetingConfigId>college</meetingConfigId>"
+        "<proposingGroupId>urbanisme</proposingGroupId><creationData><title>T</title>"
+        "<annexes><title>Plans</title><filename>plans.pdf</filename>"
+        f"<file>{encoded_annex}</file></annexes></creationData></pm:createItemRequest>"
     )
-    assert operation.findtext("creationData/title") == "T"
 
 
-def creation_data(encoded_annex: str) -> etree._Element:
-    return etree.fromstring(
-        "<creationData><annexes><title>Plans</title><filename>plans.pdf</filename>"
-        f"<file>{encoded_annex}</file></annexes></creationData>"
-    )
+def test_a_valid_ws4pm_request_yields_its_operation_element_and_its_annexes() -> None:
+    read = read_request(create_item_request(base64.b64encode(b"%PDF").decode()))
+    assert read.operation.findtext("creationData/title") == "T"
+    assert [annex.content for annex in read.annexes] == [b"%PDF"]
 
 
 def test_ws4pm_annexes_are_decoded_on_one_line_or_wrapped_and_refused_when_not_base64() -> None:
@@ -201,17 +195,24 @@ def test_ws4pm_annexes_are_decoded_on_one_line_or_wrapped_and_refused_when_not_b
     one_line = base64.b64encode(content).decode()
     wrapped = base64.encodebytes(content).decode()  # 76 characters a line, as MIME wraps it
     for encoded in (one_line, wrapped):
-        (annex,) = annexes_of(creation_data(encoded))
+        (annex,) = read_request(create_item_request(encoded)).annexes
         assert (annex.filename, annex.media_type, annex.content) == (
             "plans.pdf",
             "application/pdf",
             content,
         )
         assert annex.md5 == hashlib.md5(content).hexdigest()
+    # The schema does not see the annexes' text (see read_request): the decoder refuses it.
     for broken in (one_line[:-2], one_line[:100] + "*" + one_line[101:], "é" + one_line):
         with pytest.raises(Ws4pmFault) as fault:
-            annexes_of(creation_data(broken))
+            read_request(create_item_request(broken))
         assert "annex 'plans.pdf': file is not valid base64" in fault.value.message
+
+
+def test_a_ws4pm_annex_file_with_elements_inside_is_refused_by_the_schema() -> None:
+    with pytest.raises(Ws4pmFault) as fault:
+        read_request(create_item_request("<b>JVBERg==</b>"))
+    assert "does not match the WS4PM contract" in fault.value.message
 
 
 @pytest.mark.parametrize(
@@ -234,5 +235,5 @@ def test_ws4pm_annexes_are_decoded_on_one_line_or_wrapped_and_refused_when_not_b
 )
 def test_bad_ws4pm_requests_are_refused_with_what_is_wrong(body: bytes, message: str) -> None:
     with pytest.raises(Ws4pmFault) as fault:
-        parse_operation(body)
+        read_request(body)
     assert message in fault.value.message
