@@ -47,11 +47,16 @@ _SQLITE_BUSY, _SQLITE_BUSY_SNAPSHOT = 5, 517
 _FIRST_WAIT, _LONGEST_WAIT = 0.001, 0.05
 
 
-#: A statement whose parameters hold more bytes than this (a scan, an annex) runs in a
-#: worker thread, and so does the commit of its transaction, which writes those pages to
-#: the WAL: copying a megabyte there took 2-4 ms, which on the loop's thread held up
-#: every other request of the process, while sqlite3 lets go of the GIL meanwhile.
-LARGE_PARAMETERS_BYTES = 64 * 1024
+#: A statement whose parameters hold more bytes than this (a large scan or annex) runs in
+#: a worker thread, and so does the commit of its transaction, which writes those pages to
+#: the WAL; sqlite3 lets go of the GIL meanwhile. Below it the loop's thread writes them:
+#: a megabyte's insert and commit take ~4 ms there (measured, with the WAL copied back by
+#: ``WalCheckpointer``), while each hand-off to a thread inside the writer's turn kept the
+#: turn until the thread got the GIL back (up to the interpreter's 5 ms switch interval),
+#: so that the 1 MB createItem went 77 -> 90/s when its annex stayed on the loop (measured,
+#: docs/benchmarks.md). At 2 MiB a statement holds the loop ~8 ms, about what two such
+#: hand-offs cost.
+LARGE_PARAMETERS_BYTES = 2 * 1024 * 1024
 
 
 def _size_of(parameters: Sequence[Any]) -> int:
