@@ -23,8 +23,9 @@ getSingleItemInfos, searchItems, and getItemTemplate, which is always a Fault:
 Callers authenticate with HTTP Basic; the username names the tenant (tenant
 files, ``services.meeting.ws4pm_clients``). Requests are parsed without DTDs,
 entities or network access and within the body limit, then validated
-against the contract's schema, so a bad request is answered with a SOAP 1.1
-Fault that says what is wrong, and nothing is stored.
+against the contract's schema (an annex's base64 text by its strict decoder
+instead), so a bad request is answered with a SOAP 1.1 Fault that says what
+is wrong, and nothing is stored.
 """
 
 from __future__ import annotations
