@@ -36,7 +36,7 @@ from gateway.connectors.base import Connector, Delivery
 from gateway.deliveries import FINAL_STATUSES, DeliveryRecord, idempotency_key, next_attempt_time
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import Route, RoutingTable
-from kernel.database import utcnow, writer_turn
+from kernel.database import utcnow, write_transaction
 from kernel.kafka import make_consumer
 from kernel.metrics import DELIVERIES, DELIVERY_LATENCY, EVENTS_CONSUMED
 from kernel.outbox import OutboxRelay, stage
@@ -193,7 +193,7 @@ class DeliveryEngine:
         await asyncio.gather(*(self._attempt_chain(chain, blocked) for chain in chains.values()))
         fresh = [item for chain in chains.values() for item in chain]
         try:
-            async with writer_turn(self._sessions), self._sessions() as session, session.begin():
+            async with write_transaction(self._sessions) as session:
                 for item in fresh:
                     self._record(session, item)
         except IntegrityError:

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from contracts.envelope import CloudEvent, EnvelopeError, from_record, headers_as_text
-from kernel.database import Base, BigId, UtcDateTime, utcnow, writer_turn
+from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction
 from kernel.kafka import make_consumer
 from kernel.metrics import EVENTS_CONSUMED
 from kernel.migrations import table_of
@@ -133,7 +133,7 @@ class EventConsumer:
             ours.append((len(outcomes), record, event, handler))
             outcomes.append(None)
         if ours:
-            async with writer_turn(self._sessions), self._sessions() as session, session.begin():
+            async with write_transaction(self._sessions) as session:
                 ids = {event.id for _, _, event, _ in ours}
                 seen = set(
                     await session.scalars(

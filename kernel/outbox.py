@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from contracts.envelope import CloudEvent, to_record
-from kernel.database import Base, BigId, UtcDateTime, utcnow, writer_turn
+from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction, writer_turn
 from kernel.metrics import EVENTS_PUBLISHED
 from kernel.migrations import table_of
 
@@ -216,7 +216,7 @@ async def transaction(
 
     Then the relay is woken so the events leave at once rather than at its next poll.
     """
-    async with writer_turn(sessions), sessions() as session, session.begin():
+    async with write_transaction(sessions) as session:
         yield session
     if relay is not None:
         relay.wake()

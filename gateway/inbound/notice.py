@@ -53,7 +53,7 @@ from contracts.events.peppol import MAX_DOCUMENT_BYTES
 from gateway.connectors.notice import TYPE_NAME, NoticeSettings
 from gateway.inbound.records import InboundDocument, Status
 from gateway.routing import RoutingTable
-from kernel.database import utcnow, writer_turn
+from kernel.database import utcnow, write_transaction
 from kernel.logs import mask_national_numbers
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
@@ -283,7 +283,7 @@ class NoticeInbound:
             return 0
         recorded = [self._row(n) for n in notifications]
         try:
-            async with writer_turn(self._sessions), self._sessions() as session, session.begin():
+            async with write_transaction(self._sessions) as session:
                 for row, data in recorded:
                     self._add(session, row, data)
         except IntegrityError:

@@ -39,7 +39,7 @@ from contracts.envelope import new_event
 from contracts.events.peppol import MAX_DOCUMENT_BYTES, PeppolDocumentReceived, PeppolEndpoint
 from gateway.connectors.peppol_ap import PeppolApSettings
 from gateway.inbound.records import InboundDocument, Status
-from kernel.database import utcnow, writer_turn
+from kernel.database import utcnow, write_transaction
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
 
@@ -270,11 +270,7 @@ class PeppolInbound:
             "peppol inbound", attributes={"hub.peppol.message_id": item.message_id}
         ):
             try:
-                async with (
-                    writer_turn(self._sessions),
-                    self._sessions() as session,
-                    session.begin(),
-                ):
+                async with write_transaction(self._sessions) as session:
                     session.add(record)
                     if tenant is not None and status == "published":
                         record.event_id = self._stage(session, tenant, fetched, record.sha256)
@@ -318,7 +314,7 @@ class PeppolInbound:
             source_status = "rejected"
         if record.source_status == source_status:
             return
-        async with writer_turn(self._sessions), self._sessions() as session, session.begin():
+        async with write_transaction(self._sessions) as session:
             await session.execute(
                 update(InboundDocument)
                 .where(InboundDocument.id == record.id)

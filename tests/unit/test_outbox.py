@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import new_event
 from contracts.events.gateway import DeliveryReceipt
-from kernel.database import create_engine, session_factory
+from kernel.database import create_engine, session_factory, writer_turn
 from kernel.migrations import Migration, create_tables, migrate
 from kernel.outbox import OutboxMessage, OutboxRelay, stage, transaction
 
@@ -161,3 +161,31 @@ async def test_on_sqlite_a_process_writers_take_turns(tmp_path: Path) -> None:
         "third begins",
         "third ends",
     ]
+
+
+async def test_a_transaction_gives_up_the_writers_turn_before_its_session_closes(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # Closing an AsyncSession waits for a turn of the event loop; inside the writers'
+    # turn, that wait kept every other writer waiting too.
+    order: list[str] = []
+
+    class NotingSession(AsyncSession):
+        async def close(self) -> None:
+            order.append("first session closes")
+            await super().close()
+
+    noting = async_sessionmaker(sessions.kw["bind"], class_=NotingSession)
+
+    async def next_writer() -> None:
+        async with writer_turn(noting):
+            order.append("next writer has the turn")
+
+    async with transaction(noting, None) as session:
+        stage(session, receipt("doc-1"))
+        waiting = asyncio.create_task(next_writer())
+        await asyncio.sleep(0)  # now waiting for the turn
+        assert order == []
+    await waiting
+    assert order == ["next writer has the turn", "first session closes"]
+    assert await pending(sessions) == 1
