@@ -41,12 +41,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pybase64
 from lxml import etree
 
 from benchmarks.common import (
-    KEEP_ALIVE_SAFE_LIMITS,
     BenchHub,
     PeakMemory,
     bench_hub,
@@ -59,6 +57,7 @@ from benchmarks.common import (
     run_client,
     save_results,
 )
+from benchmarks.lean_http import LeanClient
 from hub.supervisor import stop_all
 from hub.traffic import letter_pdf
 from kernel.database import create_engine, session_factory
@@ -159,7 +158,7 @@ def _decided_item(
 
 
 async def walk_oparl(
-    client: httpx.AsyncClient, concurrency: int, seconds: float, seen: list[str] | None = None
+    client: LeanClient, concurrency: int, seconds: float, seen: list[str] | None = None
 ) -> dict[str, Any]:
     """As many pages as ``concurrency`` clients get in ``seconds`` (their URLs into ``seen``)."""
     body = f"/oparl/v1/bodies/{TENANT}"
@@ -224,15 +223,14 @@ async def walk_oparl(
 
 
 async def paced_oparl(
-    client: httpx.AsyncClient, urls: list[str], rate: float, seconds: float
+    client: LeanClient, urls: list[str], rate: float, seconds: float
 ) -> dict[str, Any]:
     """``urls`` asked again in turn at a fixed ``rate``, each timed from when it was due.
 
     Timing from the due moment, not from the send, counts the wait of a request
     that could not leave on time (no coordinated omission). Requests start at
     their moment, at most ``PACED_IN_FLIGHT`` at once; the others wait on a
-    semaphore, not in httpx's connection pool, whose bookkeeping grows with the
-    requests waiting in it and would slow the client itself.
+    semaphore, so that the client keeps no more connections than that.
 
     The client's heap is collected and frozen first: after the walk, a full
     garbage collection in this process paused it for up to ~100 ms, which
@@ -303,12 +301,16 @@ def one_megabyte_pdf() -> bytes:
 
 
 async def create_items(
-    client: httpx.AsyncClient, count: int, concurrency: int, pids: dict[str, int]
+    client: LeanClient, count: int, concurrency: int, pids: dict[str, int]
 ) -> dict[str, Any]:
     annex = one_megabyte_pdf()
     before_title, after_title = create_item_envelope(annex)
-    auth = httpx.BasicAuth(WS4PM_USER, WS4PM_PASSWORD)
-    headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": "createItem"}
+    credentials = pybase64.b64encode(f"{WS4PM_USER}:{WS4PM_PASSWORD}".encode()).decode()
+    headers = {
+        "Content-Type": "text/xml; charset=utf-8",
+        "SOAPAction": "createItem",
+        "Authorization": f"Basic {credentials}",
+    }
     slots = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
 
@@ -316,7 +318,7 @@ async def create_items(
         async with slots:  # each request's 1.3 MB built in its turn, not all at once
             content = before_title + f"Dossier benchmark {number}".encode() + after_title
             started = time.perf_counter()
-            response = await client.post("/ws4pm", content=content, headers=headers, auth=auth)
+            response = await client.post("/ws4pm", content, headers)
             latencies.append((time.perf_counter() - started) * 1000)
         answer = etree.fromstring(response.content)
         uid = answer.findtext(f".//{{{WS4PM_NS}}}createItemResponse/UID")
@@ -354,9 +356,7 @@ async def run_async(items: int, concurrency: int, seconds: float) -> dict[str, A
         memory = PeakMemory(dict(pids))
         memory.start()
         pids["benchmark"] = os.getpid()
-        async with httpx.AsyncClient(
-            base_url=hub.url("meeting"), timeout=60, limits=KEEP_ALIVE_SAFE_LIMITS
-        ) as client:
+        async with LeanClient(hub.url("meeting")) as client:
             await walk_oparl(client, concurrency, 2.0)  # warm-up: connections, caches
             results["load_average_before"] = load_average()
             before = cpu_seconds(pids)
@@ -379,9 +379,7 @@ async def run_async(items: int, concurrency: int, seconds: float) -> dict[str, A
         hub.environment["HUB_OPARL_PAGE_CACHE_MB"] = "0"
         await hub.start("meeting")
         pids = hub.pids() | {"benchmark": os.getpid()}
-        async with httpx.AsyncClient(
-            base_url=hub.url("meeting"), timeout=60, limits=KEEP_ALIVE_SAFE_LIMITS
-        ) as client:
+        async with LeanClient(hub.url("meeting")) as client:
             await walk_oparl(client, concurrency, 2.0)
             before = cpu_seconds(pids)
             results["oparl_without_page_cache"] = await walk_oparl(client, concurrency, seconds)

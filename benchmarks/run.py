@@ -45,7 +45,6 @@ import pybase64
 
 from benchmarks import factures_flow, http_client, invoices, meeting, urban
 from benchmarks.common import (
-    KEEP_ALIVE_SAFE_LIMITS,
     EventWatcher,
     PeakMemory,
     bench_hub,
@@ -56,6 +55,7 @@ from benchmarks.common import (
     run_client,
     save_results,
 )
+from benchmarks.lean_http import LeanClient
 from contracts.envelope import from_record, headers_as_text, new_event, to_record
 from contracts.events.courrier import OutgoingMailSendRequested, OutgoingMailSent, Recipient
 from contracts.events.gateway import DeliveryReceipt
@@ -182,12 +182,17 @@ async def raw_limit(
     }
 
 
-async def submit(client: httpx.AsyncClient, rng: random.Random, number: int) -> tuple[str, float]:
+async def submit(client: LeanClient, rng: random.Random, number: int) -> tuple[str, float]:
     """Send one outgoing mail; its id, and when it was sent (``time.time()``, as Kafka's clock)."""
     started = time.time()
-    response = await client.post("/v1/outgoing-mails:send", json=outgoing_mail(rng, number))
-    response.raise_for_status()
+    body = json.dumps(outgoing_mail(rng, number)).encode()
+    response = await client.post("/v1/outgoing-mails:send", body, JSON_CONTENT)
+    if response.status_code != 202:
+        raise RuntimeError(f"send mail {number}: {response.status_code} {response.text[:300]}")
     return response.json()["id"], started
+
+
+JSON_CONTENT = {"Content-Type": "application/json"}
 
 
 #: The events of a mail's way, in order: each stage ends when its event is produced.
@@ -219,9 +224,7 @@ def stage_latencies(watcher: EventWatcher, submitted: list[tuple[str, float]]) -
     }
 
 
-async def hub_throughput(
-    client: httpx.AsyncClient, watcher: EventWatcher, count: int
-) -> dict[str, Any]:
+async def hub_throughput(client: LeanClient, watcher: EventWatcher, count: int) -> dict[str, Any]:
     rng, slots = random.Random(11), asyncio.Semaphore(32)
 
     async def one(number: int) -> tuple[str, float]:
@@ -242,7 +245,7 @@ async def hub_throughput(
 
 
 async def hub_latency(
-    client: httpx.AsyncClient, watcher: EventWatcher, rate: float, seconds: float
+    client: LeanClient, watcher: EventWatcher, rate: float, seconds: float
 ) -> dict[str, Any]:
     """Offer ``rate`` mails/s for ``seconds``; latency = API call to the "sent" event."""
     rng, interval, tasks = random.Random(13), 1.0 / rate, []
@@ -284,11 +287,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             hub.bootstrap, ["courrier.events", DeliveryReceipt.TOPIC], [REQUESTED, RECEIPT, SENT]
         )
         await watcher.start()
-        async with httpx.AsyncClient(
-            base_url=hub.url("courrier"),
-            timeout=60,
-            headers=hub.token(TENANT, "courrier:read", "courrier:write"),
-            limits=KEEP_ALIVE_SAFE_LIMITS,
+        async with LeanClient(
+            hub.url("courrier"), headers=hub.token(TENANT, "courrier:read", "courrier:write")
         ) as client:
             await hub_latency(client, watcher, rate=20, seconds=2)  # warm-up: group joins, caches
             before = cpu_seconds(pids)
