@@ -13,6 +13,7 @@ TLS, no cookies, no proxies; the hub's own code uses httpx.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -51,8 +52,10 @@ class _Connection:
         self.writer = writer
         self.idle_since = time.monotonic()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
 
 
 class LeanClient:
@@ -85,7 +88,7 @@ class LeanClient:
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
         for connection in idle:
-            connection.close()
+            await connection.close()
 
     async def get(self, url: str, headers: Mapping[str, str] | None = None) -> LeanResponse:
         return await self.request("GET", url, headers=headers)
@@ -119,10 +122,10 @@ class LeanClient:
                     connection.writer.write(content)
                 response = await self._read_response(connection.reader, f"{method} {target}")
             except BaseException:
-                connection.close()
+                await connection.close()
                 raise
             if response.headers.get("connection", "").lower() == "close":
-                connection.close()
+                await connection.close()
             else:
                 connection.idle_since = time.monotonic()
                 self._idle.append(connection)
@@ -141,7 +144,7 @@ class LeanClient:
             connection = self._idle.pop()
             if now - connection.idle_since < IDLE_EXPIRY_SECONDS:
                 return connection
-            connection.close()
+            await connection.close()
         reader, writer = await asyncio.open_connection(self.host, self.port)
         # A request's last segment must not wait for the server's delayed acknowledgement.
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
