@@ -184,11 +184,12 @@ async def writer_turn(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterat
     instead of waking when the lock is freed: under load, writers spent more
     time asleep than writing, and a busy API's latency grew to seconds.
     Waiting for an asyncio lock here instead wakes the next writer the moment
-    its turn comes. Take it before opening the session, so that a writer
-    waiting for its turn holds no pooled connection (measured: taking it at
-    the first write instead made the spine slower). A write outside
-    ``writer_turn`` is still correct; it only may sleep. Never nest two: the
-    inner one would wait for the outer.
+    its turn comes. Take it before the session's first statement, so that a
+    writer waiting for its turn holds no pooled connection (measured: taking
+    it at the first write instead made the spine slower); ``write_transaction``
+    does, and is the way to write. A write outside ``writer_turn`` is still
+    correct; it only may sleep. Never nest two: the inner one would wait for
+    the outer.
     """
     bind = sessions.kw.get("bind")
     if not isinstance(bind, AsyncEngine) or not is_sqlite(bind):
@@ -210,11 +211,11 @@ async def write_transaction(
     (SQLAlchemy shields it from cancellation), so it waits at least one turn of
     the event loop, and everything else ready on the loop runs first: closed
     inside the turn, a createItem with a 1 MB annex held the turn for 8-10 ms
-    (measured), of which 2-3 ms were its own SQL and ~4 ms were other requests'
-    work done meanwhile, and the turn was busy 90% of the time. After the commit
-    the session holds no lock, so the next writer may begin while it closes. A
-    new session holds no pooled connection until its first statement, so the
-    turn is still waited for without one.
+    (measured), of which 3-4 ms were its own SQL and most of the rest other
+    requests' work done meanwhile, and the turn was busy 90% of the time; after,
+    5-7 ms and 63%. After the commit the session holds no lock, so the next
+    writer may begin while it closes. A new session holds no pooled connection
+    until its first statement, so the turn is still waited for without one.
     """
     # Left last on the way out: the session is closed after the turn is given up.
     async with sessions() as session, writer_turn(sessions), session.begin():
