@@ -68,6 +68,7 @@ class LeanClient:
         base_url: str,
         headers: Mapping[str, str] | None = None,
         max_connections: int = 64,
+        timeout: float = 60.0,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or parts.hostname is None or parts.port is None:
@@ -78,6 +79,9 @@ class LeanClient:
         self._fixed_head = "".join(f"{name}: {value}\r\n" for name, value in fixed.items())
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
+        #: Seconds a request may take from its first byte sent to its answer's last byte
+        #: (a hung server fails the benchmark instead of stalling it).
+        self._timeout = timeout
 
     async def __aenter__(self) -> LeanClient:
         return self
@@ -120,7 +124,11 @@ class LeanClient:
                 else:
                     connection.writer.write(head_bytes)
                     connection.writer.write(content)
-                response = await self._read_response(connection.reader, f"{method} {target}")
+                async with asyncio.timeout(self._timeout):
+                    response = await self._read_response(connection.reader, f"{method} {target}")
+            except TimeoutError as exc:
+                await connection.close()
+                raise TimeoutError(f"{method} {target}: no answer in {self._timeout} s") from exc
             except BaseException:
                 await connection.close()
                 raise

@@ -42,6 +42,9 @@ class Server:
                 break
             elif path == "/hang-up":
                 break
+            elif path == "/silent":
+                await reader.read()  # no answer, until the client gives up and closes
+                break
             else:
                 answer = json.dumps({"path": path, "size": len(body)}).encode()
                 writer.write(
@@ -113,3 +116,10 @@ async def test_a_server_hanging_up_without_an_answer_is_an_error(
 def test_only_plain_http_to_a_host_and_port() -> None:
     with pytest.raises(ValueError, match="http://host:port expected"):
         LeanClient("https://127.0.0.1:8443")
+
+
+async def test_a_server_that_does_not_answer_times_out(served: tuple[Server, str]) -> None:
+    _, url = served
+    async with LeanClient(url, timeout=0.1) as client:
+        with pytest.raises(TimeoutError, match=r"GET /silent: no answer in 0\.1 s"):
+            await client.get("/silent")
