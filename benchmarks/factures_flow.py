@@ -12,6 +12,9 @@ gateway run as ``hub up`` runs them, the gateway polling the access point every
 4. stops when every invoice's ``factures.invoice.booked.v1`` has come (the
    accounting connector's receipt, processed by factures).
 
+The drops and approvals go through ``benchmarks.lean_http`` (httpx's client took
+1.9 ms of the two cores' CPU per invoice, the lean one 0.6 ms).
+
 Reported: invoices/s from the first drop to the last booking (the seeding
 overlaps the flow), the rate between the first and the last booking, the time
 the drops took, CPU ms per invoice per process, peak RSS. 20 invoices go
@@ -33,12 +36,10 @@ import random
 import time
 from typing import Any
 
-import httpx
 import pybase64
 import yaml
 
 from benchmarks.common import (
-    KEEP_ALIVE_SAFE_LIMITS,
     BenchHub,
     EventWatcher,
     PeakMemory,
@@ -51,6 +52,7 @@ from benchmarks.common import (
     run_client,
     save_results,
 )
+from benchmarks.lean_http import LeanClient
 from contracts.events.factures import (
     TOPIC,
     InvoiceApprovalRequested,
@@ -67,12 +69,13 @@ CONCURRENCY = 8
 APPROVAL = InvoiceApprovalRequested.TYPE
 BOOKED = InvoiceBooked.TYPE
 REJECTED = InvoiceRejected.TYPE
+JSON = {"Content-Type": "application/json"}
 
 
 class Clerk:
     """Approves each invoice the moment factures asks for its approval."""
 
-    def __init__(self, factures: httpx.AsyncClient) -> None:
+    def __init__(self, factures: LeanClient) -> None:
         self._factures = factures
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -86,20 +89,18 @@ class Clerk:
 
     async def _approve(self, invoice_id: str) -> None:
         async with self._slots:
-            response = await self._factures.post(f"/v1/invoices/{invoice_id}/approve")
+            response = await self._factures.post(f"/v1/invoices/{invoice_id}/approve", b"")
         if response.status_code != 200:
             self.problems.append(f"approve {invoice_id}: {response.status_code} {response.text}")
 
 
-async def drop_all(
-    sandbox: httpx.AsyncClient, drops: list[dict[str, str]]
-) -> tuple[list[str], float]:
+async def drop_all(sandbox: LeanClient, drops: list[dict[str, str]]) -> tuple[list[str], float]:
     """Drop every invoice into the access point's inbox; their message ids and the seconds."""
     slots = asyncio.Semaphore(CONCURRENCY)
 
     async def drop(body: dict[str, str]) -> str:
         async with slots:
-            response = await sandbox.post("/_sandbox/peppol/inbox", json=body)
+            response = await sandbox.post("/_sandbox/peppol/inbox", json.dumps(body).encode(), JSON)
         if response.status_code != 201:
             raise RuntimeError(f"the sandbox refused a drop: {response.status_code}")
         return str(response.json()["messageId"])
@@ -132,14 +133,9 @@ async def measure(hub: BenchHub, count: int) -> dict[str, Any]:
     memory.start()
     pids["benchmark"] = os.getpid()
     async with (
-        httpx.AsyncClient(
-            base_url=hub.url("sandbox"), timeout=60, limits=KEEP_ALIVE_SAFE_LIMITS
-        ) as sandbox,
-        httpx.AsyncClient(
-            base_url=hub.url("factures"),
-            timeout=60,
-            limits=KEEP_ALIVE_SAFE_LIMITS,
-            headers=hub.token(TENANT, "factures:read", "factures:write"),
+        LeanClient(hub.url("sandbox")) as sandbox,
+        LeanClient(
+            hub.url("factures"), headers=hub.token(TENANT, "factures:read", "factures:write")
         ) as factures,
     ):
         clerk = Clerk(factures)
