@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import CloudEvent, from_record
@@ -210,6 +210,79 @@ async def test_two_gateways_recording_the_same_message_keep_one(
 
     assert len(await published(sessions)) == 1
     assert kept.event_id == (await records(sessions))[0].event_id
+
+
+async def test_a_replica_recording_one_of_a_listing_meanwhile_keeps_its_record_and_the_rest(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox
+) -> None:
+    replica = PeppolInbound(sessions=sessions, inboxes=[inbox], participants=PARTICIPANTS)
+
+    class RacedInbox(FakeInbox):
+        async def fetch(self, message_id: str) -> FetchedDocument:
+            fetched = await super().fetch(message_id)
+            if message_id == "m1":  # the replica records m1 between our lookup and our record
+                await replica._record(fetched)
+            return fetched
+
+    raced = RacedInbox()
+    for message_id in ("m1", "m2", "m3"):
+        raced.drop(message_id, LIEGE)
+    inbound = PeppolInbound(sessions=sessions, inboxes=[raced], participants=PARTICIPANTS)
+
+    assert await inbound.poll_once() == 3
+
+    assert sorted(e.subject for e in await published(sessions)) == ["m1", "m2", "m3"]
+    assert [(r.source_message_id, r.source_status) for r in await records(sessions)] == [
+        ("m1", "acknowledged"),
+        ("m2", "acknowledged"),
+        ("m3", "acknowledged"),
+    ]
+
+
+async def test_a_listing_is_recorded_in_one_transaction_and_marked_told_in_one_more(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    for number in range(20):
+        inbox.drop(f"m{number}", LIEGE if number % 2 else SAMBREVILLE)
+    inbox.drop("m-unroutable", "0208:0999999962")
+    commits = 0
+
+    def count(connection: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    engine = sessions.kw["bind"].sync_engine
+    event.listen(engine, "commit", count)
+    try:
+        assert await inbound.poll_once() == 21
+    finally:
+        event.remove(engine, "commit", count)
+
+    assert commits == 2
+    assert len(await published(sessions)) == 20
+    told = {r.source_message_id: r.source_status for r in await records(sessions)}
+    assert told.pop("m-unroutable") == "rejected"
+    assert set(told.values()) == {"acknowledged"}
+
+
+async def test_a_database_away_during_a_listing_leaves_it_for_the_next_poll(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    inbox.drop("m1", LIEGE)
+    engine = sessions.kw["bind"].sync_engine
+
+    def refuse(*args: object) -> None:
+        raise OSError("database away")
+
+    event.listen(engine, "begin", refuse)
+    try:
+        assert await inbound.poll_once() == 0  # logged, not raised: the poll loop goes on
+    finally:
+        event.remove(engine, "begin", refuse)
+
+    assert inbox.acknowledged == []
+    assert await inbound.poll_once() == 1
+    assert len(await published(sessions)) == 1
 
 
 # -- what the adapter does not judge, and what it cannot route --------------------------------
