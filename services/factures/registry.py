@@ -652,8 +652,8 @@ async def _first_invoice(
     The query does not flush the transaction's new invoices first (the ORM's
     autoflush): the event consumer receives a batch of documents in one
     transaction, and one flush at its commit costs far less than one before each
-    document's lookups (reception's CPU per invoice 9.2 -> 7.4 ms, measured). So
-    the invoices added and not yet written are searched here, in memory. Changed
+    document's lookups (reception's CPU per invoice about 9.0 -> 7.7 ms, measured).
+    So the invoices added and not yet written are searched here, in memory. Changed
     stored invoices are still flushed first: the query sees their stored columns.
     """
     if any(isinstance(changed, Invoice) for changed in session.dirty):
@@ -665,14 +665,14 @@ async def _first_invoice(
         stored = await session.scalar(query.order_by(Invoice.created_at).limit(1))
     if stored is not None:
         return stored
-    added = (
+    added = [
         new
-        for new in session.new
+        for new in session.new  # a set: sorted below, so the earliest wins as in the query
         if isinstance(new, Invoice)
         and all(getattr(new, name) == value for name, value in columns.items())
         and (new.accepted_key is not None or not accepted_only)
-    )
-    return next(added, None)
+    ]
+    return min(added, key=lambda invoice: invoice.created_at, default=None)
 
 
 async def read_ubl(session: AsyncSession, tenant: str, invoice_id: str) -> bytes:
