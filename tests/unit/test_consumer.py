@@ -22,10 +22,11 @@ from kernel.api import rejected_events_router
 from kernel.app import BackgroundTask, create_app
 from kernel.auth import issue_token
 from kernel.consumer import EventConsumer, InboxEntry, Incoming, RejectedEvent
-from kernel.database import create_engine, session_factory, utcnow
-from kernel.migrations import Migration, create_tables, migrate, table_of
+from kernel.database import utcnow
+from kernel.migrations import Migration, create_tables, table_of
 from kernel.settings import HubSettings
 from kernel.tenants import Tenant
+from tests.support.databases import sqlite_sessions
 from tests.support.servers import serving
 
 TENANT = "92137"
@@ -38,10 +39,8 @@ MIGRATIONS = [
 
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'consumer.db'}")
-    await migrate(engine, "test", MIGRATIONS)
-    yield session_factory(engine)
-    await engine.dispose()
+    async with sqlite_sessions(tmp_path / "consumer.db", "test", MIGRATIONS) as sessions:
+        yield sessions
 
 
 def receipt() -> CloudEvent:

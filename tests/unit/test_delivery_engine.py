@@ -21,9 +21,9 @@ from gateway.deliveries import MIGRATIONS, DeliveryRecord, idempotency_key
 from gateway.engine import DeliveryEngine
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import RetryPolicy, Route, RoutingTable
-from kernel.database import create_engine, session_factory, utcnow
-from kernel.migrations import migrate
+from kernel.database import utcnow
 from kernel.outbox import OutboxMessage
+from tests.support.databases import sqlite_sessions
 
 TENANT = "92137"
 SEND = OutgoingMailSendRequested.TYPE
@@ -80,10 +80,8 @@ def as_record(event: CloudEvent) -> tuple[dict[str, str], bytes]:
 
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
-    await migrate(engine, "gateway", MIGRATIONS)
-    yield session_factory(engine)
-    await engine.dispose()
+    async with sqlite_sessions(tmp_path / "gateway.db", "gateway", MIGRATIONS) as sessions:
+        yield sessions
 
 
 def make_engine(

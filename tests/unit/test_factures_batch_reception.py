@@ -21,8 +21,6 @@ from sqlalchemy.orm import Session
 from contracts.envelope import headers_as_text, new_event, to_record
 from contracts.events.peppol import PeppolDocumentReceived, PeppolEndpoint
 from kernel.consumer import EventConsumer, Incoming
-from kernel.database import create_engine, session_factory
-from kernel.migrations import migrate
 from kernel.tenants import load_tenants
 from services.factures.consumers import handlers
 from services.factures.tables import MIGRATIONS, Invoice
@@ -33,6 +31,7 @@ from tests.integration.test_factures_api import (
     invoice_xml,
     write_tenants,
 )
+from tests.support.databases import sqlite_sessions
 
 INVOICE_TYPE = (
     "urn:oasis:names:specification:ubl:schema:xsd:Invoice-2::Invoice"
@@ -46,10 +45,8 @@ CREDIT_NOTE_TYPE = (
 
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'factures.db'}")
-    await migrate(engine, "factures", MIGRATIONS)
-    yield session_factory(engine)
-    await engine.dispose()
+    async with sqlite_sessions(tmp_path / "factures.db", "factures", MIGRATIONS) as sessions:
+        yield sessions
 
 
 @pytest.fixture

@@ -24,10 +24,9 @@ from gateway.deliveries import MIGRATIONS
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.inbound.notice import NoticeInbound, NoticeSource
 from gateway.inbound.records import InboundDocument
-from kernel.database import create_engine, session_factory
-from kernel.migrations import migrate
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
+from tests.support.databases import sqlite_sessions
 
 INSTANCE, STRANGER = "NOTICE-62063", "NOTICE-00000"
 PLAN = b"%PDF-1.7 plan"
@@ -84,10 +83,8 @@ class FakeNotice:
 
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
-    await migrate(engine, "gateway", MIGRATIONS)
-    yield session_factory(engine)
-    await engine.dispose()
+    async with sqlite_sessions(tmp_path / "gateway.db", "gateway", MIGRATIONS) as sessions:
+        yield sessions
 
 
 @pytest.fixture

@@ -21,10 +21,9 @@ from gateway.connectors.opinions import OpinionRestConnector, create_connector
 from gateway.deliveries import MIGRATIONS
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.inbound.opinions import OpinionInbound
-from kernel.database import create_engine, session_factory
-from kernel.migrations import migrate
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
+from tests.support.databases import sqlite_sessions
 
 ANSWER = {
     "answerId": "AV-1",
@@ -58,10 +57,8 @@ class FakePlatform:
 
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
-    await migrate(engine, "gateway", MIGRATIONS)
-    yield session_factory(engine)
-    await engine.dispose()
+    async with sqlite_sessions(tmp_path / "gateway.db", "gateway", MIGRATIONS) as sessions:
+        yield sessions
 
 
 async def test_an_answer_is_published_once_even_when_its_acknowledgement_is_lost(

@@ -16,6 +16,7 @@ from contracts.events.gateway import DeliveryReceipt
 from kernel.database import create_engine, session_factory, writer_turn
 from kernel.migrations import Migration, create_tables, migrate
 from kernel.outbox import OutboxMessage, OutboxRelay, stage, transaction
+from tests.support.databases import sqlite_sessions
 
 
 class FakeSender:
@@ -50,10 +51,9 @@ def receipt(subject: str, attempts: int = 1) -> Any:
 
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'outbox.db'}")
-    await migrate(engine, "test", [Migration(1, "outbox", create_tables(OutboxMessage.__table__))])  # type: ignore[arg-type]
-    yield session_factory(engine)
-    await engine.dispose()
+    outbox_only = [Migration(1, "outbox", create_tables(OutboxMessage.__table__))]  # type: ignore[arg-type]
+    async with sqlite_sessions(tmp_path / "outbox.db", "test", outbox_only) as sessions:
+        yield sessions
 
 
 async def pending(sessions: async_sessionmaker[AsyncSession]) -> int:

@@ -17,9 +17,8 @@ from gateway.connectors.oversight_soap import Outcome
 from gateway.deliveries import MIGRATIONS
 from gateway.inbound.oversight import OversightInbound
 from gateway.inbound.records import InboundDocument
-from kernel.database import create_engine, session_factory
-from kernel.migrations import migrate
 from kernel.outbox import OutboxMessage
+from tests.support.databases import sqlite_sessions
 
 TENANT, OTHER = "92137", "62063"
 
@@ -58,10 +57,8 @@ class FakeOversight:
 
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
-    await migrate(engine, "gateway", MIGRATIONS)
-    yield session_factory(engine)
-    await engine.dispose()
+    async with sqlite_sessions(tmp_path / "gateway.db", "gateway", MIGRATIONS) as sessions:
+        yield sessions
 
 
 async def published(sessions: async_sessionmaker[AsyncSession]) -> list[CloudEvent]:

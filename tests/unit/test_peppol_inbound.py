@@ -29,11 +29,10 @@ from gateway.inbound.peppol import FetchedDocument, InboxItem, PeppolInbound, in
 from gateway.inbound.records import InboundDocument
 from gateway.main import register_built_in_connectors
 from gateway.routing import load_routing
-from kernel.database import create_engine, session_factory
-from kernel.migrations import migrate
 from kernel.outbox import OutboxMessage
 from kernel.settings import REPOSITORY_ROOT, HubSettings
 from kernel.tenants import load_tenants
+from tests.support.databases import sqlite_sessions
 from tests.support.invoices import (
     application_response,
     approved_invoice,
@@ -89,10 +88,8 @@ class FakeInbox:
 
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
-    await migrate(engine, "gateway", MIGRATIONS)
-    yield session_factory(engine)
-    await engine.dispose()
+    async with sqlite_sessions(tmp_path / "gateway.db", "gateway", MIGRATIONS) as sessions:
+        yield sessions
 
 
 @pytest.fixture
