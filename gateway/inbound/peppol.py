@@ -50,6 +50,9 @@ SOURCE = "urn:hub:gateway:peppol"
 CHANNEL = "peppol"
 #: MLS-like reason code of a transport-level rejection (unknown receiver, too large).
 FAILURE_OF_DELIVERY = "FD"
+#: Messages asked for in one listing. A listing this full may hide more behind it:
+#: the poll takes the next one at once instead of waiting for the next poll.
+LISTING_LIMIT = 100
 
 
 class AccessPointError(RuntimeError):
@@ -76,7 +79,9 @@ class AccessPointInbox(Protocol):
 
     name: str
 
-    async def list_new(self) -> list[InboxItem]: ...
+    async def list_new(self) -> list[InboxItem]:
+        """The oldest new messages, at most ``LISTING_LIMIT``."""
+        ...
 
     async def fetch(self, message_id: str) -> FetchedDocument: ...
 
@@ -95,7 +100,7 @@ class HttpAccessPointInbox:
         self._timeout = httpx.Timeout(settings.timeout_seconds)
 
     async def list_new(self) -> list[InboxItem]:
-        body = await self._call("GET", "/inbox", params={"limit": 100})
+        body = await self._call("GET", "/inbox", params={"limit": LISTING_LIMIT})
         return [_item(entry) for entry in body.get("items", [])]
 
     async def fetch(self, message_id: str) -> FetchedDocument:
@@ -208,18 +213,34 @@ class PeppolInbound:
         """
         taken = 0
         for inbox in self._inboxes:
+            taken += await self._take_inbox(inbox)
+        return taken
+
+    async def _take_inbox(self, inbox: AccessPointInbox) -> int:
+        """Take listings of ``inbox`` while they come back full and something was taken.
+
+        A backlog (a night of the access point's invoices, a batch run of a
+        supplier) is drained at the pace of the work, not one listing per poll
+        interval (100 messages per 5 s by default). A full listing of which
+        nothing could be taken (the AP failing each tell) waits for the next poll.
+        """
+        taken = 0
+        while True:
             try:
                 items = await inbox.list_new()
             except Exception as exc:  # the AP is away: try at the next poll
                 log.warning("Peppol inbox %s could not be listed: %r", inbox.name, exc)
-                continue
+                return taken
             if not items:
-                continue
+                return taken
             try:
-                taken += await self._take_listing(inbox, list(dict.fromkeys(items)))
+                taken_now = await self._take_listing(inbox, list(dict.fromkeys(items)))
             except Exception as exc:  # the database is away: the AP lists them again
                 log.warning("Peppol inbox %s: listing not taken yet: %r", inbox.name, exc)
-        return taken
+                return taken
+            taken += taken_now
+            if len(items) < LISTING_LIMIT or taken_now == 0:
+                return taken
 
     async def _take_listing(self, inbox: AccessPointInbox, items: list[InboxItem]) -> int:
         known = await self._known_among([item.message_id for item in items])

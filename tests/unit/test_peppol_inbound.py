@@ -25,7 +25,13 @@ from gateway.connectors.peppol_ap import (
 )
 from gateway.deliveries import MIGRATIONS
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
-from gateway.inbound.peppol import FetchedDocument, InboxItem, PeppolInbound, inboxes_from
+from gateway.inbound.peppol import (
+    LISTING_LIMIT,
+    FetchedDocument,
+    InboxItem,
+    PeppolInbound,
+    inboxes_from,
+)
 from gateway.inbound.records import InboundDocument
 from gateway.main import register_built_in_connectors
 from gateway.routing import load_routing
@@ -56,6 +62,7 @@ class FakeInbox:
         self.fetches: list[str] = []
         self.acknowledged: list[str] = []
         self.rejected: list[tuple[str, str, str]] = []
+        self.listings = 0
         #: Calls that fail once each, e.g. {"ack:m1", "fetch:m2"}: a crash or a lost answer.
         self.fail_once: set[str] = set()
 
@@ -70,7 +77,8 @@ class FakeInbox:
 
     async def list_new(self) -> list[InboxItem]:
         done = set(self.acknowledged) | {r[0] for r in self.rejected}
-        return [d.item for m, d in self.documents.items() if m not in done]
+        self.listings += 1
+        return [d.item for m, d in self.documents.items() if m not in done][:LISTING_LIMIT]
 
     async def fetch(self, message_id: str) -> FetchedDocument:
         self._maybe_fail(f"fetch:{message_id}")
@@ -113,6 +121,35 @@ async def records(sessions: async_sessionmaker[AsyncSession]) -> list[InboundDoc
         return list(
             (await session.scalars(select(InboundDocument).order_by(InboundDocument.id))).all()
         )
+
+
+# -- a backlog ----------------------------------------------------------------------------
+
+
+async def test_a_backlog_longer_than_a_listing_is_taken_in_one_poll(
+    inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    for number in range(2 * LISTING_LIMIT + 50):
+        inbox.drop(f"m{number}", LIEGE)
+
+    assert await inbound.poll_once() == 2 * LISTING_LIMIT + 50
+
+    assert inbox.listings == 3  # two full listings, then the rest; not one per poll
+    assert len(inbox.acknowledged) == 2 * LISTING_LIMIT + 50
+
+
+async def test_a_full_listing_of_which_nothing_was_told_waits_for_the_next_poll(
+    inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    for number in range(LISTING_LIMIT + 50):
+        inbox.drop(f"m{number}", LIEGE)
+    inbox.fail_once = {f"ack:m{number}" for number in range(LISTING_LIMIT)}
+
+    assert await inbound.poll_once() == 0
+    assert inbox.listings == 1
+
+    assert await inbound.poll_once() == LISTING_LIMIT + 50
+    assert inbox.fetches.count("m0") == 1  # recorded at the first poll, only told at the second
 
 
 # -- once and only once ---------------------------------------------------------------------
