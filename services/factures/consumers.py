@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import pybase64
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import raiseload
 
 from contracts.envelope import CloudEvent
 from contracts.events.courrier import TOPIC as COURRIER_TOPIC
@@ -146,10 +147,12 @@ async def handle_delivery_receipt(session: AsyncSession, event: CloudEvent) -> N
     if receipt.source_event_type != InvoiceApproved.TYPE:
         return  # e.g. the receipt of an Invoice Response sent to the supplier
     # The batch's earlier bookings are flushed together at its commit, not one by one here.
+    # The invoice's history is not loaded: the booking's step is only added to it.
     with session.no_autoflush:
         invoice = await session.scalar(
             select(Invoice)
             .where(Invoice.id == event.subject, Invoice.tenant == event.tenant)
+            .options(raiseload(Invoice.history))
             .with_for_update()
         )
     if invoice is None:
