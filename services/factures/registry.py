@@ -18,7 +18,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 import pybase64
-from sqlalchemy import ColumnElement, inspect, select
+from sqlalchemy import ColumnElement, Select, bindparam, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm import object_session as session_of
@@ -671,11 +671,12 @@ async def _first_invoice(
     """
     if any(isinstance(changed, Invoice) for changed in session.dirty):
         await session.flush()
-    query = select(Invoice).filter_by(**columns)
-    if accepted_only:
-        query = query.where(Invoice.accepted_key.is_not(None))
+    query = _first_invoice_query(
+        tuple((name, value is None) for name, value in columns.items()), accepted_only
+    )
+    values = {f"value_{name}": value for name, value in columns.items() if value is not None}
     with session.no_autoflush:
-        stored = await session.scalar(query.order_by(Invoice.created_at).limit(1))
+        stored = await session.scalar(query, values)
     if stored is not None:
         return stored
     added = [
@@ -686,6 +687,31 @@ async def _first_invoice(
         and (new.accepted_key is not None or not accepted_only)
     ]
     return min(added, key=lambda invoice: invoice.created_at, default=None)
+
+
+#: The lookups' statements, built once per set of columns with their values as bound
+#: parameters: a statement built anew for each lookup had its cache key computed again
+#: by SQLAlchemy each time, about a third of a lookup's CPU.
+_FIRST_INVOICE_QUERIES: dict[tuple[tuple[tuple[str, bool], ...], bool], Select[tuple[Invoice]]] = {}
+
+
+def _first_invoice_query(
+    columns: tuple[tuple[str, bool], ...], accepted_only: bool
+) -> Select[tuple[Invoice]]:
+    """The lookup by ``columns``: (name, whether the value looked for is None: IS NULL)."""
+    query = _FIRST_INVOICE_QUERIES.get((columns, accepted_only))
+    if query is None:
+        conditions = [
+            getattr(Invoice, name).is_(None)
+            if is_none
+            else getattr(Invoice, name) == bindparam(f"value_{name}")
+            for name, is_none in columns
+        ]
+        if accepted_only:
+            conditions.append(Invoice.accepted_key.is_not(None))
+        query = select(Invoice).where(*conditions).order_by(Invoice.created_at).limit(1)
+        _FIRST_INVOICE_QUERIES[(columns, accepted_only)] = query
+    return query
 
 
 async def read_ubl(session: AsyncSession, tenant: str, invoice_id: str) -> bytes:
