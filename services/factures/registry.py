@@ -689,16 +689,16 @@ async def _first_invoice(
     return min(added, key=lambda invoice: invoice.created_at, default=None)
 
 
+#: A lookup's columns, each with whether the value looked for is None (IS NULL).
+_LookupColumns = tuple[tuple[str, bool], ...]
 #: The lookups' statements, built once per set of columns with their values as bound
 #: parameters: a statement built anew for each lookup had its cache key computed again
-#: by SQLAlchemy each time, about a third of a lookup's CPU.
-_FIRST_INVOICE_QUERIES: dict[tuple[tuple[tuple[str, bool], ...], bool], Select[tuple[Invoice]]] = {}
+#: by SQLAlchemy each time (reception's two lookups: 3.6 -> 3.25 ms per invoice of
+#: reception, measured in process).
+_FIRST_INVOICE_QUERIES: dict[tuple[_LookupColumns, bool], Select[tuple[Invoice]]] = {}
 
 
-def _first_invoice_query(
-    columns: tuple[tuple[str, bool], ...], accepted_only: bool
-) -> Select[tuple[Invoice]]:
-    """The lookup by ``columns``: (name, whether the value looked for is None: IS NULL)."""
+def _first_invoice_query(columns: _LookupColumns, accepted_only: bool) -> Select[tuple[Invoice]]:
     query = _FIRST_INVOICE_QUERIES.get((columns, accepted_only))
     if query is None:
         conditions = [
