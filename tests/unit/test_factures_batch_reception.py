@@ -22,6 +22,7 @@ from contracts.envelope import headers_as_text, new_event, to_record
 from contracts.events.peppol import PeppolDocumentReceived, PeppolEndpoint
 from kernel.consumer import EventConsumer, Incoming
 from kernel.tenants import load_tenants
+from services.factures import registry
 from services.factures.consumers import handlers
 from services.factures.tables import MIGRATIONS, Invoice
 from tests.integration.test_factures_api import (
@@ -143,3 +144,21 @@ async def test_a_batch_is_written_in_one_flush_at_its_commit(
 
     assert flushes == 1
     assert len(await invoices(sessions)) == 10
+
+
+async def test_a_lookup_for_a_missing_value_finds_the_invoice_without_it(
+    consumer: EventConsumer, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # The lookups' statements are built once per set of columns: a None looked for must
+    # still be IS NULL (a bound NULL matches nothing), and a later value must be bound anew.
+    await consumer.handle_batch([document(b"not XML at all", "m1")])
+    await consumer.handle_batch([document(invoice_xml(number="F-1"), "m2")])
+
+    async with sessions() as session:
+        unreadable = await registry._first_invoice(session, tenant=SAMBREVILLE, number=None)
+        readable = await registry._first_invoice(session, tenant=SAMBREVILLE, number="F-1")
+        unknown = await registry._first_invoice(session, tenant=SAMBREVILLE, number="F-2")
+
+    assert unreadable is not None and unreadable.peppol_message_id == "m1"
+    assert readable is not None and readable.peppol_message_id == "m2"
+    assert unknown is None
