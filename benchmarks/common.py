@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -52,8 +53,14 @@ def run_client(main: Coroutine[Any, Any, T]) -> T:
 
     The client shares the machine's two cores with the processes it measures;
     on asyncio's default loop, sending a 1.3 MB createItem cost it more CPU
-    than half of what the meeting process spent answering it.
+    than half of what the meeting process spent answering it. What it imported
+    is frozen out of the garbage collector's sight first, as the hub's
+    processes do (``hub.cli.FrozenAfterStartupServer``): a full collection of
+    it stopped the client's loop for 75-100 ms, and the latencies it stamped
+    with it.
     """
+    gc.collect()
+    gc.freeze()
     return uvloop.run(main)
 
 
