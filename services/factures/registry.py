@@ -625,17 +625,23 @@ async def _ubl_of(session: AsyncSession, invoice: Invoice) -> bytes:
 # -- queries -----------------------------------------------------------------------------
 
 
+#: An invoice with its history, in one joined query rather than with the relationship's own
+#: selectin query (loading one for a clerk's action cost 0.9 ms of CPU with the second
+#: query, 0.65 without). Built once, with the invoice and the tenant as bound parameters,
+#: so that SQLAlchemy keys and looks it up once (as the lookups of ``_first_invoice``).
+_INVOICE_WITH_HISTORY = (
+    select(Invoice)
+    .where(Invoice.id == bindparam("invoice_id"), Invoice.tenant == bindparam("tenant"))
+    .options(joinedload(Invoice.history))
+)
+
+
 async def find_invoice(session: AsyncSession, tenant: str, invoice_id: str) -> Invoice:
     """The tenant's invoice with its history; another tenant's invoice is "not found", never
     "forbidden"."""
-    # One joined query rather than the relationship's own selectin query: loading one
-    # invoice for a clerk's action cost 0.9 ms of CPU with the second query, 0.65 without.
-    query = (
-        select(Invoice)
-        .where(Invoice.id == invoice_id, Invoice.tenant == tenant)
-        .options(joinedload(Invoice.history))
-    )
-    invoice = (await session.scalars(query)).unique().one_or_none()
+    key = {"invoice_id": invoice_id, "tenant": tenant}
+    found = await session.scalars(_INVOICE_WITH_HISTORY, key)
+    invoice = found.unique().one_or_none()
     if invoice is None:
         raise NotFound("invoice", invoice_id)
     return invoice
