@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, raiseload
 
@@ -50,6 +50,15 @@ class UnknownTenant(ProblemError):
         super().__init__(
             422, "unknown-tenant", "Unknown tenant", f"Tenant {tenant!r} is not configured here."
         )
+
+
+#: The NOTICe response a delivery receipt answers. Built once, with the event and the tenant
+#: as bound parameters, so that SQLAlchemy keys and looks it up once (see
+#: ``permits.one_file``).
+_RESPONSE_OF_RECEIPT = select(NoticeResponse).where(
+    NoticeResponse.event_id == bindparam("event_id"),
+    NoticeResponse.tenant == bindparam("tenant"),
+)
 
 
 def handlers(urban_settings: Mapping[str, TenantUrban]) -> dict[str, EventHandler]:
@@ -115,10 +124,8 @@ def handlers(urban_settings: Mapping[str, TenantUrban]) -> dict[str, EventHandle
             await _identity_receipt(session, event, receipt)
         elif receipt.source_event_type == NoticeResponseRequested.TYPE:
             response = await session.scalar(
-                select(NoticeResponse).where(
-                    NoticeResponse.event_id == receipt.source_event_id,
-                    NoticeResponse.tenant == event.tenant,
-                )
+                _RESPONSE_OF_RECEIPT,
+                {"event_id": receipt.source_event_id, "tenant": event.tenant},
             )
             if response is None:
                 log.warning("receipt %s answers no NOTICe response of ours; ignored", event.id)

@@ -655,7 +655,7 @@ async def test_a_notification_and_its_news_in_one_fetch_make_one_file(
     assert references == [f"PU/{year}/0001", f"PU/{year}/0002"]
     async with service.app.state.sessions() as session:
         file = await permits.one_file(
-            session, PermitFile.notice_notification_id == data.notification_id
+            session, first.tenant, "notice_notification_id", data.notification_id
         )
         assert file is not None
         assert [d.document_id for d in file.documents] == ["doc-1", "doc-2"]
