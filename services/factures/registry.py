@@ -615,8 +615,13 @@ async def _answer(
     _stage(session, invoice, data)
 
 
+#: The UBL of an invoice (a deferred column), read for its approval's accounting document.
+#: Built once, as the statements below: see ``_INVOICE_WITH_HISTORY``.
+_UBL_OF = select(Invoice.ubl).where(Invoice.id == bindparam("invoice_id"))
+
+
 async def _ubl_of(session: AsyncSession, invoice: Invoice) -> bytes:
-    content = await session.scalar(select(Invoice.ubl).where(Invoice.id == invoice.id))
+    content = await session.scalar(_UBL_OF, {"invoice_id": invoice.id})
     if content is None:
         raise NotFound("UBL document of invoice", invoice.id)
     return content
