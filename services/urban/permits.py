@@ -740,16 +740,19 @@ def file_deadlines(file: PermitFile) -> dict[str, date]:
     return {deadline.name: deadline.due_on for deadline in deadlines.deadlines(facts_of(file))}
 
 
+#: The warnings sent for a file, read at each of its changes: built once, with the file
+#: bound as a parameter (see ``_WHOLE_FILE_BY``).
+_WARNINGS_SENT = select(DeadlineWarningSent.deadline, DeadlineWarningSent.level).where(
+    DeadlineWarningSent.file_id == bindparam("file_id")
+)
+
+
 async def warnings_sent(session: AsyncSession, file_id: str) -> set[tuple[str, str]]:
     """The warnings the watcher sent for the file. Only the watcher records them, and it
     reads them before it adds any; so the caller's pending changes need no flush first
     (they are written once, with the rest of the change)."""
     with session.no_autoflush:
-        rows = await session.execute(
-            select(DeadlineWarningSent.deadline, DeadlineWarningSent.level).where(
-                DeadlineWarningSent.file_id == file_id
-            )
-        )
+        rows = await session.execute(_WARNINGS_SENT, {"file_id": file_id})
     return {(deadline, level) for deadline, level in rows.tuples()}
 
 
