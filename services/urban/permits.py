@@ -932,10 +932,18 @@ async def list_unprocessed(
     return list(rows.all())
 
 
-async def notice_responses(session: AsyncSession, file: PermitFile) -> list[NoticeResponse]:
-    rows = await session.scalars(
-        select(NoticeResponse)
-        .where(NoticeResponse.file_id == file.id, NoticeResponse.tenant == file.tenant)
-        .order_by(NoticeResponse.created_at)
+#: A file's NOTICe responses, shown with the file: built once (see ``_WHOLE_FILE_BY``).
+_NOTICE_RESPONSES = (
+    select(NoticeResponse)
+    .where(
+        NoticeResponse.file_id == bindparam("file_id"),
+        NoticeResponse.tenant == bindparam("tenant"),
     )
+    .order_by(NoticeResponse.created_at)
+)
+
+
+async def notice_responses(session: AsyncSession, file: PermitFile) -> list[NoticeResponse]:
+    parameters = {"file_id": file.id, "tenant": file.tenant}
+    rows = await session.scalars(_NOTICE_RESPONSES, parameters)
     return list(rows.all())
