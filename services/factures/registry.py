@@ -690,11 +690,14 @@ async def _first_invoice(
         stored = await session.scalar(query, values)
     if stored is not None:
         return stored
+    # The tenant compared last: every invoice of a batch has the same, so comparing it
+    # first read one attribute more of each (a batch's lookups scan all its invoices).
+    compared = sorted(columns.items(), key=lambda item: item[0] == "tenant")
     added = [
         new
         for new in session.new  # a set: sorted below, so the earliest wins as in the query
         if isinstance(new, Invoice)
-        and all(getattr(new, name) == value for name, value in columns.items())
+        and all(getattr(new, name) == value for name, value in compared)
         and (new.accepted_key is not None or not accepted_only)
     ]
     return min(added, key=lambda invoice: invoice.created_at, default=None)
