@@ -56,7 +56,7 @@ def run_client(main: Coroutine[Any, Any, T]) -> T:
     than half of what the meeting process spent answering it. What it imported
     is frozen out of the garbage collector's sight first, as the hub's
     processes do (``hub.cli.FrozenAfterStartupServer``): a full collection of
-    it stopped the client's loop for 75-100 ms, and the latencies it stamped
+    it stopped the client's loop for 74-100 ms, and the latencies it stamped
     with it.
     """
     gc.collect()

@@ -64,10 +64,10 @@ class FrozenAfterStartupServer(uvicorn.Server):
     A component holds 150,000 objects or more once started (modules, routes,
     models, schemas), which live as long as the process. Python's full
     collection visits all of them, and stops the event loop meanwhile: 60-95 ms
-    on a 2-core AMD EPYC host, a few times a minute under load, which made the
-    bulk of the hub's p99 latency. Frozen after start-up (``gc.freeze``), they
-    are never visited again; what the process makes afterwards is collected as
-    before.
+    on a 2-core AMD EPYC host, about once a minute per process under the spine
+    benchmark's load (measured). Frozen after start-up (``gc.freeze``), they are
+    never visited again, and those collections took 2-4 ms; what the process
+    makes afterwards is collected as before.
     """
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:

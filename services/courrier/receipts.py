@@ -30,9 +30,9 @@ __all__ = ["HANDLERS", "RECEIPTS_TOPIC", "handle_delivery_receipt"]
 
 
 #: The outgoing mail a receipt names, locked for its update. Built once, with the mail and
-#: the tenant as bound parameters: SQLAlchemy then computes its cache key once, where a
-#: statement built for each receipt cost 0.1 ms to build and key, a sixth of the receipt's
-#: handling (measured on a 2-vCPU AMD EPYC host).
+#: the tenant as bound parameters, so that SQLAlchemy keys and looks it up once: with a
+#: statement built for each receipt, a receipt cost 0.72 ms of CPU instead of 0.39-0.47
+#: (in process, in batches of 50, on a 2-vCPU AMD EPYC host).
 _MAIL_OF_RECEIPT = (
     select(Mail)
     .where(
