@@ -140,11 +140,18 @@ async def wait_for_broker(bootstrap_servers: str, timeout: float = 30.0) -> None
 
 
 def make_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
+    """The producer of an outbox relay, its only user.
+
+    No linger: the relay hands a whole batch of rows to ``send`` before it
+    awaits anything, so they share produce requests without one, and a linger
+    only delayed every hop of a document's way (2 ms each, three hops for a
+    mail; bench: p50 at 100 mails/s 84 -> 76 ms, one run each).
+    """
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
         client_id=client_id,
         acks="all",
-        linger_ms=2,
+        linger_ms=0,
         max_request_size=MAX_REQUEST_BYTES,
     )
 
