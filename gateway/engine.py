@@ -37,7 +37,7 @@ from gateway.deliveries import FINAL_STATUSES, DeliveryRecord, idempotency_key, 
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import Route, RoutingTable
 from kernel.database import utcnow, write_transaction
-from kernel.kafka import make_consumer
+from kernel.kafka import OffsetCommits, make_consumer
 from kernel.metrics import DELIVERIES, DELIVERY_LATENCY, EVENTS_CONSUMED
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import continue_trace, inject_headers, tracer
@@ -129,12 +129,16 @@ class DeliveryEngine:
         try:
             # start() waits for the group join; a shutdown during it must still stop the client.
             await consumer.start()
-            while True:
-                await self.consume_batch(consumer)
+            commits = OffsetCommits(consumer, "gateway")
+            try:
+                while True:
+                    await self.consume_batch(consumer, commits)
+            finally:
+                await commits.drain()
         finally:
             await consumer.stop()
 
-    async def consume_batch(self, consumer: AIOKafkaConsumer) -> int:
+    async def consume_batch(self, consumer: AIOKafkaConsumer, commits: OffsetCommits) -> int:
         batches = await consumer.getmany(timeout_ms=200, max_records=500)
         if not batches:
             return 0
@@ -153,7 +157,7 @@ class DeliveryEngine:
                 consumer.seek(partition, partition_records[0].offset)
             await asyncio.sleep(1.0)
             return 0
-        await consumer.commit()
+        await commits.commit(batches)
         return len(records)
 
     async def handle_record(self, headers: dict[str, str], value: bytes, topic: str) -> None:

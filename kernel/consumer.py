@@ -34,7 +34,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from contracts.envelope import CloudEvent, EnvelopeError, from_record, headers_as_text
 from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction
-from kernel.kafka import make_consumer
+from kernel.kafka import OffsetCommits, make_consumer
 from kernel.metrics import EVENTS_CONSUMED
 from kernel.migrations import table_of
 from kernel.outbox import OutboxRelay
@@ -231,28 +231,31 @@ class EventConsumer:
             await consumer.stop()
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            batches = await consumer.getmany(timeout_ms=500, max_records=500)
-            records = [
-                Incoming(headers_as_text(record.headers), record.value or b"", partition.topic)
-                for partition, partition_records in batches.items()
-                for record in partition_records
-            ]
-            for start in range(0, len(records), TRANSACTION_SIZE):
-                chunk = records[start : start + TRANSACTION_SIZE]
-                try:
-                    await self.handle_batch(chunk)
-                except Exception:
-                    log.warning(
-                        "%s could not handle a batch of %d events together; one by one now",
-                        self._component,
-                        len(chunk),
-                        exc_info=True,
-                    )
-                    for record in chunk:
-                        await self._handle_until_done(record)
-            if batches:
-                await consumer.commit()
+        commits = OffsetCommits(consumer, self._component)
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=500)
+                records = [
+                    Incoming(headers_as_text(record.headers), record.value or b"", partition.topic)
+                    for partition, partition_records in batches.items()
+                    for record in partition_records
+                ]
+                for start in range(0, len(records), TRANSACTION_SIZE):
+                    chunk = records[start : start + TRANSACTION_SIZE]
+                    try:
+                        await self.handle_batch(chunk)
+                    except Exception:
+                        log.warning(
+                            "%s could not handle a batch of %d events together; one by one now",
+                            self._component,
+                            len(chunk),
+                            exc_info=True,
+                        )
+                        for record in chunk:
+                            await self._handle_until_done(record)
+                await commits.commit(batches)
+        finally:
+            await commits.drain()
 
     async def _handle_until_done(self, record: Incoming) -> None:
         while True:

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
 
 #: Every topic of the hub with its partition count. Partitions are the unit of
 #: parallelism: a consumer group spreads them over its members.
@@ -179,3 +182,49 @@ def make_consumer(
         # fifty times a second, which costs the broker little.
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
+
+
+class OffsetCommits:
+    """Commits a consumer's offsets behind its loop: one commit in flight at a time, in order.
+
+    Awaiting each commit held the loop for a round trip to the broker before
+    the next fetch's records were handled (courrier at 100 mails/s: 4.3 ms a
+    batch at the median, 14 ms at p99, while the batch itself took 8 ms). The
+    offsets committed are those of the records handled (the last one's + 1 in
+    each partition), never the consumer's position, which ``getmany`` moves
+    on as soon as it returns a batch.
+
+    A commit that fails (the group rebalanced) is logged and the loop goes on:
+    the records after the last committed offset come again, to this member or
+    another, and are recognised (the services' inbox, the gateway's delivery
+    records). Before the consumer stops, ``drain`` waits for the last commit.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, component: str) -> None:
+        self._consumer = consumer
+        self._component = component
+        self._in_flight: asyncio.Task[None] | None = None
+
+    async def commit(
+        self, batches: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """Commit, behind the loop, what ``batches`` (a ``getmany`` result, handled) consumed."""
+        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+        if not offsets:
+            return
+        await self.drain()  # usually done long ago: a batch takes longer than a round trip
+        self._in_flight = asyncio.create_task(self._consumer.commit(offsets))
+
+    async def drain(self) -> None:
+        """Wait for the commit in flight, if any; a failure is logged, not raised."""
+        task, self._in_flight = self._in_flight, None
+        if task is None:
+            return
+        try:
+            await task
+        except KafkaError as exc:
+            log.warning(
+                "%s could not commit its offsets (their records will come again): %r",
+                self._component,
+                exc,
+            )

@@ -176,21 +176,25 @@ class OneFetch:
     """A Kafka consumer that returns one fetch, then stops the loop; records its commits."""
 
     def __init__(self, records: list[Incoming]) -> None:
-        self._records, self.commits = records, 0
+        self._records, self.commits = records, list[dict[Any, int]]()
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
         if not self._records:
             raise asyncio.CancelledError  # the loop ends here, as at a shutdown
         partition = TopicPartition(self._records[0].topic, 0)
         records = [
-            SimpleNamespace(headers=[(k, v.encode()) for k, v in r.headers.items()], value=r.value)
-            for r in self._records
+            SimpleNamespace(
+                headers=[(k, v.encode()) for k, v in r.headers.items()],
+                value=r.value,
+                offset=offset,
+            )
+            for offset, r in enumerate(self._records, start=40)
         ]
         self._records = []
         return {partition: records}
 
-    async def commit(self) -> None:
-        self.commits += 1
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        self.commits.append(offsets)
 
 
 async def test_a_failing_handler_undoes_its_batch_and_the_events_go_one_by_one(
@@ -222,7 +226,8 @@ async def test_a_failing_handler_undoes_its_batch_and_the_events_go_one_by_one(
     assert await inbox_ids(sessions) == {e.id for e in events}
     # mail-1 ran in both undone batches, then alone; mail-2 failed alone once, then passed.
     assert runs == ["mail-1", "mail-1", "mail-1", "mail-2", "mail-3"]
-    assert fetch.commits == 1
+    # Committed once the batch was handled: the offset after its last record (40, 41, 42).
+    assert fetch.commits == [{TopicPartition(DeliveryReceipt.TOPIC, 0): 43}]
 
 
 async def fake_sleep(seconds: float) -> None:
