@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kernel.auth import TokenVerifier, development_jwks
 from kernel.errors import install_problem_handlers, problem_response
-from kernel.metrics import HTTP_REQUESTS
+from kernel.metrics import BACKGROUND_JOB_RESTARTS, HTTP_REQUESTS
 from kernel.settings import HubSettings
 from kernel.telemetry import continue_trace
 
@@ -30,6 +32,60 @@ log = logging.getLogger(__name__)
 
 #: Background work of a process: coroutines started after start-up, cancelled at shutdown.
 BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
+
+#: A background job that stopped on an error starts again after this many seconds, doubled
+#: at each failure in a row up to ``LONGEST_RESTART_DELAY``.
+FIRST_RESTART_DELAY, LONGEST_RESTART_DELAY = 1.0, 60.0
+
+
+class BackgroundJobs:
+    """Runs a process's background jobs, and starts again any that stops on an error.
+
+    A job is a consumer, an outbox relay or a poller: each handles the errors
+    it expects (a database away, a failing delivery) and goes on. One that
+    escapes (a broker unreachable when a consumer joins its group, a bug)
+    used to end the job, while the process kept answering ``/healthz`` with
+    ``ok`` and consumed nothing more. Now the job starts again after a delay
+    that grows while it keeps failing (a job that ran for longer than the
+    longest delay starts from the first one again), each restart is counted
+    (``hub_background_job_restarts_total``), and ``/healthz`` answers 503
+    with the job and its error until the job is running again.
+    """
+
+    def __init__(self, component: str) -> None:
+        self._component = component
+        self._tasks: list[asyncio.Task[None]] = []
+        #: The jobs waiting to start again, with the error that stopped them.
+        self.restarting: dict[str, str] = {}
+
+    def start(self, jobs: list[BackgroundTask]) -> None:
+        for job in jobs:
+            name = f"{self._component}:{job.__name__}"
+            self._tasks.append(asyncio.create_task(self._supervise(name, job), name=name))
+
+    async def _supervise(self, name: str, job: BackgroundTask) -> None:
+        delay = FIRST_RESTART_DELAY
+        while True:
+            started = time.monotonic()
+            try:
+                await job()
+                return  # a job that has nothing to do (e.g. no routes) ends on purpose
+            except Exception as exc:
+                if time.monotonic() - started > LONGEST_RESTART_DELAY:
+                    delay = FIRST_RESTART_DELAY
+                log.exception("background job %s stopped; starting it again in %g s", name, delay)
+                BACKGROUND_JOB_RESTARTS.labels(self._component, name).inc()
+                self.restarting[name] = repr(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LONGEST_RESTART_DELAY)
+                del self.restarting[name]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 class BodyTooLarge(Exception):
@@ -127,23 +183,16 @@ def create_app(
     """The process's application. ``front`` wraps the routes innermost (inside the
     span, count and body limit): a fast path that may answer before FastAPI routes."""
 
+    jobs = BackgroundJobs(component)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.token_verifier = TokenVerifier(settings)
-        tasks = [
-            asyncio.create_task(job(), name=f"{component}:{job.__name__}")
-            for job in (await startup(app) if startup else [])
-        ]
-        for task in tasks:
-            task.add_done_callback(_report_crash)
+        jobs.start(await startup(app) if startup else [])
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await jobs.stop()
             if shutdown:
                 await shutdown(app)
 
@@ -167,8 +216,11 @@ def create_app(
     app.add_middleware(TraceAndCountMiddleware, component=component)
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "component": component}
+    async def healthz() -> Response:
+        if jobs.restarting:
+            down = {"status": "degraded", "component": component, "restarting": jobs.restarting}
+            return JSONResponse(down, status_code=503)
+        return JSONResponse({"status": "ok", "component": component})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -181,8 +233,3 @@ def create_app(
             return development_jwks(settings)
 
     return app
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task %s stopped: %r", task.get_name(), task.exception())

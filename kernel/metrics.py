@@ -26,3 +26,8 @@ DELIVERY_LATENCY = Histogram(
 HTTP_REQUESTS = Counter(
     "hub_http_requests_total", "API requests", ["component", "method", "status"]
 )
+BACKGROUND_JOB_RESTARTS = Counter(
+    "hub_background_job_restarts_total",
+    "Background jobs (consumers, relays, pollers) restarted after they stopped on an error",
+    ["component", "job"],
+)

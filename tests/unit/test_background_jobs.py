@@ -1,0 +1,108 @@
+"""A process's background jobs start again after an error, and /healthz tells meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+
+import kernel.app
+from kernel.app import BackgroundTask, create_app
+from kernel.settings import HubSettings
+
+
+class FlakyConsumer:
+    """A job that fails at its first two starts (the broker is away), then runs."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+        self.running = asyncio.Event()
+        self.may_fail_again = asyncio.Event()
+
+    async def consume_events(self) -> None:
+        self.starts += 1
+        if self.starts == 1:
+            raise ConnectionError("broker unreachable")
+        if self.starts == 2:
+            await self.may_fail_again.wait()  # the test looks at /healthz first
+            raise ConnectionError("broker unreachable, again")
+        self.running.set()
+        await asyncio.Event().wait()  # consumes until cancelled
+
+
+def restarts(job: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "hub_background_job_restarts_total", {"component": "flaky", "job": job}
+    )
+    return value or 0.0
+
+
+async def test_a_job_that_stops_on_an_error_starts_again_and_health_says_so(
+    hub_settings: HubSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(kernel.app, "FIRST_RESTART_DELAY", 0.05)
+    consumer = FlakyConsumer()
+    restarted_before = restarts("flaky:consume_events")
+
+    async def startup(app: FastAPI) -> list[BackgroundTask]:
+        return [consumer.consume_events]
+
+    app = create_app("flaky", hub_settings, title="t", description="d", startup=startup)
+    transport = httpx.ASGITransport(app=app)
+    with caplog.at_level(logging.ERROR, logger="kernel.app"):
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        ):
+            await asyncio.sleep(0.01)  # the first start has failed; the restart waits 50 ms
+            down = await client.get("/healthz")
+            assert down.status_code == 503
+            assert down.json() == {
+                "status": "degraded",
+                "component": "flaky",
+                "restarting": {"flaky:consume_events": "ConnectionError('broker unreachable')"},
+            }
+
+            await asyncio.sleep(0.1)  # started again: running (the second start)
+            assert consumer.starts == 2
+            assert (await client.get("/healthz")).json() == {"status": "ok", "component": "flaky"}
+
+            consumer.may_fail_again.set()  # fails again: waits twice as long, then runs
+            await asyncio.wait_for(consumer.running.wait(), timeout=2)
+            assert consumer.starts == 3
+            assert (await client.get("/healthz")).status_code == 200
+
+    assert restarts("flaky:consume_events") - restarted_before == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "background job flaky:consume_events stopped; starting it again in 0.05 s",
+        "background job flaky:consume_events stopped; starting it again in 0.1 s",
+    ]
+
+
+async def test_a_job_that_ends_on_purpose_is_not_started_again(
+    hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernel.app, "FIRST_RESTART_DELAY", 0.01)
+    runs: list[str] = []
+
+    async def nothing_to_consume() -> None:  # e.g. a gateway with no routes
+        runs.append("ran")
+
+    async def startup(app: FastAPI) -> list[BackgroundTask]:
+        return [nothing_to_consume]
+
+    app = create_app("idle", hub_settings, title="t", description="d", startup=startup)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        await asyncio.sleep(0.05)
+        assert (await client.get("/healthz")).status_code == 200
+    assert runs == ["ran"]
