@@ -2,7 +2,8 @@
 
 Tenant 62063 as committed (Inforius over REST). The sandbox, factures and the
 gateway run as ``hub up`` runs them, the gateway polling the access point every
-``HUB_INBOUND_POLL_SECONDS`` = 0.2 s (5 s by default). The benchmark:
+``HUB_PEPPOL_POLL_SECONDS`` = 0.2 s (the other sources, NOTICe, the oversight's
+outcomes and the opinions, at the default 5 s). The benchmark:
 
 1. makes N valid supplier invoices (``hub.invoices.supplier_invoice``), untimed;
 2. drops them into the sandbox's Peppol inbox (``POST /_sandbox/peppol/inbox``,
@@ -178,7 +179,7 @@ async def measure(hub: BenchHub, count: int) -> dict[str, Any]:
 
 
 async def run_async(count: int) -> dict[str, Any]:
-    environment = {"HUB_INBOUND_POLL_SECONDS": POLL_SECONDS}
+    environment = {"HUB_PEPPOL_POLL_SECONDS": POLL_SECONDS}
     async with bench_hub({TENANT: committed_tenant_file(TENANT)}, environment) as hub:
         await hub.start("sandbox", "factures", "gateway")
         results = await measure(hub, count)

@@ -3,8 +3,8 @@
 Tenant 62063 as committed (NOTICe instance ``NOTICE-62063``).
 
 1. Flow: the sandbox, urban and the gateway run as ``hub up`` runs them, the
-   gateway polling NOTICe every ``HUB_INBOUND_POLL_SECONDS`` = 0.2 s (5 s by
-   default). ``--notifications`` notifications (one applicant, a person, whose
+   gateway polling NOTICe every ``HUB_NOTICE_POLL_SECONDS`` = 0.2 s (the other
+   sources at the default 5 s). ``--notifications`` notifications (one applicant, a person, whose
    identity urban asks the KSZ-BCSS sandbox for; one parcel; one 2 kB PDF) are
    seeded in batches of 1,000 (``POST /_sandbox/notice/notifications``; the
    sandbox's body limit is 12 MiB). The
@@ -388,7 +388,7 @@ def psutil_rss_mb(pid: int) -> float:
 async def run_async(count: int, files: int) -> dict[str, Any]:
     tenant_files = {TENANT: committed_tenant_file(TENANT)}
     results: dict[str, Any] = {}
-    async with bench_hub(tenant_files, {"HUB_INBOUND_POLL_SECONDS": POLL_SECONDS}) as hub:
+    async with bench_hub(tenant_files, {"HUB_NOTICE_POLL_SECONDS": POLL_SECONDS}) as hub:
         await hub.start("sandbox", "urban", "gateway")
         results["notice_flow"] = await notice_flow(hub, count)
     async with bench_hub(tenant_files) as hub:

@@ -93,7 +93,8 @@ class GatewayOptions:
     group_id: str = "gateway"
     #: Deliveries in flight at once; each holds one pooled HTTP connection.
     concurrency: int = 8
-    #: Pause between two polls of the Peppol access point inboxes; None: the settings'.
+    #: Pause between two polls of the Peppol access point inboxes; None: the settings'
+    #: (``HubSettings.poll_seconds``).
     peppol_poll_seconds: float | None = None
     #: Pause between two polls of the regional oversight's outcomes; None: the settings'.
     oversight_poll_seconds: float | None = None
@@ -162,18 +163,20 @@ def build_app(
             await delivery_engine.run_retries()
 
         async def poll_peppol_inboxes() -> None:
-            await peppol_inbound.run(options.peppol_poll_seconds or settings.inbound_poll_seconds)
+            await peppol_inbound.run(options.peppol_poll_seconds or settings.poll_seconds("peppol"))
 
         async def poll_oversight_outcomes() -> None:
             await oversight_inbound.run(
-                options.oversight_poll_seconds or settings.inbound_poll_seconds
+                options.oversight_poll_seconds or settings.poll_seconds("oversight")
             )
 
         async def poll_notice() -> None:
-            await notice_inbound.run(options.notice_poll_seconds or settings.inbound_poll_seconds)
+            await notice_inbound.run(options.notice_poll_seconds or settings.poll_seconds("notice"))
 
         async def poll_opinions() -> None:
-            await opinion_inbound.run(options.opinion_poll_seconds or settings.inbound_poll_seconds)
+            await opinion_inbound.run(
+                options.opinion_poll_seconds or settings.poll_seconds("opinion")
+            )
 
         return [
             relay_receipts,

@@ -63,14 +63,35 @@ class HubSettings(BaseSettings):
     #: Pause between two polls of an outside service by the gateway's inbound adapters
     #: (Peppol access point, NOTICe, oversight outcomes…).
     inbound_poll_seconds: float = Field(default=5.0, gt=0, le=3600)
+    #: The same pause for one source, where it should differ from the others (Peppol
+    #: every few seconds for a busy accounts office, NOTICe every minute); unset:
+    #: ``inbound_poll_seconds``. Read through ``poll_seconds``.
+    peppol_poll_seconds: float | None = Field(default=None, gt=0, le=3600)
+    notice_poll_seconds: float | None = Field(default=None, gt=0, le=3600)
+    oversight_poll_seconds: float | None = Field(default=None, gt=0, le=3600)
+    opinion_poll_seconds: float | None = Field(default=None, gt=0, le=3600)
     #: Memory each meeting process gives to rendered OParl list pages (0: none kept).
     oparl_page_cache_mb: int = Field(default=64, ge=0, le=4096)
     otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
 
-    @field_validator("kafka_bootstrap_servers", "database_url", "jwks_url", mode="before")
+    @field_validator(
+        "kafka_bootstrap_servers",
+        "database_url",
+        "jwks_url",
+        "peppol_poll_seconds",
+        "notice_poll_seconds",
+        "oversight_poll_seconds",
+        "opinion_poll_seconds",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    def poll_seconds(self, source: Literal["peppol", "notice", "oversight", "opinion"]) -> float:
+        """The gateway's pause between two polls of ``source``: its own, or the inbound one."""
+        own: float | None = getattr(self, f"{source}_poll_seconds")
+        return self.inbound_poll_seconds if own is None else own
 
     @model_validator(mode="after")
     def _production_needs_real_infrastructure(self) -> HubSettings:
