@@ -26,7 +26,7 @@ from gateway.inbound.opinions import build_opinion_inbound
 from gateway.inbound.oversight import OversightInbound
 from gateway.inbound.peppol import PeppolInbound, inboxes_from
 from gateway.routing import RoutingTable, load_routing
-from kernel.app import BackgroundTask, create_app
+from kernel.app import BackgroundTask, create_app, refresh_at_scrape
 from kernel.database import create_engine, session_factory
 from kernel.kafka import make_producer
 from kernel.migrations import migrate
@@ -130,6 +130,7 @@ def build_app(
         producer = make_producer(bootstrap, client_id="gateway")
         await producer.start()
         relay = OutboxRelay(sessions, producer, component="gateway")
+        refresh_at_scrape(app, relay.report_backlog)
         delivery_engine = DeliveryEngine(
             sessions=sessions,
             routing=routing,

@@ -33,6 +33,16 @@ log = logging.getLogger(__name__)
 #: Background work of a process: coroutines started after start-up, cancelled at shutdown.
 BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
 
+#: Reads, before each scrape of ``/metrics``, a gauge kept elsewhere (the outbox's backlog
+#: in the database): read at scrape time, it costs nothing between scrapes.
+ScrapeRefresh = Callable[[], Awaitable[None]]
+
+
+def refresh_at_scrape(app: FastAPI, refresh: ScrapeRefresh) -> None:
+    """Run ``refresh`` before each scrape of the process's ``/metrics``."""
+    app.state.scrape_refreshes.append(refresh)
+
+
 #: A background job that stopped on an error starts again after this many seconds, doubled
 #: at each failure in a row up to ``LONGEST_RESTART_DELAY``.
 FIRST_RESTART_DELAY, LONGEST_RESTART_DELAY = 1.0, 60.0
@@ -209,6 +219,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.component = component
+    app.state.scrape_refreshes = []
     install_problem_handlers(app)
     if front is not None:
         app.add_middleware(front)  # added first: the innermost
@@ -224,6 +235,11 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        for refresh in app.state.scrape_refreshes:
+            try:
+                await refresh()
+            except Exception as exc:  # the database is away: the other metrics still answer
+                log.warning("%s could not read a metric for this scrape: %r", component, exc)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     if settings.jwks_url is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_PUBLISHED = Counter(
     "hub_events_published_total",
@@ -30,4 +30,14 @@ BACKGROUND_JOB_RESTARTS = Counter(
     "hub_background_job_restarts_total",
     "Background jobs (consumers, relays, pollers) restarted after they stopped on an error",
     ["component", "job"],
+)
+OUTBOX_PENDING = Gauge(
+    "hub_outbox_pending_events",
+    "Events committed but not yet published to Kafka (read at each scrape)",
+    ["component"],
+)
+OUTBOX_OLDEST_PENDING_AGE = Gauge(
+    "hub_outbox_oldest_pending_seconds",
+    "How long the oldest event not yet published has waited (0: none waits; read at each scrape)",
+    ["component"],
 )

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from contracts.envelope import CloudEvent, to_record
 from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction, writer_turn
-from kernel.metrics import EVENTS_PUBLISHED
+from kernel.metrics import EVENTS_PUBLISHED, OUTBOX_OLDEST_PENDING_AGE, OUTBOX_PENDING
 from kernel.migrations import table_of
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,12 @@ def _forget_staged(session: Session) -> None:
 #: On the table, not the ORM class: no object of the session needs to follow the change.
 _MARK_SENT = update(table_of(OutboxMessage)).where(
     table_of(OutboxMessage).c.id.in_(bindparam("ids", expanding=True))
+)
+
+
+#: The outbox's backlog: events not published yet, and when the oldest was staged.
+_BACKLOG = select(func.count(), func.min(OutboxMessage.created_at)).where(
+    OutboxMessage.sent_at.is_(None)
 )
 
 
@@ -215,14 +221,15 @@ class OutboxRelay:
             )
             await session.commit()
 
-    async def pending_count(self) -> int:
+    async def report_backlog(self) -> None:
+        """Set the outbox's gauges: how many events wait to be published, and for how long
+        the oldest has. Run at each scrape of ``/metrics`` (``kernel.app``), not by the
+        relay's loop: a broker away shows as both growing."""
         async with self._sessions() as session:
-            count = await session.scalar(
-                select(func.count())
-                .select_from(OutboxMessage)
-                .where(OutboxMessage.sent_at.is_(None))
-            )
-            return int(count or 0)
+            count, oldest = (await session.execute(_BACKLOG)).one()
+        OUTBOX_PENDING.labels(self._component).set(count)
+        waited = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        OUTBOX_OLDEST_PENDING_AGE.labels(self._component).set(max(waited, 0.0))
 
 
 @asynccontextmanager

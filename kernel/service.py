@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
 
 from kernel.api import rejected_events_router
-from kernel.app import BackgroundTask, create_app
+from kernel.app import BackgroundTask, create_app, refresh_at_scrape
 from kernel.consumer import EventConsumer, EventHandler
 from kernel.database import create_engine, session_factory
 from kernel.kafka import make_producer
@@ -113,6 +113,7 @@ def build_service_app(service: Service, settings: HubSettings, options: ServiceO
         app.state.producer = producer
         relay = OutboxRelay(sessions, producer, component=component)
         app.state.relay = relay
+        refresh_at_scrape(app, relay.report_backlog)
         consumer = service.consumer(
             component=component, sessions=sessions, handlers=service.handlers(app), relay=relay
         )

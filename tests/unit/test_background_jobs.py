@@ -1,4 +1,5 @@
-"""A process's background jobs start again after an error, and /healthz tells meanwhile."""
+"""A process's background jobs start again after an error, and /healthz tells meanwhile;
+its /metrics read some gauges at scrape time."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
 import kernel.app
-from kernel.app import BackgroundTask, create_app
+from kernel.app import BackgroundTask, create_app, refresh_at_scrape
 from kernel.settings import HubSettings
 
 
@@ -106,3 +107,35 @@ async def test_a_job_that_ends_on_purpose_is_not_started_again(
         await asyncio.sleep(0.05)
         assert (await client.get("/healthz")).status_code == 200
     assert runs == ["ran"]
+
+
+async def test_metrics_read_at_scrape_time_and_a_failing_read_spares_the_others(
+    hub_settings: HubSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    scrapes: list[str] = []
+
+    async def count_scrapes() -> None:
+        scrapes.append("read")
+
+    async def database_away() -> None:
+        raise ConnectionError("database away")
+
+    async def startup(app: FastAPI) -> list[BackgroundTask]:
+        refresh_at_scrape(app, database_away)
+        refresh_at_scrape(app, count_scrapes)
+        return []
+
+    app = create_app("scraped", hub_settings, title="t", description="d", startup=startup)
+    transport = httpx.ASGITransport(app=app)
+    with caplog.at_level(logging.WARNING, logger="kernel.app"):
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        ):
+            first, second = await client.get("/metrics"), await client.get("/metrics")
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert "hub_http_requests_total" in second.text
+    assert scrapes == ["read", "read"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "scraped could not read a metric for this scrape: ConnectionError('database away')"
+    ] * 2

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from prometheus_client import REGISTRY
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import new_event
 from contracts.events.gateway import DeliveryReceipt
-from kernel.database import create_engine, session_factory, writer_turn
+from kernel.database import create_engine, session_factory, utcnow, writer_turn
 from kernel.migrations import Migration, create_tables, migrate
 from kernel.outbox import OutboxMessage, OutboxRelay, stage, transaction
 from tests.support.databases import sqlite_sessions
@@ -189,3 +191,33 @@ async def test_a_transaction_gives_up_the_writers_turn_before_its_session_closes
     await waiting
     assert order == ["next writer has the turn", "first session closes"]
     assert await pending(sessions) == 1
+
+
+def gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"component": "backlog-test"})
+
+
+async def test_the_backlog_gauges_say_how_many_events_wait_and_since_when(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    sender = FakeSender(fail_keys={b"92137:doc-1"})  # the broker refuses doc-1's events
+    relay = OutboxRelay(sessions, sender, component="backlog-test")
+    async with transaction(sessions, relay) as session:
+        stage(session, receipt("doc-1"))
+        stage(session, receipt("doc-1", attempts=2))
+        stage(session, receipt("doc-2"))
+    async with sessions() as session, session.begin():  # staged two minutes ago
+        await session.execute(
+            update(OutboxMessage).values(created_at=utcnow() - timedelta(minutes=2))
+        )
+    await relay.publish_pending()
+
+    await relay.report_backlog()
+    assert gauge("hub_outbox_pending_events") == 2
+    assert 120 <= (gauge("hub_outbox_oldest_pending_seconds") or 0) < 180
+
+    sender.fail_keys.clear()
+    await relay.publish_pending()
+    await relay.report_backlog()
+    assert gauge("hub_outbox_pending_events") == 0
+    assert gauge("hub_outbox_oldest_pending_seconds") == 0
