@@ -59,13 +59,13 @@ class BackgroundJobs:
     that grows while it keeps failing (a job that ran for longer than the
     longest delay starts from the first one again), each restart is counted
     (``hub_background_job_restarts_total``), and ``/healthz`` answers 503
-    with the job and its error until the job is running again.
+    with the job and its kind of error until the job is running again.
     """
 
     def __init__(self, component: str) -> None:
         self._component = component
         self._tasks: list[asyncio.Task[None]] = []
-        #: The jobs waiting to start again, with the error that stopped them.
+        #: The jobs waiting to start again, with the kind of error that stopped them.
         self.restarting: dict[str, str] = {}
 
     def start(self, jobs: list[BackgroundTask]) -> None:
@@ -85,7 +85,9 @@ class BackgroundJobs:
                     delay = FIRST_RESTART_DELAY
                 log.exception("background job %s stopped; starting it again in %g s", name, delay)
                 BACKGROUND_JOB_RESTARTS.labels(self._component, name).inc()
-                self.restarting[name] = repr(exc)
+                # Only the error's kind: /healthz is open, and an error's text may quote
+                # a document (the log has the whole of it).
+                self.restarting[name] = type(exc).__name__
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LONGEST_RESTART_DELAY)
                 del self.restarting[name]

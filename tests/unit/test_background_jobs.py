@@ -67,7 +67,7 @@ async def test_a_job_that_stops_on_an_error_starts_again_and_health_says_so(
             assert down.json() == {
                 "status": "degraded",
                 "component": "flaky",
-                "restarting": {"flaky:consume_events": "ConnectionError('broker unreachable')"},
+                "restarting": {"flaky:consume_events": "ConnectionError"},
             }
 
             await asyncio.sleep(0.1)  # started again: running (the second start)
