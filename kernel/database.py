@@ -90,13 +90,15 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
         path = make_url(url).database or ":memory:"
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        checkpointer = sqlite_driver.WalCheckpointer(path) if path != ":memory:" else None
         # The statements run on the event loop's thread (kernel.sqlite_driver says why);
         # a writer waits up to 30 s for another connection's write lock.
-        engine = create_async_engine(url, async_creator=sqlite_driver.connector(path, 30.0))
+        engine = create_async_engine(
+            url, async_creator=sqlite_driver.connector(path, 30.0, checkpointer)
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "before_cursor_execute", _scans_off_the_loop)
-        if path != ":memory:":
-            checkpointer = sqlite_driver.WalCheckpointer(path)
+        if checkpointer is not None:
             checkpointer.start()
             _checkpointers[engine.sync_engine] = checkpointer
             event.listen(engine.sync_engine, "engine_disposed", lambda _: checkpointer.stop())

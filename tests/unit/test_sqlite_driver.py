@@ -235,6 +235,61 @@ async def test_the_log_is_copied_into_the_database_by_a_thread_not_by_the_commit
     assert not checkpointer._thread.is_alive()  # dispose stopped it
 
 
+def test_small_writes_wait_for_the_interval_and_large_ones_for_the_next_tick(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "paced.db")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")  # only the thread checkpoints here
+    writer.execute("CREATE TABLE mails (subject TEXT)")
+    checkpointer = sqlite_driver.WalCheckpointer(path, interval=60, tick=0.01)
+    checkpointer.start()
+    try:
+        writer.execute("INSERT INTO mails VALUES ('a small mail')")
+        checkpointer.note_written(len("a small mail"))
+        time.sleep(0.3)  # thirty ticks: the log changed, but a minute has not passed
+        assert checkpointer.checkpoints == 0
+
+        writer.execute("INSERT INTO mails VALUES ('an annex')")
+        checkpointer.note_written(sqlite_driver.WalCheckpointer.LARGE_WRITES_BYTES)
+        deadline = time.monotonic() + 5
+        while checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpointer.checkpoints == 1
+    finally:
+        checkpointer.stop()
+        writer.close()
+
+    quick = sqlite_driver.WalCheckpointer(path, interval=0.05, tick=0.01)
+    writer = sqlite3.connect(path, isolation_level=None)
+    quick.start()
+    try:
+        writer.execute("INSERT INTO mails VALUES ('another small mail')")
+        deadline = time.monotonic() + 5
+        while quick.checkpoints == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert quick.checkpoints == 1  # the interval passed and the log had changed
+    finally:
+        quick.stop()
+        writer.close()
+
+
+async def test_the_driver_tells_the_checkpointer_what_its_statements_write(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "told.db")
+    checkpointer = sqlite_driver.WalCheckpointer(path)  # not started: only counts
+    connection = await sqlite_driver.connector(path, 1.0, checkpointer)()
+    try:
+        await connection.execute("CREATE TABLE annexes (name TEXT, content BLOB)")
+        await connection.execute("INSERT INTO annexes VALUES (?, ?)", ["a.pdf", b"x" * 5000])
+        await connection.commit()
+    finally:
+        await connection.close()
+    assert checkpointer._written == len("a.pdf") + 5000
+
+
 async def test_a_memory_database_has_no_checkpointer() -> None:
     engine = create_engine("sqlite+aiosqlite:///:memory:")
     try:
