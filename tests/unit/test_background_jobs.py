@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -35,6 +37,21 @@ class FlakyConsumer:
         await asyncio.Event().wait()  # consumes until cancelled
 
 
+@asynccontextmanager
+async def running(
+    component: str,
+    settings: HubSettings,
+    startup: Callable[[FastAPI], Awaitable[list[BackgroundTask]]],
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A process of ``component`` started (its lifespan run), and a client of its API."""
+    app = create_app(component, settings, title="t", description="d", startup=startup)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
+    ):
+        yield client
+
+
 def restarts(job: str) -> float:
     value = REGISTRY.get_sample_value(
         "hub_background_job_restarts_total", {"component": "flaky", "job": job}
@@ -54,13 +71,8 @@ async def test_a_job_that_stops_on_an_error_starts_again_and_health_says_so(
     async def startup(app: FastAPI) -> list[BackgroundTask]:
         return [consumer.consume_events]
 
-    app = create_app("flaky", hub_settings, title="t", description="d", startup=startup)
-    transport = httpx.ASGITransport(app=app)
     with caplog.at_level(logging.ERROR, logger="kernel.app"):
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-        ):
+        async with running("flaky", hub_settings, startup) as client:
             await asyncio.sleep(0.01)  # the first start has failed; the restart waits 50 ms
             down = await client.get("/healthz")
             assert down.status_code == 503
@@ -98,12 +110,7 @@ async def test_a_job_that_ends_on_purpose_is_not_started_again(
     async def startup(app: FastAPI) -> list[BackgroundTask]:
         return [nothing_to_consume]
 
-    app = create_app("idle", hub_settings, title="t", description="d", startup=startup)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-    ):
+    async with running("idle", hub_settings, startup) as client:
         await asyncio.sleep(0.05)
         assert (await client.get("/healthz")).status_code == 200
     assert runs == ["ran"]
@@ -125,13 +132,8 @@ async def test_metrics_read_at_scrape_time_and_a_failing_read_spares_the_others(
         refresh_at_scrape(app, count_scrapes)
         return []
 
-    app = create_app("scraped", hub_settings, title="t", description="d", startup=startup)
-    transport = httpx.ASGITransport(app=app)
     with caplog.at_level(logging.WARNING, logger="kernel.app"):
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-        ):
+        async with running("scraped", hub_settings, startup) as client:
             first, second = await client.get("/metrics"), await client.get("/metrics")
     assert (first.status_code, second.status_code) == (200, 200)
     assert "hub_http_requests_total" in second.text
