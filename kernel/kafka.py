@@ -23,6 +23,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from kernel.metrics import CONSUMER_LAG
+
 log = logging.getLogger(__name__)
 
 #: Every topic of the hub with its partition count. Partitions are the unit of
@@ -200,12 +202,18 @@ class OffsetCommits:
     the records after the last committed offset come again, to this member or
     another, and are recognised (the services' inbox, the gateway's delivery
     records). Before the consumer stops, ``drain`` waits for the last commit.
+
+    Knowing what was handled, it also sets ``hub_consumer_lag_events``: per
+    topic, the records of this member's partitions that were on the broker
+    (the high watermark of the fetch) and not handled yet, after each batch.
     """
 
     def __init__(self, consumer: AIOKafkaConsumer, component: str) -> None:
         self._consumer = consumer
         self._component = component
         self._in_flight: asyncio.Task[None] | None = None
+        #: Per partition, what the last batch left behind it.
+        self._behind: dict[TopicPartition, int] = {}
 
     async def commit(
         self, batches: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
@@ -214,8 +222,20 @@ class OffsetCommits:
         offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
         if not offsets:
             return
+        self._report_lag(offsets)
         await self.drain()  # usually done long ago: a batch takes longer than a round trip
         self._in_flight = asyncio.create_task(self._consumer.commit(offsets))
+
+    def _report_lag(self, handled: Mapping[TopicPartition, int]) -> None:
+        for tp, next_offset in handled.items():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                self._behind[tp] = max(highwater - next_offset, 0)
+        # A partition handed to another member in a rebalance is no longer counted here.
+        assigned = self._consumer.assignment()
+        for topic in {tp.topic for tp in handled}:
+            lag = sum(n for tp, n in self._behind.items() if tp.topic == topic and tp in assigned)
+            CONSUMER_LAG.labels(self._component, topic).set(lag)
 
     async def drain(self) -> None:
         """Wait for the commit in flight, if any; a failure is logged, not raised."""

@@ -41,3 +41,9 @@ OUTBOX_OLDEST_PENDING_AGE = Gauge(
     "How long the oldest event not yet published has waited (0: none waits; read at each scrape)",
     ["component"],
 )
+CONSUMER_LAG = Gauge(
+    "hub_consumer_lag_events",
+    "Records of the topic on the broker that this process has not handled yet (after its "
+    "last batch, over its partitions)",
+    ["component", "topic"],
+)

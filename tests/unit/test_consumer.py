@@ -196,6 +196,12 @@ class OneFetch:
     async def commit(self, offsets: dict[Any, int]) -> None:
         self.commits.append(offsets)
 
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return None  # the broker's answer is not modelled here
+
+    def assignment(self) -> set[TopicPartition]:
+        return set()
+
 
 async def test_a_failing_handler_undoes_its_batch_and_the_events_go_one_by_one(
     sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
+from prometheus_client import REGISTRY
 
 from kernel.kafka import OffsetCommits
 
@@ -28,6 +29,15 @@ class SlowCoordinator:
         self.done: list[dict[TopicPartition, int]] = []
         self.release = asyncio.Event()
         self.fail_with: Exception | None = None
+        #: What the broker said it holds, per partition, at the last fetch.
+        self.highwaters: dict[TopicPartition, int] = {}
+        self.assigned = {FIRST, SECOND}
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return self.highwaters.get(partition)
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.started.append(offsets)
@@ -98,3 +108,31 @@ async def test_a_failed_commit_is_logged_and_the_loop_goes_on(
         and "CommitFailedError" in w
         for w in warnings
     )
+
+
+def lag(topic: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        "hub_consumer_lag_events", {"component": "lagging", "topic": topic}
+    )
+
+
+async def test_the_lag_is_what_the_broker_holds_beyond_the_records_handled() -> None:
+    coordinator = SlowCoordinator()
+    coordinator.release.set()
+    commits = OffsetCommits(coordinator, "lagging")
+
+    coordinator.highwaters = {FIRST: 500, SECOND: 40}
+    await commits.commit({**fetched(FIRST, 98, 99), **fetched(SECOND, 39)})
+    assert lag("courrier.events") == 400  # 100..499 on the first partition, none on the second
+
+    coordinator.highwaters = {FIRST: 500, SECOND: 45}
+    await commits.commit(fetched(FIRST, *range(100, 500)))
+    assert lag("courrier.events") == 0  # the second's 5 new records: known at its next batch
+
+    await commits.commit(fetched(SECOND, 40, 41))
+    assert lag("courrier.events") == 3
+
+    coordinator.assigned = {FIRST}  # a rebalance gave the second partition to another member
+    await commits.commit(fetched(FIRST, 500))
+    assert lag("courrier.events") == 0
+    await commits.drain()
