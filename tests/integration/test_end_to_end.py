@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from pathlib import Path
 
@@ -64,6 +65,18 @@ async def test_outgoing_mail_reaches_the_ebox_over_soap_and_rest_in_one_trace(
         assert 'hub_events_published_total{component="courrier",topic="courrier.events"}' in (
             courrier_metrics
         )
+        # Both mails are sent: each process has handled every record of its topic.
+        assert 'hub_consumer_lag_events{component="gateway",topic="courrier.events"} 0.0' in (
+            gateway_metrics
+        )
+        assert 'hub_consumer_lag_events{component="courrier",topic="gateway.receipts"} 0.0' in (
+            courrier_metrics
+        )
+        # The outbox's backlog was read from each process's database at the scrape.
+        for component, text in (("gateway", gateway_metrics), ("courrier", courrier_metrics)):
+            assert re.search(
+                rf'^hub_outbox_pending_events{{component="{component}"}} \d', text, re.MULTILINE
+            )
 
 
 async def test_a_recipient_without_digital_ebox_ends_failed_with_a_clear_reason(
