@@ -286,7 +286,8 @@ class WalCheckpointer:
     disk, and on the benchmark's ext4 disk the writes of the loop's thread
     stalled behind those syncs: checkpointing courrier's small mails every
     0.2 s, its event loop's lag was 52 ms at p99 (135 ms at most) at 100 mails/s,
-    every 1 s 23-28 ms (54 ms at most), every 3 s 54 ms again (larger copies).
+    every 1 s 23-28 ms (54 ms at most), every 3 s 54 ms again (larger copies);
+    with this policy 14 and 42 ms in two runs (docs/benchmarks.md).
     The writers report what they write (``note_written``, the bytes of their
     statements' parameters, which approximates the pages of the log).
     """
