@@ -19,7 +19,10 @@ One run, on this machine, of:
 (h) urban: NOTICe notifications end to end, and urban's memory with 100,000
     files (``benchmarks/urban.py``, ``--only urban``);
 (i) the gateway's HTTP client against httpx's own pool, on one target
-    (``benchmarks/http_client.py``, ``--only http``).
+    (``benchmarks/http_client.py``, ``--only http``);
+(j) one hop on the embedded broker, producer to consumer, by the consumer's
+    fetch wait, and what an idle consumer costs (``benchmarks/broker_hop.py``,
+    ``--only hop``).
 
 The processes are started exactly as ``hub up`` starts them (``benchmarks.common``), on the embedded
 broker and SQLite (or ``DATABASE_URL``). Results: a table, and JSON in
@@ -43,7 +46,7 @@ from typing import Any
 import httpx
 import pybase64
 
-from benchmarks import factures_flow, http_client, invoices, meeting, urban
+from benchmarks import broker_hop, factures_flow, http_client, invoices, meeting, urban
 from benchmarks.common import (
     EventWatcher,
     PeakMemory,
@@ -317,6 +320,7 @@ PARTS: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
     "meeting": ("meeting", meeting.run),  # (g)
     "urban": ("urban", urban.run),  # (h)
     "http": ("http_client", http_client.run),  # (i)
+    "hop": ("broker_hop", broker_hop.run),  # (j)
 }
 
 
@@ -337,7 +341,7 @@ def main() -> None:
         choices=sorted(["spine", *PARTS]),
         help="run one part alone: spine is (a) to (d); the others are their modules "
         "(benchmarks.invoices, benchmarks.factures_flow, benchmarks.meeting, benchmarks.urban, "
-        "benchmarks.http_client)",
+        "benchmarks.http_client, benchmarks.broker_hop)",
     )
     args = parser.parse_args()
     out = Path("var/bench/results.json")

@@ -37,7 +37,7 @@ from gateway.deliveries import FINAL_STATUSES, DeliveryRecord, idempotency_key, 
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import Route, RoutingTable
 from kernel.database import utcnow, write_transaction
-from kernel.kafka import OffsetCommits, make_consumer
+from kernel.kafka import FETCH_MAX_WAIT_MS, OffsetCommits, make_consumer
 from kernel.metrics import DELIVERIES, DELIVERY_LATENCY, EVENTS_CONSUMED
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import continue_trace, inject_headers, tracer
@@ -120,12 +120,24 @@ class DeliveryEngine:
         classes = (event_class_for(t) for t in self._routing.event_types())
         return {cls.TOPIC for cls in classes if cls is not None}
 
-    async def run_consumer(self, bootstrap_servers: str, group_id: str = "gateway") -> None:
+    async def run_consumer(
+        self,
+        bootstrap_servers: str,
+        group_id: str = "gateway",
+        *,
+        fetch_wait_ms: int = FETCH_MAX_WAIT_MS,
+    ) -> None:
         topics = self.topics()
         if not topics:
             log.warning("no routes configured: the gateway consumes nothing")
             return
-        consumer = make_consumer(bootstrap_servers, group_id, sorted(topics), client_id="gateway")
+        consumer = make_consumer(
+            bootstrap_servers,
+            group_id,
+            sorted(topics),
+            client_id="gateway",
+            fetch_max_wait_ms=fetch_wait_ms,
+        )
         try:
             # start() waits for the group join; a shutdown during it must still stop the client.
             await consumer.start()

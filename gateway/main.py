@@ -158,7 +158,9 @@ def build_app(
             await relay.run()
 
         async def consume_events() -> None:
-            await delivery_engine.run_consumer(bootstrap, options.group_id)
+            await delivery_engine.run_consumer(
+                bootstrap, options.group_id, fetch_wait_ms=settings.kafka_fetch_wait_ms
+            )
 
         async def retry_deliveries() -> None:
             await delivery_engine.run_retries()

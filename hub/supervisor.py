@@ -26,7 +26,7 @@ from rich.table import Table
 
 from hub.components import COMPONENTS, Component
 from kernel.auth import load_or_create_issuer_key
-from kernel.kafka import EmbeddedBroker, ensure_topics, wait_for_broker
+from kernel.kafka import CLUSTER_FETCH_WAIT_MS, EmbeddedBroker, ensure_topics, wait_for_broker
 from kernel.pki import ensure_tenant_signing_identity
 from kernel.settings import HubSettings
 from kernel.tenants import load_tenants
@@ -79,6 +79,14 @@ def start_broker(settings: HubSettings, port: int) -> tuple[str, EmbeddedBroker 
     broker = EmbeddedBroker(port=port, log_path=settings.var_dir / "log" / "broker.log")
     broker.start()
     return broker.bootstrap_servers, broker
+
+
+def fetch_wait_for(broker: EmbeddedBroker | None) -> dict[str, str]:
+    """On a Kafka cluster, the consumers' fetch wait of a cluster, unless the operator set
+    one: the embedded broker's short wait would only make idle consumers ask more often."""
+    if broker is not None or "HUB_KAFKA_FETCH_WAIT_MS" in os.environ:
+        return {}
+    return {"HUB_KAFKA_FETCH_WAIT_MS": str(CLUSTER_FETCH_WAIT_MS)}
 
 
 def start_component(
@@ -196,7 +204,9 @@ def run_hub(settings: HubSettings, broker_port: int) -> int:
 
             for component in COMPONENTS:
                 step = progress.add_task(f"Starting {component.name}", total=None)
-                item = start_component(component, settings, bootstrap)
+                item = start_component(
+                    component, settings, bootstrap, extra_environment=fetch_wait_for(broker)
+                )
                 running.append(item)
                 asyncio.run(wait_healthy(item, settings.host))
                 progress.update(

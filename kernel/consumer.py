@@ -34,7 +34,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from contracts.envelope import CloudEvent, EnvelopeError, from_record, headers_as_text
 from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction
-from kernel.kafka import OffsetCommits, make_consumer
+from kernel.kafka import FETCH_MAX_WAIT_MS, OffsetCommits, make_consumer
 from kernel.metrics import EVENTS_CONSUMED
 from kernel.migrations import table_of
 from kernel.outbox import OutboxRelay
@@ -221,8 +221,21 @@ class EventConsumer:
         EVENTS_CONSUMED.labels(component=self._component, topic=topic, outcome=outcome).inc()
         return outcome
 
-    async def run(self, bootstrap_servers: str, group_id: str, topics: Iterable[str]) -> None:
-        consumer = make_consumer(bootstrap_servers, group_id, topics, client_id=self._component)
+    async def run(
+        self,
+        bootstrap_servers: str,
+        group_id: str,
+        topics: Iterable[str],
+        *,
+        fetch_wait_ms: int = FETCH_MAX_WAIT_MS,
+    ) -> None:
+        consumer = make_consumer(
+            bootstrap_servers,
+            group_id,
+            topics,
+            client_id=self._component,
+            fetch_max_wait_ms=fetch_wait_ms,
+        )
         try:
             # start() waits for the group join; a shutdown during it must still stop the client.
             await consumer.start()

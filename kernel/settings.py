@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kernel.kafka import FETCH_MAX_WAIT_MS
+
 #: Default ports on 127.0.0.1, one per process.
 DEFAULT_PORTS: dict[str, int] = {
     "gateway": 8000,
@@ -42,6 +44,13 @@ class HubSettings(BaseSettings):
     kafka_bootstrap_servers: str | None = Field(
         default=None, validation_alias="KAFKA_BOOTSTRAP_SERVERS"
     )
+    #: How long the broker may hold a consumer's fetch that finds nothing new. The
+    #: embedded Tansu sleeps through it, so a record waits up to about half of it at
+    #: each hop: it stays short there. A Kafka cluster answers a waiting fetch as soon
+    #: as a record arrives, so there 500 ms (``hub up`` on a cluster and the compose
+    #: file set it) costs no latency, and an idle consumer asks 2 times a second
+    #: instead of 50 (``kernel.kafka.FETCH_MAX_WAIT_MS``, ``benchmarks.broker_hop``).
+    kafka_fetch_wait_ms: int = Field(default=FETCH_MAX_WAIT_MS, ge=1, le=30_000)
     #: ``DATABASE_URL`` of this process; unset means SQLite under ``var_dir``.
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     #: On PostgreSQL each process keeps its tables in schema ``<prefix><process>``;

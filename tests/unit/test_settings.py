@@ -1,10 +1,20 @@
-"""kernel.settings: the gateway's poll pauses, one per source or one for all."""
+"""kernel.settings: the gateway's poll pauses, one per source or one for all; the
+consumers' fetch wait, and where it reaches them."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+import gateway.engine
+import kernel.consumer
+from gateway.engine import DeliveryEngine
+from gateway.routing import Route, RoutingTable
+from hub.supervisor import fetch_wait_for
+from kernel.consumer import EventConsumer
+from kernel.kafka import CLUSTER_FETCH_WAIT_MS, FETCH_MAX_WAIT_MS, EmbeddedBroker
 from kernel.settings import HubSettings
 
 
@@ -25,3 +35,54 @@ def test_a_pause_that_is_not_positive_is_refused(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("HUB_OVERSIGHT_POLL_SECONDS", "0")
     with pytest.raises(ValidationError, match="oversight_poll_seconds"):
         HubSettings()
+
+
+def test_the_consumers_fetch_wait_is_the_embedded_brokers_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("HUB_KAFKA_FETCH_WAIT_MS", raising=False)
+    assert HubSettings().kafka_fetch_wait_ms == FETCH_MAX_WAIT_MS == 20
+    monkeypatch.setenv("HUB_KAFKA_FETCH_WAIT_MS", "500")
+    assert HubSettings().kafka_fetch_wait_ms == 500
+    monkeypatch.setenv("HUB_KAFKA_FETCH_WAIT_MS", "0")
+    with pytest.raises(ValidationError, match="kafka_fetch_wait_ms"):
+        HubSettings()
+
+
+def test_hub_up_on_a_cluster_gives_the_clusters_fetch_wait_unless_the_operator_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("HUB_KAFKA_FETCH_WAIT_MS", raising=False)
+    assert fetch_wait_for(None) == {"HUB_KAFKA_FETCH_WAIT_MS": str(CLUSTER_FETCH_WAIT_MS)}
+    assert fetch_wait_for(EmbeddedBroker(port=9092)) == {}  # the embedded one keeps 20
+    monkeypatch.setenv("HUB_KAFKA_FETCH_WAIT_MS", "250")
+    assert fetch_wait_for(None) == {}  # start_component passes the operator's on
+
+
+class Stop(Exception):
+    """Raised by the fake consumer factory: the test has what it wanted."""
+
+
+async def test_the_services_and_the_gateways_consumers_fetch_with_the_wait_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waits: list[int] = []
+
+    def make_consumer(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> Any:
+        waits.append(fetch_max_wait_ms)
+        raise Stop
+
+    monkeypatch.setattr(kernel.consumer, "make_consumer", make_consumer)
+    monkeypatch.setattr(gateway.engine, "make_consumer", make_consumer)
+    consumer = EventConsumer(component="courrier", sessions=None, handlers={})  # type: ignore[arg-type]
+    with pytest.raises(Stop):
+        await consumer.run("kafka:9092", "courrier", ["gateway.receipts"], fetch_wait_ms=500)
+    route = Route("92137", "mail", "courrier.outgoing_mail.send_requested.v1", "ebox", "fake")
+    engine = DeliveryEngine(
+        sessions=None,  # type: ignore[arg-type]
+        routing=RoutingTable(routes={("92137", route.event_type): [route]}, retry={}),
+        connectors={},
+    )
+    with pytest.raises(Stop):
+        await engine.run_consumer("kafka:9092", fetch_wait_ms=250)
+    assert waits == [500, 250]
