@@ -37,7 +37,7 @@ from gateway.deliveries import FINAL_STATUSES, DeliveryRecord, idempotency_key, 
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import Route, RoutingTable
 from kernel.database import utcnow, write_transaction
-from kernel.kafka import FETCH_MAX_WAIT_MS, OffsetCommits, make_consumer
+from kernel.kafka import FETCH_MAX_WAIT_MS, LAST_COMMIT_SECONDS, OffsetCommits, make_consumer
 from kernel.metrics import DELIVERIES, DELIVERY_LATENCY, EVENTS_CONSUMED
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import continue_trace, inject_headers, tracer
@@ -146,7 +146,7 @@ class DeliveryEngine:
                 while True:
                     await self.consume_batch(consumer, commits)
             finally:
-                await commits.drain()
+                await commits.drain(timeout=LAST_COMMIT_SECONDS)
         finally:
             await consumer.stop()
 
@@ -165,8 +165,10 @@ class DeliveryEngine:
             # The database is away (or worse): record nothing as consumed. Rewind to the
             # batch's first offsets; what was recorded meanwhile is recognised and skipped.
             log.error("gateway batch of %d records failed, rewinding: %r", len(records), exc)
+            assigned = consumer.assignment()
             for partition, partition_records in batches.items():
-                consumer.seek(partition, partition_records[0].offset)
+                if partition in assigned:  # a revoked one is another member's now
+                    consumer.seek(partition, partition_records[0].offset)
             await asyncio.sleep(1.0)
             return 0
         await commits.commit(batches)

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from contracts.envelope import CloudEvent, EnvelopeError, from_record, headers_as_text
 from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction
-from kernel.kafka import FETCH_MAX_WAIT_MS, OffsetCommits, make_consumer
+from kernel.kafka import FETCH_MAX_WAIT_MS, LAST_COMMIT_SECONDS, OffsetCommits, make_consumer
 from kernel.metrics import EVENTS_CONSUMED
 from kernel.migrations import table_of
 from kernel.outbox import OutboxRelay
@@ -268,7 +268,7 @@ class EventConsumer:
                             await self._handle_until_done(record)
                 await commits.commit(batches)
         finally:
-            await commits.drain()
+            await commits.drain(timeout=LAST_COMMIT_SECONDS)
 
     async def _handle_until_done(self, record: Incoming) -> None:
         while True:

@@ -205,6 +205,10 @@ def make_consumer(
     )
 
 
+#: How long a stopping consumer waits for its last commit (``OffsetCommits.drain``).
+LAST_COMMIT_SECONDS = 5.0
+
+
 class OffsetCommits:
     """Commits a consumer's offsets behind its loop: one commit in flight at a time, in order.
 
@@ -235,33 +239,52 @@ class OffsetCommits:
     async def commit(
         self, batches: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
     ) -> None:
-        """Commit, behind the loop, what ``batches`` (a ``getmany`` result, handled) consumed."""
-        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+        """Commit, behind the loop, what ``batches`` (a ``getmany`` result, handled) consumed.
+
+        A partition handed to another member while its records were handled (a
+        rebalance) is left out: it is the other member's to commit, its records
+        come again there and are recognised, and aiokafka refuses to commit it or
+        to tell its high watermark here (both raise for a partition not assigned).
+        """
+        assigned = self._consumer.assignment()
+        offsets = {
+            tp: records[-1].offset + 1
+            for tp, records in batches.items()
+            if records and tp in assigned
+        }
         if not offsets:
             return
-        self._report_lag(offsets)
+        self._report_lag(offsets, assigned)
         await self.drain()  # usually done long ago: a batch takes longer than a round trip
         self._in_flight = asyncio.create_task(self._consumer.commit(offsets))
 
-    def _report_lag(self, handled: Mapping[TopicPartition, int]) -> None:
+    def _report_lag(
+        self, handled: Mapping[TopicPartition, int], assigned: set[TopicPartition]
+    ) -> None:
+        # A partition handed to another member in a rebalance is no longer counted here.
+        self._behind = {tp: n for tp, n in self._behind.items() if tp in assigned}
         for tp, next_offset in handled.items():
             highwater = self._consumer.highwater(tp)
             if highwater is not None:
                 self._behind[tp] = max(highwater - next_offset, 0)
-        # A partition handed to another member in a rebalance is no longer counted here.
-        assigned = self._consumer.assignment()
         for topic in {tp.topic for tp in handled}:
-            lag = sum(n for tp, n in self._behind.items() if tp.topic == topic and tp in assigned)
+            lag = sum(n for tp, n in self._behind.items() if tp.topic == topic)
             CONSUMER_LAG.labels(self._component, topic).set(lag)
 
-    async def drain(self) -> None:
-        """Wait for the commit in flight, if any; a failure is logged, not raised."""
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for the commit in flight, if any; a failure is logged, not raised.
+
+        ``timeout``: when the consumer stops. aiokafka retries a commit until the
+        broker answers or the consumer closes, and it closes only after this: with
+        the broker away, the process would never stop. A commit given up is one
+        that failed: its records come again.
+        """
         task, self._in_flight = self._in_flight, None
         if task is None:
             return
         try:
-            await task
-        except KafkaError as exc:
+            await asyncio.wait_for(task, timeout)
+        except (KafkaError, TimeoutError) as exc:
             log.warning(
                 "%s could not commit its offsets (their records will come again): %r",
                 self._component,

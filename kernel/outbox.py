@@ -5,7 +5,10 @@ document change (``stage``), so an event exists if and only if the change was
 committed. The relay publishes pending rows in id order (hence in order per
 key), waits for the broker's ``acks=all`` and only then marks them sent. A
 crash between publishing and marking re-publishes: consumers deduplicate by
-the CloudEvent id, which never changes.
+the CloudEvent id, which never changes. On PostgreSQL the replicas of a process
+share its outbox, and one relays at a time (an advisory lock held to the
+relay's commit): with each taking rows of its own, a later event of a key
+could go out while another replica still held an earlier one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -145,7 +149,10 @@ class OutboxRelay:
             .order_by(OutboxMessage.id)
             .limit(batch_size)
         )
-        self._pending_locked = self._pending.with_for_update(skip_locked=True)
+        #: The replicas' lock (PostgreSQL): one number per process, the same in each replica.
+        self._relay_lock = select(
+            func.pg_try_advisory_xact_lock(zlib.crc32(f"hub-outbox:{component}".encode()))
+        )
 
     def wake(self) -> None:
         """A transaction with events just committed: publish now, not at the next poll."""
@@ -156,14 +163,14 @@ class OutboxRelay:
         while True:
             try:
                 published = await self.publish_pending()
+                since_purge += 1
+                if since_purge >= purge_every:
+                    since_purge = 0
+                    await self.purge_sent()
             except Exception:  # the broker or the database is away: keep the rows, try again
                 log.exception("%s outbox relay failed; retrying", self._component)
                 published = 0
                 await asyncio.sleep(1.0)
-            since_purge += 1
-            if since_purge >= purge_every:
-                since_purge = 0
-                await self.purge_sent()
             if published < self._batch_size:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self._idle_poll_seconds)
@@ -172,28 +179,43 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Publish one batch of pending events; return how many were marked sent."""
         async with self._sessions() as session:
-            # Replicas may relay the same outbox (PostgreSQL); each takes rows no other holds.
-            shared = session.bind.dialect.name == "postgresql"
-            query = self._pending_locked if shared else self._pending
-            rows = list((await session.scalars(query)).all())
+            if session.bind.dialect.name == "postgresql" and not await session.scalar(
+                self._relay_lock
+            ):
+                return 0  # another replica relays; it takes this replica's rows too
+            rows = list((await session.scalars(self._pending)).all())
             if not rows:
                 return 0
-            futures = [
-                await self._sender.send(
-                    row.topic,
-                    value=row.value,
-                    key=row.key,
-                    headers=[(name, value.encode()) for name, value in row.headers.items()],
-                )
-                for row in rows
-            ]
-            results = await asyncio.gather(*futures, return_exceptions=True)
+            # Per row, in id order: the broker's future, or why it never left.
+            outcomes: list[asyncio.Future[Any] | BaseException | None] = []
+            refused: set[bytes] = set()
+            for row in rows:
+                if row.key in refused:
+                    outcomes.append(None)  # behind an earlier event of its key: waits
+                    continue
+                try:
+                    outcomes.append(
+                        await self._sender.send(
+                            row.topic,
+                            value=row.value,
+                            key=row.key,
+                            headers=[(name, value.encode()) for name, value in row.headers.items()],
+                        )
+                    )
+                except Exception as exc:  # refused before it left (no metadata, too large)
+                    refused.add(row.key)
+                    outcomes.append(exc)
+            futures = [outcome for outcome in outcomes if isinstance(outcome, asyncio.Future)]
+            results = iter(await asyncio.gather(*futures, return_exceptions=True))
             sent_ids: list[int] = []
-            failed_keys: set[bytes] = set()
-            for row, result in zip(rows, results, strict=True):
+            failed_keys: dict[bytes, BaseException] = {}
+            for row, outcome in zip(rows, outcomes, strict=True):
+                result = next(results) if isinstance(outcome, asyncio.Future) else outcome
                 # After one failure of a key, later rows of that key wait for it: order per key.
-                if isinstance(result, BaseException) or row.key in failed_keys:
-                    failed_keys.add(row.key)
+                if outcome is None or row.key in failed_keys:
+                    continue
+                if isinstance(result, BaseException):
+                    failed_keys[row.key] = result
                     continue
                 sent_ids.append(row.id)
                 EVENTS_PUBLISHED.labels(component=self._component, topic=row.topic).inc()
@@ -202,12 +224,11 @@ class OutboxRelay:
                     await session.execute(_MARK_SENT, {"ids": sent_ids, "sent_at": utcnow()})
                 await session.commit()
             if failed_keys:
-                first_error = next(r for r in results if isinstance(r, BaseException))
                 log.warning(
                     "%s outbox: %d keys not published yet: %s",
                     self._component,
                     len(failed_keys),
-                    first_error,
+                    next(iter(failed_keys.values())),
                 )
             return len(sent_ids)
 

@@ -1,8 +1,11 @@
-"""The outbox relay against the real broker, on SQLite and PostgreSQL."""
+"""The outbox relay against the real broker, on SQLite and PostgreSQL; its replicas on
+PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -13,6 +16,8 @@ from kernel.database import create_engine, session_factory
 from kernel.kafka import make_producer
 from kernel.migrations import Migration, create_tables, migrate
 from kernel.outbox import OutboxMessage, OutboxRelay, stage, transaction
+from tests.support.hub_processes import drop_schemas
+from tests.unit.test_outbox import FakeSender, receipt
 
 pytestmark = pytest.mark.integration
 MIGRATIONS = [Migration(1, "outbox", create_tables(OutboxMessage.__table__))]  # type: ignore[arg-type]
@@ -69,3 +74,60 @@ async def test_relay_publishes_committed_events_in_order_per_key(
     finally:
         await consumer.stop()
     assert seen == list(range(1, 21))
+
+
+class HeldSender(FakeSender):
+    """Holds every acknowledgement until the test lets them through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release, self.sending = asyncio.Event(), asyncio.Event()
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[Any]:
+        acknowledged = await super().send(topic, value, key, headers)
+        self.sending.set()
+        held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def later() -> None:
+            await self.release.wait()
+            held.set_result(await acknowledged)
+
+        asyncio.get_running_loop().create_task(later())
+        return held
+
+
+@pytest.mark.postgres
+async def test_replicas_relay_one_at_a_time_so_a_key_keeps_its_order(postgres_url: str) -> None:
+    schema = "t_" + uuid.uuid4().hex[:12]
+    engine = create_engine(postgres_url, schema=schema)
+    first, second = HeldSender(), FakeSender()
+    publishing: asyncio.Task[int] | None = None
+    try:
+        await migrate(engine, "outbox-test", MIGRATIONS, schema=schema)
+        sessions = session_factory(engine)
+        replica_1 = OutboxRelay(sessions, first, component="outbox-replicas")
+        replica_2 = OutboxRelay(sessions, second, component="outbox-replicas")
+        async with transaction(sessions, None) as session:
+            stage(session, receipt("doc-1", attempts=1))
+
+        # Replica 1 publishes the document's first event and waits for the broker...
+        publishing = asyncio.create_task(replica_1.publish_pending())
+        await asyncio.wait_for(first.sending.wait(), timeout=10)
+        async with transaction(sessions, None) as session:
+            stage(session, receipt("doc-1", attempts=2))
+        # ...meanwhile replica 2 must not publish the second event ahead of the first.
+        assert await replica_2.publish_pending() == 0
+        assert second.sent == []
+
+        first.release.set()
+        assert await publishing == 1
+        assert await replica_2.publish_pending() == 1
+        assert [b'"attempts":2' in value for _, _, value in second.sent] == [True]
+    finally:
+        first.release.set()  # replica 1's session is back in the pool before the engine goes
+        if publishing is not None:
+            await asyncio.gather(publishing, return_exceptions=True)
+        await engine.dispose()
+        await drop_schemas(postgres_url, [schema])

@@ -177,6 +177,7 @@ class OneFetch:
 
     def __init__(self, records: list[Incoming]) -> None:
         self._records, self.commits = records, list[dict[Any, int]]()
+        self._assigned = {TopicPartition(records[0].topic, 0)} if records else set()
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
         if not self._records:
@@ -200,7 +201,7 @@ class OneFetch:
         return None  # the broker's answer is not modelled here
 
     def assignment(self) -> set[TopicPartition]:
-        return set()
+        return self._assigned
 
 
 async def test_a_failing_handler_undoes_its_batch_and_the_events_go_one_by_one(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import REGISTRY
 
 from kernel.kafka import OffsetCommits
@@ -34,12 +34,15 @@ class SlowCoordinator:
         self.assigned = {FIRST, SECOND}
 
     def highwater(self, partition: TopicPartition) -> int | None:
+        assert partition in self.assigned, "Partition is not assigned"  # as aiokafka does
         return self.highwaters.get(partition)
 
     def assignment(self) -> set[TopicPartition]:
         return self.assigned
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if not set(offsets) <= self.assigned:  # as aiokafka does
+            raise IllegalStateError(f"partitions {set(offsets) - self.assigned} not assigned")
         self.started.append(offsets)
         await self.release.wait()
         if self.fail_with is not None:
@@ -136,3 +139,34 @@ async def test_the_lag_is_what_the_broker_holds_beyond_the_records_handled() -> 
     await commits.commit(fetched(FIRST, 500))
     assert lag("courrier.events") == 0
     await commits.drain()
+
+
+async def test_a_partition_revoked_while_its_records_were_handled_is_left_to_its_new_owner(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    coordinator = SlowCoordinator()
+    coordinator.release.set()
+    commits = OffsetCommits(coordinator, "test")
+    coordinator.assigned = {SECOND}  # the first went to another member during the batch
+
+    with caplog.at_level(logging.WARNING, logger="kernel.kafka"):
+        await commits.commit({**fetched(FIRST, 5), **fetched(SECOND, 3)})
+        await commits.drain()
+
+    # The second's offset is committed; the first's records come again to their new owner.
+    assert coordinator.done == [{SECOND: 4}]
+    assert caplog.records == []
+
+
+async def test_a_stopping_consumer_waits_for_its_last_commit_only_so_long(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    coordinator = SlowCoordinator()  # the broker is away: the commit never ends
+    commits = OffsetCommits(coordinator, "test")
+    await commits.commit(fetched(FIRST, 1))
+
+    with caplog.at_level(logging.WARNING, logger="kernel.kafka"):
+        await asyncio.wait_for(commits.drain(timeout=0.05), timeout=5)
+
+    assert coordinator.done == []
+    assert "TimeoutError" in caplog.records[0].getMessage()

@@ -22,13 +22,19 @@ from tests.support.databases import sqlite_sessions
 
 
 class FakeSender:
+    """Acknowledges what it is given, except: ``fail_keys``' records fail at the broker,
+    ``refuse_keys``' are refused by ``send`` itself (as aiokafka refuses one too large)."""
+
     def __init__(self, fail_keys: set[bytes] | None = None) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
         self.fail_keys = fail_keys or set()
+        self.refuse_keys: set[bytes] = set()
 
     async def send(
         self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
     ) -> asyncio.Future[Any]:
+        if key in self.refuse_keys:
+            raise ValueError("record too large")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if key in self.fail_keys:
             future.set_exception(ConnectionError("broker away"))
@@ -128,6 +134,26 @@ async def test_a_key_that_failed_stays_pending_while_others_go(
     sender.fail_keys.clear()
     assert await relay.publish_pending() == 1
     assert [key for _, key, _ in sender.sent] == [b"92137:doc-2", b"92137:doc-1"]
+
+
+async def test_a_record_send_refuses_holds_its_keys_later_events_and_not_the_others(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    sender = FakeSender()
+    sender.refuse_keys = {b"92137:doc-1"}
+    relay = OutboxRelay(sessions, sender, component="test")
+    async with transaction(sessions, relay) as session:
+        stage(session, receipt("doc-1", attempts=1))
+        stage(session, receipt("doc-2"))
+        stage(session, receipt("doc-1", attempts=2))
+    assert await relay.publish_pending() == 1
+    assert [key for _, key, _ in sender.sent] == [b"92137:doc-2"]
+    assert await pending(sessions) == 2
+
+    sender.refuse_keys.clear()
+    assert await relay.publish_pending() == 2
+    sent = [(key, b'"attempts":2' in value) for _, key, value in sender.sent]
+    assert sent == [(b"92137:doc-2", False), (b"92137:doc-1", False), (b"92137:doc-1", True)]
 
 
 async def test_on_sqlite_a_process_writers_take_turns(tmp_path: Path) -> None:
