@@ -27,6 +27,7 @@ caller said may scan (a listing's page and count, ``next_may_scan``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -71,6 +72,24 @@ def _size_of(parameters: Sequence[Any]) -> int:
     return size
 
 
+async def _in_thread(call: Callable[[], T]) -> T:
+    """``call`` in a worker thread; a cancelled caller still waits for it to end.
+
+    A statement cannot be stopped from the loop, and a cancelled caller's
+    connection is closed next (SQLAlchemy invalidates it): closed under the
+    thread still using it, sqlite3 crashed the process. The caller's
+    cancellation is raised once the thread is done with the connection.
+    """
+    running = asyncio.ensure_future(asyncio.to_thread(call))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        while not running.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(running)
+        raise
+
+
 async def _until_not_busy(
     call: Callable[[], T], busy_timeout: float, *, in_thread: bool = False
 ) -> T:
@@ -78,7 +97,7 @@ async def _until_not_busy(
     wait = _FIRST_WAIT
     while True:
         try:
-            return await asyncio.to_thread(call) if in_thread else call()
+            return await _in_thread(call) if in_thread else call()
         except sqlite3.OperationalError as exc:
             code = getattr(exc, "sqlite_errorcode", 0)  # absent when Python raised it itself
             busy = code & 0xFF == _SQLITE_BUSY and code != _SQLITE_BUSY_SNAPSHOT
@@ -120,7 +139,7 @@ class Cursor:
         return self
 
     async def _fetch(self, fetch: Callable[[], T]) -> T:
-        return await asyncio.to_thread(fetch) if self._in_thread else fetch()
+        return await _in_thread(fetch) if self._in_thread else fetch()
 
     async def fetchone(self) -> Any:
         return await self._fetch(self._cursor.fetchone)

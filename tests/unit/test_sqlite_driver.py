@@ -296,3 +296,53 @@ async def test_a_memory_database_has_no_checkpointer() -> None:
         assert wal_checkpointer(engine) is None
     finally:
         await engine.dispose()
+
+
+async def test_a_cancelled_statement_in_a_worker_thread_ends_before_its_caller_does(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'cancelled.db'}")
+    started, finished = threading.Event(), threading.Event()
+
+    def slow() -> int:
+        started.set()
+        time.sleep(1.0)
+        finished.set()
+        return 1
+
+    event.listen(engine.sync_engine, "connect", lambda c, _r: c.create_function("slow", 0, slow))
+    await migrate(engine, "test", [Migration(1, "kept", create_tables(table_of(RejectedEvent)))])
+    sessions = session_factory(engine)
+    async with sessions() as session, session.begin():
+        session.add(kept_record("e-1"))  # the listing's condition runs slow() on it
+
+    async def listing() -> None:
+        async with sessions() as session:
+            await listing_page(
+                session, RejectedEvent, [func.slow() == 1], [RejectedEvent.id], limit=2, offset=0
+            )
+
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            gaps.append(time.monotonic() - before)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        task = asyncio.create_task(listing())
+        await asyncio.to_thread(started.wait, 5)
+        gaps.clear()
+        task.cancel()  # a shutdown, say: the session's connection is closed next
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The statement had ended before its connection was closed, and the loop ran on
+        # meanwhile: closing the connection under the thread held the loop until the
+        # statement ended (or, with sqlite3 alone, crashed the process).
+        assert finished.is_set()
+        assert max(gaps) < 0.5
+    finally:
+        ticker.cancel()
+        await engine.dispose()
