@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -272,6 +273,37 @@ def test_small_writes_wait_for_the_interval_and_large_ones_for_the_next_tick(
         assert quick.checkpoints == 1  # the interval passed and the log had changed
     finally:
         quick.stop()
+        writer.close()
+
+
+def test_a_log_that_cannot_be_looked_at_for_a_while_does_not_end_the_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = str(tmp_path / "unreadable.db")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE mails (subject TEXT)")
+    refusals = [PermissionError(13, "Permission denied")] * 3
+    real_stat = os.stat
+
+    def stat(name: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(name).endswith("-wal") and refusals:
+            raise refusals.pop()
+        return real_stat(name, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_driver.os, "stat", stat)
+    checkpointer = sqlite_driver.WalCheckpointer(path, interval=0.01, tick=0.01)
+    checkpointer.start()
+    try:
+        writer.execute("INSERT INTO mails VALUES ('a mail')")
+        deadline = time.monotonic() + 5
+        while checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpointer.checkpoints == 1  # once the log could be looked at again
+        assert "cannot look at the log" in caplog.text
+    finally:
+        checkpointer.stop()
         writer.close()
 
 
