@@ -38,6 +38,10 @@ BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
 ScrapeRefresh = Callable[[], Awaitable[None]]
 
 
+#: How long a scrape waits for each of its refreshes.
+SCRAPE_REFRESH_SECONDS = 2.0
+
+
 def refresh_at_scrape(app: FastAPI, refresh: ScrapeRefresh) -> None:
     """Run ``refresh`` before each scrape of the process's ``/metrics``."""
     app.state.scrape_refreshes.append(refresh)
@@ -46,6 +50,10 @@ def refresh_at_scrape(app: FastAPI, refresh: ScrapeRefresh) -> None:
 #: A background job that stopped on an error starts again after this many seconds, doubled
 #: at each failure in a row up to ``LONGEST_RESTART_DELAY``.
 FIRST_RESTART_DELAY, LONGEST_RESTART_DELAY = 1.0, 60.0
+
+
+class JobCancelled(Exception):
+    """A job ended with a cancellation that nobody asked for (a library's, inside it)."""
 
 
 class BackgroundJobs:
@@ -78,8 +86,15 @@ class BackgroundJobs:
         while True:
             started = time.monotonic()
             try:
-                await job()
-                return  # a job that has nothing to do (e.g. no routes) ends on purpose
+                try:
+                    await job()
+                    return  # a job that has nothing to do (e.g. no routes) ends on purpose
+                except asyncio.CancelledError as cancelled:
+                    current = asyncio.current_task()
+                    if current is None or current.cancelling():
+                        raise  # stop() asked
+                    # Raised by a library inside the job, not asked for: a failure like others.
+                    raise JobCancelled("the job was cancelled from within") from cancelled
             except Exception as exc:
                 if time.monotonic() - started > LONGEST_RESTART_DELAY:
                     delay = FIRST_RESTART_DELAY
@@ -239,7 +254,9 @@ def create_app(
     async def metrics() -> Response:
         for refresh in app.state.scrape_refreshes:
             try:
-                await refresh()
+                # Bounded: a database that does not answer (PostgreSQL's connect timeout is
+                # long) must not hold the scrape, and every other metric, with it.
+                await asyncio.wait_for(refresh(), SCRAPE_REFRESH_SECONDS)
             except Exception as exc:  # the database is away: the other metrics still answer
                 log.warning("%s could not read a metric for this scrape: %r", component, exc)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -141,3 +141,45 @@ async def test_metrics_read_at_scrape_time_and_a_failing_read_spares_the_others(
     assert [r.getMessage() for r in caplog.records] == [
         "scraped could not read a metric for this scrape: ConnectionError('database away')"
     ] * 2
+
+
+async def test_a_job_cancelled_from_within_is_started_again_not_lost(
+    hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernel.app, "FIRST_RESTART_DELAY", 0.01)
+    starts: list[str] = []
+    running_again = asyncio.Event()
+
+    async def consume_events() -> None:
+        starts.append("start")
+        if len(starts) == 1:
+            raise asyncio.CancelledError  # as a client library does when its connection drops
+        running_again.set()
+        await asyncio.Event().wait()
+
+    async def startup(app: FastAPI) -> list[BackgroundTask]:
+        return [consume_events]
+
+    async with running("flaky", hub_settings, startup) as client:
+        await asyncio.wait_for(running_again.wait(), timeout=2)
+        assert (await client.get("/healthz")).status_code == 200
+    assert starts == ["start", "start"]
+
+
+async def test_a_scrape_waits_for_a_refresh_only_so_long(
+    hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(kernel.app, "SCRAPE_REFRESH_SECONDS", 0.05)
+
+    async def database_not_answering() -> None:
+        await asyncio.Event().wait()
+
+    async def startup(app: FastAPI) -> list[BackgroundTask]:
+        refresh_at_scrape(app, database_not_answering)
+        return []
+
+    with caplog.at_level(logging.WARNING, logger="kernel.app"):
+        async with running("scraped", hub_settings, startup) as client:
+            scrape = await asyncio.wait_for(client.get("/metrics"), timeout=5)
+    assert scrape.status_code == 200 and "hub_http_requests_total" in scrape.text
+    assert "TimeoutError" in caplog.text
