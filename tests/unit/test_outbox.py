@@ -19,6 +19,7 @@ from kernel.database import create_engine, session_factory, utcnow, writer_turn
 from kernel.migrations import Migration, create_tables, migrate
 from kernel.outbox import OutboxMessage, OutboxRelay, stage, transaction
 from tests.support.databases import sqlite_sessions
+from tests.support.gateway_hub import eventually
 
 
 class FakeSender:
@@ -247,3 +248,41 @@ async def test_the_backlog_gauges_say_how_many_events_wait_and_since_when(
     await relay.report_backlog()
     assert gauge("hub_outbox_pending_events") == 0
     assert gauge("hub_outbox_oldest_pending_seconds") == 0
+
+
+async def test_a_batch_holds_as_many_events_as_fit_in_its_bytes_and_the_rest_follow_at_once(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with transaction(sessions, None) as session:
+        for number in range(5):
+            stage(session, receipt(f"doc-{number}"))
+    async with sessions() as session:
+        size = max(len(v) for v in (await session.scalars(select(OutboxMessage.value))).all())
+
+    sender = FakeSender()
+    # Room for two events and a half: the third starts within the budget, the fourth not.
+    relay = OutboxRelay(sessions, sender, component="test", batch_bytes=size * 5 // 2)
+    assert await relay.publish_pending() == 3
+    assert await pending(sessions) == 2
+
+    # One larger than the whole budget still goes, alone.
+    alone = OutboxRelay(sessions, sender, component="test", batch_bytes=1)
+    assert await alone.publish_pending() == 1
+
+    # The relay's loop takes the next batch at once, not at its next poll.
+    relay_loop = OutboxRelay(
+        sessions, sender, component="test", batch_bytes=1, idle_poll_seconds=60
+    )
+    async with transaction(sessions, None) as session:
+        for number in range(5, 8):
+            stage(session, receipt(f"doc-{number}"))
+
+    async def drained() -> bool:
+        return await pending(sessions) == 0
+
+    task = asyncio.create_task(relay_loop.run())
+    try:
+        assert await eventually(drained, timeout=5, pause=0.01)
+    finally:
+        task.cancel()
+    assert [key for _, key, _ in sender.sent] == [b"92137:doc-%d" % n for n in range(8)]
