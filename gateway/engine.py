@@ -341,11 +341,19 @@ class DeliveryEngine:
         record.external_reference = outcome.external_reference
         DELIVERIES.labels(route.connector_type, status).inc()
         DELIVERY_LATENCY.labels(route.connector_type).observe((now - event.time).total_seconds())
+        self._announce(session, record, status, outcome)
+
+    @staticmethod
+    def _announce(
+        session: AsyncSession, record: DeliveryRecord, status: str, outcome: Outcome
+    ) -> None:
+        """Stage the receipt of a delivery that ended (``status``), in the transaction that
+        records its end; from the delivery log's record, which keeps the event's identity."""
         receipt = DeliveryReceipt(
-            source_event_id=event.id,
-            source_event_type=event.type,
-            route=route.name,
-            connector=route.connector_type,
+            source_event_id=record.event_id,
+            source_event_type=record.event_type,
+            route=record.route,
+            connector=record.connector,
             idempotency_key=record.idempotency_key,
             outcome=status,  # type: ignore[arg-type]
             external_reference=outcome.external_reference,
@@ -358,7 +366,7 @@ class DeliveryEngine:
         with continue_trace(record.record_headers):
             stage(
                 session,
-                new_event(receipt, tenant=event.tenant, subject=event.subject, source=SOURCE),
+                new_event(receipt, tenant=record.tenant, subject=record.subject, source=SOURCE),
             )
 
     # -- retrying ------------------------------------------------------------------
@@ -425,16 +433,23 @@ class DeliveryEngine:
             if fresh is None or fresh.status in FINAL_STATUSES:
                 return
             route = self._routing.route(record.tenant, record.route)
-            if event_for_receipt is None or route is None:
+            if event_for_receipt is None:
+                # Dead, and its document's service is told so like of any other dead
+                # delivery (it was not: the delivery stayed "sending" there for ever).
+                fresh.attempts += 1
+                fresh.last_error = outcome.reason
+                fresh.status, fresh.next_attempt_at = "dead", None
+                fresh.updated_at = fresh.finished_at = self._clock()
+                DELIVERIES.labels(fresh.connector, "dead").inc()
+                self._announce(session, fresh, "dead", outcome)
+            elif route is None:
                 fresh.attempts += 1
                 fresh.last_error = outcome.reason
                 fresh.updated_at = self._clock()
-                fresh.status = "dead" if event_for_receipt is None else "retrying"
-                fresh.next_attempt_at = (
-                    None if event_for_receipt is None else self._clock() + timedelta(minutes=5)
-                )
+                fresh.next_attempt_at = self._clock() + timedelta(minutes=5)
                 return
-            self._apply(session, fresh, event_for_receipt, route, outcome)
+            else:
+                self._apply(session, fresh, event_for_receipt, route, outcome)
         if outcome.status != "retry" and self._relay:
             self._relay.wake()
 

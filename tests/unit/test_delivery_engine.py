@@ -309,3 +309,25 @@ async def test_a_delivery_recorded_meanwhile_by_another_member_keeps_its_first_r
     assert recorded["mail-1"] == "theirs" and recorded["mail-2"] is not None
     assert [r.subject for r in await deliveries(sessions)] == ["mail-1", "mail-2"]
     assert len(await receipts(sessions)) == 1  # theirs announced its own receipt
+
+
+async def test_a_stored_event_that_can_no_longer_be_read_ends_dead_and_is_announced(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    connector, clock = FakeConnector([RetryableDeliveryError("HTTP 503")]), Clock()
+    engine = make_engine(sessions, connector, clock)
+    event = mail_event()
+    await engine.handle_record(*as_record(event), "courrier.events")
+    async with sessions() as session, session.begin():
+        [record] = (await session.scalars(select(DeliveryRecord))).all()
+        record.record_value = b'{"mail_id": 3}'  # the contract changed under the stored event
+
+    clock.advance(5)
+    assert await engine.retry_due() == 1
+    [record] = await deliveries(sessions)
+    assert (record.status, record.attempts) == ("dead", 2)
+    assert record.last_error is not None and record.last_error.startswith("unreadable event")
+    [receipt] = await receipts(sessions)
+    assert (receipt.outcome, receipt.source_event_id, receipt.attempts) == ("dead", event.id, 2)
+    assert receipt.reason == record.last_error
+    assert len(connector.calls) == 1  # not attempted with an event it cannot read
