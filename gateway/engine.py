@@ -47,6 +47,9 @@ SOURCE = "urn:hub:gateway"
 #: A claimed retry is hidden from other schedulers this long (a crashed one's claim expires).
 RETRY_LEASE = timedelta(seconds=120)
 
+#: The delivery log keeps a target's reference up to its column's length.
+REFERENCE_LENGTH: int = DeliveryRecord.__table__.c.external_reference.type.length  # type: ignore[attr-defined]
+
 #: A fetch's deliveries already recorded (parameter ``keys``), and the chains among its
 #: documents (``subjects``) that wait on a retry. Built once, the values bound as
 #: expanding parameters: statements built for each fetch cost 0.1 ms more each to run, as
@@ -310,9 +313,11 @@ class DeliveryEngine:
                         "connector %s crashed on %s", route.connector_type, record.idempotency_key
                     )
                     return Outcome("retry", reason=f"internal connector error: {exc!r}")
-                return Outcome(
-                    "delivered", external_reference=result.external_reference, answer=result.answer
-                )
+                # Cut to what the delivery log, and the services after it, keep (200
+                # characters): a longer one from a target failed their writes on PostgreSQL,
+                # and the fetch with it, again and again.
+                reference = _fitted(result.external_reference, REFERENCE_LENGTH)
+                return Outcome("delivered", external_reference=reference, answer=result.answer)
 
     def _apply(
         self,
@@ -469,3 +474,10 @@ class DeliveryEngine:
             record.finished_at = None
             record.updated_at = self._clock()
             return record
+
+
+def _fitted(text: str | None, length: int) -> str | None:
+    """``text`` cut to ``length`` characters, the cut marked by a last "…"."""
+    if text is None or len(text) <= length:
+        return text
+    return text[: length - 1] + "…"

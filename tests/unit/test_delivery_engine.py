@@ -331,3 +331,19 @@ async def test_a_stored_event_that_can_no_longer_be_read_ends_dead_and_is_announ
     assert (receipt.outcome, receipt.source_event_id, receipt.attempts) == ("dead", event.id, 2)
     assert receipt.reason == record.last_error
     assert len(connector.calls) == 1  # not attempted with an event it cannot read
+
+
+async def test_a_target_reference_too_long_to_be_kept_is_cut_in_the_log_and_the_receipt(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    reference = "ref-" + "x" * 400  # a vendor's whole answer, say
+    connector, clock = FakeConnector([reference]), Clock()
+    await make_engine(sessions, connector, clock).handle_record(
+        *as_record(mail_event()), "courrier.events"
+    )
+    [record] = await deliveries(sessions)
+    assert record.status == "delivered"
+    # It fits the log's column, and the services' (PostgreSQL refused it otherwise).
+    assert record.external_reference == reference[:199] + "…"
+    [receipt] = await receipts(sessions)
+    assert receipt.external_reference == record.external_reference
