@@ -37,7 +37,13 @@ from gateway.deliveries import FINAL_STATUSES, DeliveryRecord, idempotency_key, 
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import Route, RoutingTable
 from kernel.database import utcnow, write_transaction
-from kernel.kafka import FETCH_MAX_WAIT_MS, LAST_COMMIT_SECONDS, OffsetCommits, make_consumer
+from kernel.kafka import (
+    FETCH_MAX_WAIT_MS,
+    LAST_COMMIT_SECONDS,
+    FetchPacing,
+    OffsetCommits,
+    make_consumer,
+)
 from kernel.metrics import DELIVERIES, DELIVERY_LATENCY, EVENTS_CONSUMED
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import continue_trace, inject_headers, tracer
@@ -145,16 +151,20 @@ class DeliveryEngine:
             # start() waits for the group join; a shutdown during it must still stop the client.
             await consumer.start()
             commits = OffsetCommits(consumer, "gateway")
+            pacing = FetchPacing(consumer, fetch_wait_ms)
             try:
                 while True:
-                    await self.consume_batch(consumer, commits)
+                    await self.consume_batch(consumer, commits, pacing)
             finally:
                 await commits.drain(timeout=LAST_COMMIT_SECONDS)
         finally:
             await consumer.stop()
 
-    async def consume_batch(self, consumer: AIOKafkaConsumer, commits: OffsetCommits) -> int:
+    async def consume_batch(
+        self, consumer: AIOKafkaConsumer, commits: OffsetCommits, pacing: FetchPacing
+    ) -> int:
         batches = await consumer.getmany(timeout_ms=200, max_records=500)
+        pacing.note(bool(batches))
         if not batches:
             return 0
         records = [

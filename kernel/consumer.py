@@ -34,7 +34,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from contracts.envelope import CloudEvent, EnvelopeError, from_record, headers_as_text
 from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction
-from kernel.kafka import FETCH_MAX_WAIT_MS, LAST_COMMIT_SECONDS, OffsetCommits, make_consumer
+from kernel.kafka import (
+    FETCH_MAX_WAIT_MS,
+    LAST_COMMIT_SECONDS,
+    FetchPacing,
+    OffsetCommits,
+    make_consumer,
+)
 from kernel.metrics import EVENTS_CONSUMED
 from kernel.migrations import table_of
 from kernel.outbox import OutboxRelay
@@ -239,15 +245,16 @@ class EventConsumer:
         try:
             # start() waits for the group join; a shutdown during it must still stop the client.
             await consumer.start()
-            await self._consume(consumer)
+            await self._consume(consumer, FetchPacing(consumer, fetch_wait_ms))
         finally:
             await consumer.stop()
 
-    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+    async def _consume(self, consumer: AIOKafkaConsumer, pacing: FetchPacing) -> None:
         commits = OffsetCommits(consumer, self._component)
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=500)
+                pacing.note(bool(batches))
                 records = [
                     Incoming(headers_as_text(record.headers), record.value or b"", partition.topic)
                     for partition, partition_records in batches.items()

@@ -205,6 +205,65 @@ def make_consumer(
     )
 
 
+#: A consumer that found nothing for ``IDLE_AFTER_SECONDS`` asks the broker to hold its
+#: fetches this long, until a record comes (``FetchPacing``).
+IDLE_FETCH_WAIT_MS = 500
+IDLE_AFTER_SECONDS = 5.0
+
+
+class FetchPacing:
+    """A consumer's fetch wait: short while records come, long once it has been idle.
+
+    On the embedded broker a short wait is what keeps each hop quick, but every
+    fetch that finds nothing costs: the idle hub (`hub up`, nothing to do) spent
+    691 ms of CPU a second at 20 ms, a third of the two cores, 441 of them in the
+    broker, against 116 ms at 500 ms (docs/benchmarks.md). So a consumer that has
+    read nothing for ``IDLE_AFTER_SECONDS`` waits ``IDLE_FETCH_WAIT_MS``, and the
+    first record after a quiet spell comes up to about half of it later (the
+    broker reads its storage again half way through a long wait); the records
+    after it find the short wait back. Where the configured wait is as long
+    already (a Kafka cluster), nothing changes.
+
+    aiokafka sets the wait once, at construction, and reads it from its fetcher
+    at each request: this changes that attribute, which aiokafka does not
+    publish (``tests/integration/test_fetch_pacing.py`` checks that the requests
+    on the wire carry it, so an aiokafka that changed would fail there).
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        busy_wait_ms: int,
+        *,
+        idle_wait_ms: int = IDLE_FETCH_WAIT_MS,
+        idle_after: float = IDLE_AFTER_SECONDS,
+    ) -> None:
+        self._consumer = consumer
+        self._busy_wait_ms = busy_wait_ms
+        self._idle_wait_ms = max(idle_wait_ms, busy_wait_ms)
+        self._idle_after = idle_after
+        self._last_record = time.monotonic()
+        self.wait_ms = busy_wait_ms
+
+    def note(self, fetched: bool) -> None:
+        """After each ``getmany``: whether it returned records."""
+        now = time.monotonic()
+        if fetched:
+            self._last_record = now
+            self._set(self._busy_wait_ms)
+        elif now - self._last_record >= self._idle_after:
+            self._set(self._idle_wait_ms)
+
+    def _set(self, wait_ms: int) -> None:
+        if wait_ms == self.wait_ms:
+            return
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
+            return  # not started, or an aiokafka without the attribute: the wait stays
+        fetcher._fetch_max_wait_ms = wait_ms
+        self.wait_ms = wait_ms
+
+
 #: How long a stopping consumer waits for its last commit (``OffsetCommits.drain``).
 LAST_COMMIT_SECONDS = 5.0
 

@@ -23,6 +23,7 @@ from kernel.app import BackgroundTask, create_app
 from kernel.auth import issue_token
 from kernel.consumer import EventConsumer, InboxEntry, Incoming, RejectedEvent
 from kernel.database import utcnow
+from kernel.kafka import FETCH_MAX_WAIT_MS, FetchPacing
 from kernel.migrations import Migration, create_tables, table_of
 from kernel.settings import HubSettings
 from kernel.tenants import Tenant
@@ -228,7 +229,7 @@ async def test_a_failing_handler_undoes_its_batch_and_the_events_go_one_by_one(
 
     fetch = OneFetch([incoming(e) for e in events])
     with pytest.raises(asyncio.CancelledError):
-        await consumer._consume(fetch)
+        await consumer._consume(fetch, FetchPacing(fetch, FETCH_MAX_WAIT_MS))  # type: ignore[arg-type]
 
     assert await inbox_ids(sessions) == {e.id for e in events}
     # mail-1 ran in both undone batches, then alone; mail-2 failed alone once, then passed.
