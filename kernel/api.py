@@ -15,13 +15,16 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from contracts.envelope import EnvelopeError
 from kernel.auth import Caller, CallerDep
-from kernel.consumer import RejectedEvent
+from kernel.consumer import EventConsumer, RejectedEvent
 from kernel.database import listing_page
+from kernel.errors import NotFound, ProblemError
 from kernel.outbox import OutboxRelay, transaction
 from kernel.tenants import Tenant, UnknownTenant
 
@@ -126,17 +129,69 @@ class RejectedEventView(BaseModel):
     event_id: str | None
     event_type: str
     topic: str
-    reason: str = Field(description="Why the event breaks its contract")
+    reason: str = Field(
+        description="Why it was kept: how it breaks its contract, or the error its handler "
+        "kept failing with"
+    )
     received_at: datetime
     data: str = Field(description="The event's body as received (UTF-8, invalid bytes replaced)")
 
 
-def rejected_events_router(read_scope: str) -> APIRouter:
-    """``GET /v1/rejected-events``: the caller's tenant's events this service kept unhandled."""
+class ReplayOutcome(BaseModel):
+    event_id: str | None
+    outcome: str = Field(
+        description="handled; or duplicate, when the event had been handled meanwhile"
+    )
+
+
+def rejected_events_router(read_scope: str, write_scope: str) -> APIRouter:
+    """``GET /v1/rejected-events``: the caller's tenant's events this service kept unhandled;
+    ``POST /v1/rejected-events/{id}/replay``: one of them handled again, once its cause
+    is fixed."""
     router = APIRouter(prefix="/v1", tags=["operations"])
     # A dependency object, not an annotation: annotations are strings here (PEP 563)
     # and FastAPI could not resolve one naming this function's local ``read_scope``.
     reader = Depends(authorised(read_scope))
+    writer = Depends(authorised(write_scope))
+
+    @router.post(
+        "/rejected-events/{kept_id}/replay",
+        response_model=ReplayOutcome,
+        responses=problem_responses(404, 409, 422),
+    )
+    async def replay_rejected_event(
+        request: Request,
+        store: StorageDep,
+        kept_id: Annotated[int, Path(ge=1)],
+        caller: Caller = writer,
+    ) -> ReplayOutcome:
+        """Hand a kept event to its handler again, once what kept it is fixed (the sender
+        corrected it, the service was upgraded). Handled, it leaves the kept events; if
+        it breaks its contract still, or its handler fails again, it stays, and the
+        answer says why."""
+        async with store.sessions() as session:
+            kept = await session.scalar(
+                select(RejectedEvent).where(
+                    RejectedEvent.id == kept_id, RejectedEvent.tenant == caller.tenant
+                )
+            )
+        if kept is None:
+            raise NotFound("kept event", str(kept_id))
+        consumer: EventConsumer = request.app.state.consumer
+        try:
+            outcome = await consumer.replay(kept)
+        except EnvelopeError as exc:
+            raise ProblemError(
+                422, "event-breaks-its-contract", "The event still breaks its contract", str(exc)
+            ) from exc
+        except Exception as exc:
+            raise ProblemError(
+                409,
+                "handler-failed-again",
+                "The event's handler failed again",
+                f"{type(exc).__name__}: {exc}",
+            ) from exc
+        return ReplayOutcome(event_id=kept.event_id, outcome=outcome)
 
     @router.get(
         "/rejected-events", response_model=Page[RejectedEventView], responses=problem_responses()
@@ -147,8 +202,9 @@ def rejected_events_router(read_scope: str) -> APIRouter:
         offset: Annotated[int, Query(ge=0)] = 0,
         caller: Caller = reader,
     ) -> Page[RejectedEventView]:
-        """Events addressed to this service that break their contract, newest first: kept,
-        never handled, for an operator to read and have the sender correct."""
+        """Events addressed to this service that break their contract, or that its handler
+        kept failing on, newest first: kept, never handled, for an operator to read and have
+        the sender (or the service) corrected."""
         mine = RejectedEvent.tenant == caller.tenant
         async with store.sessions() as session:
             rows, total = await listing_page(

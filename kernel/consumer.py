@@ -7,9 +7,15 @@ one transaction (``handle_batch``): one commit, one inbox lookup and one relay
 wake-up for up to ``TRANSACTION_SIZE`` events instead of one each, which is
 what lets a consumer keep up with an API writing to the same database. When
 any handler of the batch fails, the transaction rolls back and the events are
-handled one by one, each in its own transaction and retried until it succeeds,
-so a failing event neither blocks nor undoes the others. Offsets are committed
-to Kafka only after the batch's transactions committed.
+handled one by one, each in its own transaction and retried, so a failing
+event neither blocks nor undoes the others. Offsets are committed to Kafka
+only after the batch's transactions committed.
+
+An event whose handler keeps failing for another reason than the database
+being away (a bug, a value its table refuses) would hold the consumer, and
+every document behind it, for ever: after ``HANDLER_ATTEMPTS`` such failures
+in a row it is kept in ``rejected_events`` with the error, and the consumer
+goes on. The database being away is waited out, however long it lasts.
 
 A record that breaks its contract must neither stop the partition (a poison
 record) nor be lost: when its type is one this service handles, it is kept in
@@ -28,7 +34,9 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import JSON, LargeBinary, String, Text, bindparam, insert, select
+from sqlalchemy import JSON, LargeBinary, String, Text, bindparam, delete, insert, select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -86,7 +94,8 @@ class InboxEntry(Base):
 
 
 class RejectedEvent(Base):
-    """A record addressed to this service that breaks its contract, kept with the reason."""
+    """A record addressed to this service that breaks its contract, or that its handler
+    kept failing on, kept with the reason."""
 
     __tablename__ = "rejected_events"
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -107,6 +116,20 @@ class RejectedEvent(Base):
 _ALREADY_HANDLED = select(InboxEntry.event_id).where(
     InboxEntry.event_id.in_(bindparam("ids", expanding=True))
 )
+
+
+#: Failures in a row of one event's handler, not for the database being away, after which
+#: the event is kept in ``rejected_events`` and the consumer goes on.
+HANDLER_ATTEMPTS = 5
+#: The pause between two attempts of a failing event.
+RETRY_PAUSE_SECONDS = 1.0
+
+
+def database_away(error: BaseException) -> bool:
+    """Whether ``error`` says the database (or the way to it) is away, for now."""
+    if isinstance(error, OperationalError | InterfaceError | PoolTimeout | OSError | TimeoutError):
+        return True  # locked, disconnected, refused, the pool exhausted
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 class EventConsumer:
@@ -192,10 +215,11 @@ class EventConsumer:
     async def keep_rejected(
         self, headers: dict[str, str], value: bytes, topic: str, reason: str
     ) -> bool:
-        """Keep a record of ours that breaks its contract; False when it is kept already."""
+        """Keep a record of ours that breaks its contract, or that its handler keeps failing
+        on; False when it is kept already."""
         event_id = headers.get("ce_id")
         log.warning(
-            "%s kept event %s (%s) on %s, which breaks its contract: %s",
+            "%s kept event %s (%s) on %s, unhandled: %s",
             self._component,
             event_id,
             headers.get("ce_type"),
@@ -222,6 +246,19 @@ class EventConsumer:
                 )
             )
         return True
+
+    async def replay(self, kept: RejectedEvent) -> str:
+        """Hand a kept event to its handler again, its cause fixed (the sender corrected, the
+        service upgraded); its outcome (handled, or duplicate when handled meanwhile), after
+        which it is no longer kept. Raises ``EnvelopeError`` when it still breaks its
+        contract, and the handler's error when that fails again: it stays kept then."""
+        headers: dict[str, str] = dict(kept.headers)
+        from_record(headers, kept.value)  # broken still: raises before any handler runs
+        [outcome] = await self.handle_batch([Incoming(headers, kept.value, kept.topic)])
+        async with self._sessions() as session, session.begin():
+            await session.execute(delete(RejectedEvent).where(RejectedEvent.id == kept.id))
+        log.info("%s replayed kept event %s: %s", self._component, kept.event_id, outcome)
+        return outcome
 
     def _count(self, topic: str, outcome: str) -> str:
         EVENTS_CONSUMED.labels(component=self._component, topic=topic, outcome=outcome).inc()
@@ -278,14 +315,30 @@ class EventConsumer:
             await commits.drain(timeout=LAST_COMMIT_SECONDS)
 
     async def _handle_until_done(self, record: Incoming) -> None:
+        failures = 0
         while True:
             try:
                 await self.handle(record.headers, record.value, record.topic)
                 return
+            except Exception as exc:
+                # Do not skip the event, do not commit past it: try again shortly, or,
+                # when its handler keeps failing on it, keep it (see the module's words).
+                if not database_away(exc):
+                    failures += 1
+                if failures < HANDLER_ATTEMPTS:
+                    log.exception(
+                        "%s could not handle an event on %s; retrying",
+                        self._component,
+                        record.topic,
+                    )
+                    await asyncio.sleep(RETRY_PAUSE_SECONDS)
+                    continue
+                reason = f"its handler failed {failures} times: {type(exc).__name__}: {exc}"
+            try:
+                kept = await self.keep_rejected(record.headers, record.value, record.topic, reason)
             except Exception:
-                # The database is away or the handler failed: do not skip the event,
-                # do not commit past it; try again shortly.
-                log.exception(
-                    "%s could not handle an event on %s; retrying", self._component, record.topic
-                )
-                await asyncio.sleep(1.0)
+                log.exception("%s could not keep an event it cannot handle", self._component)
+                await asyncio.sleep(RETRY_PAUSE_SECONDS)
+                continue
+            self._count(record.topic, "kept" if kept else "duplicate")
+            return

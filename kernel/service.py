@@ -82,6 +82,8 @@ class Service:
     consumer: type[EventConsumer] = EventConsumer
     #: Scope that reads the service (and its kept rejected events).
     read_scope: str = field(default="")
+    #: Scope that writes to the service (and replays its kept events).
+    write_scope: str = field(default="")
     #: A fast path in front of the routes (``kernel.app.create_app``'s ``front``).
     front: Callable[[ASGIApp], ASGIApp] | None = None
 
@@ -101,6 +103,11 @@ def build_service_app(service: Service, settings: HubSettings, options: ServiceO
         await migrate(engine, component, service.migrations, schema=schema)
         sessions = session_factory(engine)
         app.state.sessions = sessions
+        # Replays kept events (kernel.api); replaced below by the running one, which wakes
+        # the relay.
+        app.state.consumer = service.consumer(
+            component=component, sessions=sessions, handlers=service.handlers(app)
+        )
         if not options.background:
             return []
         bootstrap = options.kafka_bootstrap_servers or settings.kafka_bootstrap_servers
@@ -117,6 +124,7 @@ def build_service_app(service: Service, settings: HubSettings, options: ServiceO
         consumer = service.consumer(
             component=component, sessions=sessions, handlers=service.handlers(app), relay=relay
         )
+        app.state.consumer = consumer
 
         async def relay_outbox() -> None:
             await relay.run()
@@ -148,5 +156,9 @@ def build_service_app(service: Service, settings: HubSettings, options: ServiceO
     )
     for router in service.routers:
         app.include_router(router)
-    app.include_router(rejected_events_router(service.read_scope or f"{component}:read"))
+    app.include_router(
+        rejected_events_router(
+            service.read_scope or f"{component}:read", service.write_scope or f"{component}:write"
+        )
+    )
     return app

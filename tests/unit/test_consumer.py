@@ -14,8 +14,10 @@ import pytest
 from aiokafka import TopicPartition
 from fastapi import FastAPI
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+import kernel.consumer
 from contracts.envelope import CloudEvent, headers_as_text, new_event, to_record
 from contracts.events.gateway import DeliveryReceipt
 from kernel.api import rejected_events_router
@@ -109,7 +111,7 @@ async def test_a_broken_event_of_ours_is_kept_once_and_shown_to_its_tenant(
         return []
 
     app = create_app("test", settings, title="test", description="kept events", startup=startup)
-    app.include_router(rejected_events_router("test:read"))
+    app.include_router(rejected_events_router("test:read", "test:write"))
     async with serving(app) as base, httpx.AsyncClient(base_url=base) as client:
         for tenant, expected in ((TENANT, [kept.event_id]), ("62063", [])):
             token = issue_token(settings, tenant, ["test:read"])
@@ -240,3 +242,113 @@ async def test_a_failing_handler_undoes_its_batch_and_the_events_go_one_by_one(
 
 async def fake_sleep(seconds: float) -> None:
     return None
+
+
+async def test_an_event_its_handler_keeps_failing_on_is_kept_and_the_others_go_on(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[str] = []
+
+    async def handler(session: AsyncSession, event: CloudEvent) -> None:
+        attempts.append(event.subject or "")
+        if event.subject == "mail-2":
+            raise ValueError("a value the register refuses")  # will never pass
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    consumer = EventConsumer(
+        component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
+    )
+    events = [receipt_for(f"mail-{n}") for n in (1, 2, 3)]
+    fetch = OneFetch([incoming(e) for e in events])
+    with pytest.raises(asyncio.CancelledError):
+        await consumer._consume(fetch, FetchPacing(fetch, FETCH_MAX_WAIT_MS))  # type: ignore[arg-type]
+
+    assert await inbox_ids(sessions) == {events[0].id, events[2].id}
+    assert attempts.count("mail-2") == 1 + kernel.consumer.HANDLER_ATTEMPTS  # batch, then alone
+    async with sessions() as session:
+        [kept] = (await session.scalars(select(RejectedEvent))).all()
+    assert kept.event_id == events[1].id
+    assert kept.reason == ("its handler failed 5 times: ValueError: a value the register refuses")
+    assert fetch.commits == [{TopicPartition(DeliveryReceipt.TOPIC, 0): 43}]
+
+
+async def test_the_database_away_is_waited_out_however_long_it_lasts(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outage = [OperationalError("INSERT", {}, Exception("database is locked"))] * 12
+
+    async def handler(session: AsyncSession, event: CloudEvent) -> None:
+        if outage:
+            raise outage.pop()
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    consumer = EventConsumer(
+        component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
+    )
+    event = receipt_for("mail-1")
+    fetch = OneFetch([incoming(event)])
+    with pytest.raises(asyncio.CancelledError):
+        await consumer._consume(fetch, FetchPacing(fetch, FETCH_MAX_WAIT_MS))  # type: ignore[arg-type]
+
+    assert await inbox_ids(sessions) == {event.id}  # handled once the database came back
+    async with sessions() as session:
+        assert (await session.scalars(select(RejectedEvent))).all() == []
+
+
+async def test_a_kept_event_is_replayed_once_its_cause_is_fixed(
+    sessions: async_sessionmaker[AsyncSession], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fixed = False
+
+    async def handler(session: AsyncSession, event: CloudEvent) -> None:
+        if not fixed:
+            raise ValueError("a value the register refuses")
+
+    monkeypatch.setattr(kernel.consumer, "RETRY_PAUSE_SECONDS", 0)
+    consumer = EventConsumer(
+        component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
+    )
+    event = receipt_for("mail-1")
+    fetch = OneFetch([incoming(event)])
+    with pytest.raises(asyncio.CancelledError):
+        await consumer._consume(fetch, FetchPacing(fetch, FETCH_MAX_WAIT_MS))  # type: ignore[arg-type]
+    async with sessions() as session:
+        [kept] = (await session.scalars(select(RejectedEvent))).all()
+
+    async def startup(app: FastAPI) -> list[BackgroundTask]:
+        app.state.sessions, app.state.relay, app.state.consumer = sessions, None, consumer
+        app.state.tenants = {
+            code: Tenant(code, code, tmp_path / f"{code}.yaml", {}) for code in (TENANT, "62063")
+        }
+        return []
+
+    settings = HubSettings(var_dir=tmp_path / "var")
+    app = create_app("test", settings, title="test", description="replays", startup=startup)
+    app.include_router(rejected_events_router("test:read", "test:write"))
+
+    def as_operator(tenant: str, *scopes: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {issue_token(settings, tenant, list(scopes))}"}
+
+    replay = f"/v1/rejected-events/{kept.id}/replay"
+    async with serving(app) as base, httpx.AsyncClient(base_url=base) as client:
+        assert (
+            await client.post(replay, headers=as_operator(TENANT, "test:read"))
+        ).status_code == 403
+        assert (
+            await client.post(replay, headers=as_operator("62063", "test:write"))
+        ).status_code == 404
+
+        again = await client.post(replay, headers=as_operator(TENANT, "test:write"))
+        assert again.status_code == 409, again.text
+        assert again.json()["detail"] == "ValueError: a value the register refuses"
+        assert await inbox_ids(sessions) == set()  # still kept, not handled
+
+        fixed = True  # the service was upgraded
+        done = await client.post(replay, headers=as_operator(TENANT, "test:write"))
+        assert done.status_code == 200, done.text
+        assert done.json() == {"event_id": event.id, "outcome": "handled"}
+        assert await inbox_ids(sessions) == {event.id}
+        listed = await client.get("/v1/rejected-events", headers=as_operator(TENANT, "test:read"))
+        assert listed.json()["items"] == []
+        gone = await client.post(replay, headers=as_operator(TENANT, "test:write"))
+        assert gone.status_code == 404
