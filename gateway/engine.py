@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import and_, bindparam, exists, select, update
+from sqlalchemy import and_, bindparam, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 SOURCE = "urn:hub:gateway"
 #: A claimed retry is hidden from other schedulers this long (a crashed one's claim expires).
 RETRY_LEASE = timedelta(seconds=120)
+#: The stored events one pass of the retry scheduler holds at most (``retry_due``).
+RETRY_BATCH_BYTES = 32 * 1024 * 1024
 
 #: The delivery log keeps a target's reference up to its column's length.
 REFERENCE_LENGTH: int = DeliveryRecord.__table__.c.external_reference.type.length  # type: ignore[attr-defined]
@@ -396,28 +398,46 @@ class DeliveryEngine:
             if attempted == 0:
                 await asyncio.sleep(poll_seconds)
 
-    async def retry_due(self, limit: int = 200) -> int:
-        """Attempt the deliveries whose retry time has come; return how many."""
+    async def retry_due(self, limit: int = 200, batch_bytes: int = RETRY_BATCH_BYTES) -> int:
+        """Attempt the deliveries whose retry time has come; return how many.
+
+        At most ``limit`` of them, and as many as fit in ``batch_bytes`` of stored
+        events (the first always): after a target's outage, 200 mails with their PDFs
+        would be a gigabyte in memory at once. The scheduler takes the next batch at
+        once (``run_retries``).
+        """
         now = self._clock()
         earlier = aliased(DeliveryRecord)
+        size = func.length(DeliveryRecord.record_value)
+        in_order = (DeliveryRecord.next_attempt_at, DeliveryRecord.id)
+        due_first = (
+            select(
+                DeliveryRecord.id,
+                (func.sum(size).over(order_by=in_order) - size).label("bytes_before"),
+            )
+            .where(
+                DeliveryRecord.status == "retrying",
+                DeliveryRecord.next_attempt_at <= now,
+                ~exists().where(
+                    and_(
+                        earlier.tenant == DeliveryRecord.tenant,
+                        earlier.subject == DeliveryRecord.subject,
+                        earlier.route == DeliveryRecord.route,
+                        earlier.status == "retrying",
+                        earlier.id < DeliveryRecord.id,
+                    )
+                ),
+            )
+            .order_by(*in_order)
+            .limit(limit)
+            .subquery()
+        )
         async with self._sessions() as session, session.begin():
             query = (
                 select(DeliveryRecord)
-                .where(
-                    DeliveryRecord.status == "retrying",
-                    DeliveryRecord.next_attempt_at <= now,
-                    ~exists().where(
-                        and_(
-                            earlier.tenant == DeliveryRecord.tenant,
-                            earlier.subject == DeliveryRecord.subject,
-                            earlier.route == DeliveryRecord.route,
-                            earlier.status == "retrying",
-                            earlier.id < DeliveryRecord.id,
-                        )
-                    ),
-                )
-                .order_by(DeliveryRecord.next_attempt_at)
-                .limit(limit)
+                .join(due_first, due_first.c.id == DeliveryRecord.id)
+                .where(due_first.c.bytes_before < batch_bytes)
+                .order_by(*in_order)
             )
             if session.bind.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True, of=DeliveryRecord)

@@ -347,3 +347,22 @@ async def test_a_target_reference_too_long_to_be_kept_is_cut_in_the_log_and_the_
     assert record.external_reference == reference[:199] + "…"
     [receipt] = await receipts(sessions)
     assert receipt.external_reference == record.external_reference
+
+
+async def test_a_retry_pass_holds_the_stored_events_that_fit_in_its_bytes(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    connector = FakeConnector([RetryableDeliveryError("HTTP 503")] * 3)
+    clock = Clock()
+    engine = make_engine(sessions, connector, clock)
+    events = [mail_event(f"mail-{n}") for n in (1, 2, 3)]
+    for event in events:  # the e-Box was away: all three wait for their retry
+        await engine.handle_record(*as_record(event), "courrier.events")
+        clock.advance(0.1)
+    size = len(as_record(events[0])[1])
+
+    clock.advance(5)
+    assert await engine.retry_due(batch_bytes=size * 3 // 2) == 2  # the second starts within
+    assert await engine.retry_due(batch_bytes=1) == 1  # larger than the budget: alone
+    assert sorted(call.event.id for call in connector.calls[3:]) == sorted(e.id for e in events)
+    assert {r.status for r in await deliveries(sessions)} == {"delivered"}
