@@ -229,15 +229,21 @@ async def test_a_failing_handler_undoes_its_batch_and_the_events_go_one_by_one(
         await consumer.handle_batch([incoming(e) for e in events])
     assert await inbox_ids(sessions) == set()  # mail-1's work was rolled back with the batch
 
-    fetch = OneFetch([incoming(e) for e in events])
-    with pytest.raises(asyncio.CancelledError):
-        await consumer._consume(fetch, FetchPacing(fetch, FETCH_MAX_WAIT_MS))  # type: ignore[arg-type]
+    fetch = await consume_one_fetch(consumer, events)
 
     assert await inbox_ids(sessions) == {e.id for e in events}
     # mail-1 ran in both undone batches, then alone; mail-2 failed alone once, then passed.
     assert runs == ["mail-1", "mail-1", "mail-1", "mail-2", "mail-3"]
     # Committed once the batch was handled: the offset after its last record (40, 41, 42).
     assert fetch.commits == [{TopicPartition(DeliveryReceipt.TOPIC, 0): 43}]
+
+
+async def consume_one_fetch(consumer: EventConsumer, events: list[CloudEvent]) -> OneFetch:
+    """Run the consumer's loop over one fetch of ``events``, until it asks for the next."""
+    fetch = OneFetch([incoming(e) for e in events])
+    with pytest.raises(asyncio.CancelledError):
+        await consumer._consume(fetch, FetchPacing(fetch, FETCH_MAX_WAIT_MS))  # type: ignore[arg-type]
+    return fetch
 
 
 async def fake_sleep(seconds: float) -> None:
@@ -259,9 +265,7 @@ async def test_an_event_its_handler_keeps_failing_on_is_kept_and_the_others_go_o
         component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
     )
     events = [receipt_for(f"mail-{n}") for n in (1, 2, 3)]
-    fetch = OneFetch([incoming(e) for e in events])
-    with pytest.raises(asyncio.CancelledError):
-        await consumer._consume(fetch, FetchPacing(fetch, FETCH_MAX_WAIT_MS))  # type: ignore[arg-type]
+    fetch = await consume_one_fetch(consumer, events)
 
     assert await inbox_ids(sessions) == {events[0].id, events[2].id}
     assert attempts.count("mail-2") == 1 + kernel.consumer.HANDLER_ATTEMPTS  # batch, then alone
@@ -286,9 +290,7 @@ async def test_the_database_away_is_waited_out_however_long_it_lasts(
         component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
     )
     event = receipt_for("mail-1")
-    fetch = OneFetch([incoming(event)])
-    with pytest.raises(asyncio.CancelledError):
-        await consumer._consume(fetch, FetchPacing(fetch, FETCH_MAX_WAIT_MS))  # type: ignore[arg-type]
+    await consume_one_fetch(consumer, [event])
 
     assert await inbox_ids(sessions) == {event.id}  # handled once the database came back
     async with sessions() as session:
@@ -309,9 +311,7 @@ async def test_a_kept_event_is_replayed_once_its_cause_is_fixed(
         component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
     )
     event = receipt_for("mail-1")
-    fetch = OneFetch([incoming(event)])
-    with pytest.raises(asyncio.CancelledError):
-        await consumer._consume(fetch, FetchPacing(fetch, FETCH_MAX_WAIT_MS))  # type: ignore[arg-type]
+    await consume_one_fetch(consumer, [event])
     async with sessions() as session:
         [kept] = (await session.scalars(select(RejectedEvent))).all()
 

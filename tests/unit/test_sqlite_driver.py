@@ -236,6 +236,13 @@ async def test_the_log_is_copied_into_the_database_by_a_thread_not_by_the_commit
     assert not checkpointer._thread.is_alive()  # dispose stopped it
 
 
+def wait_for_a_checkpoint(checkpointer: sqlite_driver.WalCheckpointer) -> None:
+    """Until the checkpointer's thread has checkpointed once, for 5 s at most."""
+    deadline = time.monotonic() + 5
+    while checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_small_writes_wait_for_the_interval_and_large_ones_for_the_next_tick(
     tmp_path: Path,
 ) -> None:
@@ -254,9 +261,7 @@ def test_small_writes_wait_for_the_interval_and_large_ones_for_the_next_tick(
 
         writer.execute("INSERT INTO mails VALUES ('an annex')")
         checkpointer.note_written(sqlite_driver.WalCheckpointer.LARGE_WRITES_BYTES)
-        deadline = time.monotonic() + 5
-        while checkpointer.checkpoints == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_a_checkpoint(checkpointer)
         assert checkpointer.checkpoints == 1
     finally:
         checkpointer.stop()
@@ -267,9 +272,7 @@ def test_small_writes_wait_for_the_interval_and_large_ones_for_the_next_tick(
     quick.start()
     try:
         writer.execute("INSERT INTO mails VALUES ('another small mail')")
-        deadline = time.monotonic() + 5
-        while quick.checkpoints == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_a_checkpoint(quick)
         assert quick.checkpoints == 1  # the interval passed and the log had changed
     finally:
         quick.stop()
@@ -297,9 +300,7 @@ def test_a_log_that_cannot_be_looked_at_for_a_while_does_not_end_the_checkpoints
     checkpointer.start()
     try:
         writer.execute("INSERT INTO mails VALUES ('a mail')")
-        deadline = time.monotonic() + 5
-        while checkpointer.checkpoints == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_a_checkpoint(checkpointer)
         assert checkpointer.checkpoints == 1  # once the log could be looked at again
         assert "cannot look at the log" in caplog.text
     finally:
