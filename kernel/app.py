@@ -77,8 +77,14 @@ class BackgroundJobs:
         self.restarting: dict[str, str] = {}
 
     def start(self, jobs: list[BackgroundTask]) -> None:
-        for job in jobs:
-            name = f"{self._component}:{job.__name__}"
+        names = [f"{self._component}:{job.__name__}" for job in jobs]
+        # A job's name keys its restart counter and its entry in ``restarting``: two jobs of
+        # one name would count as one, and the second to start again would find the
+        # entry gone and stop for good.
+        if len(set(names)) < len(names):
+            twice = sorted({name for name in names if names.count(name) > 1})
+            raise ValueError(f"two background jobs of one name: {', '.join(twice)}")
+        for name, job in zip(names, jobs, strict=True):
             self._tasks.append(asyncio.create_task(self._supervise(name, job), name=name))
 
     async def _supervise(self, name: str, job: BackgroundTask) -> None:
@@ -113,6 +119,7 @@ class BackgroundJobs:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._tasks.clear()
 
 
 class BodyTooLarge(Exception):
@@ -215,6 +222,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.token_verifier = TokenVerifier(settings)
+        # Each start registers its own (a test may run one app's lifespan twice): the last
+        # run's would read a database engine disposed of at its end.
+        app.state.scrape_refreshes = []
         jobs.start(await startup(app) if startup else [])
         try:
             yield

@@ -183,3 +183,43 @@ async def test_a_scrape_waits_for_a_refresh_only_so_long(
             scrape = await asyncio.wait_for(client.get("/metrics"), timeout=5)
     assert scrape.status_code == 200 and "hub_http_requests_total" in scrape.text
     assert "TimeoutError" in caplog.text
+
+
+async def test_two_jobs_of_one_name_stop_the_start(hub_settings: HubSettings) -> None:
+    def poller() -> BackgroundTask:
+        async def poll() -> None:
+            await asyncio.Event().wait()
+
+        return poll
+
+    async def startup(app: FastAPI) -> list[BackgroundTask]:
+        return [poller(), poller()]  # e.g. one per source, from one factory
+
+    with pytest.raises(ValueError, match="two background jobs of one name: twice:poll"):
+        async with running("twice", hub_settings, startup):
+            pass
+
+
+async def test_a_second_start_of_one_app_reads_its_metrics_once_per_scrape(
+    hub_settings: HubSettings,
+) -> None:
+    reads: list[int] = []
+
+    async def startup(app: FastAPI) -> list[BackgroundTask]:
+        start = len(reads)  # which start registered the refresh
+
+        async def read_backlog() -> None:
+            reads.append(start)
+
+        refresh_at_scrape(app, read_backlog)
+        return []
+
+    app = create_app("restarted", hub_settings, title="t", description="d", startup=startup)
+    transport = httpx.ASGITransport(app=app)
+    for _ in range(2):
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        ):
+            assert (await client.get("/metrics")).status_code == 200
+    assert reads == [0, 1]  # the second scrape ran only the second start's refresh
