@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from aiokafka.errors import IllegalStateError
+from aiokafka.structs import TopicPartition
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -22,6 +27,7 @@ from gateway.engine import DeliveryEngine
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import RetryPolicy, Route, RoutingTable
 from kernel.database import utcnow
+from kernel.kafka import FETCH_MAX_WAIT_MS, FetchPacing, OffsetCommits
 from kernel.outbox import OutboxMessage
 from tests.support.databases import sqlite_sessions
 
@@ -366,3 +372,54 @@ async def test_a_retry_pass_holds_the_stored_events_that_fit_in_its_bytes(
     assert await engine.retry_due(batch_bytes=1) == 1  # larger than the budget: alone
     assert sorted(call.event.id for call in connector.calls[3:]) == sorted(e.id for e in events)
     assert {r.status for r in await deliveries(sessions)} == {"delivered"}
+
+
+class RevokedDuringTheBatch:
+    """A Kafka consumer whose fetch spans two partitions, one revoked while it was handled."""
+
+    def __init__(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        self.fetched = fetched
+        self.owned = {min(fetched, key=lambda p: p.partition)}  # the other went to a new member
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
+        return self.fetched
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.owned
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        if partition not in self.owned:
+            raise IllegalStateError(f"No current assignment for partition {partition}")
+        self.seeks.append((partition, offset))
+
+
+async def test_a_failed_batch_rewinds_only_the_partitions_still_owned(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(sessions, FakeConnector(), Clock())
+
+    async def database_away(records: object) -> None:
+        raise ConnectionError("the delivery log is away")
+
+    async def no_pause(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr(engine, "handle_records", database_away)
+    monkeypatch.setattr(asyncio, "sleep", no_pause)
+    headers, value = as_record(mail_event())
+    record = [(name, text.encode()) for name, text in headers.items()]
+    first, second = (TopicPartition("courrier.events", n) for n in (0, 1))
+    consumer = RevokedDuringTheBatch(
+        {
+            first: [SimpleNamespace(headers=record, value=value, offset=7)],
+            second: [SimpleNamespace(headers=record, value=value, offset=30)],
+        }
+    )
+    commits = OffsetCommits(consumer, "gateway")
+    pacing = FetchPacing(consumer, FETCH_MAX_WAIT_MS)
+
+    assert await engine.consume_batch(consumer, commits, pacing) == 0
+    # The owned partition comes again from the batch's first offset; the revoked one is
+    # its new member's (aiokafka raises on a seek there, which stopped the consumer job).
+    assert consumer.seeks == [(first, 7)]
