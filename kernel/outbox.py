@@ -116,6 +116,28 @@ _BACKLOG = select(func.count(), func.min(OutboxMessage.created_at)).where(
 )
 
 
+def _waves(rows: list[OutboxMessage]) -> list[list[OutboxMessage]]:
+    """``rows`` (in id order) in waves: the first event of each key, then the second…
+
+    The relay waits for a wave's answers before it sends the next, so a key's later
+    event never leaves before the broker has its earlier one. Sent together, the
+    earlier could fail (a cluster rejects a record over its ``message.max.bytes``; its
+    retries run out while the broker is away) and the later be written: out of order
+    for good, and written again at each pass, as it was never marked sent. A wave costs
+    one wait for the broker's acknowledgements: a batch of different documents is one
+    wave; a transaction that stages three events of one document makes three.
+    """
+    waves: list[list[OutboxMessage]] = []
+    seen: dict[bytes, int] = {}
+    for row in rows:
+        place = seen.get(row.key, 0)
+        seen[row.key] = place + 1
+        if place == len(waves):
+            waves.append([])
+        waves[place].append(row)
+    return waves
+
+
 class RecordSender(Protocol):
     """What the relay needs of a producer (aiokafka's, or a fake in unit tests)."""
 
@@ -210,39 +232,10 @@ class OutboxRelay:
                 len(rows) >= self._batch_size
                 or sum(len(row.value) for row in rows) >= self._batch_bytes
             )
-            # Per row, in id order: the broker's future, or why it never left.
-            outcomes: list[asyncio.Future[Any] | BaseException | None] = []
-            refused: set[bytes] = set()
-            for row in rows:
-                if row.key in refused:
-                    outcomes.append(None)  # behind an earlier event of its key: waits
-                    continue
-                try:
-                    outcomes.append(
-                        await self._sender.send(
-                            row.topic,
-                            value=row.value,
-                            key=row.key,
-                            headers=[(name, value.encode()) for name, value in row.headers.items()],
-                        )
-                    )
-                except Exception as exc:  # refused before it left (no metadata, too large)
-                    refused.add(row.key)
-                    outcomes.append(exc)
-            futures = [outcome for outcome in outcomes if isinstance(outcome, asyncio.Future)]
-            results = iter(await asyncio.gather(*futures, return_exceptions=True))
             sent_ids: list[int] = []
             failed_keys: dict[bytes, BaseException] = {}
-            for row, outcome in zip(rows, outcomes, strict=True):
-                result = next(results) if isinstance(outcome, asyncio.Future) else outcome
-                # After one failure of a key, later rows of that key wait for it: order per key.
-                if outcome is None or row.key in failed_keys:
-                    continue
-                if isinstance(result, BaseException):
-                    failed_keys[row.key] = result
-                    continue
-                sent_ids.append(row.id)
-                EVENTS_PUBLISHED.labels(component=self._component, topic=row.topic).inc()
+            for wave in _waves(rows):
+                await self._send_wave(wave, sent_ids, failed_keys)
             async with writer_turn(self._sessions):
                 if sent_ids:
                     await session.execute(_MARK_SENT, {"ids": sent_ids, "sent_at": utcnow()})
@@ -257,6 +250,49 @@ class OutboxRelay:
                     next(iter(failed_keys.values())),
                 )
             return len(sent_ids)
+
+    async def _send_wave(
+        self,
+        wave: list[OutboxMessage],
+        sent_ids: list[int],
+        failed_keys: dict[bytes, BaseException],
+    ) -> None:
+        """Send ``wave`` (at most one row per key) and wait for the broker's answers.
+
+        A row of a key that failed earlier in the batch is not sent: it waits for the
+        next pass, behind its key's failed row. Adds the rows sent to ``sent_ids`` and
+        the keys that failed to ``failed_keys``.
+        """
+        # Per row, in id order: the broker's future, or None if it was not sent.
+        futures: list[asyncio.Future[Any] | None] = []
+        for row in wave:
+            if row.key in failed_keys:
+                futures.append(None)
+                continue
+            try:
+                futures.append(
+                    await self._sender.send(
+                        row.topic,
+                        value=row.value,
+                        key=row.key,
+                        headers=[(name, value.encode()) for name, value in row.headers.items()],
+                    )
+                )
+            except Exception as exc:  # refused before it left (no metadata, too large)
+                failed_keys[row.key] = exc
+                futures.append(None)
+        answers = iter(
+            await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True)
+        )
+        for row, future in zip(wave, futures, strict=True):
+            if future is None:
+                continue
+            answer = next(answers)
+            if isinstance(answer, BaseException):
+                failed_keys[row.key] = answer
+                continue
+            sent_ids.append(row.id)
+            EVENTS_PUBLISHED.labels(component=self._component, topic=row.topic).inc()
 
     async def purge_sent(self) -> None:
         async with self._sessions() as session:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,9 @@ class FakeSender:
         self.sent: list[tuple[str, bytes, bytes]] = []
         self.fail_keys = fail_keys or set()
         self.refuse_keys: set[bytes] = set()
+        #: Which records the broker itself rejects (key, value → rejected), as a cluster
+        #: does a record over its message.max.bytes.
+        self.broker_rejects: Callable[[bytes, bytes], bool] = lambda key, value: False
 
     async def send(
         self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
@@ -39,6 +42,8 @@ class FakeSender:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if key in self.fail_keys:
             future.set_exception(ConnectionError("broker away"))
+        elif self.broker_rejects(key, value):
+            future.set_exception(ValueError("MessageSizeTooLargeError"))
         else:
             self.sent.append((topic, key, value))
             future.set_result(None)
@@ -152,6 +157,31 @@ async def test_a_record_send_refuses_holds_its_keys_later_events_and_not_the_oth
     assert await pending(sessions) == 2
 
     sender.refuse_keys.clear()
+    assert await relay.publish_pending() == 2
+    sent = [(key, b'"attempts":2' in value) for _, key, value in sender.sent]
+    assert sent == [(b"92137:doc-2", False), (b"92137:doc-1", False), (b"92137:doc-1", True)]
+
+
+async def test_a_later_event_of_a_key_never_leaves_while_an_earlier_one_fails(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    sender = FakeSender()
+    relay = OutboxRelay(sessions, sender, component="test")
+    async with transaction(sessions, relay) as session:
+        stage(session, receipt("doc-1", attempts=1))
+        stage(session, receipt("doc-2"))
+        stage(session, receipt("doc-1", attempts=2))
+    # The cluster rejects doc-1's first event (over its message.max.bytes, say).
+    sender.broker_rejects = lambda key, value: key == b"92137:doc-1" and b'"attempts":1' in value
+
+    for _ in range(3):  # each pass finds the same rows pending
+        await relay.publish_pending()
+    # doc-1's second event waited behind its first: sent, it would have been written
+    # before it, and again at each pass (it was never marked sent).
+    assert [key for _, key, _ in sender.sent] == [b"92137:doc-2"]
+    assert await pending(sessions) == 2
+
+    sender.broker_rejects = lambda key, value: False  # the cluster's limit raised
     assert await relay.publish_pending() == 2
     sent = [(key, b'"attempts":2' in value) for _, key, value in sender.sent]
     assert sent == [(b"92137:doc-2", False), (b"92137:doc-1", False), (b"92137:doc-1", True)]
