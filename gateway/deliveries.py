@@ -23,7 +23,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from gateway.inbound.records import InboundDocument
 from gateway.routing import RetryPolicy
 from kernel.database import Base, BigId, UtcDateTime
-from kernel.migrations import Migration, create_tables
+from kernel.migrations import Migration, create_tables, rebuild_table, table_of
 from kernel.outbox import OutboxMessage
 
 Status = Literal["retrying", "delivered", "failed", "dead"]
@@ -70,6 +70,11 @@ MIGRATIONS = [
         2,
         "inbound documents (Peppol access point)",
         create_tables(InboundDocument.__table__),  # type: ignore[arg-type]
+    ),
+    Migration(
+        3,
+        "inbound documents unique by channel, source and id (no longer by id alone)",
+        rebuild_table(table_of(InboundDocument), {"source": "''"}),
     ),
 ]
 

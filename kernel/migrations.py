@@ -10,7 +10,7 @@ shares is simpler to read than an Alembic environment per service.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import (
@@ -25,6 +25,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.schema import CreateTable
 
 from kernel.database import Base, utcnow
 
@@ -67,6 +68,52 @@ def add_columns(table: Table, *names: str) -> Callable[[Connection], None]:
             )
         for index in table.indexes:
             index.create(connection, checkfirst=True)
+
+    return apply
+
+
+def rebuild_table(table: Table, added: Mapping[str, str]) -> Callable[[Connection], None]:
+    """Recreate ``table`` as it is defined today and copy its rows into it.
+
+    The way to change a table's constraints on SQLite, which cannot drop one.
+    ``added``: today's columns the old table lacks, each with the SQL value its
+    copied rows take. A table that has them already (created at today's shape by
+    an earlier migration's ``create_tables``) is left as is.
+    """
+
+    def apply(connection: Connection) -> None:
+        existing = {column["name"] for column in inspect(connection).get_columns(table.name)}
+        if set(added) <= existing:
+            return
+        quote = connection.dialect.identifier_preparer.quote
+        rebuilt = table.to_metadata(MetaData(), name=f"{table.name}_rebuilt")
+        # The new table's indexes are made once the old one (holding their names) is gone.
+        connection.execute(CreateTable(rebuilt))
+        kept = [column.name for column in table.columns if column.name in existing]
+        names = ", ".join(quote(name) for name in [*kept, *added])
+        values = ", ".join([*(quote(name) for name in kept), *added.values()])
+        connection.execute(
+            text(
+                f"INSERT INTO {quote(rebuilt.name)} ({names}) "
+                f"SELECT {values} FROM {quote(table.name)}"
+            )
+        )
+        connection.execute(text(f"DROP TABLE {quote(table.name)}"))
+        connection.execute(text(f"ALTER TABLE {quote(rebuilt.name)} RENAME TO {quote(table.name)}"))
+        for index in table.indexes:
+            index.create(connection)
+        if connection.dialect.name == "postgresql":
+            # The copied rows kept their ids; the new table's sequence starts after them.
+            for column in table.primary_key.columns:
+                if column.autoincrement is True:
+                    connection.execute(
+                        text(
+                            f"SELECT setval(pg_get_serial_sequence(:table, :column), "
+                            f"COALESCE(MAX({quote(column.name)}), 0) + 1, false) "
+                            f"FROM {quote(table.name)}"
+                        ),
+                        {"table": table.name, "column": column.name},
+                    )
 
     return apply
 

@@ -119,7 +119,9 @@ class OversightInbound:
     async def _known(self, key: str) -> bool:
         async with self._sessions() as session:
             found = await session.scalar(
-                select(InboundDocument.id).where(InboundDocument.source_message_id == key)
+                select(InboundDocument.id).where(
+                    InboundDocument.channel == CHANNEL, InboundDocument.source_message_id == key
+                )
             )
         return found is not None
 

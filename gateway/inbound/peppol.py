@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import new_event
 from contracts.events.peppol import MAX_DOCUMENT_BYTES, PeppolDocumentReceived, PeppolEndpoint
 from gateway.connectors.peppol_ap import PeppolApSettings
-from gateway.inbound.records import InboundDocument, SourceStatus, Status
+from gateway.inbound.records import SOURCE_LENGTH, InboundDocument, SourceStatus, Status
 from kernel.database import utcnow, write_transaction
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
@@ -153,6 +153,11 @@ def _item(entry: dict[str, Any]) -> InboxItem:
         raise AccessPointError(f"an inbox entry breaks the contract: {exc!r}") from exc
 
 
+def _source_of(inbox_name: str) -> str:
+    """The inbox's name (its access point's URL) as ``gateway_inbound.source`` holds it."""
+    return inbox_name[:SOURCE_LENGTH]
+
+
 def endpoint_of(participant: str) -> PeppolEndpoint:
     scheme, _, identifier = participant.partition(":")
     return PeppolEndpoint(scheme=scheme, identifier=identifier)
@@ -243,11 +248,13 @@ class PeppolInbound:
                 return taken
 
     async def _take_listing(self, inbox: AccessPointInbox, items: list[InboxItem]) -> int:
-        known = await self._known_among([item.message_id for item in items])
+        known = await self._known_among(inbox.name, [item.message_id for item in items])
         fetched = await asyncio.gather(
             *(self._fetch_or_wait(inbox, item) for item in items if item.message_id not in known)
         )
-        recorded = await self._record_all([document for document in fetched if document])
+        recorded = await self._record_all(
+            inbox.name, [document for document in fetched if document]
+        )
         # Listing order: a supplier's invoice and its credit note arrive in that order.
         records = [
             record
@@ -277,17 +284,24 @@ class PeppolInbound:
                 log.warning("Peppol message %s not told yet: %r", record.source_message_id, exc)
                 return False
 
-    async def _known_among(self, message_ids: list[str]) -> dict[str, InboundDocument]:
+    async def _known_among(self, source: str, message_ids: list[str]) -> dict[str, InboundDocument]:
         async with self._sessions() as session:
             found = await session.scalars(
-                select(InboundDocument).where(InboundDocument.source_message_id.in_(message_ids))
+                select(InboundDocument).where(
+                    InboundDocument.channel == CHANNEL,
+                    # "": recorded before the source was (gateway migration 3).
+                    InboundDocument.source.in_([_source_of(source), ""]),
+                    InboundDocument.source_message_id.in_(message_ids),
+                )
             )
             return {record.source_message_id: record for record in found}
 
-    async def _known(self, message_id: str) -> InboundDocument | None:
-        return (await self._known_among([message_id])).get(message_id)
+    async def _known(self, source: str, message_id: str) -> InboundDocument | None:
+        return (await self._known_among(source, [message_id])).get(message_id)
 
-    async def _record_all(self, documents: list[FetchedDocument]) -> dict[str, InboundDocument]:
+    async def _record_all(
+        self, source: str, documents: list[FetchedDocument]
+    ) -> dict[str, InboundDocument]:
         """Record a listing's fetched documents in one transaction, by message id.
 
         Should another gateway replica have recorded one of them meanwhile, the
@@ -296,7 +310,7 @@ class PeppolInbound:
         """
         if not documents:
             return {}
-        records = [self._new_record(document) for document in documents]
+        records = [self._new_record(source, document) for document in documents]
         with self._tracer.start_as_current_span(
             "peppol inbound", attributes={"hub.peppol.messages": len(documents)}
         ):
@@ -306,27 +320,28 @@ class PeppolInbound:
                         self._add(session, document, record)
             except IntegrityError:
                 return {
-                    document.item.message_id: await self._record(document) for document in documents
+                    document.item.message_id: await self._record(source, document)
+                    for document in documents
                 }
         for record in records:
             self._log_recorded(record)
         return {record.source_message_id: record for record in records}
 
-    async def _record(self, fetched: FetchedDocument) -> InboundDocument:
+    async def _record(self, source: str, fetched: FetchedDocument) -> InboundDocument:
         """Record one fetched document, or return the record another replica made of it."""
-        record = self._new_record(fetched)
+        record = self._new_record(source, fetched)
         try:
             async with write_transaction(self._sessions) as session:
                 self._add(session, fetched, record)
         except IntegrityError:
-            known = await self._known(fetched.item.message_id)
+            known = await self._known(source, fetched.item.message_id)
             if known is None:
                 raise
             return known
         self._log_recorded(record)
         return record
 
-    def _new_record(self, fetched: FetchedDocument) -> InboundDocument:
+    def _new_record(self, source: str, fetched: FetchedDocument) -> InboundDocument:
         item = fetched.item
         tenant = self._tenants.get(item.receiver.lower())
         status: Status = "published"
@@ -340,6 +355,7 @@ class PeppolInbound:
         now = self._clock()
         return InboundDocument(
             channel=CHANNEL,
+            source=_source_of(source),
             source_message_id=item.message_id,
             tenant=tenant,
             sender=item.sender,

@@ -22,12 +22,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import Index, Integer, LargeBinary, String, Text
+from sqlalchemy import Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kernel.database import Base, BigId, UtcDateTime
 
 Status = Literal["published", "unroutable", "refused"]
+SOURCE_LENGTH, MESSAGE_ID_LENGTH = 300, 200
 SourceStatus = Literal["pending", "acknowledged", "rejected"]
 
 
@@ -37,12 +38,19 @@ class InboundDocument(Base):
         Index("ix_gateway_inbound_tenant", "tenant", "id"),
         Index("ix_gateway_inbound_status", "status", "id"),
         Index("ix_gateway_inbound_pending", "source_status"),
+        # Ids are the source's own: two access points, or NOTICe and an access point, may
+        # use the same one. Unique by the id alone, a document of one was taken for
+        # another's already recorded, and never published.
+        UniqueConstraint("channel", "source", "source_message_id", name="uq_gateway_inbound_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    channel: Mapped[str] = mapped_column(String(32))  # "peppol"
-    #: The access point's message id: a document polled twice is recorded once.
-    source_message_id: Mapped[str] = mapped_column(String(200), unique=True)
+    channel: Mapped[str] = mapped_column(String(32))  # "peppol", "notice"…
+    #: Which source of the channel: a Peppol access point's URL; empty where the
+    #: channel has one source (NOTICe) or its ids name the tenant.
+    source: Mapped[str] = mapped_column(String(SOURCE_LENGTH), default="")
+    #: The source's id of the document: a document polled twice is recorded once.
+    source_message_id: Mapped[str] = mapped_column(String(MESSAGE_ID_LENGTH))
     tenant: Mapped[str | None] = mapped_column(String(5), nullable=True)
     sender: Mapped[str] = mapped_column(String(210))
     receiver: Mapped[str] = mapped_column(String(210))

@@ -35,6 +35,7 @@ from gateway.inbound.peppol import (
 from gateway.inbound.records import InboundDocument
 from gateway.main import register_built_in_connectors
 from gateway.routing import load_routing
+from kernel.database import utcnow
 from kernel.outbox import OutboxMessage
 from kernel.settings import REPOSITORY_ROOT, HubSettings
 from kernel.tenants import load_tenants
@@ -239,8 +240,8 @@ async def test_two_gateways_recording_the_same_message_keep_one(
     second = PeppolInbound(sessions=sessions, inboxes=[inbox], participants=PARTICIPANTS)
 
     # Both fetched before either recorded (a replica each, polling together).
-    await first._record(await inbox.fetch("m1"))
-    kept = await second._record(await inbox.fetch("m1"))
+    await first._record(inbox.name, await inbox.fetch("m1"))
+    kept = await second._record(inbox.name, await inbox.fetch("m1"))
 
     assert len(await published(sessions)) == 1
     assert kept.event_id == (await records(sessions))[0].event_id
@@ -255,7 +256,7 @@ async def test_a_replica_recording_one_of_a_listing_meanwhile_keeps_its_record_a
         async def fetch(self, message_id: str) -> FetchedDocument:
             fetched = await super().fetch(message_id)
             if message_id == "m1":  # the replica records m1 between our lookup and our record
-                await replica._record(fetched)
+                await replica._record(self.name, fetched)
             return fetched
 
     raced = RacedInbox()
@@ -598,3 +599,52 @@ async def test_a_listings_messages_are_fetched_several_at_a_time(
     assert most_in_flight == 4
     assert sorted(slow.acknowledged) == sorted(f"m{n}" for n in range(10))
     assert len(await published(sessions)) == 10
+
+
+# -- ids are the source's own ----------------------------------------------------------
+
+
+async def test_two_access_points_using_one_message_id_each_have_theirs_published(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox
+) -> None:
+    other = FakeInbox()
+    other.name = "another-ap"
+    inbox.drop("1001", LIEGE)
+    other.drop("1001", SAMBREVILLE)
+    inbound = PeppolInbound(sessions=sessions, inboxes=[inbox, other], participants=PARTICIPANTS)
+
+    assert await inbound.poll_once() == 2
+
+    # Each account's message was fetched and published; neither taken for the other's.
+    assert (inbox.fetches, other.fetches) == (["1001"], ["1001"])
+    assert sorted(e.tenant for e in await published(sessions)) == ["62063", "92137"]
+    assert (inbox.acknowledged, other.acknowledged) == (["1001"], ["1001"])
+
+
+async def test_a_message_with_the_id_of_another_channels_document_is_still_published(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    async with sessions() as session, session.begin():
+        now = utcnow()
+        session.add(
+            InboundDocument(
+                channel="notice",
+                source_message_id="X-42",
+                sender="SPW NOTICe",
+                receiver="NOTICE-LGE",
+                document_type="notice-notification",
+                size=2,
+                sha256="0" * 64,
+                document=b"{}",
+                status="published",
+                source_status="pending",
+                fetched_at=now,
+                updated_at=now,
+            )
+        )
+    inbox.drop("X-42", LIEGE)
+
+    assert await inbound.poll_once() == 1
+
+    assert [e.subject for e in await published(sessions)] == ["X-42"]
+    assert inbox.acknowledged == ["X-42"]

@@ -1,0 +1,85 @@
+"""The gateway's tables as an earlier version left them, brought up to date with their rows."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Column, MetaData, Table, select, text
+
+from gateway.deliveries import MIGRATIONS
+from gateway.inbound.records import InboundDocument
+from kernel.database import create_engine, utcnow
+from kernel.migrations import migrate
+
+pytestmark = pytest.mark.integration
+
+
+async def test_inbound_documents_become_unique_by_channel_source_and_id_keeping_their_rows(
+    database: tuple[str, str | None],
+) -> None:
+    url, schema = database
+    engine = create_engine(url, schema=schema)
+    try:
+        # The table as migration 2 made it: unique by the source's id alone, no source.
+        earlier = MetaData()
+        columns = [
+            Column(
+                column.name,
+                column.type,
+                primary_key=column.primary_key,
+                unique=column.name == "source_message_id",
+            )
+            for column in InboundDocument.__table__.columns
+            if column.name != "source"
+        ]
+        before = Table(InboundDocument.__tablename__, earlier, *columns)
+        async with engine.begin() as connection:
+            if schema:
+                await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            await connection.run_sync(earlier.create_all)
+        assert await migrate(engine, "gateway", MIGRATIONS[:2], schema=schema) == 2
+        now = utcnow()
+        row = {
+            "channel": "peppol",
+            "source_message_id": "1001",
+            "sender": "0208:0406798006",
+            "receiver": "0208:0207123407",
+            "document_type": "invoice",
+            "size": 3,
+            "sha256": "0" * 64,
+            "document": b"<x>",
+            "status": "published",
+            "source_status": "acknowledged",
+            "fetched_at": now,
+            "updated_at": now,
+        }
+        async with engine.begin() as connection:
+            await connection.execute(before.insert(), [row])
+
+        assert await migrate(engine, "gateway", MIGRATIONS, schema=schema) == len(MIGRATIONS)
+
+        async with engine.begin() as connection:
+            # Another source, and another channel, may now use the same id; new rows
+            # are numbered after the ones kept.
+            await connection.execute(
+                InboundDocument.__table__.insert(),
+                [
+                    {**row, "source": "https://ap.example"},
+                    {**row, "channel": "notice", "source": ""},
+                ],
+            )
+            kept = (
+                await connection.execute(
+                    select(
+                        InboundDocument.id, InboundDocument.channel, InboundDocument.source
+                    ).order_by(InboundDocument.id)
+                )
+            ).all()
+        assert [tuple(r) for r in kept] == [
+            (1, "peppol", ""),
+            (2, "peppol", "https://ap.example"),
+            (3, "notice", ""),
+        ]
+        # Run again (a restart), the migrations leave the table as it is.
+        assert await migrate(engine, "gateway", MIGRATIONS, schema=schema) == len(MIGRATIONS)
+    finally:
+        await engine.dispose()
