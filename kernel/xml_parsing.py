@@ -6,7 +6,14 @@ from lxml import etree
 
 
 def safe_parser() -> etree.XMLParser:
-    """No DTD (hence no entity, no "billion laughs"), no network, libxml2's size limits kept.
+    """No DTD (hence no entity, no "billion laughs"), no network, libxml2's size limits kept,
+    no comments.
+
+    Comments go because lxml's ``text`` (and ``findtext``) ends at the first one:
+    ``<Ticket>abc<!---->def</Ticket>`` read as "abc", while a signature's canonical
+    form (and XPath's ``string()``, which the official rules use) skip the comment and
+    see "abcdef". A signed message with a comment slipped into a value read as
+    another value under the same signature, and passed the replay check.
 
     A new one for each document: an lxml parser must not serve two threads at once.
     """
@@ -16,4 +23,5 @@ def safe_parser() -> etree.XMLParser:
         load_dtd=False,
         dtd_validation=False,
         huge_tree=False,
+        remove_comments=True,
     )

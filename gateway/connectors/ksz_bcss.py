@@ -59,6 +59,7 @@ from gateway.connectors.base import (
 from gateway.connectors.soap import XML_CONTENT_TYPE, SharedPoolTransport, serialise
 from gateway.errors import PermanentDeliveryError, translate_transport_errors
 from kernel.logs import mask_national_numbers
+from kernel.xml_parsing import safe_parser
 
 TYPE_NAME = "ksz_identify"
 TARGET = "KSZ-BCSS"
@@ -80,10 +81,6 @@ GENDERS = {"0": "unknown", "1": "male", "2": "female"}
 _S = f"{{{SERVICE_NS}}}"
 _C = f"{{{COMMON_NS}}}"
 _I = f"{{{IDENTIFY_NS}}}"
-# The parser never loads a DTD, expands an entity or touches the network.
-_SAFE_PARSER = etree.XMLParser(
-    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
-)
 
 
 class KszBcssSettings(ConnectorSettings):
@@ -171,7 +168,7 @@ def read_reply(content: bytes | str) -> IdentifyReply:
     """
     try:
         root = etree.fromstring(
-            content.encode() if isinstance(content, str) else content, parser=_SAFE_PARSER
+            content.encode() if isinstance(content, str) else content, parser=safe_parser()
         )
     except etree.XMLSyntaxError as exc:
         raise ReplyError(f"the reply is not well-formed XML ({exc})") from exc

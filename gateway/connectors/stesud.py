@@ -42,13 +42,13 @@ from gateway.connectors.base import (
 )
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from kernel.settings import REPOSITORY_ROOT, HubSettings
+from kernel.xml_parsing import safe_parser
 
 TYPE_NAME = "stesud"
 TARGET = "Stésud"
 NAMESPACE = "urn:hub:vendors:stesud:exchange:1"
 SCHEMA_PATH = REPOSITORY_ROOT / "contracts" / "vendors" / "stesud-file-exchange.xsd"
 _NS = {"s": NAMESPACE}
-_SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 
 
 def default_drop_dir(hub: HubSettings) -> Path:
@@ -110,7 +110,7 @@ class StesudConnector:
         except FileNotFoundError:
             return None
         try:
-            root = etree.fromstring(content, parser=_SAFE_PARSER)
+            root = etree.fromstring(content, parser=safe_parser())
         except etree.XMLSyntaxError as exc:
             raise RetryableDeliveryError(
                 f"{TARGET}'s acknowledgement {path.name} is unreadable: {exc}"

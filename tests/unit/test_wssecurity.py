@@ -100,6 +100,19 @@ def test_signature_follows_the_x509_sha256_policy(signer: X509Signature) -> None
     assert key_reference.get("URI") == f"#{token.get(WSU_ID)}"
 
 
+def test_a_comment_slipped_into_a_signed_value_does_not_change_what_is_read(
+    signer: X509Signature, trusted: list[x509.Certificate]
+) -> None:
+    # The signature's canonical form leaves comments out: the message still verifies.
+    # lxml's text would stop at the comment, and "Permis" would be another value
+    # under the same signature (a new ticket past the replay check, say).
+    slipped = as_bytes(signed(signer)).replace(b"Permis de", b"Permis<!-- --> de")
+
+    verified = verify_signed_envelope(slipped, trusted)
+
+    assert verified.body.findtext("{urn:test}Publish/{urn:test}Subject") == "Permis de bâtir"
+
+
 def test_tampered_body_is_refused(signer: X509Signature, trusted: list[x509.Certificate]) -> None:
     tampered = as_bytes(signed(signer)).replace(b"Permis de b", b"Permis de d")
 
