@@ -62,6 +62,8 @@ _ID_ATTRIBUTES = (WSU_ID, "Id", "ID", "{http://www.w3.org/XML/1998/namespace}id"
 TIMESTAMP_LIFETIME = timedelta(minutes=5)
 #: Tolerated difference between the sender's clock and ours.
 CLOCK_SKEW = timedelta(minutes=1)
+#: References one signature may hold: the hub signs three (Body, Timestamp, token).
+MAX_SIGNED_PARTS = 6
 
 
 class SignatureError(Exception):
@@ -318,7 +320,10 @@ def _parse_instant(text: str | None, name: str) -> datetime:
         raise SignatureError(f"the wsu:Timestamp {name} {text!r} is not a date-time") from exc
     if moment.tzinfo is None:
         raise SignatureError(f"the wsu:Timestamp {name} {text!r} has no time zone")
-    return moment
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+14:00, before the first instant
+        raise SignatureError(f"the wsu:Timestamp {name} {text!r} is out of range") from exc
 
 
 def _elements_by_id(envelope: etree._Element) -> dict[str, etree._Element]:
@@ -354,12 +359,23 @@ def _signed_elements(
         raise SignatureError("SignedInfo must be canonicalised with exclusive C14N")
     if signed_info.xpath("string(ds:SignatureMethod/@Algorithm)", namespaces=ns) != RSA_SHA256:
         raise SignatureError("the signature method must be RSA-SHA256")
-    signed = []
-    for reference in signed_info.findall(f"{{{DS}}}Reference"):
+    references = signed_info.findall(f"{{{DS}}}Reference")
+    # Each reference costs a digest of its element before the signature itself is checked,
+    # and anyone can write references: 600 copies of one to a 2 MB Body held the sandbox's
+    # loop for 6 s, with no key needed.
+    if len(references) > MAX_SIGNED_PARTS:
+        raise SignatureError(
+            f"the signature has {len(references)} references; at most {MAX_SIGNED_PARTS}"
+            " are accepted (the Body, the Timestamp, the token and a header or two)"
+        )
+    signed: list[etree._Element] = []
+    for reference in references:
         uri = reference.get("URI") or ""
         # Only same-message references by wsu:Id: no XPointer, no whole document, no fetching.
         if not uri.startswith("#") or uri[1:] not in elements_by_id:
             raise SignatureError(f"signature reference {uri!r} does not name an element by wsu:Id")
+        if elements_by_id[uri[1:]] in signed:
+            raise SignatureError(f"signature reference {uri!r} is there more than once")
         if reference.xpath("string(ds:DigestMethod/@Algorithm)", namespaces=ns) != SHA256:
             raise SignatureError(f"signature reference {uri!r} must use a SHA-256 digest")
         transforms = reference.xpath("ds:Transforms/ds:Transform/@Algorithm", namespaces=ns)
@@ -404,7 +420,7 @@ def _trusted_token_certificate(
     )
     if trusted is None:
         raise UntrustedCertificateError(
-            f"the signing certificate ({presented.subject.rfc4514_string()},"
+            f"the signing certificate ({_subject_of(presented)},"
             f" SHA-256 {fingerprint.hex()}) is not trusted"
         )
     if not trusted.not_valid_before_utc <= now <= trusted.not_valid_after_utc:
@@ -412,3 +428,12 @@ def _trusted_token_certificate(
             f"the signing certificate ({trusted.subject.rfc4514_string()}) is not valid now"
         )
     return trusted
+
+
+def _subject_of(certificate: x509.Certificate) -> str:
+    """The certificate's subject for a message; a subject that does not decode (anyone may
+    present such a certificate) is said so, not raised."""
+    try:
+        return certificate.subject.rfc4514_string()
+    except ValueError:
+        return "a subject that cannot be read"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -143,6 +145,23 @@ def test_certificate_not_in_the_trust_store_is_refused(
         verify_signed_envelope(as_bytes(signed(stranger)), [signer.certificate])
 
 
+def test_a_certificate_whose_subject_does_not_decode_is_refused_as_untrusted(
+    tmp_path: Path, signer: X509Signature
+) -> None:
+    stranger = X509Signature.from_files(
+        *ensure_tenant_signing_identity(tmp_path / "elsewhere", "92137")
+    )
+    document = signed(stranger)
+    token = document.find("soap:Header/wsse:Security/wsse:BinarySecurityToken", NS)
+    assert token is not None and token.text is not None
+    # The subject's UTF-8 name broken (the certificate's own signature is not checked here).
+    der = base64.b64decode(token.text).replace(b"hub-92137", b"\xff\xfe\xff-92137")
+    token.text = base64.b64encode(der).decode()
+
+    with pytest.raises(UntrustedCertificateError, match="a subject that cannot be read"):
+        verify_signed_envelope(as_bytes(document), [signer.certificate])
+
+
 def test_message_without_timestamp_is_refused(
     signer: X509Signature, trusted: list[x509.Certificate]
 ) -> None:
@@ -207,6 +226,48 @@ def test_signature_must_cover_the_body(
     reference.getparent().remove(reference)
 
     with pytest.raises(SignatureError, match="does not cover the SOAP Body"):
+        verify_signed_envelope(as_bytes(document), trusted)
+
+
+def test_references_repeated_or_too_many_are_refused_before_any_digest(
+    signer: X509Signature, trusted: list[x509.Certificate]
+) -> None:
+    # Anyone can add references (a digest of the Body needs no key); each cost a digest.
+    document = signed(signer)
+    body = document.find("soap:Body", NS)
+    assert body is not None
+    signed_info = document.find("soap:Header/wsse:Security/ds:Signature/ds:SignedInfo", NS)
+    assert signed_info is not None
+    reference = signed_info.find(f"ds:Reference[@URI='#{body.get(WSU_ID)}']", NS)
+    assert reference is not None
+    signed_info.append(copy.deepcopy(reference))
+
+    with pytest.raises(SignatureError, match="is there more than once"):
+        verify_signed_envelope(as_bytes(document), trusted)
+
+    for _ in range(600):
+        signed_info.append(copy.deepcopy(reference))
+    with pytest.raises(SignatureError, match="604 references; at most 6"):
+        verify_signed_envelope(as_bytes(document), trusted)
+
+
+@pytest.mark.parametrize(
+    ("name", "instant"),
+    [
+        ("Created", "0001-01-01T00:00:00+14:00"),
+        ("Expires", "0001-01-01T00:00:00+01:00"),
+        ("Created", "9999-12-31T23:59:59-01:00"),
+    ],
+)
+def test_a_timestamp_out_of_the_calendar_is_refused(
+    signer: X509Signature, trusted: list[x509.Certificate], name: str, instant: str
+) -> None:
+    document = signed(signer)
+    moment = document.find(f"soap:Header/wsse:Security/wsu:Timestamp/wsu:{name}", NS)
+    assert moment is not None
+    moment.text = instant
+
+    with pytest.raises(SignatureError, match=re.escape(f"{name} {instant!r} is out of range")):
         verify_signed_envelope(as_bytes(document), trusted)
 
 
