@@ -8,15 +8,16 @@ must carry the scope. ``StorageDep`` gives the route the service's sessions and
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Generic, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -63,6 +64,53 @@ async def storage(request: Request) -> Storage:
 
 
 StorageDep = Annotated[Storage, Depends(storage)]
+
+
+#: Characters no text of a request may hold: the C0 controls but tab, line feed and
+#: carriage return, and U+FFFE and U+FFFF. PostgreSQL refuses a NUL in a text (a 500
+#: where SQLite stored it), and XML 1.0 has no place for any of them: an item's title
+#: with a vertical tab was accepted, then broke every WS4PM answer that carried it.
+_NOT_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+#: The calendar a request's days and instants must fall in. At its ends the deadline
+#: arithmetic overflowed (a file received on 9999-12-31) and so did an instant's
+#: conversion to UTC (0001-01-01T00:00:00+01:00): 500s, for a typing mistake.
+EARLIEST_DAY, LATEST_DAY = date(1900, 1, 1), date(2199, 12, 31)
+
+
+class RequestModel(BaseModel):
+    """A request's body: unknown fields refused, and so are, in every field (within lists
+    and mappings too), texts holding a control character and days out of the calendar."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _plain(cls, value: Any) -> Any:
+        _check_plain(value)
+        return value
+
+
+def _check_plain(value: Any) -> None:
+    if isinstance(value, str):
+        if found := _NOT_IN_TEXT.search(value):
+            raise ValueError(
+                f"holds the control character U+{ord(found.group()):04X}, which no text of"
+                " this API may contain"
+            )
+    elif isinstance(value, date):  # a datetime too
+        day = value.date() if isinstance(value, datetime) else value
+        if not EARLIEST_DAY <= day <= LATEST_DAY:
+            raise ValueError(
+                f"{value.isoformat()} is out of the calendar this API accepts"
+                f" ({EARLIEST_DAY.isoformat()} to {LATEST_DAY.isoformat()})"
+            )
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _check_plain(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key)
+            _check_plain(item)
 
 
 class Page(BaseModel, Generic[T]):

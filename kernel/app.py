@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -126,8 +127,9 @@ class BodyTooLarge(Exception):
     pass
 
 
-class BodyLimitMiddleware:
-    """Refuse bodies over the limit before reading them (Content-Length) or while streaming."""
+class RequestGuardMiddleware:
+    """Refuse, before any route sees them, a URL holding a control character and a body
+    over the limit (by its Content-Length, or while it streams in)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -137,23 +139,55 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if _has_control_character(scope):
+            # A NUL in a path or a query parameter reached PostgreSQL, which refuses it in
+            # a text: a 500 for a mistyped URL (SQLite stored it).
+            await problem_response(
+                400,
+                "control-character",
+                "Control character in the URL",
+                "The URL holds a control character (such as NUL), which no identifier"
+                " or search of this API can contain.",
+                scope.get("path"),
+            )(scope, receive, send)
+            return
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+        if declared is not None and not declared.isdigit():
+            await problem_response(
+                400,
+                "bad-content-length",
+                "Invalid Content-Length",
+                f"The Content-Length header {declared.decode('latin-1')[:40]!r} is not a"
+                " number of bytes.",
+                scope.get("path"),
+            )(scope, receive, send)
+            return
+        if declared is not None and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
-        seen = 0
+        seen, exceeded, answered = 0, False, False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
+                exceeded = True
                 raise BodyTooLarge
             return message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except BodyTooLarge:
+        async def send_unless_exceeded(message: Message) -> None:
+            nonlocal answered
+            # FastAPI catches what the body's reading raised and answers 400 "error parsing
+            # the body": that answer is dropped, and the 413 below sent instead.
+            if exceeded and not answered:
+                return
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        with contextlib.suppress(BodyTooLarge):
+            await self.app(scope, limited_receive, send_unless_exceeded)
+        if exceeded and not answered:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -165,6 +199,19 @@ class BodyLimitMiddleware:
             scope.get("path"),
         )
         await response(scope, receive, send)
+
+
+#: A C0 control character or DEL: in a decoded path, and in a query string, raw or as a
+#: percent-escape.
+_CONTROL_IN_PATH = re.compile("[\x00-\x1f\x7f]")
+_CONTROL_IN_QUERY = re.compile(rb"[\x00-\x1f\x7f]|%[01][0-9a-fA-F]|%7[fF]")
+
+
+def _has_control_character(scope: Scope) -> bool:
+    return bool(
+        _CONTROL_IN_PATH.search(scope.get("path", ""))
+        or _CONTROL_IN_QUERY.search(scope.get("query_string", b""))
+    )
 
 
 class TraceAndCountMiddleware:
@@ -250,7 +297,7 @@ def create_app(
     install_problem_handlers(app)
     if front is not None:
         app.add_middleware(front)  # added first: the innermost
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestGuardMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(TraceAndCountMiddleware, component=component)
 
     @app.get("/healthz", include_in_schema=False)

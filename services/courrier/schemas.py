@@ -9,14 +9,11 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from kernel.api import RequestModel
 from services.courrier.domain import Direction, MailState
 from services.courrier.tables import Mail, MailFile
-
-
-class RequestModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class IncomingMailCreate(RequestModel):

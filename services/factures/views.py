@@ -11,9 +11,9 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from kernel.api import Page, problem_responses
+from kernel.api import Page, RequestModel, problem_responses
 from services.factures.domain import InvoiceState
 from services.factures.reasons import STATUS_REASON_CODES
 from services.factures.tables import Invoice, InvoiceStep
@@ -26,10 +26,6 @@ __all__ = [
     "PaymentRequest",
     "invoice_problems",
 ]
-
-
-class RequestModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class DisputeRequest(RequestModel):

@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from contracts.events.meeting import ConcernedParty, ItemOrigin
 from contracts.events.oversight import OversightOutcome
+from kernel.api import RequestModel
 from services.meeting.agenda import concerned_party_of
 from services.meeting.configuration import MeetingConfig
 from services.meeting.domain import (
@@ -23,10 +24,6 @@ from services.meeting.domain import (
     MeetingState,
 )
 from services.meeting.tables import Annex, DecisionDelivery, Item, Meeting, UnplacedRequest
-
-
-class RequestModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class AttendeeIn(RequestModel):

@@ -11,9 +11,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from contracts.events.urban import FileType
+from kernel.api import RequestModel
 from services.urban import deadlines
 from services.urban.domain import FileState, IdentityStatus
 from services.urban.permits import facts_of
@@ -25,10 +26,6 @@ from services.urban.tables import (
     PermitFile,
     UnprocessedEvent,
 )
-
-
-class RequestModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ApplicantIn(RequestModel):

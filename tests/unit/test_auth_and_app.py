@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, tzinfo
+from collections.abc import AsyncIterator
+from datetime import date, datetime, tzinfo
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict
+from pydantic import AwareDatetime
 
+from kernel.api import RequestModel
 from kernel.app import create_app
 from kernel.auth import CallerDep, TokenVerifier, Unauthorized, issue_token
 from kernel.settings import HubSettings
 
 
-class Greeting(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Greeting(RequestModel):
     name: str
     times: int
+    nicknames: tuple[str, ...] = ()
+    on: date | None = None
+    at: AwareDatetime | None = None
 
 
 def build(settings: HubSettings) -> FastAPI:
@@ -32,6 +36,10 @@ def build(settings: HubSettings) -> FastAPI:
     async def greet(body: Greeting, caller: CallerDep) -> dict[str, str]:
         caller.require("test:write")
         return {"tenant": caller.tenant, "hello": body.name}
+
+    @app.get("/greetings/{name}")
+    async def greeting(name: str, caller: CallerDep, tone: str = "warm") -> dict[str, str]:
+        return {"hello": name, "tone": tone}
 
     return app
 
@@ -125,6 +133,51 @@ async def test_bad_bodies_get_specific_problems(
 
     huge = await client.post("/greet", content=b"x" * 2000, headers=headers)
     assert huge.status_code == 413 and huge.json()["type"].endswith("/body-too-large")
+
+
+async def test_control_characters_and_days_out_of_the_calendar_are_refused_everywhere(
+    client: httpx.AsyncClient, hub_settings: HubSettings
+) -> None:
+    headers = bearer(hub_settings)
+    refused = {
+        "name": ({"name": "a\u0000b", "times": 1}, "U+0000"),
+        "nicknames": ({"name": "A", "times": 1, "nicknames": ["ok", "v\u000bt"]}, "U+000B"),
+        "on": ({"name": "A", "times": 1, "on": "9999-12-31"}, "9999-12-31 is out of"),
+        "at": ({"name": "A", "times": 1, "at": "0001-01-01T00:00:00+01:00"}, "out of the"),
+    }
+    for field, (body, said) in refused.items():
+        answer = await client.post("/greet", json=body, headers=headers)
+        assert answer.status_code == 422, field
+        [error] = answer.json()["errors"]
+        assert error["field"] == field and said in error["message"]
+    # Tab, line feed and carriage return are a text's own.
+    kept = {"name": "A\tB\r\nC", "times": 1, "on": "2026-12-06"}
+    assert (await client.post("/greet", json=kept, headers=headers)).status_code == 200
+
+    for url in ("/greetings/a%00b", "/greetings/ab?tone=a%00", "/greetings/ab?tone=x%1Fy"):
+        answer = await client.get(url, headers=headers)
+        assert answer.status_code == 400, url
+        assert answer.json()["type"].endswith("/control-character")
+    assert (await client.get("/greetings/ab?tone=a%20b", headers=headers)).status_code == 200
+
+
+async def test_a_body_over_the_limit_is_413_however_it_comes(
+    client: httpx.AsyncClient, hub_settings: HubSettings
+) -> None:
+    headers = {**bearer(hub_settings), "content-type": "application/json"}
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked
+        for _ in range(20):
+            yield b"x" * 100
+
+    streamed = await client.post("/greet", content=chunks(), headers=headers)
+    assert streamed.status_code == 413 and streamed.json()["type"].endswith("/body-too-large")
+
+    negative = await client.post(
+        "/greet", content=b"{}", headers={**headers, "content-length": "-1"}
+    )
+    assert negative.status_code == 400
+    assert negative.json()["type"].endswith("/bad-content-length")
 
 
 async def test_health_metrics_and_jwks(
