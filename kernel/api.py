@@ -90,13 +90,27 @@ class RequestModel(BaseModel):
         return value
 
 
+#: A media type as RFC 6838 names one: type/subtype, without parameters. Stored as said,
+#: one with a line break ("text/html\r\nX-Evil: 1") made its download fail for good.
+MEDIA_TYPE_PATTERN = (
+    r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,62}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,62}$"
+)
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a text of this API (it holds a control character), or None."""
+    if found := _NOT_IN_TEXT.search(value):
+        return (
+            f"holds the control character U+{ord(found.group()):04X}, which no text of"
+            " this API may contain"
+        )
+    return None
+
+
 def _check_plain(value: Any) -> None:
     if isinstance(value, str):
-        if found := _NOT_IN_TEXT.search(value):
-            raise ValueError(
-                f"holds the control character U+{ord(found.group()):04X}, which no text of"
-                " this API may contain"
-            )
+        if problem := text_problem(value):
+            raise ValueError(problem)
     elif isinstance(value, date):  # a datetime too
         day = value.date() if isinstance(value, datetime) else value
         if not EARLIEST_DAY <= day <= LATEST_DAY:
@@ -168,8 +182,12 @@ def download(content: bytes, media_type: str, filename: str) -> Response:
     ``filename*`` (RFC 6266 with RFC 8187 encoding) carries accents and spaces
     of names like ``Décision n°12.pdf`` safely.
     """
-    disposition = f"attachment; filename*=UTF-8''{quote(filename)}"
-    return Response(content, media_type=media_type, headers={"Content-Disposition": disposition})
+    headers = {
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}",
+        # A browser saves it as the type said, never runs it as another (HTML, a script).
+        "X-Content-Type-Options": "nosniff",
+    }
+    return Response(content, media_type=media_type, headers=headers)
 
 
 class RejectedEventView(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import re
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
@@ -18,6 +19,7 @@ from typing import Any
 
 from jsonschema.validators import validator_for
 
+from kernel.api import MEDIA_TYPE_PATTERN, text_problem
 from kernel.errors import Conflict, ProblemError
 from services.courrier.tables import Mail
 
@@ -91,6 +93,8 @@ def read_scan_metadata(raw: str, corpus_dir: Path) -> ScanMetadata:
         document = json.loads(raw)
     except ValueError as exc:
         raise MalformedScanMetadata(f"the metadata part is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # "[[[[…" nested a hundred thousand times
+        raise MalformedScanMetadata("the metadata part is nested too deeply") from exc
     if not isinstance(document, dict):
         raise MalformedScanMetadata("the metadata part must be a JSON object")
     errors = [
@@ -102,6 +106,7 @@ def read_scan_metadata(raw: str, corpus_dir: Path) -> ScanMetadata:
         }
         for error in sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
     ]
+    errors.extend(_hub_problems(document))
     if errors:
         raise InvalidScanMetadata(errors)
     try:
@@ -122,9 +127,46 @@ def read_scan_metadata(raw: str, corpus_dir: Path) -> ScanMetadata:
     )
 
 
+#: The schema's external_id, matched whole and in ASCII digits: its pattern, run as JSON
+#: Schema runs it (``re.search``), let "12A000000000001\n" and Arabic-Indic digits by,
+#: and the same scan with a line feed after its id was registered twice.
+_EXTERNAL_ID = re.compile(r"[0-9]{2}[0-9a-zA-Z][0-9]{12}", re.ASCII)
+#: What the registry keeps of the metadata, and how long it may be (its columns).
+_KEPT_TEXTS = {"filename": 255, "treating_group": 200}
+
+
+def _hub_problems(document: dict[str, Any]) -> list[dict[str, str]]:
+    """What the hub checks beyond the schema: the id's exact form, and the texts it keeps."""
+    problems = []
+    external_id = document.get("external_id")
+    if isinstance(external_id, str) and not _EXTERNAL_ID.fullmatch(external_id):
+        problems.append(
+            {
+                "field": "metadata.external_id",
+                "message": "must be 2 digits, a digit or letter, then 12 digits (ASCII), nothing"
+                " else",
+            }
+        )
+    for name, longest in _KEPT_TEXTS.items():
+        value = document.get(name)
+        if not isinstance(value, str):
+            continue
+        if problem := text_problem(value):
+            problems.append({"field": f"metadata.{name}", "message": problem})
+        elif len(value) > longest:
+            problems.append(
+                {"field": f"metadata.{name}", "message": f"is longer than {longest} characters"}
+            )
+    return problems
+
+
 def media_type_of(filename: str, declared: str | None) -> str:
-    if declared and declared != "application/octet-stream":
-        return declared
+    """The scan's media type: as its part declared it (without parameters), else guessed
+    from its name. A declared type that is no media type is not kept (stored as said,
+    one with a line break made the scan's download fail for good)."""
+    kind = (declared or "").split(";")[0].strip().lower()
+    if kind and kind != "application/octet-stream" and re.match(MEDIA_TYPE_PATTERN, kind):
+        return kind
     return mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
 

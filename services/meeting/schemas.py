@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from contracts.events.meeting import ConcernedParty, ItemOrigin
 from contracts.events.oversight import OversightOutcome
-from kernel.api import RequestModel
+from kernel.api import MEDIA_TYPE_PATTERN, RequestModel
 from services.meeting.agenda import concerned_party_of
 from services.meeting.configuration import MeetingConfig
 from services.meeting.domain import (
@@ -46,7 +46,7 @@ class AttendanceUpdate(RequestModel):
 class AnnexIn(RequestModel):
     title: str = Field(min_length=1, max_length=500)
     filename: str = Field(min_length=1, max_length=255)
-    media_type: str = Field(default="application/pdf", max_length=127)
+    media_type: str = Field(default="application/pdf", pattern=MEDIA_TYPE_PATTERN)
     content_base64: str = Field(description="The file, base64 (RFC 4648); at most 4 MiB decoded")
     md5: str | None = Field(
         default=None, pattern=r"^[0-9a-fA-F]{32}$", description="Checked when given"

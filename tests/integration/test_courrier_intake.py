@@ -142,6 +142,29 @@ BAD_SCANS = [
     pytest.param('{"external_id": ', SCAN, 400, "malformed-scan-metadata", id="not-json"),
     pytest.param("[]", SCAN, 400, "malformed-scan-metadata", id="not-an-object"),
     pytest.param(metadata(), None, 422, "invalid-request", id="no-file"),
+    pytest.param(
+        "[" * 100_000 + "]" * 100_000, SCAN, 400, "malformed-scan-metadata", id="nested-deep"
+    ),
+    pytest.param(
+        metadata(external_id="12A000000000001\n"), SCAN, 422, "invalid-scan-metadata", id="id-nl"
+    ),
+    pytest.param(
+        metadata(external_id="12A\u0661\u0662\u0663456789012"),
+        SCAN,
+        422,
+        "invalid-scan-metadata",
+        id="id-arabic-digits",
+    ),
+    pytest.param(
+        metadata(filename="a" * 252 + ".pdf"), SCAN, 422, "invalid-scan-metadata", id="long-name"
+    ),
+    pytest.param(
+        metadata(treating_group="urba\u0000nisme"),
+        SCAN,
+        422,
+        "invalid-scan-metadata",
+        id="nul-in-group",
+    ),
 ]
 
 
@@ -156,6 +179,24 @@ async def test_a_bad_scan_gets_a_specific_problem_and_nothing_is_stored(
     problem(await post_scan(courrier, document, content), status, slug)
     assert await courrier.stored() == (0, 0)
     assert await courrier.outbox() == []
+
+
+async def test_a_declared_type_that_is_no_media_type_is_not_kept(courrier: Courrier) -> None:
+    document = metadata()
+    files = {
+        "metadata": (None, json.dumps(document), "application/json"),
+        "file": ("scan.pdf", SCAN, "application/pdf\x00x"),
+    }
+    response = await courrier.http.post("/v1/intake/scans", files=files, headers=courrier.auth())
+    assert response.status_code == 201, response.text
+    [scan] = response.json()["files"]
+    assert scan["media_type"] == "application/pdf"  # from the file's name
+
+    url = f"/v1/mails/{response.json()['id']}/files/{scan['file_id']}"
+    download = await courrier.http.get(url, headers=courrier.auth())
+    assert download.status_code == 200 and download.content == SCAN
+    assert download.headers["content-type"] == "application/pdf"
+    assert download.headers["x-content-type-options"] == "nosniff"
 
 
 async def test_schema_errors_name_the_metadata_fields(courrier: Courrier) -> None:

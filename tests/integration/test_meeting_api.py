@@ -415,6 +415,21 @@ async def test_bad_items_are_refused_with_specific_problems_and_nothing_stored(
             "invalid-request",
         ),
         (item_body(preferred_meeting_id="no-such-meeting"), 404, "not-found"),
+        (
+            item_body(
+                annexes=[
+                    {
+                        "title": "x",
+                        "filename": "plan.pdf",
+                        "content_base64": base64.b64encode(PDF).decode(),
+                        "media_type": "text/html\r\nX-Evil: 1",  # its download failed
+                    }
+                ]
+            ),
+            422,
+            "invalid-request",
+        ),
+        (item_body(title="Titre avec \u000b tabulation"), 422, "invalid-request"),
     ]
     for body, status, slug in cases:
         problem(await service.post("/v1/items", body), status, slug)
