@@ -77,6 +77,13 @@ _NOT_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 EARLIEST_DAY, LATEST_DAY = date(1900, 1, 1), date(2199, 12, 31)
 
 
+#: The database's largest integer: an offset or a row id past it was a 500 (it could not
+#: be bound to the statement) where it can only mean "nothing there".
+LARGEST_INTEGER = 2**63 - 1
+#: How many rows a listing skips (``?offset=``).
+Offset = Annotated[int, Query(ge=0, le=LARGEST_INTEGER)]
+
+
 class RequestModel(BaseModel):
     """A request's body: unknown fields refused, and so are, in every field (within lists
     and mappings too), texts holding a control character and days out of the calendar."""
@@ -228,7 +235,7 @@ def rejected_events_router(read_scope: str, write_scope: str) -> APIRouter:
     async def replay_rejected_event(
         request: Request,
         store: StorageDep,
-        kept_id: Annotated[int, Path(ge=1)],
+        kept_id: Annotated[int, Path(ge=1, le=LARGEST_INTEGER)],
         caller: Caller = writer,
     ) -> ReplayOutcome:
         """Hand a kept event to its handler again, once what kept it is fixed (the sender
@@ -265,7 +272,7 @@ def rejected_events_router(read_scope: str, write_scope: str) -> APIRouter:
     async def rejected_events(
         store: StorageDep,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Offset = 0,
         caller: Caller = reader,
     ) -> Page[RejectedEventView]:
         """Events addressed to this service that break their contract, or that its handler

@@ -19,6 +19,7 @@ from fastapi.security import HTTPBearer
 from sqlalchemy.exc import IntegrityError
 
 from kernel.api import (
+    Offset,
     Page,
     Storage,
     StorageDep,
@@ -114,7 +115,7 @@ async def listing(
     ] = None,
     date_to: Annotated[date | None, Query(description="On or before this date")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Listing:
     return Listing(state, date_from, date_to, limit, offset)
 

@@ -16,7 +16,7 @@ from fastapi.security import HTTPBearer
 from sqlalchemy.exc import IntegrityError
 
 from contracts.events.factures import Channel
-from kernel.api import Storage, StorageDep, authorised, download
+from kernel.api import Offset, Storage, StorageDep, authorised, download
 from kernel.auth import Caller
 from kernel.database import utcnow
 from kernel.errors import ProblemError
@@ -206,7 +206,7 @@ def _reading_routes(api: APIRouter) -> None:
             str | None, Query(description="The access point's message id of a Peppol invoice")
         ] = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> Page[InvoiceSummary]:
         """The tenant's invoices, newest first (rejected ones included)."""
         where = registry.InvoiceFilter(state, assigned_service, channel, peppol_message_id)

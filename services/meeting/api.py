@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from contracts.events.meeting import ItemOrigin
 from kernel.api import (
+    Offset,
     Page,
     Storage,
     StorageDep,
@@ -146,7 +147,7 @@ def _configuration_routes(api: APIRouter) -> None:
         caller: Reader,
         store: StorageDep,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> list[UnplacedRequestView]:
         """Item requests of other services that could not be placed (e.g. unknown configuration)."""
         async with store.sessions() as session:
@@ -185,7 +186,7 @@ def _meeting_routes(api: APIRouter) -> None:
         meeting_config: str | None = None,
         state: MeetingState | None = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> Page[MeetingView]:
         """The tenant's meetings, earliest first."""
         async with store.sessions() as session:
@@ -275,7 +276,7 @@ def _item_routes(api: APIRouter) -> None:
         external_identifier: str | None = None,
         text: Annotated[str | None, Query(description="In the title or description")] = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> Page[ItemView]:
         """The tenant's items, newest first."""
         where = agenda.ItemFilter(

@@ -47,6 +47,7 @@ from sqlalchemy import ColumnElement, Select, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kernel.api import LARGEST_INTEGER
 from kernel.errors import NotFound, ProblemError
 from kernel.tenants import Tenant
 from services.meeting.configuration import MeetingConfig, TenantMeetings
@@ -731,7 +732,10 @@ def _body(request: Request, tenant: str) -> Body:
     return body
 
 
-PageQuery = Annotated[int, Query(ge=1, description="1 for the first page")]
+#: Bounded so that the rows it skips stay a number the database takes.
+PageQuery = Annotated[
+    int, Query(ge=1, le=LARGEST_INTEGER // MAX_PAGE_SIZE, description="1 for the first page")
+]
 LimitQuery = Annotated[
     int, Query(ge=1, le=MAX_PAGE_SIZE, description="Objects per page (elementsPerPage)")
 ]

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.events.urban import Applicant, FileType, Parcel
 from kernel.api import (
+    Offset,
     Page,
     Storage,
     StorageDep,
@@ -130,7 +131,7 @@ def _file_routes(api: APIRouter) -> None:
             date | None, Query(description="Files whose next deadline falls by this day")
         ] = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> Page[FileSummary]:
         """The tenant's files, newest first (by next deadline with ``deadline_before``)."""
         where = permits.FileFilter(state, file_type, reference, identity_flagged, deadline_before)
@@ -168,7 +169,7 @@ def _file_routes(api: APIRouter) -> None:
         caller: Reader,
         store: StorageDep,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> list[UnprocessedView]:
         """Inbound events that could not be applied (NOTICe notifications with a bad CaPaKey,
         NISS or document, for another instance, or for a closed notification; opinions and

@@ -430,6 +430,19 @@ async def test_a_control_character_in_the_url_is_refused(courrier: Courrier) -> 
         problem(response, 400, "control-character")
 
 
+async def test_an_offset_past_the_databases_integers_is_refused(courrier: Courrier) -> None:
+    # Past 2**63 - 1 it could not be bound to the statement: a 500.
+    response = await courrier.http.get(
+        "/v1/mails", params={"offset": 2**63}, headers=courrier.auth()
+    )
+    errors = problem(response, 422, "invalid-request")["errors"]
+    assert [e["field"] for e in errors] == ["query.offset"]
+    last = await courrier.http.get(
+        "/v1/mails", params={"offset": 2**63 - 1}, headers=courrier.auth()
+    )
+    assert last.status_code == 200 and last.json()["items"] == []
+
+
 async def test_unknown_fields_and_wrong_types_name_the_field(courrier: Courrier) -> None:
     response = await courrier.http.post(
         "/v1/outgoing-mails", json=outgoing_body(priority="urgent"), headers=courrier.auth()
