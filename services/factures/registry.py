@@ -18,7 +18,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 import pybase64
-from sqlalchemy import ColumnElement, Select, bindparam, inspect, select
+from sqlalchemy import ColumnElement, Select, String, bindparam, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm import object_session as session_of
@@ -135,7 +135,77 @@ def examine(content: bytes) -> Examination:
     """Parse and check ``content`` (CPU-bound: callers run it in a worker thread)."""
     document, findings = check_document(content)
     invoice = read_invoice(document) if document is not None else None
+    if invoice is not None:
+        findings = [*findings, *_too_long_to_keep(invoice)]
     return Examination(content, document, invoice, findings)
+
+
+#: Rule id of a field longer than the register keeps (a hub rule, not an EN 16931 one).
+TOO_LONG_TO_KEEP = "HUB-FIELD-LENGTH"
+#: The bounded text columns of an invoice, and their lengths.
+_LENGTHS = {
+    column.key: column.type.length
+    for column in Invoice.__table__.columns
+    if isinstance(column.type, String) and column.type.length is not None
+}
+
+
+#: The fields the register keeps in a column of bounded length: (name, location, column).
+_BOUNDED_FIELDS = (
+    ("BT-1 invoice number", "/*/cbc:ID", "number"),
+    ("BT-5 invoice currency code", "/*/cbc:DocumentCurrencyCode", "currency"),
+    ("BT-10 buyer reference", "/*/cbc:BuyerReference", "buyer_reference"),
+    ("BT-13 purchase order reference", "/*/cac:OrderReference/cbc:ID", "order_reference"),
+    (
+        "BT-31 seller VAT identifier",
+        "/*/cac:AccountingSupplierParty/cac:Party/cac:PartyTaxScheme/cbc:CompanyID",
+        "supplier_vat_id",
+    ),
+    (
+        "BT-30 seller legal registration identifier",
+        "/*/cac:AccountingSupplierParty/cac:Party/cac:PartyLegalEntity/cbc:CompanyID",
+        "supplier_legal_id",
+    ),
+)
+
+
+def _too_long_to_keep(model: InvoiceModel) -> list[Finding]:
+    """A fatal finding for each field longer than the register keeps (no rule limits them;
+    on PostgreSQL such an invoice was a 500 and was not received at all)."""
+    seller = model.seller
+    values = {
+        "number": model.number,
+        "currency": model.currency,
+        "buyer_reference": model.buyer_reference,
+        "order_reference": model.purchase_order_reference,
+        "supplier_vat_id": seller.vat_id if seller else None,
+        "supplier_legal_id": (
+            seller.legal_registration.value if seller and seller.legal_registration else None
+        ),
+    }
+    findings = []
+    for name, location, column in _BOUNDED_FIELDS:
+        value, longest = values[column], _LENGTHS[column]
+        if value is not None and len(value) > longest:
+            findings.append(
+                Finding(
+                    TOO_LONG_TO_KEEP,
+                    "fatal",
+                    f"The {name} is {len(value)} characters long; the commune's register keeps"
+                    f" at most {longest}.",
+                    location,
+                )
+            )
+    return findings
+
+
+def _fit_to_columns(invoice: Invoice) -> None:
+    """Cut each text to its column: a field too long is already a fatal finding, and the
+    document is kept (and answered RE) rather than refused by the database."""
+    for column, longest in _LENGTHS.items():
+        value = getattr(invoice, column)
+        if isinstance(value, str) and len(value) > longest:
+            setattr(invoice, column, value[: longest - 1] + "…")
 
 
 @dataclass(frozen=True)
@@ -294,6 +364,7 @@ def _take_content(
     invoice.findings = [finding.as_json() for finding in examination.findings]
     model = examination.invoice
     if model is None:
+        _fit_to_columns(invoice)
         return
     seller = model.seller
     invoice.kind = model.kind
@@ -315,6 +386,7 @@ def _take_content(
     invoice.tax_exclusive_amount = model.totals.total_without_vat
     invoice.tax_amount = model.totals.vat_total
     invoice.payable_amount = model.totals.amount_due
+    _fit_to_columns(invoice)
 
 
 def _sha256(content: bytes) -> str:

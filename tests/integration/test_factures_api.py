@@ -343,8 +343,17 @@ async def test_the_same_upload_twice_is_one_invoice_and_a_second_copy_a_rejected
         (invoice_xml(payable_delta="5"), "BR-CO-16", "PRI", "amount due is not the total"),
         (invoice_xml(vat_category="X"), "BR-CL-17", "LEG", "VAT category is unknown"),
         (invoice_xml(buyer_reference=None), "PEPPOL-EN16931-R003", "REF", "which service"),
+        # Longer than its column: a 500 on PostgreSQL, and the invoice was not received.
+        (invoice_xml("F" * 201), "HUB-FIELD-LENGTH", "OTH", "invoice number is 201 characters"),
+        (invoice_xml(buyer_reference="R" * 300), "HUB-FIELD-LENGTH", "OTH", "keeps at most 200"),
     ],
-    ids=["wrong-totals", "unknown-vat-category", "no-buyer-reference"],
+    ids=[
+        "wrong-totals",
+        "unknown-vat-category",
+        "no-buyer-reference",
+        "number-too-long",
+        "buyer-reference-too-long",
+    ],
 )
 async def test_a_faulty_invoice_is_stored_rejected_with_a_readable_reason_and_answered_re(
     factures: Factures, content: bytes, rule: str, status_reason: str, words: str
