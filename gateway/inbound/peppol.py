@@ -27,7 +27,7 @@ import binascii
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -40,7 +40,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import new_event
 from contracts.events.peppol import MAX_DOCUMENT_BYTES, PeppolDocumentReceived, PeppolEndpoint
 from gateway.connectors.peppol_ap import PeppolApSettings
-from gateway.inbound.records import SOURCE_LENGTH, InboundDocument, SourceStatus, Status
+from gateway.inbound.records import (
+    DOCUMENT_TYPE_LENGTH,
+    MESSAGE_ID_LENGTH,
+    SENDER_LENGTH,
+    SOURCE_LENGTH,
+    InboundDocument,
+    SourceStatus,
+    Status,
+)
 from kernel.database import utcnow, write_transaction
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
@@ -58,6 +66,20 @@ LISTING_LIMIT = 100
 class AccessPointError(RuntimeError):
     """The access point answered something unexpected; the message is tried at the next poll."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DocumentUnavailable(AccessPointError):
+    """A listed message whose document the access point will never give (no readable
+    document, gone): recorded ``refused`` and rejected, so that it leaves the listing.
+    Asked again at every poll, a hundred of them held every later message behind them."""
+
+
+#: Answers of the access point to a message's fetch that will not change at the next poll.
+GONE_STATUSES = frozenset({404, 410})
+
 
 @dataclass(frozen=True)
 class InboxItem:
@@ -66,6 +88,8 @@ class InboxItem:
     receiver: str
     document_type: str
     received_at: datetime | None = None
+    #: Why the message cannot be taken (its listing entry breaks the contract…), or None.
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,15 +125,27 @@ class HttpAccessPointInbox:
 
     async def list_new(self) -> list[InboxItem]:
         body = await self._call("GET", "/inbox", params={"limit": LISTING_LIMIT})
-        return [_item(entry) for entry in body.get("items", [])]
+        entries = body.get("items")
+        if not isinstance(entries, list):
+            raise AccessPointError("GET /inbox: the listing has no list of items")
+        # One entry at a time: one that breaks the contract is that message's problem.
+        return [item for entry in entries if (item := _listed_item(entry)) is not None]
 
     async def fetch(self, message_id: str) -> FetchedDocument:
-        body = await self._call("GET", f"/inbox/{message_id}")
+        try:
+            body = await self._call("GET", f"/inbox/{message_id}")
+        except AccessPointError as exc:
+            if exc.status in GONE_STATUSES:
+                raise DocumentUnavailable(str(exc), exc.status) from exc
+            raise
         try:
             content = pybase64.b64decode(body["document"], validate=True)
         except (KeyError, TypeError, binascii.Error) as exc:
-            raise AccessPointError(f"message {message_id}: no readable document") from exc
-        return FetchedDocument(_item(body), content)
+            raise DocumentUnavailable(f"message {message_id}: no readable document") from exc
+        try:
+            return FetchedDocument(_item(body), content)
+        except AccessPointError as exc:
+            raise DocumentUnavailable(f"message {message_id}: {exc}") from exc
 
     async def acknowledge(self, message_id: str) -> None:
         await self._call("POST", f"/inbox/{message_id}/acknowledge")
@@ -131,9 +167,13 @@ class HttpAccessPointInbox:
         )
         if response.is_error:
             raise AccessPointError(
-                f"{method} {path}: HTTP {response.status_code} {response.text[:300]}"
+                f"{method} {path}: HTTP {response.status_code} {response.text[:300]}",
+                response.status_code,
             )
-        body = response.json()
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise AccessPointError(f"{method} {path}: the answer is not JSON") from exc
         if not isinstance(body, dict):
             raise AccessPointError(f"{method} {path}: the answer is not a JSON object")
         return body
@@ -142,15 +182,44 @@ class HttpAccessPointInbox:
 def _item(entry: dict[str, Any]) -> InboxItem:
     try:
         received = entry.get("receivedAt")
-        return InboxItem(
+        item = InboxItem(
             message_id=str(entry["messageId"]),
             sender=str(entry["sender"]),
             receiver=str(entry["receiver"]),
             document_type=str(entry["documentTypeId"]),
             received_at=datetime.fromisoformat(received) if received else None,
         )
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise AccessPointError(f"an inbox entry breaks the contract: {exc!r}") from exc
+    too_long = [
+        f"{name} ({len(value)} characters, at most {longest})"
+        for name, value, longest in (
+            ("sender", item.sender, SENDER_LENGTH),
+            ("receiver", item.receiver, SENDER_LENGTH),
+            ("documentTypeId", item.document_type, DOCUMENT_TYPE_LENGTH),
+        )
+        if len(value) > longest
+    ]
+    if too_long:
+        raise AccessPointError(
+            f"an inbox entry is longer than this hub keeps: {', '.join(too_long)}"
+        )
+    return item
+
+
+def _listed_item(entry: Any) -> InboxItem | None:
+    """A listing's entry as an item; one that breaks the contract, as an item holding its
+    problem (recorded refused and rejected); one without a usable id, None (logged)."""
+    message_id = entry.get("messageId") if isinstance(entry, dict) else None
+    if not isinstance(message_id, str | int) or not 0 < len(str(message_id)) <= MESSAGE_ID_LENGTH:
+        log.error("a Peppol inbox entry without a usable messageId is left alone: %.300r", entry)
+        return None
+    try:
+        return _item(entry)
+    except AccessPointError as exc:
+        return InboxItem(
+            str(message_id), "", "", "", problem=f"As the access point listed it, {exc}."
+        )
 
 
 def _source_of(inbox_name: str) -> str:
@@ -268,9 +337,16 @@ class PeppolInbound:
     async def _fetch_or_wait(
         self, inbox: AccessPointInbox, item: InboxItem
     ) -> FetchedDocument | None:
+        """The message's document; one it will never have, with its problem; None (logged)
+        when it must wait for the next poll."""
+        if item.problem is not None:
+            return FetchedDocument(item, b"")
         async with self._slots:
             try:
                 return await inbox.fetch(item.message_id)
+            except DocumentUnavailable as exc:
+                problem = f"The access point gives no document for this message: {exc}."
+                return FetchedDocument(replace(item, problem=problem), b"")
             except Exception as exc:  # this one waits for the next poll; the others go on
                 log.warning("Peppol message %s not fetched yet: %r", item.message_id, exc)
                 return None
@@ -346,7 +422,9 @@ class PeppolInbound:
         tenant = self._tenants.get(item.receiver.lower())
         status: Status = "published"
         reason = None
-        if tenant is None:
+        if item.problem is not None:
+            status, reason = "refused", item.problem
+        elif tenant is None:
             status, reason = "unroutable", unroutable_reason(item.receiver)
         elif len(fetched.content) > MAX_DOCUMENT_BYTES:
             # Its event could not be published (Kafka's record limit): it would block

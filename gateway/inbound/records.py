@@ -28,7 +28,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from kernel.database import Base, BigId, UtcDateTime
 
 Status = Literal["published", "unroutable", "refused"]
-SOURCE_LENGTH, MESSAGE_ID_LENGTH = 300, 200
+SOURCE_LENGTH, MESSAGE_ID_LENGTH, SENDER_LENGTH, DOCUMENT_TYPE_LENGTH = 300, 200, 210, 500
 SourceStatus = Literal["pending", "acknowledged", "rejected"]
 
 
@@ -52,9 +52,9 @@ class InboundDocument(Base):
     #: The source's id of the document: a document polled twice is recorded once.
     source_message_id: Mapped[str] = mapped_column(String(MESSAGE_ID_LENGTH))
     tenant: Mapped[str | None] = mapped_column(String(5), nullable=True)
-    sender: Mapped[str] = mapped_column(String(210))
-    receiver: Mapped[str] = mapped_column(String(210))
-    document_type: Mapped[str] = mapped_column(String(500))
+    sender: Mapped[str] = mapped_column(String(SENDER_LENGTH))
+    receiver: Mapped[str] = mapped_column(String(SENDER_LENGTH))
+    document_type: Mapped[str] = mapped_column(String(DOCUMENT_TYPE_LENGTH))
     size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     document: Mapped[bytes] = mapped_column(LargeBinary)

@@ -9,9 +9,11 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -28,6 +30,7 @@ from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.inbound.peppol import (
     LISTING_LIMIT,
     FetchedDocument,
+    HttpAccessPointInbox,
     InboxItem,
     PeppolInbound,
     inboxes_from,
@@ -648,3 +651,114 @@ async def test_a_message_with_the_id_of_another_channels_document_is_still_publi
 
     assert [e.subject for e in await published(sessions)] == ["X-42"]
     assert inbox.acknowledged == ["X-42"]
+
+
+# -- messages that can never be taken ----------------------------------------------------
+
+
+class InboxOverHttp:
+    """An access point's inbox over HTTP: ``entries`` as listed, ``documents`` as fetched
+    (base64 text, or a status the fetch answers); rejected and acknowledged ones leave."""
+
+    def __init__(self, entries: list[Any], documents: dict[str, str | int]) -> None:
+        self.entries, self.documents = entries, documents
+        self.acknowledged: list[str] = []
+        self.rejected: dict[str, str] = {}
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        parts = request.url.path.split("/")[3:]  # after /v1/inbox
+        if not parts:
+            done = {*self.acknowledged, *self.rejected}
+            listed = [e for e in self.entries if _listed_id(e) not in done]
+            return httpx.Response(200, json={"items": listed[:LISTING_LIMIT]})
+        if len(parts) == 2 and parts[1] == "acknowledge":
+            self.acknowledged.append(parts[0])
+            return httpx.Response(200, json={"messageId": parts[0], "status": "acknowledged"})
+        if len(parts) == 2 and parts[1] == "reject":
+            self.rejected[parts[0]] = json.loads(request.content)["reason"]
+            return httpx.Response(200, json={"messageId": parts[0], "status": "rejected"})
+        document = self.documents[parts[0]]
+        if isinstance(document, int):
+            return httpx.Response(document, json={"title": "no such message"})
+        entry = next(e for e in self.entries if _listed_id(e) == parts[0])
+        return httpx.Response(200, json={**entry, "document": document})
+
+
+def _listed_id(entry: Any) -> str | None:
+    return str(entry["messageId"]) if isinstance(entry, dict) and "messageId" in entry else None
+
+
+def entry(message_id: str, **changes: Any) -> dict[str, Any]:
+    listed = {
+        "messageId": message_id,
+        "sender": SUPPLIER,
+        "receiver": LIEGE,
+        "documentTypeId": INVOICE_TYPE,
+        "receivedAt": "2026-03-02T10:00:00+00:00",
+    }
+    return {**listed, **changes}
+
+
+async def take_all(
+    sessions: async_sessionmaker[AsyncSession], access_point: InboxOverHttp, polls: int = 1
+) -> None:
+    settings = PeppolApSettings(
+        type="peppol_ap", base_url="https://ap.test/v1", api_key=SecretStr("k3y")
+    )
+    async with httpx.AsyncClient(transport=httpx.MockTransport(access_point.handle)) as http:
+        inbound = PeppolInbound(
+            sessions=sessions,
+            inboxes=[HttpAccessPointInbox(settings, http)],
+            participants=PARTICIPANTS,
+        )
+        for _ in range(polls):
+            await inbound.poll_once()
+
+
+async def test_messages_that_break_the_contract_are_kept_refused_and_rejected_not_retried(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    good = base64.b64encode(INVOICE).decode()
+    entries: list[Any] = [
+        entry("no-type", documentTypeId=None),
+        entry("odd-date", receivedAt=5),
+        entry("long-type", documentTypeId="t" * 501),
+        entry("unreadable"),
+        entry("gone"),
+        "not-an-object",
+        entry("good"),
+    ]
+    del entries[0]["documentTypeId"]
+    documents: dict[str, str | int] = {"unreadable": "***", "gone": 404, "good": good}
+    access_point = InboxOverHttp(entries, documents)
+
+    await take_all(sessions, access_point)
+
+    assert [e.subject for e in await published(sessions)] == ["good"]
+    assert access_point.acknowledged == ["good"]
+    # Each of the others is kept for an operator and rejected with its reason: it leaves
+    # the listing instead of being asked for at every poll, ahead of the rest.
+    assert set(access_point.rejected) == {"no-type", "odd-date", "long-type", "unreadable", "gone"}
+    assert "documentTypeId" in access_point.rejected["no-type"]
+    assert "at most 500" in access_point.rejected["long-type"]
+    assert "no readable document" in access_point.rejected["unreadable"]
+    assert "HTTP 404" in access_point.rejected["gone"]
+    kept = {r.source_message_id: (r.status, r.source_status) for r in await records(sessions)}
+    assert kept == {
+        "good": ("published", "acknowledged"),
+        **{m: ("refused", "rejected") for m in access_point.rejected},
+    }
+
+
+async def test_a_full_listing_of_messages_without_documents_does_not_hide_the_next_one(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    broken = [entry(f"broken-{n:03}") for n in range(LISTING_LIMIT)]
+    documents: dict[str, str | int] = {f"broken-{n:03}": "***" for n in range(LISTING_LIMIT)}
+    documents["good"] = base64.b64encode(INVOICE).decode()
+    access_point = InboxOverHttp([*broken, entry("good")], documents)
+
+    await take_all(sessions, access_point)
+
+    assert [e.subject for e in await published(sessions)] == ["good"]
+    assert len(access_point.rejected) == LISTING_LIMIT
