@@ -51,7 +51,7 @@ from contracts.envelope import new_event
 from contracts.events.outside import NoticeDocument, NoticeNotificationReceived
 from contracts.events.peppol import MAX_DOCUMENT_BYTES
 from gateway.connectors.notice import TYPE_NAME, NoticeSettings
-from gateway.inbound.records import InboundDocument, Status
+from gateway.inbound.records import MESSAGE_ID_LENGTH, InboundDocument, Status
 from gateway.routing import RoutingTable
 from kernel.database import utcnow, write_transaction
 from kernel.logs import mask_national_numbers
@@ -69,6 +69,21 @@ DOCUMENT_TYPE = "notice-notification"
 
 class NoticeError(RuntimeError):
     """NOTICe answered something unexpected; the notification is tried at the next poll."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+#: NOTICe's answers about a notification or its document that the next poll will not change:
+#: the notification is recorded refused with the answer, not asked for at every poll.
+GONE_STATUSES = frozenset({404, 410})
+#: Pages one instance's poll reads at most: a cursor that came back again (NOTICe's bug)
+#: made a poll list forever, and the other tenants' instances waited behind it.
+MAX_PAGES = 1000
+#: New notifications fetched, then recorded, at a time: a page holds up to 500, each with
+#: documents of up to 4 MiB (more in base64), all held in memory until its commit.
+RECORD_BATCH = 32
 
 
 class NoticeApi(Protocol):
@@ -124,7 +139,10 @@ class HttpNoticeApi:
             **kwargs,
         )
         if response.is_error:
-            raise NoticeError(f"GET {path}: HTTP {response.status_code} {response.text[:300]}")
+            raise NoticeError(
+                f"GET {path}: HTTP {response.status_code} {response.text[:300]}",
+                response.status_code,
+            )
         return response
 
 
@@ -150,6 +168,8 @@ class NoticeSource:
 class FetchedNotification:
     notification_id: str
     detail: dict[str, Any]
+    #: The instance whose listing named it (its detail's own says whose it is).
+    polled_instance: str = ""
     documents: list[NoticeDocument] = field(default_factory=list)
     #: Documents that do not match their metadata, said for a person.
     mismatches: list[str] = field(default_factory=list)
@@ -202,25 +222,38 @@ class NoticeInbound:
         taken = 0
         for source in self._sources:
             for instance in source.instances:
-                taken += await self._poll_instance(source.api, instance)
+                try:
+                    taken += await self._poll_instance(source.api, instance)
+                except Exception:  # the database is away: the other instances still try
+                    log.exception("NOTICe instance %s not polled", instance)
         return taken
 
     async def _poll_instance(self, api: NoticeApi, instance: str) -> int:
-        taken, after = 0, None
-        while True:
+        taken, after, cursors = 0, None, set[str]()
+        for _ in range(MAX_PAGES):
             try:
                 ids, after = await api.list_page(instance, after, self._page_size)
             except Exception as exc:  # NOTICe is away: try at the next poll
                 log.warning("NOTICe instance %s could not be listed: %r", instance, exc)
                 return taken
-            known = await self._known(ids)
-            new = [i for i in dict.fromkeys(ids) if i not in known]
-            fetched = await asyncio.gather(*(self._fetch(api, i) for i in new))
-            taken += await self._record(
-                [notification for notification in fetched if notification is not None]
-            )
-            if after is None:
+            usable = [i for i in dict.fromkeys(ids) if _usable_id(instance, i)]
+            known = await self._known(usable)
+            new = [i for i in usable if i not in known]
+            for start in range(0, len(new), RECORD_BATCH):
+                fetched = await asyncio.gather(
+                    *(self._fetch(api, instance, i) for i in new[start : start + RECORD_BATCH])
+                )
+                taken += await self._record(
+                    [notification for notification in fetched if notification is not None]
+                )
+            if after is None or not ids:
                 return taken
+            if after in cursors:
+                log.error("NOTICe instance %s: its listing came back to cursor %r", instance, after)
+                return taken
+            cursors.add(after)
+        log.error("NOTICe instance %s: more than %d pages; the rest next poll", instance, MAX_PAGES)
+        return taken
 
     async def _known(self, ids: Iterable[str]) -> set[str]:
         async with self._sessions() as session:
@@ -232,17 +265,35 @@ class NoticeInbound:
             )
             return set(rows.all())
 
-    async def _fetch(self, api: NoticeApi, notification_id: str) -> FetchedNotification | None:
-        """The notification and its checked documents; None (logged) when it must wait."""
+    async def _fetch(
+        self, api: NoticeApi, instance: str, notification_id: str
+    ) -> FetchedNotification | None:
+        """The notification and its checked documents, or with the problem that keeps it
+        from being published for good; None (logged) when it must wait for the next poll."""
         async with self._slots:
             try:
                 detail = await api.notification(notification_id)
-                fetched = FetchedNotification(notification_id, detail)
-                for metadata in detail.get("documents") or []:
+            except Exception as exc:
+                return _unavailable(instance, notification_id, {}, "detail", exc)
+            fetched = FetchedNotification(notification_id, detail, instance)
+            documents = detail.get("documents") or []
+            if not isinstance(documents, list):
+                fetched.problem = "its documents are not a list, as NOTICe's contract says"
+                return fetched
+            declared = _declared_bytes(documents)
+            if declared > MAX_DOCUMENT_BYTES:  # refused before anything is downloaded
+                fetched.problem = (
+                    f"its documents are {declared} bytes; one event carries at most"
+                    f" {MAX_DOCUMENT_BYTES}"
+                )
+                return fetched
+            try:
+                for metadata in documents:
                     await self._fetch_document(api, fetched, metadata)
-            except Exception as exc:  # this one waits for the next poll; the others go on
-                log.warning("NOTICe notification %s not taken yet: %r", notification_id, exc)
-                return None
+                    if fetched.problem:
+                        break
+            except Exception as exc:
+                return _unavailable(instance, notification_id, detail, "document", exc)
         return fetched
 
     async def _fetch_document(
@@ -319,7 +370,7 @@ class NoticeInbound:
         self, fetched: FetchedNotification
     ) -> tuple[InboundDocument, NoticeNotificationReceived | None]:
         detail = fetched.detail
-        instance = str(detail.get("instanceCode", ""))
+        instance = str(detail.get("instanceCode", fetched.polled_instance))
         tenant = self._tenants.get(instance)
         status: Status = "published"
         data: NoticeNotificationReceived | None = None
@@ -374,6 +425,45 @@ class NoticeInbound:
             event = new_event(data, tenant=row.tenant, subject=row.source_message_id, source=SOURCE)
             stage(session, event)
         row.event_id = event.id
+
+
+def _unavailable(
+    instance: str, notification_id: str, detail: dict[str, Any], what: str, exc: Exception
+) -> FetchedNotification | None:
+    """A notification NOTICe will never give whole (an answer of ``GONE_STATUSES``), with
+    that problem; None (logged) for any other failure, which the next poll tries again."""
+    if isinstance(exc, NoticeError) and exc.status in GONE_STATUSES:
+        gone = FetchedNotification(notification_id, detail, instance)
+        gone.problem = f"NOTICe gives no {what} of it: {exc}"
+        return gone
+    log.warning("NOTICe notification %s not taken yet: %r", notification_id, exc)
+    return None
+
+
+def _declared_bytes(documents: list[Any]) -> int:
+    """The documents' sizes as their metadata declare them (broken metadata counts 0: it
+    is refused when the document is read)."""
+    total = 0
+    for metadata in documents:
+        try:
+            total += max(int(metadata["size"]), 0)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return total
+
+
+def _usable_id(instance: str, notification_id: str) -> bool:
+    if 0 < len(notification_id) <= MESSAGE_ID_LENGTH:
+        return True
+    log.error(
+        "NOTICe instance %s lists a notification id of %d characters, which the inbound log"
+        " cannot keep (at most %d): left alone, %.80r…",
+        instance,
+        len(notification_id),
+        MESSAGE_ID_LENGTH,
+        notification_id,
+    )
+    return False
 
 
 def document_mismatch(content: bytes, size: int, sha256: str) -> str | None:

@@ -3,6 +3,7 @@ fake NOTICe (httpx.MockTransport)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -22,7 +23,7 @@ from gateway.connectors.base import ConnectorContext, Delivery
 from gateway.connectors.notice import NoticeConnector, create_connector
 from gateway.deliveries import MIGRATIONS
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
-from gateway.inbound.notice import NoticeInbound, NoticeSource
+from gateway.inbound.notice import NoticeError, NoticeInbound, NoticeSource
 from gateway.inbound.records import InboundDocument
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
@@ -271,3 +272,89 @@ async def test_a_final_response_without_a_decision_is_refused_before_sending() -
 
     with pytest.raises(PermanentDeliveryError, match="needs the decision"):
         await connector(answer).deliver(delivery(decision=None))
+
+
+# -- notifications NOTICe will never give whole, and listings that never end -------------
+
+
+class GoneDocuments(FakeNotice):
+    """Answers 404 for the documents of ``gone``."""
+
+    def __init__(self, gone: set[str]) -> None:
+        super().__init__()
+        self.gone = gone
+
+    async def document(self, notification_id: str, document_id: str) -> bytes:
+        if notification_id in self.gone:
+            self.calls.append(f"doc:{notification_id}/{document_id}")
+            path = f"/notifications/{notification_id}/documents/{document_id}"
+            raise NoticeError(f"GET {path}: HTTP 404", 404)
+        return await super().document(notification_id, document_id)
+
+
+async def test_a_notification_never_given_whole_is_kept_refused_not_asked_for_again(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    notice = GoneDocuments(gone={"N-404"})
+    notice.add("N-404")
+    notice.add("N-not-a-list", documents=5)
+    huge = {"id": "D1", "filename": "plan.pdf", "mediaType": "application/pdf"}
+    notice.add("N-huge", documents=[{**huge, "size": 5 * 1024 * 1024, "sha256": "0" * 64}])
+    notice.add("N-ok")
+    inbound = inbound_for(sessions, notice)
+
+    for _ in range(3):
+        await inbound.poll_once()
+
+    kept = await records(sessions)
+    assert {n: kept[n].status for n in kept} == {
+        "N-404": "refused",
+        "N-not-a-list": "refused",
+        "N-huge": "refused",
+        "N-ok": "published",
+    }
+    assert "HTTP 404" in (kept["N-404"].reason or "")
+    assert "not a list" in (kept["N-not-a-list"].reason or "")
+    assert "5242880 bytes" in (kept["N-huge"].reason or "")
+    # Each was read once: the next polls found them recorded; the huge one's document
+    # was never downloaded.
+    assert sorted(c for c in notice.calls if c.startswith("get:")) == [
+        "get:N-404",
+        "get:N-huge",
+        "get:N-not-a-list",
+        "get:N-ok",
+    ]
+    assert not [c for c in notice.calls if c.startswith("doc:N-huge")]
+
+
+class CursorComingBack(FakeNotice):
+    """A NOTICe whose listing's last page names a next page: itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listings = 0
+
+    async def list_page(
+        self, instance_code: str, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        self.listings += 1
+        ids, _ = await super().list_page(instance_code, None, limit)
+        return ids, "N-1"
+
+
+async def test_a_listing_that_comes_back_to_its_cursor_ends_and_the_other_instances_go_on(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    looping, healthy = CursorComingBack(), FakeNotice()
+    looping.add("N-1")
+    healthy.add("H-1", instance="NOTICE-92137")
+    inbound = NoticeInbound(
+        sessions=sessions,
+        sources=[NoticeSource(looping, (INSTANCE,)), NoticeSource(healthy, ("NOTICE-92137",))],
+        instances={INSTANCE: "62063", "NOTICE-92137": "92137"},
+    )
+
+    assert await asyncio.wait_for(inbound.poll_once(), 5) == 2
+
+    assert looping.listings == 2  # the second page named the cursor already followed
+    assert set(await records(sessions)) == {"N-1", "H-1"}
