@@ -51,10 +51,9 @@ from contracts.envelope import new_event
 from contracts.events.outside import NoticeDocument, NoticeNotificationReceived
 from contracts.events.peppol import MAX_DOCUMENT_BYTES
 from gateway.connectors.notice import TYPE_NAME, NoticeSettings
-from gateway.inbound.records import MESSAGE_ID_LENGTH, InboundDocument, Status
+from gateway.inbound.records import MESSAGE_ID_LENGTH, InboundDocument, Status, contract_problem
 from gateway.routing import RoutingTable
 from kernel.database import utcnow, write_transaction
-from kernel.logs import mask_national_numbers
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
 from kernel.tenants import Tenant
@@ -383,7 +382,7 @@ class NoticeInbound:
             try:
                 data = event_data(fetched)
             except (ValidationError, KeyError, TypeError, ValueError) as exc:
-                status, reason = "refused", contract_problem(exc)
+                status, reason = "refused", contract_problem("notification", exc)
             else:
                 size = sum(len(d.content_base64) for d in data.documents)
                 if size > MAX_DOCUMENT_BYTES:
@@ -488,19 +487,6 @@ def event_data(fetched: FetchedNotification) -> NoticeNotificationReceived:
         applicants=detail.get("applicants") or [],
         parcels=detail.get("parcels") or [],
         documents=fetched.documents,
-    )
-
-
-def contract_problem(exc: Exception) -> str:
-    """Why a notification cannot be the hub's event, without the values (national numbers)."""
-    if isinstance(exc, ValidationError):
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False)
-        )
-    else:
-        problems = f"{type(exc).__name__}: {exc}"
-    return mask_national_numbers(
-        f"The notification breaks the hub's event contract ({problems}): kept here, not published."
     )
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import new_event
 from contracts.events.oversight import OversightOutcomeReceived
 from gateway.connectors.oversight_soap import Outcome
-from gateway.inbound.records import InboundDocument
+from gateway.inbound.records import InboundDocument, contract_problem
 from kernel.database import utcnow
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
@@ -159,27 +160,39 @@ class OversightInbound:
             fetched_at=now,
             updated_at=now,
         )
-        data = OversightOutcomeReceived(
-            item_id=outcome.item_id,
-            decision_number=outcome.decision_number,
-            acknowledgement_number=outcome.acknowledgement_number,
-            outcome=outcome.outcome,
-            decided_on=outcome.decided_on,
-            reason=outcome.reason,
-        )
-        event = new_event(data, tenant=tenant, subject=outcome.item_id, source=SOURCE)
+        try:
+            data = OversightOutcomeReceived(
+                item_id=outcome.item_id,
+                decision_number=outcome.decision_number,
+                acknowledgement_number=outcome.acknowledgement_number,
+                outcome=outcome.outcome,
+                decided_on=outcome.decided_on,
+                reason=outcome.reason,
+            )
+        except ValidationError as exc:
+            # Kept for an operator, and the cursor goes past it: an outcome the event cannot
+            # carry (one the contract does not know, "suspended") was read again at every
+            # poll, and every later outcome of the tenant waited behind it.
+            record.status, record.reason = "refused", contract_problem("outcome", exc)
+            event = None
+        else:
+            event = new_event(data, tenant=tenant, subject=outcome.item_id, source=SOURCE)
         with self._tracer.start_as_current_span(
             "oversight inbound", attributes={"hub.oversight.acknowledgement": key}
         ):
             try:
                 async with self._sessions() as session, session.begin():
-                    record.event_id = event.id
                     session.add(record)
-                    stage(session, event)
+                    if event is not None:
+                        record.event_id = event.id
+                        stage(session, event)
             except IntegrityError:
                 if not await self._known(key):
                     raise
                 return 0  # another gateway replica recorded it meanwhile: theirs is the one
+        if event is None:
+            log.error("oversight outcome %s of tenant %s refused: %s", key, tenant, record.reason)
+            return 0
         log.info(
             "oversight outcome %s on %s (%s) published for tenant %s",
             outcome.outcome,

@@ -22,10 +22,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
+from pydantic import ValidationError
 from sqlalchemy import Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kernel.database import Base, BigId, UtcDateTime
+from kernel.logs import mask_national_numbers
 
 Status = Literal["published", "unroutable", "refused"]
 SOURCE_LENGTH, MESSAGE_ID_LENGTH, SENDER_LENGTH, DOCUMENT_TYPE_LENGTH = 300, 200, 210, 500
@@ -65,3 +67,17 @@ class InboundDocument(Base):
     received_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     fetched_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+def contract_problem(what: str, exc: Exception) -> str:
+    """Why a document (a "notification", an "outcome") cannot be the hub's event, without
+    the values it held (national numbers)."""
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False)
+        )
+    else:
+        problems = f"{type(exc).__name__}: {exc}"
+    return mask_national_numbers(
+        f"The {what} breaks the hub's event contract ({problems}): kept here, not published."
+    )

@@ -146,3 +146,25 @@ async def test_an_unreachable_service_records_nothing_and_is_asked_again(
 
     oversight.failing = False
     assert await inbound.poll_once() == 1
+
+
+async def test_an_outcome_the_event_cannot_carry_is_kept_refused_and_the_rest_go_on(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    oversight = FakeOversight(TENANT)
+    oversight.decide("item-1", outcome="suspended")  # no outcome the contract knows
+    oversight.decide("item-2")
+    oversight.decide("item-3")
+    inbound = OversightInbound(sessions=sessions, sources=[oversight])
+
+    assert await inbound.poll_once() == 2
+    assert await inbound.poll_once() == 0
+
+    assert [e.subject for e in await published(sessions)] == ["item-2", "item-3"]
+    [refused] = [r for r in await records(sessions) if r.status == "refused"]
+    assert refused.source_message_id.endswith("-1") and refused.event_id is None
+    assert "outcome breaks the hub's event contract" in (refused.reason or "")
+    # A restart resumes after it too.
+    oversight.calls.clear()
+    assert await OversightInbound(sessions=sessions, sources=[oversight]).poll_once() == 0
+    assert oversight.calls[0] == 3
