@@ -58,6 +58,9 @@ SOURCE = "urn:hub:gateway:peppol"
 CHANNEL = "peppol"
 #: MLS-like reason code of a transport-level rejection (unknown receiver, too large).
 FAILURE_OF_DELIVERY = "FD"
+#: Messages fetched, then recorded, at a time: a listing's hundred documents of up to 4 MiB
+#: each (and their events, in base64) were all in memory until one commit.
+RECORD_BATCH = 16
 #: Messages asked for in one listing. A listing this full may hide more behind it:
 #: the poll takes the next one at once instead of waiting for the next poll.
 LISTING_LIMIT = 100
@@ -278,11 +281,11 @@ class PeppolInbound:
     async def poll_once(self) -> int:
         """Take every new message of every inbox; return how many were taken.
 
-        A listing is taken as one batch: one query finds the messages already
-        recorded, the others are fetched ``concurrency`` at a time (the round
-        trips to the access point, not the work, set the pace), recorded in one
-        transaction, told to the access point ``concurrency`` at a time, and
-        marked told in one more. Per message, the statements and commits cost
+        A listing is taken in batches of ``RECORD_BATCH``: one query finds the
+        messages already recorded, the others are fetched ``concurrency`` at a
+        time (the round trips to the access point, not the work, set the pace),
+        recorded in one transaction, told to the access point ``concurrency`` at
+        a time, and marked told in one more. Per message, the statements and commits cost
         more of the gateway's CPU than the rest of taking it.
         """
         taken = 0
@@ -317,6 +320,13 @@ class PeppolInbound:
                 return taken
 
     async def _take_listing(self, inbox: AccessPointInbox, items: list[InboxItem]) -> int:
+        """Take a listing's messages ``RECORD_BATCH`` at a time, in the listing's order."""
+        taken = 0
+        for start in range(0, len(items), RECORD_BATCH):
+            taken += await self._take_batch(inbox, items[start : start + RECORD_BATCH])
+        return taken
+
+    async def _take_batch(self, inbox: AccessPointInbox, items: list[InboxItem]) -> int:
         known = await self._known_among(inbox.name, [item.message_id for item in items])
         fetched = await asyncio.gather(
             *(self._fetch_or_wait(inbox, item) for item in items if item.message_id not in known)

@@ -29,6 +29,7 @@ from gateway.deliveries import MIGRATIONS
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.inbound.peppol import (
     LISTING_LIMIT,
+    RECORD_BATCH,
     FetchedDocument,
     HttpAccessPointInbox,
     InboxItem,
@@ -277,10 +278,10 @@ async def test_a_replica_recording_one_of_a_listing_meanwhile_keeps_its_record_a
     ]
 
 
-async def test_a_listing_is_recorded_in_one_transaction_and_marked_told_in_one_more(
+async def test_a_batch_of_a_listing_is_recorded_in_one_transaction_and_marked_told_in_one_more(
     sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
 ) -> None:
-    for number in range(20):
+    for number in range(RECORD_BATCH - 1):
         inbox.drop(f"m{number}", LIEGE if number % 2 else SAMBREVILLE)
     inbox.drop("m-unroutable", "0208:0999999962")
     commits = 0
@@ -292,12 +293,12 @@ async def test_a_listing_is_recorded_in_one_transaction_and_marked_told_in_one_m
     engine = sessions.kw["bind"].sync_engine
     event.listen(engine, "commit", count)
     try:
-        assert await inbound.poll_once() == 21
+        assert await inbound.poll_once() == RECORD_BATCH
     finally:
         event.remove(engine, "commit", count)
 
     assert commits == 2
-    assert len(await published(sessions)) == 20
+    assert len(await published(sessions)) == RECORD_BATCH - 1
     told = {r.source_message_id: r.source_status for r in await records(sessions)}
     assert told.pop("m-unroutable") == "rejected"
     assert set(told.values()) == {"acknowledged"}
@@ -762,3 +763,28 @@ async def test_a_full_listing_of_messages_without_documents_does_not_hide_the_ne
 
     assert [e.subject for e in await published(sessions)] == ["good"]
     assert len(access_point.rejected) == LISTING_LIMIT
+
+
+async def test_a_listing_is_taken_a_batch_at_a_time_so_its_documents_are_not_all_held(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    calls: list[str] = []
+    fetch, acknowledge = inbox.fetch, inbox.acknowledge
+
+    async def noted_fetch(message_id: str) -> FetchedDocument:
+        calls.append("fetch")
+        return await fetch(message_id)
+
+    async def noted_acknowledge(message_id: str) -> None:
+        calls.append("ack")
+        await acknowledge(message_id)
+
+    inbox.fetch, inbox.acknowledge = noted_fetch, noted_acknowledge  # type: ignore[method-assign]
+    for n in range(RECORD_BATCH + 4):
+        inbox.drop(f"m{n:02}", LIEGE)
+
+    assert await inbound.poll_once() == RECORD_BATCH + 4
+
+    # The first batch was recorded and told before the next was fetched.
+    first, rest = ["fetch"] * RECORD_BATCH + ["ack"] * RECORD_BATCH, ["fetch"] * 4 + ["ack"] * 4
+    assert calls == first + rest
