@@ -21,6 +21,7 @@ from kernel.api import rejected_events_router
 from kernel.app import BackgroundTask, create_app, refresh_at_scrape
 from kernel.consumer import EventConsumer, EventHandler
 from kernel.database import create_engine, session_factory
+from kernel.idempotency import IdempotencyMiddleware
 from kernel.kafka import make_producer
 from kernel.migrations import Migration, migrate
 from kernel.outbox import OutboxRelay
@@ -152,7 +153,7 @@ def build_service_app(service: Service, settings: HubSettings, options: ServiceO
         description=service.description,
         startup=startup,
         shutdown=shutdown,
-        front=service.front,
+        front=_idempotent(service.front),
     )
     for router in service.routers:
         app.include_router(router)
@@ -162,3 +163,12 @@ def build_service_app(service: Service, settings: HubSettings, options: ServiceO
         )
     )
     return app
+
+
+def _idempotent(front: Callable[[ASGIApp], ASGIApp] | None) -> Callable[[ASGIApp], ASGIApp]:
+    """``front`` (if any) behind the Idempotency-Key check (``kernel.idempotency``)."""
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        return IdempotencyMiddleware(front(app) if front is not None else app)
+
+    return wrap

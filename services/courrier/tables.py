@@ -26,6 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from kernel.consumer import InboxEntry, RejectedEvent
 from kernel.database import Base, UtcDateTime
+from kernel.idempotency import IdempotentRequest
 from kernel.migrations import Migration, add_columns, create_tables, table_of
 from kernel.outbox import OutboxMessage
 
@@ -134,5 +135,10 @@ MIGRATIONS: list[Migration] = [
         3,
         "events that break their contract, kept for an operator",
         create_tables(table_of(RejectedEvent)),
+    ),
+    Migration(
+        4,
+        "requests' Idempotency-Keys and their kept answers",
+        create_tables(table_of(IdempotentRequest)),
     ),
 ]

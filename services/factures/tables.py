@@ -29,6 +29,7 @@ from sqlalchemy.types import TypeDecorator
 
 from kernel.consumer import InboxEntry, RejectedEvent
 from kernel.database import Base, BigId, UtcDateTime
+from kernel.idempotency import IdempotentRequest
 from kernel.migrations import Migration, create_tables, table_of
 from kernel.outbox import OutboxMessage
 
@@ -150,5 +151,10 @@ MIGRATIONS: list[Migration] = [
         2,
         "events that break their contract, kept for an operator",
         create_tables(table_of(RejectedEvent)),
+    ),
+    Migration(
+        3,
+        "requests' Idempotency-Keys and their kept answers",
+        create_tables(table_of(IdempotentRequest)),
     ),
 ]

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from kernel.consumer import InboxEntry, RejectedEvent
 from kernel.database import Base, BigId, UtcDateTime
+from kernel.idempotency import IdempotentRequest
 from kernel.migrations import Migration, add_columns, create_tables, table_of
 from kernel.outbox import OutboxMessage
 
@@ -313,5 +314,10 @@ MIGRATIONS: list[Migration] = [
         7,
         "annexes are published only when marked publishable",
         add_columns(table_of(Annex), "publishable"),
+    ),
+    Migration(
+        8,
+        "requests' Idempotency-Keys and their kept answers",
+        create_tables(table_of(IdempotentRequest)),
     ),
 ]

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from kernel.consumer import InboxEntry, RejectedEvent
 from kernel.database import Base, BigId, UtcDateTime
+from kernel.idempotency import IdempotentRequest
 from kernel.migrations import Migration, add_columns, create_tables, table_of
 from kernel.outbox import OutboxMessage
 
@@ -263,5 +264,10 @@ MIGRATIONS: list[Migration] = [
         3,
         "the day the college extended a file's decision deadline",
         add_columns(table_of(PermitFile), "decision_extended_on"),
+    ),
+    Migration(
+        4,
+        "requests' Idempotency-Keys and their kept answers",
+        create_tables(table_of(IdempotentRequest)),
     ),
 ]

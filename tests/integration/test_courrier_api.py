@@ -549,3 +549,71 @@ async def test_the_openapi_document_describes_every_route(courrier: Courrier) ->
     assert send["security"] == [{"HTTPBearer": []}]
     create = document["components"]["schemas"]["OutgoingMailCreate"]
     assert create["additionalProperties"] is False
+
+
+# -- a request sent again -----------------------------------------------------------------
+
+
+async def test_a_send_sent_again_with_its_idempotency_key_is_answered_and_sent_once(
+    courrier: Courrier,
+) -> None:
+    keyed = {**courrier.auth(), "Idempotency-Key": "send-2026-0042"}
+    first = await courrier.http.post("/v1/outgoing-mails:send", json=outgoing_body(), headers=keyed)
+    again = await courrier.http.post("/v1/outgoing-mails:send", json=outgoing_body(), headers=keyed)
+
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json() == first.json()
+    assert again.headers["location"] == first.headers["location"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert await courrier.stored() == (1, 1)
+    assert len(await courrier.outbox()) == 1  # the citizen gets the letter once
+
+    # The key is the tenant's: another tenant's request with it is its own.
+    theirs = {**courrier.auth(LIEGE), "Idempotency-Key": "send-2026-0042"}
+    other = await courrier.http.post(
+        "/v1/outgoing-mails:send", json=outgoing_body(), headers=theirs
+    )
+    assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
+
+    # The same key with another request is refused, and changes nothing.
+    changed = await courrier.http.post(
+        "/v1/outgoing-mails:send", json=outgoing_body(subject="Autre"), headers=keyed
+    )
+    problem(changed, 422, "idempotency-key-reused")
+    assert await courrier.stored() == (2, 2)
+
+
+async def test_concurrent_requests_with_one_key_change_things_once(courrier: Courrier) -> None:
+    keyed = {**courrier.auth(), "Idempotency-Key": "double-click"}
+    answers = await asyncio.gather(
+        *(
+            courrier.http.post("/v1/incoming-mails", json=incoming_body(), headers=keyed)
+            for _ in range(5)
+        )
+    )
+
+    created = [a for a in answers if a.status_code == 201]
+    assert created and {a.json()["id"] for a in created} == {created[0].json()["id"]}
+    for answer in answers:
+        if answer.status_code != 201:
+            problem(answer, 409, "idempotency-key-in-use")
+    assert await courrier.stored() == (1, 0)
+    assert len(await courrier.outbox()) == 1
+
+
+async def test_a_refused_request_may_be_sent_again_corrected_under_its_key(
+    courrier: Courrier,
+) -> None:
+    keyed = {**courrier.auth(), "Idempotency-Key": "letter-7"}
+    wrong = await courrier.http.post(
+        "/v1/outgoing-mails:send", json=outgoing_body(identifier="85073003329"), headers=keyed
+    )
+    assert wrong.status_code == 422
+    right = await courrier.http.post("/v1/outgoing-mails:send", json=outgoing_body(), headers=keyed)
+    assert right.status_code == 202 and "idempotent-replayed" not in right.headers
+
+    unusable = {**courrier.auth(), "Idempotency-Key": "k" * 201}
+    refused = await courrier.http.post("/v1/incoming-mails", json=incoming_body(), headers=unusable)
+    problem(refused, 400, "bad-idempotency-key")
+    assert await courrier.stored() == (1, 1)

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from kernel.app import TraceAndCountMiddleware
+from kernel.idempotency import IdempotencyMiddleware
 from kernel.settings import HubSettings
 from services.meeting.main import build_app
 from services.meeting.oparl import (
@@ -159,6 +160,9 @@ async def test_the_front_passes_on_once_the_generation_read_is_too_old() -> None
 
 def test_the_meeting_app_puts_the_front_innermost(tmp_path: Path) -> None:
     app = build_app(HubSettings(var_dir=tmp_path / "var"))
-    # Starlette wraps the routes in user_middleware from the last to the first.
-    assert app.user_middleware[-1].cls is RenderedPageFront
+    # Starlette wraps the routes in user_middleware from the last to the first; the front
+    # is innermost, behind the Idempotency-Key check that every service has.
+    innermost = app.user_middleware[-1].cls(app.router)  # type: ignore[call-arg]
+    assert isinstance(innermost, IdempotencyMiddleware)
+    assert isinstance(innermost.app, RenderedPageFront)
     assert TraceAndCountMiddleware in [middleware.cls for middleware in app.user_middleware]

@@ -1,0 +1,301 @@
+"""Requests sent again: a POST carrying an ``Idempotency-Key`` header changes things once.
+
+A client that lost the answer to its POST (a timeout, a dropped connection, a
+double click) cannot know whether the letter was sent; sent again, it was sent
+twice. With the header (the IETF's Idempotency-Key draft), the first request's
+change and the key are committed in one transaction, and the answer is kept
+with the key: the same request sent again gets that answer, marked
+``Idempotent-Replayed: true``, and nothing is changed.
+
+- Keys are the tenant's (from the bearer token): two tenants may use the same.
+- The same key with another request (method, path, query or body) is a 422.
+- The same key while its first request has not finished is a 409: the second
+  request's transaction cannot commit its key. So is a key whose change was
+  committed but whose answer was not kept (the process stopped between the two).
+- Only successful answers are kept: a refused request changed nothing, and
+  may be sent again, corrected, with the same key.
+- Keys are kept for ``KEEP_FOR``.
+
+The middleware works where the service's routes change things through
+``kernel.api.Storage.unit_of_work``, which writes the key (``claim_key``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Integer, LargeBinary, String, delete, insert, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kernel.auth import Unauthorized
+from kernel.database import Base, UtcDateTime, utcnow, write_transaction
+from kernel.errors import ProblemError, problem_response
+
+log = logging.getLogger(__name__)
+
+HEADER = b"idempotency-key"
+MAX_KEY_LENGTH = 200
+#: Answers larger than this are not kept (the hub's answers are views of a few kB).
+MAX_KEPT_ANSWER_BYTES = 1024 * 1024
+KEEP_FOR = timedelta(hours=24)
+#: Every this many kept answers, the expired keys are deleted.
+PURGE_EVERY = 500
+
+
+class IdempotentRequest(Base):
+    __tablename__ = "hub_idempotent_requests"
+
+    tenant: Mapped[str] = mapped_column(String(5), primary_key=True)
+    key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH), primary_key=True)
+    #: SHA-256 of the method, path, query and body: the same key, another request, is refused.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    #: The kept answer; None until it is kept (or if the process stopped before).
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    media_type: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    location: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+@dataclass
+class _Claim:
+    tenant: str
+    key: str
+    fingerprint: str
+    claimed: bool = False
+
+
+#: The key of the request being served, if it carries one.
+_CURRENT: ContextVar[_Claim | None] = ContextVar("idempotency_claim", default=None)
+
+
+class KeyInUse(ProblemError):
+    def __init__(self) -> None:
+        super().__init__(
+            409,
+            "idempotency-key-in-use",
+            "Idempotency-Key in use",
+            "A request with this Idempotency-Key is being processed, or was processed without"
+            " its answer being kept. Send it again in a moment to get its answer; if this"
+            " persists, look the document up before sending it under a new key.",
+        )
+
+
+async def claim_key(session: AsyncSession) -> None:
+    """Write the current request's key in ``session``'s transaction (once per request).
+
+    Written first, so that a second request with the key waits for the first's
+    transaction (PostgreSQL) or its turn (SQLite), then fails here, changing nothing.
+    """
+    claim = _CURRENT.get()
+    if claim is None or claim.claimed:
+        return
+    claim.claimed = True
+    try:
+        await session.execute(
+            insert(IdempotentRequest).values(
+                tenant=claim.tenant,
+                key=claim.key,
+                fingerprint=claim.fingerprint,
+                created_at=utcnow(),
+            )
+        )
+    except IntegrityError as exc:
+        raise KeyInUse() from exc
+
+
+class IdempotencyMiddleware:
+    """Answers a POST sent again with its ``Idempotency-Key`` from the kept answer.
+
+    Inside the request guard (``kernel.app``), which bounds the body it reads whole.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._kept_since_purge = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers", [])) if scope["type"] == "http" else {}
+        raw_key = headers.get(HEADER)
+        if raw_key is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        key = raw_key.decode("latin-1")
+        if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
+            await _problem(
+                scope,
+                receive,
+                send,
+                400,
+                "bad-idempotency-key",
+                "Invalid Idempotency-Key",
+                f"An Idempotency-Key is 1 to {MAX_KEY_LENGTH} printable ASCII characters.",
+            )
+            return
+        state = scope["app"].state  # the service's FastAPI app (Starlette sets it)
+        tenant = _tenant_of(state, headers.get(b"authorization", b""))
+        if tenant is None:  # no valid token: the route answers 401, with nothing to replay
+            await self.app(scope, receive, send)
+            return
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        fingerprint = _fingerprint(scope, bytes(body))
+        kept = await _kept(state.sessions, tenant, key)
+        if kept is not None:
+            await self._answer_again(kept, fingerprint, scope, receive, send)
+            return
+        claim = _Claim(tenant, key, fingerprint)
+        answer = _Answer()
+        token = _CURRENT.set(claim)
+        try:
+            await self.app(scope, _replaying(bytes(body)), answer.recording(send))
+        finally:
+            _CURRENT.reset(token)
+        if claim.claimed and answer.keepable:
+            await self._keep(state.sessions, claim, answer)
+
+    async def _answer_again(
+        self, kept: IdempotentRequest, fingerprint: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        if kept.fingerprint != fingerprint:
+            await _problem(
+                scope,
+                receive,
+                send,
+                422,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                "This Idempotency-Key was used for another request (another method, path or"
+                " body). A new request needs a new key.",
+            )
+            return
+        if kept.status is None:
+            problem = KeyInUse()
+            await _problem(scope, receive, send, 409, problem.slug, problem.title, problem.detail)
+            return
+        headers = [(b"idempotent-replayed", b"true")]
+        if kept.media_type:
+            headers.append((b"content-type", kept.media_type.encode("latin-1")))
+        if kept.location:
+            headers.append((b"location", kept.location.encode("latin-1")))
+        body = kept.body or b""
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": kept.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _keep(
+        self, sessions: async_sessionmaker[AsyncSession], claim: _Claim, answer: _Answer
+    ) -> None:
+        try:
+            async with write_transaction(sessions) as session:
+                await session.execute(
+                    update(IdempotentRequest)
+                    .where(
+                        IdempotentRequest.tenant == claim.tenant,
+                        IdempotentRequest.key == claim.key,
+                    )
+                    .values(
+                        status=answer.status,
+                        media_type=answer.media_type,
+                        location=answer.location,
+                        body=bytes(answer.body),
+                    )
+                )
+                self._kept_since_purge += 1
+                if self._kept_since_purge >= PURGE_EVERY:
+                    self._kept_since_purge = 0
+                    await session.execute(
+                        delete(IdempotentRequest).where(
+                            IdempotentRequest.created_at < utcnow() - KEEP_FOR
+                        )
+                    )
+        except Exception:  # the answer went; a replay will be told 409 (KeyInUse)
+            log.exception("the answer to idempotency key %r was not kept", claim.key)
+
+
+class _Answer:
+    """The status, headers and body of an answer, as they are sent."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.media_type: str | None = None
+        self.location: str | None = None
+        self.body = bytearray()
+        self.too_large = False
+
+    @property
+    def keepable(self) -> bool:
+        return 200 <= self.status < 300 and not self.too_large
+
+    def recording(self, send: Send) -> Send:
+        async def record_and_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                for name, value in message.get("headers", []):
+                    if name.lower() == b"content-type":
+                        self.media_type = value.decode("latin-1")[:200]
+                    elif name.lower() == b"location":
+                        self.location = value.decode("latin-1")[:1000]
+            elif message["type"] == "http.response.body" and not self.too_large:
+                self.body += message.get("body", b"")
+                self.too_large = len(self.body) > MAX_KEPT_ANSWER_BYTES
+            await send(message)
+
+        return record_and_send
+
+
+def _tenant_of(state: Any, authorization: bytes) -> str | None:
+    scheme, _, token = authorization.decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    try:
+        return str(state.token_verifier.verify(token.strip()).tenant)
+    except Unauthorized:
+        return None
+
+
+async def _kept(
+    sessions: async_sessionmaker[AsyncSession], tenant: str, key: str
+) -> IdempotentRequest | None:
+    async with sessions() as session:
+        kept: IdempotentRequest | None = await session.get(IdempotentRequest, (tenant, key))
+        return kept
+
+
+def _replaying(body: bytes) -> Receive:
+    """The request's body, read once already, given to the app again."""
+    given = False
+
+    async def receive() -> Message:
+        nonlocal given
+        if given:
+            return {"type": "http.disconnect"}
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def _fingerprint(scope: Scope, body: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (scope["method"].encode(), scope["path"].encode(), scope.get("query_string", b"")):
+        digest.update(part + b"\0")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+async def _problem(
+    scope: Scope, receive: Receive, send: Send, status: int, slug: str, title: str, detail: str
+) -> None:
+    await problem_response(status, slug, title, detail, scope.get("path"))(scope, receive, send)
