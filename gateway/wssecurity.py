@@ -280,9 +280,13 @@ def verify_signed_envelope(
 
 
 def _soap_namespace(envelope: etree._Element) -> str:
+    """The envelope's namespace: SOAP 1.1's, which every service the hub signs for speaks.
+    A SOAP 1.2 envelope was taken for one, and answered in SOAP 1.1."""
     qname = etree.QName(envelope)
     if qname.localname != "Envelope" or qname.namespace not in (SOAP11_ENV, SOAP12_ENV):
         raise SignatureError("the message is not a SOAP envelope")
+    if qname.namespace != SOAP11_ENV:
+        raise SignatureError("the message is a SOAP 1.2 envelope; this service speaks SOAP 1.1")
     return qname.namespace
 
 

@@ -349,6 +349,21 @@ async def test_unavailable_or_slow_service_is_retried(
     await connector.aclose()
 
 
+async def test_a_message_of_too_many_parts_is_refused_before_they_are_read(
+    sandbox: Sandbox, http: httpx.AsyncClient
+) -> None:
+    parts = b"".join(b"--b\r\nContent-ID: <p%d>\r\n\r\nx\r\n" % n for n in range(200))
+    answer = await http.post(
+        sandbox.endpoint,
+        content=parts + b"--b--\r\n",
+        headers={"Content-Type": 'multipart/related; type="text/xml"; boundary="b"'},
+    )
+
+    code, reason, _ = fault_of(answer.content)
+    assert (answer.status_code, code) == (500, "soapenv:Client")
+    assert reason == "the multipart/related message has more than 64 parts"
+
+
 async def test_wsdl_is_served_with_this_endpoint_and_its_schemas(
     sandbox: Sandbox, http: httpx.AsyncClient
 ) -> None:

@@ -27,6 +27,7 @@ from gateway.wssecurity import (
     verify_signed_envelope,
 )
 from kernel.pki import ensure_tenant_signing_identity
+from sandbox import ebox_soap
 
 NS = {"soap": SOAP11_ENV, "wsse": WSSE, "wsu": WSU, "ds": DS}
 BODY = '<m:Publish xmlns:m="urn:test"><m:Subject>Permis de bâtir</m:Subject></m:Publish>'
@@ -113,6 +114,20 @@ def test_a_comment_slipped_into_a_signed_value_does_not_change_what_is_read(
     verified = verify_signed_envelope(slipped, trusted)
 
     assert verified.body.findtext("{urn:test}Publish/{urn:test}Subject") == "Permis de bâtir"
+
+
+def test_a_signed_soap_12_envelope_is_refused(
+    signer: X509Signature, trusted: list[x509.Certificate]
+) -> None:
+    soap12 = "http://www.w3.org/2003/05/soap-envelope"
+    document = etree.fromstring(
+        f'<soap:Envelope xmlns:soap="{soap12}"><soap:Body>{BODY}</soap:Body></soap:Envelope>'
+    )
+
+    with pytest.raises(
+        SignatureError, match=re.escape("a SOAP 1.2 envelope; this service speaks SOAP 1.1")
+    ):
+        verify_signed_envelope(as_bytes(document), trusted)
 
 
 def test_tampered_body_is_refused(signer: X509Signature, trusted: list[x509.Certificate]) -> None:
@@ -357,3 +372,30 @@ def test_key_of_another_certificate_is_refused_when_the_plugin_is_built(tmp_path
 
     with pytest.raises(ValueError, match="does not belong"):
         X509Signature.from_files(key_file, other_cert)
+
+
+def test_the_sandbox_reads_its_trusted_keys_again_only_when_they_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    reads: list[Path] = []
+    real = ebox_soap.trusted_tenant_certificates
+
+    def counted(directory: Path) -> list[x509.Certificate]:
+        reads.append(directory)
+        return real(directory)
+
+    monkeypatch.setattr(ebox_soap, "trusted_tenant_certificates", counted)
+    store = ebox_soap.TrustStore(keys)
+    stranger = X509Signature.from_files(*ensure_tenant_signing_identity(tmp_path / "x", "92137"))
+    message = as_bytes(signed(stranger))
+
+    for _ in range(3):  # anyone may send these: each read the folder again
+        with pytest.raises(UntrustedCertificateError):
+            store.verify(message)
+    assert len(reads) == 1
+
+    signer = X509Signature.from_files(*ensure_tenant_signing_identity(keys, "92137"))
+    assert store.verify(as_bytes(signed(signer))).tenant == "92137"  # a tenant added
+    assert len(reads) == 2
