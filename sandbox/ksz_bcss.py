@@ -47,6 +47,7 @@ from lxml import etree
 from contracts.identifiers import check_niss, mask_niss
 from kernel.logs import mask_national_numbers
 from kernel.settings import HubSettings
+from kernel.xml_parsing import safe_parser
 from sandbox.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,6 @@ XML_MEDIA_TYPE = "text/xml; charset=utf-8"
 _S = f"{{{SERVICE_NS}}}"
 _C = f"{{{COMMON_NS}}}"
 _I = f"{{{IDENTIFY_NS}}}"
-_SAFE_PARSER = etree.XMLParser(
-    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
-)
 
 
 class ClientFault(Exception):
@@ -255,16 +253,20 @@ def _basic(basic: etree._Element, person: dict[str, Any]) -> None:
 
 def ssdn_request_of(envelope: bytes) -> etree._Element:
     try:
-        root = etree.fromstring(envelope, parser=_SAFE_PARSER)
+        root = etree.fromstring(envelope, parser=safe_parser())
     except etree.XMLSyntaxError as exc:
         raise ClientFault(f"the message is not well-formed XML: {exc}") from exc
     if root.getroottree().docinfo.doctype:
         raise ClientFault("a DOCTYPE is not allowed")
+    if root.tag != f"{{{SOAP_ENV}}}Envelope":
+        raise ClientFault(f"the message is not a SOAP 1.1 Envelope but {root.tag}")
+    if len(root.findall(f"{{{SOAP_ENV}}}Body")) != 1:
+        raise ClientFault("a SOAP Envelope has one Body")
     text = root.findtext(f"{{{SOAP_ENV}}}Body/{{{CONNECTOR_NS}}}xmlString")
     if not text:
         raise ClientFault("the Body holds no xmlString: this sandbox implements sendXML only")
     try:
-        request = etree.fromstring(text.encode("utf-8"), parser=_SAFE_PARSER)
+        request = etree.fromstring(text.encode("utf-8"), parser=safe_parser())
     except etree.XMLSyntaxError as exc:
         raise ClientFault(f"xmlString is not a well-formed SSDN document: {exc}") from exc
     if request.getroottree().docinfo.doctype:
@@ -306,6 +308,9 @@ def router(
         try:
             if len(body) > MAX_ENVELOPE_BYTES:
                 raise ClientFault(f"the message is larger than {MAX_ENVELOPE_BYTES} bytes")
+            media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media_type != "text/xml":
+                raise ClientFault(f"a SOAP 1.1 message is text/xml, not {media_type or 'untyped'}")
             ssdn = ssdn_request_of(body)
             problems = schema_problems(schema, ssdn)
             if problems:

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kernel.errors import problem_response
 from kernel.settings import REPOSITORY_ROOT
+from kernel.xml_parsing import safe_parser
 from sandbox.openapi_contract import OpenApiContract, contract_errors
 from sandbox.recorder import Recorder
 
@@ -64,11 +65,6 @@ CAC = "urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"
 NS = {"cbc": CBC, "cac": CAC}
 INVOICE_RESPONSE_CUSTOMIZATION = "urn:fdc:peppol.eu:poacc:trns:invoice_response:3"
 RESPONSE_CODES = ("AB", "IP", "UQ", "RE", "AP", "PD")
-
-# The parser never loads a DTD, expands an entity or touches the network.
-_SAFE_PARSER = etree.XMLParser(
-    resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
-)
 
 
 # -- the inbox --------------------------------------------------------------------------
@@ -179,7 +175,7 @@ class InvoiceResponse:
 def read_invoice_response(content: bytes, sender: str, receiver: str) -> InvoiceResponse:
     """The BIS Invoice Response 3.0 in ``content``, or InvalidDocument with every reason."""
     try:
-        root = etree.fromstring(content, parser=_SAFE_PARSER)
+        root = etree.fromstring(content, parser=safe_parser())
     except etree.XMLSyntaxError as exc:
         raise InvalidDocument([f"document: not well-formed XML ({exc})"]) from exc
     if root.getroottree().docinfo.doctype:

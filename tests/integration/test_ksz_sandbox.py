@@ -8,11 +8,15 @@ from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 
+import httpx
 import pytest
 
 from contracts.envelope import new_event
 from contracts.events.gateway import DeliveryReceipt
 from contracts.events.urban import IdentificationRequested
+from kernel.settings import HubSettings
+from sandbox.app import build_app
+from sandbox.recorder import Recorder
 from tests.support.gateway_hub import events_on
 from tests.support.urban_gateway import UrbanGateway, publish, urban_gateway
 
@@ -78,3 +82,32 @@ async def test_a_known_niss_comes_back_with_its_identity_and_an_unknown_one_not_
         r.getMessage() for r in caplog.records if r.name.split(".")[0] in ("gateway", "sandbox")
     )
     assert KNOWN not in ours and UNKNOWN not in ours
+
+
+@pytest.mark.parametrize(
+    ("content_type", "message", "reason"),
+    [
+        ("application/json", b"<foo/>", "a SOAP 1.1 message is text/xml, not application/json"),
+        ("text/xml", b"<foo/>", "the message is not a SOAP 1.1 Envelope but foo"),
+        (
+            "text/xml",
+            b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/">'
+            b"<s:Body/><s:Body/></s:Envelope>",
+            "a SOAP Envelope has one Body",
+        ),
+    ],
+    ids=["json", "not-an-envelope", "two-bodies"],
+)
+async def test_a_request_that_is_no_soap_11_envelope_gets_a_client_fault(
+    hub_settings: HubSettings, corpus: Path, content_type: str, message: bytes, reason: str
+) -> None:
+    app = build_app(hub_settings.model_copy(update={"corpus_dir": corpus}), Recorder())
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://sandbox"
+    ) as http:
+        answer = await http.post(
+            "/ksz-bcss/WebServiceConnector", content=message, headers={"Content-Type": content_type}
+        )
+
+    assert answer.status_code == 500
+    assert reason.encode() in answer.content and b"Client" in answer.content
