@@ -91,6 +91,18 @@ def install_problem_handlers(app: FastAPI) -> None:
                 request.url.path,
                 errors=errors,
             )
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        whole_body = any(tuple(error.get("loc", ())) == ("body",) for error in exc.errors())
+        if whole_body and media_type != "application/json" and not media_type.endswith("+json"):
+            # A JSON route sent text or XML: FastAPI did not read the body as JSON, and said
+            # only that the body "should be a valid dictionary".
+            return problem_response(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                f"This route takes application/json, not {media_type or 'an untyped body'}.",
+                request.url.path,
+            )
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return problem_response(
             422,

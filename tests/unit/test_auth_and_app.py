@@ -134,6 +134,16 @@ async def test_bad_bodies_get_specific_problems(
     huge = await client.post("/greet", content=b"x" * 2000, headers=headers)
     assert huge.status_code == 413 and huge.json()["type"].endswith("/body-too-large")
 
+    for media_type in ("text/plain", "application/xml", None):
+        typed = {"content-type": media_type} if media_type else {}
+        other = await client.post(
+            "/greet",
+            content=b'{"name": "A", "times": 1}',
+            headers={**bearer(hub_settings), **typed},
+        )
+        assert other.status_code == 415, media_type
+        assert other.json()["type"].endswith("/unsupported-media-type")
+
 
 async def test_control_characters_and_days_out_of_the_calendar_are_refused_everywhere(
     client: httpx.AsyncClient, hub_settings: HubSettings
