@@ -374,6 +374,7 @@ class NoticeInbound:
         status: Status = "published"
         data: NoticeNotificationReceived | None = None
         reason = "; ".join(fetched.mismatches) or None
+        stored = json.dumps(detail, sort_keys=True, ensure_ascii=False).encode()
         if tenant is None:
             status, reason = "unroutable", unroutable_reason(instance)
         elif fetched.problem:
@@ -384,14 +385,16 @@ class NoticeInbound:
             except (ValidationError, KeyError, TypeError, ValueError) as exc:
                 status, reason = "refused", contract_problem("notification", exc)
             else:
-                size = sum(len(d.content_base64) for d in data.documents)
+                # Its details count too: a subject of megabytes made an event the broker
+                # refused, and it waited in the outbox for ever.
+                size = len(stored) + sum(len(d.content_base64) for d in data.documents)
                 if size > MAX_DOCUMENT_BYTES:
                     status, data = "refused", None
                     reason = (
-                        f"Its documents take {size} bytes in base64; one event carries at most"
-                        f" {MAX_DOCUMENT_BYTES}. Kept here for an operator."
+                        f"Its details and documents take {size} bytes (the documents in"
+                        f" base64); one event carries at most {MAX_DOCUMENT_BYTES}. Kept here"
+                        " for an operator."
                     )
-        stored = json.dumps(detail, sort_keys=True, ensure_ascii=False).encode()
         now = self._clock()
         row = InboundDocument(
             channel=CHANNEL,

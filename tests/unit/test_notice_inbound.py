@@ -358,3 +358,17 @@ async def test_a_listing_that_comes_back_to_its_cursor_ends_and_the_other_instan
 
     assert looping.listings == 2  # the second page named the cursor already followed
     assert set(await records(sessions)) == {"N-1", "H-1"}
+
+
+async def test_a_notification_whose_details_make_too_large_an_event_is_kept_refused(
+    sessions: async_sessionmaker[AsyncSession], notice: FakeNotice
+) -> None:
+    notice.add("N-long", subject="Maison " * 700_000)  # about 4.9 MB of subject
+    notice.add("N-ok")
+
+    await inbound_for(sessions, notice).poll_once()
+
+    kept = await records(sessions)
+    assert (kept["N-long"].status, kept["N-ok"].status) == ("refused", "published")
+    assert "Its details and documents take" in (kept["N-long"].reason or "")
+    assert [e.subject for e in await published(sessions)] == ["N-ok"]
