@@ -2,8 +2,9 @@
 
 A service stages its outgoing event in the same database transaction as the
 document change (``stage``), so an event exists if and only if the change was
-committed. The relay publishes pending rows in id order (hence in order per
-key), waits for the broker's ``acks=all`` and only then marks them sent. A
+committed. The relay publishes pending rows in id order, a key's next one only
+once the broker has its previous one (``_waves``), waits for the broker's
+``acks=all`` and only then marks them sent. A
 crash between publishing and marking re-publishes: consumers deduplicate by
 the CloudEvent id, which never changes. On PostgreSQL the replicas of a process
 share its outbox, and one relays at a time (an advisory lock held to the
