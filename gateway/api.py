@@ -145,6 +145,8 @@ UNROUTABLE_SCOPE = "gateway:unroutable"
 class InboundView(BaseModel):
     id: int
     channel: str
+    #: Which source of the channel (a Peppol access point's URL; empty for NOTICe).
+    source: str
     source_message_id: str
     tenant: str | None
     sender: str

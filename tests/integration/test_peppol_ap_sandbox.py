@@ -111,6 +111,7 @@ async def test_a_received_invoice_becomes_one_event_and_is_acknowledged(
         "acknowledged",
         event.id,
     )
+    assert item["source"].endswith("/peppol-ap/v1")  # which access point it came from
     other = await http.get(
         f"{hub.gateway}/v1/inbound", headers=hub.token(hub.stesud_tenant, "gateway:read")
     )
