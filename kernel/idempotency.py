@@ -255,6 +255,36 @@ class _Answer:
         return record_and_send
 
 
+#: The header as the OpenAPI document of a POST describes it.
+OPENAPI_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+    "description": "Any unique text of the client's (a UUID, say). Sent again with the same"
+    " request, it gets the first answer (header Idempotent-Replayed: true) and changes"
+    " nothing; with another request, 422; while the first runs, 409. Kept 24 hours.",
+}
+
+
+def document_in_openapi(app: Any) -> None:
+    """Add the header to every POST of ``app``'s OpenAPI document (the middleware, not
+    FastAPI, reads it)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document: dict[str, Any] = generate()
+            for path in document.get("paths", {}).values():
+                if "post" in path:
+                    path["post"].setdefault("parameters", []).append(dict(OPENAPI_PARAMETER))
+            app.openapi_schema = document
+        schema: dict[str, Any] = app.openapi_schema
+        return schema
+
+    app.openapi = openapi
+
+
 def _tenant_of(state: Any, authorization: bytes) -> str | None:
     scheme, _, token = authorization.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

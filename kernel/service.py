@@ -21,7 +21,7 @@ from kernel.api import rejected_events_router
 from kernel.app import BackgroundTask, create_app, refresh_at_scrape
 from kernel.consumer import EventConsumer, EventHandler
 from kernel.database import create_engine, session_factory
-from kernel.idempotency import IdempotencyMiddleware
+from kernel.idempotency import IdempotencyMiddleware, document_in_openapi
 from kernel.kafka import make_producer
 from kernel.migrations import Migration, migrate
 from kernel.outbox import OutboxRelay
@@ -162,6 +162,7 @@ def build_service_app(service: Service, settings: HubSettings, options: ServiceO
             service.read_scope or f"{component}:read", service.write_scope or f"{component}:write"
         )
     )
+    document_in_openapi(app)
     return app
 
 
