@@ -216,12 +216,16 @@ class TrustStore:
             self._certificates = trusted_tenant_certificates(self._keys_dir)
             return verify_signed_envelope(envelope, self._certificates)
 
-    def _stamp(self) -> int | None:
-        """When the folder last changed (a tenant's identity added), or None if it is not."""
-        try:
-            return self._keys_dir.stat().st_mtime_ns
-        except OSError:
-            return None
+    def _stamp(self) -> tuple[int | None, ...]:
+        """When the folders last changed: the keys' and the tenants' one within, into which
+        each tenant's identity is renamed whole (``kernel.pki``); None for one not there."""
+        stamps: list[int | None] = []
+        for folder in (self._keys_dir, self._keys_dir / "tenants"):
+            try:
+                stamps.append(folder.stat().st_mtime_ns)
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
 
 
 def schema_problem(schema: etree.XMLSchema, request: etree._Element) -> str | None:

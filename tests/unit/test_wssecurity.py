@@ -378,7 +378,7 @@ def test_the_sandbox_reads_its_trusted_keys_again_only_when_they_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     keys = tmp_path / "keys"
-    keys.mkdir()
+    ensure_tenant_signing_identity(keys, "62063")  # a tenant before the sandbox starts
     reads: list[Path] = []
     real = ebox_soap.trusted_tenant_certificates
 
@@ -397,5 +397,5 @@ def test_the_sandbox_reads_its_trusted_keys_again_only_when_they_changed(
     assert len(reads) == 1
 
     signer = X509Signature.from_files(*ensure_tenant_signing_identity(keys, "92137"))
-    assert store.verify(as_bytes(signed(signer))).tenant == "92137"  # a tenant added
+    assert store.verify(as_bytes(signed(signer))).tenant == "92137"  # a tenant added since
     assert len(reads) == 2
