@@ -114,9 +114,11 @@ async def _on_request_worker(function: Callable[[T], R], argument: T) -> R:
 class Ws4pmFault(Exception):
     """The request is wrong: answered as a SOAP Fault (``Client``) with this message."""
 
-    def __init__(self, message: str, status: int = 500, slug: str = "ws4pm-request") -> None:
+    def __init__(
+        self, message: str, status: int = 500, slug: str = "ws4pm-request", code: str = "Client"
+    ) -> None:
         super().__init__(message)
-        self.message, self.status, self.slug = message, status, slug
+        self.message, self.status, self.slug, self.code = message, status, slug, code
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,18 @@ def read_request(body: bytes) -> Ws4pmRequest:
         )
     if root.tag != f"{{{SOAP_ENV}}}Envelope":
         raise Ws4pmFault(f"expected a SOAP 1.1 Envelope ({SOAP_ENV}), got {root.tag}")
+    if len(root.findall(f"{{{SOAP_ENV}}}Body")) > 1:
+        raise Ws4pmFault("a SOAP Envelope has one Body")
+    # SOAP 1.1 (4.2.3): a header entry the receiver must understand, and does not, is a
+    # MustUnderstand fault. This service reads no header (callers authenticate over HTTP).
+    for entry in root.iterfind(f"{{{SOAP_ENV}}}Header/*"):
+        if entry.get(f"{{{SOAP_ENV}}}mustUnderstand") in ("1", "true"):
+            raise Ws4pmFault(
+                f"this service does not understand the header {etree.QName(entry).localname!r},"
+                " marked mustUnderstand",
+                code="MustUnderstand",
+                slug="must-understand",
+            )
     body_element = root.find(f"{{{SOAP_ENV}}}Body")
     children = [] if body_element is None else [c for c in body_element if isinstance(c.tag, str)]
     if len(children) != 1:
@@ -702,7 +716,7 @@ def ws4pm_router(settings: HubSettings) -> APIRouter:
             )
             answer = await OPERATIONS[name](context, read.operation)
         except Ws4pmFault as exc:
-            return soap_fault("Client", exc.message, exc.slug, exc.status)
+            return soap_fault(exc.code, exc.message, exc.slug, exc.status)
         except ProblemError as exc:
             code = "Client" if exc.status < 500 else "Server"
             return soap_fault(code, f"{exc.title}: {exc.detail}", exc.slug)

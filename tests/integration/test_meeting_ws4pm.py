@@ -349,6 +349,20 @@ async def test_malformed_soap_gets_specific_faults(service: MeetingService) -> N
 
     not_xml = await raw_call(service, b"<soapenv:Envelope")
     assert "not well-formed XML" in fault_string(not_xml)
+
+    two_bodies = envelope("<pm:testConnectionRequest/>").replace(
+        b"</soapenv:Envelope>",
+        b"<soapenv:Body><pm:testConnectionRequest/></soapenv:Body></soapenv:Envelope>",
+    )
+    assert fault_string(await raw_call(service, two_bodies)) == "a SOAP Envelope has one Body"
+    must_understand = envelope("<pm:testConnectionRequest/>").replace(
+        b"<soapenv:Body>",
+        b'<soapenv:Header><x:Token xmlns:x="urn:x" soapenv:mustUnderstand="1"/>'
+        b"</soapenv:Header><soapenv:Body>",
+    )
+    answer = await raw_call(service, must_understand)
+    assert b"<faultcode>soapenv:MustUnderstand</faultcode>" in answer.content
+    assert "'Token', marked mustUnderstand" in fault_string(answer)
     anonymous = await service.http.post("/ws4pm", content=envelope("<pm:testConnectionRequest/>"))
     assert anonymous.status_code == 401 and "Basic" in anonymous.headers["www-authenticate"]
     assert await service.stored() == (0, 0)
