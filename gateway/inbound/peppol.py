@@ -93,6 +93,8 @@ class InboxItem:
     received_at: datetime | None = None
     #: Why the message cannot be taken (its listing entry breaks the contract…), or None.
     problem: str | None = None
+    #: The document's size as the listing declares it, when it does.
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,7 @@ def _item(entry: dict[str, Any]) -> InboxItem:
             receiver=str(entry["receiver"]),
             document_type=str(entry["documentTypeId"]),
             received_at=datetime.fromisoformat(received) if received else None,
+            size=size if isinstance(size := entry.get("size"), int) and size >= 0 else None,
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise AccessPointError(f"an inbox entry breaks the contract: {exc!r}") from exc
@@ -351,6 +354,8 @@ class PeppolInbound:
         when it must wait for the next poll."""
         if item.problem is not None:
             return FetchedDocument(item, b"")
+        if item.size is not None and item.size > MAX_DOCUMENT_BYTES:  # not downloaded at all
+            return FetchedDocument(replace(item, problem=too_large_reason(item.size)), b"")
         async with self._slots:
             try:
                 return await inbox.fetch(item.message_id)
@@ -449,7 +454,7 @@ class PeppolInbound:
             sender=item.sender,
             receiver=item.receiver,
             document_type=item.document_type,
-            size=len(fetched.content),
+            size=len(fetched.content) or (item.size or 0),
             sha256=hashlib.sha256(fetched.content).hexdigest(),
             document=fetched.content,
             status=status,

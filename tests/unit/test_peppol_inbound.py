@@ -726,11 +726,18 @@ async def test_messages_that_break_the_contract_are_kept_refused_and_rejected_no
         entry("long-type", documentTypeId="t" * 501),
         entry("unreadable"),
         entry("gone"),
+        entry("too-large", size=MAX_DOCUMENT_BYTES + 1),
         "not-an-object",
         entry("good"),
     ]
     del entries[0]["documentTypeId"]
-    documents: dict[str, str | int] = {"unreadable": "***", "gone": 404, "good": good}
+    # too-large is never fetched: its fetch would fail (503) and be tried at every poll.
+    documents: dict[str, str | int] = {
+        "unreadable": "***",
+        "gone": 404,
+        "too-large": 503,
+        "good": good,
+    }
     access_point = InboxOverHttp(entries, documents)
 
     await take_all(sessions, access_point)
@@ -739,7 +746,15 @@ async def test_messages_that_break_the_contract_are_kept_refused_and_rejected_no
     assert access_point.acknowledged == ["good"]
     # Each of the others is kept for an operator and rejected with its reason: it leaves
     # the listing instead of being asked for at every poll, ahead of the rest.
-    assert set(access_point.rejected) == {"no-type", "odd-date", "long-type", "unreadable", "gone"}
+    assert set(access_point.rejected) == {
+        "no-type",
+        "odd-date",
+        "long-type",
+        "unreadable",
+        "gone",
+        "too-large",
+    }
+    assert f"at most {MAX_DOCUMENT_BYTES} bytes" in access_point.rejected["too-large"]
     assert "documentTypeId" in access_point.rejected["no-type"]
     assert "at most 500" in access_point.rejected["long-type"]
     assert "no readable document" in access_point.rejected["unreadable"]
