@@ -51,7 +51,13 @@ from contracts.envelope import new_event
 from contracts.events.outside import NoticeDocument, NoticeNotificationReceived
 from contracts.events.peppol import MAX_DOCUMENT_BYTES
 from gateway.connectors.notice import TYPE_NAME, NoticeSettings
-from gateway.inbound.records import MESSAGE_ID_LENGTH, InboundDocument, Status, contract_problem
+from gateway.inbound.records import (
+    MESSAGE_ID_LENGTH,
+    InboundDocument,
+    SourceError,
+    Status,
+    contract_problem,
+)
 from gateway.routing import RoutingTable
 from kernel.database import utcnow, write_transaction
 from kernel.outbox import OutboxRelay, stage
@@ -66,17 +72,10 @@ AWAITING = "EN_ATTENTE_REPONSE"
 DOCUMENT_TYPE = "notice-notification"
 
 
-class NoticeError(RuntimeError):
+class NoticeError(SourceError):
     """NOTICe answered something unexpected; the notification is tried at the next poll."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
-
-#: NOTICe's answers about a notification or its document that the next poll will not change:
-#: the notification is recorded refused with the answer, not asked for at every poll.
-GONE_STATUSES = frozenset({404, 410})
 #: Pages one instance's poll reads at most: a cursor that came back again (NOTICe's bug)
 #: made a poll list forever, and the other tenants' instances waited behind it.
 MAX_PAGES = 1000
@@ -432,9 +431,9 @@ class NoticeInbound:
 def _unavailable(
     instance: str, notification_id: str, detail: dict[str, Any], what: str, exc: Exception
 ) -> FetchedNotification | None:
-    """A notification NOTICe will never give whole (an answer of ``GONE_STATUSES``), with
+    """A notification NOTICe will never give whole (``SourceError.gone``), with
     that problem; None (logged) for any other failure, which the next poll tries again."""
-    if isinstance(exc, NoticeError) and exc.status in GONE_STATUSES:
+    if isinstance(exc, NoticeError) and exc.gone:
         gone = FetchedNotification(notification_id, detail, instance)
         gone.problem = f"NOTICe gives no {what} of it: {exc}"
         return gone

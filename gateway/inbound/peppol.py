@@ -46,6 +46,7 @@ from gateway.inbound.records import (
     SENDER_LENGTH,
     SOURCE_LENGTH,
     InboundDocument,
+    SourceError,
     SourceStatus,
     Status,
 )
@@ -66,22 +67,14 @@ RECORD_BATCH = 16
 LISTING_LIMIT = 100
 
 
-class AccessPointError(RuntimeError):
+class AccessPointError(SourceError):
     """The access point answered something unexpected; the message is tried at the next poll."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class DocumentUnavailable(AccessPointError):
     """A listed message whose document the access point will never give (no readable
     document, gone): recorded ``refused`` and rejected, so that it leaves the listing.
     Asked again at every poll, a hundred of them held every later message behind them."""
-
-
-#: Answers of the access point to a message's fetch that will not change at the next poll.
-GONE_STATUSES = frozenset({404, 410})
 
 
 @dataclass(frozen=True)
@@ -140,7 +133,7 @@ class HttpAccessPointInbox:
         try:
             body = await self._call("GET", f"/inbox/{message_id}")
         except AccessPointError as exc:
-            if exc.status in GONE_STATUSES:
+            if exc.gone:
                 raise DocumentUnavailable(str(exc), exc.status) from exc
             raise
         try:

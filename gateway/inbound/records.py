@@ -34,6 +34,20 @@ SOURCE_LENGTH, MESSAGE_ID_LENGTH, SENDER_LENGTH, DOCUMENT_TYPE_LENGTH = 300, 200
 SourceStatus = Literal["pending", "acknowledged", "rejected"]
 
 
+class SourceError(RuntimeError):
+    """An outside source answered something unexpected, with its HTTP status if any."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def gone(self) -> bool:
+        """The item is not there and will not be at the next poll (404, 410): it is
+        recorded refused with the answer rather than asked for at every poll."""
+        return self.status in (404, 410)
+
+
 class InboundDocument(Base):
     __tablename__ = "gateway_inbound"
     __table_args__ = (
