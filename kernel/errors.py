@@ -125,11 +125,18 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return problem_response(
-            500,
-            "internal-error",
-            "Internal error",
-            "The hub could not complete this request; nothing was stored. "
-            "Operators have the details in the logs.",
-            request.url.path,
-        )
+        return internal_error(request.url.path)
+
+
+def internal_error(instance: str | None) -> JSONResponse:
+    """The answer to a request that failed unexpectedly."""
+    # Not "nothing was stored": a route may fail after its transaction committed.
+    return problem_response(
+        500,
+        "internal-error",
+        "Internal error",
+        "The hub could not complete this request. Look the document up before sending it"
+        " again, unless the request carried an Idempotency-Key. Operators have the details"
+        " in the logs.",
+        instance,
+    )

@@ -12,8 +12,10 @@ with the key: the same request sent again gets that answer, marked
 - The same key while its first request has not finished is a 409: the second
   request's transaction cannot commit its key. So is a key whose change was
   committed but whose answer was not kept (the process stopped between the two).
-- Only successful answers are kept: a refused request changed nothing, and
-  may be sent again, corrected, with the same key.
+- A request whose key was committed has its answer kept, whatever its status: a
+  route that committed its change and then failed is answered the same again,
+  not 409 for a day. A request refused before anything was committed left no
+  key: it may be sent again, corrected, with the same key.
 - Keys are kept for ``KEEP_FOR``.
 
 The middleware works where the service's routes change things through
@@ -37,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kernel.auth import Unauthorized
 from kernel.database import Base, UtcDateTime, utcnow, write_transaction
-from kernel.errors import ProblemError, problem_response
+from kernel.errors import ProblemError, internal_error, problem_response
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,9 @@ class _Claim:
     tenant: str
     key: str
     fingerprint: str
-    claimed: bool = False
+    #: When the claim was written: it tells this request's key from the same key
+    #: claimed again after this request's transaction was rolled back.
+    claimed_at: datetime | None = None
 
 
 #: The key of the request being served, if it carries one.
@@ -96,16 +100,16 @@ async def claim_key(session: AsyncSession) -> None:
     transaction (PostgreSQL) or its turn (SQLite), then fails here, changing nothing.
     """
     claim = _CURRENT.get()
-    if claim is None or claim.claimed:
+    if claim is None or claim.claimed_at is not None:
         return
-    claim.claimed = True
+    claim.claimed_at = utcnow()
     try:
         await session.execute(
             insert(IdempotentRequest).values(
                 tenant=claim.tenant,
                 key=claim.key,
                 fingerprint=claim.fingerprint,
-                created_at=utcnow(),
+                created_at=claim.claimed_at,
             )
         )
     except IntegrityError as exc:
@@ -160,9 +164,15 @@ class IdempotencyMiddleware:
         token = _CURRENT.set(claim)
         try:
             await self.app(scope, _replaying(bytes(body)), answer.recording(send))
+        except Exception:
+            # The error handler, outside this middleware, answers 500; if the request's
+            # transaction committed before it failed, that answer is the one to keep.
+            if claim.claimed_at is not None and answer.status == 0:
+                await self._keep(state.sessions, claim, await _internal_error(scope))
+            raise
         finally:
             _CURRENT.reset(token)
-        if claim.claimed and answer.keepable:
+        if claim.claimed_at is not None and answer.keepable:
             await self._keep(state.sessions, claim, answer)
 
     async def _answer_again(
@@ -201,9 +211,11 @@ class IdempotencyMiddleware:
             async with write_transaction(sessions) as session:
                 await session.execute(
                     update(IdempotentRequest)
-                    .where(
+                    .where(  # no row if the claim was rolled back: nothing to keep
                         IdempotentRequest.tenant == claim.tenant,
                         IdempotentRequest.key == claim.key,
+                        IdempotentRequest.created_at == claim.claimed_at,
+                        IdempotentRequest.status.is_(None),
                     )
                     .values(
                         status=answer.status,
@@ -236,7 +248,7 @@ class _Answer:
 
     @property
     def keepable(self) -> bool:
-        return 200 <= self.status < 300 and not self.too_large
+        return self.status != 0 and not self.too_large
 
     def recording(self, send: Send) -> Send:
         async def record_and_send(message: Message) -> None:
@@ -301,6 +313,18 @@ async def _kept(
     async with sessions() as session:
         kept: IdempotentRequest | None = await session.get(IdempotentRequest, (tenant, key))
         return kept
+
+
+async def _internal_error(scope: Scope) -> _Answer:
+    """The 500 answer the service's error handler sends, as it is sent."""
+    answer = _Answer()
+
+    async def nowhere(message: Message) -> None:
+        return None
+
+    response = internal_error(scope.get("path"))
+    await response(scope, _replaying(b""), answer.recording(nowhere))
+    return answer
 
 
 def _replaying(body: bytes) -> Receive:

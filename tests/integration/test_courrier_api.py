@@ -28,6 +28,7 @@ from kernel.auth import issue_token
 from kernel.database import utcnow
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
+from services.courrier import api as courrier_api
 from services.courrier.domain import registry_day
 from services.courrier.main import CourrierOptions, build_app
 from services.courrier.tables import Mail, MailFile
@@ -604,6 +605,30 @@ async def test_concurrent_requests_with_one_key_change_things_once(courrier: Cou
         if answer.status_code != 201:
             problem(answer, 409, "idempotency-key-in-use")
     assert await courrier.stored() == (1, 0)
+    assert len(await courrier.outbox()) == 1
+
+
+async def test_a_request_that_failed_after_its_change_committed_is_answered_the_same_again(
+    courrier: Courrier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_view(mail: Any) -> Any:
+        raise RuntimeError("the view could not be built")
+
+    keyed = {**courrier.auth(), "Idempotency-Key": "letter-8"}
+    with monkeypatch.context() as patched:  # the mail is committed, then the answer fails
+        patched.setattr(courrier_api.OutgoingMailView, "of", broken_view)
+        failed = await courrier.http.post(
+            "/v1/outgoing-mails:send", json=outgoing_body(), headers=keyed
+        )
+    problem(failed, 500, "internal-error")
+
+    # Sent again, it is told what happened the first time (not "in use" for a day) and
+    # the letter is not sent twice.
+    again = await courrier.http.post("/v1/outgoing-mails:send", json=outgoing_body(), headers=keyed)
+    problem(again, 500, "internal-error")
+    assert again.json() == failed.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert await courrier.stored() == (1, 1)
     assert len(await courrier.outbox()) == 1
 
 
