@@ -33,6 +33,7 @@ A repeated Ticket gets the first answer and publishes nothing new.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import copy
 import email.message
@@ -333,7 +334,9 @@ def router(
             body = await read_limited(request, max_envelope_bytes)
             envelope, attachments = split_message(body, request.headers.get("content-type", ""))
             try:
-                verified = trust.verify(envelope)
+                # In a worker thread: canonicalising and hashing a body of megabytes
+                # would hold every other request to the sandbox meanwhile.
+                verified = await asyncio.to_thread(trust.verify, envelope)
             except SignatureError as exc:
                 raise ClientFault(f"WS-Security: {exc.reason}") from exc
             operation = [child for child in verified.body if isinstance(child.tag, str)]

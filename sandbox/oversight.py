@@ -248,7 +248,9 @@ def router(
         try:
             envelope = await read_limited(request, MAX_ENVELOPE_BYTES)
             try:
-                verified = trust.verify(envelope)
+                # In a worker thread: canonicalising and hashing a body of megabytes
+                # would hold every other request to the sandbox meanwhile.
+                verified = await asyncio.to_thread(trust.verify, envelope)
             except SignatureError as exc:
                 raise ClientFault(f"WS-Security: {exc.reason}") from exc
             operation = [child for child in verified.body if isinstance(child.tag, str)]

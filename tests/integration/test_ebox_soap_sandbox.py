@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from kernel.pki import ensure_tenant_signing_identity
 from kernel.settings import HubSettings
 from sandbox.app import build_app
 from sandbox.ebox_rest import load_recipients_without_ebox
-from sandbox.ebox_soap import MAX_ENVELOPE_BYTES
+from sandbox.ebox_soap import MAX_ENVELOPE_BYTES, TrustStore
 from sandbox.recorder import FaultSettings, Recorder
 from tests.support.servers import serving
 
@@ -157,11 +158,22 @@ def fault_of(content: bytes) -> tuple[str, str, etree._Element | None]:
 
 
 async def test_signed_publication_is_accepted_and_its_message_id_returned(
-    sandbox: Sandbox, connector: EboxSoapConnector
+    sandbox: Sandbox, connector: EboxSoapConnector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    verifying_threads = []
+    verify = TrustStore.verify
+
+    def recorded_verify(store: TrustStore, envelope: bytes) -> Any:
+        verifying_threads.append(threading.get_ident())
+        return verify(store, envelope)
+
+    monkeypatch.setattr(TrustStore, "verify", recorded_verify)
     work = delivery()
 
     result = await connector.deliver(work)
+
+    # Verified off the event loop's thread: a large body would hold every request meanwhile.
+    assert verifying_threads and threading.get_ident() not in verifying_threads
 
     [reception] = sandbox.recorder.receptions("ebox_soap")
     assert result.external_reference == reception.answer["message_id"]

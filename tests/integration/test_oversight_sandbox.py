@@ -5,10 +5,12 @@ oversight's outcome back as one event."""
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +29,7 @@ from gateway.main import build_app as build_gateway
 from kernel.kafka import make_producer
 from kernel.settings import HubSettings
 from sandbox.app import build_app as build_sandbox
+from sandbox.ebox_soap import TrustStore
 from sandbox.recorder import Recorder
 from tests.support.gateway_hub import events_on
 from tests.support.groups import group_at_end
@@ -126,8 +129,16 @@ async def connector_over(
 
 
 async def test_a_signed_transmission_is_verified_and_acknowledged_once(
-    sandbox: tuple[str, Recorder], hub_settings: HubSettings
+    sandbox: tuple[str, Recorder], hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    verifying_threads = []
+    verify = TrustStore.verify
+
+    def recorded_verify(store: TrustStore, envelope: bytes) -> Any:
+        verifying_threads.append(threading.get_ident())
+        return verify(store, envelope)
+
+    monkeypatch.setattr(TrustStore, "verify", recorded_verify)
     url, recorder = sandbox
     http, connector = await connector_over(Network(), url, hub_settings)
     event = transmission()
@@ -140,6 +151,8 @@ async def test_a_signed_transmission_is_verified_and_acknowledged_once(
 
     assert first.external_reference == again.external_reference
     assert first.external_reference.startswith("TUT-")
+    # Verified off the event loop's thread: a large body would hold every request meanwhile.
+    assert verifying_threads and threading.get_ident() not in verifying_threads
     [reception] = recorder.receptions("oversight")
     assert reception.arrivals == 2
     assert reception.tenant == TENANT  # from the verified certificate
