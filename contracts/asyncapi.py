@@ -26,7 +26,14 @@ from typing import Any
 import yaml
 from pydantic.json_schema import models_json_schema
 
-from contracts.envelope import CONTENT_TYPE, SPEC_VERSION
+from contracts.envelope import (
+    CONTENT_TYPE,
+    MAX_ID_LENGTH,
+    MAX_SOURCE_LENGTH,
+    MAX_SUBJECT_LENGTH,
+    SPEC_VERSION,
+    TENANT_PATTERN,
+)
 from contracts.events import EventData, all_event_classes
 from kernel.kafka import TOPICS
 
@@ -415,24 +422,27 @@ def cloudevents_headers_schema(event_type: str) -> dict[str, Any]:
             "ce_id": {
                 "type": "string",
                 "minLength": 1,
+                "maxLength": MAX_ID_LENGTH,
                 "description": "Unique per event (a UUID); consumers deduplicate by it.",
             },
             "ce_source": {
                 "type": "string",
                 "format": "uri-reference",
                 "minLength": 1,
+                "maxLength": MAX_SOURCE_LENGTH,
                 "description": "The producing process, e.g. `urn:hub:courrier`.",
             },
             "ce_type": {"type": "string", "const": event_type},
             "ce_subject": {
                 "type": "string",
                 "minLength": 1,
+                "maxLength": MAX_SUBJECT_LENGTH,
                 "description": "Id of the document the event is about.",
             },
             "ce_time": {"type": "string", "format": "date-time"},
             "ce_tenant": {
                 "type": "string",
-                "pattern": "^[0-9]{5}$",
+                "pattern": TENANT_PATTERN,
                 "description": "Extension attribute `tenant`: the 5-digit NIS code of the "
                 "commune or CPAS the document belongs to.",
             },

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,18 @@ from contracts.events.base import EventData, event_class_for
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
 _T = TypeVar("_T", bound=EventData)
+
+
+#: The longest id, source and subject of a hub event (ids are UUIDs, subjects document
+#: ids). Consumers record them in columns of these sizes: PostgreSQL refused a longer
+#: one, and a record it refused was fetched and refused again, holding its partition.
+MAX_ID_LENGTH = 64
+MAX_SOURCE_LENGTH = 200
+MAX_SUBJECT_LENGTH = 200
+#: The tenant: a commune's or CPAS's 5-digit NIS code.
+TENANT_PATTERN = "^[0-9]{5}$"
+#: Control characters, which no attribute holds (PostgreSQL refuses a NUL in a text).
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 class EnvelopeError(ValueError):
@@ -110,6 +123,7 @@ def from_record(headers: dict[str, str], value: bytes) -> CloudEvent:
         raise EnvelopeError("missing CloudEvents headers: " + ", ".join(missing))
     if headers["ce_specversion"] != SPEC_VERSION:
         raise EnvelopeError(f"unsupported CloudEvents specversion {headers['ce_specversion']!r}")
+    _check_attributes(headers)
     model = event_class_for(headers["ce_type"])
     if model is None:
         raise EnvelopeError(f"unknown event type {headers['ce_type']!r}")
@@ -121,8 +135,13 @@ def from_record(headers: dict[str, str], value: bytes) -> CloudEvent:
         ) from exc
     try:
         time = datetime.fromisoformat(headers.get("ce_time", ""))
-    except ValueError as exc:
-        raise EnvelopeError(f"bad ce_time {headers.get('ce_time')!r}") from exc
+        # With its offset, and one that UTC can express (0001-01-01T00:00:00+01:00 cannot):
+        # consumers record it in UTC, and a time they could not was refused again and again.
+        if time.tzinfo is None:
+            raise ValueError("no UTC offset")
+        time.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise EnvelopeError(f"bad ce_time {headers.get('ce_time', '')[:40]!r}: {exc}") from exc
     return CloudEvent(
         id=headers["ce_id"],
         source=headers["ce_source"],
@@ -132,6 +151,23 @@ def from_record(headers: dict[str, str], value: bytes) -> CloudEvent:
         time=time,
         data=data,
     )
+
+
+def _check_attributes(headers: dict[str, str]) -> None:
+    for name, longest in (
+        ("ce_id", MAX_ID_LENGTH),
+        ("ce_source", MAX_SOURCE_LENGTH),
+        ("ce_subject", MAX_SUBJECT_LENGTH),
+    ):
+        value = headers[name]
+        if not 0 < len(value) <= longest:
+            raise EnvelopeError(f"{name} is 1 to {longest} characters, not {len(value)}")
+        if _CONTROL.search(value):
+            raise EnvelopeError(f"{name} holds a control character: {value!r}")
+    if not re.fullmatch(TENANT_PATTERN, headers["ce_tenant"]):
+        raise EnvelopeError(
+            f"ce_tenant {headers['ce_tenant'][:20]!r} is not a tenant's 5-digit NIS code"
+        )
 
 
 def event_json_schema(model: builtins.type[BaseModel]) -> dict[str, object]:

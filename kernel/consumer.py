@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,7 +41,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from contracts.envelope import CloudEvent, EnvelopeError, from_record, headers_as_text
+from contracts.envelope import (
+    TENANT_PATTERN,
+    CloudEvent,
+    EnvelopeError,
+    from_record,
+    headers_as_text,
+)
 from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction
 from kernel.kafka import (
     FETCH_MAX_WAIT_MS,
@@ -217,7 +224,10 @@ class EventConsumer:
     ) -> bool:
         """Keep a record of ours that breaks its contract, or that its handler keeps failing
         on; False when it is kept already."""
-        event_id = headers.get("ce_id")
+        # The attributes as the table can hold them: the record may be kept because they
+        # break the contract (a 300-character id, a NUL), and it must be kept all the same.
+        event_id = _fitted(headers.get("ce_id"), 200)
+        tenant = headers.get("ce_tenant")
         log.warning(
             "%s kept event %s (%s) on %s, unhandled: %s",
             self._component,
@@ -236,12 +246,12 @@ class EventConsumer:
             session.add(
                 RejectedEvent(
                     event_id=event_id,
-                    event_type=headers.get("ce_type", ""),
-                    tenant=headers.get("ce_tenant"),
+                    event_type=_fitted(headers.get("ce_type"), 128) or "",
+                    tenant=tenant if tenant and re.fullmatch(TENANT_PATTERN, tenant) else None,
                     topic=topic,
                     headers=headers,
                     value=value,
-                    reason=reason,
+                    reason=_CONTROL.sub("\N{REPLACEMENT CHARACTER}", reason),
                     received_at=utcnow(),
                 )
             )
@@ -342,3 +352,13 @@ class EventConsumer:
                 continue
             self._count(record.topic, "kept" if kept else "duplicate")
             return
+
+
+#: Characters PostgreSQL refuses in a text (it stored the NUL as nothing on SQLite).
+_CONTROL = re.compile("[\x00]")
+
+
+def _fitted(text: str | None, longest: int) -> str | None:
+    if text is None:
+        return None
+    return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", text)[:longest]

@@ -47,3 +47,27 @@ def test_records_that_are_not_ours_are_refused_with_the_reason() -> None:
         from_record(headers, b'{"mail_id": "m1"}')
     with pytest.raises(EnvelopeError, match="does not match its contract"):
         from_record(headers, b"not json")
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "reason"),
+    [
+        ("ce_id", "", "ce_id is 1 to 64 characters, not 0"),
+        ("ce_id", "i" * 65, "ce_id is 1 to 64 characters, not 65"),
+        ("ce_subject", "s" * 201, "ce_subject is 1 to 200 characters"),
+        ("ce_source", "urn:hub:\x00", "ce_source holds a control character"),
+        ("ce_subject", "mail-1\n", "ce_subject holds a control character"),
+        ("ce_tenant", "9213", "not a tenant's 5-digit NIS code"),
+        ("ce_tenant", "92137 ", "not a tenant's 5-digit NIS code"),
+        ("ce_time", "2026-12-07T10:00:00", "no UTC offset"),
+        ("ce_time", "0001-01-01T00:00:00+01:00", "bad ce_time"),
+    ],
+)
+def test_attributes_a_consumer_could_not_record_are_refused(
+    attribute: str, value: str, reason: str
+) -> None:
+    record = to_record(new_event(sample(), tenant="92137", subject="m1", source="s"))
+    headers = headers_as_text(record.headers)
+    assert from_record(headers, record.value)  # as produced: taken
+    with pytest.raises(EnvelopeError, match=reason):
+        from_record({**headers, attribute: value}, record.value)
