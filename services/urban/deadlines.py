@@ -15,6 +15,8 @@ days (CoDT D.IV.46, last paragraph); ``extension_refusal`` says when it may not.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from enum import Enum
@@ -179,8 +181,12 @@ def inquiry_end(starts_on: date, days: int = INQUIRY_DAYS) -> tuple[date, int]:
             suspended += 1
         else:
             counted += 1
-    while not is_working_day(day):
+    # The last day moves to a working day, and past a suspension it reaches (an inquiry
+    # whose 15th day is 23 December ends on 2 January, 9 days later, not on 26 December).
+    while not is_working_day(day) or inquiry_suspended(day):
         day += timedelta(days=1)
+        if inquiry_suspended(day):
+            suspended += 1
     return day, suspended
 
 
@@ -210,8 +216,13 @@ def deadlines(facts: Facts) -> list[Deadline]:
             facts.complete_on or facts.missing_asked_on,
         )
     ]
+    asked_of: Counter[str] = Counter()
     for opinion in facts.opinions:
-        found.append(Deadline(OPINION_PREFIX + opinion.body, opinion.due_on, opinion.received_on))
+        # A body asked twice has two deadlines: "opinion:SRI", then "opinion:SRI (2)".
+        asked_of[opinion.body.upper()] += 1
+        times = asked_of[opinion.body.upper()]
+        name = OPINION_PREFIX + opinion.body + (f" ({times})" if times > 1 else "")
+        found.append(Deadline(name, opinion.due_on, opinion.received_on))
     suspended = 0
     if facts.inquiry_starts_on is not None:
         end, suspended = inquiry_end(facts.inquiry_starts_on)
@@ -278,13 +289,24 @@ def next_open(found: list[Deadline]) -> Deadline | None:
     return min(open_ones, key=lambda deadline: deadline.due_on, default=None)
 
 
+#: The warnings emitted for a file: (deadline, level) → the due date they announced.
+SentWarnings = Mapping[tuple[str, str], date]
+
+
+def _sent(already: SentWarnings, deadline: Deadline, level: str) -> bool:
+    """Whether this warning was emitted for the deadline's current due date: one whose
+    date moved since (an opinion asked, completeness checked again) is warned again."""
+    return already.get((deadline.name, level)) == deadline.due_on
+
+
 def warnings_due(
-    found: list[Deadline], today: date, warn_days: int, already: set[tuple[str, str]]
+    found: list[Deadline], today: date, warn_days: int, already: SentWarnings
 ) -> list[tuple[Deadline, str]]:
     """The warnings to emit today: ``approaching`` within ``warn_days``, ``exceeded`` after.
 
-    ``already`` holds the (deadline, level) pairs emitted before: each is emitted once.
-    A deadline that is already exceeded is not also announced as approaching.
+    ``already`` holds the warnings emitted before: each (deadline, level) is emitted
+    once for each due date. A deadline already exceeded is not also announced as
+    approaching.
     """
     due: list[tuple[Deadline, str]] = []
     for deadline in found:
@@ -297,21 +319,21 @@ def warnings_due(
             if today >= deadline.due_on - timedelta(days=warn_days)
             else None
         )
-        if level is not None and (deadline.name, level) not in already:
+        if level is not None and not _sent(already, deadline, level):
             due.append((deadline, level))
     return due
 
 
 def next_warning_on(
-    found: list[Deadline], today: date, warn_days: int, already: set[tuple[str, str]]
+    found: list[Deadline], today: date, warn_days: int, already: SentWarnings
 ) -> date | None:
     """The first day on which ``warnings_due`` will have something new (the watcher's index)."""
     days: list[date] = []
     for deadline in found:
         if not deadline.open:
             continue
-        if (deadline.name, "approaching") not in already and today <= deadline.due_on:
+        if not _sent(already, deadline, "approaching") and today <= deadline.due_on:
             days.append(deadline.due_on - timedelta(days=warn_days))
-        if (deadline.name, "exceeded") not in already:
+        if not _sent(already, deadline, "exceeded"):
             days.append(deadline.due_on + timedelta(days=1))
     return min(days, default=None)

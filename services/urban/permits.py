@@ -22,7 +22,7 @@ from typing import Any, Literal, assert_never, get_args
 from zoneinfo import ZoneInfo
 
 import pybase64
-from sqlalchemy import ColumnElement, Select, bindparam, delete, select
+from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, undefer
 from sqlalchemy.orm.exc import StaleDataError
@@ -592,12 +592,6 @@ async def extend_decision_deadline(
     previous_due_on = file_deadlines(file)[deadlines.DECISION]
     file.decision_extended_on, file.updated_at = today, now
     # The extended deadline is a new last day: its warnings are due again.
-    await session.execute(
-        delete(DeadlineWarningSent).where(
-            DeadlineWarningSent.file_id == file.id,
-            DeadlineWarningSent.deadline == deadlines.DECISION,
-        )
-    )
     await refresh_deadlines(session, file, settings, today)
     data = DecisionDeadlineExtended(
         file_id=file.id,
@@ -742,18 +736,18 @@ def file_deadlines(file: PermitFile) -> dict[str, date]:
 
 #: The warnings sent for a file, read at each of its changes: built once, with the file
 #: bound as a parameter (see ``_WHOLE_FILE_BY``).
-_WARNINGS_SENT = select(DeadlineWarningSent.deadline, DeadlineWarningSent.level).where(
-    DeadlineWarningSent.file_id == bindparam("file_id")
-)
+_WARNINGS_SENT = select(
+    DeadlineWarningSent.deadline, DeadlineWarningSent.level, DeadlineWarningSent.due_on
+).where(DeadlineWarningSent.file_id == bindparam("file_id"))
 
 
-async def warnings_sent(session: AsyncSession, file_id: str) -> set[tuple[str, str]]:
+async def warnings_sent(session: AsyncSession, file_id: str) -> dict[tuple[str, str], date]:
     """The warnings the watcher sent for the file. Only the watcher records them, and it
     reads them before it adds any; so the caller's pending changes need no flush first
     (they are written once, with the rest of the change)."""
     with session.no_autoflush:
         rows = await session.execute(_WARNINGS_SENT, {"file_id": file_id})
-    return {(deadline, level) for deadline, level in rows.tuples()}
+    return {(deadline, level): due_on for deadline, level, due_on in rows.tuples()}
 
 
 async def refresh_deadlines(
@@ -763,11 +757,11 @@ async def refresh_deadlines(
     today: date,
     *,
     new_file: bool = False,
-    already: set[tuple[str, str]] | None = None,
+    already: deadlines.SentWarnings | None = None,
 ) -> list[deadlines.Deadline]:
     found = deadlines.deadlines(facts_of(file))
     if already is None:
-        already = set() if new_file else await warnings_sent(session, file.id)
+        already = {} if new_file else await warnings_sent(session, file.id)
     upcoming = deadlines.next_open(found)
     file.next_deadline = upcoming.name if upcoming else None
     file.next_deadline_on = upcoming.due_on if upcoming else None

@@ -81,7 +81,11 @@ class DeadlineWatcher:
                     )
                 ).all()
             for file_id, due in page:
-                emitted += await self._check_file(file_id, today, now)
+                try:
+                    emitted += await self._check_file(file_id, today, now)
+                except Exception:
+                    # This file's warnings wait for the next round; the other files' do not.
+                    log.exception("urban deadline watcher: file %s not checked", file_id)
                 after = (due, file_id)
             if len(page) < PAGE_SIZE:
                 return emitted
@@ -108,16 +112,18 @@ class DeadlineWatcher:
                     }
                 )
                 stage(session, new_event(data, tenant=file.tenant, subject=file.id, source=SOURCE))
-                session.add(
-                    DeadlineWarningSent(
-                        file_id=file.id,
-                        deadline=deadline.name,
-                        level=level,
-                        due_on=deadline.due_on,
-                        emitted_at=now,
-                    )
+                sent = DeadlineWarningSent(
+                    file_id=file.id,
+                    deadline=deadline.name,
+                    level=level,
+                    due_on=deadline.due_on,
+                    emitted_at=now,
                 )
-                already.add((deadline.name, level))
+                if (deadline.name, level) in already:  # sent for a due date that moved since
+                    await session.merge(sent)
+                else:
+                    session.add(sent)
+                already[(deadline.name, level)] = deadline.due_on
                 log.info(
                     "tenant %s: %s deadline of %s (%s) %s",
                     file.tenant,

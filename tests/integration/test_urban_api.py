@@ -45,6 +45,7 @@ from kernel.migrations import migrate
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
 from services.urban import permits
+from services.urban import watcher as watcher_module
 from services.urban.consumers import NoticeKeepingConsumer, handlers
 from services.urban.deadlines import last_day
 from services.urban.main import UrbanOptions, build_app
@@ -692,6 +693,45 @@ async def test_the_watcher_warns_approaching_then_exceeded_once_each(
     assert untouched["reference"] not in {w.reference for w in warnings}
     listed = (await service.get("/v1/files", deadline_before=due.isoformat())).json()
     assert [f["id"] for f in listed["items"]] == [opened["id"]]
+
+
+async def test_a_body_asked_twice_is_warned_for_each_opinion_and_holds_no_file_back(
+    service: UrbanService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    due_on = date.today() + timedelta(days=10)
+    twice = await completed(service)
+    for _ in range(2):  # the fire service asked twice: the plans changed meanwhile
+        response = await service.post(
+            f"/v1/files/{twice['id']}/opinions",
+            {"body": "SRI", "subject": "Avis sur les plans", "due_on": due_on.isoformat()},
+        )
+        assert response.status_code == 201, response.text
+    broken = await service.open_file(received_on=(due_on - timedelta(days=20)).isoformat())
+    later = await service.open_file(received_on=(due_on - timedelta(days=20)).isoformat())
+    moment = datetime.combine(due_on + timedelta(days=1), time(12), tzinfo=UTC)
+    watcher = DeadlineWatcher(
+        service.app.state.sessions, None, service.app.state.urban_settings, clock=lambda: moment
+    )
+    # One file's check fails (a bug, a row the database refuses): the others go on.
+    facts_of = permits.facts_of
+
+    def failing_for_one(file: Any) -> Any:
+        if file.id == broken["id"]:
+            raise RuntimeError("this file cannot be checked")
+        return facts_of(file)
+
+    monkeypatch.setattr(watcher_module, "facts_of", failing_for_one)
+
+    await watcher.check_once()
+
+    warnings = [e.data_as(DeadlineWarning) for e in await service.events(DeadlineWarning.TYPE)]
+    warned = {(w.reference, w.deadline, w.level) for w in warnings}
+    assert warned >= {
+        (twice["reference"], "opinion:SRI", "exceeded"),
+        (twice["reference"], "opinion:SRI (2)", "exceeded"),
+        (later["reference"], "completeness", "exceeded"),
+    }
+    assert broken["reference"] not in {w.reference for w in warnings}
 
 
 # -- the college's extension of the decision deadline -----------------------------------------

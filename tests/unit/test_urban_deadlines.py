@@ -148,6 +148,15 @@ def test_an_inquiry_stands_still_from_24_december_to_1_january() -> None:
     assert inquiry_end(date(2026, 12, 15)) == (date(2027, 1, 7), 9)
 
 
+def test_an_inquiry_whose_last_day_falls_before_a_suspension_ends_after_it() -> None:
+    # 9-23 December 2028 counts the 15 days; the 23rd is a Saturday, the next working day
+    # would be 26 December, but the inquiry stands still until 1 January: 2 January 2029
+    # (a Tuesday), the 9 suspended days counted.
+    assert inquiry_end(date(2028, 12, 9)) == (date(2029, 1, 2), 9)
+    # 1-15 July 2029 counts them; the 15th is a Sunday, and 16 July-15 August stands still.
+    assert inquiry_end(date(2029, 7, 1)) == (date(2029, 8, 16), 31)
+
+
 def test_the_suspended_days_push_the_decision_back() -> None:
     complete_on = date(2026, 7, 1)
     facts = Facts(
@@ -308,27 +317,61 @@ def test_the_last_day_allowing_the_extension_is_the_one_an_inquiry_pushed_back()
 
 def test_warnings_come_once_per_deadline_and_level() -> None:
     found = deadlines(Facts("permis_urbanisme", received_on=date(2026, 2, 2)))  # due 23 Feb
-    assert warnings_due(found, date(2026, 2, 17), 5, set()) == []
-    assert next_warning_on(found, date(2026, 2, 17), 5, set()) == date(2026, 2, 18)
-    [(deadline, level)] = warnings_due(found, date(2026, 2, 18), 5, set())
+    assert warnings_due(found, date(2026, 2, 17), 5, {}) == []
+    assert next_warning_on(found, date(2026, 2, 17), 5, {}) == date(2026, 2, 18)
+    [(deadline, level)] = warnings_due(found, date(2026, 2, 18), 5, {})
     assert (deadline.name, level) == (COMPLETENESS, "approaching")
-    sent = {(COMPLETENESS, "approaching")}
+    sent = {(COMPLETENESS, "approaching"): date(2026, 2, 23)}
     assert warnings_due(found, date(2026, 2, 23), 5, sent) == []
     assert next_warning_on(found, date(2026, 2, 18), 5, sent) == date(2026, 2, 24)
     [(_, level)] = warnings_due(found, date(2026, 2, 24), 5, sent)
     assert level == "exceeded"
-    sent.add((COMPLETENESS, "exceeded"))
+    sent[(COMPLETENESS, "exceeded")] = date(2026, 2, 23)
     assert next_warning_on(found, date(2026, 2, 24), 5, sent) is None
+
+
+def test_a_deadline_whose_due_date_moved_is_warned_again_for_the_new_date() -> None:
+    # "approaching" went out for a decision due 9 April; an opinion asked since moved it.
+    complete = Facts("permis_urbanisme", date(2026, 2, 2), complete_on=date(2026, 3, 10))
+    [before] = [d for d in deadlines(complete) if d.name == DECISION]
+    sent = {(DECISION, "approaching"): before.due_on}
+    assert warnings_due([before], before.due_on, 5, sent) == []
+    asked = replace(
+        complete, opinions=(OpinionFacts("o-1", "SRI", date(2026, 4, 20)),)
+    )  # 75 days now
+    [after] = [d for d in deadlines(asked) if d.name == DECISION]
+    assert after.due_on > before.due_on
+    assert next_warning_on([after], before.due_on, 5, sent) == after.due_on - timedelta(days=5)
+    [(deadline, level)] = warnings_due([after], after.due_on - timedelta(days=5), 5, sent)
+    assert (deadline.due_on, level) == (after.due_on, "approaching")
+
+
+def test_a_body_asked_twice_has_two_deadlines_each_warned() -> None:
+    facts = Facts(
+        "permis_urbanisme",
+        date(2026, 2, 2),
+        complete_on=date(2026, 2, 10),
+        opinions=(
+            OpinionFacts("o-1", "SRI", date(2026, 3, 12)),
+            OpinionFacts("o-2", "sri", date(2026, 3, 12)),
+            OpinionFacts("o-3", "CCATM", date(2026, 3, 12)),
+        ),
+    )
+    found = [d for d in deadlines(facts) if d.name.startswith("opinion:")]
+    assert [d.name for d in found] == ["opinion:SRI", "opinion:sri (2)", "opinion:CCATM"]
+    due = warnings_due(found, date(2026, 3, 13), 5, {})
+    assert [(d.name, level) for d, level in due] == [(d.name, "exceeded") for d in found]
 
 
 def test_a_deadline_first_seen_exceeded_is_not_also_announced_approaching() -> None:
     found = deadlines(Facts("permis_urbanisme", received_on=date(2026, 2, 2)))
-    [(_, level)] = warnings_due(found, date(2026, 3, 10), 5, set())
+    [(_, level)] = warnings_due(found, date(2026, 3, 10), 5, {})
     assert level == "exceeded"
-    assert next_warning_on(found, date(2026, 3, 10), 5, {(COMPLETENESS, "exceeded")}) is None
+    sent = {(COMPLETENESS, "exceeded"): date(2026, 2, 23)}
+    assert next_warning_on(found, date(2026, 3, 10), 5, sent) is None
 
 
 def test_met_deadlines_give_no_warning() -> None:
     facts = Facts("permis_urbanisme", date(2026, 2, 2), complete_on=date(2026, 2, 3))
     found = deadlines(facts)
-    assert [d.name for d, _ in warnings_due(found, date(2026, 3, 20), 5, set())] == [DECISION]
+    assert [d.name for d, _ in warnings_due(found, date(2026, 3, 20), 5, {})] == [DECISION]
