@@ -246,7 +246,9 @@ def _procedure_routes(api: APIRouter) -> None:
     @api.post("/files/{file_id}/request-decision", tags=["procedure"], responses=responses)
     async def request_decision(file_id: str, caller: Writer, store: StorageDep) -> FileView:
         """Ask the college for its decision (``urban.file.decision_needed.v1``). The last
-        opinion in does it by itself; this is for files that need none."""
+        opinion in does it by itself when no public inquiry is running; this is for files
+        that need no opinion, and for those whose inquiry ended after their last opinion
+        (the clerk reports on the inquiry first)."""
 
         async def change(s: AsyncSession, t: TenantUrban, f: PermitFile) -> None:
             await permits.request_decision(s, t, f, utcnow())

@@ -168,6 +168,16 @@ class NotificationClosed(Conflict):
         )
 
 
+class DecisionFromAnotherMeeting(Conflict):
+    def __init__(self, reference: str, meeting_config: str, expected: str) -> None:
+        super().__init__(
+            "decision-from-another-meeting",
+            f"File {reference} asked {expected} for its decision; an item decided by"
+            f" {meeting_config} that names it is not that decision.",
+            meeting_config=meeting_config,
+        )
+
+
 class NotANoticeFile(Conflict):
     def __init__(self, reference: str) -> None:
         super().__init__(

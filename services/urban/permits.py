@@ -58,6 +58,7 @@ from services.urban.domain import (
     DecisionDeadlineAlreadyExtended,
     DecisionDeadlineNotExtendable,
     DecisionDeadlinePassed,
+    DecisionFromAnotherMeeting,
     DocumentMismatch,
     FileAlreadyDecided,
     FileState,
@@ -533,16 +534,21 @@ async def record_decision(
     decided: ItemDecided,
     now: datetime,
 ) -> bool:
-    """Apply the college's decision; False for a postponement (the file keeps waiting)."""
+    """Apply the college's decision; False for a postponement (the file keeps waiting).
+
+    Only a file that asked for it takes one, and only from the meeting it asked: an item
+    that merely names the file (a council's debate, a clerk's typing) grants nothing
+    while opinions are pending or the inquiry runs."""
+    if decided.meeting_config != settings.decision.meeting_config:
+        raise DecisionFromAnotherMeeting(
+            file.reference, decided.meeting_config, settings.decision.meeting_config
+        )
     outcome = DECISION_OUTCOMES.get(decided.decision)
     if outcome is None:
         log.info("tenant %s: decision on %s postponed", file.tenant, file.reference)
         return False
     check_state(
-        file.reference,
-        file.state,
-        "a decision",
-        frozenset({FileState.COMPLETE, FileState.AWAITING_DECISION}),
+        file.reference, file.state, "a decision", frozenset({FileState.AWAITING_DECISION})
     )
     if file.notice_state == "closed":
         raise NotificationClosed(file.notice_notification_id or "")

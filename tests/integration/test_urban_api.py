@@ -579,6 +579,33 @@ async def test_a_decision_for_another_tenants_file_is_kept_not_applied(
     assert len((await service.get("/v1/unprocessed-notifications")).json()) == 1
 
 
+async def test_only_the_decision_the_file_asked_for_is_applied(service: UrbanService) -> None:
+    # Complete, with the fire service's opinion pending: not ready for a decision.
+    file = await completed(service)
+    path = f"/v1/files/{file['id']}"
+    due_on = (date.today() + timedelta(days=30)).isoformat()
+    opinion = {"body": "SRI", "subject": "Avis", "due_on": due_on}
+    assert (await service.post(f"{path}/opinions", opinion)).status_code == 201
+    early = inbound(decided(file["reference"]), SAMBREVILLE, "item")
+    assert await service.deliver(early) == "handled"
+    # Asked for, but an item of the council that names the file is not its decision.
+    ready = await completed(service)
+    assert (await service.post(f"/v1/files/{ready['id']}/request-decision")).status_code == 200
+    council = inbound(
+        decided(ready["reference"], meeting_config="council", meeting_kind="council"),
+        SAMBREVILLE,
+        "item",
+    )
+    assert await service.deliver(council) == "handled"
+
+    kept = (await service.get("/v1/unprocessed-notifications")).json()
+    assert sorted((k["event_id"], k["problem"]) for k in kept) == sorted(
+        [(early.id, "file-state-forbids"), (council.id, "decision-from-another-meeting")]
+    )
+    assert (await service.get(path)).json()["state"] == "complete"
+    assert (await service.get(f"/v1/files/{ready['id']}")).json()["state"] == "awaiting_decision"
+
+
 # -- identities ---------------------------------------------------------------------------
 
 
