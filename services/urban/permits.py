@@ -547,9 +547,7 @@ async def record_decision(
     if outcome is None:
         log.info("tenant %s: decision on %s postponed", file.tenant, file.reference)
         return False
-    check_state(
-        file.reference, file.state, "a decision", frozenset({FileState.AWAITING_DECISION})
-    )
+    check_state(file.reference, file.state, "a decision", frozenset({FileState.AWAITING_DECISION}))
     if file.notice_state == "closed":
         raise NotificationClosed(file.notice_notification_id or "")
     decided_on = brussels_day(decided.meeting_date)
