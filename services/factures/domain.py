@@ -213,11 +213,30 @@ def supplier_key(vat_id: str | None, legal_id: str | None, name: str | None) -> 
     return None
 
 
-def duplicate_key(supplier: str | None, number: str | None, issue_date: date | None) -> str | None:
-    """One invoice per supplier, number and issue date; None when one of them is unknown."""
+def duplicate_key(
+    kind: str | None, supplier: str | None, number: str | None, issue_date: date | None
+) -> str | None:
+    """One invoice per supplier, number and issue date, and one credit note (a supplier
+    may number them in two series, so credit note 2026-17 is no invoice 2026-17's
+    duplicate); None when one of them is unknown."""
     if not supplier or not number or not number.strip() or issue_date is None:
         return None
-    return f"{supplier}|{number.strip().upper()}|{issue_date.isoformat()}"
+    key = f"{supplier}|{normalised_number(number)}|{issue_date.isoformat()}"
+    return f"CreditNote|{key}" if kind == "CreditNote" else key
+
+
+def normalised_number(number: str) -> str:
+    """A document's number as the hub compares it: case and surrounding spaces aside."""
+    return number.strip().upper()
+
+
+class CreditNoteNotPayable(Conflict):
+    def __init__(self, label: str) -> None:
+        super().__init__(
+            "credit-note-not-payable",
+            f"Credit note {label} is money the supplier owes the commune: it is settled"
+            " against an invoice in the accounting software, not paid (no PD is sent).",
+        )
 
 
 # -- approval routing --------------------------------------------------------------------

@@ -177,10 +177,11 @@ def summary(reasons: Iterable[Reason], limit: int = 5) -> str:
 # -- refusals that are not rule findings ---------------------------------------------------
 
 
-def duplicate(number: str, earlier_state: str, received_on: str) -> Reason:
+def duplicate(kind: str | None, number: str, earlier_state: str, received_on: str) -> Reason:
+    document = "credit note" if kind == "CreditNote" else "invoice"
     return Reason(
         "OTH",
-        f"Duplicate: invoice {number} of this supplier with this issue date was already "
+        f"Duplicate: {document} {number} of this supplier with this issue date was already "
         f"received on {received_on} (it is {earlier_state}); it will not be processed twice.",
         "DUPLICATE",
     )

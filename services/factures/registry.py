@@ -18,7 +18,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 import pybase64
-from sqlalchemy import ColumnElement, Select, String, bindparam, inspect, select
+from sqlalchemy import ColumnElement, Select, String, bindparam, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm import object_session as session_of
@@ -53,12 +53,14 @@ from services.factures.accounting import (
     supplier_name,
 )
 from services.factures.domain import (
+    BRUSSELS,
     RECEPTION_RESPONSE,
     RESPONSE_AFTER,
     ApprovalRouting,
     Booked,
     BookingOutcome,
     ConcurrentChange,
+    CreditNoteNotPayable,
     InvoiceState,
     Step,
     advance,
@@ -66,6 +68,7 @@ from services.factures.domain import (
     approval_routing,
     duplicate_key,
     format_endpoint,
+    normalised_number,
     parse_endpoint,
     same_endpoint,
     supplier_key,
@@ -410,7 +413,9 @@ async def _check_and_route(
         return
     label = _label(invoice)
     invoice.state = advance(InvoiceState(invoice.state), Step.VALIDATE, label)
-    invoice.accepted_key = duplicate_key(invoice.supplier_key, invoice.number, invoice.issue_date)
+    invoice.accepted_key = duplicate_key(
+        invoice.kind, invoice.supplier_key, invoice.number, invoice.issue_date
+    )
     warnings = [_finding_data(f) for f in examination.findings if f.flag == "warning"]
     validated = InvoiceValidated(invoice_id=invoice.id, number=label, warnings=warnings)
     _record(invoice, now, event=validated, note=f"{len(warnings)} warnings" if warnings else None)
@@ -436,25 +441,20 @@ async def _check_and_route(
 
 async def _business_refusals(session: AsyncSession, invoice: Invoice) -> list[Reason]:
     """Duplicates and credit notes of unknown invoices: rules of the tenant's books, not of UBL."""
-    key = duplicate_key(invoice.supplier_key, invoice.number, invoice.issue_date)
+    key = duplicate_key(invoice.kind, invoice.supplier_key, invoice.number, invoice.issue_date)
     if key is not None:
         earlier = await _first_invoice(session, tenant=invoice.tenant, accepted_key=key)
         if earlier is not None and earlier.id != invoice.id:
             received_on = earlier.created_at.date().isoformat()
-            return [reasons.duplicate(invoice.number or "", earlier.state, received_on)]
+            return [
+                reasons.duplicate(invoice.kind, invoice.number or "", earlier.state, received_on)
+            ]
     if invoice.kind != "CreditNote" or not invoice.preceding_invoices:
         return []
     credited: list[Invoice] = []
     missing: list[str] = []
     for number in invoice.preceding_invoices:
-        found = await _first_invoice(
-            session,
-            accepted_only=True,
-            tenant=invoice.tenant,
-            kind="Invoice",
-            supplier_key=invoice.supplier_key,
-            number=number,
-        )
+        found = await _credited_invoice(session, invoice, number)
         if found is None:
             missing.append(number)
         else:
@@ -542,6 +542,8 @@ async def mark_paid(
     now: datetime,
 ) -> None:
     label = _label(invoice)
+    if invoice.kind == "CreditNote":
+        raise CreditNoteNotPayable(label)
     invoice.state = advance(InvoiceState(invoice.state), Step.PAY, label)
     invoice.paid_on, invoice.updated_at = paid_on, now
     await _flush_or_conflict(session, label, Step.PAY)
@@ -664,7 +666,7 @@ async def _answer(
         return
     response = InvoiceResponse(
         response_id=str(uuid.uuid4()),
-        issue_date=invoice.updated_at.date(),
+        issue_date=invoice.updated_at.astimezone(BRUSSELS).date(),  # the commune's day
         status=status,
         sender=Party(commune, buyer.name),
         receiver=Party(supplier, invoice.supplier_name),
@@ -737,6 +739,55 @@ async def find_by_scan(session: AsyncSession, tenant: str, mail_id: str) -> Invo
 async def find_upload(session: AsyncSession, tenant: str, sha256: str) -> Invoice | None:
     """An earlier upload of the very same bytes (a client retrying its request)."""
     return await _first_invoice(session, tenant=tenant, channel="upload", sha256=sha256)
+
+
+#: The accepted invoice a credit note names (BT-25), its number compared as duplicates'
+#: are: "f2026-0009" names invoice "F2026-0009".
+_CREDITED_INVOICE = (
+    select(Invoice)
+    .where(
+        Invoice.tenant == bindparam("tenant"),
+        Invoice.kind == "Invoice",
+        Invoice.supplier_key == bindparam("supplier_key"),
+        func.upper(func.trim(Invoice.number)) == bindparam("number"),
+        Invoice.accepted_key.is_not(None),
+    )
+    .order_by(Invoice.created_at)
+    .limit(1)
+)
+
+
+async def _credited_invoice(
+    session: AsyncSession, credit_note: Invoice, number: str
+) -> Invoice | None:
+    """The invoice ``credit_note`` credits, stored or added in this transaction (see
+    ``_first_invoice``)."""
+    if any(isinstance(changed, Invoice) for changed in session.dirty):
+        await session.flush()
+    wanted = normalised_number(number)
+    with session.no_autoflush:
+        stored: Invoice | None = await session.scalar(
+            _CREDITED_INVOICE,
+            {
+                "tenant": credit_note.tenant,
+                "supplier_key": credit_note.supplier_key,
+                "number": wanted,
+            },
+        )
+    if stored is not None:
+        return stored
+    added = [
+        new
+        for new in session.new
+        if isinstance(new, Invoice)
+        and new.kind == "Invoice"
+        and new.accepted_key is not None
+        and new.number is not None
+        and normalised_number(new.number) == wanted
+        and new.supplier_key == credit_note.supplier_key
+        and new.tenant == credit_note.tenant
+    ]
+    return min(added, key=lambda invoice: invoice.created_at, default=None)
 
 
 async def _first_invoice(

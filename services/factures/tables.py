@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Connection,
     Date,
     ForeignKey,
     Index,
@@ -23,6 +24,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal,
+    update,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -139,6 +142,16 @@ class InvoiceStep(Base):
     note: Mapped[str | None] = mapped_column(Text)
 
 
+def _credit_note_keys_apart(connection: Connection) -> None:
+    """Credit notes' duplicate keys as ``domain.duplicate_key`` now makes them."""
+    invoices = table_of(Invoice)
+    connection.execute(
+        update(invoices)
+        .where(invoices.c.kind == "CreditNote", invoices.c.accepted_key.is_not(None))
+        .values(accepted_key=literal("CreditNote|") + invoices.c.accepted_key)
+    )
+
+
 MIGRATIONS: list[Migration] = [
     Migration(
         1,
@@ -156,5 +169,10 @@ MIGRATIONS: list[Migration] = [
         3,
         "requests' Idempotency-Keys and their kept answers",
         create_tables(table_of(IdempotentRequest)),
+    ),
+    Migration(
+        4,
+        "credit notes' duplicate keys apart from invoices'",
+        _credit_note_keys_apart,
     ),
 ]

@@ -398,6 +398,20 @@ async def test_a_credit_note_is_linked_to_its_invoice_and_refused_for_an_unknown
     assert reason["code"] == "REF" and "F1999-1" in reason["text"]
     assert "never received" in reason["text"]
 
+    # The reference compared as duplicates are: case and spaces aside.
+    typed = await factures.accepted(invoice_xml("NC-3", kind="CreditNote", preceding="f2026-0009 "))
+    assert typed["credited_invoice_id"] == invoice["id"]
+    # Credit notes numbered in a series of their own: NC 2026-17 is no duplicate of F 2026-17.
+    await factures.accepted(invoice_xml("2026-17"))
+    await factures.accepted(invoice_xml("2026-17", kind="CreditNote", preceding="F2026-0009"))
+    # A credit note is settled in the accounting software, never paid (no PD).
+    paid = await factures.http.post(
+        f"/v1/invoices/{credit['id']}/payment",
+        json={"paid_on": "2026-03-05"},
+        headers=factures.auth(),
+    )
+    problem(paid, 409, "credit-note-not-payable")
+
 
 @pytest.mark.parametrize(
     ("buyer", "slug"),

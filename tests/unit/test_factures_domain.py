@@ -126,10 +126,12 @@ def test_the_supplier_is_known_by_vat_id_then_legal_id_then_name_whatever_the_sp
 
 
 def test_one_supplier_number_and_date_make_one_invoice() -> None:
-    key = duplicate_key("vat:BE0403170701", "f-1 ", date(2026, 3, 2))
-    assert key == duplicate_key("vat:BE0403170701", "F-1", date(2026, 3, 2))
-    assert key != duplicate_key("vat:BE0403170701", "F-1", date(2026, 3, 3))
-    assert duplicate_key("vat:BE0403170701", None, date(2026, 3, 2)) is None
+    key = duplicate_key("Invoice", "vat:BE0403170701", "f-1 ", date(2026, 3, 2))
+    assert key == duplicate_key("Invoice", "vat:BE0403170701", "F-1", date(2026, 3, 2))
+    assert key != duplicate_key("Invoice", "vat:BE0403170701", "F-1", date(2026, 3, 3))
+    assert duplicate_key("Invoice", "vat:BE0403170701", None, date(2026, 3, 2)) is None
+    # A supplier numbering its credit notes in a series of their own: not a duplicate.
+    assert key != duplicate_key("CreditNote", "vat:BE0403170701", "F-1", date(2026, 3, 2))
 
 
 # -- approval routing --------------------------------------------------------------------

@@ -1,14 +1,19 @@
-"""The gateway's tables as an earlier version left them, brought up to date with their rows."""
+"""Tables as an earlier version left them, brought up to date with their rows."""
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
-from sqlalchemy import Column, MetaData, Table, select, text
+from sqlalchemy import Column, MetaData, Table, insert, select, text
 
 from gateway.deliveries import MIGRATIONS
 from gateway.inbound.records import InboundDocument
 from kernel.database import create_engine, utcnow
-from kernel.migrations import migrate
+from kernel.migrations import migrate, table_of
+from services.factures.domain import duplicate_key
+from services.factures.tables import MIGRATIONS as FACTURES_MIGRATIONS
+from services.factures.tables import Invoice as FacturesInvoice
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +88,49 @@ async def test_inbound_documents_become_unique_by_channel_source_and_id_keeping_
         assert await migrate(engine, "gateway", MIGRATIONS, schema=schema) == len(MIGRATIONS)
     finally:
         await engine.dispose()
+
+
+async def test_credit_notes_accepted_before_their_keys_were_set_apart_still_find_duplicates(
+    database: tuple[str, str | None],
+) -> None:
+    url, schema = database
+    engine = create_engine(url, schema=schema)
+    invoices = table_of(FacturesInvoice)
+    now = utcnow()
+
+    def row(number: str, kind: str) -> dict[str, object]:
+        key = f"vat:BE0403170701|{number}|2026-03-02"  # as factures keyed both before
+        return {
+            "id": f"{kind}-{number}",
+            "tenant": "92137",
+            "channel": "upload",
+            "state": "booked",
+            "kind": kind,
+            "accepted_key": key,
+            "preceding_invoices": [],
+            "findings": [],
+            "rejection_reasons": [],
+            "created_at": now,
+            "updated_at": now,
+            "version": 1,
+        }
+
+    try:
+        assert await migrate(engine, "factures", FACTURES_MIGRATIONS[:3], schema=schema) == 3
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(invoices), [row("F-1", "Invoice"), row("NC-1", "CreditNote")]
+            )
+        assert await migrate(engine, "factures", FACTURES_MIGRATIONS, schema=schema) == 4
+        async with engine.connect() as connection:
+            keys = dict(
+                (await connection.execute(select(invoices.c.id, invoices.c.accepted_key))).all()
+            )
+    finally:
+        await engine.dispose()
+    assert keys == {
+        "Invoice-F-1": duplicate_key("Invoice", "vat:BE0403170701", "F-1", date(2026, 3, 2)),
+        "CreditNote-NC-1": duplicate_key(
+            "CreditNote", "vat:BE0403170701", "NC-1", date(2026, 3, 2)
+        ),
+    }
