@@ -93,5 +93,8 @@ def backoff_delay(attempts: int, policy: RetryPolicy, rng: random.Random | None 
     return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
 
 
-def next_attempt_time(now: datetime, attempts: int, policy: RetryPolicy) -> datetime:
-    return now + timedelta(seconds=backoff_delay(attempts, policy))
+def next_attempt_time(
+    now: datetime, attempts: int, policy: RetryPolicy, asked_seconds: float | None = None
+) -> datetime:
+    """When to try again: the backoff, or later if the target asked (its Retry-After)."""
+    return now + timedelta(seconds=max(backoff_delay(attempts, policy), asked_seconds or 0.0))

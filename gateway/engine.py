@@ -32,10 +32,10 @@ from sqlalchemy.orm import aliased
 from contracts.envelope import CloudEvent, EnvelopeError, from_record, headers_as_text, new_event
 from contracts.events import event_class_for
 from contracts.events.gateway import DeliveryReceipt
-from gateway.connectors.base import Connector, Delivery
+from gateway.connectors.base import ATTEMPT_SECONDS, Connector, Delivery
 from gateway.deliveries import FINAL_STATUSES, DeliveryRecord, idempotency_key, next_attempt_time
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
-from gateway.routing import Route, RoutingTable
+from gateway.routing import RetryPolicy, Route, RoutingTable
 from kernel.database import utcnow, write_transaction
 from kernel.kafka import (
     FETCH_MAX_WAIT_MS,
@@ -50,8 +50,6 @@ from kernel.telemetry import continue_trace, inject_headers, tracer
 
 log = logging.getLogger(__name__)
 SOURCE = "urn:hub:gateway"
-#: A claimed retry is hidden from other schedulers this long (a crashed one's claim expires).
-RETRY_LEASE = timedelta(seconds=120)
 #: The stored events one pass of the retry scheduler holds at most (``retry_due``).
 RETRY_BATCH_BYTES = 32 * 1024 * 1024
 
@@ -104,6 +102,8 @@ class Outcome:
     external_reference: str | None = None
     reason: str | None = None
     answer: dict[str, str | None] | None = None
+    #: For a retry: how long the target asked to be left alone (its Retry-After).
+    retry_after_seconds: float | None = None
 
 
 class DeliveryEngine:
@@ -122,6 +122,15 @@ class DeliveryEngine:
         self._connectors = connectors
         self._relay = relay
         self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        # A claimed retry is hidden from other schedulers this long (a crashed one's claim
+        # expires): one pass claims no more than the slots, so each claimed attempt may
+        # wait for a slot behind one first attempt at most, and then take its own time.
+        slowest = max(
+            (getattr(c, "attempt_seconds", ATTEMPT_SECONDS) for c in connectors.values()),
+            default=ATTEMPT_SECONDS,
+        )
+        self._retry_lease = timedelta(seconds=2 * slowest + 30)
         self._clock = clock
         self._tracer = tracer("gateway")
 
@@ -313,12 +322,22 @@ class DeliveryEngine:
                     attempt=record.attempts + 1,
                     trace_headers=inject_headers(),
                 )
+                deadline = getattr(connector, "attempt_seconds", ATTEMPT_SECONDS)
                 try:
-                    result = await connector.deliver(delivery)
+                    # A deadline for the whole attempt: the connectors' timeouts bound each
+                    # read, and a target sending a byte now and then held its slot, and
+                    # every document of every tenant behind it, for ever.
+                    async with asyncio.timeout(deadline):
+                        result = await connector.deliver(delivery)
+                except TimeoutError:
+                    reason = f"{route.connector_type}: no answer within {deadline:g} s"
+                    return Outcome("retry", reason=reason)
                 except PermanentDeliveryError as exc:
                     return Outcome("failed", reason=exc.reason)
                 except RetryableDeliveryError as exc:
-                    return Outcome("retry", reason=exc.reason)
+                    return Outcome(
+                        "retry", reason=exc.reason, retry_after_seconds=exc.retry_after_seconds
+                    )
                 except Exception as exc:
                     # A connector bug must not lose the event: keep retrying, visibly.
                     log.exception(
@@ -348,7 +367,9 @@ class DeliveryEngine:
         if status == "retry":
             if record.attempts < policy.max_attempts:
                 record.status = "retrying"
-                record.next_attempt_at = next_attempt_time(now, record.attempts, policy)
+                record.next_attempt_at = next_attempt_time(
+                    now, record.attempts, policy, outcome.retry_after_seconds
+                )
                 DELIVERIES.labels(route.connector_type, "retry").inc()
                 return
             status = "dead"
@@ -398,14 +419,18 @@ class DeliveryEngine:
             if attempted == 0:
                 await asyncio.sleep(poll_seconds)
 
-    async def retry_due(self, limit: int = 200, batch_bytes: int = RETRY_BATCH_BYTES) -> int:
+    async def retry_due(
+        self, limit: int | None = None, batch_bytes: int = RETRY_BATCH_BYTES
+    ) -> int:
         """Attempt the deliveries whose retry time has come; return how many.
 
-        At most ``limit`` of them, and as many as fit in ``batch_bytes`` of stored
-        events (the first always): after a target's outage, 200 mails with their PDFs
-        would be a gigabyte in memory at once. The scheduler takes the next batch at
-        once (``run_retries``).
+        At most ``limit`` of them (the engine's concurrency by default: more would wait
+        for a slot while their claim ran out, and a second gateway would attempt them
+        too), and as many as fit in ``batch_bytes`` of stored events (the first always):
+        after a target's outage, mails with their PDFs would be a gigabyte in memory at
+        once. The scheduler takes the next batch at once (``run_retries``).
         """
+        limit = self._concurrency if limit is None else limit
         now = self._clock()
         earlier = aliased(DeliveryRecord)
         size = func.length(DeliveryRecord.record_value)
@@ -446,7 +471,7 @@ class DeliveryEngine:
                 await session.execute(
                     update(DeliveryRecord)
                     .where(DeliveryRecord.id.in_([r.id for r in due]))
-                    .values(next_attempt_at=now + RETRY_LEASE)
+                    .values(next_attempt_at=now + self._retry_lease)
                 )
         await asyncio.gather(*(self._retry_one(record) for record in due))
         return len(due)
@@ -478,11 +503,20 @@ class DeliveryEngine:
                 DELIVERIES.labels(fresh.connector, "dead").inc()
                 self._announce(session, fresh, "dead", outcome)
             elif route is None:
+                # Waits for the route to come back (a tenant file being edited), every 5
+                # minutes, as many times as the tenant's policy tries; then it is dead, and
+                # its service told, instead of waiting unseen for ever.
                 fresh.attempts += 1
                 fresh.last_error = outcome.reason
                 fresh.updated_at = self._clock()
-                fresh.next_attempt_at = self._clock() + timedelta(minutes=5)
-                return
+                policy = self._routing.retry.get(record.tenant, RetryPolicy())
+                if fresh.attempts < policy.max_attempts:
+                    fresh.next_attempt_at = self._clock() + timedelta(minutes=5)
+                    return
+                fresh.status, fresh.next_attempt_at = "dead", None
+                fresh.finished_at = fresh.updated_at
+                DELIVERIES.labels(fresh.connector, "dead").inc()
+                self._announce(session, fresh, "dead", outcome)
             else:
                 self._apply(session, fresh, event_for_receipt, route, outcome)
         if outcome.status != "retry" and self._relay:

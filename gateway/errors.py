@@ -13,20 +13,31 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
-from zeep.exceptions import Fault, TransportError
+from zeep.exceptions import DTDForbidden, EntitiesForbidden, Fault, TransportError, XMLSyntaxError
 from zeep.exceptions import ValidationError as ZeepValidationError
+
+from kernel.logs import mask_national_numbers
 
 
 class DeliveryError(Exception):
     def __init__(self, reason: str) -> None:
+        # Masked here, once for every connector: a target's error often quotes the request
+        # (a SOAP fault naming the NISS it could not find), and the reason goes to the
+        # delivery log, the receipt, the service's document and the operators' API.
+        reason = mask_national_numbers(reason)
         super().__init__(reason)
         self.reason = reason
 
 
 class RetryableDeliveryError(DeliveryError):
-    pass
+    def __init__(self, reason: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(reason)
+        #: How long the target asked to be left alone (its Retry-After), if it said.
+        self.retry_after_seconds = retry_after_seconds
 
 
 class PermanentDeliveryError(DeliveryError):
@@ -36,10 +47,37 @@ class PermanentDeliveryError(DeliveryError):
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-def error_for_status(status: int, reason: str) -> DeliveryError:
+#: The longest Retry-After the gateway honours: a target asking for more is tried again
+#: after a day all the same (its later answers may say otherwise).
+LONGEST_RETRY_AFTER_SECONDS = 86_400.0
+
+
+def error_for_status(
+    status: int, reason: str, headers: httpx.Headers | None = None
+) -> DeliveryError:
     if status in RETRYABLE_STATUS:
-        return RetryableDeliveryError(f"HTTP {status}: {reason}")
+        wait = retry_after_seconds(headers.get("retry-after")) if headers is not None else None
+        return RetryableDeliveryError(f"HTTP {status}: {reason}", wait)
     return PermanentDeliveryError(f"HTTP {status}: {reason}")
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """A Retry-After header's wait (RFC 9110 10.2.3: seconds, or an HTTP date); None when
+    absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if moment.tzinfo is None:
+            return None
+        seconds = (moment - (now or datetime.now(UTC))).total_seconds()
+    return min(max(seconds, 0.0), LONGEST_RETRY_AFTER_SECONDS)
 
 
 def error_for_response(target: str, response: httpx.Response) -> DeliveryError:
@@ -57,7 +95,7 @@ def error_for_response(target: str, response: httpx.Response) -> DeliveryError:
             if isinstance(body.get(name), str) and body[name]:
                 explanation = body[name][:500]
                 break
-    return error_for_status(response.status_code, f"{target}: {explanation}")
+    return error_for_status(response.status_code, f"{target}: {explanation}", response.headers)
 
 
 @contextmanager
@@ -71,14 +109,31 @@ def translate_transport_errors(target: str) -> Iterator[None]:
     except httpx.TransportError as exc:
         raise RetryableDeliveryError(f"{target} unreachable: {exc}") from exc
     except httpx.HTTPStatusError as exc:
-        raise error_for_status(exc.response.status_code, exc.response.text[:300]) from exc
+        raise error_for_status(
+            exc.response.status_code, exc.response.text[:300], exc.response.headers
+        ) from exc
     except TransportError as exc:  # zeep: the HTTP layer answered with an error status
         raise error_for_status(exc.status_code, str(exc.message)[:300]) from exc
     except Fault as exc:
-        # A SOAP server fault (soap:Server) may pass; a client fault or business fault will not.
-        code = str(exc.code or "")
-        if code.endswith("Server") and "Business" not in str(exc.message):
-            raise RetryableDeliveryError(f"{target} SOAP fault {code}: {exc.message}") from exc
-        raise PermanentDeliveryError(f"{target} SOAP fault {code}: {exc.message}") from exc
+        raise _fault_error(target, exc) from exc
+    except (XMLSyntaxError, DTDForbidden, EntitiesForbidden) as exc:
+        # Not a SOAP message: a proxy's error page, an answer cut short. Whether the target
+        # took the request is unknown; sent again under its idempotency key, it is once.
+        raise RetryableDeliveryError(
+            f"{target} answered with no SOAP message ({type(exc).__name__})"
+        ) from exc
     except ZeepValidationError as exc:
         raise PermanentDeliveryError(f"{target}: the message does not fit the WSDL: {exc}") from exc
+
+
+def _fault_error(target: str, fault: Fault) -> DeliveryError:
+    """A server's fault (SOAP 1.1 ``Server``, ``Server.Busy``…; SOAP 1.2 ``Receiver``) may
+    pass, and so may a fault without a code (zeep's "Unknown fault" for XML that is no
+    Fault: the server did not speak SOAP); a client's or a business fault will not."""
+    code = str(fault.code or "")
+    local = code.rpartition("}")[2].rpartition(":")[2].partition(".")[0]
+    reason = f"{target} SOAP fault {code or '(no code)'}: {fault.message}"
+    passing = not code or local in ("Server", "Receiver")
+    if passing and "Business" not in str(fault.message):
+        return RetryableDeliveryError(reason)
+    return PermanentDeliveryError(reason)

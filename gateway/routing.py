@@ -28,10 +28,13 @@ class RoutingConfigError(ValueError):
 
 
 class RetryPolicy(BaseModel):
+    """By default, 20 attempts over one to two hours (1, 2, 4… then every 5-10 minutes):
+    a target's maintenance window turns no document dead."""
+
     model_config = ConfigDict(extra="forbid")
-    max_attempts: int = Field(default=8, ge=1, le=100)
+    max_attempts: int = Field(default=20, ge=1, le=100)
     base_delay_seconds: float = Field(default=1.0, gt=0, le=3600)
-    max_delay_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    max_delay_seconds: float = Field(default=600.0, gt=0, le=86_400)
 
 
 class RouteConfig(BaseModel):

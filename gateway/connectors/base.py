@@ -61,7 +61,20 @@ class DeliveryResult:
     answer: dict[str, str | None] | None = None
 
 
+#: How long one attempt may take in all, unless its connector says (``attempt_seconds``).
+ATTEMPT_SECONDS = 90.0
+
+
+def attempt_seconds_for(timeout_seconds: float) -> float:
+    """An attempt's deadline for a connector whose requests each have ``timeout_seconds``:
+    two requests' worth (a token, then the call) and a margin."""
+    return 2 * timeout_seconds + 5
+
+
 class Connector(Protocol):
+    """A connector may also have ``attempt_seconds``, the deadline of one whole attempt
+    (``ATTEMPT_SECONDS`` otherwise): the engine cuts an attempt that takes longer."""
+
     type_name: str
 
     async def deliver(self, delivery: Delivery) -> DeliveryResult:

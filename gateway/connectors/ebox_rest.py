@@ -37,6 +37,7 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
+    attempt_seconds_for,
     json_field,
     register_connector,
     settings_of,
@@ -98,6 +99,7 @@ class EboxRestConnector:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
         self._http = http
         self._clock = clock
         self._timeout = httpx.Timeout(settings.timeout_seconds)
@@ -202,10 +204,24 @@ class EboxRestConnector:
         if response.is_error:
             raise error_for_status(response.status_code, f"{TARGET} token endpoint")
         value = json_field(response, "access_token")
-        expires_in = json_field(response, "expires_in")
-        if not isinstance(value, str) or not isinstance(expires_in, int | float):
+        expires_in = _seconds(json_field(response, "expires_in"))
+        if not isinstance(value, str) or expires_in is None:
             raise RetryableDeliveryError(f"{TARGET}: the token endpoint's answer has no token")
-        return _Token(value, requested_at + expires_in - TOKEN_RENEWAL_MARGIN_SECONDS)
+        # Renewed before it expires, but never so early that a short-lived token is
+        # fetched again for every letter.
+        margin = min(TOKEN_RENEWAL_MARGIN_SECONDS, expires_in / 2)
+        return _Token(value, requested_at + expires_in - margin)
+
+
+def _seconds(value: object) -> float | None:
+    """A token's ``expires_in``: a number, or the digits some identity providers send."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value > 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return float(value.strip()) or None
+    return None
 
 
 # -- answers and letters ------------------------------------------------------------------

@@ -40,6 +40,7 @@ from gateway.connectors.base import (
     ConnectorContext,
     Delivery,
     DeliveryResult,
+    attempt_seconds_for,
     register_connector,
 )
 from gateway.connectors.letters import letter_file_name, letter_of, recipient_number
@@ -81,6 +82,7 @@ class EboxSoapConnector:
 
     def __init__(self, ctx: ConnectorContext, settings: EboxSoapSettings) -> None:
         self.settings = settings
+        self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
         key_file, cert_file = signing_files(ctx, settings.key_file, settings.cert_file, TYPE_NAME)
         self._soap = SignedSoapClient(
             wsdl=str(settings.wsdl or ctx.hub.corpus_dir / DEFAULT_WSDL),

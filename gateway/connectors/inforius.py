@@ -25,6 +25,7 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
+    attempt_seconds_for,
     register_connector,
     settings_of,
 )
@@ -50,6 +51,7 @@ class InforiusConnector:
 
     def __init__(self, settings: InforiusSettings, tenant: str, http: httpx.AsyncClient) -> None:
         self.settings = settings
+        self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
         self._administration = settings.administration or tenant
         self._http = http
         self._timeout = httpx.Timeout(settings.timeout_seconds)

@@ -53,6 +53,7 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
+    attempt_seconds_for,
     register_connector,
     settings_of,
 )
@@ -279,6 +280,7 @@ class KszBcssConnector:
 
     def __init__(self, ctx: ConnectorContext, settings: KszBcssSettings) -> None:
         self.settings = settings
+        self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
         self._transport = SharedPoolTransport(ctx.http, settings.timeout_seconds)
         self._client = AsyncClient(
             str(settings.wsdl or ctx.hub.corpus_dir / DEFAULT_WSDL),

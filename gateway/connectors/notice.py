@@ -19,6 +19,7 @@ permanent failure whose reason says so.
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 from pydantic import Field, SecretStr
@@ -30,6 +31,7 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
+    attempt_seconds_for,
     json_field,
     register_connector,
     settings_of,
@@ -92,6 +94,7 @@ class NoticeConnector:
 
     def __init__(self, settings: NoticeSettings, http: httpx.AsyncClient) -> None:
         self.settings = settings
+        self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
         self._http = http
         self._timeout = httpx.Timeout(settings.timeout_seconds)
 
@@ -114,7 +117,10 @@ class NoticeConnector:
 
         return await post_delivery(
             self._http,
-            self.settings.url(f"/notifications/{response.notification_id}/responses"),
+            # Quoted: the contract allows any text, and a "/" or "?" would change the path.
+            self.settings.url(
+                f"/notifications/{quote(response.notification_id, safe='')}/responses"
+            ),
             body,
             delivery=delivery,
             target=TARGET,

@@ -24,6 +24,7 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
+    attempt_seconds_for,
     register_connector,
     settings_of,
 )
@@ -54,6 +55,7 @@ class OpinionRestConnector:
 
     def __init__(self, settings: OpinionRestSettings, http: httpx.AsyncClient) -> None:
         self.settings = settings
+        self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
         self._http = http
         self._timeout = httpx.Timeout(settings.timeout_seconds)
 

@@ -32,6 +32,7 @@ from gateway.connectors.base import (
     ConnectorContext,
     Delivery,
     DeliveryResult,
+    attempt_seconds_for,
     register_connector,
     settings_of,
 )
@@ -80,6 +81,7 @@ class OversightSoapConnector:
 
     def __init__(self, ctx: ConnectorContext, settings: OversightSoapSettings) -> None:
         self.settings = settings
+        self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
         self.tenant = ctx.tenant
         key_file, cert_file = signing_files(ctx, settings.key_file, settings.cert_file, TYPE_NAME)
         self._soap = SignedSoapClient(

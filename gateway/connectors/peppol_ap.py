@@ -33,6 +33,7 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
+    attempt_seconds_for,
     register_connector,
     settings_of,
 )
@@ -72,6 +73,7 @@ class PeppolApConnector:
 
     def __init__(self, settings: PeppolApSettings, http: httpx.AsyncClient) -> None:
         self.settings = settings
+        self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
         self._http = http
         self._timeout = httpx.Timeout(settings.timeout_seconds)
 

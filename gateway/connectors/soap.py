@@ -25,6 +25,7 @@ from zeep.transports import AsyncTransport
 from zeep.wsdl.bindings.soap import SoapBinding
 
 from gateway.connectors.base import ConnectorContext, ConnectorSettings
+from gateway.errors import RETRYABLE_STATUS, error_for_status
 from gateway.wssecurity import X509Signature
 from kernel.pki import ensure_tenant_signing_identity
 
@@ -42,9 +43,15 @@ class SharedPoolTransport(AsyncTransport):
 
     async def post(self, address: str, message: bytes, headers: dict[str, str]) -> httpx.Response:
         # No logging of the message here (zeep's would): it holds personal data.
-        return await self.client.post(
+        response: httpx.Response = await self.client.post(
             address, content=message, headers=headers, timeout=self._timeout
         )
+        if response.status_code in RETRYABLE_STATUS and response.status_code != 500:
+            # The HTTP layer's answer (a proxy's 502 or 503, a 429), not the service's: a
+            # SOAP 1.1 service answers 200, or 500 with its Fault. Given to zeep, a body of
+            # XML that is no Fault became an "Unknown fault", taken for a permanent one.
+            raise error_for_status(response.status_code, response.text[:300], response.headers)
+        return response
 
     async def aclose(self) -> None:
         self.wsdl_client.close()  # only the WSDL loader is ours; the gateway closes the pool

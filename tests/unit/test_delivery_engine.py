@@ -423,3 +423,62 @@ async def test_a_failed_batch_rewinds_only_the_partitions_still_owned(
     # The owned partition comes again from the batch's first offset; the revoked one is
     # its new member's (aiokafka raises on a seek there, which stopped the consumer job).
     assert consumer.seeks == [(first, 7)]
+
+
+async def test_an_attempt_past_its_deadline_is_cut_and_retried(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    class TricklingConnector(FakeConnector):
+        """A target that keeps the connection alive a byte at a time: no read times out."""
+
+        attempt_seconds = 0.05
+
+        async def deliver(self, delivery: Delivery) -> DeliveryResult:
+            self.calls.append(delivery)
+            await asyncio.sleep(30)
+            return DeliveryResult(external_reference="never")
+
+    connector, clock = TricklingConnector(), Clock()
+    engine = make_engine(sessions, connector, clock)
+
+    await asyncio.wait_for(engine.handle_record(*as_record(mail_event()), "x"), timeout=5)
+
+    [record] = await deliveries(sessions)
+    assert (record.status, record.last_error) == ("retrying", "fake: no answer within 0.05 s")
+
+
+async def test_a_target_asking_to_wait_is_retried_no_sooner(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    busy = RetryableDeliveryError("HTTP 503: maintenance", retry_after_seconds=3600)
+    connector, clock = FakeConnector([busy]), Clock()
+    engine = make_engine(sessions, connector, clock)
+    await engine.handle_record(*as_record(mail_event()), "x")
+
+    [record] = await deliveries(sessions)
+    assert record.next_attempt_at is not None
+    assert record.next_attempt_at - clock.now == timedelta(seconds=3600)  # not the 1 s backoff
+    clock.advance(1800)
+    assert await engine.retry_due() == 0
+
+
+async def test_a_delivery_whose_route_was_removed_ends_dead_after_the_tenants_attempts(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    connector, clock = FakeConnector([RetryableDeliveryError("HTTP 503")]), Clock()
+    engine = make_engine(sessions, connector, clock, max_attempts=3)
+    await engine.handle_record(*as_record(mail_event()), "x")
+    engine._routing.routes.clear()  # the tenant file was edited and the gateway restarted
+
+    clock.advance(5)
+    assert await engine.retry_due() == 1
+    [record] = await deliveries(sessions)
+    assert (record.status, record.attempts) == ("retrying", 2)  # it may come back
+    clock.advance(301)
+    assert await engine.retry_due() == 1
+
+    [record] = await deliveries(sessions)
+    assert (record.status, record.attempts) == ("dead", 3)
+    [receipt] = await receipts(sessions)
+    assert receipt.outcome == "dead" and "no longer configured" in (receipt.reason or "")
+    assert len(connector.calls) == 1

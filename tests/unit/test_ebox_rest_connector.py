@@ -44,7 +44,7 @@ Answer = httpx.Response | Exception
 class FakeEbox:
     """Token endpoint and /publishMessage; publication answers can be scripted in order."""
 
-    def __init__(self, *, expires_in: int = 3600, token_delay: float = 0.0) -> None:
+    def __init__(self, *, expires_in: int | str = 3600, token_delay: float = 0.0) -> None:
         self.expires_in = expires_in
         self.token_delay = token_delay
         self.token_requests: list[dict[str, str]] = []
@@ -272,6 +272,19 @@ async def test_the_token_is_renewed_shortly_before_it_expires(
     await connector.deliver(delivery(key="event-3:r"))
     assert len(ebox.token_requests) == 2
     assert ebox.publications[-1].headers["Authorization"] == "Bearer token-2"
+
+
+async def test_a_token_given_for_seconds_in_text_or_briefly_is_used_for_its_life(
+    connector: EboxRestConnector, ebox: FakeEbox, clock: FakeClock
+) -> None:
+    ebox.expires_in = "20"  # digits in a string, as some identity providers send, and short
+    await connector.deliver(delivery(key="event-1:r"))
+    clock.now += 5
+    await connector.deliver(delivery(key="event-2:r"))
+    assert len(ebox.token_requests) == 1  # not fetched again for every letter
+    clock.now += 6  # past half its life
+    await connector.deliver(delivery(key="event-3:r"))
+    assert len(ebox.token_requests) == 2
 
 
 async def test_a_401_fetches_a_new_token_and_tries_once_more(

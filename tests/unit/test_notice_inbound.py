@@ -245,6 +245,19 @@ async def test_the_connector_posts_the_response_with_its_idempotency_key() -> No
     }
 
 
+async def test_a_notification_id_is_one_segment_of_the_path_whatever_it_holds() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json={"responseId": "REP-1"})
+
+    await connector(answer).deliver(delivery(notification_id="2026/N1?x#y"))
+
+    [request] = seen
+    assert request.url.raw_path == b"/api/v1/notifications/2026%2FN1%3Fx%23y/responses"
+
+
 @pytest.mark.parametrize(
     ("status", "error", "reason"),
     [

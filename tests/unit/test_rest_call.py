@@ -113,3 +113,27 @@ async def test_a_refusal_of_the_connector_comes_before_the_generic_mapping() -> 
 async def test_a_success_without_the_reference_is_retryable() -> None:
     with pytest.raises(RetryableDeliveryError, match="Target answered with no thingId"):
         await post(lambda request: httpx.Response(201, json={"status": "ok"}))
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "asked"),
+    [("120", 120.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("soon", None), ("99999999", 86400.0)],
+)
+async def test_a_429_carries_the_wait_the_target_asked_for(
+    retry_after: str, asked: float | None
+) -> None:
+    def busy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, text="slow down", headers={"Retry-After": retry_after})
+
+    with pytest.raises(RetryableDeliveryError) as raised:
+        await post(busy)
+    assert raised.value.retry_after_seconds == asked
+
+
+async def test_a_national_number_in_the_targets_answer_is_masked_in_the_reason() -> None:
+    def refusing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"detail": "unknown person 85073003328"})
+
+    with pytest.raises(PermanentDeliveryError) as raised:
+        await post(refusing)
+    assert "85073003328" not in raised.value.reason and "85*********" in raised.value.reason
