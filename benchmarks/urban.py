@@ -265,7 +265,7 @@ def _file_rows(
         "identity_flagged": False,
         "next_deadline": upcoming.name if upcoming else None,
         "next_deadline_on": upcoming.due_on if upcoming else None,
-        "next_warning_on": deadlines.next_warning_on(found, today, WARNING_DAYS, set()),
+        "next_warning_on": deadlines.next_warning_on(found, today, WARNING_DAYS, {}),
         "origin": "rest",
         "created_at": now,
         "updated_at": now,
