@@ -32,6 +32,7 @@ _T = TypeVar("_T", bound=EventData)
 MAX_ID_LENGTH = 64
 MAX_SOURCE_LENGTH = 200
 MAX_SUBJECT_LENGTH = 200
+MAX_TYPE_LENGTH = 128
 #: The tenant: a commune's or CPAS's 5-digit NIS code.
 TENANT_PATTERN = "^[0-9]{5}$"
 #: Control characters, which no attribute holds (PostgreSQL refuses a NUL in a text).
@@ -112,8 +113,42 @@ def headers_as_text(
     return {name: value.decode("utf-8", "replace") for name, value in headers}
 
 
+@dataclass(frozen=True)
+class Attributes:
+    """An event's envelope, read and checked without its data."""
+
+    id: str
+    source: str
+    type: str
+    tenant: str
+    subject: str
+    time: datetime
+
+
 def from_record(headers: dict[str, str], value: bytes) -> CloudEvent:
     """Decode a record; raise EnvelopeError with the reason when it is not one of ours."""
+    attributes = envelope_attributes(headers)
+    model = event_class_for(attributes.type)
+    if model is None:
+        raise EnvelopeError(f"unknown event type {attributes.type!r}")
+    try:
+        data = model.model_validate(json.loads(value))
+    except (ValueError, ValidationError) as exc:
+        raise EnvelopeError(f"{attributes.type} data does not match its contract: {exc}") from exc
+    return CloudEvent(
+        id=attributes.id,
+        source=attributes.source,
+        type=attributes.type,
+        tenant=attributes.tenant,
+        subject=attributes.subject,
+        time=attributes.time,
+        data=data,
+    )
+
+
+def envelope_attributes(headers: dict[str, str]) -> Attributes:
+    """The record's CloudEvents attributes; EnvelopeError when one is missing or would not
+    fit where consumers record it."""
     missing = [
         name
         for name in ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_subject", "ce_tenant")
@@ -123,40 +158,10 @@ def from_record(headers: dict[str, str], value: bytes) -> CloudEvent:
         raise EnvelopeError("missing CloudEvents headers: " + ", ".join(missing))
     if headers["ce_specversion"] != SPEC_VERSION:
         raise EnvelopeError(f"unsupported CloudEvents specversion {headers['ce_specversion']!r}")
-    _check_attributes(headers)
-    model = event_class_for(headers["ce_type"])
-    if model is None:
-        raise EnvelopeError(f"unknown event type {headers['ce_type']!r}")
-    try:
-        data = model.model_validate(json.loads(value))
-    except (ValueError, ValidationError) as exc:
-        raise EnvelopeError(
-            f"{headers['ce_type']} data does not match its contract: {exc}"
-        ) from exc
-    try:
-        time = datetime.fromisoformat(headers.get("ce_time", ""))
-        # With its offset, and one that UTC can express (0001-01-01T00:00:00+01:00 cannot):
-        # consumers record it in UTC, and a time they could not was refused again and again.
-        if time.tzinfo is None:
-            raise ValueError("no UTC offset")
-        time.astimezone(UTC)
-    except (ValueError, OverflowError) as exc:
-        raise EnvelopeError(f"bad ce_time {headers.get('ce_time', '')[:40]!r}: {exc}") from exc
-    return CloudEvent(
-        id=headers["ce_id"],
-        source=headers["ce_source"],
-        type=headers["ce_type"],
-        tenant=headers["ce_tenant"],
-        subject=headers["ce_subject"],
-        time=time,
-        data=data,
-    )
-
-
-def _check_attributes(headers: dict[str, str]) -> None:
     for name, longest in (
         ("ce_id", MAX_ID_LENGTH),
         ("ce_source", MAX_SOURCE_LENGTH),
+        ("ce_type", MAX_TYPE_LENGTH),
         ("ce_subject", MAX_SUBJECT_LENGTH),
     ):
         value = headers[name]
@@ -168,6 +173,23 @@ def _check_attributes(headers: dict[str, str]) -> None:
         raise EnvelopeError(
             f"ce_tenant {headers['ce_tenant'][:20]!r} is not a tenant's 5-digit NIS code"
         )
+    try:
+        time = datetime.fromisoformat(headers.get("ce_time", ""))
+        # With its offset, and one that UTC can express (0001-01-01T00:00:00+01:00 cannot):
+        # consumers record it in UTC, and a time they could not was refused again and again.
+        if time.tzinfo is None:
+            raise ValueError("no UTC offset")
+        time.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise EnvelopeError(f"bad ce_time {headers.get('ce_time', '')[:40]!r}: {exc}") from exc
+    return Attributes(
+        id=headers["ce_id"],
+        source=headers["ce_source"],
+        type=headers["ce_type"],
+        tenant=headers["ce_tenant"],
+        subject=headers["ce_subject"],
+        time=time,
+    )
 
 
 def event_json_schema(model: builtins.type[BaseModel]) -> dict[str, object]:

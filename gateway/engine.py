@@ -29,7 +29,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
-from contracts.envelope import CloudEvent, EnvelopeError, from_record, headers_as_text, new_event
+from contracts.envelope import (
+    CloudEvent,
+    EnvelopeError,
+    envelope_attributes,
+    from_record,
+    headers_as_text,
+    new_event,
+)
 from contracts.events import event_class_for
 from contracts.events.gateway import DeliveryReceipt
 from gateway.connectors.base import ATTEMPT_SECONDS, Connector, Delivery
@@ -211,20 +218,20 @@ class DeliveryEngine:
         of two per record is what lets the gateway keep up with a busy service.
         """
         pending: list[_Pending] = []
+        broken: list[DeliveryRecord] = []
         for headers, value, topic in records:
             try:
                 event = from_record(headers, value)
             except EnvelopeError as exc:
-                log.warning("gateway skipped a record on %s: %s", topic, exc)
-                EVENTS_CONSUMED.labels("gateway", topic, "rejected").inc()
+                broken.extend(self._broken_deliveries(headers, value, topic, exc))
                 continue
             routes = self._routing.routes_for(event.tenant, event.type)
             EVENTS_CONSUMED.labels("gateway", topic, "routed" if routes else "ignored").inc()
             pending.extend(_Pending(event, route, headers, value) for route in routes)
-        if not pending:
+        if not pending and not broken:
             return
         async with self._sessions() as session:
-            keys = list({p.key for p in pending})
+            keys = list({p.key for p in pending} | {b.idempotency_key for b in broken})
             known = set(await session.scalars(_RECORDED_KEYS, {"keys": keys}))
             subjects = list({p.event.subject for p in pending})
             retrying = (await session.execute(_RETRYING_CHAINS, {"subjects": subjects})).all()
@@ -238,17 +245,79 @@ class DeliveryEngine:
                 chains[item.chain].append(item)
         await asyncio.gather(*(self._attempt_chain(chain, blocked) for chain in chains.values()))
         fresh = [item for chain in chains.values() for item in chain]
+        dead = [record for record in broken if record.idempotency_key not in known]
         try:
             async with write_transaction(self._sessions) as session:
                 for item in fresh:
                     self._record(session, item)
+                for record in dead:
+                    self._record_dead(session, record)
         except IntegrityError:
             # Another member of the group recorded some of them during a rebalance:
             # record the others one by one, keeping the first record of each.
             for item in fresh:
                 await self._record_alone(item)
-        if self._relay and any(i.outcome and i.outcome.status != "retry" for i in fresh):
+            for record in dead:
+                await self._record_dead_alone(record)
+        if self._relay and (dead or any(i.outcome and i.outcome.status != "retry" for i in fresh)):
             self._relay.wake()
+
+    def _broken_deliveries(
+        self, headers: dict[str, str], value: bytes, topic: str, error: EnvelopeError
+    ) -> list[DeliveryRecord]:
+        """A routed record whose data breaks its contract (a service upgraded before the
+        gateway, a field the gateway does not know yet) ends dead at once on each of its
+        routes, and its service is told, instead of being skipped and its document left
+        "sending" for ever. A record whose envelope is not one of ours is skipped."""
+        try:
+            attributes = envelope_attributes(headers)
+        except EnvelopeError:
+            attributes = None
+        routes = self._routing.routes_for(attributes.tenant, attributes.type) if attributes else []
+        EVENTS_CONSUMED.labels("gateway", topic, "rejected").inc()
+        log.warning("gateway rejected a record on %s: %s", topic, error)
+        if attributes is None or not routes:
+            return []
+        now = self._clock()
+        reason = f"the event breaks its contract: {error}"
+        return [
+            DeliveryRecord(
+                idempotency_key=idempotency_key(attributes.id, route.name),
+                event_id=attributes.id,
+                event_type=attributes.type,
+                event_time=attributes.time,
+                tenant=attributes.tenant,
+                subject=attributes.subject,
+                route=route.name,
+                connector=route.connector_type,
+                status="dead",
+                attempts=1,  # the reading that ended it
+                next_attempt_at=None,
+                last_error=reason,
+                record_headers=headers,
+                record_value=value,
+                created_at=now,
+                updated_at=now,
+                finished_at=now,
+            )
+            for route in routes
+        ]
+
+    def _record_dead(self, session: AsyncSession, record: DeliveryRecord) -> None:
+        session.add(record)
+        DELIVERIES.labels(record.connector, "dead").inc()
+        self._announce(session, record, "dead", Outcome("dead", reason=record.last_error))
+
+    async def _record_dead_alone(self, record: DeliveryRecord) -> None:
+        async with self._sessions() as session:
+            try:
+                async with session.begin():
+                    # A new object: the rolled-back transaction's is not reused.
+                    columns = DeliveryRecord.__table__.columns.keys()
+                    copy = {name: getattr(record, name) for name in columns if name != "id"}
+                    self._record_dead(session, DeliveryRecord(**copy))
+            except IntegrityError:
+                log.info("delivery %s was recorded concurrently", record.idempotency_key)
 
     async def _attempt_chain(
         self, chain: list[_Pending], blocked: set[tuple[str, str, str]]

@@ -246,8 +246,35 @@ async def test_records_that_are_not_hub_events_are_skipped(
     engine = make_engine(sessions, connector, clock)
     headers, value = as_record(mail_event())
     await engine.handle_record({"ce_id": "x"}, value, "courrier.events")
-    await engine.handle_record(headers, json.dumps({"mail_id": 3}).encode(), "courrier.events")
+    await engine.handle_record({**headers, "ce_id": "i" * 65}, value, "courrier.events")
+    await engine.handle_record({**headers, "ce_tenant": "62063"}, b"{}", "courrier.events")
     assert connector.calls == [] and await deliveries(sessions) == []
+
+
+async def test_a_routed_event_whose_data_breaks_its_contract_ends_dead_and_is_announced(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # A courrier upgraded before the gateway sends a field the gateway does not know yet.
+    connector, clock = FakeConnector(), Clock()
+    engine = make_engine(sessions, connector, clock)
+    event = mail_event()
+    headers, value = as_record(event)
+    newer = json.dumps({**json.loads(value), "priority": "high"}).encode()
+
+    for _ in range(2):  # consumed again after a rebalance: recorded once
+        await engine.handle_record(headers, newer, "courrier.events")
+
+    [record] = await deliveries(sessions)
+    assert (record.status, record.event_id, record.route) == (
+        "dead",
+        event.id,
+        "outgoing-mail-ebox",
+    )
+    assert record.last_error is not None and "priority" in record.last_error
+    [receipt] = await receipts(sessions)
+    assert (receipt.outcome, receipt.source_event_id) == ("dead", event.id)
+    assert receipt.reason == record.last_error
+    assert connector.calls == []
 
 
 async def test_one_fetch_is_recorded_together_keeping_each_documents_order(
