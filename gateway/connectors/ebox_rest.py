@@ -10,8 +10,15 @@ Access is OAuth2 client credentials. The token is cached until shortly before
 it expires; when the e-Box still answers 401 (a revoked or rotated token) the
 connector fetches a new one and tries once more.
 
-Each request carries ``Idempotency-Key: <delivery key>``, so a retry after a
-lost answer gets the first publication's answer instead of a second letter.
+Each request carries ``Idempotency-Key: <delivery key>``: the sandbox answers a
+retry after a lost answer with the first publication, but the real service
+ignores the header, and its publication contract offers no way to ask whether a
+message was published. So a retry after an answer lost on the way back (a read
+timeout, a connection cut after the request went) may publish the letter twice.
+The delivery key also travels in the message's ``businessDataList``
+(``hubDeliveryKey``), so a second copy is recognisable in the recipient's e-Box
+and by the e-Box's support; the SOAP connector has no such gap (its ``Ticket``
+is the key).
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ TYPE_NAME = "ebox_rest"
 TARGET = "e-Box REST"
 #: A token is renewed this long before the e-Box would stop accepting it.
 TOKEN_RENEWAL_MARGIN_SECONDS = 30.0
+#: The business data that carries the delivery key in each published message.
+BUSINESS_DATA_KEY = "hubDeliveryKey"
 #: The e-Box's error code for a recipient who has not activated a digital e-Box.
 NO_DIGITAL_USER = "NO_DIGITAL_USER"
 #: Read by the clerk who asked to send the letter.
@@ -118,7 +127,12 @@ class EboxRestConnector:
         letter = letter_of(mail)
         body, content_type = multipart_form_data(
             [
-                ("messageToPublish", None, self._message_json(mail, letter), "application/json"),
+                (
+                    "messageToPublish",
+                    None,
+                    self._message_json(mail, letter, delivery.idempotency_key),
+                    "application/json",
+                ),
                 (LETTER_PART, letter_file_name(mail), letter, "application/pdf"),
             ]
         )
@@ -140,13 +154,14 @@ class EboxRestConnector:
 
     # -- the publication ----------------------------------------------------------------
 
-    def _message_json(self, mail: OutgoingMailSendRequested, letter: bytes) -> bytes:
+    def _message_json(self, mail: OutgoingMailSendRequested, letter: bytes, key: str) -> bytes:
         language = self.settings.language
         message: dict[str, Any] = {
             "recipient": _ebox_id(mail),
             "subject": {language: mail.subject},
             "bodyMainContent": False,
             "replyAuthorized": False,
+            "businessDataList": [{"key": BUSINESS_DATA_KEY, "values": [{language: key}]}],
             "attachments": [
                 {
                     "httpPartName": LETTER_PART,

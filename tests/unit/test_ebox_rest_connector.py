@@ -214,6 +214,11 @@ async def test_publishes_the_letter_as_the_contract_describes(
         "messageTypeId": "COMMUNE_LETTER",
         "bodyMainContent": False,
         "replyAuthorized": False,
+        # The delivery key, which the real service does not deduplicate by: a second copy
+        # after a lost answer is recognisable.
+        "businessDataList": [
+            {"key": "hubDeliveryKey", "values": [{"fr": "event-1:outgoing-mail-ebox"}]}
+        ],
         "attachments": [
             {
                 "httpPartName": "upfile1",
