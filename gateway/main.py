@@ -25,7 +25,7 @@ from gateway.inbound.notice import build_notice_inbound
 from gateway.inbound.opinions import build_opinion_inbound
 from gateway.inbound.oversight import OversightInbound
 from gateway.inbound.peppol import PeppolInbound, inboxes_from
-from gateway.routing import RoutingTable, load_routing
+from gateway.routing import RoutingConfigError, RoutingTable, load_routing
 from kernel.app import BackgroundTask, create_app, refresh_at_scrape
 from kernel.database import create_engine, session_factory
 from kernel.kafka import make_producer
@@ -57,11 +57,23 @@ def register_built_in_connectors() -> None:
 def build_connectors(
     routing: RoutingTable, settings: HubSettings, http: httpx.AsyncClient
 ) -> dict[tuple[str, str], Connector]:
+    """Every tenant's connectors; a RoutingConfigError naming every one whose settings are
+    wrong (not the first only: an operator fixes a tenant file in one go)."""
     factories = connector_types()
-    return {
-        (tenant, name): factories[config["type"]](ConnectorContext(tenant, settings, http), config)
-        for (tenant, name), config in routing.connector_settings.items()
-    }
+    built: dict[tuple[str, str], Connector] = {}
+    problems: list[str] = []
+    for (tenant, name), config in routing.connector_settings.items():
+        try:
+            built[(tenant, name)] = factories[config["type"]](
+                ConnectorContext(tenant, settings, http), config
+            )
+        except (ValueError, OSError) as exc:
+            problems.append(f"connectors.{name}: {exc}")
+    if problems:
+        raise RoutingConfigError(
+            "the tenants' connectors have problems:\n  - " + "\n  - ".join(problems)
+        )
+    return built
 
 
 def build_peppol_inbound(

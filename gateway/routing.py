@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.events import event_class_for
+from gateway.connectors.base import delivered_event_types
 from kernel.tenants import Tenant, TenantConfigError, expand_environment
 
 # Innermost references first: a default may itself hold a reference.
@@ -163,6 +164,13 @@ def load_routing(
             if route.connector not in parsed.connectors:
                 problems.append(f"{at}: no connector named {route.connector!r} in this file")
                 continue
+            connector_type = parsed.connectors[route.connector].type
+            delivered = delivered_event_types(connector_type)
+            if delivered is not None and route.event_type not in delivered:
+                problems.append(
+                    f"{at}: connector {route.connector!r} ({connector_type}) delivers"
+                    f" {', '.join(sorted(delivered))}, not {route.event_type}"
+                )
             table.routes.setdefault((code, route.event_type), []).append(
                 Route(
                     tenant=code,

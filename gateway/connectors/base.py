@@ -30,12 +30,12 @@ Once installed beside the hub, a tenant file may say ``type: acme``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.envelope import CloudEvent
 from kernel.settings import HubSettings
@@ -88,6 +88,11 @@ class ConnectorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: A target's URL in a connector's settings: one without its scheme was taken, and every
+#: delivery to it then retried as "unreachable" until it was dead.
+TargetUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+")]
+
+
 @dataclass(frozen=True)
 class ConnectorContext:
     tenant: str
@@ -125,16 +130,28 @@ def json_field(response: httpx.Response, name: str) -> Any:
 
 ConnectorFactory = Callable[[ConnectorContext, dict[str, Any]], Connector]
 _FACTORIES: dict[str, ConnectorFactory] = {}
+_EVENT_TYPES: dict[str, frozenset[str]] = {}
 
 
-def register_connector(type_name: str, factory: ConnectorFactory) -> None:
+def register_connector(
+    type_name: str, factory: ConnectorFactory, *, event_types: Iterable[str] | None = None
+) -> None:
+    """``event_types``: the only ones the connector delivers, if it says; a route of
+    another type to it is refused when the gateway starts, not at every delivery."""
     if type_name in _FACTORIES:
         raise ValueError(f"connector type {type_name!r} registered twice")
     _FACTORIES[type_name] = factory
+    if event_types is not None:
+        _EVENT_TYPES[type_name] = frozenset(event_types)
 
 
 def connector_types() -> dict[str, ConnectorFactory]:
     return dict(_FACTORIES)
+
+
+def delivered_event_types(type_name: str) -> frozenset[str] | None:
+    """The event types a connector type delivers; None when it did not say."""
+    return _EVENT_TYPES.get(type_name)
 
 
 #: Vendors add connectors without touching the hub: a package declares an entry

@@ -44,6 +44,7 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
+    TargetUrl,
     attempt_seconds_for,
     json_field,
     register_connector,
@@ -76,8 +77,8 @@ LETTER_PART = "upfile1"
 class EboxRestSettings(ConnectorSettings):
     type: Literal["ebox_rest"]
     #: The publication API root; ``/publishMessage`` is appended.
-    base_url: str
-    token_url: str
+    base_url: TargetUrl
+    token_url: TargetUrl
     client_id: str
     client_secret: SecretStr
     scope: str | None = None
@@ -302,4 +303,4 @@ def create_connector(context: ConnectorContext, config: dict[str, Any]) -> EboxR
     return EboxRestConnector(settings_of(EboxRestSettings, context, config), context.http)
 
 
-register_connector(TYPE_NAME, create_connector)
+register_connector(TYPE_NAME, create_connector, event_types=[OutgoingMailSendRequested.TYPE])

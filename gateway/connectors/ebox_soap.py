@@ -40,8 +40,10 @@ from gateway.connectors.base import (
     ConnectorContext,
     Delivery,
     DeliveryResult,
+    TargetUrl,
     attempt_seconds_for,
     register_connector,
+    settings_of,
 )
 from gateway.connectors.letters import letter_file_name, letter_of, recipient_number
 from gateway.connectors.soap import SignedSoapClient, SigningSettings, signing_files
@@ -66,7 +68,7 @@ TICKET_LENGTH = 25  # the contract's Ticket: at most 25 characters
 
 class EboxSoapSettings(SigningSettings):
     type: Literal["ebox_soap"]
-    endpoint: str = Field(pattern=r"^https?://")
+    endpoint: TargetUrl
     #: Defaults to the corpus WSDL; loaded once, when the connector is built.
     wsdl: Path | None = None
     timeout_seconds: float = Field(default=30.0, gt=0, le=300)
@@ -214,7 +216,7 @@ def _recipient(mail: OutgoingMailSendRequested) -> dict[str, str]:
 
 
 def _build(ctx: ConnectorContext, raw: dict[str, Any]) -> EboxSoapConnector:
-    return EboxSoapConnector(ctx, EboxSoapSettings.model_validate(raw))
+    return EboxSoapConnector(ctx, settings_of(EboxSoapSettings, ctx, raw))
 
 
-register_connector(TYPE_NAME, _build)
+register_connector(TYPE_NAME, _build, event_types=[OutgoingMailSendRequested.TYPE])

@@ -25,6 +25,7 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
+    TargetUrl,
     attempt_seconds_for,
     register_connector,
     settings_of,
@@ -39,7 +40,7 @@ TARGET = "Inforius"
 class InforiusSettings(ConnectorSettings):
     type: Literal["inforius"]
     #: The API root; ``/purchase-invoices`` is appended.
-    base_url: str
+    base_url: TargetUrl
     api_key: SecretStr
     #: The accounting administration; by default the tenant's NIS code.
     administration: str | None = Field(default=None, pattern=r"^[0-9]{5}$")
@@ -143,4 +144,4 @@ def create_connector(context: ConnectorContext, config: dict[str, Any]) -> Infor
     )
 
 
-register_connector(TYPE_NAME, create_connector)
+register_connector(TYPE_NAME, create_connector, event_types=[InvoiceApproved.TYPE])

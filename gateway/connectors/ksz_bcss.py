@@ -53,6 +53,7 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
+    TargetUrl,
     attempt_seconds_for,
     register_connector,
     settings_of,
@@ -86,7 +87,7 @@ _I = f"{{{IDENTIFY_NS}}}"
 
 class KszBcssSettings(ConnectorSettings):
     type: Literal["ksz_identify"]
-    endpoint: str = Field(pattern=r"^https?://")
+    endpoint: TargetUrl
     #: Defaults to the corpus WSDL; loaded once, when the connector is built.
     wsdl: Path | None = None
     timeout_seconds: float = Field(default=30.0, gt=0, le=300)
@@ -345,4 +346,4 @@ def create_connector(context: ConnectorContext, config: dict[str, Any]) -> KszBc
     return KszBcssConnector(context, settings_of(KszBcssSettings, context, config))
 
 
-register_connector(TYPE_NAME, create_connector)
+register_connector(TYPE_NAME, create_connector, event_types=[IdentificationRequested.TYPE])

@@ -31,6 +31,7 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
+    TargetUrl,
     attempt_seconds_for,
     json_field,
     register_connector,
@@ -47,7 +48,7 @@ DECISIONS = {"granted": "GRANTED", "refused": "REFUSED"}
 class NoticeSettings(ConnectorSettings):
     type: Literal["notice"]
     #: The API root (``/instances/…`` and ``/notifications/…`` are appended).
-    base_url: str = Field(pattern=r"^https?://")
+    base_url: TargetUrl
     #: The hub's partner account key at NOTICe (sent as ``X-Api-Key``).
     api_key: SecretStr
     timeout_seconds: float = Field(default=30.0, gt=0, le=300)
@@ -138,4 +139,4 @@ def create_connector(context: ConnectorContext, config: dict[str, Any]) -> Notic
     return NoticeConnector(settings_of(NoticeSettings, context, config), context.http)
 
 
-register_connector(TYPE_NAME, create_connector)
+register_connector(TYPE_NAME, create_connector, event_types=[NoticeResponseRequested.TYPE])

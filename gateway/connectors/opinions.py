@@ -24,6 +24,7 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
+    TargetUrl,
     attempt_seconds_for,
     register_connector,
     settings_of,
@@ -38,7 +39,7 @@ TARGET = "opinions platform"
 class OpinionRestSettings(ConnectorSettings):
     type: Literal["opinion_rest"]
     #: The API root (``/requests`` and ``/answers`` are appended).
-    base_url: str = Field(pattern=r"^https?://")
+    base_url: TargetUrl
     #: The commune's account key (sent as ``X-Api-Key``).
     api_key: SecretStr
     timeout_seconds: float = Field(default=30.0, gt=0, le=300)
@@ -95,4 +96,4 @@ def create_connector(context: ConnectorContext, config: dict[str, Any]) -> Opini
     return OpinionRestConnector(settings_of(OpinionRestSettings, context, config), context.http)
 
 
-register_connector(TYPE_NAME, create_connector)
+register_connector(TYPE_NAME, create_connector, event_types=[OpinionRequested.TYPE])

@@ -32,6 +32,7 @@ from gateway.connectors.base import (
     ConnectorContext,
     Delivery,
     DeliveryResult,
+    TargetUrl,
     attempt_seconds_for,
     register_connector,
     settings_of,
@@ -55,7 +56,7 @@ MAX_OUTCOMES_PER_CALL = 500  # the contract's limit
 
 class OversightSoapSettings(SigningSettings):
     type: Literal["oversight_soap"]
-    endpoint: str = Field(pattern=r"^https?://")
+    endpoint: TargetUrl
     #: Defaults to the modelled contract of this repository.
     wsdl: Path | None = None
     timeout_seconds: float = Field(default=30.0, gt=0, le=300)
@@ -172,4 +173,4 @@ def _build(ctx: ConnectorContext, raw: dict[str, Any]) -> OversightSoapConnector
     return OversightSoapConnector(ctx, settings_of(OversightSoapSettings, ctx, raw))
 
 
-register_connector(TYPE_NAME, _build)
+register_connector(TYPE_NAME, _build, event_types=[DecisionTransmissionRequested.TYPE])

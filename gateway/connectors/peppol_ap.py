@@ -33,6 +33,7 @@ from gateway.connectors.base import (
     ConnectorSettings,
     Delivery,
     DeliveryResult,
+    TargetUrl,
     attempt_seconds_for,
     register_connector,
     settings_of,
@@ -52,7 +53,7 @@ INVOICE_RESPONSE_PROCESS = "urn:fdc:peppol.eu:poacc:bis:invoice_response:3"
 class PeppolApSettings(ConnectorSettings):
     type: Literal["peppol_ap"]
     #: The AP API root (``/outbox`` and ``/inbox`` are appended).
-    base_url: str
+    base_url: TargetUrl
     #: The hub's account key at the AP (sent as ``X-Api-Key``).
     api_key: SecretStr
     timeout_seconds: float = Field(default=30.0, gt=0, le=300)
@@ -114,4 +115,4 @@ def create_connector(context: ConnectorContext, config: dict[str, Any]) -> Peppo
     return PeppolApConnector(settings_of(PeppolApSettings, context, config), context.http)
 
 
-register_connector(TYPE_NAME, create_connector)
+register_connector(TYPE_NAME, create_connector, event_types=[InvoiceResponseRequested.TYPE])

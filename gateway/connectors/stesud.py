@@ -220,4 +220,4 @@ def create_connector(context: ConnectorContext, config: dict[str, Any]) -> Stesu
     )
 
 
-register_connector(TYPE_NAME, create_connector)
+register_connector(TYPE_NAME, create_connector, event_types=[InvoiceApproved.TYPE])

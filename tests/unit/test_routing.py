@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.routing import RoutingConfigError, load_routing
-from kernel.settings import REPOSITORY_ROOT
+from kernel.settings import REPOSITORY_ROOT, HubSettings
 from kernel.tenants import TenantConfigError, expand_environment, load_tenants
 
 #: The connector types the gateway registers itself (gateway.main.BUILT_IN_CONNECTORS).
@@ -125,3 +126,58 @@ retry: {{max_attempts: 4}}
     slow, usual = table.routes_for("92137", SEND)
     assert table.retry_policy(slow).max_attempts == 60
     assert table.retry_policy(usual).max_attempts == 4
+
+
+def test_a_route_to_a_connector_that_cannot_deliver_its_event_type_is_refused(
+    tmp_path: Path,
+) -> None:
+    from gateway.main import register_built_in_connectors
+
+    register_built_in_connectors()
+    write(
+        tmp_path,
+        "92137",
+        """
+tenant: "92137"
+name: Test
+connectors:
+  ebox: {type: ebox_rest, client_id: c, client_secret: s, token_url: x, base_url: y}
+routes:
+  - {name: invoices-to-ebox, event_type: factures.invoice.approved.v1, connector: ebox}
+""",
+    )
+    with pytest.raises(RoutingConfigError) as raised:
+        load_routing(load_tenants(tmp_path), BUILT_IN_TYPES, environ={})
+    assert (
+        "routes[0] (invoices-to-ebox): connector 'ebox' (ebox_rest) delivers"
+        " courrier.outgoing_mail.send_requested.v1, not factures.invoice.approved.v1"
+    ) in str(raised.value)
+
+
+def test_every_connector_whose_settings_are_wrong_is_named_at_once(
+    tmp_path: Path, hub_settings: HubSettings
+) -> None:
+    from gateway.main import build_connectors, register_built_in_connectors
+
+    register_built_in_connectors()
+    write(
+        tmp_path,
+        "92137",
+        f"""
+tenant: "92137"
+name: Test
+connectors:
+  ebox: {{type: ebox_rest, client_id: c, client_secret: s3cret, token_url: idp/token,
+          base_url: "https://ebox.test"}}
+  soap: {{type: ebox_soap, endpoint: "https://ebox.test/soap", key_file: /k.pem}}
+routes:
+  - {{name: one, event_type: {SEND}, connector: ebox}}
+""",
+    )
+    table = load_routing(load_tenants(tmp_path), BUILT_IN_TYPES, environ={})
+    with pytest.raises(RoutingConfigError) as raised:
+        build_connectors(table, hub_settings, httpx.AsyncClient())
+    message = str(raised.value)
+    assert "tenant 92137: ebox_rest settings: token_url: String should match pattern" in message
+    assert "tenant 92137: ebox_soap settings:" in message and "key_file and cert_file" in message
+    assert "s3cret" not in message and "/k.pem" not in message
