@@ -20,6 +20,7 @@ import httpx
 from zeep.exceptions import DTDForbidden, EntitiesForbidden, Fault, TransportError, XMLSyntaxError
 from zeep.exceptions import ValidationError as ZeepValidationError
 
+from gateway.http import ResponseTooLarge
 from kernel.logs import mask_national_numbers
 
 
@@ -104,6 +105,8 @@ def translate_transport_errors(target: str) -> Iterator[None]:
         yield
     except DeliveryError:
         raise
+    except ResponseTooLarge as exc:
+        raise RetryableDeliveryError(f"{target} answered with too much: {exc}") from exc
     except httpx.TimeoutException as exc:
         raise RetryableDeliveryError(f"{target} timed out ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:

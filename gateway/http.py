@@ -24,6 +24,7 @@ connection as ``TransportError`` (``OutboundTransport`` corrects the one case
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import httpx
@@ -66,6 +67,15 @@ def outbound_transport(max_connections: int) -> httpx.AsyncBaseTransport:
     return OutboundTransport(client=session)
 
 
+#: The largest answer the gateway reads from a target: over four times the largest
+#: document an event carries (4 MiB, base64 in JSON). A 300 MB error page was read whole.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+
+class ResponseTooLarge(httpx.TransportError):
+    """A target's answer longer than ``MAX_RESPONSE_BYTES``: not read further."""
+
+
 class _NoCookies(httpx.Cookies):
     """A cookie jar that keeps nothing a response sets."""
 
@@ -91,6 +101,28 @@ class OutboundClient(httpx.AsyncClient):
     @cookies.setter
     def cookies(self, cookies: object) -> None:
         raise AttributeError("the gateway's outbound client keeps no cookies")
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        """The answer, read up to ``MAX_RESPONSE_BYTES`` (``ResponseTooLarge`` beyond)."""
+        if kwargs.get("stream"):
+            return await super().send(request, **kwargs)
+        response = await super().send(request, **{**kwargs, "stream": True})
+        try:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+                raise ResponseTooLarge(f"an answer of {declared} bytes", request=request)
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise ResponseTooLarge(
+                        f"an answer over {MAX_RESPONSE_BYTES} bytes", request=request
+                    )
+        finally:
+            await response.aclose()
+        # The body read is the response's content from now on, as a plain send gives it.
+        response._content = bytes(body)
+        return response
 
 
 def outbound_client(max_connections: int, timeout: float = 5.0) -> httpx.AsyncClient:

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
 
 from gateway.errors import RetryableDeliveryError, translate_transport_errors
-from gateway.http import outbound_client
+from gateway.http import MAX_RESPONSE_BYTES, ResponseTooLarge, outbound_client
 from kernel.kafka import free_port
 from tests.support.servers import serving
 
@@ -39,6 +40,16 @@ async def target() -> AsyncIterator[tuple[str, list[int]]]:
     async def session(request: Request, response: Response) -> dict[str, str | None]:
         response.set_cookie("session", "tenant-a")
         return {"cookie": request.headers.get("cookie")}
+
+    @app.get("/flood")
+    async def flood(declared: bool = True) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(MAX_RESPONSE_BYTES // 65536 + 2):
+                yield b"x" * 65536
+
+        if declared:
+            return Response(b"x" * (MAX_RESPONSE_BYTES + 1), media_type="text/plain")
+        return StreamingResponse(chunks(), media_type="text/plain")
 
     @app.get("/slow")
     async def slow() -> dict[str, str]:
@@ -116,3 +127,17 @@ async def test_a_target_closing_without_an_answer_is_unreachable_not_a_timeout()
         await server.wait_closed()
     assert not isinstance(raised.value, httpx.TimeoutException)
     assert translated(raised.value).startswith("Target unreachable")
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_an_answer_too_large_is_not_read_whole(
+    target: tuple[str, list[int]], declared: bool
+) -> None:
+    url, _ = target
+    async with outbound_client(max_connections=2) as client:
+        with pytest.raises(ResponseTooLarge) as raised:
+            await client.get(f"{url}/flood", params={"declared": declared})
+        assert "answered with too much" in translated(raised.value)
+        # Answers within the limit are read whole, as before.
+        fine = await client.post(f"{url}/digest", content=b"letter")
+    assert fine.json() == {"sha256": hashlib.sha256(b"letter").hexdigest()}
