@@ -968,6 +968,12 @@ async def _published_file(connection: AsyncConnection, tenant: str, annex_id: st
     return row
 
 
+#: The media types a published file is shown as (``accessUrl``); any other is downloaded.
+SHOWN_INLINE = frozenset(
+    {"application/pdf", "image/png", "image/jpeg", "image/gif", "image/webp", "text/plain"}
+)
+
+
 def _file_routes(api: APIRouter) -> None:
     @api.get("/bodies/{body}/files/{annex_id}", response_class=JSONResponse)
     async def file(request: Request, body: str, annex_id: str) -> JSONResponse:
@@ -984,10 +990,20 @@ def _file_routes(api: APIRouter) -> None:
                 select(Annex.content).where(Annex.id == annex_id, Annex.tenant == found.code)
             )
         filename = quote(row.file_name)
+        if row.mime_type.split(";")[0].strip().lower() not in SHOWN_INLINE:
+            disposition = "attachment"
         return Response(
             data or b"",
             media_type=row.mime_type,
-            headers={**CORS, "Content-Disposition": f"{disposition}; filename*=UTF-8''{filename}"},
+            headers={
+                **CORS,
+                "Content-Disposition": f"{disposition}; filename*=UTF-8''{filename}",
+                # The media type is the uploader's word: never sniffed, never run. An annex
+                # declared text/html or image/svg+xml ran its script on meeting's public
+                # origin, for anyone who opened the published link.
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'",
+            },
         )
 
     file_bytes: dict[int | str, dict[str, Any]] = {

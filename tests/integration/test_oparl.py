@@ -442,15 +442,45 @@ async def test_a_list_page_holds_until_its_tenant_publishes_again(service: Meeti
     assert after.headers["etag"] != etag
 
 
-def annex(title: str, publishable: bool | None = None) -> dict[str, Any]:
+def annex(
+    title: str, publishable: bool | None = None, content: bytes = PDF, **fields: str
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "title": title,
         "filename": f"{title.lower()}.pdf",
-        "content_base64": base64.b64encode(PDF).decode(),
+        "content_base64": base64.b64encode(content).decode(),
+        **fields,
     }
     if publishable is not None:
         body["publishable"] = publishable
     return body
+
+
+async def test_a_published_file_of_a_type_that_could_run_script_is_only_downloaded(
+    service: MeetingService,
+) -> None:
+    page = b"<html><script>document.cookie</script></html>"
+    meeting = await service.meeting()
+    item_id = await service.presented_item(
+        meeting,
+        external_identifier="URB/21",
+        annexes=[
+            annex("Page", publishable=True, content=page, media_type="text/html"),
+            annex("Plan", publishable=True, content=b"<svg/>", media_type="image/svg+xml"),
+        ],
+    )
+    view = (await service.http.get(f"/v1/items/{item_id}", headers=service.auth())).json()
+    await decide(service, item_id, "Le collège octroie le permis.", SAMBREVILLE)
+    assert (await service.post(f"/v1/meetings/{meeting}/close")).status_code == 200
+    await publish(service, item_id)
+
+    root = f"{service.base_url}/oparl/v1/bodies/{SAMBREVILLE}"
+    for published in view["annexes"]:
+        answer = await service.http.get(f"{root}/files/{published['annex_id']}/content")
+        assert answer.status_code == 200
+        assert answer.headers["content-disposition"].startswith("attachment;")
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["content-security-policy"].startswith("sandbox")
 
 
 async def test_only_annexes_marked_publishable_are_published(service: MeetingService) -> None:
@@ -483,7 +513,9 @@ async def test_only_annexes_marked_publishable_are_published(service: MeetingSer
     assert published == [photos]
     for hidden in (plan, letter):
         assert (await service.http.get(f"{root}/files/{hidden}/content")).status_code == 404
-    assert (await service.http.get(f"{root}/files/{photos}/content")).content == PDF
+    shown = await service.http.get(f"{root}/files/{photos}/content")
+    assert shown.content == PDF and shown.headers["content-disposition"].startswith("inline;")
+    assert shown.headers["x-content-type-options"] == "nosniff"
 
     # Published: what was published stays as it is.
     late = await service.http.patch(
