@@ -11,18 +11,31 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 
 from hub.components import BY_NAME
 from hub.invoice_cli import app as invoice_app
 from kernel.auth import issue_token
 from kernel.logs import configure_logging
-from kernel.settings import get_settings
+from kernel.settings import HubSettings, get_settings
 from kernel.telemetry import configure_tracing
 
 app = typer.Typer(
     help="The e-government integration hub.", no_args_is_help=True, add_completion=False
 )
 app.add_typer(invoice_app, name="invoice")
+
+
+def _settings() -> HubSettings:
+    """The hub's settings, or a line per wrong one and exit code 2 (not a traceback)."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"])
+            variable = name if name.isupper() else f"HUB_{name.upper()}"  # aliases are upper
+            typer.echo(f"hub: {variable}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -32,7 +45,7 @@ def up(
     """Run the whole hub on this machine: broker, sandbox, services, gateway, dashboard."""
     from hub.supervisor import run_hub
 
-    raise typer.Exit(run_hub(get_settings(), broker_port))
+    raise typer.Exit(run_hub(_settings(), broker_port))
 
 
 @app.command()
@@ -43,7 +56,7 @@ def serve(
     """Run one component in the foreground (what `hub up` and docker-compose start)."""
     if component not in BY_NAME:
         raise typer.BadParameter(f"unknown component {component!r}; one of {', '.join(BY_NAME)}")
-    settings = get_settings()
+    settings = _settings()
     configure_logging(component)
     configure_tracing(component, settings.otlp_endpoint)
     target = BY_NAME[component]
@@ -84,7 +97,7 @@ def topics() -> None:
     from hub.supervisor import prepare_development_material
     from kernel.kafka import TOPICS, ensure_topics, wait_for_broker
 
-    settings = get_settings()
+    settings = _settings()
     if not settings.kafka_bootstrap_servers:
         raise typer.BadParameter("set KAFKA_BOOTSTRAP_SERVERS to the cluster to prepare")
     if settings.environment == "development":
@@ -105,7 +118,7 @@ def token(
     """Print a development bearer token signed by the hub's own issuer."""
     if not (len(tenant) == 5 and tenant.isdigit()):
         raise typer.BadParameter("the tenant is a 5-digit NIS code, e.g. 92137")
-    typer.echo(issue_token(get_settings(), tenant, scope, subject=subject, ttl=ttl))
+    typer.echo(issue_token(_settings(), tenant, scope, subject=subject, ttl=ttl))
 
 
 @app.command()
@@ -119,7 +132,7 @@ def demo(
     from hub.demo import print_table, run_demo
 
     results = run_demo(
-        get_settings(), count=count, timeout=timeout, tenant=tenant, show_progress=not as_json
+        _settings(), count=count, timeout=timeout, tenant=tenant, show_progress=not as_json
     )
     if as_json:
         typer.echo(json.dumps({name: result.as_dict() for name, result in results.items()}))

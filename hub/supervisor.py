@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -20,16 +21,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from aiokafka.errors import KafkaError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hub.components import COMPONENTS, Component
 from kernel.auth import load_or_create_issuer_key
-from kernel.kafka import CLUSTER_FETCH_WAIT_MS, EmbeddedBroker, ensure_topics, wait_for_broker
+from kernel.kafka import (
+    CLUSTER_FETCH_WAIT_MS,
+    BrokerError,
+    EmbeddedBroker,
+    ensure_topics,
+    wait_for_broker,
+)
 from kernel.pki import ensure_tenant_signing_identity
 from kernel.settings import HubSettings
-from kernel.tenants import load_tenants
+from kernel.tenants import TenantConfigError, load_tenants
 
 console = Console()
 
@@ -69,16 +78,16 @@ def prepare_development_material(settings: HubSettings) -> None:
         ensure_tenant_signing_identity(settings.keys_dir, tenant)
 
 
-def start_broker(settings: HubSettings, port: int) -> tuple[str, EmbeddedBroker | None]:
+def embedded_broker(settings: HubSettings, port: int) -> EmbeddedBroker | None:
+    """The embedded broker to start, or None on a Kafka cluster. Not started yet: the
+    caller holds it first, so that a Ctrl-C while it starts still stops it."""
     if settings.kafka_bootstrap_servers:
-        return settings.kafka_bootstrap_servers, None
+        return None
     if not _port_is_free("127.0.0.1", port):
         raise StartError(
             f"port {port} (embedded broker) is taken; stop what uses it or pass --broker-port"
         )
-    broker = EmbeddedBroker(port=port, log_path=settings.var_dir / "log" / "broker.log")
-    broker.start()
-    return broker.bootstrap_servers, broker
+    return EmbeddedBroker(port=port, log_path=settings.var_dir / "log" / "broker.log")
 
 
 def fetch_wait_for(broker: EmbeddedBroker | None) -> dict[str, str]:
@@ -150,13 +159,20 @@ def _tail(path: Path, lines: int = 15) -> str:
     return ""
 
 
+#: How long the components have, all together, to stop after SIGTERM before SIGKILL.
+STOP_SECONDS = 10.0
+
+
 def stop_all(running: list[Running], broker: EmbeddedBroker | None) -> None:
     for item in reversed(running):
         if item.process.poll() is None:
             item.process.send_signal(signal.SIGTERM)
+    # One deadline for all: waiting 10 s for each in turn made a stop with the broker
+    # gone (every component stuck on it) last a minute.
+    deadline = time.monotonic() + STOP_SECONDS
     for item in reversed(running):
         try:
-            item.process.wait(timeout=10)
+            item.process.wait(timeout=max(deadline - time.monotonic(), 0.01))
         except subprocess.TimeoutExpired:
             item.process.kill()
             item.process.wait()
@@ -177,6 +193,11 @@ def _stop_like_ctrl_c(_signum: int, _frame: object) -> None:
 
 def run_hub(settings: HubSettings, broker_port: int) -> int:
     (settings.var_dir / "log").mkdir(parents=True, exist_ok=True)
+    # The supervisor's own client only waits for the broker, and says so if it cannot: its
+    # connection errors, a hundred lines of them, are no news to the operator.
+    quiet = logging.getLogger("aiokafka")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
     running: list[Running] = []
     broker: EmbeddedBroker | None = None
     for stop_signal in STOP_SIGNALS:
@@ -193,8 +214,14 @@ def run_hub(settings: HubSettings, broker_port: int) -> int:
             prepare_development_material(settings)
             progress.update(step, description="[green]Development keys ready", completed=1, total=1)
 
-            step = progress.add_task("Starting the Kafka broker", total=None)
-            bootstrap, broker = start_broker(settings, broker_port)
+            broker = embedded_broker(settings, broker_port)
+            if broker is not None:
+                step = progress.add_task("Starting the Kafka broker", total=None)
+                broker.start()
+                bootstrap = broker.bootstrap_servers
+            else:
+                bootstrap = settings.kafka_bootstrap_servers or ""
+                step = progress.add_task(f"Waiting for Kafka at {bootstrap}", total=None)
             asyncio.run(wait_for_broker(bootstrap))
             asyncio.run(ensure_topics(bootstrap))
             kind = "embedded Tansu" if broker else "external cluster"
@@ -213,18 +240,26 @@ def run_hub(settings: HubSettings, broker_port: int) -> int:
                     step, description=f"[green]{component.name} is up", completed=1, total=1
                 )
         _print_table(settings, running, bootstrap)
-        return _watch(running)
-    except StartError as exc:
-        console.print(f"[red]hub up failed:[/red] {exc}")
+        return _watch(running, broker)
+    except (StartError, BrokerError, TenantConfigError, KafkaError) as exc:
+        _say(f"[red]hub up failed:[/red] {escape(str(exc) or type(exc).__name__)}")
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
         for stop_signal in STOP_SIGNALS:  # a second Ctrl-C must not cut the stopping short
             signal.signal(stop_signal, signal.SIG_IGN)
-        console.print("Stopping the hub…")
+        # Stopped whatever the terminal does: a closed one (SIGHUP) fails every print,
+        # and a print before stop_all left every component and the broker running.
+        _say("Stopping the hub…")
         stop_all(running, broker)
-        console.print("[green]Stopped.[/green]")
+        _say("[green]Stopped.[/green]")
+
+
+def _say(text: str) -> None:
+    # rich answers a broken pipe (a closed terminal) with SystemExit(1), others with OSError.
+    with contextlib.suppress(OSError, SystemExit):
+        console.print(text)
 
 
 def _print_table(settings: HubSettings, running: list[Running], bootstrap: str) -> None:
@@ -240,8 +275,14 @@ def _print_table(settings: HubSettings, running: list[Running], bootstrap: str) 
     console.print("Try: .venv/bin/hub demo --count 50")
 
 
-def _watch(running: list[Running]) -> int:
+def _watch(running: list[Running], broker: EmbeddedBroker | None) -> int:
     while True:
+        if broker is not None and broker.process is not None and broker.process.poll() is not None:
+            _say(
+                f"[red]the embedded Kafka broker stopped with code {broker.process.returncode}"
+                f"[/red]; see {broker.log_path}"
+            )
+            return 1
         for item in running:
             if item.process.poll() is not None:
                 console.print(

@@ -41,9 +41,9 @@ def all_healthy() -> bool:
     return True
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_hub_up_runs_every_component_and_a_stop_signal_stops_them_all(
-    tmp_path: Path, stop_signal: signal.Signals
+@pytest.mark.parametrize("ending", ["SIGTERM", "SIGINT", "terminal closed", "broker died"])
+def test_hub_up_runs_every_component_and_stops_them_all_however_it_ends(
+    tmp_path: Path, ending: str
 ) -> None:
     taken = [port for port in DEFAULT_PORTS.values() if port_taken(port)]
     if taken:
@@ -66,10 +66,23 @@ def test_hub_up_runs_every_component_and_a_stop_signal_stops_them_all(
         children = psutil.Process(hub.pid).children(recursive=True)
         assert len(children) >= len(DEFAULT_PORTS) + 1  # the components and the broker
 
-        hub.send_signal(stop_signal)
-        output = hub.communicate(timeout=90)[0].decode()
-        assert hub.returncode == 0, output
-        assert "Stopped." in output
+        if ending == "terminal closed":
+            # The operator closed the terminal: SIGHUP, and every later print fails.
+            assert hub.stdout is not None
+            hub.stdout.close()
+            hub.send_signal(signal.SIGHUP)
+            hub.wait(timeout=90)
+        elif ending == "broker died":
+            [broker] = [child for child in children if "broker" in child.cmdline()[1:2]]
+            broker.kill()
+            output = hub.communicate(timeout=90)[0].decode()
+            assert hub.returncode == 1, output
+            assert "the embedded Kafka broker stopped" in output and "Stopped." in output
+        else:
+            hub.send_signal(getattr(signal, ending))
+            output = hub.communicate(timeout=90)[0].decode()
+            assert hub.returncode == 0, output
+            assert "Stopped." in output
         _, alive = psutil.wait_procs(children, timeout=10)
         assert alive == [], f"outlived hub up: {[p.pid for p in alive]}"
         assert [port for port in DEFAULT_PORTS.values() if port_taken(port)] == []

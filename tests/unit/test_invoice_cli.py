@@ -287,3 +287,13 @@ def test_compiled_schematron_failed_asserts_become_findings(
     ]
     assert lines[1]["valid"] is True
     assert [finding["rule"] for finding in lines[1]["findings"]] == ["TEST-R008"]
+
+
+def test_a_wrong_setting_is_one_line_naming_its_variable_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HUB_KAFKA_FETCH_WAIT_MS", "abc")
+    result = CliRunner().invoke(app, ["token", "--tenant", "92137", "--scope", "courrier:write"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("hub: HUB_KAFKA_FETCH_WAIT_MS: Input should be")
+    assert "Traceback" not in result.output
