@@ -26,7 +26,14 @@ from gateway.inbound.opinions import build_opinion_inbound
 from gateway.inbound.oversight import OversightInbound
 from gateway.inbound.peppol import PeppolInbound, inboxes_from
 from gateway.routing import RoutingConfigError, RoutingTable, load_routing
-from kernel.app import BackgroundTask, create_app, refresh_at_scrape
+from kernel.app import (
+    BackgroundTask,
+    broker_check,
+    check_health_of,
+    create_app,
+    database_check,
+    refresh_at_scrape,
+)
 from kernel.database import create_engine, session_factory
 from kernel.kafka import make_producer
 from kernel.migrations import migrate
@@ -139,6 +146,8 @@ def build_app(
             raise RuntimeError(
                 "KAFKA_BOOTSTRAP_SERVERS is not set (hub up sets it for the embedded broker)"
             )
+        check_health_of(app, "database", database_check(sessions))
+        check_health_of(app, "broker", broker_check(bootstrap))
         producer = make_producer(bootstrap, client_id="gateway")
         await producer.start()
         relay = OutboxRelay(sessions, producer, component="gateway")

@@ -21,6 +21,8 @@ from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kernel.auth import TokenVerifier, development_jwks
@@ -46,6 +48,45 @@ SCRAPE_REFRESH_SECONDS = 2.0
 def refresh_at_scrape(app: FastAPI, refresh: ScrapeRefresh) -> None:
     """Run ``refresh`` before each scrape of the process's ``/metrics``."""
     app.state.scrape_refreshes.append(refresh)
+
+
+#: A check of something the process needs (its database, the broker): raises if it is away.
+HealthCheck = Callable[[], Awaitable[None]]
+#: How long ``/healthz`` waits for each check.
+HEALTH_CHECK_SECONDS = 2.0
+
+
+def check_health_of(app: FastAPI, name: str, check: HealthCheck) -> None:
+    """Make ``/healthz`` answer 503, naming ``name``, while ``check`` fails."""
+    app.state.health_checks[name] = check
+
+
+def database_check(sessions: async_sessionmaker[AsyncSession]) -> HealthCheck:
+    async def check() -> None:
+        async with sessions() as session:
+            await session.execute(text("SELECT 1"))
+
+    return check
+
+
+def broker_check(bootstrap_servers: str) -> HealthCheck:
+    """One of the bootstrap servers accepts a connection: the consumers and the relay only
+    log that they cannot reach the broker, and wait; an operator must see it."""
+
+    async def check() -> None:
+        errors = []
+        for server in bootstrap_servers.split(","):
+            host, _, port = server.strip().rpartition(":")
+            try:
+                _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            except (OSError, ValueError) as exc:
+                errors.append(f"{server.strip()}: {exc}")
+                continue
+            writer.close()
+            return
+        raise ConnectionError("; ".join(errors))
+
+    return check
 
 
 #: A background job that stopped on an error starts again after this many seconds, doubled
@@ -272,6 +313,7 @@ def create_app(
         # Each start registers its own (a test may run one app's lifespan twice): the last
         # run's would read a database engine disposed of at its end.
         app.state.scrape_refreshes = []
+        app.state.health_checks = {}
         jobs.start(await startup(app) if startup else [])
         try:
             yield
@@ -294,6 +336,7 @@ def create_app(
     app.state.settings = settings
     app.state.component = component
     app.state.scrape_refreshes = []
+    app.state.health_checks = {}
     install_problem_handlers(app)
     if front is not None:
         app.add_middleware(front)  # added first: the innermost
@@ -302,8 +345,22 @@ def create_app(
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
-        if jobs.restarting:
-            down = {"status": "degraded", "component": component, "restarting": jobs.restarting}
+        checks: dict[str, HealthCheck] = app.state.health_checks
+        outcomes = await asyncio.gather(
+            *(asyncio.wait_for(check(), HEALTH_CHECK_SECONDS) for check in checks.values()),
+            return_exceptions=True,
+        )
+        unreachable = {
+            name: f"{type(outcome).__name__}: {outcome}".rstrip(": ")
+            for name, outcome in zip(checks, outcomes, strict=True)
+            if isinstance(outcome, BaseException)
+        }
+        if jobs.restarting or unreachable:
+            down: dict[str, Any] = {"status": "degraded", "component": component}
+            if jobs.restarting:
+                down["restarting"] = jobs.restarting
+            if unreachable:
+                down["unreachable"] = unreachable
             return JSONResponse(down, status_code=503)
         return JSONResponse({"status": "ok", "component": component})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 from contracts.identifiers import check_niss, mask_niss
 
@@ -30,11 +31,41 @@ class NationalNumberMasking(logging.Filter):
         return True
 
 
+class RepeatsOnceInAWhile(logging.Filter):
+    """A library's same message (aiokafka's "Unable connect to node", a hundred a second
+    while the broker is away) once per ``every`` seconds, with how many were left out:
+    the log says what is wrong without filling the disk."""
+
+    def __init__(self, prefixes: tuple[str, ...], every: float = 30.0) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+        self._every = every
+        self._last: dict[tuple[str, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefixes):
+            return True
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        shown_at, left_out = self._last.get(key, (float("-inf"), 0))
+        if now - shown_at < self._every:
+            self._last[key] = (shown_at, left_out + 1)
+            return False
+        if len(self._last) > 1000:  # messages built with their values: no key repeats
+            self._last.clear()
+        self._last[key] = (now, 0)
+        if left_out:
+            record.msg = f"{record.getMessage()} (and {left_out} more like it since)"
+            record.args = None
+        return True
+
+
 def configure_logging(component: str, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(
         logging.Formatter(f"%(asctime)s {component} %(levelname)s %(name)s: %(message)s")
     )
+    handler.addFilter(RepeatsOnceInAWhile(("aiokafka",)))
     handler.addFilter(NationalNumberMasking())
     root = logging.getLogger()
     root.handlers[:] = [handler]

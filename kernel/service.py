@@ -18,7 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
 
 from kernel.api import rejected_events_router
-from kernel.app import BackgroundTask, create_app, refresh_at_scrape
+from kernel.app import (
+    BackgroundTask,
+    broker_check,
+    check_health_of,
+    create_app,
+    database_check,
+    refresh_at_scrape,
+)
 from kernel.consumer import EventConsumer, EventHandler
 from kernel.database import create_engine, session_factory
 from kernel.idempotency import IdempotencyMiddleware, document_in_openapi
@@ -104,6 +111,7 @@ def build_service_app(service: Service, settings: HubSettings, options: ServiceO
         await migrate(engine, component, service.migrations, schema=schema)
         sessions = session_factory(engine)
         app.state.sessions = sessions
+        check_health_of(app, "database", database_check(sessions))
         # Replays kept events (kernel.api); replaced below by the running one, which wakes
         # the relay.
         app.state.consumer = service.consumer(
@@ -116,6 +124,7 @@ def build_service_app(service: Service, settings: HubSettings, options: ServiceO
             raise RuntimeError(
                 "KAFKA_BOOTSTRAP_SERVERS is not set (hub up sets it for the embedded broker)"
             )
+        check_health_of(app, "broker", broker_check(bootstrap))
         producer = make_producer(bootstrap, client_id=component)
         await producer.start()
         app.state.producer = producer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import date, datetime, tzinfo
@@ -14,8 +15,9 @@ from fastapi import FastAPI
 from pydantic import AwareDatetime
 
 from kernel.api import RequestModel
-from kernel.app import create_app
+from kernel.app import broker_check, check_health_of, create_app
 from kernel.auth import CallerDep, TokenVerifier, Unauthorized, issue_token
+from kernel.kafka import free_port
 from kernel.settings import HubSettings
 
 
@@ -266,3 +268,32 @@ def test_the_verifier_remembers_at_most_its_limit(
     for token in tokens:
         verifier.verify(token)
     assert list(verifier._verified) == tokens[2:]  # the oldest two were forgotten
+
+
+async def test_healthz_names_what_the_process_cannot_reach(hub_settings: HubSettings) -> None:
+    app = create_app("test", hub_settings, title="Test", description="Test")
+    server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        # As a service registers them when it starts: one bootstrap server answering will do.
+        check_health_of(app, "broker", broker_check(f"127.0.0.1:{free_port()},127.0.0.1:{port}"))
+        assert (await client.get("/healthz")).json() == {"status": "ok", "component": "test"}
+
+        server.close()
+        await server.wait_closed()
+
+        async def database_away() -> None:
+            raise ConnectionRefusedError("connection refused")
+
+        check_health_of(app, "database", database_away)
+        down = await client.get("/healthz")
+
+    assert down.status_code == 503
+    body = down.json()
+    assert body["status"] == "degraded"
+    assert set(body["unreachable"]) == {"broker", "database"}
+    assert body["unreachable"]["database"] == "ConnectionRefusedError: connection refused"
