@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -34,8 +36,21 @@ async def run_demos(
     run: DemoRun, services: tuple[str, ...] = tuple(DEMOS)
 ) -> dict[str, ServiceResult]:
     """The demos of ``services`` at once (tests call this inside their event loop)."""
-    results = await asyncio.gather(*(DEMOS[name](run) for name in services))
+    results = await asyncio.gather(*(_reported(name, run) for name in services))
     return dict(zip(services, results, strict=True))
+
+
+async def _reported(name: str, run: DemoRun) -> ServiceResult:
+    """A service's demo; one that could not reach the hub counts everything failed, so
+    ``hub demo`` still prints its table (or JSON) and exits non-zero."""
+    try:
+        return await DEMOS[name](run)
+    except httpx.HTTPError as exc:
+        return ServiceResult(
+            submitted=run.count,
+            failed=run.count,
+            problems=[f"the hub could not be reached: {type(exc).__name__}: {exc}"],
+        )
 
 
 def run_demo(
@@ -71,4 +86,4 @@ def print_table(results: dict[str, ServiceResult]) -> None:
     console.print(table)
     for name, result in results.items():
         for problem in result.problems[:10]:
-            console.print(f"[yellow]{name}[/yellow]: {problem}")
+            console.print(f"[yellow]{name}[/yellow]: {escape(problem)}")

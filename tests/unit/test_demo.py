@@ -1,0 +1,63 @@
+"""``hub demo``'s counting against fake or absent services (the real runs are the
+end-to-end tests)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from hub.demo import DemoRun, ServiceResult, print_table, run_demos
+from kernel.kafka import free_port
+from kernel.settings import HubSettings
+from tests.support.servers import serving
+
+
+async def test_a_hub_that_cannot_be_reached_counts_everything_failed(
+    hub_settings: HubSettings,
+) -> None:
+    nowhere = {name: f"http://127.0.0.1:{free_port()}" for name in ("courrier", "sandbox")}
+    run = DemoRun(hub_settings, nowhere, "92137", count=3, timeout=1, progress=None)
+
+    [result] = (await run_demos(run, ("courrier",))).values()
+
+    assert (result.submitted, result.delivered, result.failed) == (3, 0, 3)
+    assert not result.all_accounted_for()
+    assert result.problems[0].startswith("the hub could not be reached: ConnectError")
+
+
+async def test_a_mail_still_sending_at_the_deadline_counts_failed(
+    hub_settings: HubSettings,
+) -> None:
+    courrier = FastAPI()
+    now = datetime.now(UTC).isoformat()
+
+    @courrier.post("/v1/outgoing-mails:send", status_code=202)
+    async def send() -> dict[str, Any]:
+        return {"id": str(uuid.uuid4()), "state": "sending"}
+
+    @courrier.post("/v1/incoming-mails", status_code=201)
+    async def register() -> dict[str, Any]:
+        return {}
+
+    @courrier.get("/v1/outgoing-mails/{mail_id}")
+    async def view(mail_id: str) -> dict[str, Any]:  # the gateway never answers
+        return {"id": mail_id, "state": "sending", "created_at": now, "updated_at": now}
+
+    async with serving(courrier) as url:
+        run = DemoRun(hub_settings, {"courrier": url}, "92137", count=2, timeout=0.5, progress=None)
+        [result] = (await run_demos(run, ("courrier",))).values()
+
+    assert (result.submitted, result.delivered, result.failed) == (2, 0, 2)
+    assert all("not sent within 0 s" in problem for problem in result.problems)
+
+
+def test_a_problem_in_square_brackets_is_printed_as_written(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    result = ServiceResult(submitted=1, failed=1, problems=["422: [/body] and [bold]x[/bold]"])
+    print_table({"courrier": result})
+    assert "422: [/body] and [bold]x[/bold]" in capsys.readouterr().out
