@@ -287,3 +287,17 @@ def test_gateway_replicas_do_not_exceed_the_partitions(services: dict[str, dict[
 def test_the_dockerignore_keeps_local_state_out_of_the_image() -> None:
     ignored = set(Path(REPOSITORY_ROOT / ".dockerignore").read_text(encoding="utf-8").split())
     assert {".venv", "var", ".git"} <= ignored
+
+
+def test_every_tenant_files_variable_reaches_the_processes_that_read_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # Compose passes a container only what it lists: a tenant's secret left out kept the
+    # committed sandbox default in force (WS4PM passwords, e-Box client secrets).
+    referenced: set[str] = set()
+    for path in (REPOSITORY_ROOT / "config" / "tenants").glob("*.yaml"):
+        referenced |= interpolations(yaml.safe_load(path.read_text(encoding="utf-8")))
+    passwords = {name for name in referenced if name.startswith("WS4PM_PASSWORD_")}
+    assert passwords and passwords <= set(environment(services["meeting"]))
+    gateway = set(environment(services["gateway"]))
+    assert referenced - passwords <= gateway, sorted(referenced - passwords - gateway)
