@@ -34,7 +34,8 @@ def _settings() -> HubSettings:
         for error in exc.errors():
             name = ".".join(str(part) for part in error["loc"])
             variable = name if name.isupper() else f"HUB_{name.upper()}"  # aliases are upper
-            typer.echo(f"hub: {variable}: {error['msg']}", err=True)
+            where = f"{variable}: " if name else ""  # a rule of several settings names them
+            typer.echo(f"hub: {where}{error['msg']}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -118,7 +119,15 @@ def token(
     """Print a development bearer token signed by the hub's own issuer."""
     if not (len(tenant) == 5 and tenant.isdigit()):
         raise typer.BadParameter("the tenant is a 5-digit NIS code, e.g. 92137")
-    typer.echo(issue_token(_settings(), tenant, scope, subject=subject, ttl=ttl))
+    settings = _settings()
+    if settings.jwks_url:
+        typer.echo(
+            "hub token: HUB_JWKS_URL is set, so the hub accepts only your OIDC provider's"
+            " tokens; ask it for one (a token of the development issuer would be refused).",
+            err=True,
+        )
+        raise typer.Exit(2)
+    typer.echo(issue_token(settings, tenant, scope, subject=subject, ttl=ttl))
 
 
 @app.command()

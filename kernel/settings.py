@@ -26,14 +26,18 @@ DEFAULT_PORTS: dict[str, int] = {
 }
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+#: The ``iss`` of the tokens the hub issues itself, in development.
+DEVELOPMENT_ISSUER = "urn:hub:dev-issuer"
 
 
 class HubSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore")
 
     environment: Literal["development", "production"] = "development"
-    #: Where embedded state lives: SQLite files, development keys, broker port file.
-    var_dir: Path = Path("var")
+    #: Where embedded state lives: SQLite files, development keys, broker port file. The
+    #: checkout's, like the tenants': relative to the working directory, a `hub token` or
+    #: `hub demo` run elsewhere made itself a new issuer key, and the hub refused its tokens.
+    var_dir: Path = REPOSITORY_ROOT / "var"
     #: Tenant routing tables and connector settings (one YAML file per tenant).
     tenants_dir: Path = REPOSITORY_ROOT / "config" / "tenants"
     #: Third-party contracts (WSDL/XSD, JSON Schemas) read at run time.
@@ -58,7 +62,7 @@ class HubSettings(BaseSettings):
     database_schema_prefix: str = Field(default="", pattern=r"^[a-z0-9_]{0,40}$")
 
     #: OAuth2: in development the hub is its own issuer; in production an OIDC JWKS URL.
-    jwt_issuer: str = "urn:hub:dev-issuer"
+    jwt_issuer: str = DEVELOPMENT_ISSUER
     jwt_audience: str = "hub"
     jwks_url: str | None = None
 
@@ -101,6 +105,15 @@ class HubSettings(BaseSettings):
         """The gateway's pause between two polls of ``source``: its own, or the inbound one."""
         own: float | None = getattr(self, f"{source}_poll_seconds")
         return self.inbound_poll_seconds if own is None else own
+
+    @model_validator(mode="after")
+    def _an_oidc_provider_names_its_issuer(self) -> HubSettings:
+        if self.jwks_url and self.jwt_issuer == DEVELOPMENT_ISSUER:
+            raise ValueError(
+                "HUB_JWKS_URL is set: HUB_JWT_ISSUER must name that provider's issuer (the"
+                " iss claim of its tokens), not the development issuer"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_needs_real_infrastructure(self) -> HubSettings:

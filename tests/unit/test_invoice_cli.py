@@ -297,3 +297,17 @@ def test_a_wrong_setting_is_one_line_naming_its_variable_not_a_traceback(
     assert result.exit_code == 2
     assert result.output.strip().startswith("hub: HUB_KAFKA_FETCH_WAIT_MS: Input should be")
     assert "Traceback" not in result.output
+
+
+def test_hub_token_refuses_when_an_oidc_provider_issues_the_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HUB_JWKS_URL", "https://idp.example/jwks")
+    without_issuer = CliRunner().invoke(app, ["token", "--tenant", "92137", "--scope", "x:y"])
+    assert without_issuer.exit_code == 2
+    assert "HUB_JWT_ISSUER must name that provider's issuer" in without_issuer.output
+
+    monkeypatch.setenv("HUB_JWT_ISSUER", "https://idp.example/realms/hub")
+    refused = CliRunner().invoke(app, ["token", "--tenant", "92137", "--scope", "x:y"])
+    assert refused.exit_code == 2
+    assert "accepts only your OIDC provider's tokens" in refused.output
