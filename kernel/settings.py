@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from kernel.kafka import FETCH_MAX_WAIT_MS
 
@@ -151,10 +152,24 @@ class HubSettings(BaseSettings):
 
 
 def normalise_database_url(url: str) -> str:
-    """Accept the URLs people paste (postgres://, postgresql://) and pick the async driver."""
-    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+    """Accept the URLs people paste (postgres://, postgresql+psycopg://, libpq's sslmode)
+    and pick the async driver the hub uses."""
+    for prefix in (
+        "postgres://",
+        "postgresql://",
+        "postgresql+psycopg2://",
+        "postgresql+psycopg://",
+    ):
         if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
+            url = "postgresql+asyncpg://" + url[len(prefix) :]
+            break
+    if url.startswith("postgresql+asyncpg://"):
+        # asyncpg calls libpq's sslmode ssl, and takes the same values (require, verify-full…).
+        parsed = make_url(url)
+        if "sslmode" in parsed.query:
+            query = dict(parsed.query)
+            query.setdefault("ssl", query.pop("sslmode"))
+            url = parsed.set(query=query).render_as_string(hide_password=False)
     if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
         return "sqlite+aiosqlite://" + url[len("sqlite://") :]
     return url
