@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import EnvelopeError
@@ -229,6 +229,15 @@ def rejected_events_router(read_scope: str, write_scope: str) -> APIRouter:
     # and FastAPI could not resolve one naming this function's local ``read_scope``.
     reader = Depends(authorised(read_scope))
     writer = Depends(authorised(write_scope))
+    # Events kept without a tenant (none, or not a NIS code) belong to no caller: the
+    # hub's operators see them with this scope, as the gateway's unroutable documents.
+    unroutable_scope = read_scope.partition(":")[0] + ":unroutable"
+
+    def visible_to(caller: Caller) -> ColumnElement[bool]:
+        mine = RejectedEvent.tenant == caller.tenant
+        if unroutable_scope in caller.scopes:
+            return or_(mine, RejectedEvent.tenant.is_(None))
+        return mine
 
     @router.post(
         "/rejected-events/{kept_id}/replay",
@@ -247,9 +256,7 @@ def rejected_events_router(read_scope: str, write_scope: str) -> APIRouter:
         answer says why."""
         async with store.sessions() as session:
             kept = await session.scalar(
-                select(RejectedEvent).where(
-                    RejectedEvent.id == kept_id, RejectedEvent.tenant == caller.tenant
-                )
+                select(RejectedEvent).where(RejectedEvent.id == kept_id, visible_to(caller))
             )
         if kept is None:
             raise NotFound("kept event", str(kept_id))
@@ -280,8 +287,9 @@ def rejected_events_router(read_scope: str, write_scope: str) -> APIRouter:
     ) -> Page[RejectedEventView]:
         """Events addressed to this service that break their contract, or that its handler
         kept failing on, newest first: kept, never handled, for an operator to read and have
-        the sender (or the service) corrected."""
-        mine = RejectedEvent.tenant == caller.tenant
+        the sender (or the service) corrected. With scope ``<service>:unroutable``, those
+        kept without a tenant too."""
+        mine = visible_to(caller)
         async with store.sessions() as session:
             rows, total = await listing_page(
                 session,

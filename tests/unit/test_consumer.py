@@ -93,12 +93,15 @@ async def test_a_broken_event_of_ours_is_kept_once_and_shown_to_its_tenant(
     outcomes = [await consumer.handle(headers, value, record.topic) for _ in range(2)]
     other = {**headers, "ce_type": "somebody.else.thing.v1", "ce_id": "x"}
     skipped = await consumer.handle(other, b"{not json", record.topic)
+    nobodys = {**headers, "ce_id": "nobodys", "ce_tenant": "Sambreville"}
+    assert await consumer.handle(nobodys, record.value, record.topic) == "kept"
 
     assert outcomes == ["kept", "duplicate"] and skipped == "ignored"
     async with sessions() as session:
-        [kept] = (await session.scalars(select(RejectedEvent))).all()
+        [kept, tenantless] = (await session.scalars(select(RejectedEvent))).all()
     assert (kept.event_id, kept.tenant, kept.value) == (headers["ce_id"], TENANT, value)
     assert "attempts" in kept.reason
+    assert tenantless.tenant is None
 
     # The tenant's operator reads it; another tenant does not see it.
     settings = HubSettings(var_dir=tmp_path / "var")
@@ -113,8 +116,13 @@ async def test_a_broken_event_of_ours_is_kept_once_and_shown_to_its_tenant(
     app = create_app("test", settings, title="test", description="kept events", startup=startup)
     app.include_router(rejected_events_router("test:read", "test:write"))
     async with serving(app) as base, httpx.AsyncClient(base_url=base) as client:
-        for tenant, expected in ((TENANT, [kept.event_id]), ("62063", [])):
-            token = issue_token(settings, tenant, ["test:read"])
+        for tenant, scopes, expected in (
+            (TENANT, ["test:read"], [kept.event_id]),
+            ("62063", ["test:read"], []),
+            # The hub's operators also see what was kept for no tenant.
+            ("62063", ["test:read", "test:unroutable"], ["nobodys"]),
+        ):
+            token = issue_token(settings, tenant, scopes)
             page = await client.get(
                 "/v1/rejected-events", headers={"Authorization": f"Bearer {token}"}
             )
