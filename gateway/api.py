@@ -15,13 +15,14 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.deliveries import DeliveryRecord
 from gateway.engine import DeliveryEngine
 from gateway.inbound.records import InboundDocument
+from kernel.api import RequestModel
 from kernel.auth import CallerDep
 from kernel.errors import Conflict, NotFound
 
@@ -51,6 +52,16 @@ class DeliveryView(BaseModel):
 class DeliveryPage(BaseModel):
     items: list[DeliveryView]
     next_cursor: int | None
+
+
+class ReplayAll(RequestModel):
+    status: Literal["failed", "dead"]
+    route: str | None = Field(default=None, max_length=64)
+    connector: str | None = Field(default=None, max_length=64)
+
+
+class Replayed(BaseModel):
+    replayed: int
 
 
 class StatusCount(BaseModel):
@@ -119,6 +130,15 @@ def router() -> APIRouter:
         if record is None:
             raise NotFound("delivery", key)
         return DeliveryView.of(record)
+
+    @api.post("/replay", response_model=Replayed)
+    async def replay_all(request: Request, caller: CallerDep, body: ReplayAll) -> Replayed:
+        """Try again every failed or dead delivery of the caller's tenant, of a route or a
+        connector if given: after a target's outage, or once a wrong key is fixed."""
+        caller.require("gateway:operate")
+        engine: DeliveryEngine = request.app.state.engine
+        count = await engine.replay_all(caller.tenant, body.status, body.route, body.connector)
+        return Replayed(replayed=count)
 
     @api.post("/{key}/replay", response_model=DeliveryView)
     async def replay(request: Request, caller: CallerDep, key: str) -> DeliveryView:

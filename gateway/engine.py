@@ -591,6 +591,32 @@ class DeliveryEngine:
         if outcome.status != "retry" and self._relay:
             self._relay.wake()
 
+    async def replay_all(
+        self, tenant: str, status: str, route: str | None = None, connector: str | None = None
+    ) -> int:
+        """Try again every ``status`` (failed or dead) delivery of ``tenant``, of ``route``
+        or ``connector`` if given (a target back after an outage, a key fixed); how many."""
+        conditions = [DeliveryRecord.tenant == tenant, DeliveryRecord.status == status]
+        if route is not None:
+            conditions.append(DeliveryRecord.route == route)
+        if connector is not None:
+            conditions.append(DeliveryRecord.connector == connector)
+        now = self._clock()
+        async with self._sessions() as session, session.begin():
+            replayed = await session.execute(
+                update(DeliveryRecord)
+                .where(*conditions)
+                .values(
+                    status="retrying",
+                    attempts=0,
+                    next_attempt_at=now,
+                    finished_at=None,
+                    updated_at=now,
+                )
+            )
+        count: int = replayed.rowcount  # type: ignore[attr-defined]
+        return count
+
     async def replay(self, key: str, tenant: str) -> DeliveryRecord | None:
         """An operator asks for a failed or dead delivery to be tried again from scratch."""
         async with self._sessions() as session, session.begin():

@@ -212,8 +212,10 @@ class EboxRestConnector:
         requested_at = self._clock()
         response = await self._http.post(self.settings.token_url, data=form, timeout=self._timeout)
         if response.status_code in (400, 401):
+            # The letter is not at fault, the tenant's credentials are: tried again while an
+            # operator fixes them (then dead, and replayed with POST /v1/deliveries/replay).
             error = json_field(response, "error") or response.text[:200]
-            raise PermanentDeliveryError(
+            raise RetryableDeliveryError(
                 f"{TARGET}: the token endpoint refused the hub's client credentials "
                 f"({error}); check client_id and client_secret of this tenant"
             )

@@ -7,7 +7,7 @@ is the target's id for what it received. ``post_delivery`` makes that call and
 turns every way it can go wrong into a ``DeliveryError``, in this order:
 
 - a timeout or an unreachable target: retryable (``translate_transport_errors``);
-- 401: permanent, the tenant's API key is wrong and retrying will not fix it;
+- 401: retryable: the tenant's API key is wrong, which an operator fixes meanwhile;
 - a status the connector gives a meaning of its own (``refusals``, e.g. NOTICe's
   409 for a closed notification): permanent, with the connector's reason;
 - any other error status: ``error_for_response``, retryable or not by
@@ -64,7 +64,9 @@ async def post_delivery(
     with translate_transport_errors(target):
         response = await http.post(url, json=body, headers=headers, timeout=timeout)
         if response.status_code == 401:
-            raise PermanentDeliveryError(
+            # The document is not at fault, the tenant's key is: tried again while an
+            # operator fixes it (then dead, and replayed with POST /v1/deliveries/replay).
+            raise RetryableDeliveryError(
                 f"{subject} refused the hub's API key; check this tenant's api_key"
             )
         if refusals and response.status_code in refusals:

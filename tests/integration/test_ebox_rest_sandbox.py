@@ -417,12 +417,12 @@ async def test_the_token_endpoint_checks_the_client(
     assert answer.json()["error"] == error
 
 
-async def test_wrong_credentials_fail_the_delivery_permanently(
+async def test_wrong_credentials_hold_the_delivery_until_they_are_fixed(
     sandbox: str, http: httpx.AsyncClient
 ) -> None:
     connector = connector_for(sandbox, http, client_secret="not-the-secret")
 
-    with pytest.raises(PermanentDeliveryError) as raised:
+    with pytest.raises(RetryableDeliveryError) as raised:
         await connector.deliver(delivery())
 
     assert "refused the hub's client credentials (invalid_client)" in str(raised.value)

@@ -273,7 +273,7 @@ async def test_a_missing_or_unknown_api_key_is_refused(
         assert answer.status_code == 401, (method, path)
         assert answer.json()["title"] == "Missing or unknown API key"
 
-    with pytest.raises(PermanentDeliveryError) as raised:
+    with pytest.raises(RetryableDeliveryError) as raised:
         await connector_for(sandbox, http, api_key=key or "x").deliver(delivery())
     assert "refused the hub's API key" in str(raised.value)
 

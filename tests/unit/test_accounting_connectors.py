@@ -132,7 +132,7 @@ async def test_inforius_books_the_invoice_as_its_contract_describes(
             "HTTP 422: Inforius: The supplier with VAT number BE0999999962 is not in the file",
         ),
         (httpx.Response(400, json={"detail": "lines: []"}), PermanentDeliveryError, "lines"),
-        (httpx.Response(401, json={}), PermanentDeliveryError, "refused the hub's API key"),
+        (httpx.Response(401, json={}), RetryableDeliveryError, "refused the hub's API key"),
         (httpx.Response(500, text="oops"), RetryableDeliveryError, "HTTP 500: Inforius: oops"),
         (httpx.Response(503, json={"detail": "x"}), RetryableDeliveryError, "HTTP 503"),
         (httpx.Response(429, json={"detail": "x"}), RetryableDeliveryError, "HTTP 429"),

@@ -509,3 +509,23 @@ async def test_a_delivery_whose_route_was_removed_ends_dead_after_the_tenants_at
     [receipt] = await receipts(sessions)
     assert receipt.outcome == "dead" and "no longer configured" in (receipt.reason or "")
     assert len(connector.calls) == 1
+
+
+async def test_every_dead_delivery_of_a_tenant_is_replayed_at_once(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # The target was down past every attempt; it is back.
+    down = [RetryableDeliveryError("HTTP 503")] * 2
+    connector, clock = FakeConnector(down * 2), Clock()
+    engine = make_engine(sessions, connector, clock, max_attempts=1)
+    for mail in ("mail-1", "mail-2"):
+        await engine.handle_record(*as_record(mail_event(mail)), "x")
+    assert [r.status for r in await deliveries(sessions)] == ["dead", "dead"]
+
+    assert await engine.replay_all("62063", "dead") == 0  # another tenant's: none
+    assert await engine.replay_all(TENANT, "dead", route="another-route") == 0
+    assert await engine.replay_all(TENANT, "dead", route="outgoing-mail-ebox") == 2
+    connector.script.clear()
+    await engine.retry_due()
+
+    assert [(r.status, r.attempts) for r in await deliveries(sessions)] == [("delivered", 1)] * 2

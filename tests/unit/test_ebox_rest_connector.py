@@ -362,12 +362,12 @@ async def test_transient_failures_are_retryable(
         await connector.deliver(delivery())
 
 
-async def test_the_token_endpoint_refusing_the_credentials_is_permanent(
+async def test_the_token_endpoint_refusing_the_credentials_is_retried_while_they_are_fixed(
     connector: EboxRestConnector, ebox: FakeEbox
 ) -> None:
     ebox.token_answer = httpx.Response(401, json={"error": "invalid_client"})
 
-    with pytest.raises(PermanentDeliveryError) as raised:
+    with pytest.raises(RetryableDeliveryError) as raised:
         await connector.deliver(delivery())
 
     assert "invalid_client" in str(raised.value)

@@ -262,7 +262,7 @@ async def test_a_notification_id_is_one_segment_of_the_path_whatever_it_holds() 
     ("status", "error", "reason"),
     [
         (409, PermanentDeliveryError, "N1 is already closed by a FINAL response"),
-        (401, PermanentDeliveryError, "refused the hub's API key"),
+        (401, RetryableDeliveryError, "refused the hub's API key"),
         (422, PermanentDeliveryError, "HTTP 422: NOTICe: bad"),
         (503, RetryableDeliveryError, "HTTP 503"),
     ],

@@ -109,7 +109,7 @@ def delivery() -> Delivery:
 @pytest.mark.parametrize(
     ("response", "error", "reason"),
     [
-        (httpx.Response(401), PermanentDeliveryError, "refused the hub's API key"),
+        (httpx.Response(401), RetryableDeliveryError, "refused the hub's API key"),
         (httpx.Response(422, json={"detail": "bad body"}), PermanentDeliveryError, "bad body"),
         (httpx.Response(503), RetryableDeliveryError, "HTTP 503"),
         (httpx.Response(201, json={}), RetryableDeliveryError, "no requestId"),

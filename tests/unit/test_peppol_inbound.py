@@ -545,7 +545,7 @@ async def test_an_invoice_response_goes_to_the_outbox_with_the_idempotency_key(
             PermanentDeliveryError,
             "HTTP 422: Peppol access point: cbc:CustomizationID: 'x' is not",
         ),
-        (httpx.Response(401, json={}), PermanentDeliveryError, "refused the hub's API key"),
+        (httpx.Response(401, json={}), RetryableDeliveryError, "refused the hub's API key"),
         (httpx.Response(503, json={"detail": "down"}), RetryableDeliveryError, "HTTP 503"),
         (httpx.ReadTimeout("slow"), RetryableDeliveryError, "timed out"),
         (httpx.Response(202, json={}), RetryableDeliveryError, "no messageId"),

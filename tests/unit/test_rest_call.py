@@ -97,8 +97,8 @@ async def test_a_connect_error_is_retryable() -> None:
         await post(target)
 
 
-async def test_a_401_is_permanent_and_names_the_api_key() -> None:
-    with pytest.raises(PermanentDeliveryError, match=r"^The target refused the hub's API key"):
+async def test_a_401_is_retried_while_the_key_is_fixed_and_names_it() -> None:
+    with pytest.raises(RetryableDeliveryError, match=r"^The target refused the hub's API key"):
         await post(lambda request: httpx.Response(401), subject="The target")
 
 
