@@ -59,6 +59,7 @@ from services.meeting.domain import (
     MeetingOfAnotherConfig,
     MeetingState,
     NothingToPublish,
+    PostponedToAnEarlierMeeting,
     Transition,
     allocate_decision_number,
     check_decidable,
@@ -299,6 +300,10 @@ async def apply_transition(
             raise ValueError("presenting an item needs the meeting")
         if meeting.meeting_config != item.meeting_config:
             raise MeetingOfAnotherConfig(meeting.meeting_config, item.meeting_config)
+        if item.state == ItemState.POSTPONED and item.meeting_id is not None:
+            postponed_at = await session.get(Meeting, item.meeting_id)
+            if postponed_at is not None and meeting.date <= postponed_at.date:
+                raise PostponedToAnEarlierMeeting(postponed_at.date, meeting.date)
         await _hold_open_meeting(session, meeting, now)
         item.meeting_id, item.decision, item.decided_at = meeting.id, None, None
     item.state, item.updated_at = new_state, now

@@ -171,6 +171,15 @@ class MeetingOfAnotherConfig(ProblemError):
         )
 
 
+class PostponedToAnEarlierMeeting(Conflict):
+    def __init__(self, postponed_at: datetime, meeting_date: datetime) -> None:
+        super().__init__(
+            "postponed-to-a-later-meeting",
+            f"The item was postponed at the meeting of {postponed_at.date().isoformat()}: it"
+            f" goes to a later meeting, not to the one of {meeting_date.date().isoformat()}.",
+        )
+
+
 class MeetingHasUndecidedItems(Conflict):
     def __init__(self, meeting_id: str, item_ids: list[str]) -> None:
         super().__init__(

@@ -309,9 +309,14 @@ async def test_a_postponed_item_is_presented_again_and_decided_at_a_later_meetin
     service: MeetingService,
 ) -> None:
     first, later = await service.meeting(), await service.meeting()
+    earlier = await service.meeting(date=(utcnow() + timedelta(days=6)).isoformat())
     item_id = await service.presented_item(first)
     postponed = await service.decide(item_id, "postponed")
     assert (postponed.json()["state"], postponed.json()["decision_number"]) == ("postponed", None)
+    # Postponed: to a later meeting, not back into the same one or an earlier one.
+    for meeting_id in (first, earlier):
+        back = await service.post(f"/v1/items/{item_id}/present", {"meeting_id": meeting_id})
+        problem(back, 409, "postponed-to-a-later-meeting")
     assert (await service.post(f"/v1/meetings/{first}/close")).status_code == 200
     again = await service.post(f"/v1/items/{item_id}/present", {"meeting_id": later})
     assert again.json()["meeting_id"] == later, again.text
