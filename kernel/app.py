@@ -283,12 +283,22 @@ class TraceAndCountMiddleware:
         headers = {
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
-        name = f"{scope['method']} {scope['path']}"
-        with continue_trace(headers), self.tracer.start_as_current_span(name, kind=SpanKind.SERVER):
+        method = scope["method"]
+        with (
+            continue_trace(headers),
+            self.tracer.start_as_current_span(method, kind=SpanKind.SERVER) as span,
+        ):
             try:
                 await self.app(scope, receive, send_and_note_status)
             finally:
-                HTTP_REQUESTS.labels(self.component, scope["method"], str(status)).inc()
+                HTTP_REQUESTS.labels(self.component, method, str(status)).inc()
+                # Named by the route's template (Starlette notes the route it matched), not
+                # the path: a document's id in each span name made every request a name of
+                # its own in a tracing backend. A request no route matched keeps the method.
+                template = getattr(scope.get("route"), "path", None)
+                if template:
+                    span.update_name(f"{method} {template}")
+                    span.set_attribute("http.route", template)
 
 
 def create_app(

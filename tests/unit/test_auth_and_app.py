@@ -12,10 +12,13 @@ import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import AwareDatetime
 
 from kernel.api import RequestModel
-from kernel.app import broker_check, check_health_of, create_app
+from kernel.app import TraceAndCountMiddleware, broker_check, check_health_of, create_app
 from kernel.auth import CallerDep, TokenVerifier, Unauthorized, issue_token
 from kernel.kafka import free_port
 from kernel.settings import HubSettings
@@ -297,3 +300,27 @@ async def test_healthz_names_what_the_process_cannot_reach(hub_settings: HubSett
     assert body["status"] == "degraded"
     assert set(body["unreachable"]) == {"broker", "database"}
     assert body["unreachable"]["database"] == "ConnectionRefusedError: connection refused"
+
+
+async def test_a_requests_span_is_named_by_its_route_not_by_its_path() -> None:
+    inner = FastAPI()
+
+    @inner.get("/v1/mails/{mail_id}")
+    async def mail(mail_id: str) -> dict[str, str]:
+        return {"id": mail_id}
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    traced = TraceAndCountMiddleware(inner, "test")
+    traced.tracer = provider.get_tracer("test")
+    transport = httpx.ASGITransport(app=traced)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for mail_id in ("m-1", "m-2"):
+            assert (await client.get(f"/v1/mails/{mail_id}")).status_code == 200
+        assert (await client.get("/nowhere/m-3")).status_code == 404
+
+    spans = exporter.get_finished_spans()
+    assert [span.name for span in spans] == ["GET /v1/mails/{mail_id}"] * 2 + ["GET"]
+    assert spans[0].attributes is not None
+    assert spans[0].attributes["http.route"] == "/v1/mails/{mail_id}"
