@@ -37,6 +37,7 @@ MAX_TYPE_LENGTH = 128
 TENANT_PATTERN = "^[0-9]{5}$"
 #: Control characters, which no attribute holds (PostgreSQL refuses a NUL in a text).
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+_TENANT = re.compile(TENANT_PATTERN)
 
 
 class EnvelopeError(ValueError):
@@ -169,7 +170,7 @@ def envelope_attributes(headers: dict[str, str]) -> Attributes:
             raise EnvelopeError(f"{name} is 1 to {longest} characters, not {len(value)}")
         if _CONTROL.search(value):
             raise EnvelopeError(f"{name} holds a control character: {value!r}")
-    if not re.fullmatch(TENANT_PATTERN, headers["ce_tenant"]):
+    if not _TENANT.fullmatch(headers["ce_tenant"]):
         raise EnvelopeError(
             f"ce_tenant {headers['ce_tenant'][:20]!r} is not a tenant's 5-digit NIS code"
         )

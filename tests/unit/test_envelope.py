@@ -59,6 +59,7 @@ def test_records_that_are_not_ours_are_refused_with_the_reason() -> None:
         ("ce_subject", "mail-1\n", "ce_subject holds a control character"),
         ("ce_tenant", "9213", "not a tenant's 5-digit NIS code"),
         ("ce_tenant", "92137 ", "not a tenant's 5-digit NIS code"),
+        ("ce_tenant", "92137\n", "not a tenant's 5-digit NIS code"),
         ("ce_time", "2026-12-07T10:00:00", "no UTC offset"),
         ("ce_time", "0001-01-01T00:00:00+01:00", "bad ce_time"),
     ],
