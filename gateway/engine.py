@@ -39,10 +39,10 @@ from contracts.envelope import (
 )
 from contracts.events import event_class_for
 from contracts.events.gateway import DeliveryReceipt
-from gateway.connectors.base import ATTEMPT_SECONDS, Connector, Delivery
+from gateway.connectors.base import ATTEMPT_SECONDS, Connector, Delivery, attempt_deadline
 from gateway.deliveries import FINAL_STATUSES, DeliveryRecord, idempotency_key, next_attempt_time
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
-from gateway.routing import RetryPolicy, Route, RoutingTable
+from gateway.routing import Route, RoutingTable
 from kernel.database import utcnow, write_transaction
 from kernel.kafka import (
     FETCH_MAX_WAIT_MS,
@@ -51,12 +51,15 @@ from kernel.kafka import (
     OffsetCommits,
     make_consumer,
 )
+from kernel.logs import mask_national_numbers
 from kernel.metrics import DELIVERIES, DELIVERY_LATENCY, EVENTS_CONSUMED
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import continue_trace, inject_headers, tracer
 
 log = logging.getLogger(__name__)
 SOURCE = "urn:hub:gateway"
+#: How long a delivery whose route was removed waits for it to come back before it is dead.
+ROUTE_GONE_FOR = timedelta(hours=2)
 #: The stored events one pass of the retry scheduler holds at most (``retry_due``).
 RETRY_BATCH_BYTES = 32 * 1024 * 1024
 
@@ -112,6 +115,13 @@ class Outcome:
     #: For a retry: how long the target asked to be left alone (its Retry-After).
     retry_after_seconds: float | None = None
 
+    def __post_init__(self) -> None:
+        # Every reason goes to the delivery log, the receipt, the service's document and
+        # the operators' API: masked here, whatever made it (a connector's error, an event
+        # whose data breaks its contract and is quoted whole, a connector's crash).
+        if self.reason is not None:
+            object.__setattr__(self, "reason", mask_national_numbers(self.reason))
+
 
 class DeliveryEngine:
     def __init__(
@@ -129,12 +139,11 @@ class DeliveryEngine:
         self._connectors = connectors
         self._relay = relay
         self._slots = asyncio.Semaphore(concurrency)
-        self._concurrency = concurrency
         # A claimed retry is hidden from other schedulers this long (a crashed one's claim
-        # expires): one pass claims no more than the slots, so each claimed attempt may
-        # wait for a slot behind one first attempt at most, and then take its own time.
+        # expires). The claim is renewed when the attempt gets its slot (``_renew_claim``),
+        # so the lease covers one attempt, however long it waited for the slot.
         slowest = max(
-            (getattr(c, "attempt_seconds", ATTEMPT_SECONDS) for c in connectors.values()),
+            (attempt_deadline(connector) for connector in connectors.values()),
             default=ATTEMPT_SECONDS,
         )
         self._retry_lease = timedelta(seconds=2 * slowest + 30)
@@ -279,7 +288,7 @@ class DeliveryEngine:
         if attributes is None or not routes:
             return []
         now = self._clock()
-        reason = f"the event breaks its contract: {error}"
+        reason = mask_national_numbers(f"the event breaks its contract: {error}")
         return [
             DeliveryRecord(
                 idempotency_key=idempotency_key(attributes.id, route.name),
@@ -328,7 +337,7 @@ class DeliveryEngine:
                 continue  # waits behind an earlier delivery that is being retried
             item.record = self._new_record(item)
             item.outcome = await self._attempt(item.record, item.event, item.route)
-            if item.outcome.status == "retry":
+            if item.outcome is None or item.outcome.status == "retry":
                 blocked.add(item.chain)
 
     def _new_record(self, item: _Pending) -> DeliveryRecord:
@@ -369,9 +378,19 @@ class DeliveryEngine:
 
     # -- attempting ----------------------------------------------------------------
 
-    async def _attempt(self, record: DeliveryRecord, event: CloudEvent, route: Route) -> Outcome:
+    async def _attempt(
+        self,
+        record: DeliveryRecord,
+        event: CloudEvent,
+        route: Route,
+        claim: datetime | None = None,
+    ) -> Outcome | None:
+        """The attempt's outcome; None for a retry whose ``claim`` another scheduler took
+        over while this one waited for a slot (it attempts it; this one must not)."""
         connector = self._connectors[(route.tenant, route.connector_name)]
         async with self._slots:
+            if claim is not None and not await self._renew_claim(record.id, claim):
+                return None
             with (
                 continue_trace(record.record_headers),
                 self._tracer.start_as_current_span(
@@ -391,7 +410,7 @@ class DeliveryEngine:
                     attempt=record.attempts + 1,
                     trace_headers=inject_headers(),
                 )
-                deadline = getattr(connector, "attempt_seconds", ATTEMPT_SECONDS)
+                deadline = attempt_deadline(connector)
                 try:
                     # A deadline for the whole attempt: the connectors' timeouts bound each
                     # read, and a target sending a byte now and then held its slot, and
@@ -488,18 +507,14 @@ class DeliveryEngine:
             if attempted == 0:
                 await asyncio.sleep(poll_seconds)
 
-    async def retry_due(
-        self, limit: int | None = None, batch_bytes: int = RETRY_BATCH_BYTES
-    ) -> int:
+    async def retry_due(self, limit: int = 200, batch_bytes: int = RETRY_BATCH_BYTES) -> int:
         """Attempt the deliveries whose retry time has come; return how many.
 
-        At most ``limit`` of them (the engine's concurrency by default: more would wait
-        for a slot while their claim ran out, and a second gateway would attempt them
-        too), and as many as fit in ``batch_bytes`` of stored events (the first always):
-        after a target's outage, mails with their PDFs would be a gigabyte in memory at
-        once. The scheduler takes the next batch at once (``run_retries``).
+        At most ``limit`` of them, and as many as fit in ``batch_bytes`` of stored events
+        (the first always): after a target's outage, 200 mails with their PDFs would be
+        a gigabyte in memory at once. The scheduler takes the next batch at once
+        (``run_retries``).
         """
-        limit = self._concurrency if limit is None else limit
         now = self._clock()
         earlier = aliased(DeliveryRecord)
         size = func.length(DeliveryRecord.record_value)
@@ -536,16 +551,32 @@ class DeliveryEngine:
             if session.bind.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True, of=DeliveryRecord)
             due = list((await session.scalars(query)).all())
+            claim = now + self._retry_lease
             if due:
                 await session.execute(
                     update(DeliveryRecord)
                     .where(DeliveryRecord.id.in_([r.id for r in due]))
-                    .values(next_attempt_at=now + self._retry_lease)
+                    .values(next_attempt_at=claim)
                 )
-        await asyncio.gather(*(self._retry_one(record) for record in due))
+        await asyncio.gather(*(self._retry_one(record, claim) for record in due))
         return len(due)
 
-    async def _retry_one(self, record: DeliveryRecord) -> None:
+    async def _renew_claim(self, record_id: int, claim: datetime) -> bool:
+        """Renew this scheduler's claim on a retry as its attempt starts; False when the
+        claim ran out meanwhile and another scheduler claimed the retry."""
+        async with self._sessions() as session, session.begin():
+            renewed = await session.execute(
+                update(DeliveryRecord)
+                .where(
+                    DeliveryRecord.id == record_id,
+                    DeliveryRecord.status == "retrying",
+                    DeliveryRecord.next_attempt_at == claim,
+                )
+                .values(next_attempt_at=self._clock() + self._retry_lease)
+            )
+        return bool(renewed.rowcount)  # type: ignore[attr-defined]
+
+    async def _retry_one(self, record: DeliveryRecord, claim: datetime) -> None:
         try:
             event = from_record(record.record_headers, record.record_value)
         except EnvelopeError as exc:  # the contract changed under a stored event
@@ -556,7 +587,10 @@ class DeliveryEngine:
             if route is None:
                 outcome = Outcome("retry", reason=f"route {record.route!r} is no longer configured")
             else:
-                outcome = await self._attempt(record, event, route)
+                attempted = await self._attempt(record, event, route, claim)
+                if attempted is None:
+                    return
+                outcome = attempted
         async with self._sessions() as session, session.begin():
             fresh = await session.get(DeliveryRecord, record.id)
             if fresh is None or fresh.status in FINAL_STATUSES:
@@ -572,18 +606,20 @@ class DeliveryEngine:
                 DELIVERIES.labels(fresh.connector, "dead").inc()
                 self._announce(session, fresh, "dead", outcome)
             elif route is None:
-                # Waits for the route to come back (a tenant file being edited), every 5
-                # minutes, as many times as the tenant's policy tries; then it is dead, and
-                # its service told, instead of waiting unseen for ever.
-                fresh.attempts += 1
-                fresh.last_error = outcome.reason
-                fresh.updated_at = self._clock()
-                policy = self._routing.retry.get(record.tenant, RetryPolicy())
-                if fresh.attempts < policy.max_attempts:
-                    fresh.next_attempt_at = self._clock() + timedelta(minutes=5)
+                # Waits for the route to come back (a tenant file being edited), looked at
+                # every 5 minutes, for ROUTE_GONE_FOR; then it is dead, and its service told,
+                # instead of waiting unseen for ever. Its attempts are not counted: it was
+                # not attempted. updated_at marks when the route was first found gone.
+                now = self._clock()
+                fresh.next_attempt_at = now + timedelta(minutes=5)
+                if fresh.last_error != outcome.reason:
+                    fresh.last_error, fresh.updated_at = outcome.reason, now
+                    return
+                if now - fresh.updated_at < ROUTE_GONE_FOR:
                     return
                 fresh.status, fresh.next_attempt_at = "dead", None
-                fresh.finished_at = fresh.updated_at
+                fresh.updated_at = fresh.finished_at = now
+                fresh.attempts = max(fresh.attempts, 1)  # one waiting behind another: none yet
                 DELIVERIES.labels(fresh.connector, "dead").inc()
                 self._announce(session, fresh, "dead", outcome)
             else:

@@ -1,7 +1,7 @@
 """Delivery errors, and the one seam where transport errors become ours.
 
     DeliveryError
-     ├── RetryableDeliveryError   try again later (timeouts, 5xx, 429, connection refused)
+     ├── RetryableDeliveryError   try again later (timeouts, 5xx, 429, 401, connection refused)
      └── PermanentDeliveryError   never succeeds as sent (4xx, SOAP business faults,
                                   e.g. NO_DIGITAL_USER); recorded as failed
 
@@ -45,7 +45,9 @@ class PermanentDeliveryError(DeliveryError):
     pass
 
 
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: 401 among them: the document is not at fault, the tenant's credentials are, which an
+#: operator fixes meanwhile (a key rotated at the target, a secret mistyped).
+RETRYABLE_STATUS = frozenset({401, 408, 425, 429, 500, 502, 503, 504})
 
 
 #: The longest Retry-After the gateway honours: a target asking for more is tried again
@@ -115,7 +117,14 @@ def translate_transport_errors(target: str) -> Iterator[None]:
         raise error_for_status(
             exc.response.status_code, exc.response.text[:300], exc.response.headers
         ) from exc
-    except TransportError as exc:  # zeep: the HTTP layer answered with an error status
+    except TransportError as exc:
+        # zeep: an error status, or (status 200) an answer that is no XML at all, an answer
+        # cut short: whether the target took the request is unknown; sent again under its
+        # idempotency key, it is once.
+        if not 400 <= exc.status_code < 600:
+            raise RetryableDeliveryError(
+                f"{target} answered with no SOAP message: {str(exc.message)[:300]}"
+            ) from exc
         raise error_for_status(exc.status_code, str(exc.message)[:300]) from exc
     except Fault as exc:
         raise _fault_error(target, exc) from exc

@@ -73,18 +73,29 @@ def broker_check(bootstrap_servers: str) -> HealthCheck:
     """One of the bootstrap servers accepts a connection: the consumers and the relay only
     log that they cannot reach the broker, and wait; an operator must see it."""
 
+    servers = [server.strip() for server in bootstrap_servers.split(",") if server.strip()]
+
+    async def connect(server: str) -> None:
+        host, _, port = server.rpartition(":")
+        _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        writer.close()
+
     async def check() -> None:
+        # All at once, the first to accept will do: one after another, a node that drops
+        # packets (down for maintenance) used up the check's time before the others.
+        attempts = [asyncio.ensure_future(connect(server)) for server in servers]
         errors = []
-        for server in bootstrap_servers.split(","):
-            host, _, port = server.strip().rpartition(":")
-            try:
-                _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-            except (OSError, ValueError) as exc:
-                errors.append(f"{server.strip()}: {exc}")
-                continue
-            writer.close()
-            return
-        raise ConnectionError("; ".join(errors))
+        try:
+            for attempt in asyncio.as_completed(attempts):
+                try:
+                    await attempt
+                    return
+                except (OSError, ValueError) as exc:
+                    errors.append(f"{exc}")
+            raise ConnectionError(f"{', '.join(servers)}: " + "; ".join(errors))
+        finally:
+            for attempt in attempts:
+                attempt.cancel()
 
     return check
 

@@ -61,14 +61,28 @@ class DeliveryResult:
     answer: dict[str, str | None] | None = None
 
 
-#: How long one attempt may take in all, unless its connector says (``attempt_seconds``).
-ATTEMPT_SECONDS = 90.0
+#: How long one attempt may take in all, for a connector that says nothing of its time.
+ATTEMPT_SECONDS = 300.0
 
 
-def attempt_seconds_for(timeout_seconds: float) -> float:
+def attempt_seconds_for(timeout_seconds: float, requests: int = 2) -> float:
     """An attempt's deadline for a connector whose requests each have ``timeout_seconds``:
-    two requests' worth (a token, then the call) and a margin."""
-    return 2 * timeout_seconds + 5
+    ``requests`` requests' worth (by default a token, then the call) and a margin. Cut
+    short, an attempt whose request went may be sent again: better too long than that."""
+    return requests * timeout_seconds + 5
+
+
+def attempt_deadline(connector: object) -> float:
+    """The deadline of one attempt of ``connector``: its ``attempt_seconds``; else, for a
+    connector written before it existed, two requests' worth of its settings'
+    ``timeout_seconds``; else ``ATTEMPT_SECONDS``."""
+    declared = getattr(connector, "attempt_seconds", None)
+    if isinstance(declared, int | float):
+        return float(declared)
+    timeout = getattr(getattr(connector, "settings", None), "timeout_seconds", None)
+    if isinstance(timeout, int | float):
+        return attempt_seconds_for(timeout)
+    return ATTEMPT_SECONDS
 
 
 class Connector(Protocol):

@@ -109,7 +109,8 @@ class EboxRestConnector:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
+        # A token and the publication, then both again after a 401 (a rotated token).
+        self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds, requests=4)
         self._http = http
         self._clock = clock
         self._timeout = httpx.Timeout(settings.timeout_seconds)
@@ -220,7 +221,9 @@ class EboxRestConnector:
                 f"({error}); check client_id and client_secret of this tenant"
             )
         if response.is_error:
-            raise error_for_status(response.status_code, f"{TARGET} token endpoint")
+            raise error_for_status(
+                response.status_code, f"{TARGET} token endpoint", response.headers
+            )
         value = json_field(response, "access_token")
         expires_in = _seconds(json_field(response, "expires_in"))
         if not isinstance(value, str) or expires_in is None:
@@ -260,7 +263,7 @@ def _message_id(response: httpx.Response) -> str:
         raise PermanentDeliveryError(NO_DIGITAL_EBOX_REASON)
     message = json_field(response, "message")
     detail = f"{code}: {message}" if code else response.text[:300]
-    raise error_for_status(response.status_code, f"{TARGET} {detail}")
+    raise error_for_status(response.status_code, f"{TARGET} {detail}", response.headers)
 
 
 #: One part of a multipart/form-data body: name, file name (None for a plain field),

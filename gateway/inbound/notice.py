@@ -51,6 +51,7 @@ from contracts.envelope import new_event
 from contracts.events.outside import NoticeDocument, NoticeNotificationReceived
 from contracts.events.peppol import MAX_DOCUMENT_BYTES
 from gateway.connectors.notice import TYPE_NAME, NoticeSettings
+from gateway.http import ResponseTooLarge
 from gateway.inbound.records import (
     MESSAGE_ID_LENGTH,
     InboundDocument,
@@ -437,6 +438,10 @@ def _unavailable(
         gone = FetchedNotification(notification_id, detail, instance)
         gone.problem = f"NOTICe gives no {what} of it: {exc}"
         return gone
+    if isinstance(exc, ResponseTooLarge):  # more than its metadata said: no event carries it
+        too_large = FetchedNotification(notification_id, detail, instance)
+        too_large.problem = f"NOTICe answered its {what} with {exc}, more than one event carries"
+        return too_large
     log.warning("NOTICe notification %s not taken yet: %r", notification_id, exc)
     return None
 

@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import new_event
 from contracts.events.peppol import MAX_DOCUMENT_BYTES, PeppolDocumentReceived, PeppolEndpoint
 from gateway.connectors.peppol_ap import PeppolApSettings
+from gateway.http import ResponseTooLarge
 from gateway.inbound.records import (
     DOCUMENT_TYPE_LENGTH,
     MESSAGE_ID_LENGTH,
@@ -239,6 +240,13 @@ def too_large_reason(size: int) -> str:
     )
 
 
+def too_large_reason_of(error: ResponseTooLarge) -> str:
+    return (
+        f"The access point answered with {error}, more than one event carries"
+        f" ({MAX_DOCUMENT_BYTES} bytes of document); ask the sender for a smaller document."
+    )
+
+
 def unroutable_reason(receiver: str) -> str:
     return (
         f"The receiver {receiver} is not a participant served by this hub (no commune or CPAS"
@@ -355,6 +363,8 @@ class PeppolInbound:
             except DocumentUnavailable as exc:
                 problem = f"The access point gives no document for this message: {exc}."
                 return FetchedDocument(replace(item, problem=problem), b"")
+            except ResponseTooLarge as exc:  # larger than it was listed (or not listed at all)
+                return FetchedDocument(replace(item, problem=too_large_reason_of(exc)), b"")
             except Exception as exc:  # this one waits for the next poll; the others go on
                 log.warning("Peppol message %s not fetched yet: %r", item.message_id, exc)
                 return None

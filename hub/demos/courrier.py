@@ -21,6 +21,7 @@ async def courrier_demo(run: DemoRun) -> ServiceResult:
     async with run.client("courrier", ["courrier:read", "courrier:write"]) as client:
         submit = run.task("courrier: sending outgoing mail", count)
         mail_ids: list[str] = []
+        refused: list[str] = []  # outgoing mails the API refused: submitted, not delivered
         slots = asyncio.Semaphore(10)
 
         async def send(number: int) -> None:
@@ -31,7 +32,7 @@ async def courrier_demo(run: DemoRun) -> ServiceResult:
             if response.status_code == 202:
                 mail_ids.append(response.json()["id"])
             else:
-                result.problems.append(f"{response.status_code}: {response.text[:200]}")
+                refused.append(f"{response.status_code}: {response.text[:200]}")
             run.advance(submit)
 
         async def register(number: int) -> None:
@@ -52,7 +53,9 @@ async def courrier_demo(run: DemoRun) -> ServiceResult:
         await asyncio.gather(
             *(send(n) for n in range(count)), *(register(n) for n in range(count // 5))
         )
-        result.submitted = len(mail_ids) + len(result.problems)
+        result.submitted = len(mail_ids) + len(refused)
+        result.failed += len(refused)
+        result.problems[:0] = refused
 
         follow = run.task("courrier: waiting for e-Box receipts", len(mail_ids))
         pending = set(mail_ids)

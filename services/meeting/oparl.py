@@ -990,21 +990,20 @@ def _file_routes(api: APIRouter) -> None:
                 select(Annex.content).where(Annex.id == annex_id, Annex.tenant == found.code)
             )
         filename = quote(row.file_name)
-        if row.mime_type.split(";")[0].strip().lower() not in SHOWN_INLINE:
+        media_type = row.mime_type.split(";")[0].strip().lower()
+        if media_type not in SHOWN_INLINE:
             disposition = "attachment"
-        return Response(
-            data or b"",
-            media_type=row.mime_type,
-            headers={
-                **CORS,
-                "Content-Disposition": f"{disposition}; filename*=UTF-8''{filename}",
-                # The media type is the uploader's word: never sniffed, never run. An annex
-                # declared text/html or image/svg+xml ran its script on meeting's public
-                # origin, for anyone who opened the published link.
-                "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": "sandbox; default-src 'none'; style-src 'unsafe-inline'",
-            },
-        )
+        headers = {
+            **CORS,
+            "Content-Disposition": f"{disposition}; filename*=UTF-8''{filename}",
+            # The media type is the uploader's word: never sniffed, never run. An annex
+            # declared text/html or image/svg+xml ran its script on meeting's public
+            # origin, for anyone who opened the published link.
+            "X-Content-Type-Options": "nosniff",
+        }
+        if media_type != "application/pdf":  # a sandbox keeps Chromium's PDF viewer out
+            headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
+        return Response(data or b"", media_type=row.mime_type, headers=headers)
 
     file_bytes: dict[int | str, dict[str, Any]] = {
         200: {"description": "The file's bytes", "content": {"*/*": {}}}

@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, raiseload
 
-from contracts.envelope import CloudEvent, EnvelopeError
+from contracts.envelope import CloudEvent, EnvelopeError, envelope_attributes
 from contracts.events.gateway import TOPIC as RECEIPTS_TOPIC
 from contracts.events.gateway import DeliveryReceipt
 from contracts.events.meeting import TOPIC as MEETING_TOPIC
@@ -237,6 +237,12 @@ class NoticeKeepingConsumer(EventConsumer):
 
     async def keep_broken(self, record: Incoming, error: EnvelopeError) -> str:
         if record.headers.get("ce_type") != NoticeNotificationReceived.TYPE:
+            return await super().keep_broken(record, error)
+        try:
+            envelope_attributes(record.headers)
+        except EnvelopeError:
+            # Its envelope (a 300-character id, a tenant that is no NIS code) would not fit
+            # among the unprocessed notifications: kept as every broken record is.
             return await super().keep_broken(record, error)
         kept = await self._keep_invalid(record.headers, record.value, error)
         return self._count(record.topic, "kept" if kept else "duplicate")

@@ -507,6 +507,7 @@ async def request_decision(
         event.id,
         now,
     )
+    file.decision_meeting_config = target.meeting_config
     log.info(
         "tenant %s asked %s for a decision on %s",
         file.tenant,
@@ -539,10 +540,10 @@ async def record_decision(
     Only a file that asked for it takes one, and only from the meeting it asked: an item
     that merely names the file (a council's debate, a clerk's typing) grants nothing
     while opinions are pending or the inquiry runs."""
-    if decided.meeting_config != settings.decision.meeting_config:
-        raise DecisionFromAnotherMeeting(
-            file.reference, decided.meeting_config, settings.decision.meeting_config
-        )
+    # The configuration asked, which the tenant's file may have changed since.
+    asked = file.decision_meeting_config or settings.decision.meeting_config
+    if decided.meeting_config != asked:
+        raise DecisionFromAnotherMeeting(file.reference, decided.meeting_config, asked)
     outcome = DECISION_OUTCOMES.get(decided.decision)
     if outcome is None:
         log.info("tenant %s: decision on %s postponed", file.tenant, file.reference)

@@ -63,6 +63,8 @@ class PermitFile(Base):
     missing_asked_on: Mapped[date | None] = mapped_column(Date)
     inquiry_starts_on: Mapped[date | None] = mapped_column(Date)
     decision_requested_event_id: Mapped[str | None] = mapped_column(String(64))
+    #: The meeting configuration asked for the decision (the tenant's may change meanwhile).
+    decision_meeting_config: Mapped[str | None] = mapped_column(String(64), nullable=True)
     decision: Mapped[str | None] = mapped_column(String(16))
     decision_number: Mapped[str | None] = mapped_column(String(40))
     decision_text: Mapped[str | None] = mapped_column(Text)
@@ -269,5 +271,10 @@ MIGRATIONS: list[Migration] = [
         4,
         "requests' Idempotency-Keys and their kept answers",
         create_tables(table_of(IdempotentRequest)),
+    ),
+    Migration(
+        5,
+        "the meeting configuration a file asked for its decision",
+        add_columns(table_of(PermitFile), "decision_meeting_config"),
     ),
 ]

@@ -516,6 +516,7 @@ async def test_only_annexes_marked_publishable_are_published(service: MeetingSer
     shown = await service.http.get(f"{root}/files/{photos}/content")
     assert shown.content == PDF and shown.headers["content-disposition"].startswith("inline;")
     assert shown.headers["x-content-type-options"] == "nosniff"
+    assert "content-security-policy" not in shown.headers  # no PDF viewer in a sandbox
 
     # Published: what was published stays as it is.
     late = await service.http.patch(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -39,13 +40,14 @@ from contracts.events.urban import (
     OpinionRequested,
 )
 from kernel.auth import issue_token
-from kernel.consumer import Incoming
+from kernel.consumer import Incoming, RejectedEvent
 from kernel.database import create_engine, utcnow
 from kernel.migrations import migrate
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
 from services.urban import permits
 from services.urban import watcher as watcher_module
+from services.urban.configuration import DecisionTarget
 from services.urban.consumers import NoticeKeepingConsumer, handlers
 from services.urban.deadlines import last_day
 from services.urban.main import UrbanOptions, build_app
@@ -564,6 +566,21 @@ async def test_a_notification_breaking_its_contract_is_kept_not_dropped(
     assert await service.file_count() == 0
 
 
+async def test_a_notification_whose_envelope_breaks_the_contract_is_kept_too(
+    service: UrbanService,
+) -> None:
+    record = to_record(notification())
+    headers = {name: value.decode() for name, value in record.headers}
+    broken = {**headers, "ce_id": "n" * 300, "ce_subject": "N\x00-1"}
+
+    assert await service.consumer().handle(broken, record.value, record.topic) == "kept"
+
+    async with service.app.state.sessions() as session:
+        [kept] = (await session.scalars(select(RejectedEvent))).all()
+    assert kept.event_id == "n" * 200 and "ce_id is 1 to 64 characters" in kept.reason
+    assert await service.file_count() == 0
+
+
 async def test_a_decision_for_another_tenants_file_is_kept_not_applied(
     service: UrbanService,
 ) -> None:
@@ -604,6 +621,25 @@ async def test_only_the_decision_the_file_asked_for_is_applied(service: UrbanSer
     )
     assert (await service.get(path)).json()["state"] == "complete"
     assert (await service.get(f"/v1/files/{ready['id']}")).json()["state"] == "awaiting_decision"
+
+
+async def test_a_decision_comes_from_the_meeting_asked_even_if_the_tenant_changed_since(
+    service: UrbanService,
+) -> None:
+    file = await completed(service)
+    assert (await service.post(f"/v1/files/{file['id']}/request-decision")).status_code == 200
+    # The tenant now sends its files to the council; this one was sent to the college.
+    urban_settings = service.app.state.urban_settings
+    urban_settings[SAMBREVILLE] = dataclasses.replace(
+        urban_settings[SAMBREVILLE], decision=DecisionTarget(meeting_config="council")
+    )
+
+    assert await service.deliver(inbound(decided(file["reference"]), SAMBREVILLE, "item")) == (
+        "handled"
+    )
+
+    assert (await service.get(f"/v1/files/{file['id']}")).json()["state"] == "granted"
+    assert (await service.get("/v1/unprocessed-notifications")).json() == []
 
 
 # -- identities ---------------------------------------------------------------------------

@@ -324,3 +324,24 @@ async def test_a_requests_span_is_named_by_its_route_not_by_its_path() -> None:
     assert [span.name for span in spans] == ["GET /v1/mails/{mail_id}"] * 2 + ["GET"]
     assert spans[0].attributes is not None
     assert spans[0].attributes["http.route"] == "/v1/mails/{mail_id}"
+
+
+async def test_the_broker_check_does_not_wait_for_a_node_that_drops_packets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    open_connection = asyncio.open_connection
+
+    async def dropping(host: str, port: int) -> Any:
+        if host == "10.0.0.1":  # a node down for maintenance: no answer at all
+            await asyncio.sleep(3600)
+        return await open_connection(host, port)
+
+    monkeypatch.setattr("kernel.app.asyncio.open_connection", dropping)
+    try:
+        check = broker_check(f"10.0.0.1:9092,127.0.0.1:{port}")
+        await asyncio.wait_for(check(), timeout=1)  # the second answers: the broker is there
+    finally:
+        server.close()
+        await server.wait_closed()

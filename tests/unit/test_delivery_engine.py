@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from aiokafka.errors import IllegalStateError
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import CloudEvent, from_record, headers_as_text, new_event, to_record
 from contracts.events.courrier import OutgoingMailSendRequested, Recipient
 from contracts.events.gateway import DeliveryReceipt
-from gateway.connectors.base import Delivery, DeliveryResult
+from gateway.connectors.base import ATTEMPT_SECONDS, Delivery, DeliveryResult, attempt_deadline
 from gateway.deliveries import MIGRATIONS, DeliveryRecord, idempotency_key
 from gateway.engine import DeliveryEngine
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
@@ -489,7 +489,7 @@ async def test_a_target_asking_to_wait_is_retried_no_sooner(
     assert await engine.retry_due() == 0
 
 
-async def test_a_delivery_whose_route_was_removed_ends_dead_after_the_tenants_attempts(
+async def test_a_delivery_whose_route_was_removed_waits_for_it_then_ends_dead(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     connector, clock = FakeConnector([RetryableDeliveryError("HTTP 503")]), Clock()
@@ -497,15 +497,16 @@ async def test_a_delivery_whose_route_was_removed_ends_dead_after_the_tenants_at
     await engine.handle_record(*as_record(mail_event()), "x")
     engine._routing.routes.clear()  # the tenant file was edited and the gateway restarted
 
-    clock.advance(5)
-    assert await engine.retry_due() == 1
-    [record] = await deliveries(sessions)
-    assert (record.status, record.attempts) == ("retrying", 2)  # it may come back
-    clock.advance(301)
+    for minutes in (0, 5, 100):  # it may come back: waited for two hours, not attempted
+        clock.advance(minutes * 60 + 5)
+        assert await engine.retry_due() == 1
+        [record] = await deliveries(sessions)
+        assert (record.status, record.attempts) == ("retrying", 1)
+    clock.advance(20 * 60)  # two hours since it was found gone
     assert await engine.retry_due() == 1
 
     [record] = await deliveries(sessions)
-    assert (record.status, record.attempts) == ("dead", 3)
+    assert (record.status, record.attempts) == ("dead", 1)
     [receipt] = await receipts(sessions)
     assert receipt.outcome == "dead" and "no longer configured" in (receipt.reason or "")
     assert len(connector.calls) == 1
@@ -529,3 +530,54 @@ async def test_every_dead_delivery_of_a_tenant_is_replayed_at_once(
     await engine.retry_due()
 
     assert [(r.status, r.attempts) for r in await deliveries(sessions)] == [("delivered", 1)] * 2
+
+
+async def test_a_retry_another_scheduler_claimed_meanwhile_is_left_to_it(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    connector, clock = FakeConnector([RetryableDeliveryError("HTTP 503")]), Clock()
+    engine = make_engine(sessions, connector, clock)
+    await engine.handle_record(*as_record(mail_event()), "x")
+    clock.advance(5)
+
+    class Slots(asyncio.Semaphore):
+        asked = asyncio.Event()
+
+        async def acquire(self) -> Literal[True]:
+            if self.locked():  # one that will wait for a slot
+                self.asked.set()
+            return await super().acquire()
+
+    engine._slots = slots = Slots(1)
+    async with slots:  # every slot busy: the claimed retry waits for one
+        waiting = asyncio.create_task(engine.retry_due())
+        await slots.asked.wait()
+        assert await claimed(sessions, clock)
+        # Its claim ran out while it waited, and another gateway claimed the retry.
+        async with sessions() as session, session.begin():
+            [record] = (await session.scalars(select(DeliveryRecord))).all()
+            record.next_attempt_at = clock.now + timedelta(minutes=7)
+    assert await waiting == 1
+
+    assert len(connector.calls) == 1  # the first attempt only: the other gateway attempts it
+    [record] = await deliveries(sessions)
+    assert (record.status, record.attempts) == ("retrying", 1)
+
+
+async def claimed(sessions: async_sessionmaker[AsyncSession], clock: Clock) -> bool:
+    [record] = await deliveries(sessions)
+    return record.next_attempt_at is not None and record.next_attempt_at > clock.now + timedelta(
+        seconds=30
+    )
+
+
+def test_a_connector_that_declares_no_deadline_gets_one_from_its_timeout_or_a_default() -> None:
+    class Declared:
+        attempt_seconds = 12.0
+
+    class Timed:
+        settings = SimpleNamespace(timeout_seconds=120.0)  # a plugin of before the deadlines
+
+    assert attempt_deadline(Declared()) == 12.0
+    assert attempt_deadline(Timed()) == 245.0
+    assert attempt_deadline(FakeConnector()) == ATTEMPT_SECONDS

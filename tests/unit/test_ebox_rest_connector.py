@@ -307,10 +307,12 @@ async def test_a_401_fetches_a_new_token_and_tries_once_more(
     ]
 
 
-async def test_a_second_401_is_permanent(connector: EboxRestConnector, ebox: FakeEbox) -> None:
+async def test_a_second_401_is_retried_later_while_the_credentials_are_fixed(
+    connector: EboxRestConnector, ebox: FakeEbox
+) -> None:
     ebox.rejected_tokens = {"token-1", "token-2"}
 
-    with pytest.raises(PermanentDeliveryError) as raised:
+    with pytest.raises(RetryableDeliveryError) as raised:
         await connector.deliver(delivery())
 
     assert "HTTP 401" in str(raised.value)

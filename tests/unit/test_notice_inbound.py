@@ -23,6 +23,7 @@ from gateway.connectors.base import ConnectorContext, Delivery
 from gateway.connectors.notice import NoticeConnector, create_connector
 from gateway.deliveries import MIGRATIONS
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
+from gateway.http import ResponseTooLarge
 from gateway.inbound.notice import NoticeError, NoticeInbound, NoticeSource
 from gateway.inbound.records import InboundDocument
 from kernel.outbox import OutboxMessage
@@ -302,6 +303,9 @@ class GoneDocuments(FakeNotice):
             self.calls.append(f"doc:{notification_id}/{document_id}")
             path = f"/notifications/{notification_id}/documents/{document_id}"
             raise NoticeError(f"GET {path}: HTTP 404", 404)
+        if notification_id == "N-flood":  # more than declared: the client stops reading
+            self.calls.append(f"doc:{notification_id}/{document_id}")
+            raise ResponseTooLarge("an answer over 16777216 bytes")
         return await super().document(notification_id, document_id)
 
 
@@ -313,6 +317,7 @@ async def test_a_notification_never_given_whole_is_kept_refused_not_asked_for_ag
     notice.add("N-not-a-list", documents=5)
     huge = {"id": "D1", "filename": "plan.pdf", "mediaType": "application/pdf"}
     notice.add("N-huge", documents=[{**huge, "size": 5 * 1024 * 1024, "sha256": "0" * 64}])
+    notice.add("N-flood")
     notice.add("N-ok")
     inbound = inbound_for(sessions, notice)
 
@@ -324,8 +329,10 @@ async def test_a_notification_never_given_whole_is_kept_refused_not_asked_for_ag
         "N-404": "refused",
         "N-not-a-list": "refused",
         "N-huge": "refused",
+        "N-flood": "refused",
         "N-ok": "published",
     }
+    assert "over 16777216 bytes" in (kept["N-flood"].reason or "")
     assert "HTTP 404" in (kept["N-404"].reason or "")
     assert "not a list" in (kept["N-not-a-list"].reason or "")
     assert "5242880 bytes" in (kept["N-huge"].reason or "")
@@ -333,6 +340,7 @@ async def test_a_notification_never_given_whole_is_kept_refused_not_asked_for_ag
     # was never downloaded.
     assert sorted(c for c in notice.calls if c.startswith("get:")) == [
         "get:N-404",
+        "get:N-flood",
         "get:N-huge",
         "get:N-not-a-list",
         "get:N-ok",

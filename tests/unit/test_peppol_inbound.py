@@ -27,6 +27,7 @@ from gateway.connectors.peppol_ap import (
 )
 from gateway.deliveries import MIGRATIONS
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
+from gateway.http import ResponseTooLarge
 from gateway.inbound.peppol import (
     LISTING_LIMIT,
     RECORD_BATCH,
@@ -401,6 +402,30 @@ async def test_a_document_too_large_for_an_event_is_kept_refused_and_never_publi
     [(message_id, code, reason)] = inbox.rejected
     assert (message_id, code) == ("m7", "FD")
     assert f"at most {MAX_DOCUMENT_BYTES} bytes" in reason
+
+
+async def test_an_answer_larger_than_the_client_reads_is_refused_not_fetched_again(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    # Listed without its size, and larger than the gateway's client reads (gateway.http).
+    inbox.drop("m8", LIEGE)
+    too_large = ResponseTooLarge("an answer of 40000000 bytes")
+    fetch = inbox.fetch
+
+    async def flooding(message_id: str) -> FetchedDocument:
+        await fetch(message_id)
+        raise too_large
+
+    inbox.fetch = flooding  # type: ignore[method-assign]
+
+    for _ in range(2):
+        await inbound.poll_once()
+
+    assert await published(sessions) == [] and inbox.fetches == ["m8"]
+    [record] = await records(sessions)
+    assert (record.status, record.source_status) == ("refused", "rejected")
+    [(message_id, _, reason)] = inbox.rejected
+    assert message_id == "m8" and "40000000 bytes" in reason
 
 
 async def test_receivers_are_matched_without_regard_to_case(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from zeep.exceptions import Fault, XMLSyntaxError
+from zeep.exceptions import Fault, TransportError, XMLSyntaxError
 
 from gateway.connectors.soap import SharedPoolTransport
 from gateway.errors import (
@@ -46,6 +46,12 @@ def test_an_answer_that_is_not_xml_is_retried() -> None:
     error = raised_by(XMLSyntaxError("Premature end of data"))
     assert isinstance(error, RetryableDeliveryError)
     assert "no SOAP message" in error.reason
+    # zeep's own wrapping of an answer cut short, with the status it came with (200).
+    cut = raised_by(TransportError("Server returned response (200) with invalid XML", 200))
+    assert isinstance(cut, RetryableDeliveryError) and "no SOAP message" in cut.reason
+    # The tenant's credentials refused: retried while an operator fixes them.
+    assert isinstance(raised_by(TransportError("Unauthorized", 401)), RetryableDeliveryError)
+    assert isinstance(raised_by(TransportError("Forbidden", 403)), PermanentDeliveryError)
 
 
 def test_a_fault_naming_a_national_number_is_masked() -> None:
