@@ -139,9 +139,13 @@ class DeliveryEngine:
         self._connectors = connectors
         self._relay = relay
         self._slots = asyncio.Semaphore(concurrency)
+        # Retries take at most half the slots: a pass of 200 against a target that answers
+        # a byte at a time must not keep every tenant's first attempts (and the consumer's
+        # next poll) waiting behind it.
+        self._retry_slots = asyncio.Semaphore(max(1, concurrency // 2))
         # A claimed retry is hidden from other schedulers this long (a crashed one's claim
         # expires). The claim is renewed when the attempt gets its slot (``_renew_claim``),
-        # so the lease covers one attempt, however long it waited for the slot.
+        # for its own connector's deadline.
         slowest = max(
             (attempt_deadline(connector) for connector in connectors.values()),
             default=ATTEMPT_SECONDS,
@@ -389,7 +393,8 @@ class DeliveryEngine:
         over while this one waited for a slot (it attempts it; this one must not)."""
         connector = self._connectors[(route.tenant, route.connector_name)]
         async with self._slots:
-            if claim is not None and not await self._renew_claim(record.id, claim):
+            deadline = attempt_deadline(connector)
+            if claim is not None and not await self._renew_claim(record.id, claim, deadline):
                 return None
             with (
                 continue_trace(record.record_headers),
@@ -410,7 +415,6 @@ class DeliveryEngine:
                     attempt=record.attempts + 1,
                     trace_headers=inject_headers(),
                 )
-                deadline = attempt_deadline(connector)
                 try:
                     # A deadline for the whole attempt: the connectors' timeouts bound each
                     # read, and a target sending a byte now and then held its slot, and
@@ -558,13 +562,23 @@ class DeliveryEngine:
                     .where(DeliveryRecord.id.in_([r.id for r in due]))
                     .values(next_attempt_at=claim)
                 )
-        await asyncio.gather(*(self._retry_one(record, claim) for record in due))
+        await asyncio.gather(*(self._retry_one_alone(record, claim) for record in due))
         return len(due)
 
-    async def _renew_claim(self, record_id: int, claim: datetime) -> bool:
-        """Renew this scheduler's claim on a retry as its attempt starts; False when the
-        claim ran out meanwhile and another scheduler claimed the retry."""
-        async with self._sessions() as session, session.begin():
+    async def _retry_one_alone(self, record: DeliveryRecord, claim: datetime) -> None:
+        """One retry of a pass; its failure (the database away) is its own: it comes back
+        when its claim runs out, and the pass's others go on."""
+        try:
+            async with self._retry_slots:
+                await self._retry_one(record, claim)
+        except Exception:
+            log.exception("retry of delivery %s failed; it comes back", record.idempotency_key)
+
+    async def _renew_claim(self, record_id: int, claim: datetime, deadline: float) -> bool:
+        """Renew this scheduler's claim on a retry as its attempt starts, for the attempt's
+        ``deadline``; False when the claim ran out meanwhile and another scheduler claimed
+        the retry."""
+        async with write_transaction(self._sessions) as session:
             renewed = await session.execute(
                 update(DeliveryRecord)
                 .where(
@@ -572,7 +586,7 @@ class DeliveryEngine:
                     DeliveryRecord.status == "retrying",
                     DeliveryRecord.next_attempt_at == claim,
                 )
-                .values(next_attempt_at=self._clock() + self._retry_lease)
+                .values(next_attempt_at=self._clock() + timedelta(seconds=deadline + 30))
             )
         return bool(renewed.rowcount)  # type: ignore[attr-defined]
 
@@ -617,11 +631,24 @@ class DeliveryEngine:
                     return
                 if now - fresh.updated_at < ROUTE_GONE_FOR:
                     return
-                fresh.status, fresh.next_attempt_at = "dead", None
-                fresh.updated_at = fresh.finished_at = now
-                fresh.attempts = max(fresh.attempts, 1)  # one waiting behind another: none yet
-                DELIVERIES.labels(fresh.connector, "dead").inc()
-                self._announce(session, fresh, "dead", outcome)
+                # Dead, with the later deliveries of its document on that route: each
+                # would otherwise wait its own two hours in turn behind it.
+                later = await session.scalars(
+                    select(DeliveryRecord).where(
+                        DeliveryRecord.tenant == fresh.tenant,
+                        DeliveryRecord.subject == fresh.subject,
+                        DeliveryRecord.route == fresh.route,
+                        DeliveryRecord.status == "retrying",
+                        DeliveryRecord.id > fresh.id,
+                    )
+                )
+                for gone in (fresh, *later):
+                    gone.status, gone.next_attempt_at = "dead", None
+                    gone.last_error = outcome.reason
+                    gone.updated_at = gone.finished_at = now
+                    gone.attempts = max(gone.attempts, 1)  # one waiting behind: none yet
+                    DELIVERIES.labels(gone.connector, "dead").inc()
+                    self._announce(session, gone, "dead", outcome)
             else:
                 self._apply(session, fresh, event_for_receipt, route, outcome)
         if outcome.status != "retry" and self._relay:

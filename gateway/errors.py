@@ -118,10 +118,10 @@ def translate_transport_errors(target: str) -> Iterator[None]:
             exc.response.status_code, exc.response.text[:300], exc.response.headers
         ) from exc
     except TransportError as exc:
-        # zeep: an error status, or (status 200) an answer that is no XML at all, an answer
-        # cut short: whether the target took the request is unknown; sent again under its
-        # idempotency key, it is once.
-        if not 400 <= exc.status_code < 600:
+        # zeep: an error status, or (200) an answer that is no XML at all, an answer cut
+        # short: whether the target took the request is unknown; sent again under its
+        # idempotency key, it is once. (A 202 or a redirect stays what its status says.)
+        if exc.status_code == 200:
             raise RetryableDeliveryError(
                 f"{target} answered with no SOAP message: {str(exc.message)[:300]}"
             ) from exc

@@ -75,6 +75,11 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 class ResponseTooLarge(httpx.TransportError):
     """A target's answer longer than ``MAX_RESPONSE_BYTES``: not read further."""
 
+    def __init__(self, message: str, *, request: httpx.Request, status: int) -> None:
+        super().__init__(f"{message} (HTTP {status})", request=request)
+        #: The answer's status: a 2xx is the document itself; another, an error page.
+        self.status = status
+
 
 class _NoCookies(httpx.Cookies):
     """A cookie jar that keeps nothing a response sets."""
@@ -110,13 +115,19 @@ class OutboundClient(httpx.AsyncClient):
         try:
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-                raise ResponseTooLarge(f"an answer of {declared} bytes", request=request)
+                raise ResponseTooLarge(
+                    f"an answer of {declared} bytes",
+                    request=request,
+                    status=response.status_code,
+                )
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
                     raise ResponseTooLarge(
-                        f"an answer over {MAX_RESPONSE_BYTES} bytes", request=request
+                        f"an answer over {MAX_RESPONSE_BYTES} bytes",
+                        request=request,
+                        status=response.status_code,
                     )
         finally:
             await response.aclose()

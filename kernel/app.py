@@ -96,6 +96,8 @@ def broker_check(bootstrap_servers: str) -> HealthCheck:
         finally:
             for attempt in attempts:
                 attempt.cancel()
+            # Read every outcome, so that none is reported "never retrieved".
+            await asyncio.gather(*attempts, return_exceptions=True)
 
     return check
 

@@ -78,6 +78,9 @@ class StesudConnector:
 
     def __init__(self, settings: StesudSettings, tenant: str, drop_dir: Path) -> None:
         self.settings = settings
+        # Each attempt writes or reads a small file: its acknowledgement, hours later, is
+        # looked for by the next attempts, not waited for.
+        self.attempt_seconds = 30.0
         self.administration = settings.administration or tenant
         self.directory = drop_dir / self.administration
         self._schema = etree.XMLSchema(etree.parse(str(SCHEMA_PATH)))

@@ -438,7 +438,9 @@ def _unavailable(
         gone = FetchedNotification(notification_id, detail, instance)
         gone.problem = f"NOTICe gives no {what} of it: {exc}"
         return gone
-    if isinstance(exc, ResponseTooLarge):  # more than its metadata said: no event carries it
+    if isinstance(exc, ResponseTooLarge) and 200 <= exc.status < 300:
+        # Given as the document, but more than its metadata said: no event carries it. (Too
+        # large an error page is only an error: the next poll tries again.)
         too_large = FetchedNotification(notification_id, detail, instance)
         too_large.problem = f"NOTICe answered its {what} with {exc}, more than one event carries"
         return too_large

@@ -363,8 +363,14 @@ class PeppolInbound:
             except DocumentUnavailable as exc:
                 problem = f"The access point gives no document for this message: {exc}."
                 return FetchedDocument(replace(item, problem=problem), b"")
-            except ResponseTooLarge as exc:  # larger than it was listed (or not listed at all)
-                return FetchedDocument(replace(item, problem=too_large_reason_of(exc)), b"")
+            except ResponseTooLarge as exc:
+                # The document itself only if it came as one (2xx) and was listed without a
+                # size (one listed within the limit cannot be this large): otherwise an
+                # error page or a broken transfer, which the next poll tries again.
+                if 200 <= exc.status < 300 and item.size is None:
+                    return FetchedDocument(replace(item, problem=too_large_reason_of(exc)), b"")
+                log.warning("Peppol message %s not fetched yet: %r", item.message_id, exc)
+                return None
             except Exception as exc:  # this one waits for the next poll; the others go on
                 log.warning("Peppol message %s not fetched yet: %r", item.message_id, exc)
                 return None

@@ -25,7 +25,8 @@ class _Strict(BaseModel):
 
 
 class DecisionTarget(_Strict):
-    meeting_config: str = "college"
+    #: A meeting configuration's id, as meeting names them (and the file keeps it).
+    meeting_config: str = Field(default="college", pattern=r"^[a-z][a-z0-9_-]{0,62}$")
     proposing_service: str = Field(default="urbanisme", min_length=1, max_length=200)
     category: str | None = None
 

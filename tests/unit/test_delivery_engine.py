@@ -495,20 +495,23 @@ async def test_a_delivery_whose_route_was_removed_waits_for_it_then_ends_dead(
     connector, clock = FakeConnector([RetryableDeliveryError("HTTP 503")]), Clock()
     engine = make_engine(sessions, connector, clock, max_attempts=3)
     await engine.handle_record(*as_record(mail_event()), "x")
+    await engine.handle_record(*as_record(mail_event()), "x")  # the same mail's next event
     engine._routing.routes.clear()  # the tenant file was edited and the gateway restarted
 
     for minutes in (0, 5, 100):  # it may come back: waited for two hours, not attempted
         clock.advance(minutes * 60 + 5)
         assert await engine.retry_due() == 1
-        [record] = await deliveries(sessions)
-        assert (record.status, record.attempts) == ("retrying", 1)
+        first, waiting = await deliveries(sessions)
+        assert (first.status, first.attempts) == ("retrying", 1)
+        assert (waiting.status, waiting.attempts) == ("retrying", 0)  # behind it, unattempted
     clock.advance(20 * 60)  # two hours since it was found gone
     assert await engine.retry_due() == 1
 
-    [record] = await deliveries(sessions)
-    assert (record.status, record.attempts) == ("dead", 1)
-    [receipt] = await receipts(sessions)
-    assert receipt.outcome == "dead" and "no longer configured" in (receipt.reason or "")
+    # Dead, with the one waiting behind it (it would have waited two hours more).
+    assert [(r.status, r.attempts) for r in await deliveries(sessions)] == [("dead", 1)] * 2
+    announced = await receipts(sessions)
+    assert [r.outcome for r in announced] == ["dead", "dead"]
+    assert all("no longer configured" in (r.reason or "") for r in announced)
     assert len(connector.calls) == 1
 
 
@@ -581,3 +584,29 @@ def test_a_connector_that_declares_no_deadline_gets_one_from_its_timeout_or_a_de
     assert attempt_deadline(Declared()) == 12.0
     assert attempt_deadline(Timed()) == 245.0
     assert attempt_deadline(FakeConnector()) == ATTEMPT_SECONDS
+
+
+async def test_a_retry_that_fails_leaves_the_others_of_its_pass_to_go_on(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    down = [RetryableDeliveryError("HTTP 503")] * 2
+    connector, clock = FakeConnector(down), Clock()
+    engine = make_engine(sessions, connector, clock)
+    for mail in ("mail-1", "mail-2"):
+        await engine.handle_record(*as_record(mail_event(mail)), "x")
+    first, _ = await deliveries(sessions)
+    renew = engine._renew_claim
+
+    async def database_away_for_one(record_id: int, *args: Any) -> bool:
+        if record_id == first.id:
+            raise ConnectionError("the database is away")
+        return await renew(record_id, *args)
+
+    monkeypatch.setattr(engine, "_renew_claim", database_away_for_one)
+    clock.advance(5)
+
+    assert await engine.retry_due() == 2  # no exception out of the pass
+
+    one, two = await deliveries(sessions)
+    assert (one.status, two.status) == ("retrying", "delivered")
+    assert one.next_attempt_at is not None and one.next_attempt_at > clock.now  # its claim

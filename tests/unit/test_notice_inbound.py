@@ -34,6 +34,9 @@ INSTANCE, STRANGER = "NOTICE-62063", "NOTICE-00000"
 PLAN = b"%PDF-1.7 plan"
 
 
+REQUEST = httpx.Request("GET", "https://source.test/document")
+
+
 class FakeNotice:
     name = "fake-notice"
 
@@ -305,7 +308,7 @@ class GoneDocuments(FakeNotice):
             raise NoticeError(f"GET {path}: HTTP 404", 404)
         if notification_id == "N-flood":  # more than declared: the client stops reading
             self.calls.append(f"doc:{notification_id}/{document_id}")
-            raise ResponseTooLarge("an answer over 16777216 bytes")
+            raise ResponseTooLarge("an answer over 16777216 bytes", request=REQUEST, status=200)
         return await super().document(notification_id, document_id)
 
 

@@ -58,6 +58,9 @@ INVOICE = b'<?xml version="1.0"?><Invoice xmlns="urn:oasis:names:specification:u
 INVOICE_TYPE = "urn:oasis:names:specification:ubl:schema:xsd:Invoice-2::Invoice##x::2.1"
 
 
+REQUEST = httpx.Request("GET", "https://source.test/document")
+
+
 class FakeInbox:
     """An access point account: messages stay listed until acknowledged or rejected."""
 
@@ -409,19 +412,21 @@ async def test_an_answer_larger_than_the_client_reads_is_refused_not_fetched_aga
 ) -> None:
     # Listed without its size, and larger than the gateway's client reads (gateway.http).
     inbox.drop("m8", LIEGE)
-    too_large = ResponseTooLarge("an answer of 40000000 bytes")
+    inbox.drop("m9", LIEGE)  # its proxy answers with an error page of that size
     fetch = inbox.fetch
 
     async def flooding(message_id: str) -> FetchedDocument:
         await fetch(message_id)
-        raise too_large
+        status = 200 if message_id == "m8" else 503
+        raise ResponseTooLarge("an answer of 40000000 bytes", request=REQUEST, status=status)
 
     inbox.fetch = flooding  # type: ignore[method-assign]
 
     for _ in range(2):
         await inbound.poll_once()
 
-    assert await published(sessions) == [] and inbox.fetches == ["m8"]
+    assert await published(sessions) == []
+    assert sorted(inbox.fetches) == ["m8", "m9", "m9"]  # the error page: tried again
     [record] = await records(sessions)
     assert (record.status, record.source_status) == ("refused", "rejected")
     [(message_id, _, reason)] = inbox.rejected
