@@ -53,13 +53,21 @@ class KafkaRecord:
 
 
 @dataclass(frozen=True)
-class CloudEvent:
+class Attributes:
+    """An event's envelope, read and checked without its data."""
+
     id: str
     source: str
     type: str
     tenant: str
     subject: str
     time: datetime
+
+
+@dataclass(frozen=True)
+class CloudEvent(Attributes):
+    """An event: its envelope's attributes and its data."""
+
     data: EventData
 
     @property
@@ -114,18 +122,6 @@ def headers_as_text(
     return {name: value.decode("utf-8", "replace") for name, value in headers}
 
 
-@dataclass(frozen=True)
-class Attributes:
-    """An event's envelope, read and checked without its data."""
-
-    id: str
-    source: str
-    type: str
-    tenant: str
-    subject: str
-    time: datetime
-
-
 def from_record(headers: dict[str, str], value: bytes) -> CloudEvent:
     """Decode a record; raise EnvelopeError with the reason when it is not one of ours."""
     attributes = envelope_attributes(headers)
@@ -136,15 +132,7 @@ def from_record(headers: dict[str, str], value: bytes) -> CloudEvent:
         data = model.model_validate(json.loads(value))
     except (ValueError, ValidationError) as exc:
         raise EnvelopeError(f"{attributes.type} data does not match its contract: {exc}") from exc
-    return CloudEvent(
-        id=attributes.id,
-        source=attributes.source,
-        type=attributes.type,
-        tenant=attributes.tenant,
-        subject=attributes.subject,
-        time=attributes.time,
-        data=data,
-    )
+    return CloudEvent(**vars(attributes), data=data)
 
 
 def envelope_attributes(headers: dict[str, str]) -> Attributes:

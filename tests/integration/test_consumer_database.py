@@ -9,15 +9,14 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.envelope import CloudEvent, headers_as_text, new_event, to_record
+from contracts.envelope import CloudEvent, headers_as_text, to_record
 from contracts.events.gateway import DeliveryReceipt
-from kernel.consumer import EventConsumer, InboxEntry, RejectedEvent
+from kernel.consumer import EventConsumer, RejectedEvent
 from kernel.database import create_engine, session_factory
-from kernel.migrations import Migration, create_tables, migrate, table_of
+from kernel.migrations import migrate
+from tests.unit.test_consumer import MIGRATIONS, receipt
 
 pytestmark = pytest.mark.integration
-
-TENANT = "92137"
 
 
 @pytest.fixture
@@ -26,28 +25,11 @@ async def sessions(
 ) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     url, schema = database
     engine = create_engine(url, schema=schema)
-    tables = create_tables(*map(table_of, (InboxEntry, RejectedEvent)))
     try:
-        await migrate(
-            engine, "test", [Migration(1, "inbox and kept events", tables)], schema=schema
-        )
+        await migrate(engine, "test", MIGRATIONS, schema=schema)
         yield session_factory(engine)
     finally:
         await engine.dispose()
-
-
-def receipt() -> CloudEvent:
-    data = DeliveryReceipt(
-        source_event_id="e-1",
-        source_event_type="courrier.outgoing_mail.send_requested.v1",
-        route="outgoing-mail-ebox",
-        connector="ebox_rest",
-        idempotency_key="e-1:outgoing-mail-ebox",
-        outcome="delivered",
-        external_reference="ebox-1",
-        attempts=1,
-    )
-    return new_event(data, tenant=TENANT, subject="mail-1", source="urn:hub:gateway")
 
 
 async def test_records_whose_attributes_break_the_contract_are_kept_not_handled(
