@@ -1,8 +1,12 @@
 """The delivery engine: consume events, deliver each on its routes, record, retry, announce.
 
 Nothing lost, nothing twice:
-- Kafka offsets are committed only after every record of the batch has its
-  first attempt's outcome recorded (delivered, failed, or scheduled for retry).
+- Kafka offsets are committed only after every record of the batch is recorded:
+  with its first attempt's outcome (delivered, failed, or scheduled for retry),
+  or, when its target has not answered within ``FIRST_ATTEMPT_SECONDS``, as an
+  attempt under way. That attempt goes on in the background and records its
+  outcome when it ends; the consumer goes on meanwhile. A slow target holds
+  its own documents only, not every tenant's next fetch.
 - The idempotency key ``<event id>:<route>`` is recorded with the outcome and
   sent to the target; after a crash the same event is attempted again with the
   same key and the target recognises it.
@@ -10,6 +14,10 @@ Nothing lost, nothing twice:
   exponential backoff and jitter; other documents go on meanwhile. One
   document's deliveries on one route keep their order: a later event waits
   while an earlier one is still being retried.
+- Each target (a tenant's connector) has its own slots, and the scheduler
+  claims for a target only the retries its slots can take soon: a target that
+  answers slowly, or not at all, keeps its own deliveries waiting, not the
+  other targets'.
 - Final outcomes are announced on ``gateway.receipts`` through the outbox, in
   the transaction that records them.
 """
@@ -19,12 +27,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import and_, bindparam, exists, func, select, update
+from sqlalchemy import and_, bindparam, exists, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
@@ -60,8 +69,16 @@ log = logging.getLogger(__name__)
 SOURCE = "urn:hub:gateway"
 #: How long a delivery whose route was removed waits for it to come back before it is dead.
 ROUTE_GONE_FOR = timedelta(hours=2)
-#: The stored events one pass of the retry scheduler holds at most (``retry_due``).
+#: The stored events the retry scheduler holds at most, claimed and not yet ended.
 RETRY_BATCH_BYTES = 32 * 1024 * 1024
+#: The retries the scheduler holds at most, claimed and not yet ended.
+RETRIES_AT_ONCE = 200
+#: How long a fetch waits for its first attempts before it is recorded and committed. A
+#: target answers in tens of milliseconds; one that has not answered after this keeps its
+#: attempt going in the background, and the consumer reads the next fetch meanwhile.
+FIRST_ATTEMPT_SECONDS = 2.0
+#: Every target's slots together: this many targets' worth (``concurrency`` each).
+TARGETS_AT_ONCE = 4
 
 #: The delivery log keeps a target's reference up to its column's length.
 REFERENCE_LENGTH: int = DeliveryRecord.__table__.c.external_reference.type.length  # type: ignore[attr-defined]
@@ -106,6 +123,33 @@ class _Pending:
         return (self.event.tenant, self.event.subject or "", self.route.name)
 
 
+@dataclass
+class _Chain:
+    """One document's deliveries on one route in a fetch, attempted in order by one task."""
+
+    items: list[_Pending]
+    #: Set once the fetch's transaction has ended (recorded or not): a delivery handed
+    #: over to the background records its outcome only after it.
+    recorded: asyncio.Event
+    #: The delivery whose attempt is under way (its slots taken), if any.
+    current: _Pending | None = None
+    #: Set when the fetch stopped waiting for this chain: its attempt under way records
+    #: its own outcome, under ``claim``, and the chain attempts nothing more (the retry
+    #: scheduler takes its later deliveries).
+    handed_over: bool = False
+    claim: datetime | None = None
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A retry the scheduler claimed: until ``claim``, for ``target``, ``size`` bytes held."""
+
+    record: DeliveryRecord
+    claim: datetime
+    target: tuple[str, str]
+    size: int
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: str  # delivered | failed | retry
@@ -131,18 +175,36 @@ class DeliveryEngine:
         routing: RoutingTable,
         connectors: Mapping[tuple[str, str], Connector],
         relay: OutboxRelay | None = None,
-        concurrency: int = 64,
+        concurrency: int = 8,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        """``concurrency``: the attempts in flight at once on one target (a tenant's
+        connector); all targets together have ``TARGETS_AT_ONCE`` times that."""
         self._sessions = sessions
         self._routing = routing
         self._connectors = connectors
         self._relay = relay
-        self._slots = asyncio.Semaphore(concurrency)
-        # Retries take at most half the slots: a pass of 200 against a target that answers
-        # a byte at a time must not keep every tenant's first attempts (and the consumer's
-        # next poll) waiting behind it.
-        self._retry_slots = asyncio.Semaphore(max(1, concurrency // 2))
+        # A target's own slots first, then one of all: a target that does not answer
+        # holds its own slots, and the others go on with theirs.
+        self._target_slots = {target: asyncio.Semaphore(concurrency) for target in connectors}
+        self._slots = asyncio.Semaphore(TARGETS_AT_ONCE * concurrency)
+        # Retries take at most half of all slots: first attempts always find some.
+        self._retry_slots = asyncio.Semaphore(max(1, TARGETS_AT_ONCE * concurrency // 2))
+        # The retries the scheduler claims for one target: one round of its slots queued
+        # behind the round in flight. More would sit claimed in memory, and the retries of
+        # a target that does not answer would take the place of the others'.
+        self._retries_per_target = 2 * concurrency
+        self._routes_of_target: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for routes in routing.routes.values():
+            for route in routes:
+                self._routes_of_target[(route.tenant, route.connector_name)].append(route.name)
+        # Attempts handed over by a fetch, and the scheduler's retries: ended at stop.
+        self._background: set[asyncio.Task[None]] = set()
+        # The retries claimed and not ended: how many of each target, their stored events'
+        # bytes; and a signal that one ended (the scheduler may claim another).
+        self._retrying: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._retrying_bytes = 0
+        self._retry_ended = asyncio.Event()
         # A claimed retry is hidden from other schedulers this long (a crashed one's claim
         # expires). The claim is renewed when the attempt gets its slot (``_renew_claim``),
         # for its own connector's deadline.
@@ -249,31 +311,84 @@ class DeliveryEngine:
             subjects = list({p.event.subject for p in pending})
             retrying = (await session.execute(_RETRYING_CHAINS, {"subjects": subjects})).all()
         blocked = {tuple(row) for row in retrying}
-        chains: dict[tuple[str, str, str], list[_Pending]] = defaultdict(list)
+        recorded = asyncio.Event()
+        chains: dict[tuple[str, str, str], _Chain] = {}
         for item in pending:
             # Seen before a crash or a rebalance (recorded, or owned by the retries), or
             # twice in this fetch: nothing to do.
             if item.key not in known:
                 known.add(item.key)
-                chains[item.chain].append(item)
-        await asyncio.gather(*(self._attempt_chain(chain, blocked) for chain in chains.values()))
-        fresh = [item for chain in chains.values() for item in chain]
-        dead = [record for record in broken if record.idempotency_key not in known]
+                chains.setdefault(item.chain, _Chain([], recorded)).items.append(item)
         try:
-            async with write_transaction(self._sessions) as session:
-                for item in fresh:
-                    self._record(session, item)
+            await self._attempt_chains(list(chains.values()), blocked)
+            # Each with the claim of its attempt under way, if its fetch handed it over.
+            fresh = [
+                (item, chain.claim if item is chain.current else None)
+                for chain in chains.values()
+                for item in chain.items
+            ]
+            dead = [record for record in broken if record.idempotency_key not in known]
+            try:
+                async with write_transaction(self._sessions) as session:
+                    for item, claim in fresh:
+                        self._record(session, item, claim)
+                    for record in dead:
+                        self._record_dead(session, record)
+            except IntegrityError:
+                # Another member of the group recorded some of them during a rebalance:
+                # record the others one by one, keeping the first record of each.
+                for item, claim in fresh:
+                    await self._record_alone(item, claim)
                 for record in dead:
-                    self._record_dead(session, record)
-        except IntegrityError:
-            # Another member of the group recorded some of them during a rebalance:
-            # record the others one by one, keeping the first record of each.
-            for item in fresh:
-                await self._record_alone(item)
-            for record in dead:
-                await self._record_dead_alone(record)
-        if self._relay and (dead or any(i.outcome and i.outcome.status != "retry" for i in fresh)):
+                    await self._record_dead_alone(record)
+        finally:
+            # Recorded or not (the fetch is then read again): the attempts handed over
+            # may record their outcome, or find that they cannot.
+            recorded.set()
+        ended = any(item.outcome and item.outcome.status != "retry" for item, _ in fresh)
+        if self._relay and (dead or ended):
             self._relay.wake()
+
+    async def _attempt_chains(
+        self, chains: list[_Chain], blocked: set[tuple[str, str, str]]
+    ) -> None:
+        """The fetch's first attempts, for ``FIRST_ATTEMPT_SECONDS`` at most. A chain still
+        waiting for a slot then is stopped (its deliveries are recorded for the retry
+        scheduler); one whose attempt is under way is handed over: the attempt goes on
+        in the background and records its own outcome."""
+        tasks = {asyncio.create_task(self._attempt_chain(c, blocked)): c for c in chains}
+        if not tasks:
+            return
+        done, slow = await asyncio.wait(tasks, timeout=FIRST_ATTEMPT_SECONDS)
+        stopped = []
+        for task in slow:
+            chain = tasks[task]
+            chain.handed_over = True
+            if chain.current is None:
+                task.cancel()
+                stopped.append(task)
+                continue
+            route = chain.current.route
+            connector = self._connectors[(route.tenant, route.connector_name)]
+            # Hidden from the retry scheduler until the attempt's deadline has passed: if
+            # this process stops meanwhile, the delivery is retried then, under its key.
+            chain.claim = self._clock() + timedelta(seconds=attempt_deadline(connector) + 30)
+            self._keep_in_background(task)
+        await asyncio.gather(*stopped, return_exceptions=True)
+        for task in done:
+            task.result()  # a failure of the attempts' own fails the fetch, as it did
+
+    def _keep_in_background(self, task: asyncio.Task[None]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def stop_background(self) -> None:
+        """End the attempts handed over and the retries under way (at the gateway's stop):
+        each comes back when its claim runs out, under the same key."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _broken_deliveries(
         self, headers: dict[str, str], value: bytes, topic: str, error: EnvelopeError
@@ -332,17 +447,48 @@ class DeliveryEngine:
             except IntegrityError:
                 log.info("delivery %s was recorded concurrently", record.idempotency_key)
 
-    async def _attempt_chain(
-        self, chain: list[_Pending], blocked: set[tuple[str, str, str]]
-    ) -> None:
+    async def _attempt_chain(self, chain: _Chain, blocked: set[tuple[str, str, str]]) -> None:
         """One document's deliveries on one route, in order; a retry holds the later ones."""
-        for item in chain:
+        for item in chain.items:
             if item.chain in blocked:
                 continue  # waits behind an earlier delivery that is being retried
             item.record = self._new_record(item)
-            item.outcome = await self._attempt(item.record, item.event, item.route)
-            if item.outcome is None or item.outcome.status == "retry":
+
+            def started(item: _Pending = item) -> None:
+                chain.current = item
+
+            outcome = await self._attempt(item.record, item.event, item.route, started=started)
+            if chain.handed_over:
+                await self._record_late(chain, item, outcome)
+                return
+            chain.current, item.outcome = None, outcome
+            if outcome is None or outcome.status == "retry":
                 blocked.add(item.chain)
+
+    async def _record_late(self, chain: _Chain, item: _Pending, outcome: Outcome | None) -> None:
+        """The outcome of an attempt its fetch handed over, once the fetch has recorded it
+        as under way; unless the fetch could not record it (it is read again) or another
+        scheduler took it over when the claim ran out."""
+        await chain.recorded.wait()
+        if outcome is None:
+            return
+        try:
+            async with write_transaction(self._sessions) as session:
+                record = await session.scalar(
+                    select(DeliveryRecord).where(
+                        DeliveryRecord.idempotency_key == item.key,
+                        DeliveryRecord.status == "retrying",
+                        DeliveryRecord.next_attempt_at == chain.claim,
+                    )
+                )
+                if record is None:
+                    return
+                self._apply(session, record, item.event, item.route, outcome)
+        except Exception:
+            log.exception("could not record the outcome of delivery %s; it comes back", item.key)
+            return
+        if outcome.status != "retry" and self._relay:
+            self._relay.wake()
 
     def _new_record(self, item: _Pending) -> DeliveryRecord:
         return DeliveryRecord(
@@ -363,18 +509,25 @@ class DeliveryEngine:
             updated_at=self._clock(),
         )
 
-    def _record(self, session: AsyncSession, item: _Pending) -> None:
+    def _record(self, session: AsyncSession, item: _Pending, claim: datetime | None) -> None:
+        """Record ``item`` with its outcome; without one, as retrying: due at once, or, for
+        an attempt under way that its fetch handed over, hidden until its ``claim`` ends."""
         record = item.record = self._new_record(item) if item.record is None else item.record
         session.add(record)
         if item.outcome is not None:
             self._apply(session, record, item.event, item.route, item.outcome)
+        elif claim is not None:
+            record.next_attempt_at = claim
+            record.last_error = (
+                f"no answer yet after {FIRST_ATTEMPT_SECONDS:g} s; the attempt goes on"
+            )
 
-    async def _record_alone(self, item: _Pending) -> None:
+    async def _record_alone(self, item: _Pending, claim: datetime | None) -> None:
         item.record = None  # the rolled-back transaction's object is not reused
         async with self._sessions() as session:
             try:
                 async with session.begin():
-                    self._record(session, item)
+                    self._record(session, item, claim)
             except IntegrityError:
                 log.info(
                     "delivery %s was recorded concurrently; keeping the first record", item.key
@@ -388,14 +541,18 @@ class DeliveryEngine:
         event: CloudEvent,
         route: Route,
         claim: datetime | None = None,
+        started: Callable[[], None] | None = None,
     ) -> Outcome | None:
         """The attempt's outcome; None for a retry whose ``claim`` another scheduler took
-        over while this one waited for a slot (it attempts it; this one must not)."""
+        over while this one waited for a slot (it attempts it; this one must not).
+        ``started`` is called once the attempt has its slots, as it begins."""
         connector = self._connectors[(route.tenant, route.connector_name)]
-        async with self._slots:
+        async with self._slot(route, retry=claim is not None):
             deadline = attempt_deadline(connector)
             if claim is not None and not await self._renew_claim(record.id, claim, deadline):
                 return None
+            if started is not None:
+                started()
             with (
                 continue_trace(record.record_headers),
                 self._tracer.start_as_current_span(
@@ -441,6 +598,19 @@ class DeliveryEngine:
                 # and the fetch with it, again and again.
                 reference = _fitted(result.external_reference, REFERENCE_LENGTH)
                 return Outcome("delivered", external_reference=reference, answer=result.answer)
+
+    @asynccontextmanager
+    async def _slot(self, route: Route, *, retry: bool) -> AsyncIterator[None]:
+        """A slot for an attempt on ``route``: one of its target's, then, for a retry, one
+        of the retries' share, then one of all. Always in that order (no deadlock), and
+        the target's first: an attempt waiting for a target that does not answer holds
+        nothing the other targets need."""
+        async with (
+            self._target_slots[(route.tenant, route.connector_name)],
+            self._retry_slots if retry else nullcontext(),
+            self._slots,
+        ):
+            yield
 
     def _apply(
         self,
@@ -502,77 +672,130 @@ class DeliveryEngine:
     # -- retrying ------------------------------------------------------------------
 
     async def run_retries(self, poll_seconds: float = 0.5) -> None:
+        """Claim the deliveries whose retry time has come (``_claim_due``) and attempt each
+        in a task of its own; claim again as soon as one ends, or every ``poll_seconds``.
+        No retry waits for another's target, as a pass gathered at once did."""
         while True:
+            self._retry_ended.clear()
             try:
-                attempted = await self.retry_due()
+                claimed = await self._claim_due(RETRIES_AT_ONCE, RETRY_BATCH_BYTES)
             except Exception:
                 log.exception("gateway retry scheduler failed; trying again")
-                attempted = 0
-            if attempted == 0:
-                await asyncio.sleep(poll_seconds)
+                claimed = []
+            for retry in claimed:
+                self._keep_in_background(asyncio.create_task(self._retry_claimed(retry)))
+            if not claimed:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._retry_ended.wait(), poll_seconds)
 
-    async def retry_due(self, limit: int = 200, batch_bytes: int = RETRY_BATCH_BYTES) -> int:
-        """Attempt the deliveries whose retry time has come; return how many.
+    async def retry_due(
+        self, limit: int = RETRIES_AT_ONCE, batch_bytes: int = RETRY_BATCH_BYTES
+    ) -> int:
+        """Claim the deliveries whose retry time has come and attempt them, all ended
+        before this returns (one pass, as tests and operators' tools want it); how many."""
+        claimed = await self._claim_due(limit, batch_bytes)
+        await asyncio.gather(*(self._retry_claimed(retry) for retry in claimed))
+        return len(claimed)
 
-        At most ``limit`` of them, and as many as fit in ``batch_bytes`` of stored events
-        (the first always): after a target's outage, 200 mails with their PDFs would be
-        a gigabyte in memory at once. The scheduler takes the next batch at once
-        (``run_retries``).
-        """
+    async def _claim_due(self, limit: int, batch_bytes: int) -> list[_Claimed]:
+        """Claim due retries: with those already claimed and not ended, at most ``limit``,
+        as many as fit in ``batch_bytes`` of stored events (the first always), and
+        ``_retries_per_target`` of one target. After a target's outage, 200 mails with
+        their PDFs would be a gigabyte in memory at once; and the retries of a target
+        that does not answer would take every place, waiting for its slots."""
+        room = limit - sum(self._retrying.values())
+        bytes_room = batch_bytes - self._retrying_bytes
+        if room <= 0 or bytes_room <= 0:
+            return []
+        full = [
+            (tenant, route)
+            for (tenant, connector), count in self._retrying.items()
+            if count >= self._retries_per_target
+            for route in self._routes_of_target.get((tenant, connector), ())
+        ]
         now = self._clock()
         earlier = aliased(DeliveryRecord)
         size = func.length(DeliveryRecord.record_value)
         in_order = (DeliveryRecord.next_attempt_at, DeliveryRecord.id)
+        conditions = [
+            DeliveryRecord.status == "retrying",
+            DeliveryRecord.next_attempt_at <= now,
+            ~exists().where(
+                and_(
+                    earlier.tenant == DeliveryRecord.tenant,
+                    earlier.subject == DeliveryRecord.subject,
+                    earlier.route == DeliveryRecord.route,
+                    earlier.status == "retrying",
+                    earlier.id < DeliveryRecord.id,
+                )
+            ),
+        ]
+        if full:
+            conditions.append(tuple_(DeliveryRecord.tenant, DeliveryRecord.route).not_in(full))
         due_first = (
             select(
                 DeliveryRecord.id,
                 (func.sum(size).over(order_by=in_order) - size).label("bytes_before"),
             )
-            .where(
-                DeliveryRecord.status == "retrying",
-                DeliveryRecord.next_attempt_at <= now,
-                ~exists().where(
-                    and_(
-                        earlier.tenant == DeliveryRecord.tenant,
-                        earlier.subject == DeliveryRecord.subject,
-                        earlier.route == DeliveryRecord.route,
-                        earlier.status == "retrying",
-                        earlier.id < DeliveryRecord.id,
-                    )
-                ),
-            )
+            .where(*conditions)
             .order_by(*in_order)
-            .limit(limit)
+            .limit(room)
             .subquery()
         )
         async with self._sessions() as session, session.begin():
             query = (
                 select(DeliveryRecord)
                 .join(due_first, due_first.c.id == DeliveryRecord.id)
-                .where(due_first.c.bytes_before < batch_bytes)
+                .where(due_first.c.bytes_before < bytes_room)
                 .order_by(*in_order)
             )
             if session.bind.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True, of=DeliveryRecord)
-            due = list((await session.scalars(query)).all())
             claim = now + self._retry_lease
+            due: list[_Claimed] = []
+            for record in (await session.scalars(query)).all():
+                retry = _Claimed(record, claim, self._target_of(record), len(record.record_value))
+                if self._retrying[retry.target] < self._retries_per_target:
+                    self._retrying[retry.target] += 1
+                    self._retrying_bytes += retry.size
+                    due.append(retry)
             if due:
-                await session.execute(
-                    update(DeliveryRecord)
-                    .where(DeliveryRecord.id.in_([r.id for r in due]))
-                    .values(next_attempt_at=claim)
-                )
-        await asyncio.gather(*(self._retry_one_alone(record, claim) for record in due))
-        return len(due)
+                try:
+                    await session.execute(
+                        update(DeliveryRecord)
+                        .where(DeliveryRecord.id.in_([retry.record.id for retry in due]))
+                        .values(next_attempt_at=claim)
+                    )
+                except BaseException:
+                    for retry in due:
+                        self._retry_done(retry)
+                    raise
+        return due
 
-    async def _retry_one_alone(self, record: DeliveryRecord, claim: datetime) -> None:
-        """One retry of a pass; its failure (the database away) is its own: it comes back
-        when its claim runs out, and the pass's others go on."""
+    def _target_of(self, record: DeliveryRecord) -> tuple[str, str]:
+        """The target (tenant, connector name) of a delivery; its route's name when the
+        route is no longer configured (it is only looked at then, not attempted)."""
+        route = self._routing.route(record.tenant, record.route)
+        return (record.tenant, route.connector_name if route else f"route:{record.route}")
+
+    def _retry_done(self, retry: _Claimed) -> None:
+        self._retrying[retry.target] -= 1
+        if not self._retrying[retry.target]:
+            del self._retrying[retry.target]
+        self._retrying_bytes -= retry.size
+        self._retry_ended.set()
+
+    async def _retry_claimed(self, retry: _Claimed) -> None:
+        """One claimed retry; its failure (the database away) is its own: it comes back
+        when its claim runs out, and the others go on."""
         try:
-            async with self._retry_slots:
-                await self._retry_one(record, claim)
+            await self._retry_one(retry.record, retry.claim)
         except Exception:
-            log.exception("retry of delivery %s failed; it comes back", record.idempotency_key)
+            log.exception(
+                "retry of delivery %s failed; it comes back", retry.record.idempotency_key
+            )
+        finally:
+            self._retry_done(retry)
 
     async def _renew_claim(self, record_id: int, claim: datetime, deadline: float) -> bool:
         """Renew this scheduler's claim on a retry as its attempt starts, for the attempt's

@@ -19,7 +19,7 @@ from gateway.connectors.base import (
 from gateway.connectors.oversight_soap import OversightSoapConnector
 from gateway.connectors.peppol_ap import PeppolApSettings
 from gateway.deliveries import MIGRATIONS
-from gateway.engine import DeliveryEngine
+from gateway.engine import TARGETS_AT_ONCE, DeliveryEngine
 from gateway.http import outbound_client
 from gateway.inbound.notice import build_notice_inbound
 from gateway.inbound.opinions import build_opinion_inbound
@@ -110,7 +110,8 @@ class GatewayOptions:
     database_schema: str | None = None
     kafka_bootstrap_servers: str | None = None
     group_id: str = "gateway"
-    #: Deliveries in flight at once; each holds one pooled HTTP connection.
+    #: Deliveries in flight at once on one target (a tenant's connector), each holding one
+    #: pooled HTTP connection; all targets together have ``TARGETS_AT_ONCE`` times that.
     concurrency: int = 8
     #: Pause between two polls of the Peppol access point inboxes; None: the settings'
     #: (``HubSettings.poll_seconds``).
@@ -139,7 +140,8 @@ def build_app(
         )
         await migrate(engine, "gateway", MIGRATIONS, schema=schema)
         sessions = session_factory(engine)
-        http = outbound_client(max_connections=options.concurrency * 2)
+        # Every target's slots, as many again for the inbound adapters and the tokens.
+        http = outbound_client(max_connections=2 * TARGETS_AT_ONCE * options.concurrency)
         connectors = build_connectors(routing, settings, http)
         bootstrap = options.kafka_bootstrap_servers or settings.kafka_bootstrap_servers
         if not bootstrap:
@@ -214,6 +216,9 @@ def build_app(
 
     async def shutdown(app: FastAPI) -> None:
         producer, http, connectors = app.state.resources
+        # The attempts handed over by a fetch and the retries under way: each is tried
+        # again when its claim runs out.
+        await app.state.engine.stop_background()
         for connector in connectors.values():
             await connector.aclose()
         await producer.stop()

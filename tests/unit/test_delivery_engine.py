@@ -30,6 +30,7 @@ from kernel.database import utcnow
 from kernel.kafka import FETCH_MAX_WAIT_MS, FetchPacing, OffsetCommits
 from kernel.outbox import OutboxMessage
 from tests.support.databases import sqlite_sessions
+from tests.support.gateway_hub import eventually
 
 TENANT = "92137"
 SEND = OutgoingMailSendRequested.TYPE
@@ -66,7 +67,7 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-def mail_event(mail_id: str = "mail-1") -> CloudEvent:
+def mail_event(mail_id: str = "mail-1", tenant: str = TENANT) -> CloudEvent:
     pdf = b"%PDF-1.4 test"
     data = OutgoingMailSendRequested(
         mail_id=mail_id,
@@ -76,7 +77,7 @@ def mail_event(mail_id: str = "mail-1") -> CloudEvent:
         body_pdf_base64=base64.b64encode(pdf).decode(),
         body_pdf_md5=hashlib.md5(pdf).hexdigest(),
     )
-    return new_event(data, tenant=TENANT, subject=mail_id, source="urn:hub:courrier")
+    return new_event(data, tenant=tenant, subject=mail_id, source="urn:hub:courrier")
 
 
 def as_record(event: CloudEvent) -> tuple[dict[str, str], bytes]:
@@ -610,3 +611,153 @@ async def test_a_retry_that_fails_leaves_the_others_of_its_pass_to_go_on(
     one, two = await deliveries(sessions)
     assert (one.status, two.status) == ("retrying", "delivered")
     assert one.next_attempt_at is not None and one.next_attempt_at > clock.now  # its claim
+
+
+OTHER = "62063"
+
+
+class SilentConnector(FakeConnector):
+    """A silent target: it takes each call and answers nothing until ``answer`` is set,
+    then accepts (its scripted answers come at once, as a target that was down)."""
+
+    def __init__(self, script: list[Exception | str] | None = None) -> None:
+        super().__init__(script)
+        self.answer = asyncio.Event()
+
+    async def deliver(self, delivery: Delivery) -> DeliveryResult:
+        if self.script:  # the scripted answers come at once
+            return await super().deliver(delivery)
+        self.calls.append(delivery)
+        await self.answer.wait()
+        return DeliveryResult(external_reference=f"late-{len(self.calls)}")
+
+
+def two_targets_engine(
+    sessions: async_sessionmaker[AsyncSession],
+    silent: FakeConnector,
+    other: FakeConnector,
+    clock: Clock,
+    concurrency: int = 8,
+) -> DeliveryEngine:
+    """Two tenants, each with its target: ``silent`` is TENANT's, ``other`` OTHER's."""
+    route = Route(TENANT, "outgoing-mail-ebox", SEND, "ebox", "fake")
+    other_route = Route(OTHER, "outgoing-mail-ebox", SEND, "ebox", "fake")
+    policy = RetryPolicy(max_attempts=5, base_delay_seconds=1, max_delay_seconds=4)
+    routing = RoutingTable(
+        routes={(TENANT, SEND): [route], (OTHER, SEND): [other_route]},
+        retry={TENANT: policy, OTHER: policy},
+    )
+    return DeliveryEngine(
+        sessions=sessions,
+        routing=routing,
+        connectors={(TENANT, "ebox"): silent, (OTHER, "ebox"): other},
+        clock=clock,
+        concurrency=concurrency,
+    )
+
+
+def record_of(event: CloudEvent) -> tuple[dict[str, str], bytes, str]:
+    return (*as_record(event), "courrier.events")
+
+
+async def settled(engine: DeliveryEngine) -> None:
+    """Wait for the attempts the engine handed over to the background to end."""
+    await asyncio.wait_for(asyncio.gather(*engine._background), timeout=5)
+
+
+async def test_a_silent_target_holds_neither_the_fetch_nor_the_other_targets(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.05)
+    silent, other, clock = SilentConnector(), FakeConnector(), Clock()
+    engine = two_targets_engine(sessions, silent, other, clock)
+    first, second = mail_event("mail-1"), mail_event("mail-1")  # one mail's two events
+    elsewhere = mail_event("mail-9", tenant=OTHER)
+
+    # The fetch is recorded (and its offsets may be committed) without waiting for the
+    # silent target; the other tenant's mail is delivered and announced meanwhile.
+    await asyncio.wait_for(
+        engine.handle_records([record_of(first), record_of(second), record_of(elsewhere)]),
+        timeout=2,
+    )
+
+    by_event = {record.event_id: record for record in await deliveries(sessions)}
+    assert by_event[elsewhere.id].status == "delivered"
+    under_way = by_event[first.id]
+    assert under_way.status == "retrying" and under_way.attempts == 0
+    assert "the attempt goes on" in (under_way.last_error or "")
+    assert by_event[second.id].status == "retrying"  # waits behind the first, in order
+    assert await engine.retry_due() == 0  # neither is the scheduler's while it goes on
+    assert [r.source_event_id for r in await receipts(sessions)] == [elsewhere.id]
+
+    silent.answer.set()  # the target answers at last: the attempt records its outcome
+    await settled(engine)
+    by_event = {record.event_id: record for record in await deliveries(sessions)}
+    assert (by_event[first.id].status, by_event[first.id].attempts) == ("delivered", 1)
+    assert by_event[first.id].external_reference == "late-1"
+    assert await engine.retry_due() == 1  # now the second goes, after the first
+    assert [call.event.id for call in silent.calls] == [first.id, second.id]
+    announced = [(r.source_event_id, r.outcome) for r in await receipts(sessions)]
+    assert announced == [
+        (elsewhere.id, "delivered"),
+        (first.id, "delivered"),
+        (second.id, "delivered"),
+    ]
+
+
+async def test_a_delivery_waiting_for_its_targets_slot_is_left_to_the_retries(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.05)
+    silent, other, clock = SilentConnector(), FakeConnector(), Clock()
+    engine = two_targets_engine(sessions, silent, other, clock, concurrency=1)
+    held, queued = mail_event("mail-1"), mail_event("mail-2")
+
+    await asyncio.wait_for(engine.handle_records([record_of(held), record_of(queued)]), 2)
+
+    # The silent target's one slot holds the first; the second never began: it is due at
+    # once for the scheduler, unattempted, and the fetch did not wait for it.
+    assert [call.event.id for call in silent.calls] == [held.id]
+    by_event = {record.event_id: record for record in await deliveries(sessions)}
+    assert by_event[queued.id].status == "retrying"
+    assert (by_event[queued.id].attempts, by_event[queued.id].next_attempt_at) == (0, clock.now)
+    silent.answer.set()
+    await settled(engine)
+    assert await engine.retry_due() == 1
+    assert {r.status for r in await deliveries(sessions)} == {"delivered"}
+
+
+async def test_the_retries_of_a_silent_target_leave_the_others_to_go_on(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # Both targets were down; the other is back, the silent one takes calls and says nothing.
+    down = [RetryableDeliveryError("HTTP 503")] * 5
+    silent, other = SilentConnector(list(down)), FakeConnector([RetryableDeliveryError("503")])
+    clock = Clock()
+    engine = two_targets_engine(sessions, silent, other, clock, concurrency=1)
+    await engine.handle_records([record_of(mail_event(f"mail-{n}")) for n in range(5)])
+    await engine.handle_records([record_of(mail_event("mail-9", tenant=OTHER))])
+    clock.advance(5)
+
+    scheduler = asyncio.create_task(engine.run_retries(poll_seconds=0.01))
+    try:
+
+        async def other_delivered() -> bool:
+            statuses = [r.status for r in await deliveries(sessions) if r.tenant == OTHER]
+            return statuses == ["delivered"]
+
+        assert await eventually(other_delivered, timeout=5, pause=0.01)
+        # The silent target's retries: one under way, one queued for its one slot; the
+        # other three are not claimed (due still, not held in memory).
+        assert len(silent.calls) == 5 + 1
+        unclaimed = [
+            r
+            for r in await deliveries(sessions)
+            if r.tenant == TENANT
+            and r.next_attempt_at is not None
+            and r.next_attempt_at <= clock.now
+        ]
+        assert len(unclaimed) == 3
+    finally:
+        scheduler.cancel()
+        await engine.stop_background()

@@ -1,0 +1,52 @@
+"""The delivery engine's slow-target scenarios on SQLite and PostgreSQL: an attempt handed
+over by its fetch records its outcome under its claim, and the retry scheduler leaves out
+a target whose retries are all claimed (a row-value NOT IN on each database)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.deliveries import MIGRATIONS
+from kernel.database import create_engine, session_factory
+from kernel.migrations import migrate
+from tests.unit import test_delivery_engine as scenarios
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def sessions(
+    database: tuple[str, str | None],
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    url, schema = database
+    engine = create_engine(url, schema=schema)
+    try:
+        await migrate(engine, "gateway", MIGRATIONS, schema=schema)
+        yield session_factory(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_silent_target_holds_neither_the_fetch_nor_the_other_targets(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await scenarios.test_a_silent_target_holds_neither_the_fetch_nor_the_other_targets(
+        sessions, monkeypatch
+    )
+
+
+async def test_a_delivery_waiting_for_its_targets_slot_is_left_to_the_retries(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await scenarios.test_a_delivery_waiting_for_its_targets_slot_is_left_to_the_retries(
+        sessions, monkeypatch
+    )
+
+
+async def test_the_retries_of_a_silent_target_leave_the_others_to_go_on(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    await scenarios.test_the_retries_of_a_silent_target_leave_the_others_to_go_on(sessions)
