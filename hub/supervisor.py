@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -154,9 +155,40 @@ async def wait_healthy(running: Running, host: str, timeout: float = 60.0) -> No
 
 
 def _tail(path: Path, lines: int = 15) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    """The last ``lines`` lines of a log, read from its last 64 kB only."""
+    with contextlib.suppress(OSError), open(path, "rb") as log:
+        log.seek(max(log.seek(0, os.SEEK_END) - 65_536, 0))
+        return "\n".join(log.read().decode(errors="replace").splitlines()[-lines:])
     return ""
+
+
+#: The older logs a rotation keeps: ``<name>.log.1`` (the newest) to ``<name>.log.5``.
+LOG_KEEP = 5
+#: How often ``hub up`` looks at its logs' sizes.
+LOG_CHECK_SECONDS = 30.0
+
+
+def rotate_log(path: Path, max_bytes: int, keep: int = LOG_KEEP) -> bool:
+    """Rotate ``path`` once it holds ``max_bytes``: ``.1`` becomes ``.2`` and so on (the
+    oldest dropped), a copy of it becomes ``.1``, and it is emptied; True if it was.
+
+    Copied and emptied, not renamed: its writer, a component or the broker, keeps it open
+    for appending (``start_component``), so its next line goes to the start of the
+    emptied file without being told. A line written between the copy and the emptying is
+    lost: the price of rotating without restarting anything.
+    """
+    try:
+        if path.stat().st_size < max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for number in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{number}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{number + 1}"))
+    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    os.truncate(path, 0)
+    return True
 
 
 #: How long the components have, all together, to stop after SIGTERM before SIGKILL.
@@ -240,7 +272,7 @@ def run_hub(settings: HubSettings, broker_port: int) -> int:
                     step, description=f"[green]{component.name} is up", completed=1, total=1
                 )
         _print_table(settings, running, bootstrap)
-        return _watch(running, broker)
+        return _watch(running, broker, settings.log_max_mb * 1024 * 1024)
     except (StartError, BrokerError, TenantConfigError, KafkaError) as exc:
         _say(f"[red]hub up failed:[/red] {escape(str(exc) or type(exc).__name__)}")
         return 1
@@ -275,8 +307,19 @@ def _print_table(settings: HubSettings, running: list[Running], bootstrap: str) 
     console.print("Try: .venv/bin/hub demo --count 50")
 
 
-def _watch(running: list[Running], broker: EmbeddedBroker | None) -> int:
+def _watch(running: list[Running], broker: EmbeddedBroker | None, log_max_bytes: int) -> int:
+    logs = [item.log_path for item in running]
+    if broker is not None and broker.log_path is not None:
+        logs.append(broker.log_path)
+    logs_checked = time.monotonic()
     while True:
+        if time.monotonic() - logs_checked > LOG_CHECK_SECONDS:
+            logs_checked = time.monotonic()
+            for log_path in logs:
+                try:
+                    rotate_log(log_path, log_max_bytes)
+                except OSError as exc:  # a full disk, a log removed by hand: not a stop
+                    _say(f"[yellow]could not rotate {log_path}: {escape(str(exc))}[/yellow]")
         if broker is not None and broker.process is not None and broker.process.poll() is not None:
             _say(
                 f"[red]the embedded Kafka broker stopped with code {broker.process.returncode}"

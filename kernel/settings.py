@@ -84,6 +84,9 @@ class HubSettings(BaseSettings):
     notice_poll_seconds: float | None = Field(default=None, gt=0, le=3600)
     oversight_poll_seconds: float | None = Field(default=None, gt=0, le=3600)
     opinion_poll_seconds: float | None = Field(default=None, gt=0, le=3600)
+    #: ``hub up`` rotates a component's log (``var_dir/log``) past this size, keeping
+    #: ``LOG_KEEP`` older ones: a hub left running for months must not fill its disk.
+    log_max_mb: int = Field(default=20, ge=1, le=100_000)
     #: Memory each meeting process gives to rendered OParl list pages (0: none kept).
     oparl_page_cache_mb: int = Field(default=64, ge=0, le=4096)
     otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
