@@ -25,8 +25,9 @@ Nothing lost, nothing twice:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext, suppress
 from dataclasses import dataclass
@@ -77,8 +78,6 @@ RETRIES_AT_ONCE = 200
 #: target answers in tens of milliseconds; one that has not answered after this keeps its
 #: attempt going in the background, and the consumer reads the next fetch meanwhile.
 FIRST_ATTEMPT_SECONDS = 2.0
-#: Every target's slots together: this many targets' worth (``concurrency`` each).
-TARGETS_AT_ONCE = 4
 
 #: The delivery log keeps a target's reference up to its column's length.
 REFERENCE_LENGTH: int = DeliveryRecord.__table__.c.external_reference.type.length  # type: ignore[attr-defined]
@@ -90,6 +89,9 @@ REFERENCE_LENGTH: int = DeliveryRecord.__table__.c.external_reference.type.lengt
 #: steady rate a fetch holds one or two events.
 _RECORDED_KEYS = select(DeliveryRecord.idempotency_key).where(
     DeliveryRecord.idempotency_key.in_(bindparam("keys", expanding=True))
+)
+_RECORD_ID_OF_KEY = select(DeliveryRecord.id).where(
+    DeliveryRecord.idempotency_key == bindparam("key")
 )
 _RETRYING_CHAINS = (
     select(DeliveryRecord.tenant, DeliveryRecord.subject, DeliveryRecord.route)
@@ -179,21 +181,29 @@ class DeliveryEngine:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         """``concurrency``: the attempts in flight at once on one target (a tenant's
-        connector); all targets together have ``TARGETS_AT_ONCE`` times that."""
+        connector). Slots are a target's own, none shared: a target that does not answer
+        holds its own, and the others go on with theirs (what all of them hold together
+        is bounded by the HTTP pool, ``gateway.http``)."""
         self._sessions = sessions
         self._routing = routing
         self._connectors = connectors
         self._relay = relay
-        # A target's own slots first, then one of all: a target that does not answer
-        # holds its own slots, and the others go on with theirs.
+        self._concurrency = concurrency
         self._target_slots = {target: asyncio.Semaphore(concurrency) for target in connectors}
-        self._slots = asyncio.Semaphore(TARGETS_AT_ONCE * concurrency)
-        # Retries take at most half of all slots: first attempts always find some.
-        self._retry_slots = asyncio.Semaphore(max(1, TARGETS_AT_ONCE * concurrency // 2))
-        # The retries the scheduler claims for one target: one round of its slots queued
+        # A target's retries take at most half its slots: its first attempts find some.
+        retry_share = max(1, concurrency // 2)
+        self._retry_slots = {target: asyncio.Semaphore(retry_share) for target in connectors}
+        # The retries the scheduler claims for one target: one round of its share queued
         # behind the round in flight. More would sit claimed in memory, and the retries of
         # a target that does not answer would take the place of the others'.
-        self._retries_per_target = 2 * concurrency
+        self._retries_per_target = 2 * retry_share
+        # Targets with an attempt handed over by a fetch (they took longer than
+        # FIRST_ATTEMPT_SECONDS): how many each. While a target has one, a fetch leaves its
+        # deliveries to the retries at once instead of waiting for it again.
+        self._slow: defaultdict[tuple[str, str], int] = defaultdict(int)
+        # The keys of those attempts: a fetch read again meanwhile (after a failed
+        # recording) leaves them to the attempt under way instead of sending them twice.
+        self._handed_over: set[str] = set()
         self._routes_of_target: dict[tuple[str, str], list[str]] = defaultdict(list)
         for routes in routing.routes.values():
             for route in routes:
@@ -316,7 +326,12 @@ class DeliveryEngine:
         for item in pending:
             # Seen before a crash or a rebalance (recorded, or owned by the retries), or
             # twice in this fetch: nothing to do.
-            if item.key not in known:
+            if item.key in self._handed_over:
+                # Under way in the background since this fetch was read before (its
+                # recording failed): that attempt records it; the document's later
+                # deliveries wait for it.
+                blocked.add(item.chain)
+            elif item.key not in known:
                 known.add(item.key)
                 chains.setdefault(item.chain, _Chain([], recorded)).items.append(item)
         try:
@@ -359,7 +374,13 @@ class DeliveryEngine:
         tasks = {asyncio.create_task(self._attempt_chain(c, blocked)): c for c in chains}
         if not tasks:
             return
-        done, slow = await asyncio.wait(tasks, timeout=FIRST_ATTEMPT_SECONDS)
+        try:
+            done, slow = await asyncio.wait(tasks, timeout=FIRST_ATTEMPT_SECONDS)
+        except BaseException:  # the gateway stops: its attempts with it, as before
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         stopped = []
         for task in slow:
             chain = tasks[task]
@@ -368,12 +389,16 @@ class DeliveryEngine:
                 task.cancel()
                 stopped.append(task)
                 continue
-            route = chain.current.route
-            connector = self._connectors[(route.tenant, route.connector_name)]
+            route, key = chain.current.route, chain.current.key
+            target = (route.tenant, route.connector_name)
             # Hidden from the retry scheduler until the attempt's deadline has passed: if
             # this process stops meanwhile, the delivery is retried then, under its key.
-            chain.claim = self._clock() + timedelta(seconds=attempt_deadline(connector) + 30)
+            deadline = attempt_deadline(self._connectors[target])
+            chain.claim = self._clock() + timedelta(seconds=deadline + 30)
             self._keep_in_background(task)
+            self._slow[target] += 1
+            self._handed_over.add(key)
+            task.add_done_callback(functools.partial(self._handover_ended, target, key))
         await asyncio.gather(*stopped, return_exceptions=True)
         for task in done:
             task.result()  # a failure of the attempts' own fails the fetch, as it did
@@ -381,6 +406,19 @@ class DeliveryEngine:
     def _keep_in_background(self, task: asyncio.Task[None]) -> None:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _handover_ended(self, target: tuple[str, str], key: str, _: object) -> None:
+        self._slow[target] -= 1
+        if not self._slow[target]:
+            del self._slow[target]
+        self._handed_over.discard(key)
+
+    def _held_by_slow_attempts(self, route: Route) -> bool:
+        """Whether every slot of ``route``'s target is held by an attempt handed over (a
+        target that took longer than FIRST_ATTEMPT_SECONDS on all of them): a fetch's
+        delivery would only wait for one, so it is left to the retries at once."""
+        target = (route.tenant, route.connector_name)
+        return self._slow.get(target, 0) >= self._concurrency
 
     async def stop_background(self) -> None:
         """End the attempts handed over and the retries under way (at the gateway's stop):
@@ -452,6 +490,9 @@ class DeliveryEngine:
         for item in chain.items:
             if item.chain in blocked:
                 continue  # waits behind an earlier delivery that is being retried
+            if self._held_by_slow_attempts(item.route):
+                blocked.add(item.chain)  # left to the retries, in order
+                continue
             item.record = self._new_record(item)
 
             def started(item: _Pending = item) -> None:
@@ -466,24 +507,35 @@ class DeliveryEngine:
                 blocked.add(item.chain)
 
     async def _record_late(self, chain: _Chain, item: _Pending, outcome: Outcome | None) -> None:
-        """The outcome of an attempt its fetch handed over, once the fetch has recorded it
-        as under way; unless the fetch could not record it (it is read again) or another
-        scheduler took it over when the claim ran out."""
+        """The outcome of an attempt its fetch handed over, once the fetch's transaction has
+        ended: on its record as under way, unless another scheduler took it over when the
+        claim ran out; recorded anew if the fetch could not record it."""
         await chain.recorded.wait()
         if outcome is None:
             return
         try:
             async with write_transaction(self._sessions) as session:
-                record = await session.scalar(
-                    select(DeliveryRecord).where(
+                under_way = await session.scalar(
+                    select(DeliveryRecord)
+                    .where(
                         DeliveryRecord.idempotency_key == item.key,
                         DeliveryRecord.status == "retrying",
                         DeliveryRecord.next_attempt_at == chain.claim,
                     )
+                    .with_for_update()
                 )
-                if record is None:
+                if under_way is not None:
+                    self._apply(session, under_way, item.event, item.route, outcome)
+                elif await session.scalar(_RECORD_ID_OF_KEY, {"key": item.key}) is None:
+                    # The fetch's recording failed and the fetch is read again; it leaves
+                    # this delivery to this attempt (``_handed_over``), which records it.
+                    item.record, item.outcome = None, outcome
+                    self._record(session, item, None)
+                else:
                     return
-                self._apply(session, record, item.event, item.route, outcome)
+        except IntegrityError:
+            log.info("delivery %s was recorded concurrently; keeping the first record", item.key)
+            return
         except Exception:
             log.exception("could not record the outcome of delivery %s; it comes back", item.key)
             return
@@ -601,15 +653,11 @@ class DeliveryEngine:
 
     @asynccontextmanager
     async def _slot(self, route: Route, *, retry: bool) -> AsyncIterator[None]:
-        """A slot for an attempt on ``route``: one of its target's, then, for a retry, one
-        of the retries' share, then one of all. Always in that order (no deadlock), and
-        the target's first: an attempt waiting for a target that does not answer holds
-        nothing the other targets need."""
-        async with (
-            self._target_slots[(route.tenant, route.connector_name)],
-            self._retry_slots if retry else nullcontext(),
-            self._slots,
-        ):
+        """A slot of ``route``'s target; for a retry, one of its retries' share first (a
+        retry waiting for its share holds none of the target's slots)."""
+        target = (route.tenant, route.connector_name)
+        share = self._retry_slots[target] if retry else nullcontext()
+        async with share, self._target_slots[target]:
             yield
 
     def _apply(
@@ -683,7 +731,7 @@ class DeliveryEngine:
                 log.exception("gateway retry scheduler failed; trying again")
                 claimed = []
             for retry in claimed:
-                self._keep_in_background(asyncio.create_task(self._retry_claimed(retry)))
+                self._keep_in_background(self._start_retry(retry))
             if not claimed:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._retry_ended.wait(), poll_seconds)
@@ -694,7 +742,7 @@ class DeliveryEngine:
         """Claim the deliveries whose retry time has come and attempt them, all ended
         before this returns (one pass, as tests and operators' tools want it); how many."""
         claimed = await self._claim_due(limit, batch_bytes)
-        await asyncio.gather(*(self._retry_claimed(retry) for retry in claimed))
+        await asyncio.gather(*(self._start_retry(retry) for retry in claimed))
         return len(claimed)
 
     async def _claim_due(self, limit: int, batch_bytes: int) -> list[_Claimed]:
@@ -753,24 +801,30 @@ class DeliveryEngine:
                 query = query.with_for_update(skip_locked=True, of=DeliveryRecord)
             claim = now + self._retry_lease
             due: list[_Claimed] = []
+            claimed_of = Counter(self._retrying)
             for record in (await session.scalars(query)).all():
                 retry = _Claimed(record, claim, self._target_of(record), len(record.record_value))
-                if self._retrying[retry.target] < self._retries_per_target:
-                    self._retrying[retry.target] += 1
-                    self._retrying_bytes += retry.size
+                if claimed_of[retry.target] < self._retries_per_target:
+                    claimed_of[retry.target] += 1
                     due.append(retry)
             if due:
-                try:
-                    await session.execute(
-                        update(DeliveryRecord)
-                        .where(DeliveryRecord.id.in_([retry.record.id for retry in due]))
-                        .values(next_attempt_at=claim)
-                    )
-                except BaseException:
-                    for retry in due:
-                        self._retry_done(retry)
-                    raise
+                await session.execute(
+                    update(DeliveryRecord)
+                    .where(DeliveryRecord.id.in_([retry.record.id for retry in due]))
+                    .values(next_attempt_at=claim)
+                )
+        # Counted once the claim is committed (``_start_retry``): a claim that failed
+        # leaves nothing counted, and its retries due.
         return due
+
+    def _start_retry(self, retry: _Claimed) -> asyncio.Task[None]:
+        """Attempt a claimed retry in a task of its own, counted until the task ends,
+        however it ends (cancelled before its first step, too)."""
+        self._retrying[retry.target] += 1
+        self._retrying_bytes += retry.size
+        task = asyncio.create_task(self._retry_claimed(retry))
+        task.add_done_callback(functools.partial(self._retry_done, retry))
+        return task
 
     def _target_of(self, record: DeliveryRecord) -> tuple[str, str]:
         """The target (tenant, connector name) of a delivery; its route's name when the
@@ -778,7 +832,7 @@ class DeliveryEngine:
         route = self._routing.route(record.tenant, record.route)
         return (record.tenant, route.connector_name if route else f"route:{record.route}")
 
-    def _retry_done(self, retry: _Claimed) -> None:
+    def _retry_done(self, retry: _Claimed, _: object) -> None:
         self._retrying[retry.target] -= 1
         if not self._retrying[retry.target]:
             del self._retrying[retry.target]
@@ -794,8 +848,6 @@ class DeliveryEngine:
             log.exception(
                 "retry of delivery %s failed; it comes back", retry.record.idempotency_key
             )
-        finally:
-            self._retry_done(retry)
 
     async def _renew_claim(self, record_id: int, claim: datetime, deadline: float) -> bool:
         """Renew this scheduler's claim on a retry as its attempt starts, for the attempt's

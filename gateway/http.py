@@ -51,12 +51,16 @@ class OutboundTransport(AiohttpTransport):
             raise httpx.ReadError(str(cause) or type(cause).__name__, request=request) from cause
 
 
-def outbound_transport(max_connections: int) -> httpx.AsyncBaseTransport:
-    """aiohttp's pool with at most ``max_connections`` open, TLS verified as httpx does."""
+def outbound_transport(
+    max_connections: int, per_host: int | None = None
+) -> httpx.AsyncBaseTransport:
+    """aiohttp's pool with at most ``max_connections`` open, and ``per_host`` to one host
+    (host and port) if given, TLS verified as httpx does."""
 
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             limit=max_connections,
+            limit_per_host=per_host or 0,
             keepalive_timeout=KEEPALIVE_SECONDS,
             ssl=httpx.create_ssl_context(),
         )
@@ -136,6 +140,8 @@ class OutboundClient(httpx.AsyncClient):
         return response
 
 
-def outbound_client(max_connections: int, timeout: float = 5.0) -> httpx.AsyncClient:
+def outbound_client(
+    max_connections: int, timeout: float = 5.0, per_host: int | None = None
+) -> httpx.AsyncClient:
     """The client connectors send with; ``timeout`` is each request's, unless it sets its own."""
-    return OutboundClient(transport=outbound_transport(max_connections), timeout=timeout)
+    return OutboundClient(transport=outbound_transport(max_connections, per_host), timeout=timeout)

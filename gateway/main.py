@@ -19,7 +19,7 @@ from gateway.connectors.base import (
 from gateway.connectors.oversight_soap import OversightSoapConnector
 from gateway.connectors.peppol_ap import PeppolApSettings
 from gateway.deliveries import MIGRATIONS
-from gateway.engine import TARGETS_AT_ONCE, DeliveryEngine
+from gateway.engine import DeliveryEngine
 from gateway.http import outbound_client
 from gateway.inbound.notice import build_notice_inbound
 from gateway.inbound.opinions import build_opinion_inbound
@@ -111,7 +111,7 @@ class GatewayOptions:
     kafka_bootstrap_servers: str | None = None
     group_id: str = "gateway"
     #: Deliveries in flight at once on one target (a tenant's connector), each holding one
-    #: pooled HTTP connection; all targets together have ``TARGETS_AT_ONCE`` times that.
+    #: pooled HTTP connection.
     concurrency: int = 8
     #: Pause between two polls of the Peppol access point inboxes; None: the settings'
     #: (``HubSettings.poll_seconds``).
@@ -140,8 +140,10 @@ def build_app(
         )
         await migrate(engine, "gateway", MIGRATIONS, schema=schema)
         sessions = session_factory(engine)
-        # Every target's slots, as many again for the inbound adapters and the tokens.
-        http = outbound_client(max_connections=2 * TARGETS_AT_ONCE * options.concurrency)
+        # Each target has its own slots; one host (the e-Box, which every tenant's target
+        # reaches) gets no more connections than two targets' worth, and all together a
+        # bounded number, whatever the number of targets held by a slow one.
+        http = outbound_client(max_connections=256, per_host=options.concurrency * 2)
         connectors = build_connectors(routing, settings, http)
         bootstrap = options.kafka_bootstrap_servers or settings.kafka_bootstrap_servers
         if not bootstrap:

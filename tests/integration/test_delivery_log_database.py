@@ -50,3 +50,19 @@ async def test_the_retries_of_a_silent_target_leave_the_others_to_go_on(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     await scenarios.test_the_retries_of_a_silent_target_leave_the_others_to_go_on(sessions)
+
+
+async def test_three_silent_targets_leave_a_fourth_its_retries_and_first_attempts(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await scenarios.test_three_silent_targets_leave_a_fourth_its_retries_and_first_attempts(
+        sessions, monkeypatch
+    )
+
+
+async def test_an_attempt_whose_fetch_could_not_record_it_records_itself(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await scenarios.test_a_fetch_read_again_after_its_recording_failed_leaves_the_attempt_under_way(
+        sessions, monkeypatch
+    )

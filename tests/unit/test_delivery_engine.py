@@ -15,12 +15,15 @@ from typing import Any, Literal
 import pytest
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
+from sqlalchemy import event as orm_events
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from contracts.envelope import CloudEvent, from_record, headers_as_text, new_event, to_record
 from contracts.events.courrier import OutgoingMailSendRequested, Recipient
 from contracts.events.gateway import DeliveryReceipt
+from gateway import engine as engine_module
 from gateway.connectors.base import ATTEMPT_SECONDS, Delivery, DeliveryResult, attempt_deadline
 from gateway.deliveries import MIGRATIONS, DeliveryRecord, idempotency_key
 from gateway.engine import DeliveryEngine
@@ -552,7 +555,7 @@ async def test_a_retry_another_scheduler_claimed_meanwhile_is_left_to_it(
                 self.asked.set()
             return await super().acquire()
 
-    engine._slots = slots = Slots(1)
+    engine._target_slots[(TENANT, "ebox")] = slots = Slots(1)
     async with slots:  # every slot busy: the claimed retry waits for one
         waiting = asyncio.create_task(engine.retry_due())
         await slots.asked.wait()
@@ -632,6 +635,30 @@ class SilentConnector(FakeConnector):
         return DeliveryResult(external_reference=f"late-{len(self.calls)}")
 
 
+def targets_engine(
+    sessions: async_sessionmaker[AsyncSession],
+    targets: dict[str, FakeConnector],
+    clock: Clock,
+    concurrency: int = 8,
+) -> DeliveryEngine:
+    """One tenant per target: ``targets`` maps each tenant to its connector."""
+    policy = RetryPolicy(max_attempts=5, base_delay_seconds=1, max_delay_seconds=4)
+    routing = RoutingTable(
+        routes={
+            (tenant, SEND): [Route(tenant, "outgoing-mail-ebox", SEND, "ebox", "fake")]
+            for tenant in targets
+        },
+        retry=dict.fromkeys(targets, policy),
+    )
+    return DeliveryEngine(
+        sessions=sessions,
+        routing=routing,
+        connectors={(tenant, "ebox"): connector for tenant, connector in targets.items()},
+        clock=clock,
+        concurrency=concurrency,
+    )
+
+
 def two_targets_engine(
     sessions: async_sessionmaker[AsyncSession],
     silent: FakeConnector,
@@ -640,20 +667,7 @@ def two_targets_engine(
     concurrency: int = 8,
 ) -> DeliveryEngine:
     """Two tenants, each with its target: ``silent`` is TENANT's, ``other`` OTHER's."""
-    route = Route(TENANT, "outgoing-mail-ebox", SEND, "ebox", "fake")
-    other_route = Route(OTHER, "outgoing-mail-ebox", SEND, "ebox", "fake")
-    policy = RetryPolicy(max_attempts=5, base_delay_seconds=1, max_delay_seconds=4)
-    routing = RoutingTable(
-        routes={(TENANT, SEND): [route], (OTHER, SEND): [other_route]},
-        retry={TENANT: policy, OTHER: policy},
-    )
-    return DeliveryEngine(
-        sessions=sessions,
-        routing=routing,
-        connectors={(TENANT, "ebox"): silent, (OTHER, "ebox"): other},
-        clock=clock,
-        concurrency=concurrency,
-    )
+    return targets_engine(sessions, {TENANT: silent, OTHER: other}, clock, concurrency)
 
 
 def record_of(event: CloudEvent) -> tuple[dict[str, str], bytes, str]:
@@ -761,3 +775,124 @@ async def test_the_retries_of_a_silent_target_leave_the_others_to_go_on(
     finally:
         scheduler.cancel()
         await engine.stop_background()
+
+
+async def test_three_silent_targets_leave_a_fourth_its_retries_and_first_attempts(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One shared service down for three tenants (the e-Box): each tenant's target is silent.
+    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.05)
+    down = [RetryableDeliveryError("HTTP 503")] * 2
+    silent = {tenant: SilentConnector(list(down)) for tenant in ("11111", "22222", "33333")}
+    healthy = FakeConnector([RetryableDeliveryError("HTTP 503")] * 2)
+    clock = Clock()
+    engine = targets_engine(sessions, {**silent, OTHER: healthy}, clock, concurrency=2)
+    for tenant in (*silent, OTHER):
+        await engine.handle_records(
+            [record_of(mail_event(f"{tenant}-{n}", tenant)) for n in range(2)]
+        )
+    clock.advance(5)
+    scheduler = asyncio.create_task(engine.run_retries(poll_seconds=0.01))
+    try:
+
+        async def silent_retries_under_way() -> bool:
+            return all(len(connector.calls) == 3 for connector in silent.values())
+
+        assert await eventually(silent_retries_under_way, timeout=5, pause=0.01)
+        fresh = mail_event("later", OTHER)
+        await asyncio.wait_for(engine.handle_records([record_of(fresh)]), timeout=2)
+
+        async def healthy_delivered() -> bool:
+            mine = [r.status for r in await deliveries(sessions) if r.tenant == OTHER]
+            return mine == ["delivered"] * 3
+
+        assert await eventually(healthy_delivered, timeout=5, pause=0.01)
+        [later] = [r for r in await deliveries(sessions) if r.event_id == fresh.id]
+        assert later.attempts == 1  # attempted by its fetch, not left to the retries
+    finally:
+        scheduler.cancel()
+        await engine.stop_background()
+
+
+async def test_a_target_whose_slots_are_all_held_by_slow_attempts_is_left_to_the_retries(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.5)
+    silent, other, clock = SilentConnector(), FakeConnector(), Clock()
+    engine = two_targets_engine(sessions, silent, other, clock, concurrency=1)
+    await engine.handle_records([record_of(mail_event("mail-1"))])  # handed over
+
+    # The next fetch does not wait its 0.5 s for a slot that will not come.
+    started = asyncio.get_running_loop().time()
+    await engine.handle_records([record_of(mail_event("mail-2"))])
+    assert asyncio.get_running_loop().time() - started < 0.3
+    [_, left] = await deliveries(sessions)
+    assert (left.status, left.attempts, left.next_attempt_at) == ("retrying", 0, clock.now)
+    silent.answer.set()
+    await settled(engine)
+
+
+async def test_a_fetch_read_again_after_its_recording_failed_leaves_the_attempt_under_way(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.05)
+    silent, other, clock = SilentConnector(), FakeConnector(), Clock()
+    engine = two_targets_engine(sessions, silent, other, clock)
+    recording = engine_module.write_transaction
+
+    def database_away_once(sessions: Any) -> Any:
+        monkeypatch.setattr(engine_module, "write_transaction", recording)
+        raise ConnectionError("the database is away")
+
+    monkeypatch.setattr(engine_module, "write_transaction", database_away_once)
+    event = mail_event()
+    with pytest.raises(ConnectionError):  # the consumer rewinds and reads it again
+        await engine.handle_records([record_of(event)])
+    await engine.handle_records([record_of(event)])
+
+    assert len(silent.calls) == 1  # not sent a second time beside the first
+    assert await deliveries(sessions) == []
+    silent.answer.set()
+    await settled(engine)
+    [record] = await deliveries(sessions)  # recorded by the attempt itself
+    assert (record.status, record.attempts, record.external_reference) == ("delivered", 1, "late-1")
+    assert [r.outcome for r in await receipts(sessions)] == ["delivered"]
+
+
+async def test_a_fetch_cancelled_at_stop_cancels_its_attempts(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    silent, other, clock = SilentConnector(), FakeConnector(), Clock()
+    engine = two_targets_engine(sessions, silent, other, clock)
+    before = asyncio.all_tasks()
+    fetch = asyncio.create_task(engine.handle_records([record_of(mail_event())]))
+
+    async def under_way() -> bool:
+        return bool(silent.calls)
+
+    assert await eventually(under_way, timeout=2, pause=0.01)
+    fetch.cancel()  # the gateway stops during the fetch's wait
+    await asyncio.gather(fetch, return_exceptions=True)
+
+    assert asyncio.all_tasks() - before == {asyncio.current_task()} - before  # none left
+
+
+async def test_a_claim_that_could_not_be_committed_leaves_nothing_counted(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connector, clock = FakeConnector([RetryableDeliveryError("HTTP 503")] * 2), Clock()
+    # One slot: the scheduler claims two retries of the target at most.
+    engine = two_targets_engine(sessions, connector, FakeConnector(), clock, concurrency=1)
+    await engine.handle_records([record_of(mail_event(f"mail-{n}")) for n in range(2)])
+    clock.advance(5)
+
+    def connection_lost(session: Session) -> None:
+        orm_events.remove(Session, "before_commit", connection_lost)
+        raise ConnectionError("connection lost at the commit")
+
+    orm_events.listen(Session, "before_commit", connection_lost)
+    with pytest.raises(ConnectionError):
+        await engine.retry_due()
+
+    assert await engine.retry_due() == 2  # both still due, and the target not "full"
+    assert {r.status for r in await deliveries(sessions)} == {"delivered"}

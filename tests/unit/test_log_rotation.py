@@ -48,4 +48,3 @@ def test_a_log_past_its_size_is_rotated_while_its_writer_goes_on(tmp_path: Path)
     numbers = [int(path.read_text().split()[1]) for path in (older, newest, log)]
     assert numbers == sorted(numbers)  # each newer log starts later
     assert _tail(log, lines=1).startswith("line ")
-
