@@ -133,3 +133,34 @@ async def sandbox_receptions(hub: HubProcesses, service: str) -> list[dict[str, 
         answer = item["answer"]
         item["answer_id"] = answer.get("messageId") or answer.get("message_id")
     return list(items)
+
+
+async def test_a_slow_target_does_not_hold_another_tenants_mail(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The REST e-Box answers after 4 s; the SOAP one at once. The SOAP tenant's mail, sent
+    after the REST tenant's, is sent first: the gateway did not wait for the slow target
+    before reading on (it waits 2 s at most, then the attempt goes on in the background)."""
+    async with hub_processes(tmp_path, kafka_bootstrap, None) as hub:
+        async with httpx.AsyncClient(base_url=hub.url("sandbox")) as sandbox:
+            await sandbox.put("/_sandbox/faults/ebox_rest", json={"latency_ms": 4000})
+        async with hub.courrier(hub.rest_tenant) as slow, hub.courrier(hub.soap_tenant) as fast:
+            waiting = await slow.post(
+                "/v1/outgoing-mails:send", json=outgoing_mail(random.Random(), 1)
+            )
+            sent_after = await fast.post(
+                "/v1/outgoing-mails:send", json=outgoing_mail(random.Random(), 2)
+            )
+            assert (waiting.status_code, sent_after.status_code) == (202, 202)
+            fast_mail = await wait_final(fast, sent_after.json()["id"])
+            slow_view = (await slow.get(f"/v1/outgoing-mails/{waiting.json()['id']}")).json()
+            assert fast_mail["state"] == "sent"
+            assert slow_view["state"] == "sending"  # its target still has not answered
+            slow_mail = await wait_final(slow, waiting.json()["id"])
+        assert slow_mail["state"] == "sent"
+        [reception] = [
+            r
+            for r in await sandbox_receptions(hub, "ebox_rest")
+            if r["answer_id"] == slow_mail["ebox_message_id"]
+        ]
+        assert reception["arrivals"] == 1  # attempted once, its outcome recorded by itself
