@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.deliveries import DeliveryRecord
 from gateway.engine import DeliveryEngine
-from gateway.inbound.records import InboundDocument
+from gateway.inbound.records import InboundDocument, WaitingItem
 from kernel.api import RequestModel
 from kernel.auth import CallerDep
 from kernel.errors import Conflict, NotFound
@@ -192,6 +192,28 @@ class InboundPage(BaseModel):
     next_cursor: int | None
 
 
+class WaitingView(BaseModel):
+    id: int
+    channel: str
+    source: str
+    source_message_id: str
+    tenant: str | None
+    reason: str
+    tries: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    next_try_at: datetime
+
+    @classmethod
+    def of(cls, item: WaitingItem) -> WaitingView:
+        return cls.model_validate(item, from_attributes=True)
+
+
+class WaitingPage(BaseModel):
+    items: list[WaitingView]
+    next_cursor: int | None
+
+
 def inbound_router() -> APIRouter:
     api = APIRouter(prefix="/v1/inbound", tags=["inbound"])
 
@@ -233,6 +255,31 @@ def inbound_router() -> APIRouter:
             )
         return InboundPage(
             items=[InboundView.of(r) for r in rows],
+            next_cursor=rows[-1].id if len(rows) == limit else None,
+        )
+
+    @api.get("/waiting", response_model=WaitingPage)
+    async def list_waiting(
+        request: Request,
+        caller: CallerDep,
+        limit: int = Query(default=50, ge=1, le=500),
+        cursor: int | None = Query(default=None, description="next_cursor of the previous page"),
+    ) -> WaitingPage:
+        """The items a source lists that could not be taken yet (an error page, a timeout):
+        tried again at later polls, further and further apart (``next_try_at``), and
+        here until taken. The caller's tenant's (and, with scope ``gateway:unroutable``,
+        those whose tenant is not known yet), the longest waiting first."""
+        caller.require("gateway:read")
+        visible = WaitingItem.tenant == caller.tenant
+        if UNROUTABLE_SCOPE in caller.scopes:
+            visible = or_(visible, WaitingItem.tenant.is_(None))
+        query = select(WaitingItem).where(visible)
+        if cursor:
+            query = query.where(WaitingItem.id > cursor)
+        async with sessions_of(request)() as session:
+            rows = list((await session.scalars(query.order_by(WaitingItem.id).limit(limit))).all())
+        return WaitingPage(
+            items=[WaitingView.of(r) for r in rows],
             next_cursor=rows[-1].id if len(rows) == limit else None,
         )
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from sqlalchemy import JSON, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.inbound.records import InboundDocument
+from gateway.inbound.records import InboundDocument, WaitingItem
 from gateway.routing import RetryPolicy
 from kernel.database import Base, BigId, UtcDateTime
 from kernel.migrations import Migration, create_tables, rebuild_table, table_of
@@ -75,6 +75,11 @@ MIGRATIONS = [
         3,
         "inbound documents unique by channel, source and id (no longer by id alone)",
         rebuild_table(table_of(InboundDocument), {"source": "''"}),
+    ),
+    Migration(
+        4,
+        "inbound items waiting for a later poll",
+        create_tables(WaitingItem.__table__),  # type: ignore[arg-type]
     ),
 ]
 

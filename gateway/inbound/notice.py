@@ -55,8 +55,10 @@ from gateway.http import ResponseTooLarge
 from gateway.inbound.records import (
     MESSAGE_ID_LENGTH,
     InboundDocument,
+    NotTaken,
     SourceError,
     Status,
+    WaitingItems,
     contract_problem,
 )
 from gateway.routing import RoutingTable
@@ -203,6 +205,7 @@ class NoticeInbound:
         self._clock = clock
         self._slots = asyncio.Semaphore(concurrency)
         self._page_size = page_size
+        self._waiting = WaitingItems(sessions, CHANNEL, clock)
         self._tracer = tracer("gateway")
 
     async def run(self, poll_seconds: float = 5.0) -> None:
@@ -238,10 +241,17 @@ class NoticeInbound:
             usable = [i for i in dict.fromkeys(ids) if _usable_id(instance, i)]
             known = await self._known(usable)
             new = [i for i in usable if i not in known]
+            later = await self._waiting.not_due("", new)  # failed lately: not at every poll
+            new = [i for i in new if i not in later]
             for start in range(0, len(new), RECORD_BATCH):
+                failures: list[NotTaken] = []
                 fetched = await asyncio.gather(
-                    *(self._fetch(api, instance, i) for i in new[start : start + RECORD_BATCH])
+                    *(
+                        self._fetch(api, instance, i, failures)
+                        for i in new[start : start + RECORD_BATCH]
+                    )
                 )
+                await self._waiting.failed("", failures)
                 taken += await self._record(
                     [notification for notification in fetched if notification is not None]
                 )
@@ -265,15 +275,17 @@ class NoticeInbound:
             return set(rows.all())
 
     async def _fetch(
-        self, api: NoticeApi, instance: str, notification_id: str
+        self, api: NoticeApi, instance: str, notification_id: str, failures: list[NotTaken]
     ) -> FetchedNotification | None:
         """The notification and its checked documents, or with the problem that keeps it
-        from being published for good; None (logged) when it must wait for the next poll."""
+        from being published for good; None when it must wait for a later poll (added to
+        ``failures``)."""
+        tenant = self._tenants.get(instance)
         async with self._slots:
             try:
                 detail = await api.notification(notification_id)
             except Exception as exc:
-                return _unavailable(instance, notification_id, {}, "detail", exc)
+                return _unavailable(instance, tenant, notification_id, {}, "detail", exc, failures)
             fetched = FetchedNotification(notification_id, detail, instance)
             documents = detail.get("documents") or []
             if not isinstance(documents, list):
@@ -292,7 +304,9 @@ class NoticeInbound:
                     if fetched.problem:
                         break
             except Exception as exc:
-                return _unavailable(instance, notification_id, detail, "document", exc)
+                return _unavailable(
+                    instance, tenant, notification_id, detail, "document", exc, failures
+                )
         return fetched
 
     async def _fetch_document(
@@ -336,6 +350,9 @@ class NoticeInbound:
             async with write_transaction(self._sessions) as session:
                 for row, data in recorded:
                     self._add(session, row, data)
+                await self._waiting.forget(
+                    session, "", [row.source_message_id for row, _ in recorded]
+                )
         except IntegrityError:
             recorded = []
             for notification in notifications:
@@ -343,6 +360,7 @@ class NoticeInbound:
                 try:
                     async with self._sessions() as session, session.begin():
                         self._add(session, row, data)
+                        await self._waiting.forget(session, "", [row.source_message_id])
                 except IntegrityError:
                     log.info(
                         "NOTICe notification %s was recorded concurrently", row.source_message_id
@@ -430,10 +448,17 @@ class NoticeInbound:
 
 
 def _unavailable(
-    instance: str, notification_id: str, detail: dict[str, Any], what: str, exc: Exception
+    instance: str,
+    tenant: str | None,
+    notification_id: str,
+    detail: dict[str, Any],
+    what: str,
+    exc: Exception,
+    failures: list[NotTaken],
 ) -> FetchedNotification | None:
     """A notification NOTICe will never give whole (``SourceError.gone``), with
-    that problem; None (logged) for any other failure, which the next poll tries again."""
+    that problem; None for any other failure, added to ``failures`` and tried again at a
+    later poll."""
     if isinstance(exc, NoticeError) and exc.gone:
         gone = FetchedNotification(notification_id, detail, instance)
         gone.problem = f"NOTICe gives no {what} of it: {exc}"
@@ -445,6 +470,7 @@ def _unavailable(
         too_large.problem = f"NOTICe answered its {what} with {exc}, more than one event carries"
         return too_large
     log.warning("NOTICe notification %s not taken yet: %r", notification_id, exc)
+    failures.append(NotTaken(notification_id, tenant, f"NOTICe gave no {what} of it yet: {exc}"))
     return None
 
 

@@ -47,9 +47,11 @@ from gateway.inbound.records import (
     SENDER_LENGTH,
     SOURCE_LENGTH,
     InboundDocument,
+    NotTaken,
     SourceError,
     SourceStatus,
     Status,
+    WaitingItems,
 )
 from kernel.database import utcnow, write_transaction
 from kernel.outbox import OutboxRelay, stage
@@ -273,6 +275,7 @@ class PeppolInbound:
         self._relay = relay
         self._clock = clock
         self._tracer = tracer("gateway")
+        self._waiting = WaitingItems(sessions, CHANNEL, clock)
 
     async def run(self, poll_seconds: float = 5.0) -> None:
         if not self._inboxes:
@@ -332,9 +335,18 @@ class PeppolInbound:
 
     async def _take_batch(self, inbox: AccessPointInbox, items: list[InboxItem]) -> int:
         known = await self._known_among(inbox.name, [item.message_id for item in items])
+        source = _source_of(inbox.name)
+        new = [item for item in items if item.message_id not in known]
+        later = await self._waiting.not_due(source, [item.message_id for item in new])
+        failures: list[NotTaken] = []
         fetched = await asyncio.gather(
-            *(self._fetch_or_wait(inbox, item) for item in items if item.message_id not in known)
+            *(
+                self._fetch_or_wait(inbox, item, failures)
+                for item in new
+                if item.message_id not in later  # failed lately: not at every poll
+            )
         )
+        await self._waiting.failed(source, failures)
         recorded = await self._record_all(
             inbox.name, [document for document in fetched if document]
         )
@@ -349,10 +361,10 @@ class PeppolInbound:
         return sum(told)
 
     async def _fetch_or_wait(
-        self, inbox: AccessPointInbox, item: InboxItem
+        self, inbox: AccessPointInbox, item: InboxItem, failures: list[NotTaken]
     ) -> FetchedDocument | None:
-        """The message's document; one it will never have, with its problem; None (logged)
-        when it must wait for the next poll."""
+        """The message's document; one it will never have, with its problem; None when it
+        must wait for a later poll (added to ``failures``)."""
         if item.problem is not None:
             return FetchedDocument(item, b"")
         if item.size is not None and item.size > MAX_DOCUMENT_BYTES:  # not downloaded at all
@@ -369,11 +381,17 @@ class PeppolInbound:
                 # error page or a broken transfer, which the next poll tries again.
                 if 200 <= exc.status < 300 and item.size is None:
                     return FetchedDocument(replace(item, problem=too_large_reason_of(exc)), b"")
-                log.warning("Peppol message %s not fetched yet: %r", item.message_id, exc)
+                self._not_fetched_yet(item, exc, failures)
                 return None
-            except Exception as exc:  # this one waits for the next poll; the others go on
-                log.warning("Peppol message %s not fetched yet: %r", item.message_id, exc)
+            except Exception as exc:  # this one waits for a later poll; the others go on
+                self._not_fetched_yet(item, exc, failures)
                 return None
+
+    def _not_fetched_yet(self, item: InboxItem, exc: Exception, failures: list[NotTaken]) -> None:
+        log.warning("Peppol message %s not fetched yet: %r", item.message_id, exc)
+        tenant = self._tenants.get(item.receiver.lower())
+        reason = f"The access point gave no document for it yet: {exc}"
+        failures.append(NotTaken(item.message_id, tenant, reason))
 
     async def _tell_or_wait(self, inbox: AccessPointInbox, record: InboundDocument) -> bool:
         async with self._slots:
@@ -418,6 +436,8 @@ class PeppolInbound:
                 async with write_transaction(self._sessions) as session:
                     for document, record in zip(documents, records, strict=True):
                         self._add(session, document, record)
+                    taken = [record.source_message_id for record in records]
+                    await self._waiting.forget(session, _source_of(source), taken)
             except IntegrityError:
                 return {
                     document.item.message_id: await self._record(source, document)
@@ -433,6 +453,7 @@ class PeppolInbound:
         try:
             async with write_transaction(self._sessions) as session:
                 self._add(session, fetched, record)
+                await self._waiting.forget(session, _source_of(source), [record.source_message_id])
         except IntegrityError:
             known = await self._known(source, fetched.item.message_id)
             if known is None:

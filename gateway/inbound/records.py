@@ -7,6 +7,10 @@ outbox, so a document is published once however often it is fetched. Status:
     unroutable    no tenant has its receiver; kept here for an operator, never published
     refused       too large to travel in an event; kept here, never published
 
+An item a source lists but does not give whole yet (an error page, a timeout)
+is a ``WaitingItem`` until it is recorded: tried again at later polls, further
+and further apart, and shown to operators (``GET /v1/inbound/waiting``).
+
 ``source_status`` is where the source (the Peppol access point) stands:
 
     pending ──► acknowledged   (published documents)
@@ -19,15 +23,22 @@ source.
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import ValidationError
-from sqlalchemy import Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import Index, Integer, LargeBinary, String, Text, UniqueConstraint, delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from kernel.database import Base, BigId, UtcDateTime
+from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction
 from kernel.logs import mask_national_numbers
+
+log = logging.getLogger(__name__)
 
 Status = Literal["published", "unroutable", "refused"]
 SOURCE_LENGTH, MESSAGE_ID_LENGTH, SENDER_LENGTH, DOCUMENT_TYPE_LENGTH = 300, 200, 210, 500
@@ -95,3 +106,126 @@ def contract_problem(what: str, exc: Exception) -> str:
     return mask_national_numbers(
         f"The {what} breaks the hub's event contract ({problems}): kept here, not published."
     )
+
+
+class WaitingItem(Base):
+    """An item a source lists and did not give whole at its last try; deleted when it is
+    recorded (``InboundDocument``)."""
+
+    __tablename__ = "gateway_inbound_waiting"
+    __table_args__ = (
+        Index("ix_gateway_inbound_waiting_tenant", "tenant", "id"),
+        UniqueConstraint(
+            "channel", "source", "source_message_id", name="uq_gateway_inbound_waiting_id"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(SOURCE_LENGTH), default="")
+    source_message_id: Mapped[str] = mapped_column(String(MESSAGE_ID_LENGTH))
+    #: Whose it is, where the listing tells (NOTICe's instance, a Peppol receiver); None:
+    #: seen by the hub's operators only (scope ``gateway:unroutable``).
+    tenant: Mapped[str | None] = mapped_column(String(5), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    tries: Mapped[int] = mapped_column(Integer)
+    first_failed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_failed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    next_try_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+#: The pause before a waiting item is tried again, doubled at each failure up to the most:
+#: a notification whose document NOTICe answers with an error page for a week was tried,
+#: and logged, at every poll (every 5 s by default).
+WAITING_FIRST_PAUSE = timedelta(seconds=10)
+WAITING_LONGEST_PAUSE = timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class NotTaken:
+    """An item that could not be taken at this poll, and why."""
+
+    source_message_id: str
+    tenant: str | None
+    reason: str
+
+
+class WaitingItems:
+    """The items of one channel that wait for a later poll: which ones to leave out of this
+    poll, and the record of each failure (reason masked, tries, next try)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        channel: str,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._channel = channel
+        self._clock = clock
+
+    async def not_due(self, source: str, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` that failed lately and wait for their next try."""
+        if not ids:
+            return set()
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(WaitingItem.source_message_id).where(
+                    WaitingItem.channel == self._channel,
+                    WaitingItem.source == source,
+                    WaitingItem.source_message_id.in_(list(ids)),
+                    WaitingItem.next_try_at > self._clock(),
+                )
+            )
+            return set(rows.all())
+
+    async def failed(self, source: str, failures: Sequence[NotTaken]) -> None:
+        """Record that ``failures`` could not be taken at this poll; the items stay listed
+        at the source and are tried again later."""
+        if not failures:
+            return
+        now = self._clock()
+        try:
+            async with write_transaction(self._sessions) as session:
+                known = {
+                    row.source_message_id: row
+                    for row in await session.scalars(
+                        select(WaitingItem).where(
+                            WaitingItem.channel == self._channel,
+                            WaitingItem.source == source,
+                            WaitingItem.source_message_id.in_(
+                                [f.source_message_id for f in failures]
+                            ),
+                        )
+                    )
+                }
+                for failure in failures:
+                    row = known.get(failure.source_message_id)
+                    if row is None:
+                        row = known[failure.source_message_id] = WaitingItem(
+                            channel=self._channel,
+                            source=source,
+                            source_message_id=failure.source_message_id,
+                            tries=0,
+                            first_failed_at=now,
+                        )
+                        session.add(row)
+                    row.tenant = failure.tenant
+                    row.reason = mask_national_numbers(failure.reason)
+                    row.tries += 1
+                    row.last_failed_at = now
+                    pause = min(WAITING_FIRST_PAUSE * 2 ** (row.tries - 1), WAITING_LONGEST_PAUSE)
+                    row.next_try_at = now + pause
+        except IntegrityError:  # another replica recorded one meanwhile: its record stands
+            log.info("%s: waiting items recorded concurrently", self._channel)
+
+    async def forget(self, session: AsyncSession, source: str, ids: Sequence[str]) -> None:
+        """In the transaction that records ``ids``: they no longer wait."""
+        if ids:
+            await session.execute(
+                delete(WaitingItem).where(
+                    WaitingItem.channel == self._channel,
+                    WaitingItem.source == source,
+                    WaitingItem.source_message_id.in_(list(ids)),
+                )
+            )

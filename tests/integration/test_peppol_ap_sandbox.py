@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from contracts.events.peppol import PeppolDocumentReceived
 from gateway.connectors.base import ConnectorContext, Delivery
 from gateway.connectors.peppol_ap import PeppolApConnector, create_connector
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
+from gateway.inbound.records import WaitingItem
+from kernel.database import create_engine, session_factory, utcnow
 from kernel.settings import HubSettings
 from sandbox.app import build_app
 from sandbox.openapi_contract import OpenApiContract, contract_errors
@@ -148,6 +151,44 @@ async def test_an_unroutable_document_is_rejected_at_the_access_point_and_listed
     refused = await http.get(f"{hub.gateway}/v1/inbound?status=unroutable", headers=reader)
     assert refused.status_code == 403
     assert "gateway:unroutable" in refused.json()["detail"]
+
+
+async def test_items_waiting_at_their_source_are_shown_to_their_tenant(
+    hub: GatewayHub, http: httpx.AsyncClient, database: tuple[str, str | None]
+) -> None:
+    # What the adapters record when a source keeps failing on an item (unit-tested there).
+    url, schema = database
+    engine = create_engine(url, schema=schema)
+    now = utcnow()
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            for message_id, tenant in (("m-mine", hub.inforius_tenant), ("m-unknown", None)):
+                session.add(
+                    WaitingItem(
+                        channel="peppol",
+                        source=f"{hub.sandbox}/peppol-ap/v1",
+                        source_message_id=message_id,
+                        tenant=tenant,
+                        reason="The access point gave no document for it yet: HTTP 502",
+                        tries=3,
+                        first_failed_at=now - timedelta(minutes=2),
+                        last_failed_at=now,
+                        next_try_at=now + timedelta(seconds=40),
+                    )
+                )
+    finally:
+        await engine.dispose()
+
+    def waiting(tenant: str, *scopes: str) -> Any:
+        return http.get(f"{hub.gateway}/v1/inbound/waiting", headers=hub.token(tenant, *scopes))
+
+    mine = (await waiting(hub.inforius_tenant, "gateway:read")).json()
+    assert [(i["source_message_id"], i["tries"]) for i in mine["items"]] == [("m-mine", 3)]
+    assert mine["items"][0]["reason"].endswith("HTTP 502")
+    operator = await waiting(hub.inforius_tenant, "gateway:read", "gateway:unroutable")
+    assert [i["source_message_id"] for i in operator.json()["items"]] == ["m-mine", "m-unknown"]
+    assert (await waiting(hub.stesud_tenant, "gateway:read")).json()["items"] == []
+    assert (await waiting(hub.stesud_tenant)).status_code == 403
 
 
 # -- the outbox: Invoice Responses ------------------------------------------------------------

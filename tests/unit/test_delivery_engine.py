@@ -7,7 +7,7 @@ import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -29,9 +29,9 @@ from gateway.deliveries import MIGRATIONS, DeliveryRecord, idempotency_key
 from gateway.engine import DeliveryEngine
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import RetryPolicy, Route, RoutingTable
-from kernel.database import utcnow
 from kernel.kafka import FETCH_MAX_WAIT_MS, FetchPacing, OffsetCommits
 from kernel.outbox import OutboxMessage
+from tests.support.clock import Clock
 from tests.support.databases import sqlite_sessions
 from tests.support.gateway_hub import eventually
 
@@ -57,17 +57,6 @@ class FakeConnector:
 
     async def aclose(self) -> None:
         return None
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = utcnow()
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def mail_event(mail_id: str = "mail-1", tenant: str = TENANT) -> CloudEvent:

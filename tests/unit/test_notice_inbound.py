@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ from gateway.deliveries import MIGRATIONS
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.http import ResponseTooLarge
 from gateway.inbound.notice import NoticeError, NoticeInbound, NoticeSource
-from gateway.inbound.records import InboundDocument
+from gateway.inbound.records import InboundDocument, WaitingItem
+from kernel.database import utcnow
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
+from tests.support.clock import Clock
 from tests.support.databases import sqlite_sessions
 
 INSTANCE, STRANGER = "NOTICE-62063", "NOTICE-00000"
@@ -97,12 +100,15 @@ def notice() -> FakeNotice:
     return FakeNotice()
 
 
-def inbound_for(sessions: async_sessionmaker[AsyncSession], notice: FakeNotice) -> NoticeInbound:
+def inbound_for(
+    sessions: async_sessionmaker[AsyncSession], notice: FakeNotice, clock: Clock | None = None
+) -> NoticeInbound:
     return NoticeInbound(
         sessions=sessions,
         sources=[NoticeSource(notice, (INSTANCE, STRANGER))],
         instances={INSTANCE: "62063"},
         page_size=2,
+        clock=clock or utcnow,
     )
 
 
@@ -189,18 +195,38 @@ async def test_unknown_instances_are_unroutable_and_contract_breaks_refused_neve
     assert await published(sessions) == []
 
 
-async def test_a_notification_that_fails_to_fetch_waits_for_the_next_poll(
+async def test_a_notification_that_fails_to_fetch_waits_shown_and_is_tried_less_often(
     sessions: async_sessionmaker[AsyncSession], notice: FakeNotice
 ) -> None:
     notice.add("N1")
     notice.add("N2")
-    del notice.contents[("N1", "D1")]  # NOTICe fails on it this time
-    inbound = inbound_for(sessions, notice)
+    del notice.contents[("N1", "D1")]  # NOTICe fails on it, for a while
+    clock = Clock()
+    inbound = inbound_for(sessions, notice, clock)
 
     assert await inbound.poll_once() == 1
+    [waiting] = await waiting_items(sessions)
+    assert (waiting.source_message_id, waiting.tenant, waiting.tries) == ("N1", "62063", 1)
+    assert "NOTICe gave no document of it yet" in waiting.reason
+    notice.calls.clear()
+    clock.advance(5)
+    assert await inbound.poll_once() == 0
+    assert notice.calls == []  # not asked again at every poll
+    clock.advance(6)
+    assert await inbound.poll_once() == 0  # due again; fails again, and waits twice as long
+    [waiting] = await waiting_items(sessions)
+    assert (waiting.tries, waiting.next_try_at - clock.now) == (2, timedelta(seconds=20))
+
     notice.contents[("N1", "D1")] = [PLAN]
+    clock.advance(21)
     assert await inbound.poll_once() == 1
     assert sorted(e.subject for e in await published(sessions)) == ["N1", "N2"]
+    assert await waiting_items(sessions) == []  # taken: no longer waiting
+
+
+async def waiting_items(sessions: async_sessionmaker[AsyncSession]) -> list[WaitingItem]:
+    async with sessions() as session:
+        return list((await session.scalars(select(WaitingItem))).all())
 
 
 # -- the connector ------------------------------------------------------------------------------

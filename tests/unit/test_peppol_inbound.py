@@ -37,13 +37,14 @@ from gateway.inbound.peppol import (
     PeppolInbound,
     inboxes_from,
 )
-from gateway.inbound.records import InboundDocument
+from gateway.inbound.records import InboundDocument, WaitingItem
 from gateway.main import register_built_in_connectors
 from gateway.routing import load_routing
 from kernel.database import utcnow
 from kernel.outbox import OutboxMessage
 from kernel.settings import REPOSITORY_ROOT, HubSettings
 from kernel.tenants import load_tenants
+from tests.support.clock import Clock
 from tests.support.databases import sqlite_sessions
 from tests.support.invoices import (
     application_response,
@@ -115,8 +116,15 @@ def inbox() -> FakeInbox:
 
 
 @pytest.fixture
-def inbound(sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox) -> PeppolInbound:
-    return PeppolInbound(sessions=sessions, inboxes=[inbox], participants=PARTICIPANTS)
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def inbound(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, clock: Clock
+) -> PeppolInbound:
+    return PeppolInbound(sessions=sessions, inboxes=[inbox], participants=PARTICIPANTS, clock=clock)
 
 
 async def published(sessions: async_sessionmaker[AsyncSession]) -> list[CloudEvent]:
@@ -226,8 +234,11 @@ async def test_a_crash_between_record_and_acknowledgement_only_acknowledges_next
     assert record.source_status == "acknowledged"
 
 
-async def test_a_failed_fetch_records_nothing_and_is_fetched_again(
-    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+async def test_a_failed_fetch_records_nothing_and_is_fetched_again_later(
+    sessions: async_sessionmaker[AsyncSession],
+    inbox: FakeInbox,
+    inbound: PeppolInbound,
+    clock: Clock,
 ) -> None:
     inbox.drop("m1", LIEGE)
     inbox.drop("m2", LIEGE)
@@ -235,9 +246,18 @@ async def test_a_failed_fetch_records_nothing_and_is_fetched_again(
 
     assert await inbound.poll_once() == 1  # m1 waits; m2 is not held behind it
     assert [e.subject for e in await published(sessions)] == ["m2"]
+    async with sessions() as session:
+        [waiting] = (await session.scalars(select(WaitingItem))).all()
+    assert (waiting.source_message_id, waiting.tenant, waiting.tries) == ("m1", "62063", 1)
+    assert waiting.reason.startswith("The access point gave no document for it yet")
 
+    await inbound.poll_once()  # shown, and not asked for again at once
+    assert [e.subject for e in await published(sessions)] == ["m2"]
+    clock.advance(11)
     await inbound.poll_once()
     assert sorted(e.subject for e in await published(sessions)) == ["m1", "m2"]
+    async with sessions() as session:
+        assert (await session.scalars(select(WaitingItem))).all() == []
 
 
 async def test_two_gateways_recording_the_same_message_keep_one(
@@ -408,7 +428,10 @@ async def test_a_document_too_large_for_an_event_is_kept_refused_and_never_publi
 
 
 async def test_an_answer_larger_than_the_client_reads_is_refused_not_fetched_again(
-    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+    sessions: async_sessionmaker[AsyncSession],
+    inbox: FakeInbox,
+    inbound: PeppolInbound,
+    clock: Clock,
 ) -> None:
     # Listed without its size, and larger than the gateway's client reads (gateway.http).
     inbox.drop("m8", LIEGE)
@@ -424,6 +447,7 @@ async def test_an_answer_larger_than_the_client_reads_is_refused_not_fetched_aga
 
     for _ in range(2):
         await inbound.poll_once()
+        clock.advance(11)
 
     assert await published(sessions) == []
     assert sorted(inbox.fetches) == ["m8", "m9", "m9"]  # the error page: tried again
