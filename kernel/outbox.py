@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, Protocol
 
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from opentelemetry import propagate
 from sqlalchemy import (
     JSON,
@@ -139,6 +139,18 @@ def _waves(rows: list[OutboxMessage]) -> list[list[OutboxMessage]]:
     return waves
 
 
+#: A key held by the relay's reading on: one of its earlier rows failed in an earlier pass.
+HELD = RuntimeError("an earlier event of this key is not published yet")
+
+
+def _broker_away(error: BaseException) -> bool:
+    """A failure of the broker or of the way to it, which every key meets alike (aiokafka's
+    retriable errors, its timeouts), not one of the record's own (too large)."""
+    if isinstance(error, KafkaError):
+        return bool(error.retriable) or isinstance(error, KafkaTimeoutError)
+    return isinstance(error, ConnectionError | TimeoutError)
+
+
 class RecordSender(Protocol):
     """What the relay needs of a producer (aiokafka's, or a fake in unit tests)."""
 
@@ -166,6 +178,10 @@ class OutboxRelay:
         self._batch_bytes = batch_bytes
         #: The last batch was full (by count or by bytes) and all of it went: more may wait.
         self._more_pending = False
+        #: Reading on past keys that failed (``_read_on``): the last row id read, and the
+        #: keys held (none of their rows leaves before their first failed one).
+        self._after_id = 0
+        self._held_keys: set[bytes] = set()
         self._idle_poll_seconds = idle_poll_seconds
         self._keep_sent_for = keep_sent_for
         self._wakeup = asyncio.Event()
@@ -180,7 +196,7 @@ class OutboxRelay:
                 OutboxMessage.id,
                 (func.sum(size).over(order_by=OutboxMessage.id) - size).label("bytes_before"),
             )
-            .where(OutboxMessage.sent_at.is_(None))
+            .where(OutboxMessage.sent_at.is_(None), OutboxMessage.id > bindparam("after_id"))
             .order_by(OutboxMessage.id)
             .limit(batch_size)
             .subquery()
@@ -191,9 +207,15 @@ class OutboxRelay:
             .where(oldest.c.bytes_before < batch_bytes)
             .order_by(OutboxMessage.id)
         )
-        #: The replicas' lock (PostgreSQL): one number per process, the same in each replica.
+        #: The replicas' lock (PostgreSQL): one number per process and schema, the same in
+        #: each replica. Advisory locks are the database's, not the schema's: without the
+        #: schema, a staging hub sharing the database (``HubSettings.database_schema_prefix``)
+        #: took production's lock, and production published nothing while staging's relay
+        #: waited for its broker.
         self._relay_lock = select(
-            func.pg_try_advisory_xact_lock(zlib.crc32(f"hub-outbox:{component}".encode()))
+            func.pg_try_advisory_xact_lock(
+                func.hashtext(func.concat(func.current_schema(), f":hub-outbox:{component}"))
+            )
         )
 
     def wake(self) -> None:
@@ -226,31 +248,55 @@ class OutboxRelay:
                 self._relay_lock
             ):
                 return 0  # another replica relays; it takes this replica's rows too
-            rows = list((await session.scalars(self._pending)).all())
-            if not rows:
+            rows = list((await session.scalars(self._pending, {"after_id": self._after_id})).all())
+            if not rows:  # nothing pending, or the end of a reading on
+                self._read_from_the_oldest()
                 return 0
             full = (
                 len(rows) >= self._batch_size
                 or sum(len(row.value) for row in rows) >= self._batch_bytes
             )
             sent_ids: list[int] = []
-            failed_keys: dict[bytes, BaseException] = {}
+            failed_keys: dict[bytes, BaseException] = dict.fromkeys(self._held_keys, HELD)
             for wave in _waves(rows):
                 await self._send_wave(wave, sent_ids, failed_keys)
             async with writer_turn(self._sessions):
                 if sent_ids:
                     await session.execute(_MARK_SENT, {"ids": sent_ids, "sent_at": utcnow()})
                 await session.commit()
-            # Failures wait for the next wake or poll; a full batch that all went, not.
-            self._more_pending = full and not failed_keys
-            if failed_keys:
+            own_failures = {k: e for k, e in failed_keys.items() if e is not HELD}
+            self._read_on(rows, full, failed_keys)
+            if own_failures:
                 log.warning(
                     "%s outbox: %d keys not published yet: %s",
                     self._component,
-                    len(failed_keys),
-                    next(iter(failed_keys.values())),
+                    len(own_failures),
+                    next(iter(own_failures.values())),
                 )
             return len(sent_ids)
+
+    def _read_on(
+        self, rows: list[OutboxMessage], full: bool, failed_keys: dict[bytes, BaseException]
+    ) -> None:
+        """Where the next pass reads, and whether at once.
+
+        A full batch that all went: at once, from the oldest pending (where the rest
+        now is). A full batch in which keys failed for a reason of their own (a record
+        the cluster refuses as too large; not the broker away): at once, past this
+        batch, those keys held (none of their later rows leaves), so that a few stuck
+        keys never fill every batch and stop the other documents' events; back to the
+        oldest at the end. Anything else: the oldest, at the next wake or poll.
+        """
+        if full and any(e is HELD or not _broker_away(e) for e in failed_keys.values()):
+            self._after_id = rows[-1].id
+            self._held_keys.update(failed_keys)
+            self._more_pending = True
+        else:
+            self._read_from_the_oldest()
+            self._more_pending = full and not failed_keys
+
+    def _read_from_the_oldest(self) -> None:
+        self._after_id, self._held_keys = 0, set()
 
     async def _send_wave(
         self,

@@ -131,3 +131,33 @@ async def test_replicas_relay_one_at_a_time_so_a_key_keeps_its_order(postgres_ur
             await asyncio.gather(publishing, return_exceptions=True)
         await engine.dispose()
         await drop_schemas(postgres_url, [schema])
+
+
+@pytest.mark.postgres
+async def test_a_hub_in_another_schema_of_the_database_relays_meanwhile(postgres_url: str) -> None:
+    # Staging and production share the database, each in its schemas (a schema prefix).
+    staging_schema, production_schema = ("t_" + uuid.uuid4().hex[:12] for _ in range(2))
+    staging = create_engine(postgres_url, schema=staging_schema)
+    production = create_engine(postgres_url, schema=production_schema)
+    held = HeldSender()
+    publishing: asyncio.Task[int] | None = None
+    try:
+        for engine, schema in ((staging, staging_schema), (production, production_schema)):
+            await migrate(engine, "outbox-test", MIGRATIONS, schema=schema)
+            async with transaction(session_factory(engine), None) as session:
+                stage(session, receipt("doc-1"))
+        staging_relay = OutboxRelay(session_factory(staging), held, component="courrier")
+        publishing = asyncio.create_task(staging_relay.publish_pending())
+        await asyncio.wait_for(held.sending.wait(), timeout=10)  # staging's broker is slow
+
+        sender = FakeSender()
+        production_relay = OutboxRelay(session_factory(production), sender, component="courrier")
+        assert await production_relay.publish_pending() == 1  # not held by staging's lock
+        assert [key for _, key, _ in sender.sent] == [b"92137:doc-1"]
+    finally:
+        held.release.set()
+        if publishing is not None:
+            await asyncio.gather(publishing, return_exceptions=True)
+        await staging.dispose()
+        await production.dispose()
+        await drop_schemas(postgres_url, [staging_schema, production_schema])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -316,3 +317,45 @@ async def test_a_batch_holds_as_many_events_as_fit_in_its_bytes_and_the_rest_fol
     finally:
         task.cancel()
     assert [key for _, key, _ in sender.sent] == [b"92137:doc-%d" % n for n in range(8)]
+
+
+async def test_keys_the_cluster_refuses_never_stop_the_other_documents_events(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    sender = FakeSender()
+    relay = OutboxRelay(sessions, sender, component="test", batch_size=5)
+    async with transaction(sessions, relay) as session:
+        for attempts in range(1, 7):  # more events of doc-1 than a batch holds
+            stage(session, receipt("doc-1", attempts))
+        stage(session, receipt("doc-2"))
+    # The cluster refuses doc-1's first event for good (over its message.max.bytes).
+    sender.broker_rejects = lambda key, value: key == b"92137:doc-1" and b'"attempts":1' in value
+
+    for _ in range(4):
+        await relay.publish_pending()
+    # Read on past doc-1's batch: doc-2 went; doc-1's later events wait behind its first.
+    assert [key for _, key, _ in sender.sent] == [b"92137:doc-2"]
+    assert await pending(sessions) == 6
+
+    sender.broker_rejects = lambda key, value: False  # the cluster's limit raised
+    for _ in range(3):
+        await relay.publish_pending()
+    attempts = [json.loads(value)["attempts"] for _, key, value in sender.sent[1:]]
+    assert attempts == [1, 2, 3, 4, 5, 6]  # in order
+    assert await pending(sessions) == 0
+
+
+async def test_while_the_broker_is_away_the_relay_keeps_to_the_oldest_events(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    sender = FakeSender(fail_keys={b"92137:doc-1", b"92137:doc-2", b"92137:doc-3"})
+    relay = OutboxRelay(sessions, sender, component="test", batch_size=2)
+    async with transaction(sessions, relay) as session:
+        for document in ("doc-1", "doc-2", "doc-3"):
+            stage(session, receipt(document))
+
+    for _ in range(3):  # every key fails alike: no reading on through the whole table
+        await relay.publish_pending()
+    sender.fail_keys.clear()
+    assert await relay.publish_pending() == 2  # the oldest first, once the broker is back
+    assert [key for _, key, _ in sender.sent] == [b"92137:doc-1", b"92137:doc-2"]
