@@ -143,6 +143,13 @@ async def migrate(
     if versions != sorted(set(versions)):
         raise ValueError(f"{component} migrations must have increasing, unique versions")
     async with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            # The sqlite3 module begins a transaction only before a row's change: a CREATE
+            # TABLE ran and stayed on its own, and a migration that failed half-way (a
+            # ``rebuild_table`` after its new table) left the file unable to migrate
+            # again. All of it in one transaction, taking the write lock at once (another
+            # process starting waits instead of migrating beside it).
+            await connection.exec_driver_sql("BEGIN IMMEDIATE")
         if engine.dialect.name == "postgresql":
             # Two processes starting together must not both migrate.
             await connection.execute(

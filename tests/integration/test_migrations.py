@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from sqlalchemy import Column, MetaData, Table, insert, select, text
+from sqlalchemy import Column, Connection, Integer, MetaData, Table, insert, inspect, select, text
 
 from gateway.deliveries import MIGRATIONS
 from gateway.inbound.records import InboundDocument
 from kernel.database import create_engine, utcnow
-from kernel.migrations import migrate, table_of
+from kernel.migrations import Migration, migrate, table_of
 from services.factures.domain import duplicate_key
 from services.factures.tables import MIGRATIONS as FACTURES_MIGRATIONS
 from services.factures.tables import Invoice as FacturesInvoice
@@ -134,3 +134,28 @@ async def test_credit_notes_accepted_before_their_keys_were_set_apart_still_find
             "CreditNote", "vat:BE0403170701", "NC-1", date(2026, 3, 2)
         ),
     }
+
+
+async def test_a_migration_that_fails_half_way_leaves_nothing_and_can_run_again(
+    database: tuple[str, str | None],
+) -> None:
+    url, schema = database
+    engine = create_engine(url, schema=schema)
+    things = Table("thing", MetaData(), Column("id", Integer, primary_key=True))
+
+    def create_then_fail(connection: Connection) -> None:
+        things.create(connection)
+        raise RuntimeError("the process stopped half-way")
+
+    try:
+        first = [Migration(1, "thing", create_then_fail)]
+        with pytest.raises(RuntimeError):
+            await migrate(engine, "half-way", first, schema=schema)
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+        assert "thing" not in tables  # the table went with the failed migration
+
+        again = [Migration(1, "thing", lambda connection: things.create(connection))]
+        assert await migrate(engine, "half-way", again, schema=schema) == 1
+    finally:
+        await engine.dispose()
