@@ -33,7 +33,7 @@ from sqlalchemy.types import TypeDecorator
 from kernel.consumer import InboxEntry, RejectedEvent
 from kernel.database import Base, BigId, UtcDateTime
 from kernel.idempotency import IdempotentRequest
-from kernel.migrations import Migration, create_tables, table_of
+from kernel.migrations import Migration, add_columns, create_tables, table_of
 from kernel.outbox import OutboxMessage
 
 
@@ -174,5 +174,10 @@ MIGRATIONS: list[Migration] = [
         4,
         "credit notes' duplicate keys apart from invoices'",
         _credit_note_keys_apart,
+    ),
+    Migration(
+        5,
+        "the inbox's entries by age, to purge the old ones",
+        add_columns(table_of(InboxEntry)),
     ),
 ]

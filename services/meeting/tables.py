@@ -320,4 +320,9 @@ MIGRATIONS: list[Migration] = [
         "requests' Idempotency-Keys and their kept answers",
         create_tables(table_of(IdempotentRequest)),
     ),
+    Migration(
+        9,
+        "the inbox's entries by age, to purge the old ones",
+        add_columns(table_of(InboxEntry)),
+    ),
 ]

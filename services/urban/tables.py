@@ -277,4 +277,9 @@ MIGRATIONS: list[Migration] = [
         "the meeting configuration a file asked for its decision",
         add_columns(table_of(PermitFile), "decision_meeting_config"),
     ),
+    Migration(
+        6,
+        "the inbox's entries by age, to purge the old ones",
+        add_columns(table_of(InboxEntry)),
+    ),
 ]

@@ -14,6 +14,7 @@ from contracts.events.gateway import DeliveryReceipt
 from kernel.consumer import EventConsumer, RejectedEvent
 from kernel.database import create_engine, session_factory
 from kernel.migrations import migrate
+from tests.unit import test_consumer as unit
 from tests.unit.test_consumer import MIGRATIONS, receipt
 
 pytestmark = pytest.mark.integration
@@ -69,3 +70,11 @@ async def test_records_whose_attributes_break_the_contract_are_kept_not_handled(
     assert "no UTC offset" in kept[3].reason
     # The record as it came, for an operator to read.
     assert kept[2].headers["ce_subject"] == "mail\x00-1"
+
+
+async def test_the_inbox_forgets_events_handled_long_ago(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await unit.test_the_inbox_forgets_events_handled_long_ago_a_chunk_at_a_time(
+        sessions, monkeypatch
+    )

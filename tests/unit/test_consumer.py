@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -73,6 +74,30 @@ async def test_an_event_is_handled_once(sessions: async_sessionmaker[AsyncSessio
     headers = headers_as_text(record.headers)
     outcomes = [await consumer.handle(headers, record.value, record.topic) for _ in range(2)]
     assert outcomes == ["handled", "duplicate"] and len(handled) == 1
+
+
+async def test_the_inbox_forgets_events_handled_long_ago_a_chunk_at_a_time(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def handler(session: AsyncSession, event: CloudEvent) -> None:
+        return None
+
+    consumer = EventConsumer(
+        component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
+    )
+    records = [to_record(receipt()) for _ in range(5)]
+    for record in records:
+        await consumer.handle(headers_as_text(record.headers), record.value, record.topic)
+    async with sessions() as session, session.begin():
+        entries = (await session.scalars(select(InboxEntry))).all()
+        for entry in entries[:3]:  # handled 15 days ago
+            entry.handled_at = utcnow() - timedelta(days=15)
+    monkeypatch.setattr(kernel.consumer, "INBOX_PURGE_CHUNK", 2)
+
+    assert await consumer.purge_inbox() == 3
+    async with sessions() as session:
+        kept = set((await session.scalars(select(InboxEntry.event_id))).all())
+    assert kept == {entry.event_id for entry in entries[3:]}  # the recent ones stay
 
 
 async def test_a_broken_event_of_ours_is_kept_once_and_shown_to_its_tenant(
