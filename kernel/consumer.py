@@ -155,11 +155,30 @@ HANDLER_ATTEMPTS = 5
 RETRY_PAUSE_SECONDS = 1.0
 
 
+#: PostgreSQL's classes of errors that pass (SQLSTATE's first two characters): the
+#: connection lost (08), the server out of connections or memory (53), the server
+#: restarting or shut down (57: "the database system is starting up"), a transaction
+#: rolled back by a deadlock or a serialization failure (40). asyncpg raises them as its
+#: own errors while connecting, which SQLAlchemy does not translate into its own.
+PASSING_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+
+
 def database_away(error: BaseException) -> bool:
     """Whether ``error`` says the database (or the way to it) is away, for now."""
     if isinstance(error, OperationalError | InterfaceError | PoolTimeout | OSError | TimeoutError):
         return True  # locked, disconnected, refused, the pool exhausted
-    return isinstance(error, DBAPIError) and error.connection_invalidated
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return (_sqlstate(error) or "")[:2] in PASSING_SQLSTATE_CLASSES
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a PostgreSQL error: asyncpg's own, or the one SQLAlchemy wraps."""
+    for candidate in (error, getattr(error, "orig", None), error.__cause__):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str) and len(code) == 5:
+            return code
+    return None
 
 
 class EventConsumer:

@@ -91,9 +91,15 @@ def stage(session: AsyncSession, event: CloudEvent) -> None:
 
 @sqlalchemy_events.listens_for(Session, "before_commit")
 def _insert_staged(session: Session) -> None:
-    # Runs inside the commit, before its last flush: a failure there rolls these rows back too.
+    # Runs inside the commit: a failure here rolls the document's change back too.
     rows = session.info.pop(_STAGED, None)
     if rows:
+        # The document's changes first: on PostgreSQL their UPDATE waits for another
+        # transaction changing the same document, so the events' ids, taken after, follow
+        # the order in which the two commit. Taken before, two transactions staging events
+        # of one key could commit in the opposite order to their ids, and the relay, which
+        # publishes by id, would send the key's events out of order.
+        session.flush()
         session.execute(insert(table_of(OutboxMessage)), rows)
 
 

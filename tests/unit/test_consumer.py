@@ -10,12 +10,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import TopicPartition
 from fastapi import FastAPI
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import kernel.consumer
@@ -312,7 +313,15 @@ async def test_an_event_its_handler_keeps_failing_on_is_kept_and_the_others_go_o
 async def test_the_database_away_is_waited_out_however_long_it_lasts(
     sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    outage = [OperationalError("INSERT", {}, Exception("database is locked"))] * 12
+    # SQLite locked; PostgreSQL restarting, full, or shut down (asyncpg's own errors while
+    # connecting, and one SQLAlchemy wrapped).
+    restarting = asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
+    outage = [
+        OperationalError("INSERT", {}, Exception("database is locked")),
+        restarting,
+        asyncpg.exceptions.TooManyConnectionsError("too many connections"),
+        DBAPIError("INSERT", {}, asyncpg.exceptions.AdminShutdownError("terminating")),
+    ] * 3
 
     async def handler(session: AsyncSession, event: CloudEvent) -> None:
         if outage:
