@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from sqlalchemy import select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from contracts.envelope import from_record, headers_as_text, new_event
 from contracts.events.gateway import DeliveryReceipt
@@ -161,3 +163,59 @@ async def test_a_hub_in_another_schema_of_the_database_relays_meanwhile(postgres
         await staging.dispose()
         await production.dispose()
         await drop_schemas(postgres_url, [staging_schema, production_schema])
+
+
+class _DocumentBase(DeclarativeBase):
+    pass
+
+
+class _Document(_DocumentBase):
+    """A service's document, as far as this test needs one."""
+
+    __tablename__ = "document"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int]
+
+
+@pytest.mark.postgres
+async def test_a_documents_events_are_numbered_in_the_order_their_changes_commit(
+    postgres_url: str,
+) -> None:
+    schema = "t_" + uuid.uuid4().hex[:12]
+    engine = create_engine(postgres_url, schema=schema)
+    first_commit: asyncio.Task[None] | None = None
+    try:
+        migrations = [
+            *MIGRATIONS,
+            Migration(2, "documents", create_tables(_Document.__table__)),  # type: ignore[arg-type]
+        ]
+        await migrate(engine, "outbox-test", migrations, schema=schema)
+        sessions = session_factory(engine)
+        async with sessions() as session, session.begin():
+            session.add(_Document(id=1, version=0))
+
+        early, late = sessions(), sessions()
+        await early.begin()
+        (await early.get_one(_Document, 1)).version = 1  # changed, not flushed yet
+        stage(early, receipt("doc-1", attempts=1))
+        await late.begin()
+        (await late.get_one(_Document, 1)).version = 2
+        await late.flush()  # the row is late's until it commits
+        stage(late, receipt("doc-1", attempts=2))
+
+        first_commit = asyncio.create_task(early.commit())  # waits for the row
+        await asyncio.sleep(0.5)
+        await late.commit()
+        await first_commit
+        await early.close()
+        await late.close()
+
+        async with sessions() as session:
+            rows = (await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))).all()
+        # late committed first: its event is first, as the relay publishes by id.
+        assert [b'"attempts":2' in row.value for row in rows] == [True, False]
+    finally:
+        if first_commit is not None:
+            await asyncio.gather(first_commit, return_exceptions=True)
+        await engine.dispose()
+        await drop_schemas(postgres_url, [schema])
