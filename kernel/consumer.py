@@ -155,12 +155,14 @@ HANDLER_ATTEMPTS = 5
 RETRY_PAUSE_SECONDS = 1.0
 
 
-#: PostgreSQL's classes of errors that pass (SQLSTATE's first two characters): the
-#: connection lost (08), the server out of connections or memory (53), the server
-#: restarting or shut down (57: "the database system is starting up"), a transaction
-#: rolled back by a deadlock or a serialization failure (40). asyncpg raises them as its
-#: own errors while connecting, which SQLAlchemy does not translate into its own.
-PASSING_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+#: PostgreSQL's errors that pass: by SQLSTATE class (its first two characters) the
+#: connection lost (08), the server out of connections or memory (53), a transaction
+#: rolled back by a deadlock or a serialization failure (40); and the server shut down or
+#: starting up (57P01-57P03; not the rest of class 57, a statement cancelled by a timeout,
+#: which would fail the same way again). asyncpg raises them as its own errors while
+#: connecting, which SQLAlchemy does not translate into its own.
+PASSING_SQLSTATE_CLASSES = ("08", "40", "53")
+PASSING_SQLSTATES = ("57P01", "57P02", "57P03")
 
 
 def database_away(error: BaseException) -> bool:
@@ -169,7 +171,8 @@ def database_away(error: BaseException) -> bool:
         return True  # locked, disconnected, refused, the pool exhausted
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    return (_sqlstate(error) or "")[:2] in PASSING_SQLSTATE_CLASSES
+    sqlstate = _sqlstate(error) or ""
+    return sqlstate[:2] in PASSING_SQLSTATE_CLASSES or sqlstate in PASSING_SQLSTATES
 
 
 def _sqlstate(error: BaseException) -> str | None:
@@ -359,6 +362,7 @@ class EventConsumer:
             purged += count
             if count < INBOX_PURGE_CHUNK:
                 return purged
+            await asyncio.sleep(0.1)  # the loop's other work between two chunks
 
     async def _purge_inbox_now_and_then(self) -> None:
         while True:

@@ -26,10 +26,13 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 from opentelemetry import propagate
 from sqlalchemy import (
     JSON,
+    ColumnElement,
     LargeBinary,
+    Select,
     String,
     bindparam,
     delete,
+    exists,
     func,
     insert,
     select,
@@ -37,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import event as sqlalchemy_events
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
 from contracts.envelope import CloudEvent, to_record
 from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction, writer_turn
@@ -94,11 +97,13 @@ def _insert_staged(session: Session) -> None:
     # Runs inside the commit: a failure here rolls the document's change back too.
     rows = session.info.pop(_STAGED, None)
     if rows:
-        # The document's changes first: on PostgreSQL their UPDATE waits for another
-        # transaction changing the same document, so the events' ids, taken after, follow
-        # the order in which the two commit. Taken before, two transactions staging events
-        # of one key could commit in the opposite order to their ids, and the relay, which
-        # publishes by id, would send the key's events out of order.
+        # The document's changes first: on PostgreSQL an UPDATE of its row waits for
+        # another transaction changing the same row, so the events' ids, taken after,
+        # follow the order in which the two commit. Taken before, two such transactions
+        # could commit in the opposite order to their ids, and the relay, which publishes
+        # by id, would send the key's events out of order. (Where a transaction changes
+        # no row of its key's document, its ids follow its INSERT, not its commit; the
+        # relay's reading on leaves such a late row's key until the row is sent.)
         session.flush()
         session.execute(insert(table_of(OutboxMessage)), rows)
 
@@ -145,10 +150,6 @@ def _waves(rows: list[OutboxMessage]) -> list[list[OutboxMessage]]:
     return waves
 
 
-#: A key held by the relay's reading on: one of its earlier rows failed in an earlier pass.
-HELD = RuntimeError("an earlier event of this key is not published yet")
-
-
 def _broker_away(error: BaseException) -> bool:
     """A failure of the broker or of the way to it, which every key meets alike (aiokafka's
     retriable errors, its timeouts), not one of the record's own (too large)."""
@@ -184,34 +185,26 @@ class OutboxRelay:
         self._batch_bytes = batch_bytes
         #: The last batch was full (by count or by bytes) and all of it went: more may wait.
         self._more_pending = False
-        #: Reading on past keys that failed (``_read_on``): the last row id read, and the
-        #: keys held (none of their rows leaves before their first failed one).
+        #: Reading on past keys that failed (``_read_on``): the last row id read; 0 when
+        #: reading from the oldest.
         self._after_id = 0
-        self._held_keys: set[bytes] = set()
         self._idle_poll_seconds = idle_poll_seconds
         self._keep_sent_for = keep_sent_for
         self._wakeup = asyncio.Event()
-        # Built once (see _MARK_SENT): the relay runs them after each transaction at a low rate.
-        # The oldest pending rows, as many as fit in ``batch_bytes`` (the first one always):
-        # after a broker outage, 500 outgoing mails with their PDFs would be gigabytes in
-        # memory at once. Summed by the database from the values' lengths, in one statement
-        # (35 µs more than the plain one on SQLite, measured on a 2-vCPU AMD EPYC host).
-        size = func.length(OutboxMessage.value)
-        oldest = (
-            select(
-                OutboxMessage.id,
-                (func.sum(size).over(order_by=OutboxMessage.id) - size).label("bytes_before"),
-            )
-            .where(OutboxMessage.sent_at.is_(None), OutboxMessage.id > bindparam("after_id"))
-            .order_by(OutboxMessage.id)
-            .limit(batch_size)
-            .subquery()
-        )
-        self._pending = (
-            select(OutboxMessage)
-            .join(oldest, oldest.c.id == OutboxMessage.id)
-            .where(oldest.c.bytes_before < batch_bytes)
-            .order_by(OutboxMessage.id)
+        self._pending = self._batch_query(OutboxMessage.sent_at.is_(None))
+        # Reading on: the pending rows after ``after_id`` whose key has no pending row up to
+        # it: neither a key that failed there nor one whose earlier row committed after the
+        # read (on PostgreSQL an id is taken at the INSERT, before the commit). Either
+        # would otherwise let a key's later event leave before its earlier one.
+        earlier = aliased(OutboxMessage)
+        self._pending_after = self._batch_query(
+            OutboxMessage.sent_at.is_(None),
+            OutboxMessage.id > bindparam("after_id"),
+            ~exists().where(
+                earlier.key == OutboxMessage.key,
+                earlier.sent_at.is_(None),
+                earlier.id <= bindparam("after_id"),
+            ),
         )
         #: The replicas' lock (PostgreSQL): one number per process and schema, the same in
         #: each replica. Advisory locks are the database's, not the schema's: without the
@@ -254,30 +247,33 @@ class OutboxRelay:
                 self._relay_lock
             ):
                 return 0  # another replica relays; it takes this replica's rows too
-            rows = list((await session.scalars(self._pending, {"after_id": self._after_id})).all())
+            if self._after_id:
+                batch = self._pending_after, {"after_id": self._after_id}
+            else:
+                batch = self._pending, {}
+            rows = list((await session.scalars(*batch)).all())
             if not rows:  # nothing pending, or the end of a reading on
-                self._read_from_the_oldest()
+                self._after_id = 0
                 return 0
             full = (
                 len(rows) >= self._batch_size
                 or sum(len(row.value) for row in rows) >= self._batch_bytes
             )
             sent_ids: list[int] = []
-            failed_keys: dict[bytes, BaseException] = dict.fromkeys(self._held_keys, HELD)
+            failed_keys: dict[bytes, BaseException] = {}
             for wave in _waves(rows):
                 await self._send_wave(wave, sent_ids, failed_keys)
             async with writer_turn(self._sessions):
                 if sent_ids:
                     await session.execute(_MARK_SENT, {"ids": sent_ids, "sent_at": utcnow()})
                 await session.commit()
-            own_failures = {k: e for k, e in failed_keys.items() if e is not HELD}
             self._read_on(rows, full, failed_keys)
-            if own_failures:
+            if failed_keys:
                 log.warning(
                     "%s outbox: %d keys not published yet: %s",
                     self._component,
-                    len(own_failures),
-                    next(iter(own_failures.values())),
+                    len(failed_keys),
+                    next(iter(failed_keys.values())),
                 )
             return len(sent_ids)
 
@@ -289,20 +285,41 @@ class OutboxRelay:
         A full batch that all went: at once, from the oldest pending (where the rest
         now is). A full batch in which keys failed for a reason of their own (a record
         the cluster refuses as too large; not the broker away): at once, past this
-        batch, those keys held (none of their later rows leaves), so that a few stuck
+        batch (``_pending_after`` leaves those keys' later rows), so that a few stuck
         keys never fill every batch and stop the other documents' events; back to the
-        oldest at the end. Anything else: the oldest, at the next wake or poll.
+        oldest at the end. Anything else, a broker away included: the oldest, at the
+        next wake or poll.
         """
-        if full and any(e is HELD or not _broker_away(e) for e in failed_keys.values()):
+        if full and any(not _broker_away(error) for error in failed_keys.values()):
             self._after_id = rows[-1].id
-            self._held_keys.update(failed_keys)
             self._more_pending = True
         else:
-            self._read_from_the_oldest()
+            self._after_id = 0
             self._more_pending = full and not failed_keys
 
-    def _read_from_the_oldest(self) -> None:
-        self._after_id, self._held_keys = 0, set()
+    def _batch_query(self, *conditions: ColumnElement[bool]) -> Select[tuple[OutboxMessage]]:
+        """The first pending rows that meet ``conditions``, in id order, as many as fit in
+        ``batch_bytes`` (the first one always): after a broker outage, 500 outgoing mails
+        with their PDFs would be gigabytes in memory at once. Summed by the database from
+        the values' lengths, in one statement (35 µs more than the plain one on SQLite,
+        measured on a 2-vCPU AMD EPYC host). Built once (see ``_MARK_SENT``)."""
+        size = func.length(OutboxMessage.value)
+        first = (
+            select(
+                OutboxMessage.id,
+                (func.sum(size).over(order_by=OutboxMessage.id) - size).label("bytes_before"),
+            )
+            .where(*conditions)
+            .order_by(OutboxMessage.id)
+            .limit(self._batch_size)
+            .subquery()
+        )
+        return (
+            select(OutboxMessage)
+            .join(first, first.c.id == OutboxMessage.id)
+            .where(first.c.bytes_before < self._batch_bytes)
+            .order_by(OutboxMessage.id)
+        )
 
     async def _send_wave(
         self,

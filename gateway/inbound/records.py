@@ -139,6 +139,15 @@ class WaitingItem(Base):
 #: and logged, at every poll (every 5 s by default).
 WAITING_FIRST_PAUSE = timedelta(seconds=10)
 WAITING_LONGEST_PAUSE = timedelta(minutes=30)
+#: A waiting item not tried again this long after its next try was due is no longer
+#: listed by its source (taken elsewhere, expired): it is forgotten.
+WAITING_FORGOTTEN_AFTER = timedelta(days=1)
+
+
+def waiting_pause(tries: int) -> timedelta:
+    """The pause after an item's ``tries``-th failure: doubled each time, up to the longest
+    (the exponent capped: a week of failures overflowed the doubling)."""
+    return min(WAITING_FIRST_PAUSE * 2 ** min(tries - 1, 20), WAITING_LONGEST_PAUSE)
 
 
 @dataclass(frozen=True)
@@ -181,25 +190,45 @@ class WaitingItems:
 
     async def failed(self, source: str, failures: Sequence[NotTaken]) -> None:
         """Record that ``failures`` could not be taken at this poll; the items stay listed
-        at the source and are tried again later."""
+        at the source and are tried again later. Never raises: the poll's other items
+        are recorded whatever happens here."""
         if not failures:
             return
         now = self._clock()
+        ids = [failure.source_message_id for failure in failures]
         try:
             async with write_transaction(self._sessions) as session:
+                # An item no longer listed (taken elsewhere, expired at the source) is not
+                # tried again: its row would be shown for ever. A listed one is tried at
+                # least every WAITING_LONGEST_PAUSE.
+                await session.execute(
+                    delete(WaitingItem).where(
+                        WaitingItem.channel == self._channel,
+                        WaitingItem.next_try_at < now - WAITING_FORGOTTEN_AFTER,
+                    )
+                )
+                # Recorded meanwhile by another replica: not waiting.
+                recorded = set(
+                    await session.scalars(
+                        select(InboundDocument.source_message_id).where(
+                            InboundDocument.channel == self._channel,
+                            InboundDocument.source_message_id.in_(ids),
+                        )
+                    )
+                )
                 known = {
                     row.source_message_id: row
                     for row in await session.scalars(
                         select(WaitingItem).where(
                             WaitingItem.channel == self._channel,
                             WaitingItem.source == source,
-                            WaitingItem.source_message_id.in_(
-                                [f.source_message_id for f in failures]
-                            ),
+                            WaitingItem.source_message_id.in_(ids),
                         )
                     )
                 }
                 for failure in failures:
+                    if failure.source_message_id in recorded:
+                        continue
                     row = known.get(failure.source_message_id)
                     if row is None:
                         row = known[failure.source_message_id] = WaitingItem(
@@ -214,10 +243,11 @@ class WaitingItems:
                     row.reason = mask_national_numbers(failure.reason)
                     row.tries += 1
                     row.last_failed_at = now
-                    pause = min(WAITING_FIRST_PAUSE * 2 ** (row.tries - 1), WAITING_LONGEST_PAUSE)
-                    row.next_try_at = now + pause
+                    row.next_try_at = now + waiting_pause(row.tries)
         except IntegrityError:  # another replica recorded one meanwhile: its record stands
             log.info("%s: waiting items recorded concurrently", self._channel)
+        except Exception:  # the database is away: the items are tried at the next poll
+            log.exception("%s: could not record the items that wait", self._channel)
 
     async def forget(self, session: AsyncSession, source: str, ids: Sequence[str]) -> None:
         """In the transaction that records ``ids``: they no longer wait."""

@@ -19,6 +19,7 @@ from kernel.kafka import make_producer
 from kernel.migrations import Migration, create_tables, migrate
 from kernel.outbox import OutboxMessage, OutboxRelay, stage, transaction
 from tests.support.hub_processes import drop_schemas
+from tests.unit import test_outbox as unit
 from tests.unit.test_outbox import FakeSender, receipt
 
 pytestmark = pytest.mark.integration
@@ -219,3 +220,17 @@ async def test_a_documents_events_are_numbered_in_the_order_their_changes_commit
             await asyncio.gather(first_commit, return_exceptions=True)
         await engine.dispose()
         await drop_schemas(postgres_url, [schema])
+
+
+async def test_reading_on_past_a_stuck_key_keeps_each_keys_order(
+    database: tuple[str, str | None],
+) -> None:
+    url, schema = database
+    engine = create_engine(url, schema=schema)
+    try:
+        await migrate(engine, "outbox-test", MIGRATIONS, schema=schema)
+        await unit.test_reading_on_never_sends_a_keys_event_before_an_earlier_one_committed_late(
+            session_factory(engine)
+        )
+    finally:
+        await engine.dispose()

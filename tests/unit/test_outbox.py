@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.envelope import new_event
+from contracts.envelope import new_event, to_record
 from contracts.events.gateway import DeliveryReceipt
 from kernel.database import create_engine, session_factory, utcnow, writer_turn
 from kernel.migrations import Migration, create_tables, migrate
@@ -359,3 +359,58 @@ async def test_while_the_broker_is_away_the_relay_keeps_to_the_oldest_events(
     sender.fail_keys.clear()
     assert await relay.publish_pending() == 2  # the oldest first, once the broker is back
     assert [key for _, key, _ in sender.sent] == [b"92137:doc-1", b"92137:doc-2"]
+
+
+async def add_rows(sessions: async_sessionmaker[AsyncSession], rows: list[tuple[int, str]]) -> None:
+    """Outbox rows with the ids given, as PostgreSQL numbers them: at the INSERT, so a row
+    with a lower id may commit after one with a higher."""
+    async with sessions() as session, session.begin():
+        for row_id, document in rows:
+            record = to_record(receipt(document.split("/")[0], attempts=row_id))
+            session.add(
+                OutboxMessage(
+                    id=row_id,
+                    event_id=f"e-{row_id}",
+                    event_type="t",
+                    topic=record.topic,
+                    key=record.key,
+                    value=record.value,
+                    headers={},
+                    created_at=utcnow(),
+                )
+            )
+
+
+async def test_reading_on_never_sends_a_keys_event_before_an_earlier_one_committed_late(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    sender = FakeSender()
+    sender.broker_rejects = lambda key, value: key == b"92137:stuck"
+    relay = OutboxRelay(sessions, sender, component="test", batch_size=2)
+    await add_rows(sessions, [(1, "stuck"), (3, "other")])
+    await relay.publish_pending()  # reads 1 and 3; "stuck" fails: it reads on past 3
+    # Meanwhile row 2 commits (its id was taken before row 3's), then the same document's
+    # next event as row 4.
+    await add_rows(sessions, [(2, "late"), (4, "late")])
+
+    for _ in range(4):
+        await relay.publish_pending()
+
+    late = [json.loads(value)["attempts"] for _, key, value in sender.sent if key == b"92137:late"]
+    assert late == [2, 4]
+
+
+async def test_a_broker_away_while_reading_on_sends_the_relay_back_to_the_oldest(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    sender = FakeSender()
+    sender.broker_rejects = lambda key, value: key == b"92137:stuck"
+    relay = OutboxRelay(sessions, sender, component="test", batch_size=2)
+    await add_rows(sessions, [(1, "stuck"), (2, "a"), (3, "b"), (4, "c"), (5, "d")])
+    await relay.publish_pending()  # "stuck" refused for good: reads on past 2
+    sender.fail_keys = {b"92137:b", b"92137:c", b"92137:d"}  # now the broker is away
+
+    await relay.publish_pending()  # 3 and 4 fail alike: no reading on through the rest
+    sender.fail_keys.clear()
+    await relay.publish_pending()
+    assert [key for _, key, _ in sender.sent][:2] == [b"92137:a", b"92137:b"]  # oldest first
