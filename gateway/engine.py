@@ -215,6 +215,7 @@ class DeliveryEngine:
         self._retrying: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._retrying_bytes = 0
         self._retry_ended = asyncio.Event()
+        self._claims_held_back = False
         # A claimed retry is hidden from other schedulers this long (a crashed one's claim
         # expires). The claim is renewed when the attempt gets its slot (``_renew_claim``),
         # for its own connector's deadline.
@@ -732,9 +733,13 @@ class DeliveryEngine:
                 claimed = []
             for retry in claimed:
                 self._keep_in_background(self._start_retry(retry))
-            if not claimed:
+            if claimed:
+                continue
+            if self._claims_held_back:  # due ones wait for room: claim when a retry ends
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._retry_ended.wait(), poll_seconds)
+            else:  # nothing due: a retry ending (a Stésud file not yet acknowledged) is no news
+                await asyncio.sleep(poll_seconds)
 
     async def retry_due(
         self, limit: int = RETRIES_AT_ONCE, batch_bytes: int = RETRY_BATCH_BYTES
@@ -753,6 +758,8 @@ class DeliveryEngine:
         that does not answer would take every place, waiting for its slots."""
         room = limit - sum(self._retrying.values())
         bytes_room = batch_bytes - self._retrying_bytes
+        # Whether due retries may have been left for want of room (``run_retries``).
+        self._claims_held_back = True
         if room <= 0 or bytes_room <= 0:
             return []
         full = [
@@ -802,11 +809,13 @@ class DeliveryEngine:
             claim = now + self._retry_lease
             due: list[_Claimed] = []
             claimed_of = Counter(self._retrying)
-            for record in (await session.scalars(query)).all():
+            rows = (await session.scalars(query)).all()
+            for record in rows:
                 retry = _Claimed(record, claim, self._target_of(record), len(record.record_value))
                 if claimed_of[retry.target] < self._retries_per_target:
                     claimed_of[retry.target] += 1
                     due.append(retry)
+            self._claims_held_back = bool(full) or len(due) < len(rows) or len(rows) >= room
             if due:
                 await session.execute(
                     update(DeliveryRecord)
