@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 SOURCE = "urn:hub:gateway"
 #: How long a delivery whose route was removed waits for it to come back before it is dead.
 ROUTE_GONE_FOR = timedelta(hours=2)
+#: The retry scheduler counts a removed route's retries as a target of their own, named so.
+REMOVED_ROUTE = "route:"
 #: The stored events the retry scheduler holds at most, claimed and not yet ended.
 RETRY_BATCH_BYTES = 32 * 1024 * 1024
 #: The retries the scheduler holds at most, claimed and not yet ended.
@@ -114,6 +116,9 @@ class _Pending:
     record: DeliveryRecord | None = None
     #: None while it waits behind an earlier delivery of its document being retried.
     outcome: Outcome | None = None
+    #: The claim of its attempt under way in the background, when an earlier reading of
+    #: this fetch handed it over and could not record it: recorded under it, not attempted.
+    under_way_claim: datetime | None = None
 
     @property
     def key(self) -> str:
@@ -197,13 +202,15 @@ class DeliveryEngine:
         # behind the round in flight. More would sit claimed in memory, and the retries of
         # a target that does not answer would take the place of the others'.
         self._retries_per_target = 2 * retry_share
-        # Targets with an attempt handed over by a fetch (they took longer than
-        # FIRST_ATTEMPT_SECONDS): how many each. While a target has one, a fetch leaves its
-        # deliveries to the retries at once instead of waiting for it again.
+        # Targets with an attempt handed over by a fetch (it took longer than
+        # FIRST_ATTEMPT_SECONDS): how many each, until the attempt's task ends. While a
+        # target has one and no free slot, a fetch leaves its deliveries to the retries at
+        # once instead of waiting for a slot again (``_held_by_slow_attempts``).
         self._slow: defaultdict[tuple[str, str], int] = defaultdict(int)
-        # The keys of those attempts: a fetch read again meanwhile (after a failed
-        # recording) leaves them to the attempt under way instead of sending them twice.
-        self._handed_over: set[str] = set()
+        # The keys of those attempts, with their claims: a fetch read again meanwhile
+        # (after a failed recording) records them under their claim instead of sending
+        # them twice, so the document's later deliveries wait behind them.
+        self._handed_over: dict[str, datetime] = {}
         self._routes_of_target: dict[tuple[str, str], list[str]] = defaultdict(list)
         for routes in routing.routes.values():
             for route in routes:
@@ -327,19 +334,22 @@ class DeliveryEngine:
         for item in pending:
             # Seen before a crash or a rebalance (recorded, or owned by the retries), or
             # twice in this fetch: nothing to do.
-            if item.key in self._handed_over:
+            if item.key in self._handed_over and item.key not in known:
                 # Under way in the background since this fetch was read before (its
-                # recording failed): that attempt records it; the document's later
-                # deliveries wait for it.
-                blocked.add(item.chain)
+                # recording failed): recorded under the attempt's claim, which records its
+                # outcome there (or, stopped, leaves it to the retries when the claim ends);
+                # the document's later deliveries wait behind it.
+                known.add(item.key)
+                item.under_way_claim = self._handed_over[item.key]
+                chains.setdefault(item.chain, _Chain([], recorded)).items.append(item)
             elif item.key not in known:
                 known.add(item.key)
                 chains.setdefault(item.chain, _Chain([], recorded)).items.append(item)
         try:
             await self._attempt_chains(list(chains.values()), blocked)
-            # Each with the claim of its attempt under way, if its fetch handed it over.
+            # Each with the claim of its attempt under way, if a fetch handed it over.
             fresh = [
-                (item, chain.claim if item is chain.current else None)
+                (item, chain.claim if item is chain.current else item.under_way_claim)
                 for chain in chains.values()
                 for item in chain.items
             ]
@@ -398,7 +408,7 @@ class DeliveryEngine:
             chain.claim = self._clock() + timedelta(seconds=deadline + 30)
             self._keep_in_background(task)
             self._slow[target] += 1
-            self._handed_over.add(key)
+            self._handed_over[key] = chain.claim
             task.add_done_callback(functools.partial(self._handover_ended, target, key))
         await asyncio.gather(*stopped, return_exceptions=True)
         for task in done:
@@ -412,14 +422,15 @@ class DeliveryEngine:
         self._slow[target] -= 1
         if not self._slow[target]:
             del self._slow[target]
-        self._handed_over.discard(key)
+        self._handed_over.pop(key, None)
 
     def _held_by_slow_attempts(self, route: Route) -> bool:
-        """Whether every slot of ``route``'s target is held by an attempt handed over (a
-        target that took longer than FIRST_ATTEMPT_SECONDS on all of them): a fetch's
-        delivery would only wait for one, so it is left to the retries at once."""
+        """Whether ``route``'s target is slow now (an attempt of it was handed over and goes
+        on) and has no free slot (its others held by attempts, or by its retries, that
+        wait for it too): a fetch's delivery would only wait for a slot, so it is left to
+        the retries at once."""
         target = (route.tenant, route.connector_name)
-        return self._slow.get(target, 0) >= self._concurrency
+        return bool(self._slow.get(target)) and self._target_slots[target].locked()
 
     async def stop_background(self) -> None:
         """End the attempts handed over and the retries under way (at the gateway's stop):
@@ -489,6 +500,9 @@ class DeliveryEngine:
     async def _attempt_chain(self, chain: _Chain, blocked: set[tuple[str, str, str]]) -> None:
         """One document's deliveries on one route, in order; a retry holds the later ones."""
         for item in chain.items:
+            if item.under_way_claim is not None:
+                blocked.add(item.chain)  # under way already: the later ones wait behind it
+                continue
             if item.chain in blocked:
                 continue  # waits behind an earlier delivery that is being retried
             if self._held_by_slow_attempts(item.route):
@@ -528,8 +542,8 @@ class DeliveryEngine:
                 if under_way is not None:
                     self._apply(session, under_way, item.event, item.route, outcome)
                 elif await session.scalar(_RECORD_ID_OF_KEY, {"key": item.key}) is None:
-                    # The fetch's recording failed and the fetch is read again; it leaves
-                    # this delivery to this attempt (``_handed_over``), which records it.
+                    # The fetch's recording failed, and it was not read again yet (or its
+                    # reading failed too): this attempt records the delivery itself.
                     item.record, item.outcome = None, outcome
                     self._record(session, item, None)
                 else:
@@ -763,10 +777,10 @@ class DeliveryEngine:
         if room <= 0 or bytes_room <= 0:
             return []
         full = [
-            (tenant, route)
-            for (tenant, connector), count in self._retrying.items()
+            (target[0], route)
+            for target, count in self._retrying.items()
             if count >= self._retries_per_target
-            for route in self._routes_of_target.get((tenant, connector), ())
+            for route in self._routes_of(target)
         ]
         now = self._clock()
         earlier = aliased(DeliveryRecord)
@@ -815,7 +829,9 @@ class DeliveryEngine:
                 if claimed_of[retry.target] < self._retries_per_target:
                     claimed_of[retry.target] += 1
                     due.append(retry)
-            self._claims_held_back = bool(full) or len(due) < len(rows) or len(rows) >= room
+            # Left for want of room: rows of a target at its cap, or as many rows as room.
+            # (A target excluded as full, or rows cut by bytes, wait for the next poll.)
+            self._claims_held_back = len(due) < len(rows) or len(rows) >= room
             if due:
                 await session.execute(
                     update(DeliveryRecord)
@@ -835,11 +851,18 @@ class DeliveryEngine:
         task.add_done_callback(functools.partial(self._retry_done, retry))
         return task
 
+    def _routes_of(self, target: tuple[str, str]) -> list[str]:
+        """The routes of a target; of a removed route's own target (``_target_of``), it."""
+        connector = target[1]
+        if connector.startswith(REMOVED_ROUTE):
+            return [connector.removeprefix(REMOVED_ROUTE)]
+        return self._routes_of_target.get(target, [])
+
     def _target_of(self, record: DeliveryRecord) -> tuple[str, str]:
         """The target (tenant, connector name) of a delivery; its route's name when the
         route is no longer configured (it is only looked at then, not attempted)."""
         route = self._routing.route(record.tenant, record.route)
-        return (record.tenant, route.connector_name if route else f"route:{record.route}")
+        return (record.tenant, route.connector_name if route else REMOVED_ROUTE + record.route)
 
     def _retry_done(self, retry: _Claimed, _: object) -> None:
         self._retrying[retry.target] -= 1

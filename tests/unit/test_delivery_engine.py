@@ -26,7 +26,7 @@ from contracts.events.gateway import DeliveryReceipt
 from gateway import engine as engine_module
 from gateway.connectors.base import ATTEMPT_SECONDS, Delivery, DeliveryResult, attempt_deadline
 from gateway.deliveries import MIGRATIONS, DeliveryRecord, idempotency_key
-from gateway.engine import DeliveryEngine
+from gateway.engine import RETRY_BATCH_BYTES, DeliveryEngine
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import RetryPolicy, Route, RoutingTable
 from kernel.kafka import FETCH_MAX_WAIT_MS, FetchPacing, OffsetCommits
@@ -821,12 +821,8 @@ async def test_a_target_whose_slots_are_all_held_by_slow_attempts_is_left_to_the
     await settled(engine)
 
 
-async def test_a_fetch_read_again_after_its_recording_failed_leaves_the_attempt_under_way(
-    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.05)
-    silent, other, clock = SilentConnector(), FakeConnector(), Clock()
-    engine = two_targets_engine(sessions, silent, other, clock)
+def fetch_recording_fails_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next recording of a fetch fails (the database away): the consumer rewinds."""
     recording = engine_module.write_transaction
 
     def database_away_once(sessions: Any) -> Any:
@@ -834,18 +830,72 @@ async def test_a_fetch_read_again_after_its_recording_failed_leaves_the_attempt_
         raise ConnectionError("the database is away")
 
     monkeypatch.setattr(engine_module, "write_transaction", database_away_once)
-    event = mail_event()
-    with pytest.raises(ConnectionError):  # the consumer rewinds and reads it again
-        await engine.handle_records([record_of(event)])
-    await engine.handle_records([record_of(event)])
 
-    assert len(silent.calls) == 1  # not sent a second time beside the first
-    assert await deliveries(sessions) == []
+
+async def test_a_fetch_read_again_after_its_recording_failed_leaves_the_attempt_under_way(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.05)
+    silent, other, clock = SilentConnector(), FakeConnector(), Clock()
+    engine = two_targets_engine(sessions, silent, other, clock)
+    first, second = mail_event(), mail_event()  # one mail's two events
+    fetch = [record_of(first), record_of(second)]
+    fetch_recording_fails_once(monkeypatch)
+    with pytest.raises(ConnectionError):  # the consumer rewinds and reads it again
+        await engine.handle_records(fetch)
+    await engine.handle_records(fetch)
+
+    assert [call.event.id for call in silent.calls] == [first.id]  # not sent twice at once
+    under_way, behind = await deliveries(sessions)  # recorded, in order, by the reading
+    assert (under_way.event_id, under_way.status, under_way.attempts) == (first.id, "retrying", 0)
+    assert under_way.next_attempt_at is not None and under_way.next_attempt_at > clock.now
+    assert (behind.event_id, behind.status) == (second.id, "retrying")
+    assert await engine.retry_due() == 0  # the second waits behind the first
     silent.answer.set()
     await settled(engine)
+    assert await engine.retry_due() == 1
+    assert [(r.status, r.attempts) for r in await deliveries(sessions)] == [("delivered", 1)] * 2
+    assert [call.event.id for call in silent.calls] == [first.id, second.id]
+
+
+async def test_an_attempt_under_way_that_records_itself_keeps_its_place(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.05)
+    silent, other, clock = SilentConnector(), FakeConnector(), Clock()
+    engine = two_targets_engine(sessions, silent, other, clock)
+    fetch_recording_fails_once(monkeypatch)
+    event = mail_event()
+    with pytest.raises(ConnectionError):
+        await engine.handle_records([record_of(event)])
+    silent.answer.set()  # it ends before the fetch is read again
+    await settled(engine)
+
     [record] = await deliveries(sessions)  # recorded by the attempt itself
     assert (record.status, record.attempts, record.external_reference) == ("delivered", 1, "late-1")
+    await engine.handle_records([record_of(event)])  # then read again: known, nothing more
+    assert len(silent.calls) == 1
     assert [r.outcome for r in await receipts(sessions)] == ["delivered"]
+
+
+async def test_an_attempt_under_way_stopped_with_the_gateway_is_retried_after_its_claim(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.05)
+    silent, other, clock = SilentConnector(), FakeConnector(), Clock()
+    engine = two_targets_engine(sessions, silent, other, clock)
+    fetch_recording_fails_once(monkeypatch)
+    event = mail_event()
+    with pytest.raises(ConnectionError):
+        await engine.handle_records([record_of(event)])
+    await engine.handle_records([record_of(event)])  # read again; offsets committed
+    await engine.stop_background()  # the gateway stops before the target answers
+
+    clock.advance(ATTEMPT_SECONDS + 31)  # its claim ran out
+    silent.answer.set()
+    assert await engine.retry_due() == 1
+    [record] = await deliveries(sessions)
+    assert (record.status, record.attempts) == ("delivered", 1)
 
 
 async def test_a_fetch_cancelled_at_stop_cancels_its_attempts(
@@ -885,3 +935,57 @@ async def test_a_claim_that_could_not_be_committed_leaves_nothing_counted(
 
     assert await engine.retry_due() == 2  # both still due, and the target not "full"
     assert {r.status for r in await deliveries(sessions)} == {"delivered"}
+
+
+async def test_a_slow_target_whose_slots_its_retries_hold_too_costs_a_fetch_no_wait(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.5)
+    silent = SilentConnector([RetryableDeliveryError("HTTP 503")])
+    clock = Clock()
+    engine = two_targets_engine(sessions, silent, FakeConnector(), clock, concurrency=2)
+    await engine.handle_records([record_of(mail_event("mail-0"))])  # 503: a retry
+    clock.advance(5)
+    scheduler = asyncio.create_task(engine.run_retries(poll_seconds=0.01))
+    try:
+
+        async def retried() -> bool:
+            return len(silent.calls) == 2
+
+        assert await eventually(retried, timeout=5, pause=0.01)  # one slot: its retry
+        await engine.handle_records([record_of(mail_event("mail-1"))])  # the other: handed over
+
+        started = asyncio.get_running_loop().time()
+        await engine.handle_records([record_of(mail_event("mail-2"))])
+        assert asyncio.get_running_loop().time() - started < 0.3  # not the 0.5 s again
+        [left] = [r for r in await deliveries(sessions) if r.subject == "mail-2"]
+        assert (left.status, left.attempts) == ("retrying", 0)
+    finally:
+        scheduler.cancel()
+        await asyncio.gather(scheduler, return_exceptions=True)
+        await engine.stop_background()
+
+
+async def test_the_retries_of_a_removed_route_leave_the_others_to_go_on(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    down = [RetryableDeliveryError("HTTP 503")] * 30
+    gone, other, clock = FakeConnector(list(down)), FakeConnector(list(down)), Clock()
+    engine = two_targets_engine(sessions, gone, other, clock, concurrency=1)
+    await engine.handle_records([record_of(mail_event(f"mail-{n}")) for n in range(20)])
+    clock.advance(1)
+    await engine.handle_records([record_of(mail_event("mail-9", tenant=OTHER))])
+    del engine._routing.routes[(TENANT, SEND)]  # TENANT's route removed from its file
+    clock.advance(5)
+    other.script.clear()
+
+    # Twenty due retries of the removed route come first. A claim takes two of them (its
+    # cap, as a target of its own); while they are under way, the next claim leaves that
+    # route out and reaches the other tenant's retry behind the eighteen others.
+    first = await engine._claim_due(3, RETRY_BATCH_BYTES)
+    assert [retry.record.tenant for retry in first] == [TENANT, TENANT]
+    under_way = [engine._start_retry(retry) for retry in first]
+    second = await engine._claim_due(3, RETRY_BATCH_BYTES)
+    assert [retry.record.tenant for retry in second] == [OTHER]
+    await asyncio.gather(*under_way, *(engine._start_retry(retry) for retry in second))
+    assert [r.status for r in await deliveries(sessions) if r.tenant == OTHER] == ["delivered"]
