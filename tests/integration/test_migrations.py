@@ -121,7 +121,10 @@ async def test_credit_notes_accepted_before_their_keys_were_set_apart_still_find
             await connection.execute(
                 insert(invoices), [row("F-1", "Invoice"), row("NC-1", "CreditNote")]
             )
-        assert await migrate(engine, "factures", FACTURES_MIGRATIONS, schema=schema) == 4
+        assert (
+            await migrate(engine, "factures", FACTURES_MIGRATIONS, schema=schema)
+            == FACTURES_MIGRATIONS[-1].version
+        )
         async with engine.connect() as connection:
             keys = dict(
                 (await connection.execute(select(invoices.c.id, invoices.c.accepted_key))).all()
