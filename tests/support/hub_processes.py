@@ -19,6 +19,7 @@ import httpx
 from sqlalchemy import text
 
 from hub.components import BY_NAME
+from hub.demos import LIMITS
 from hub.supervisor import (
     Running,
     prepare_development_material,
@@ -180,6 +181,9 @@ class HubProcesses:
             base_url=self.url("courrier"),
             timeout=30,
             headers=self.token(tenant, "courrier:read", "courrier:write"),
+            # httpx keeps an idle connection 5 s, as long as uvicorn: a busy machine's
+            # 50 reads at once, taking longer, reused one uvicorn had just closed.
+            limits=LIMITS,
         )
 
 
