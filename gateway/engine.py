@@ -332,19 +332,18 @@ class DeliveryEngine:
         recorded = asyncio.Event()
         chains: dict[tuple[str, str, str], _Chain] = {}
         for item in pending:
-            # Seen before a crash or a rebalance (recorded, or owned by the retries), or
-            # twice in this fetch: nothing to do.
-            if item.key in self._handed_over and item.key not in known:
+            if item.key in known:
+                # Seen before a crash or a rebalance (recorded, or owned by the retries),
+                # or twice in this fetch: nothing to do.
+                continue
+            known.add(item.key)
+            if item.key in self._handed_over:
                 # Under way in the background since this fetch was read before (its
                 # recording failed): recorded under the attempt's claim, which records its
                 # outcome there (or, stopped, leaves it to the retries when the claim ends);
                 # the document's later deliveries wait behind it.
-                known.add(item.key)
                 item.under_way_claim = self._handed_over[item.key]
-                chains.setdefault(item.chain, _Chain([], recorded)).items.append(item)
-            elif item.key not in known:
-                known.add(item.key)
-                chains.setdefault(item.chain, _Chain([], recorded)).items.append(item)
+            chains.setdefault(item.chain, _Chain([], recorded)).items.append(item)
         try:
             await self._attempt_chains(list(chains.values()), blocked)
             # Each with the claim of its attempt under way, if a fetch handed it over.
