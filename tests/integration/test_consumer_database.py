@@ -12,8 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import CloudEvent, headers_as_text, to_record
 from contracts.events.gateway import DeliveryReceipt
 from kernel.consumer import EventConsumer, RejectedEvent
-from kernel.database import create_engine, session_factory
-from kernel.migrations import migrate
+from tests.support.databases import migrated_sessions
 from tests.unit import test_consumer as unit
 from tests.unit.test_consumer import MIGRATIONS, receipt
 
@@ -24,13 +23,8 @@ pytestmark = pytest.mark.integration
 async def sessions(
     database: tuple[str, str | None],
 ) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    url, schema = database
-    engine = create_engine(url, schema=schema)
-    try:
-        await migrate(engine, "test", MIGRATIONS, schema=schema)
-        yield session_factory(engine)
-    finally:
-        await engine.dispose()
+    async with migrated_sessions(database, "test", MIGRATIONS) as sessions:
+        yield sessions
 
 
 async def test_records_whose_attributes_break_the_contract_are_kept_not_handled(

@@ -10,8 +10,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.deliveries import MIGRATIONS
-from kernel.database import create_engine, session_factory
-from kernel.migrations import migrate
+from tests.support.databases import migrated_sessions
 from tests.unit import test_delivery_engine as scenarios
 
 pytestmark = pytest.mark.integration
@@ -21,13 +20,8 @@ pytestmark = pytest.mark.integration
 async def sessions(
     database: tuple[str, str | None],
 ) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    url, schema = database
-    engine = create_engine(url, schema=schema)
-    try:
-        await migrate(engine, "gateway", MIGRATIONS, schema=schema)
-        yield session_factory(engine)
-    finally:
-        await engine.dispose()
+    async with migrated_sessions(database, "gateway", MIGRATIONS) as sessions:
+        yield sessions
 
 
 async def test_a_silent_target_holds_neither_the_fetch_nor_the_other_targets(

@@ -1,4 +1,5 @@
-"""A unit test's own SQLite database, migrated like the service's."""
+"""A test's own database, migrated like the service's: a SQLite file for unit tests, or
+the ``database`` fixture's (SQLite or a PostgreSQL schema) for integration tests."""
 
 from __future__ import annotations
 
@@ -20,6 +21,21 @@ async def sqlite_sessions(
     engine = create_engine(f"sqlite+aiosqlite:///{path}")
     try:
         await migrate(engine, component, migrations)
+        yield session_factory(engine)
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def migrated_sessions(
+    database: tuple[str, str | None], component: str, migrations: Sequence[Migration]
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on the ``database`` fixture's ``(url, schema)`` with ``component``'s
+    ``migrations`` applied."""
+    url, schema = database
+    engine = create_engine(url, schema=schema)
+    try:
+        await migrate(engine, component, migrations, schema=schema)
         yield session_factory(engine)
     finally:
         await engine.dispose()
