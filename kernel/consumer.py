@@ -37,16 +37,19 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import (
     JSON,
+    Connection,
     Index,
     LargeBinary,
     String,
     Text,
     bindparam,
     delete,
+    func,
     insert,
     select,
+    text,
 )
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
@@ -123,13 +126,22 @@ class InboxEntry(Base):
     handled_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+#: The unique index of ``rejected_events.event_id``; the index it replaced allowed repeats.
+REJECTED_EVENT_ID_INDEX = "ux_rejected_events_event_id"
+_REPEATABLE_EVENT_ID_INDEX = "ix_rejected_events_event_id"
+
+
 class RejectedEvent(Base):
     """A record addressed to this service that breaks its contract, or that its handler
     kept failing on, kept with the reason."""
 
     __tablename__ = "rejected_events"
+    # One row per event id: two consumers keeping the same record at once (replicas in a
+    # rebalance) each looked it up, found nothing and inserted it. Records without an id
+    # (NULL, never equal) are each kept.
+    __table_args__ = (Index(REJECTED_EVENT_ID_INDEX, "event_id", unique=True),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    event_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    event_id: Mapped[str | None] = mapped_column(String(200))
     event_type: Mapped[str] = mapped_column(String(128))
     tenant: Mapped[str | None] = mapped_column(String(5), index=True)
     topic: Mapped[str] = mapped_column(String(249))
@@ -137,6 +149,26 @@ class RejectedEvent(Base):
     value: Mapped[bytes] = mapped_column(LargeBinary)
     reason: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+def one_rejected_event_per_id(connection: Connection) -> None:
+    """Migration: ``rejected_events`` keeps one row per event id (the earliest of any
+    repeats, which were the same record kept twice), under a unique index."""
+    table = table_of(RejectedEvent)
+    earliest = (
+        select(func.min(table.c.id))
+        .where(table.c.event_id.is_not(None))
+        .group_by(table.c.event_id)
+        .scalar_subquery()
+    )
+    connection.execute(
+        delete(table).where(table.c.event_id.is_not(None), table.c.id.not_in(earliest))
+    )
+    # By its name: an ``Index`` built on the table's column would join the table's own.
+    quoted = connection.dialect.identifier_preparer.quote(_REPEATABLE_EVENT_ID_INDEX)
+    connection.execute(text(f"DROP INDEX IF EXISTS {quoted}"))
+    for index in table.indexes:
+        index.create(connection, checkfirst=True)
 
 
 #: Which of a batch's events were handled before. Built once, the ids bound as an expanding
@@ -281,26 +313,39 @@ class EventConsumer:
             topic,
             reason,
         )
-        async with self._sessions() as session, session.begin():
-            if event_id is not None:
-                known = await session.scalar(
-                    select(RejectedEvent.id).where(RejectedEvent.event_id == event_id)
-                )
-                if known is not None:
+        try:
+            async with self._sessions() as session, session.begin():
+                if event_id is not None and await self._kept_already(session, event_id):
                     return False
-            session.add(
-                RejectedEvent(
-                    event_id=event_id,
-                    event_type=_fitted(headers.get("ce_type"), 128) or "",
-                    tenant=tenant if tenant and re.fullmatch(TENANT_PATTERN, tenant) else None,
-                    topic=topic,
-                    headers=headers,
-                    value=value,
-                    reason=_CONTROL.sub("\N{REPLACEMENT CHARACTER}", reason),
-                    received_at=utcnow(),
+                session.add(
+                    RejectedEvent(
+                        event_id=event_id,
+                        event_type=_fitted(headers.get("ce_type"), 128) or "",
+                        tenant=tenant if tenant and re.fullmatch(TENANT_PATTERN, tenant) else None,
+                        topic=topic,
+                        headers=headers,
+                        value=value,
+                        reason=_CONTROL.sub("\N{REPLACEMENT CHARACTER}", reason),
+                        received_at=utcnow(),
+                    )
                 )
-            )
+        except IntegrityError:
+            # Another consumer kept it between the lookup and the commit, or the row broke
+            # another constraint: only the first is no error.
+            if event_id is None:
+                raise
+            async with self._sessions() as session:
+                if not await self._kept_already(session, event_id):
+                    raise
+            return False
         return True
+
+    @staticmethod
+    async def _kept_already(session: AsyncSession, event_id: str) -> bool:
+        known = await session.scalar(
+            select(RejectedEvent.id).where(RejectedEvent.event_id == event_id)
+        )
+        return known is not None
 
     async def replay(self, kept: RejectedEvent) -> str:
         """Hand a kept event to its handler again, its cause fixed (the sender corrected, the

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from kernel.consumer import InboxEntry, RejectedEvent
+from kernel.consumer import InboxEntry, RejectedEvent, one_rejected_event_per_id
 from kernel.database import Base, UtcDateTime
 from kernel.idempotency import IdempotentRequest
 from kernel.migrations import Migration, add_columns, create_tables, table_of
@@ -145,5 +145,10 @@ MIGRATIONS: list[Migration] = [
         5,
         "the inbox's entries by age, to purge the old ones",
         add_columns(table_of(InboxEntry)),
+    ),
+    Migration(
+        6,
+        "one kept rejected event per event id",
+        one_rejected_event_per_id,
     ),
 ]

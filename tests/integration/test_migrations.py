@@ -5,12 +5,25 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from sqlalchemy import Column, Connection, Integer, MetaData, Table, insert, inspect, select, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    Integer,
+    MetaData,
+    Table,
+    insert,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.exc import IntegrityError
 
 from gateway.deliveries import MIGRATIONS
 from gateway.inbound.records import InboundDocument
+from kernel.consumer import REJECTED_EVENT_ID_INDEX, RejectedEvent
 from kernel.database import create_engine, utcnow
 from kernel.migrations import Migration, migrate, table_of
+from services.courrier.tables import MIGRATIONS as COURRIER_MIGRATIONS
 from services.factures.domain import duplicate_key
 from services.factures.tables import MIGRATIONS as FACTURES_MIGRATIONS
 from services.factures.tables import Invoice as FacturesInvoice
@@ -160,5 +173,55 @@ async def test_a_migration_that_fails_half_way_leaves_nothing_and_can_run_again(
 
         again = [Migration(1, "thing", lambda connection: things.create(connection))]
         assert await migrate(engine, "half-way", again, schema=schema) == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_kept_rejected_events_become_one_per_event_id(
+    database: tuple[str, str | None],
+) -> None:
+    url, schema = database
+    engine = create_engine(url, schema=schema)
+    rejected = table_of(RejectedEvent)
+    # courrier's rejected events as migration 5 left them: the event id indexed, not unique.
+    before = [m for m in COURRIER_MIGRATIONS if m.version <= 5]
+
+    def as_before(connection: Connection) -> None:
+        connection.execute(text(f"DROP INDEX {REJECTED_EVENT_ID_INDEX}"))
+        connection.execute(
+            text("CREATE INDEX ix_rejected_events_event_id ON rejected_events (event_id)")
+        )
+
+    def row(event_id: str | None, reason: str) -> dict[str, object]:
+        return {
+            "event_id": event_id,
+            "event_type": "courrier.x.v1",
+            "topic": "gateway.receipts",
+            "headers": {},
+            "value": b"{",
+            "reason": reason,
+            "received_at": utcnow(),
+        }
+
+    try:
+        assert await migrate(engine, "courrier", before, schema=schema) == 5
+        async with engine.begin() as connection:
+            await connection.run_sync(as_before)
+            await connection.execute(
+                insert(rejected),
+                [row("e-1", "first"), row("e-1", "again"), row(None, "a"), row(None, "b")],
+            )
+        assert (
+            await migrate(engine, "courrier", COURRIER_MIGRATIONS, schema=schema)
+            == COURRIER_MIGRATIONS[-1].version
+        )
+        async with engine.connect() as connection:
+            kept = (await connection.execute(select(rejected.c.event_id, rejected.c.reason))).all()
+        assert sorted(kept, key=str) == sorted(
+            [("e-1", "first"), (None, "a"), (None, "b")], key=str
+        )
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as connection:
+                await connection.execute(insert(rejected), [row("e-1", "a third time")])
     finally:
         await engine.dispose()

@@ -156,6 +156,31 @@ async def test_a_broken_event_of_ours_is_kept_once_and_shown_to_its_tenant(
             assert [item["event_id"] for item in page.json()["items"]] == expected
 
 
+async def test_a_record_kept_by_two_consumers_at_once_is_kept_once(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consumer = EventConsumer(component="test", sessions=sessions, handlers={})
+    record = to_record(receipt())
+    headers = headers_as_text(record.headers)
+    assert await consumer.keep_rejected(headers, record.value, record.topic, "first")
+
+    # The other consumer's commit came after this one looked: its lookup found nothing.
+    looked_up = EventConsumer._kept_already
+    lookups: list[bool] = []
+
+    async def missed_once(session: AsyncSession, event_id: str) -> bool:
+        found = await looked_up(session, event_id)
+        lookups.append(found)
+        return found and len(lookups) > 1
+
+    monkeypatch.setattr(EventConsumer, "_kept_already", staticmethod(missed_once))
+    assert not await consumer.keep_rejected(headers, record.value, record.topic, "again")
+    assert lookups == [True, True]  # the one missed, then the check after the refusal
+    async with sessions() as session:
+        reasons = (await session.scalars(select(RejectedEvent.reason))).all()
+    assert reasons == ["first"]
+
+
 def incoming(event: CloudEvent) -> Incoming:
     record = to_record(event)
     return Incoming(headers_as_text(record.headers), record.value, record.topic)
