@@ -130,7 +130,13 @@ async def bench_hub(
     tenants.mkdir()
     for code, text in tenant_files.items():
         (tenants / f"{code}.yaml").write_text(text)
-    settings = HubSettings(var_dir=workdir / "var", tenants_dir=tenants)
+    tls_port = free_port()  # the sandbox's TLS listener: not the port of a `hub up` beside
+    settings = HubSettings(
+        var_dir=workdir / "var",
+        tenants_dir=tenants,
+        sandbox_tls_port=tls_port,
+        sandbox_tls_url=f"https://127.0.0.1:{tls_port}",
+    )
     prepare_development_material(settings)
     broker = EmbeddedBroker(port=free_port(), log_path=None)
     broker.start()

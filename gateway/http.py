@@ -24,6 +24,9 @@ connection as ``TransportError`` (``OutboundTransport`` corrects the one case
 from __future__ import annotations
 
 import asyncio
+import ssl
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -52,17 +55,18 @@ class OutboundTransport(AiohttpTransport):
 
 
 def outbound_transport(
-    max_connections: int, per_host: int | None = None
+    max_connections: int, per_host: int | None = None, tls: ssl.SSLContext | None = None
 ) -> httpx.AsyncBaseTransport:
     """aiohttp's pool with at most ``max_connections`` open, and ``per_host`` to one host
-    (host and port) if given, TLS verified as httpx does."""
+    (host and port) if given, TLS verified as httpx does, or as ``tls`` says (a client
+    certificate, more trusted certificates)."""
 
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             limit=max_connections,
             limit_per_host=per_host or 0,
             keepalive_timeout=KEEPALIVE_SECONDS,
-            ssl=httpx.create_ssl_context(),
+            ssl=tls or httpx.create_ssl_context(),
         )
         # aiohttp keeps no cookies of its own: httpx's client above already handles them.
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
@@ -141,7 +145,25 @@ class OutboundClient(httpx.AsyncClient):
 
 
 def outbound_client(
-    max_connections: int, timeout: float = 5.0, per_host: int | None = None
+    max_connections: int,
+    timeout: float = 5.0,
+    per_host: int | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> httpx.AsyncClient:
-    """The client connectors send with; ``timeout`` is each request's, unless it sets its own."""
-    return OutboundClient(transport=outbound_transport(max_connections, per_host), timeout=timeout)
+    """The client connectors send with; ``timeout`` is each request's, unless it sets its own.
+    A connector that shows a client certificate has its own, with its ``tls``."""
+    return OutboundClient(
+        transport=outbound_transport(max_connections, per_host, tls), timeout=timeout
+    )
+
+
+def client_certificate_tls(
+    key_file: Path, cert_file: Path, trusted: Iterable[Path] = ()
+) -> ssl.SSLContext:
+    """TLS that verifies servers as httpx does, also trusting the certificates in
+    ``trusted`` (PEM files), and shows the client certificate ``cert_file``."""
+    context = httpx.create_ssl_context()
+    for path in trusted:
+        context.load_verify_locations(cafile=path)
+    context.load_cert_chain(cert_file, key_file)
+    return context

@@ -69,7 +69,10 @@ def serve(
         log_config=None,
         access_log=False,
     )
-    FrozenAfterStartupServer(config).run()
+    if component == "sandbox":
+        SandboxServer(config, settings).run()
+    else:
+        FrozenAfterStartupServer(config).run()
 
 
 class FrozenAfterStartupServer(uvicorn.Server):
@@ -88,6 +91,21 @@ class FrozenAfterStartupServer(uvicorn.Server):
         await super().startup(sockets)  # the application's lifespan start-up included
         gc.collect()  # the start-up's own garbage is not kept for ever
         gc.freeze()
+
+
+class SandboxServer(FrozenAfterStartupServer):
+    """The sandbox: its listener, and the TLS one that asks for client certificates
+    (``sandbox.tls``), serving the same application."""
+
+    def __init__(self, config: uvicorn.Config, settings: HubSettings) -> None:
+        super().__init__(config)
+        self.hub_settings = settings
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        from sandbox.tls import start_tls_listener
+
+        await super().startup(sockets)
+        await start_tls_listener(self, self.hub_settings)
 
 
 @app.command()

@@ -37,7 +37,7 @@ from kernel.kafka import (
     ensure_topics,
     wait_for_broker,
 )
-from kernel.pki import ensure_tenant_signing_identity
+from kernel.pki import ensure_sandbox_tls_identity, ensure_tenant_signing_identity
 from kernel.settings import HubSettings
 from kernel.tenants import TenantConfigError, load_tenants
 
@@ -73,10 +73,12 @@ def _port_is_free(host: str, port: int) -> bool:
 
 
 def prepare_development_material(settings: HubSettings) -> None:
-    """Keys the embedded hub needs: the token issuer's and each tenant's signing identity."""
+    """Keys the embedded hub needs: the token issuer's, each tenant's identity, and the
+    sandbox's TLS identity."""
     load_or_create_issuer_key(settings.keys_dir)
     for tenant in load_tenants(settings.tenants_dir):
         ensure_tenant_signing_identity(settings.keys_dir, tenant)
+    ensure_sandbox_tls_identity(settings.keys_dir)
 
 
 def embedded_broker(settings: HubSettings, port: int) -> EmbeddedBroker | None:
@@ -111,6 +113,12 @@ def start_component(
     port = port or component.port
     if not _port_is_free(settings.host, port):
         raise StartError(f"port {port} ({component.name}) is taken")
+    tls_port = settings.sandbox_tls_port if component.name == "sandbox" else 0
+    if tls_port and not _port_is_free(settings.host, tls_port):
+        raise StartError(
+            f"port {tls_port} (the sandbox's TLS listener) is taken; stop what uses it or set"
+            " HUB_SANDBOX_TLS_PORT (and HUB_SANDBOX_TLS_URL)"
+        )
     log_path = settings.var_dir / "log" / f"{component.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     environment = dict(os.environ)
@@ -121,6 +129,8 @@ def start_component(
             "HUB_TENANTS_DIR": str(settings.tenants_dir),
             "HUB_CORPUS_DIR": str(settings.corpus_dir),
             "HUB_SANDBOX_URL": environment.get("HUB_SANDBOX_URL", settings.sandbox_url),
+            "HUB_SANDBOX_TLS_PORT": str(settings.sandbox_tls_port),
+            "HUB_SANDBOX_TLS_URL": settings.sandbox_tls_url,
         }
     )
     environment.update(extra_environment or {})
@@ -301,6 +311,8 @@ def _print_table(settings: HubSettings, running: list[Running], bootstrap: str) 
     table.add_row("kafka", bootstrap, "", str(settings.var_dir / "log" / "broker.log"))
     for item in running:
         table.add_row(item.component.name, item.url, str(item.process.pid), str(item.log_path))
+        if item.component.name == "sandbox" and settings.sandbox_tls_port:
+            table.add_row("sandbox (mTLS)", settings.sandbox_tls_url, str(item.process.pid), "")
     console.print(table)
     gateway = f"http://{settings.host}:8000"
     console.print(f"Dashboard: {gateway}/dashboard   Metrics: <url>/metrics   APIs: <url>/docs")

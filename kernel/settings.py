@@ -71,6 +71,11 @@ class HubSettings(BaseSettings):
     max_body_bytes: int = 12 * 1024 * 1024
 
     sandbox_url: str = "http://127.0.0.1:8010"
+    #: The sandbox's TLS listener, which asks each client for its certificate (the
+    #: KSZ-BCSS authenticates an institution by it); 0: none. ``sandbox_tls_url`` is how
+    #: the tenants' files reach it (``${HUB_SANDBOX_TLS_URL}``).
+    sandbox_tls_port: int = Field(default=8011, ge=0, le=65535)
+    sandbox_tls_url: str = "https://127.0.0.1:8011"
     #: The hub's address as the public reaches it (behind a proxy), for the absolute URLs of
     #: public APIs (OParl); unset: the address each request came to.
     public_base_url: str | None = None

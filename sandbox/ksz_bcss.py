@@ -26,6 +26,12 @@ without them, and answering unchecked would hide a connector's mistakes.
 A server fault is retryable for the gateway, so identifications wait rather
 than fail.
 
+Authentication: the real service knows the institution by its TLS client
+certificate. Reached through the sandbox's TLS listener (``sandbox.tls``: a
+tenant's development certificate required, or no handshake), a request is
+recorded with the certificate's subject and tenant; through the plain
+listener, which tests and benchmarks use, with none.
+
 Idempotency: a repeated ``Idempotency-Key`` gets the first reply (the real
 service knows nothing of the header; an identification is a read anyway).
 Faults are those set for service ``ksz_bcss``.
@@ -49,6 +55,7 @@ from kernel.logs import mask_national_numbers
 from kernel.settings import HubSettings
 from kernel.xml_parsing import safe_parser
 from sandbox.recorder import Recorder
+from sandbox.tls import client_tenant
 
 log = logging.getLogger(__name__)
 SERVICE = "ksz_bcss"
@@ -335,15 +342,19 @@ def router(
             person = persons.get(niss.strip())
             reply = identify_reply(ssdn, person, datetime.now(UTC))
             if key:
+                # Who connected, when through the TLS listener (``sandbox.tls``): the
+                # institution the real service would have authenticated.
+                certificate, tenant = client_tenant(request.scope)
                 recorder.record(
                     SERVICE,
                     key,
-                    tenant=None,
+                    tenant=tenant,
                     answer={"reply": reply.decode("utf-8")},
                     traceparent=request.headers.get("traceparent"),
                     summary={
                         "niss": mask_niss(niss.strip()),
                         "status": "found" if person else "not_found",
+                        "client_certificate": certificate,
                     },
                 )
         return soap_reply(reply)

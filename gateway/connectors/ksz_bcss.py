@@ -25,8 +25,13 @@ which zeep cannot type. The request is built after the XSDs
 tests validate it against them.
 
 The WSDL carries no WS-Security policy: the real CBSS authenticates the
-institution on the connection (its client certificate), which is the
-deployment's to configure, not this module's.
+institution on the connection, by its client certificate (mutual TLS). An
+``https`` endpoint gets a client of its own that shows the tenant's key and
+certificate (``key_file`` and ``cert_file``, from the federal PKI; in
+development the tenant's identity of ``kernel.pki``, which the sandbox's TLS
+listener trusts) and trusts, besides the usual authorities, ``ca_file`` and, in
+development, the sandbox's certificate. Production refuses a plain ``http``
+endpoint: no certificate could be shown there.
 
 National numbers are personal data: they travel in the request and the
 answer, never in a log line, an error reason or a span attribute.
@@ -40,6 +45,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
+from cryptography import x509
 from lxml import etree
 from pydantic import Field
 from zeep import AsyncClient
@@ -50,7 +57,6 @@ from contracts.envelope import EnvelopeError
 from contracts.events.urban import IdentificationRequested
 from gateway.connectors.base import (
     ConnectorContext,
-    ConnectorSettings,
     Delivery,
     DeliveryResult,
     TargetUrl,
@@ -58,9 +64,21 @@ from gateway.connectors.base import (
     register_connector,
     settings_of,
 )
-from gateway.connectors.soap import XML_CONTENT_TYPE, SharedPoolTransport, serialise
-from gateway.errors import PermanentDeliveryError, translate_transport_errors
+from gateway.connectors.soap import (
+    XML_CONTENT_TYPE,
+    SharedPoolTransport,
+    SigningSettings,
+    serialise,
+    signing_files,
+)
+from gateway.errors import (
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    translate_transport_errors,
+)
+from gateway.http import client_certificate_tls, outbound_client
 from kernel.logs import mask_national_numbers
+from kernel.pki import sandbox_tls_files
 from kernel.xml_parsing import safe_parser
 
 TYPE_NAME = "ksz_identify"
@@ -85,9 +103,14 @@ _C = f"{{{COMMON_NS}}}"
 _I = f"{{{IDENTIFY_NS}}}"
 
 
-class KszBcssSettings(ConnectorSettings):
+class KszBcssSettings(SigningSettings):
+    """``key_file`` and ``cert_file`` (``SigningSettings``): the institution's TLS client
+    identity, for an ``https`` endpoint."""
+
     type: Literal["ksz_identify"]
     endpoint: TargetUrl
+    #: More certificates to trust for the CBSS's server (PEM), besides the usual authorities.
+    ca_file: Path | None = None
     #: Defaults to the corpus WSDL; loaded once, when the connector is built.
     wsdl: Path | None = None
     timeout_seconds: float = Field(default=30.0, gt=0, le=300)
@@ -282,7 +305,10 @@ class KszBcssConnector:
     def __init__(self, ctx: ConnectorContext, settings: KszBcssSettings) -> None:
         self.settings = settings
         self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
-        self._transport = SharedPoolTransport(ctx.http, settings.timeout_seconds)
+        #: The client that shows the tenant's certificate, and that certificate's subject,
+        #: when the endpoint is https.
+        self._own_http, self._certificate = _mutual_tls_client(ctx, settings)
+        self._transport = SharedPoolTransport(self._own_http or ctx.http, settings.timeout_seconds)
         self._client = AsyncClient(
             str(settings.wsdl or ctx.hub.corpus_dir / DEFAULT_WSDL),
             transport=self._transport,
@@ -317,16 +343,19 @@ class KszBcssConnector:
             "SOAPAction": f'"{self._operation.soapaction or ""}"',
             "Idempotency-Key": delivery.idempotency_key,
         }
-        with translate_transport_errors(TARGET):
-            envelope = self._client.create_message(self._service, OPERATION, request.decode())
-            response = await self._transport.post(
-                self.settings.endpoint, serialise(envelope), headers
-            )
-            reply: Any = self._binding.process_reply(
-                self._client,
-                self._operation,
-                self._transport.new_response(response),  # type: ignore[no-untyped-call]
-            )
+        try:
+            with translate_transport_errors(TARGET):
+                envelope = self._client.create_message(self._service, OPERATION, request.decode())
+                response = await self._transport.post(
+                    self.settings.endpoint, serialise(envelope), headers
+                )
+                reply: Any = self._binding.process_reply(
+                    self._client,
+                    self._operation,
+                    self._transport.new_response(response),  # type: ignore[no-untyped-call]
+                )
+        except RetryableDeliveryError as exc:
+            raise self._naming_the_certificate(exc) from exc.__cause__
         if not isinstance(reply, str) or not reply.strip():
             raise PermanentDeliveryError(f"{TARGET} answered without an SSDN reply")
         try:
@@ -338,8 +367,53 @@ class KszBcssConnector:
             answer=identified.answer,
         )
 
+    def _naming_the_certificate(self, error: RetryableDeliveryError) -> RetryableDeliveryError:
+        """A connection cut under mutual TLS, with the certificate shown: a server that does
+        not know it cuts the connection, after the handshake, with no other word."""
+        cause = error.__cause__
+        if (
+            self._certificate is None
+            or not isinstance(cause, httpx.TransportError)
+            or isinstance(cause, httpx.TimeoutException)
+        ):
+            return error
+        return RetryableDeliveryError(
+            f"{error} (the client certificate shown: {self._certificate}; a CBSS that does not"
+            " know it closes the connection so)"
+        )
+
     async def aclose(self) -> None:
         await self._transport.aclose()
+        if self._own_http is not None:
+            await self._own_http.aclose()
+
+
+#: Connections of a tenant's own client to the CBSS: twice a target's slots, as the shared
+#: pool gives one host (``gateway.main``).
+MUTUAL_TLS_CONNECTIONS = 16
+
+
+def _mutual_tls_client(
+    ctx: ConnectorContext, settings: KszBcssSettings
+) -> tuple[httpx.AsyncClient | None, str | None]:
+    """The tenant's own client for an https endpoint, and the subject of the certificate it
+    shows; none for http, which production refuses."""
+    if not settings.endpoint.lower().startswith("https://"):
+        if ctx.hub.environment == "production":
+            raise ValueError(
+                f"tenant {ctx.tenant}: the {TYPE_NAME} endpoint must be https: the CBSS knows"
+                " the institution by its TLS client certificate"
+            )
+        return None, None
+    key_file, cert_file = signing_files(ctx, settings.key_file, settings.cert_file, TYPE_NAME)
+    trusted = [settings.ca_file] if settings.ca_file else []
+    sandbox_certificate = sandbox_tls_files(ctx.hub.keys_dir)[1]
+    if ctx.hub.environment == "development" and sandbox_certificate.is_file():
+        trusted.append(sandbox_certificate)
+    tls = client_certificate_tls(key_file, cert_file, trusted)
+    subject = x509.load_pem_x509_certificate(cert_file.read_bytes()).subject.rfc4514_string()
+    client = outbound_client(MUTUAL_TLS_CONNECTIONS, per_host=MUTUAL_TLS_CONNECTIONS, tls=tls)
+    return client, subject
 
 
 def create_connector(context: ConnectorContext, config: dict[str, Any]) -> KszBcssConnector:

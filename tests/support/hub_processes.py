@@ -88,7 +88,7 @@ connectors:
     timeout_seconds: 5
   identification:
     type: ksz_identify
-    endpoint: ${{HUB_SANDBOX_URL}}/ksz-bcss/WebServiceConnector
+    endpoint: ${{HUB_SANDBOX_TLS_URL}}/ksz-bcss/WebServiceConnector
     user_id: "00000000097"
     email: urbanisme@{code}.example.be
     timeout_seconds: 5
@@ -232,7 +232,14 @@ async def hub_processes(
         ),
         encoding="utf-8",
     )
-    settings = HubSettings(var_dir=tmp_path / "var", tenants_dir=tenants_dir)
+    # The KSZ-BCSS through the sandbox's TLS listener, with the tenant's client certificate.
+    tls_port = free_port()
+    settings = HubSettings(
+        var_dir=tmp_path / "var",
+        tenants_dir=tenants_dir,
+        sandbox_tls_port=tls_port,
+        sandbox_tls_url=f"https://127.0.0.1:{tls_port}",
+    )
     prepare_development_material(settings)
     ports = {name: free_port() for name in components}
     environment = {

@@ -236,3 +236,28 @@ async def test_without_the_schemas_the_sandbox_answers_a_server_fault_saying_so(
     assert answer.status_code == 500
     assert b"soapenv:Server" in answer.content
     assert b"the KSZ-BCSS schemas are missing" in answer.content
+
+
+def production(corpus: Path, tmp_path: Path) -> HubSettings:
+    return HubSettings(
+        environment="production",
+        var_dir=tmp_path / "var",
+        corpus_dir=corpus,
+        kafka_bootstrap_servers="kafka:9092",
+        database_url="postgresql://hub@db/hub",
+        jwks_url="https://idp.example.be/jwks",
+        jwt_issuer="https://idp.example.be",
+    )
+
+
+def test_production_reaches_the_cbss_over_https_with_the_institutions_own_certificate(
+    corpus: Path, tmp_path: Path
+) -> None:
+    context = ConnectorContext("62063", production(corpus, tmp_path), httpx.AsyncClient())
+    with pytest.raises(ValueError, match="endpoint must be https"):
+        create_connector(context, SETTINGS.model_dump())
+    # Over https, never the development identity: the certificate the federal PKI gave.
+    https = SETTINGS.model_dump() | {"endpoint": "https://cbss.example.be/connector"}
+    with pytest.raises(ValueError, match="needs key_file and cert_file in production"):
+        create_connector(context, https)
+    assert not context.hub.keys_dir.exists()

@@ -9,9 +9,15 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kernel.pki import ensure_tenant_signing_identity, tenant_of, trusted_tenant_certificates
+from kernel.pki import (
+    ensure_sandbox_tls_identity,
+    ensure_tenant_signing_identity,
+    sandbox_tls_files,
+    tenant_of,
+    trusted_tenant_certificates,
+)
 
 
 def test_identity_is_made_once_with_a_private_key_and_a_two_year_certificate(
@@ -67,3 +73,24 @@ def test_trust_store_lists_every_tenant_certificate(tmp_path: Path) -> None:
 def test_tenant_code_never_becomes_an_arbitrary_path(tmp_path: Path, tenant: str) -> None:
     with pytest.raises(ValueError, match="5-digit"):
         ensure_tenant_signing_identity(tmp_path, tenant)
+
+
+def test_the_sandbox_tls_identity_names_the_hosts_it_is_reached_at_and_is_made_once(
+    tmp_path: Path,
+) -> None:
+    key_path, cert_path = ensure_sandbox_tls_identity(tmp_path)
+
+    assert (key_path, cert_path) == sandbox_tls_files(tmp_path)
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost", "sandbox"]
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert tenant_of(certificate) is None  # not a tenant's: the sandbox never trusts it
+    assert trusted_tenant_certificates(tmp_path) == []
+
+    before = cert_path.read_bytes()
+    assert ensure_sandbox_tls_identity(tmp_path) == (key_path, cert_path)
+    assert cert_path.read_bytes() == before
