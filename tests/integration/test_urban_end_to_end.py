@@ -55,6 +55,7 @@ async def test_notified_requests_are_decided_and_the_decision_reaches_notice_and
         async with httpx.AsyncClient(base_url=hub.url("sandbox")) as sandbox:
             notifications = (await sandbox.get("/_sandbox/notice/notifications")).json()["items"]
             opinions = await sandbox.get("/_sandbox/received", params={"service": "opinions"})
+            identities = await sandbox.get("/_sandbox/received", params={"service": "ksz_bcss"})
             letters = [
                 item
                 for service in ("ebox_soap", "ebox_rest")
@@ -67,8 +68,15 @@ async def test_notified_requests_are_decided_and_the_decision_reaches_notice_and
             assert len(files) == COUNT
             assert all(f["state"] in ("granted", "refused") for f in files)
             assert all(f["notice_state"] == "closed" and f["notified_on"] for f in files)
-            # The applicants are who the National Register says they are.
+            # The applicants are who the National Register says they are, asked over mutual
+            # TLS with the tenant's own certificate.
             assert not any(f["identity_flagged"] for f in files)
+            identified = [r for r in identities.json()["items"] if r["tenant"] == tenant]
+            assert identified
+            assert all(
+                r["summary"]["client_certificate"] == f"O={tenant},CN=hub-{tenant}"
+                for r in identified
+            )
 
             # NOTICe got one PARTIAL (complete) then one FINAL (the decision), each once.
             mine = [n for n in notifications if n["instanceCode"] == f"NOTICE-{tenant}"]
