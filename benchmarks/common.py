@@ -71,7 +71,8 @@ COMMITTED_TENANTS = REPOSITORY_ROOT / "config" / "tenants"
 
 
 def committed_tenant_file(code: str) -> str:
-    """A tenant file of ``config/tenants`` as committed (its URLs follow ``HUB_SANDBOX_URL``)."""
+    """A tenant file of ``config/tenants`` as committed (its URLs follow ``HUB_SANDBOX_URL``,
+    and the KSZ-BCSS's ``HUB_SANDBOX_TLS_URL``)."""
     return (COMMITTED_TENANTS / f"{code}.yaml").read_text()
 
 
@@ -135,7 +136,6 @@ async def bench_hub(
         var_dir=workdir / "var",
         tenants_dir=tenants,
         sandbox_tls_port=tls_port,
-        sandbox_tls_url=f"https://127.0.0.1:{tls_port}",
     )
     prepare_development_material(settings)
     broker = EmbeddedBroker(port=free_port(), log_path=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import socket
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Annotated
 import typer
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.config import STARTUP_FAILURE
 
 from hub.components import BY_NAME
 from hub.invoice_cli import app as invoice_app
@@ -105,7 +107,16 @@ class SandboxServer(FrozenAfterStartupServer):
         from sandbox.tls import start_tls_listener
 
         await super().startup(sockets)
-        await start_tls_listener(self, self.hub_settings)
+        try:
+            await start_tls_listener(self, self.hub_settings)
+        except OSError as exc:  # the port taken: stop as uvicorn stops when its own is
+            logging.getLogger("sandbox").error(
+                "the TLS listener cannot open port %d (HUB_SANDBOX_TLS_PORT): %s",
+                self.hub_settings.sandbox_tls_port,
+                exc,
+            )
+            await self.shutdown(sockets)
+            sys.exit(STARTUP_FAILURE)
 
 
 @app.command()

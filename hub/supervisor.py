@@ -130,7 +130,7 @@ def start_component(
             "HUB_CORPUS_DIR": str(settings.corpus_dir),
             "HUB_SANDBOX_URL": environment.get("HUB_SANDBOX_URL", settings.sandbox_url),
             "HUB_SANDBOX_TLS_PORT": str(settings.sandbox_tls_port),
-            "HUB_SANDBOX_TLS_URL": settings.sandbox_tls_url,
+            "HUB_SANDBOX_TLS_URL": settings.sandbox_tls_address(),
         }
     )
     environment.update(extra_environment or {})
@@ -312,7 +312,8 @@ def _print_table(settings: HubSettings, running: list[Running], bootstrap: str) 
     for item in running:
         table.add_row(item.component.name, item.url, str(item.process.pid), str(item.log_path))
         if item.component.name == "sandbox" and settings.sandbox_tls_port:
-            table.add_row("sandbox (mTLS)", settings.sandbox_tls_url, str(item.process.pid), "")
+            address = settings.sandbox_tls_address()
+            table.add_row("sandbox (mTLS)", address, str(item.process.pid), "")
     console.print(table)
     gateway = f"http://{settings.host}:8000"
     console.print(f"Dashboard: {gateway}/dashboard   Metrics: <url>/metrics   APIs: <url>/docs")

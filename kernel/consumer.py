@@ -155,6 +155,11 @@ def one_rejected_event_per_id(connection: Connection) -> None:
     """Migration: ``rejected_events`` keeps one row per event id (the earliest of any
     repeats, which were the same record kept twice), under a unique index."""
     table = table_of(RejectedEvent)
+    if connection.dialect.name == "postgresql":
+        # A replica of the earlier version, still running, must not keep a repeat between
+        # the DELETE and the index (the index would fail, and this service with it). On
+        # SQLite the migration's BEGIN IMMEDIATE holds every writer off already.
+        connection.execute(text("LOCK TABLE rejected_events IN SHARE ROW EXCLUSIVE MODE"))
     earliest = (
         select(func.min(table.c.id))
         .where(table.c.event_id.is_not(None))

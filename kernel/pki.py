@@ -204,6 +204,19 @@ def trusted_tenant_certificates(keys_dir: Path) -> list[x509.Certificate]:
     return certificates
 
 
+def identities_stamp(keys_dir: Path) -> tuple[int | None, ...]:
+    """When the keys' folder and its tenants' folder last changed (each tenant's identity is
+    renamed into the latter whole); None for one not there. The same stamp: no tenant's
+    identity appeared since."""
+    stamps: list[int | None] = []
+    for folder in (keys_dir, keys_dir / "tenants"):
+        try:
+            stamps.append(folder.stat().st_mtime_ns)
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
 def tenant_of(certificate: x509.Certificate) -> str | None:
     """The tenant a hub certificate speaks for: its subject's O, when that is a NIS code."""
     for attribute in certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME):

@@ -72,10 +72,10 @@ class HubSettings(BaseSettings):
 
     sandbox_url: str = "http://127.0.0.1:8010"
     #: The sandbox's TLS listener, which asks each client for its certificate (the
-    #: KSZ-BCSS authenticates an institution by it); 0: none. ``sandbox_tls_url`` is how
-    #: the tenants' files reach it (``${HUB_SANDBOX_TLS_URL}``).
+    #: KSZ-BCSS authenticates an institution by it); 0: none. The tenants' files reach
+    #: it at ``${HUB_SANDBOX_TLS_URL}``: see ``sandbox_tls_address``.
     sandbox_tls_port: int = Field(default=8011, ge=0, le=65535)
-    sandbox_tls_url: str = "https://127.0.0.1:8011"
+    sandbox_tls_url: str | None = None
     #: The hub's address as the public reaches it (behind a proxy), for the absolute URLs of
     #: public APIs (OParl); unset: the address each request came to.
     public_base_url: str | None = None
@@ -144,6 +144,16 @@ class HubSettings(BaseSettings):
                     " are for development only)"
                 )
         return self
+
+    def sandbox_tls_address(self) -> str:
+        """What ``hub up`` gives its processes as ``HUB_SANDBOX_TLS_URL``: the URL set, else
+        the listener's on 127.0.0.1; with no listener (port 0), the plain ``sandbox_url``,
+        which the KSZ-BCSS connector reaches without a certificate (development only)."""
+        if self.sandbox_tls_url:
+            return self.sandbox_tls_url
+        if self.sandbox_tls_port:
+            return f"https://127.0.0.1:{self.sandbox_tls_port}"
+        return self.sandbox_url
 
     def database_url_for(self, process: str) -> str:
         """The SQLAlchemy async URL of ``process``'s own database."""

@@ -55,7 +55,7 @@ from gateway.wssecurity import (
     verify_signed_envelope,
 )
 from kernel.logs import mask_national_numbers
-from kernel.pki import trusted_tenant_certificates
+from kernel.pki import identities_stamp, trusted_tenant_certificates
 from kernel.settings import HubSettings
 from sandbox.ebox_rest import EboxId, load_recipients_without_ebox
 from sandbox.recorder import Recorder
@@ -203,30 +203,19 @@ class TrustStore:
 
     def __init__(self, keys_dir: Path) -> None:
         self._keys_dir = keys_dir
-        self._read_at = self._stamp()
+        self._read_at = identities_stamp(keys_dir)
         self._certificates = trusted_tenant_certificates(keys_dir)
 
     def verify(self, envelope: bytes) -> VerifiedEnvelope:
         try:
             return verify_signed_envelope(envelope, self._certificates)
         except UntrustedCertificateError:
-            stamp = self._stamp()
+            stamp = identities_stamp(self._keys_dir)
             if stamp == self._read_at:
                 raise
             self._read_at = stamp
             self._certificates = trusted_tenant_certificates(self._keys_dir)
             return verify_signed_envelope(envelope, self._certificates)
-
-    def _stamp(self) -> tuple[int | None, ...]:
-        """When the folders last changed: the keys' and the tenants' one within, into which
-        each tenant's identity is renamed whole (``kernel.pki``); None for one not there."""
-        stamps: list[int | None] = []
-        for folder in (self._keys_dir, self._keys_dir / "tenants"):
-            try:
-                stamps.append(folder.stat().st_mtime_ns)
-            except OSError:
-                stamps.append(None)
-        return tuple(stamps)
 
 
 def schema_problem(schema: etree.XMLSchema, request: etree._Element) -> str | None:

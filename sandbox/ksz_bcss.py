@@ -30,7 +30,7 @@ Authentication: the real service knows the institution by its TLS client
 certificate. Reached through the sandbox's TLS listener (``sandbox.tls``: a
 tenant's development certificate required, or no handshake), a request is
 recorded with the certificate's subject and tenant; through the plain
-listener, which tests and benchmarks use, with none.
+listener (the in-process tests' sandbox has no other), with none.
 
 Idempotency: a repeated ``Idempotency-Key`` gets the first reply (the real
 service knows nothing of the header; an identification is a read anyway).

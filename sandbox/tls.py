@@ -5,8 +5,8 @@ certificate, not in the SOAP message. The sandbox models that with a second
 listener on the same process and application (``HubSettings.sandbox_tls_port``):
 TLS with the sandbox's development certificate (``kernel.pki``), a client
 certificate required, and trusted only when it is one of the tenants'
-development certificates. A client without one, or with another, fails the
-handshake, as at the real service.
+development certificates (``ClientCertificateTrust``). A client without one,
+or with another, fails the handshake, as at the real service.
 
 The application learns who connected through the ASGI TLS extension
 (``scope["extensions"]["tls"]``: ``client_cert_name``, ``client_cert_chain``),
@@ -20,6 +20,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -27,31 +28,44 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kernel.pki import sandbox_tls_files, tenant_of, trusted_tenant_certificates
+from kernel.pki import (
+    ensure_sandbox_tls_identity,
+    identities_stamp,
+    tenant_of,
+    trusted_tenant_certificates,
+)
 from kernel.settings import HubSettings
 
 log = logging.getLogger(__name__)
 
 
-def client_certificate_context(settings: HubSettings) -> ssl.SSLContext | None:
-    """The listener's TLS settings; None (and a warning) when the sandbox's certificate or
-    every tenant's is missing: nobody could connect."""
-    key_file, cert_file = sandbox_tls_files(settings.keys_dir)
-    trusted = trusted_tenant_certificates(settings.keys_dir)
-    if not (key_file.is_file() and cert_file.is_file()) or not trusted:
-        log.warning(
-            "sandbox: no TLS listener: the development keys under %s are missing (hub up"
-            " makes them)",
-            settings.keys_dir,
-        )
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(
-        cadata="".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in trusted)
-    )
-    return context
+class ClientCertificateTrust:
+    """The listener's TLS settings: the sandbox's certificate (made here if ``hub up`` or
+    ``hub topics`` has not made it yet), a client certificate required, and trusted when
+    it is one of the tenants' development certificates, those made after the sandbox
+    started included (``refresh``, before each connection's handshake)."""
+
+    def __init__(self, keys_dir: Path) -> None:
+        key_file, cert_file = ensure_sandbox_tls_identity(keys_dir)
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(cert_file, key_file)
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self._keys_dir = keys_dir
+        self._read_at: tuple[int | None, ...] | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Trust the tenants' certificates made since the last look: two ``stat`` calls when
+        none was. A certificate once trusted stays so until the sandbox restarts."""
+        stamp = identities_stamp(self._keys_dir)
+        if stamp == self._read_at:
+            return
+        self._read_at = stamp
+        trusted = trusted_tenant_certificates(self._keys_dir)
+        if trusted:
+            self.context.load_verify_locations(
+                cadata="".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in trusted)
+            )
 
 
 def client_tenant(scope: Scope) -> tuple[str | None, str | None]:
@@ -123,12 +137,12 @@ async def start_tls_listener(
     certificates; added to the server's own listeners, so that it stops with them."""
     if not settings.sandbox_tls_port:
         return None
-    context = client_certificate_context(settings)
-    if context is None:
-        return None
+    trust = ClientCertificateTrust(settings.keys_dir)
     config = server.config
 
     def create_protocol() -> asyncio.Protocol:
+        # Called as the connection is accepted, before its TLS handshake.
+        trust.refresh()
         make: Callable[..., Any] = config.http_protocol_class
         return _ClientCertificateProtocol(
             make(config=config, server_state=server.server_state, app_state=server.lifespan.state)
@@ -136,7 +150,7 @@ async def start_tls_listener(
 
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(
-        create_protocol, host=config.host, port=settings.sandbox_tls_port, ssl=context
+        create_protocol, host=config.host, port=settings.sandbox_tls_port, ssl=trust.context
     )
     server.servers.append(listener)
     log.info(

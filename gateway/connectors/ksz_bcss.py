@@ -368,18 +368,17 @@ class KszBcssConnector:
         )
 
     def _naming_the_certificate(self, error: RetryableDeliveryError) -> RetryableDeliveryError:
-        """A connection cut under mutual TLS, with the certificate shown: a server that does
-        not know it cuts the connection, after the handshake, with no other word."""
+        """A connection cut once open, under mutual TLS: a server that does not know the
+        certificate shown cuts it so, after the handshake, with no other word. (Refused,
+        unknown host, a server certificate not trusted: ``ConnectError``, said as it is.)"""
         cause = error.__cause__
-        if (
-            self._certificate is None
-            or not isinstance(cause, httpx.TransportError)
-            or isinstance(cause, httpx.TimeoutException)
+        if self._certificate is None or not isinstance(
+            cause, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError
         ):
             return error
         return RetryableDeliveryError(
             f"{error} (the client certificate shown: {self._certificate}; a CBSS that does not"
-            " know it closes the connection so)"
+            " know it may close the connection so)"
         )
 
     async def aclose(self) -> None:

@@ -3,17 +3,22 @@ certificate, and the ksz_identify connector shows it."""
 
 from __future__ import annotations
 
+import os
+import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from contracts.envelope import new_event
 from contracts.events.urban import IdentificationRequested
-from gateway.connectors.base import ConnectorContext, Delivery
+from gateway.connectors.base import ConnectorContext, Delivery, DeliveryResult
 from gateway.connectors.ksz_bcss import KszBcssConnector, create_connector
 from gateway.errors import RetryableDeliveryError
 from gateway.http import outbound_client
@@ -25,7 +30,7 @@ from kernel.settings import HubSettings
 
 pytestmark = pytest.mark.integration
 
-TENANT, STRANGER = "92137", "62063"
+TENANT, LATER = "92137", "62063"
 KNOWN = "85073003328"
 PATH = "/ksz-bcss/WebServiceConnector"
 
@@ -48,14 +53,13 @@ async def sandbox(tmp_path: Path, corpus: Path) -> AsyncIterator[Sandbox]:
         tenants_dir=tenants_dir,
         corpus_dir=corpus,
         sandbox_tls_port=tls_port,
-        sandbox_tls_url=f"https://127.0.0.1:{tls_port}",
     )
     ensure_tenant_signing_identity(settings.keys_dir, TENANT)
     ensure_sandbox_tls_identity(settings.keys_dir)
     running = start_component(BY_NAME["sandbox"], settings, "127.0.0.1:1", port=free_port())
     try:
         await wait_healthy(running, "127.0.0.1")
-        yield Sandbox(settings, running.url, settings.sandbox_tls_url)
+        yield Sandbox(settings, running.url, settings.sandbox_tls_address())
     finally:
         stop_all([running], None)
 
@@ -66,37 +70,59 @@ def delivery(tenant: str) -> Delivery:
     return Delivery(f"{event.id}:applicant-identification", tenant, "r", event, 1)
 
 
-def connector(sandbox: Sandbox, tenant: str, http: httpx.AsyncClient) -> KszBcssConnector:
+def connector(
+    sandbox: Sandbox,
+    tenant: str,
+    http: httpx.AsyncClient,
+    settings: HubSettings | None = None,
+    **config: object,
+) -> KszBcssConnector:
     config = {
         "type": "ksz_identify",
         "endpoint": sandbox.tls_url + PATH,
         "user_id": "00000000097",
         "email": f"urbanisme@{tenant}.example.be",
         "timeout_seconds": 5,
+        **config,
     }
-    built = create_connector(ConnectorContext(tenant, sandbox.settings, http), config)
+    context = ConnectorContext(tenant, settings or sandbox.settings, http)
+    built = create_connector(context, config)
     assert isinstance(built, KszBcssConnector)
     return built
+
+
+async def identify(ksz: KszBcssConnector, tenant: str) -> DeliveryResult:
+    try:
+        return await ksz.deliver(delivery(tenant))
+    finally:
+        await ksz.aclose()
+
+
+async def received(sandbox: Sandbox, http: httpx.AsyncClient) -> list[dict[str, Any]]:
+    answer = await http.get(f"{sandbox.url}/_sandbox/received?service=ksz_bcss")
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
 
 
 async def test_the_tenant_shows_its_certificate_and_the_sandbox_knows_who_asked(
     sandbox: Sandbox,
 ) -> None:
     async with outbound_client(8) as http:
-        ksz = connector(sandbox, TENANT, http)
-        try:
-            result = await ksz.deliver(delivery(TENANT))
-        finally:
-            await ksz.aclose()
-        received = (await http.get(f"{sandbox.url}/_sandbox/received?service=ksz_bcss")).json()
+        result = await identify(connector(sandbox, TENANT, http), TENANT)
+        # A tenant whose identity was made after the sandbox started is trusted too.
+        ensure_tenant_signing_identity(sandbox.settings.keys_dir, LATER)
+        later = await identify(connector(sandbox, LATER, http), LATER)
+        items = await received(sandbox, http)
     assert result.answer is not None and result.answer["status"] == "found"
-    [item] = received["items"]
-    assert item["tenant"] == TENANT
-    assert item["summary"]["client_certificate"] == f"O={TENANT},CN=hub-{TENANT}"
+    assert later.answer is not None and later.answer["status"] == "found"
+    assert {item["tenant"]: item["summary"]["client_certificate"] for item in items} == {
+        TENANT: f"O={TENANT},CN=hub-{TENANT}",
+        LATER: f"O={LATER},CN=hub-{LATER}",
+    }
 
 
 async def test_without_a_certificate_the_sandbox_trusts_there_is_no_handshake(
-    sandbox: Sandbox,
+    sandbox: Sandbox, tmp_path: Path
 ) -> None:
     # A client that trusts the sandbox's server but shows no certificate of its own.
     server_certificate = ensure_sandbox_tls_identity(sandbox.settings.keys_dir)[1]
@@ -107,16 +133,53 @@ async def test_without_a_certificate_the_sandbox_trusts_there_is_no_handshake(
                 sandbox.tls_url + PATH, content=b"<x/>", headers={"Content-Type": "text/xml"}
             )
 
-    # A tenant whose identity was made after the sandbox started: not among those it trusts.
-    ensure_tenant_signing_identity(sandbox.settings.keys_dir, STRANGER)
+    # A certificate of the tenant's, but not one of the hub's keys: not trusted.
+    key_file, cert_file = ensure_tenant_signing_identity(tmp_path / "elsewhere", TENANT)
     async with outbound_client(8) as http:
-        ksz = connector(sandbox, STRANGER, http)
-        try:
-            with pytest.raises(RetryableDeliveryError, match="KSZ-BCSS unreachable") as refused:
-                await ksz.deliver(delivery(STRANGER))
-        finally:
-            await ksz.aclose()
-        received = (await http.get(f"{sandbox.url}/_sandbox/received?service=ksz_bcss")).json()
+        ksz = connector(sandbox, TENANT, http, key_file=str(key_file), cert_file=str(cert_file))
+        with pytest.raises(RetryableDeliveryError, match="KSZ-BCSS unreachable") as refused:
+            await identify(ksz, TENANT)
+        items = await received(sandbox, http)
     # The operator reads which certificate the CBSS did not know.
-    assert f"the client certificate shown: O={STRANGER},CN=hub-{STRANGER}" in str(refused.value)
-    assert received["items"] == []
+    assert f"the client certificate shown: O={TENANT},CN=hub-{TENANT}" in str(refused.value)
+    assert items == []
+
+
+async def test_production_trusts_the_sandbox_only_when_told_by_ca_file(sandbox: Sandbox) -> None:
+    production = HubSettings(
+        environment="production",
+        var_dir=sandbox.settings.var_dir,
+        corpus_dir=sandbox.settings.corpus_dir,
+        kafka_bootstrap_servers="kafka:9092",
+        database_url="postgresql://hub@db/hub",
+        jwks_url="https://idp.example.be/jwks",
+        jwt_issuer="https://idp.example.be",
+    )
+    key_file, cert_file = ensure_tenant_signing_identity(sandbox.settings.keys_dir, TENANT)
+    identity = {"key_file": str(key_file), "cert_file": str(cert_file)}
+    server_certificate = ensure_sandbox_tls_identity(sandbox.settings.keys_dir)[1]
+    async with outbound_client(8) as http:
+        # The sandbox's development certificate is not a public authority's.
+        with pytest.raises(RetryableDeliveryError, match="KSZ-BCSS unreachable") as untrusted:
+            await identify(connector(sandbox, TENANT, http, production, **identity), TENANT)
+        identity["ca_file"] = str(server_certificate)
+        trusted = await identify(connector(sandbox, TENANT, http, production, **identity), TENANT)
+    assert "certificate" in str(untrusted.value).lower()
+    assert "client certificate shown" not in str(untrusted.value)  # the server's was refused
+    assert trusted.answer is not None and trusted.answer["status"] == "found"
+
+
+def test_a_tls_port_taken_stops_the_sandbox_saying_so(tmp_path: Path, corpus: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        environment = os.environ | {
+            "HUB_VAR_DIR": str(tmp_path / "var"),
+            "HUB_TENANTS_DIR": str(tmp_path),
+            "HUB_CORPUS_DIR": str(corpus),
+            "HUB_SANDBOX_TLS_PORT": str(taken.getsockname()[1]),
+        }
+        command = [sys.executable, "-m", "hub.cli", "serve", "sandbox", "--port", str(free_port())]
+        done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stdout + done.stderr  # uvicorn's start-up failure
+    assert "the TLS listener cannot open port" in done.stdout + done.stderr

@@ -238,7 +238,6 @@ async def hub_processes(
         var_dir=tmp_path / "var",
         tenants_dir=tenants_dir,
         sandbox_tls_port=tls_port,
-        sandbox_tls_url=f"https://127.0.0.1:{tls_port}",
     )
     prepare_development_material(settings)
     ports = {name: free_port() for name in components}

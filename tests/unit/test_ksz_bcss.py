@@ -250,14 +250,15 @@ def production(corpus: Path, tmp_path: Path) -> HubSettings:
     )
 
 
-def test_production_reaches_the_cbss_over_https_with_the_institutions_own_certificate(
+async def test_production_reaches_the_cbss_over_https_with_the_institutions_own_certificate(
     corpus: Path, tmp_path: Path
 ) -> None:
-    context = ConnectorContext("62063", production(corpus, tmp_path), httpx.AsyncClient())
-    with pytest.raises(ValueError, match="endpoint must be https"):
-        create_connector(context, SETTINGS.model_dump())
-    # Over https, never the development identity: the certificate the federal PKI gave.
-    https = SETTINGS.model_dump() | {"endpoint": "https://cbss.example.be/connector"}
-    with pytest.raises(ValueError, match="needs key_file and cert_file in production"):
-        create_connector(context, https)
+    async with httpx.AsyncClient() as http:
+        context = ConnectorContext("62063", production(corpus, tmp_path), http)
+        with pytest.raises(ValueError, match="endpoint must be https"):
+            create_connector(context, SETTINGS.model_dump())
+        # Over https, never the development identity: the certificate the federal PKI gave.
+        https = SETTINGS.model_dump() | {"endpoint": "https://cbss.example.be/connector"}
+        with pytest.raises(ValueError, match="needs key_file and cert_file in production"):
+            create_connector(context, https)
     assert not context.hub.keys_dir.exists()

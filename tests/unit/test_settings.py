@@ -86,3 +86,12 @@ async def test_the_services_and_the_gateways_consumers_fetch_with_the_wait_given
     with pytest.raises(Stop):
         await engine.run_consumer("kafka:9092", fetch_wait_ms=250)
     assert waits == [500, 250]
+
+
+def test_the_tenants_reach_the_sandboxs_tls_listener_where_it_listens() -> None:
+    assert HubSettings().sandbox_tls_address() == "https://127.0.0.1:8011"
+    assert HubSettings(sandbox_tls_port=18011).sandbox_tls_address() == "https://127.0.0.1:18011"
+    compose = HubSettings(sandbox_tls_url="https://sandbox:8011", sandbox_tls_port=0)
+    assert compose.sandbox_tls_address() == "https://sandbox:8011"
+    # No listener: the KSZ-BCSS over plain HTTP, without a certificate (development only).
+    assert HubSettings(sandbox_tls_port=0).sandbox_tls_address() == "http://127.0.0.1:8010"
