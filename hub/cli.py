@@ -109,9 +109,9 @@ class SandboxServer(FrozenAfterStartupServer):
         await super().startup(sockets)
         try:
             await start_tls_listener(self, self.hub_settings)
-        except OSError as exc:  # the port taken: stop as uvicorn stops when its own is
+        except OSError as exc:  # the port taken, a key unreadable: stop as uvicorn stops
             logging.getLogger("sandbox").error(
-                "the TLS listener cannot open port %d (HUB_SANDBOX_TLS_PORT): %s",
+                "the TLS listener cannot start on port %d (HUB_SANDBOX_TLS_PORT): %s",
                 self.hub_settings.sandbox_tls_port,
                 exc,
             )

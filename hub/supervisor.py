@@ -117,7 +117,7 @@ def start_component(
     if tls_port and not _port_is_free(settings.host, tls_port):
         raise StartError(
             f"port {tls_port} (the sandbox's TLS listener) is taken; stop what uses it or set"
-            " HUB_SANDBOX_TLS_PORT (and HUB_SANDBOX_TLS_URL)"
+            " HUB_SANDBOX_TLS_PORT (0: none)"
         )
     log_path = settings.var_dir / "log" / f"{component.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -157,9 +157,11 @@ def one_rejected_event_per_id(connection: Connection) -> None:
     table = table_of(RejectedEvent)
     if connection.dialect.name == "postgresql":
         # A replica of the earlier version, still running, must not keep a repeat between
-        # the DELETE and the index (the index would fail, and this service with it). On
-        # SQLite the migration's BEGIN IMMEDIATE holds every writer off already.
-        connection.execute(text("LOCK TABLE rejected_events IN SHARE ROW EXCLUSIVE MODE"))
+        # the DELETE and the index (the index would fail, and this service with it), nor
+        # hold a lock the DROP INDEX then waits for while it waits for ours (a deadlock):
+        # the whole table, at once. On SQLite the migration's BEGIN IMMEDIATE holds every
+        # writer off already.
+        connection.execute(text("LOCK TABLE rejected_events IN ACCESS EXCLUSIVE MODE"))
     earliest = (
         select(func.min(table.c.id))
         .where(table.c.event_id.is_not(None))

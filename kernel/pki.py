@@ -204,17 +204,20 @@ def trusted_tenant_certificates(keys_dir: Path) -> list[x509.Certificate]:
     return certificates
 
 
-def identities_stamp(keys_dir: Path) -> tuple[int | None, ...]:
-    """When the keys' folder and its tenants' folder last changed (each tenant's identity is
-    renamed into the latter whole); None for one not there. The same stamp: no tenant's
-    identity appeared since."""
-    stamps: list[int | None] = []
-    for folder in (keys_dir, keys_dir / "tenants"):
-        try:
-            stamps.append(folder.stat().st_mtime_ns)
-        except OSError:
-            stamps.append(None)
-    return tuple(stamps)
+#: What ``identities_stamp`` returns.
+IdentitiesStamp = tuple[int | None, tuple[str, ...]]
+
+
+def identities_stamp(keys_dir: Path) -> IdentitiesStamp:
+    """The tenants' identities at a glance: their folder's last change and its names (each
+    identity is renamed into it whole); the same stamp, no identity appeared or was
+    replaced since. The names as well as the time: a rename within the clock's tick of the
+    last look leaves the time as it was."""
+    folder = keys_dir / "tenants"
+    try:
+        return folder.stat().st_mtime_ns, tuple(sorted(os.listdir(folder)))
+    except OSError:  # not there yet
+        return None, ()
 
 
 def tenant_of(certificate: x509.Certificate) -> str | None:

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kernel.pki import (
+    IdentitiesStamp,
     ensure_sandbox_tls_identity,
     identities_stamp,
     tenant_of,
@@ -51,7 +52,7 @@ class ClientCertificateTrust:
         self.context.load_cert_chain(cert_file, key_file)
         self.context.verify_mode = ssl.CERT_REQUIRED
         self._keys_dir = keys_dir
-        self._read_at: tuple[int | None, ...] | None = None
+        self._read_at: IdentitiesStamp | None = None
         self.refresh()
 
     def refresh(self) -> None:
@@ -141,8 +142,12 @@ async def start_tls_listener(
     config = server.config
 
     def create_protocol() -> asyncio.Protocol:
-        # Called as the connection is accepted, before its TLS handshake.
-        trust.refresh()
+        # Called as the connection is accepted, before its TLS handshake. Never raising: a
+        # protocol factory that raised left uvloop's listener accepting nothing more.
+        try:
+            trust.refresh()
+        except Exception:
+            log.exception("sandbox: could not read the tenants' certificates; trusting the last")
         make: Callable[..., Any] = config.http_protocol_class
         return _ClientCertificateProtocol(
             make(config=config, server_state=server.server_state, app_state=server.lifespan.state)

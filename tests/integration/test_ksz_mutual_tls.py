@@ -44,7 +44,8 @@ class Sandbox:
 
 @pytest.fixture
 async def sandbox(tmp_path: Path, corpus: Path) -> AsyncIterator[Sandbox]:
-    """The sandbox as ``hub up`` runs it, trusting the one tenant whose identity exists."""
+    """The sandbox as ``hub serve sandbox`` runs it, trusting the one tenant whose identity
+    exists, its own TLS identity made at its start."""
     tls_port = free_port()
     tenants_dir = tmp_path / "tenants"
     tenants_dir.mkdir()
@@ -54,8 +55,7 @@ async def sandbox(tmp_path: Path, corpus: Path) -> AsyncIterator[Sandbox]:
         corpus_dir=corpus,
         sandbox_tls_port=tls_port,
     )
-    ensure_tenant_signing_identity(settings.keys_dir, TENANT)
-    ensure_sandbox_tls_identity(settings.keys_dir)
+    ensure_tenant_signing_identity(settings.keys_dir, TENANT)  # its TLS one: the sandbox's own
     running = start_component(BY_NAME["sandbox"], settings, "127.0.0.1:1", port=free_port())
     try:
         await wait_healthy(running, "127.0.0.1")
@@ -182,4 +182,4 @@ def test_a_tls_port_taken_stops_the_sandbox_saying_so(tmp_path: Path, corpus: Pa
         command = [sys.executable, "-m", "hub.cli", "serve", "sandbox", "--port", str(free_port())]
         done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
     assert done.returncode == 3, done.stdout + done.stderr  # uvicorn's start-up failure
-    assert "the TLS listener cannot open port" in done.stdout + done.stderr
+    assert "the TLS listener cannot start on port" in done.stdout + done.stderr

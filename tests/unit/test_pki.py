@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kernel.pki import (
     ensure_sandbox_tls_identity,
     ensure_tenant_signing_identity,
+    identities_stamp,
     sandbox_tls_files,
     tenant_of,
     trusted_tenant_certificates,
@@ -94,3 +96,20 @@ def test_the_sandbox_tls_identity_names_the_hosts_it_is_reached_at_and_is_made_o
     before = cert_path.read_bytes()
     assert ensure_sandbox_tls_identity(tmp_path) == (key_path, cert_path)
     assert cert_path.read_bytes() == before
+
+
+def test_a_tenant_identity_made_within_the_clocks_tick_still_changes_the_stamp(
+    tmp_path: Path,
+) -> None:
+    assert identities_stamp(tmp_path) == (None, ())
+    ensure_tenant_signing_identity(tmp_path, "92137")
+    before = identities_stamp(tmp_path)
+    tenants = tmp_path / "tenants"
+    changed_at = tenants.stat().st_mtime_ns
+
+    ensure_tenant_signing_identity(tmp_path, "62063")
+    os.utime(tenants, ns=(changed_at, changed_at))  # as if renamed within the same tick
+    after = identities_stamp(tmp_path)
+
+    assert after != before and after[1] == ("62063", "92137")
+    assert identities_stamp(tmp_path) == after  # nothing new: the same
