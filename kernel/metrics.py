@@ -47,3 +47,9 @@ CONSUMER_LAG = Gauge(
     "last batch, over its partitions)",
     ["component", "topic"],
 )
+CERTIFICATE_EXPIRY = Gauge(
+    "hub_certificate_expiry_timestamp_seconds",
+    "When a tenant's certificate (WS-Security signature, TLS client) stops being valid, in "
+    "Unix time; read when the gateway builds the connector that uses it",
+    ["tenant", "connector"],
+)

@@ -13,10 +13,13 @@ the connector's own timeout. A connector builds the signed envelope
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography import x509
 from lxml import etree
 from pydantic import model_validator
 from zeep import AsyncClient
@@ -27,7 +30,10 @@ from zeep.wsdl.bindings.soap import SoapBinding
 from gateway.connectors.base import ConnectorContext, ConnectorSettings
 from gateway.errors import RETRYABLE_STATUS, error_for_status
 from gateway.wssecurity import X509Signature
+from kernel.metrics import CERTIFICATE_EXPIRY
 from kernel.pki import ensure_tenant_signing_identity
+
+log = logging.getLogger(__name__)
 
 XML_CONTENT_TYPE = "text/xml; charset=utf-8"
 
@@ -77,16 +83,56 @@ class SigningSettings(ConnectorSettings):
 def signing_files(
     ctx: ConnectorContext, key_file: Path | None, cert_file: Path | None, type_name: str
 ) -> tuple[Path, Path]:
-    """The tenant's signing key and certificate: configured ones, or in development the hub's
-    self-signed tenant identity (``kernel/pki.py``)."""
-    if key_file and cert_file:
-        return key_file, cert_file
-    if ctx.hub.environment == "production":
-        raise ValueError(
-            f"tenant {ctx.tenant}: the {type_name} connector needs key_file and cert_file in"
-            " production (the tenant's certificate from the federal PKI)"
+    """The tenant's key and certificate, to sign or to show as a TLS client: configured ones,
+    or in development the hub's self-signed tenant identity (``kernel/pki.py``); their expiry
+    watched (``watch_expiry``)."""
+    if not (key_file and cert_file):
+        if ctx.hub.environment == "production":
+            raise ValueError(
+                f"tenant {ctx.tenant}: the {type_name} connector needs key_file and cert_file"
+                " in production (the tenant's certificate from the federal PKI)"
+            )
+        key_file, cert_file = ensure_tenant_signing_identity(ctx.hub.keys_dir, ctx.tenant)
+    watch_expiry(ctx.tenant, type_name, cert_file)
+    return key_file, cert_file
+
+
+#: A certificate that stops being valid within this long is logged as a warning at start.
+EXPIRY_WARNING = timedelta(days=30)
+
+
+def watch_expiry(tenant: str, type_name: str, cert_file: Path) -> None:
+    """Publish when the certificate stops being valid (``hub_certificate_expiry_timestamp_
+    seconds``, for an alert weeks ahead), and say so at start when that is soon or past: a
+    target refusing an expired certificate answers with a fault or a cut connection, which
+    does not say why. An unreadable file is left to the connector, which says so."""
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError):
+        return
+    expires = certificate.not_valid_after_utc
+    CERTIFICATE_EXPIRY.labels(tenant, type_name).set(expires.timestamp())
+    left = expires - datetime.now(UTC)
+    subject = certificate.subject.rfc4514_string()
+    if left <= timedelta(0):
+        log.error(
+            "tenant %s: the %s certificate %s expired on %s; renew it (%s)",
+            tenant,
+            type_name,
+            subject,
+            expires.date(),
+            cert_file,
         )
-    return ensure_tenant_signing_identity(ctx.hub.keys_dir, ctx.tenant)
+    elif left <= EXPIRY_WARNING:
+        log.warning(
+            "tenant %s: the %s certificate %s expires on %s, in %d days; renew it (%s)",
+            tenant,
+            type_name,
+            subject,
+            expires.date(),
+            left.days,
+            cert_file,
+        )
 
 
 class SignedSoapClient:

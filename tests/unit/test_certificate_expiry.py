@@ -1,0 +1,79 @@
+"""A tenant's certificate: when it stops being valid is published and, when soon, said."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from prometheus_client import REGISTRY
+
+from gateway.connectors.base import ConnectorContext
+from gateway.connectors.soap import signing_files
+from kernel.settings import HubSettings
+
+
+def identity(folder: Path, tenant: str, valid_for: timedelta) -> tuple[Path, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, tenant)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=365))
+        .not_valid_after(now + valid_for)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True)
+    key_file, cert_file = folder / "tls.key", folder / "tls.crt"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return key_file, cert_file
+
+
+def expiry(tenant: str, connector: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        "hub_certificate_expiry_timestamp_seconds", {"tenant": tenant, "connector": connector}
+    )
+
+
+async def test_a_certificate_near_or_past_its_end_is_said_at_start_and_published(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway")
+    async with httpx.AsyncClient() as http:
+        settings = HubSettings(var_dir=tmp_path / "var")
+        soon = identity(tmp_path / "soon", "11111", timedelta(days=10, hours=1))
+        past = identity(tmp_path / "past", "22222", timedelta(days=-2))
+
+        signing_files(ConnectorContext("11111", settings, http), *soon, "ksz_identify")
+        signing_files(ConnectorContext("22222", settings, http), *past, "ebox_soap")
+        # The development identity has two years ahead of it: published, nothing said.
+        development = signing_files(ConnectorContext("33333", settings, http), None, None, "x")
+
+    said = {(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records}
+    assert said == {("WARNING", "tenant 11111"), ("ERROR", "tenant 22222")}
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "the ksz_identify certificate O=11111 expires on" in warning and "in 10 days" in warning
+    for tenant, connector, cert_file in (
+        ("11111", "ksz_identify", soon[1]),
+        ("22222", "ebox_soap", past[1]),
+        ("33333", "x", development[1]),
+    ):
+        certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        assert expiry(tenant, connector) == certificate.not_valid_after_utc.timestamp()
