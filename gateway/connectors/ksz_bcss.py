@@ -410,7 +410,10 @@ def _mutual_tls_client(
     if ctx.hub.environment == "development" and sandbox_certificate.is_file():
         trusted.append(sandbox_certificate)
     tls = client_certificate_tls(key_file, cert_file, trusted)
-    subject = x509.load_pem_x509_certificate(cert_file.read_bytes()).subject.rfc4514_string()
+    # Named in error reasons; a person's certificate (an eID's) carries the national number.
+    subject = mask_national_numbers(
+        x509.load_pem_x509_certificate(cert_file.read_bytes()).subject.rfc4514_string()
+    )
     client = outbound_client(MUTUAL_TLS_CONNECTIONS, per_host=MUTUAL_TLS_CONNECTIONS, tls=tls)
     return client, subject
 

@@ -30,6 +30,7 @@ from zeep.wsdl.bindings.soap import SoapBinding
 from gateway.connectors.base import ConnectorContext, ConnectorSettings
 from gateway.errors import RETRYABLE_STATUS, error_for_status
 from gateway.wssecurity import X509Signature
+from kernel.logs import mask_national_numbers
 from kernel.metrics import CERTIFICATE_EXPIRY
 from kernel.pki import ensure_tenant_signing_identity
 
@@ -113,7 +114,8 @@ def watch_expiry(tenant: str, type_name: str, cert_file: Path) -> None:
     expires = certificate.not_valid_after_utc
     CERTIFICATE_EXPIRY.labels(tenant, type_name).set(expires.timestamp())
     left = expires - datetime.now(UTC)
-    subject = certificate.subject.rfc4514_string()
+    # A person's certificate (an eID's) carries the national number in its subject.
+    subject = mask_national_numbers(certificate.subject.rfc4514_string())
     if left <= timedelta(0):
         log.error(
             "tenant %s: the %s certificate %s expired on %s; renew it (%s)",

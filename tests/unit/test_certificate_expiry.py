@@ -18,10 +18,18 @@ from gateway.connectors.base import ConnectorContext
 from gateway.connectors.soap import signing_files
 from kernel.settings import HubSettings
 
+#: A person's certificate (an eID's) names its holder by national number.
+HOLDER_NISS = "85073003328"
 
-def identity(folder: Path, tenant: str, valid_for: timedelta) -> tuple[Path, Path]:
+
+def identity(
+    folder: Path, tenant: str, valid_for: timedelta, holder: str | None = None
+) -> tuple[Path, Path]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, tenant)])
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, tenant)]
+    if holder:
+        attributes.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, holder))
+    name = x509.Name(attributes)
     now = datetime.now(UTC)
     certificate = (
         x509.CertificateBuilder()
@@ -58,7 +66,7 @@ async def test_a_certificate_near_or_past_its_end_is_said_at_start_and_published
     caplog.set_level(logging.INFO, logger="gateway")
     async with httpx.AsyncClient() as http:
         settings = HubSettings(var_dir=tmp_path / "var")
-        soon = identity(tmp_path / "soon", "11111", timedelta(days=10, hours=1))
+        soon = identity(tmp_path / "soon", "11111", timedelta(days=10, hours=1), HOLDER_NISS)
         past = identity(tmp_path / "past", "22222", timedelta(days=-2))
 
         signing_files(ConnectorContext("11111", settings, http), *soon, "ksz_identify")
@@ -69,7 +77,9 @@ async def test_a_certificate_near_or_past_its_end_is_said_at_start_and_published
     said = {(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records}
     assert said == {("WARNING", "tenant 11111"), ("ERROR", "tenant 22222")}
     warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
-    assert "the ksz_identify certificate O=11111 expires on" in warning and "in 10 days" in warning
+    assert "the ksz_identify certificate 2.5.4.5=85*********,O=11111" in warning
+    assert "in 10 days" in warning
+    assert HOLDER_NISS not in warning  # masked, as everywhere in the logs
     for tenant, connector, cert_file in (
         ("11111", "ksz_identify", soon[1]),
         ("22222", "ebox_soap", past[1]),
