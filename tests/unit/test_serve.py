@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,12 +27,19 @@ async def test_what_the_startup_made_is_frozen_and_what_comes_later_is_not() -> 
         yield
 
     config = uvicorn.Config(FastAPI(lifespan=lifespan), host="127.0.0.1", port=0, log_config=None)
-    server = FrozenAfterStartupServer(config)
-    config.load()
-    server.lifespan = config.lifespan_class(config)
+    started = asyncio.Event()
+
+    class Observed(FrozenAfterStartupServer):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            started.set()
+
+    server = Observed(config)
     gc.unfreeze()  # an earlier test's freeze would hide this one's
-    await server.startup()
+    serving = asyncio.create_task(server.serve())  # as `hub serve` runs it
     try:
+        async with asyncio.timeout(10):
+            await started.wait()
         made_later = Held()
         tracked = {id(item) for item in gc.get_objects()}
         assert gc.get_freeze_count() > 0
@@ -39,5 +48,6 @@ async def test_what_the_startup_made_is_frozen_and_what_comes_later_is_not() -> 
         assert id(made_at_startup[0]) not in tracked
         assert id(made_later) in tracked
     finally:
-        await server.shutdown()
+        server.should_exit = True
+        await serving
         gc.unfreeze()
