@@ -56,8 +56,8 @@ class ClientCertificateTrust:
         self.refresh()
 
     def refresh(self) -> None:
-        """Trust the tenants' certificates made since the last look: two ``stat`` calls when
-        none was. A certificate once trusted stays so until the sandbox restarts."""
+        """Trust the tenants' certificates made since the last look (a glance at their folder
+        when none was). A certificate once trusted stays so until the sandbox restarts."""
         stamp = identities_stamp(self._keys_dir)
         if stamp == self._read_at:
             return
