@@ -163,7 +163,17 @@ def client_certificate_tls(
     """TLS that verifies servers as httpx does, also trusting the certificates in
     ``trusted`` (PEM files), and shows the client certificate ``cert_file``."""
     context = httpx.create_ssl_context()
+    # ssl's errors name no file ("No such file or directory", "PEM lib"): these do.
     for path in trusted:
-        context.load_verify_locations(cafile=path)
-    context.load_cert_chain(cert_file, key_file)
+        try:
+            context.load_verify_locations(cafile=path)
+        except OSError as exc:
+            raise ValueError(f"the certificates to trust in {path} cannot be read: {exc}") from exc
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except OSError as exc:
+        raise ValueError(
+            f"the client certificate {cert_file} and its key {key_file} cannot be read as PEM,"
+            f" or do not match: {exc}"
+        ) from exc
     return context

@@ -262,3 +262,20 @@ async def test_production_reaches_the_cbss_over_https_with_the_institutions_own_
         with pytest.raises(ValueError, match="needs key_file and cert_file in production"):
             create_connector(context, https)
     assert not context.hub.keys_dir.exists()
+
+
+async def test_a_tls_identity_that_cannot_be_read_is_named_at_start(
+    corpus: Path, tmp_path: Path
+) -> None:
+    garbled = tmp_path / "garbled.pem"
+    garbled.write_text("not PEM")
+    https = SETTINGS.model_dump() | {"endpoint": "https://cbss.example.be/connector"}
+    async with httpx.AsyncClient() as http:
+        context = ConnectorContext("62063", HubSettings(var_dir=tmp_path, corpus_dir=corpus), http)
+        for files, named in (
+            ({"key_file": tmp_path / "missing.key", "cert_file": garbled}, "missing.key"),
+            ({"key_file": garbled, "cert_file": garbled}, "garbled.pem"),
+            ({"ca_file": tmp_path / "missing-ca.pem"}, "missing-ca.pem"),
+        ):
+            with pytest.raises(ValueError, match=named):
+                create_connector(context, https | files)
