@@ -1,5 +1,6 @@
 """The operators' API and dashboard: what was delivered, what failed, and replay;
-what came in from outside (``/v1/inbound``).
+what came in from outside (``/v1/inbound``); the tenants' certificates and their end
+(``/v1/certificates``).
 
 Scopes: ``gateway:read`` reads the caller's tenant's deliveries and inbound
 documents; ``gateway:operate`` replays; ``gateway:unroutable`` (the hub's
@@ -9,7 +10,7 @@ tenant could receive, which belong to no tenant.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gateway.connectors.soap import TenantCertificate
 from gateway.deliveries import DeliveryRecord
 from gateway.engine import DeliveryEngine
 from gateway.inbound.records import InboundDocument, WaitingItem
@@ -282,6 +284,45 @@ def inbound_router() -> APIRouter:
             items=[WaitingView.of(r) for r in rows],
             next_cursor=rows[-1].id if len(rows) == limit else None,
         )
+
+    return api
+
+
+class CertificateView(BaseModel):
+    connector: str
+    connector_type: str
+    subject: str
+    expires_at: datetime
+    days_left: int
+
+
+def certificates_router() -> APIRouter:
+    api = APIRouter(prefix="/v1/certificates", tags=["certificates"])
+
+    @api.get("", response_model=list[CertificateView])
+    async def list_certificates(request: Request, caller: CallerDep) -> list[CertificateView]:
+        """The certificates the caller's tenant's connectors sign or authenticate with (the
+        e-Box and oversight signatures, the KSZ-BCSS's TLS client), the soonest to end first:
+        a target refuses an expired one without saying why. As read when the gateway started
+        (a renewed file is read at the next start)."""
+        caller.require("gateway:read")
+        connectors: dict[tuple[str, str], object] = request.app.state.resources[2]
+        now = datetime.now(UTC)
+        views = []
+        for (tenant, name), connector in connectors.items():
+            certificate = getattr(connector, "certificate", None)
+            if tenant != caller.tenant or not isinstance(certificate, TenantCertificate):
+                continue
+            views.append(
+                CertificateView(
+                    connector=name,
+                    connector_type=str(getattr(connector, "type_name", "")),
+                    subject=certificate.subject,
+                    expires_at=certificate.expires_at,
+                    days_left=(certificate.expires_at - now).days,
+                )
+            )
+        return sorted(views, key=lambda view: (view.expires_at, view.connector))
 
     return api
 

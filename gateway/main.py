@@ -9,7 +9,7 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gateway.api import dashboard_router, inbound_router, router
+from gateway.api import certificates_router, dashboard_router, inbound_router, router
 from gateway.connectors.base import (
     Connector,
     ConnectorContext,
@@ -240,5 +240,6 @@ def build_app(
     )
     app.include_router(router())
     app.include_router(inbound_router())
+    app.include_router(certificates_router())
     app.include_router(dashboard_router())
     return app

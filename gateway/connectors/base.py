@@ -87,7 +87,9 @@ def attempt_deadline(connector: object) -> float:
 
 class Connector(Protocol):
     """A connector may also have ``attempt_seconds``, the deadline of one whole attempt
-    (``ATTEMPT_SECONDS`` otherwise): the engine cuts an attempt that takes longer."""
+    (``ATTEMPT_SECONDS`` otherwise): the engine cuts an attempt that takes longer; and
+    ``certificate`` (``gateway.connectors.soap.TenantCertificate`` or None), the one it
+    signs or authenticates with, which the operators' API lists with its end."""
 
     type_name: str
 

@@ -85,15 +85,16 @@ class EboxSoapConnector:
     def __init__(self, ctx: ConnectorContext, settings: EboxSoapSettings) -> None:
         self.settings = settings
         self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
-        key_file, cert_file = signing_files(ctx, settings.key_file, settings.cert_file, TYPE_NAME)
+        identity = signing_files(ctx, settings.key_file, settings.cert_file, TYPE_NAME)
+        self.certificate = identity.certificate
         self._soap = SignedSoapClient(
             wsdl=str(settings.wsdl or ctx.hub.corpus_dir / DEFAULT_WSDL),
             binding=BINDING,
             endpoint=settings.endpoint,
             http=ctx.http,
             timeout_seconds=settings.timeout_seconds,
-            key_file=key_file,
-            cert_file=cert_file,
+            key_file=identity.key_file,
+            cert_file=identity.cert_file,
         )
 
     async def deliver(self, delivery: Delivery) -> DeliveryResult:

@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from cryptography import x509
 from lxml import etree
 from pydantic import Field
 from zeep import AsyncClient
@@ -68,6 +67,7 @@ from gateway.connectors.soap import (
     XML_CONTENT_TYPE,
     SharedPoolTransport,
     SigningSettings,
+    TenantCertificate,
     serialise,
     signing_files,
 )
@@ -305,10 +305,11 @@ class KszBcssConnector:
     def __init__(self, ctx: ConnectorContext, settings: KszBcssSettings) -> None:
         self.settings = settings
         self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
-        #: The client that shows the tenant's certificate, and that certificate's subject,
-        #: when the endpoint is https.
-        self._own_http, self._certificate = _mutual_tls_client(ctx, settings)
+        #: The client that shows the tenant's certificate, and that certificate, when the
+        #: endpoint is https.
+        self._own_http, self.certificate = _mutual_tls_client(ctx, settings)
         self._transport = SharedPoolTransport(self._own_http or ctx.http, settings.timeout_seconds)
+        self._subject = self.certificate.subject if self.certificate else None
         self._client = AsyncClient(
             str(settings.wsdl or ctx.hub.corpus_dir / DEFAULT_WSDL),
             transport=self._transport,
@@ -372,12 +373,12 @@ class KszBcssConnector:
         certificate shown cuts it so, after the handshake, with no other word. (Refused,
         unknown host, a server certificate not trusted: ``ConnectError``, said as it is.)"""
         cause = error.__cause__
-        if self._certificate is None or not isinstance(
+        if self._subject is None or not isinstance(
             cause, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError
         ):
             return error
         return RetryableDeliveryError(
-            f"{error} (the client certificate shown: {self._certificate}; a CBSS that does not"
+            f"{error} (the client certificate shown: {self._subject}; a CBSS that does not"
             " know it may close the connection so)"
         )
 
@@ -394,9 +395,9 @@ MUTUAL_TLS_CONNECTIONS = 16
 
 def _mutual_tls_client(
     ctx: ConnectorContext, settings: KszBcssSettings
-) -> tuple[httpx.AsyncClient | None, str | None]:
-    """The tenant's own client for an https endpoint, and the subject of the certificate it
-    shows; none for http, which production refuses."""
+) -> tuple[httpx.AsyncClient | None, TenantCertificate | None]:
+    """The tenant's own client for an https endpoint, and the certificate it shows; none for
+    http, which production refuses."""
     if not settings.endpoint.lower().startswith("https://"):
         if ctx.hub.environment == "production":
             raise ValueError(
@@ -404,18 +405,14 @@ def _mutual_tls_client(
                 " the institution by its TLS client certificate"
             )
         return None, None
-    key_file, cert_file = signing_files(ctx, settings.key_file, settings.cert_file, TYPE_NAME)
+    identity = signing_files(ctx, settings.key_file, settings.cert_file, TYPE_NAME)
     trusted = [settings.ca_file] if settings.ca_file else []
     sandbox_certificate = sandbox_tls_files(ctx.hub.keys_dir)[1]
     if ctx.hub.environment == "development" and sandbox_certificate.is_file():
         trusted.append(sandbox_certificate)
-    tls = client_certificate_tls(key_file, cert_file, trusted)
-    # Named in error reasons; a person's certificate (an eID's) carries the national number.
-    subject = mask_national_numbers(
-        x509.load_pem_x509_certificate(cert_file.read_bytes()).subject.rfc4514_string()
-    )
+    tls = client_certificate_tls(identity.key_file, identity.cert_file, trusted)
     client = outbound_client(MUTUAL_TLS_CONNECTIONS, per_host=MUTUAL_TLS_CONNECTIONS, tls=tls)
-    return client, subject
+    return client, identity.certificate
 
 
 def create_connector(context: ConnectorContext, config: dict[str, Any]) -> KszBcssConnector:

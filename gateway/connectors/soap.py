@@ -14,6 +14,7 @@ the connector's own timeout. A connector builds the signed envelope
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,26 @@ class SigningSettings(ConnectorSettings):
         return self
 
 
+@dataclass(frozen=True)
+class TenantCertificate:
+    """A certificate a connector signs or authenticates with, as the operators' API lists it
+    (``GET /v1/certificates``); the subject's national numbers masked."""
+
+    subject: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class TenantIdentity:
+    key_file: Path
+    cert_file: Path
+    #: None when the certificate cannot be read (the connector then says why).
+    certificate: TenantCertificate | None
+
+
 def signing_files(
     ctx: ConnectorContext, key_file: Path | None, cert_file: Path | None, type_name: str
-) -> tuple[Path, Path]:
+) -> TenantIdentity:
     """The tenant's key and certificate, to sign or to show as a TLS client: configured ones,
     or in development the hub's self-signed tenant identity (``kernel/pki.py``); their expiry
     watched (``watch_expiry``)."""
@@ -94,15 +112,14 @@ def signing_files(
                 " in production (the tenant's certificate from the federal PKI)"
             )
         key_file, cert_file = ensure_tenant_signing_identity(ctx.hub.keys_dir, ctx.tenant)
-    watch_expiry(ctx.tenant, type_name, cert_file)
-    return key_file, cert_file
+    return TenantIdentity(key_file, cert_file, watch_expiry(ctx.tenant, type_name, cert_file))
 
 
 #: A certificate that stops being valid within this long is logged as a warning at start.
 EXPIRY_WARNING = timedelta(days=30)
 
 
-def watch_expiry(tenant: str, type_name: str, cert_file: Path) -> None:
+def watch_expiry(tenant: str, type_name: str, cert_file: Path) -> TenantCertificate | None:
     """Publish when the certificate stops being valid (``hub_certificate_expiry_timestamp_
     seconds``, for an alert weeks ahead), and say so at start when that is soon or past: a
     target refusing an expired certificate answers with a fault or a cut connection, which
@@ -110,7 +127,7 @@ def watch_expiry(tenant: str, type_name: str, cert_file: Path) -> None:
     try:
         certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())
     except (OSError, ValueError):
-        return
+        return None
     expires = certificate.not_valid_after_utc
     CERTIFICATE_EXPIRY.labels(tenant, type_name).set(expires.timestamp())
     left = expires - datetime.now(UTC)
@@ -135,6 +152,7 @@ def watch_expiry(tenant: str, type_name: str, cert_file: Path) -> None:
             left.days,
             cert_file,
         )
+    return TenantCertificate(subject, expires)
 
 
 class SignedSoapClient:

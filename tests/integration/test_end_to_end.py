@@ -104,6 +104,17 @@ async def test_a_recipient_without_digital_ebox_ends_failed_with_a_clear_reason(
             summary = (await gateway.get("/v1/deliveries/summary", headers=operator)).json()
             assert summary == [{"connector": "ebox_soap", "status": "failed", "count": 1}]
             assert (await gateway.get("/v1/deliveries", headers=stranger)).json()["items"] == []
+            # Each tenant's operator sees its own certificates and their end, not another's.
+            for tenant, token, connectors in (
+                (hub.soap_tenant, operator, {"ebox", "identification", "oversight"}),
+                (hub.rest_tenant, stranger, {"identification", "oversight"}),
+            ):
+                certificates = (await gateway.get("/v1/certificates", headers=token)).json()
+                assert {c["connector"] for c in certificates} == connectors
+                assert all(
+                    c["subject"] == f"O={tenant},CN=hub-{tenant}" and 700 < c["days_left"] <= 730
+                    for c in certificates
+                )
             key = delivery["idempotency_key"]
             foreign = await gateway.post(f"/v1/deliveries/{key}/replay", headers=stranger)
             assert foreign.status_code == 404

@@ -69,7 +69,7 @@ async def test_a_certificate_near_or_past_its_end_is_said_at_start_and_published
         soon = identity(tmp_path / "soon", "11111", timedelta(days=10, hours=1), HOLDER_NISS)
         past = identity(tmp_path / "past", "22222", timedelta(days=-2))
 
-        signing_files(ConnectorContext("11111", settings, http), *soon, "ksz_identify")
+        near = signing_files(ConnectorContext("11111", settings, http), *soon, "ksz_identify")
         signing_files(ConnectorContext("22222", settings, http), *past, "ebox_soap")
         # The development identity has two years ahead of it: published, nothing said.
         development = signing_files(ConnectorContext("33333", settings, http), None, None, "x")
@@ -83,7 +83,11 @@ async def test_a_certificate_near_or_past_its_end_is_said_at_start_and_published
     for tenant, connector, cert_file in (
         ("11111", "ksz_identify", soon[1]),
         ("22222", "ebox_soap", past[1]),
-        ("33333", "x", development[1]),
+        ("33333", "x", development.cert_file),
     ):
         certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())
         assert expiry(tenant, connector) == certificate.not_valid_after_utc.timestamp()
+    # What the operators' API lists (GET /v1/certificates), masked as the log.
+    assert near.certificate is not None
+    assert near.certificate.subject == "2.5.4.5=85*********,O=11111"
+    assert near.certificate.expires_at.timestamp() == expiry("11111", "ksz_identify")
