@@ -72,7 +72,7 @@ def build_connectors(
     for (tenant, name), config in routing.connector_settings.items():
         try:
             built[(tenant, name)] = factories[config["type"]](
-                ConnectorContext(tenant, settings, http), config
+                ConnectorContext(tenant, settings, http, name), config
             )
         except (ValueError, OSError) as exc:
             problems.append(f"connectors.{name}: {exc}")

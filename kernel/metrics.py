@@ -50,6 +50,7 @@ CONSUMER_LAG = Gauge(
 CERTIFICATE_EXPIRY = Gauge(
     "hub_certificate_expiry_timestamp_seconds",
     "When a tenant's certificate (WS-Security signature, TLS client) stops being valid, in "
-    "Unix time; read when the gateway builds the connector that uses it",
-    ["tenant", "connector"],
+    "Unix time; read when the gateway builds the connector that uses it (connector: its "
+    "type; name: its name in the tenant's file)",
+    ["tenant", "connector", "name"],
 )

@@ -115,6 +115,8 @@ class ConnectorContext:
     hub: HubSettings
     #: The gateway's one client (``gateway.http``); connectors set their own per-call timeouts.
     http: httpx.AsyncClient
+    #: The connector's name in the tenant's file (``connectors.<name>``).
+    name: str = ""
 
 
 _S = TypeVar("_S", bound=ConnectorSettings)

@@ -112,14 +112,17 @@ def signing_files(
                 " in production (the tenant's certificate from the federal PKI)"
             )
         key_file, cert_file = ensure_tenant_signing_identity(ctx.hub.keys_dir, ctx.tenant)
-    return TenantIdentity(key_file, cert_file, watch_expiry(ctx.tenant, type_name, cert_file))
+    certificate = watch_expiry(ctx.tenant, type_name, ctx.name, cert_file)
+    return TenantIdentity(key_file, cert_file, certificate)
 
 
 #: A certificate that stops being valid within this long is logged as a warning at start.
 EXPIRY_WARNING = timedelta(days=30)
 
 
-def watch_expiry(tenant: str, type_name: str, cert_file: Path) -> TenantCertificate | None:
+def watch_expiry(
+    tenant: str, type_name: str, name: str, cert_file: Path
+) -> TenantCertificate | None:
     """Publish when the certificate stops being valid (``hub_certificate_expiry_timestamp_
     seconds``, for an alert weeks ahead), and say so at start when that is soon or past: a
     target refusing an expired certificate answers with a fault or a cut connection, which
@@ -129,7 +132,8 @@ def watch_expiry(tenant: str, type_name: str, cert_file: Path) -> TenantCertific
     except (OSError, ValueError):
         return None
     expires = certificate.not_valid_after_utc
-    CERTIFICATE_EXPIRY.labels(tenant, type_name).set(expires.timestamp())
+    # By the connector's name too: a tenant may have two of one type (two e-Box senders).
+    CERTIFICATE_EXPIRY.labels(tenant, type_name, name).set(expires.timestamp())
     left = expires - datetime.now(UTC)
     # A person's certificate (an eID's) carries the national number in its subject.
     subject = mask_national_numbers(certificate.subject.rfc4514_string())

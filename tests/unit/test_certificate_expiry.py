@@ -54,9 +54,10 @@ def identity(
     return key_file, cert_file
 
 
-def expiry(tenant: str, connector: str) -> float | None:
+def expiry(tenant: str, connector: str, name: str) -> float | None:
     return REGISTRY.get_sample_value(
-        "hub_certificate_expiry_timestamp_seconds", {"tenant": tenant, "connector": connector}
+        "hub_certificate_expiry_timestamp_seconds",
+        {"tenant": tenant, "connector": connector, "name": name},
     )
 
 
@@ -69,10 +70,15 @@ async def test_a_certificate_near_or_past_its_end_is_said_at_start_and_published
         soon = identity(tmp_path / "soon", "11111", timedelta(days=10, hours=1), HOLDER_NISS)
         past = identity(tmp_path / "past", "22222", timedelta(days=-2))
 
-        near = signing_files(ConnectorContext("11111", settings, http), *soon, "ksz_identify")
-        signing_files(ConnectorContext("22222", settings, http), *past, "ebox_soap")
-        # The development identity has two years ahead of it: published, nothing said.
-        development = signing_files(ConnectorContext("33333", settings, http), None, None, "x")
+        near = signing_files(
+            ConnectorContext("11111", settings, http, "ksz"), *soon, "ksz_identify"
+        )
+        signing_files(ConnectorContext("22222", settings, http, "ebox"), *past, "ebox_soap")
+        # The development identity has two years ahead of it: published, nothing said. A
+        # second connector of the same type for that tenant is published apart.
+        development = signing_files(
+            ConnectorContext("22222", settings, http, "ebox-cpas"), None, None, "ebox_soap"
+        )
 
     said = {(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records}
     assert said == {("WARNING", "tenant 11111"), ("ERROR", "tenant 22222")}
@@ -80,14 +86,14 @@ async def test_a_certificate_near_or_past_its_end_is_said_at_start_and_published
     assert "the ksz_identify certificate 2.5.4.5=85*********,O=11111" in warning
     assert "in 10 days" in warning
     assert HOLDER_NISS not in warning  # masked, as everywhere in the logs
-    for tenant, connector, cert_file in (
-        ("11111", "ksz_identify", soon[1]),
-        ("22222", "ebox_soap", past[1]),
-        ("33333", "x", development.cert_file),
+    for tenant, connector, name, cert_file in (
+        ("11111", "ksz_identify", "ksz", soon[1]),
+        ("22222", "ebox_soap", "ebox", past[1]),
+        ("22222", "ebox_soap", "ebox-cpas", development.cert_file),
     ):
         certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())
-        assert expiry(tenant, connector) == certificate.not_valid_after_utc.timestamp()
+        assert expiry(tenant, connector, name) == certificate.not_valid_after_utc.timestamp()
     # What the operators' API lists (GET /v1/certificates), masked as the log.
     assert near.certificate is not None
     assert near.certificate.subject == "2.5.4.5=85*********,O=11111"
-    assert near.certificate.expires_at.timestamp() == expiry("11111", "ksz_identify")
+    assert near.certificate.expires_at.timestamp() == expiry("11111", "ksz_identify", "ksz")
