@@ -834,18 +834,28 @@ def fetch_recording_fails_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_module, "write_transaction", database_away_once)
 
 
+async def fetch_whose_recording_failed(
+    sessions: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+    *events: CloudEvent,
+) -> tuple[DeliveryEngine, SilentConnector, Clock]:
+    """A fetch of ``events`` to a silent target whose recording failed (the database away)
+    while its first attempt goes on: the consumer rewinds and will read it again."""
+    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.05)
+    silent, clock = SilentConnector(), Clock()
+    engine = two_targets_engine(sessions, silent, FakeConnector(), clock)
+    fetch_recording_fails_once(monkeypatch)
+    with pytest.raises(ConnectionError):
+        await engine.handle_records([record_of(event) for event in events])
+    return engine, silent, clock
+
+
 async def test_a_fetch_read_again_after_its_recording_failed_leaves_the_attempt_under_way(
     sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.05)
-    silent, other, clock = SilentConnector(), FakeConnector(), Clock()
-    engine = two_targets_engine(sessions, silent, other, clock)
     first, second = mail_event(), mail_event()  # one mail's two events
-    fetch = [record_of(first), record_of(second)]
-    fetch_recording_fails_once(monkeypatch)
-    with pytest.raises(ConnectionError):  # the consumer rewinds and reads it again
-        await engine.handle_records(fetch)
-    await engine.handle_records(fetch)
+    engine, silent, clock = await fetch_whose_recording_failed(sessions, monkeypatch, first, second)
+    await engine.handle_records([record_of(first), record_of(second)])  # read again
 
     assert [call.event.id for call in silent.calls] == [first.id]  # not sent twice at once
     under_way, behind = await deliveries(sessions)  # recorded, in order, by the reading
@@ -863,13 +873,8 @@ async def test_a_fetch_read_again_after_its_recording_failed_leaves_the_attempt_
 async def test_an_attempt_under_way_that_records_itself_keeps_its_place(
     sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.05)
-    silent, other, clock = SilentConnector(), FakeConnector(), Clock()
-    engine = two_targets_engine(sessions, silent, other, clock)
-    fetch_recording_fails_once(monkeypatch)
     event = mail_event()
-    with pytest.raises(ConnectionError):
-        await engine.handle_records([record_of(event)])
+    engine, silent, _ = await fetch_whose_recording_failed(sessions, monkeypatch, event)
     silent.answer.set()  # it ends before the fetch is read again
     await settled(engine)
 
@@ -883,13 +888,8 @@ async def test_an_attempt_under_way_that_records_itself_keeps_its_place(
 async def test_an_attempt_under_way_stopped_with_the_gateway_is_retried_after_its_claim(
     sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("gateway.engine.FIRST_ATTEMPT_SECONDS", 0.05)
-    silent, other, clock = SilentConnector(), FakeConnector(), Clock()
-    engine = two_targets_engine(sessions, silent, other, clock)
-    fetch_recording_fails_once(monkeypatch)
     event = mail_event()
-    with pytest.raises(ConnectionError):
-        await engine.handle_records([record_of(event)])
+    engine, silent, clock = await fetch_whose_recording_failed(sessions, monkeypatch, event)
     await engine.handle_records([record_of(event)])  # read again; offsets committed
     await engine.stop_background()  # the gateway stops before the target answers
 
