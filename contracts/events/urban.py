@@ -75,7 +75,7 @@ class Parcel(BaseModel):
     """A cadastral parcel by its CaPaKey (e.g. ``25015A0123/00B000``) and address."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    capakey: str = Field(pattern=r"^\d{5}[A-Z]\d{4}/\d{2}[A-Z_]\d{3}$")
+    capakey: str = Field(pattern=r"^[0-9]{5}[A-Z][0-9]{4}/[0-9]{2}[A-Z_][0-9]{3}$")
     address: str | None = None
 
 

@@ -30,9 +30,12 @@ from kernel.api import (
 )
 from kernel.auth import Caller
 from kernel.database import utcnow
+from kernel.errors import ProblemError
 from services.urban import permits
 from services.urban.configuration import TenantUrban
+from services.urban.consumers import replay
 from services.urban.domain import FileState
+from services.urban.permits import UnprocessedNotFound
 from services.urban.schemas import (
     DecisionExtensionBody,
     FileCreate,
@@ -43,6 +46,7 @@ from services.urban.schemas import (
     NoticeResponseCreate,
     OpinionCreate,
     OpinionView,
+    ReplayOutcome,
     UnprocessedView,
 )
 from services.urban.tables import PermitFile
@@ -112,6 +116,7 @@ def _file_routes(api: APIRouter) -> None:
             body.received_on,
             [Applicant.model_validate(a.model_dump()) for a in body.applicants],
             [Parcel.model_construct(**p.model_dump()) for p in body.parcels],
+            today=permits.brussels_day(utcnow()),
         )
         async with store.unit_of_work() as session:
             file = await permits.open_file(session, caller.settings, new, utcnow(), origin="rest")
@@ -179,6 +184,35 @@ def _file_routes(api: APIRouter) -> None:
                 session, caller.tenant, limit=limit, offset=offset
             )
         return [UnprocessedView.of(row) for row in rows]
+
+    @api.post(
+        "/unprocessed-notifications/{event_id}/replay",
+        tags=["files"],
+        responses=problem_responses(404, 409, 422),
+    )
+    async def replay_unprocessed(
+        event_id: str, caller: Writer, store: StorageDep, request: Request
+    ) -> ReplayOutcome:
+        """Apply a kept event again once its cause is fixed (the tenant's NOTICe instance
+        configured, the file an opinion or a decision names opened): it opens or changes
+        its file and is no longer kept. When it still breaks a rule, that rule's Problem is
+        the answer and the event stays kept, its reason brought up to date."""
+        urban_settings = request.app.state.urban_settings
+        try:
+            async with store.unit_of_work() as session:
+                kept = await permits.find_unprocessed(session, caller.tenant, event_id)
+                file = await replay(session, urban_settings, kept)
+                return ReplayOutcome(
+                    event_id=event_id,
+                    event_type=kept.event_type,
+                    file_id=file.id if file else None,
+                    reference=file.reference if file else None,
+                )
+        except ProblemError as problem:
+            if not isinstance(problem, UnprocessedNotFound):
+                async with store.unit_of_work() as session:
+                    await permits.note_replay_failed(session, caller.tenant, event_id, problem)
+            raise
 
 
 FileChange = Callable[[AsyncSession, TenantUrban, PermitFile], Awaitable[object]]

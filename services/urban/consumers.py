@@ -7,14 +7,16 @@ applied (a notification with an unknown file type, a bad CaPaKey, NISS or
 document, addressed to another commune's NOTICe instance, or news of a closed
 notification; an opinion or a decision for a file this tenant does not have)
 is kept whole in ``urban_unprocessed_events`` with the reason and the consumer
-goes on: it must never stop the partition, nor be dropped.
+goes on: it must never stop the partition, nor be dropped. Once its cause is
+fixed (the tenant's NOTICe instance configured, the file it names opened), an
+operator replays it (``replay``, ``POST /v1/unprocessed-notifications/{id}/replay``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, raiseload
 
 from contracts.envelope import CloudEvent, EnvelopeError, envelope_attributes
+from contracts.events.base import EventData
 from contracts.events.gateway import TOPIC as RECEIPTS_TOPIC
 from contracts.events.gateway import DeliveryReceipt
 from contracts.events.meeting import TOPIC as MEETING_TOPIC
@@ -35,14 +38,28 @@ from kernel.database import utcnow
 from kernel.errors import NotFound, ProblemError
 from services.urban import permits
 from services.urban.configuration import TenantUrban
-from services.urban.domain import REFERENCE_PATTERN, check_applicant, check_capakey, check_file_type
-from services.urban.tables import FileApplicant, NoticeResponse, Opinion, PermitFile
+from services.urban.domain import (
+    REFERENCE_PATTERN,
+    OpinionAlreadyRecorded,
+    OpinionFromAnotherBody,
+    check_applicant,
+    check_capakey,
+    check_file_type,
+    comparable_body,
+)
+from services.urban.tables import (
+    FileApplicant,
+    NoticeResponse,
+    Opinion,
+    PermitFile,
+    UnprocessedEvent,
+)
 
 log = logging.getLogger(__name__)
 
 TOPICS = (INBOUND_TOPIC, RECEIPTS_TOPIC, MEETING_TOPIC)
 
-__all__ = ["TOPICS", "NoticeKeepingConsumer", "handlers"]
+__all__ = ["TOPICS", "NoticeKeepingConsumer", "handlers", "replay"]
 
 
 class UnknownTenant(ProblemError):
@@ -81,62 +98,104 @@ _FILE_OF_IDENTIFICATION = (
 )
 
 
-def handlers(urban_settings: Mapping[str, TenantUrban]) -> dict[str, EventHandler]:
+#: Applies one kept kind of event's data for a tenant, raising the ``ProblemError`` of the
+#: rule it breaks; the file it opened or changed, if any.
+Applier = Callable[[AsyncSession, str, Any], Awaitable[PermitFile | None]]
+
+
+def appliers(urban_settings: Mapping[str, TenantUrban]) -> dict[str, Applier]:
+    """How each kind of event that may be kept unprocessed is applied: by the consumer as it
+    comes, and again by an operator's replay once its cause is fixed (``replay``)."""
+
     def settings_of(tenant: str) -> TenantUrban:
         settings = urban_settings.get(tenant)
         if settings is None:
             raise UnknownTenant(tenant)
         return settings
 
-    async def handle_notification(session: AsyncSession, event: CloudEvent) -> None:
-        notification = event.data_as(NoticeNotificationReceived)
-        try:
-            settings = settings_of(event.tenant)
-            await permits.receive_notification(session, settings, notification, utcnow())
-        except ProblemError as exc:
-            keep(session, event, exc)
+    async def apply_notification(session: AsyncSession, tenant: str, data: Any) -> PermitFile:
+        notification: NoticeNotificationReceived = data
+        settings = settings_of(tenant)
+        return await permits.receive_notification(session, settings, notification, utcnow())
 
-    async def handle_opinion(session: AsyncSession, event: CloudEvent) -> None:
-        received = event.data_as(OpinionReceived)
-        try:
-            settings = settings_of(event.tenant)
-            opinion = await session.scalar(
-                select(Opinion).where(
-                    Opinion.id == received.opinion_id,
-                    Opinion.file_id == received.file_id,
-                    Opinion.tenant == event.tenant,
-                )
+    async def apply_opinion(session: AsyncSession, tenant: str, data: Any) -> PermitFile | None:
+        received: OpinionReceived = data
+        settings = settings_of(tenant)
+        opinion = await session.scalar(
+            select(Opinion).where(
+                Opinion.id == received.opinion_id,
+                Opinion.file_id == received.file_id,
+                Opinion.tenant == tenant,
             )
-            if opinion is None:
-                raise NotFound("opinion request", received.opinion_id)
-            if opinion.received_on is not None:
-                log.info("opinion %s already recorded; event %s skipped", opinion.id, event.id)
-                return
-            file = await permits.find_file(session, event.tenant, received.file_id)
-            await permits.record_opinion(
-                session,
-                settings,
-                file,
-                opinion,
-                verdict=received.verdict,
-                text=received.text,
-                given_on=received.given_on,
-                now=utcnow(),
+        )
+        if opinion is None:
+            raise NotFound("opinion request", received.opinion_id)
+        if comparable_body(received.body) != comparable_body(opinion.body):
+            # Another body's answer would fill this one's place (the delegated official's
+            # sets the decision's time) and could make the file ready.
+            raise OpinionFromAnotherBody(opinion.id, opinion.body, received.body)
+        if opinion.received_on is not None:
+            if (opinion.verdict, opinion.text) == (received.verdict, received.text):
+                log.info("opinion %s already recorded; the same answer skipped", opinion.id)
+                return None
+            # A corrected answer, or one after the opinion was deemed favourable: kept for
+            # the clerk to see, not written over the one the file went on with.
+            raise OpinionAlreadyRecorded(
+                opinion.id, opinion.verdict or "", opinion.received_on, received.verdict
             )
-        except ProblemError as exc:
-            keep(session, event, exc)
+        file = await permits.find_file(session, tenant, received.file_id)
+        await permits.record_opinion(
+            session,
+            settings,
+            file,
+            opinion,
+            verdict=received.verdict,
+            text=received.text,
+            given_on=received.given_on,
+            now=utcnow(),
+        )
+        return file
 
-    async def handle_decision(session: AsyncSession, event: CloudEvent) -> None:
-        decided = event.data_as(ItemDecided)
+    async def apply_decision(session: AsyncSession, tenant: str, data: Any) -> PermitFile | None:
+        decided: ItemDecided = data
         reference = decided.external_identifier
         if reference is None or not REFERENCE_PATTERN.match(reference):
-            return  # an item of another service
-        try:
-            settings = settings_of(event.tenant)
-            file = await permits.find_by_reference(session, event.tenant, reference)
-            await permits.record_decision(session, settings, file, decided, utcnow())
-        except ProblemError as exc:
-            keep(session, event, exc)
+            return None  # an item of another service
+        settings = settings_of(tenant)
+        file = await permits.find_by_reference(session, tenant, reference)
+        await permits.record_decision(session, settings, file, decided, utcnow())
+        return file
+
+    return {
+        NoticeNotificationReceived.TYPE: apply_notification,
+        OpinionReceived.TYPE: apply_opinion,
+        ItemDecided.TYPE: apply_decision,
+    }
+
+
+#: The data model of each kind of event ``appliers`` knows.
+KEPT_KINDS: dict[str, type[EventData]] = {
+    NoticeNotificationReceived.TYPE: NoticeNotificationReceived,
+    OpinionReceived.TYPE: OpinionReceived,
+    ItemDecided.TYPE: ItemDecided,
+}
+
+
+def handlers(urban_settings: Mapping[str, TenantUrban]) -> dict[str, EventHandler]:
+    def keeping(apply: Applier) -> EventHandler:
+        async def handle(session: AsyncSession, event: CloudEvent) -> None:
+            try:
+                await apply(session, event.tenant, event.data)
+            except ProblemError as exc:
+                keep(session, event, exc)
+
+        return handle
+
+    def settings_of(tenant: str) -> TenantUrban:
+        settings = urban_settings.get(tenant)
+        if settings is None:
+            raise UnknownTenant(tenant)
+        return settings
 
     async def handle_receipt(session: AsyncSession, event: CloudEvent) -> None:
         receipt = event.data_as(DeliveryReceipt)
@@ -154,12 +213,51 @@ def handlers(urban_settings: Mapping[str, TenantUrban]) -> dict[str, EventHandle
                 session, settings_of(event.tenant), response, receipt.outcome, utcnow()
             )
 
-    return {
-        NoticeNotificationReceived.TYPE: handle_notification,
-        OpinionReceived.TYPE: handle_opinion,
-        ItemDecided.TYPE: handle_decision,
-        DeliveryReceipt.TYPE: handle_receipt,
-    }
+    kept_kinds = {kind: keeping(apply) for kind, apply in appliers(urban_settings).items()}
+    return {**kept_kinds, DeliveryReceipt.TYPE: handle_receipt}
+
+
+class StillBroken(ProblemError):
+    def __init__(self, event_id: str, reason: str) -> None:
+        super().__init__(
+            422,
+            "contract-violation",
+            "The kept event still breaks its contract",
+            f"Event {event_id}: {reason}. A replay applies the event as it came; it cannot"
+            " mend what it says.",
+        )
+
+
+class NotReplayable(ProblemError):
+    def __init__(self, event_id: str, event_type: str) -> None:
+        super().__init__(
+            422,
+            "not-replayable",
+            "This kind of event is not replayed here",
+            f"Event {event_id} is {event_type}, which urban does not apply.",
+        )
+
+
+async def replay(
+    session: AsyncSession,
+    urban_settings: Mapping[str, TenantUrban],
+    kept: UnprocessedEvent,
+) -> PermitFile | None:
+    """Apply a kept event again, its cause fixed (the tenant's NOTICe instance configured,
+    the file it named opened meanwhile): the file it opened or changed, and the event is no
+    longer kept. Raises the ``ProblemError`` of the rule it still breaks; the caller's
+    transaction then rolls back whatever the attempt changed."""
+    kind = KEPT_KINDS.get(kept.event_type)
+    if kind is None:
+        raise NotReplayable(kept.event_id, kept.event_type)
+    try:
+        data = kind.model_validate(kept.data)
+    except ValidationError as exc:
+        raise StillBroken(kept.event_id, _first_error(exc)) from exc
+    file = await appliers(urban_settings)[kept.event_type](session, kept.tenant, data)
+    await session.delete(kept)
+    log.info("tenant %s: kept event %s applied on replay", kept.tenant, kept.event_id)
+    return file
 
 
 async def _identity_receipt(
@@ -286,7 +384,11 @@ class NoticeKeepingConsumer(EventConsumer):
 def _short(error: Exception) -> str:
     cause = error.__cause__
     if isinstance(cause, ValidationError):
-        first = cause.errors()[0]
-        location = ".".join(str(part) for part in first["loc"])
-        return f"{location}: {first['msg']}"
+        return _first_error(cause)
     return str(error)
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    return f"{location}: {first['msg']}"

@@ -23,10 +23,11 @@ import re
 import unicodedata
 from datetime import date
 from enum import StrEnum
-from typing import get_args
+from typing import Literal, get_args
 
 from contracts.events.urban import Applicant, FileType
 from contracts.identifiers import check_enterprise_number, check_niss
+from kernel.api import EARLIEST_DAY
 from kernel.errors import Conflict, ProblemError
 from services.urban.deadlines import EXTENDABLE_FILE_TYPES
 
@@ -60,7 +61,8 @@ TITLES: dict[FileType, str] = {
 
 # division (5 digits) section (letter) radical (4 digits) / bis (2 digits)
 # exposant (letter or _) puissance (3 digits)
-_CAPAKEY = re.compile(r"^(\d{5})([A-Z])(\d{4})/(\d{2})([A-Z_])(\d{3})$")
+# [0-9], not \d: \d takes any script's digits (Arabic-Indic ones made a CaPaKey).
+_CAPAKEY = re.compile(r"^([0-9]{5})([A-Z])([0-9]{4})/([0-9]{2})([A-Z_])([0-9]{3})$")
 
 
 class FileState(StrEnum):
@@ -142,6 +144,88 @@ class DocumentMismatch(ProblemError):
         )
 
 
+class RequestWithout(ProblemError):
+    """A request to file names no applicant, or no parcel: a NOTICe notification may (its
+    contract allows empty lists), a file may not (nobody to notify, nothing to permit)."""
+
+    def __init__(self, part: Literal["applicant", "parcel"]) -> None:
+        super().__init__(
+            422,
+            f"no-{part}",
+            f"A request without any {part}",
+            f"The request names no {part}; a permit file needs at least one.",
+        )
+
+
+class ReceivedInTheFuture(ProblemError):
+    def __init__(self, received_on: date, today: date) -> None:
+        super().__init__(
+            422,
+            "received-in-the-future",
+            "A request received in the future",
+            f"The request says it was received on {received_on.isoformat()}, after today"
+            f" ({today.isoformat()}); its deadlines would count from a day to come.",
+        )
+
+
+class ReceivedTooLongAgo(ProblemError):
+    def __init__(self, received_on: date) -> None:
+        super().__init__(
+            422,
+            "received-too-long-ago",
+            "A request received before the calendar this service keeps",
+            f"The request says it was received on {received_on.isoformat()}, before"
+            f" {EARLIEST_DAY.isoformat()}.",
+        )
+
+
+class UnfitText(ProblemError):
+    """A text of an inbound event that the file's tables cannot hold as said (too long, or
+    with a control character PostgreSQL refuses): refused whole, named, rather than failing
+    the consumer's batch with the database's error (and the applicant's NISS in it)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(
+            422, "unfit-text", "A text the file cannot hold", f"{field}: {reason}.", field=field
+        )
+
+
+class DuplicateDocument(ProblemError):
+    def __init__(self, document_id: str) -> None:
+        super().__init__(
+            422,
+            "duplicate-document",
+            "Two documents under one id",
+            f"The notification carries two documents with the id {document_id!r}.",
+            document_id=document_id,
+        )
+
+
+class OpinionFromAnotherBody(ProblemError):
+    def __init__(self, opinion_id: str, asked: str, answered: str) -> None:
+        super().__init__(
+            422,
+            "opinion-from-another-body",
+            "An opinion given by another body than the one asked",
+            f"Opinion request {opinion_id} was sent to {asked!r}, but the answer comes from"
+            f" {answered!r}: it was not recorded.",
+            asked=asked,
+            answered=answered,
+        )
+
+
+class OpinionAlreadyRecorded(Conflict):
+    def __init__(self, opinion_id: str, recorded: str, received_on: date, answered: str) -> None:
+        super().__init__(
+            "opinion-already-recorded",
+            f"Opinion request {opinion_id} has its answer already ({recorded}, recorded on"
+            f" {received_on.isoformat()}); this other answer ({answered}) was not recorded"
+            " over it.",
+            recorded=recorded,
+            answered=answered,
+        )
+
+
 class WrongNoticeInstance(ProblemError):
     def __init__(self, instance_code: str, tenant: str, expected: str | None) -> None:
         expected_text = (
@@ -211,7 +295,8 @@ class OpinionsPending(Conflict):
     def __init__(self, reference: str, bodies: list[str]) -> None:
         super().__init__(
             "opinions-pending",
-            f"File {reference} still waits for the opinion of {', '.join(bodies)}.",
+            f"File {reference} still waits for the opinion of {', '.join(bodies)}; an"
+            " opinion not given by its due day is deemed favourable from the day after.",
             pending=bodies,
         )
 
@@ -243,6 +328,18 @@ def check_applicant(applicant: Applicant) -> Applicant:
     except ValueError as exc:
         raise InvalidIdentifier(applicant.kind, str(exc)) from exc
     return applicant.model_copy(update={"identifier": identifier})
+
+
+#: A consulted body's code as the service keeps it: capitals, digits, "_", "." and "-"
+#: ("SRI", "FD", "DNF"); "FD " with a space was another body, and the delegated
+#: official's opinion then set no 115-day decision time.
+BODY_CODE_PATTERN = r"^[A-Z0-9][A-Z0-9_.-]*$"
+
+
+def comparable_body(code: str) -> str:
+    """A body's code as given (an answer's, or a request stored before codes were checked)
+    reduced to the form the service keeps."""
+    return code.strip().upper()
 
 
 def check_file_type(value: object) -> FileType:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,8 +43,9 @@ from contracts.events.urban import (
     OpinionRequested,
     Parcel,
 )
+from kernel.api import EARLIEST_DAY, MEDIA_TYPE_PATTERN, text_problem
 from kernel.database import listing_page, next_in_sequence
-from kernel.errors import Conflict, NotFound
+from kernel.errors import Conflict, NotFound, ProblemError
 from kernel.migrations import table_of
 from kernel.outbox import stage
 from services.urban import deadlines
@@ -60,6 +62,7 @@ from services.urban.domain import (
     DecisionDeadlinePassed,
     DecisionFromAnotherMeeting,
     DocumentMismatch,
+    DuplicateDocument,
     FileAlreadyDecided,
     FileState,
     IdentityStatus,
@@ -67,6 +70,10 @@ from services.urban.domain import (
     NotANoticeFile,
     NotificationClosed,
     OpinionsPending,
+    ReceivedInTheFuture,
+    ReceivedTooLongAgo,
+    RequestWithout,
+    UnfitText,
     WrongNoticeInstance,
     check_applicant,
     check_capakey,
@@ -130,8 +137,26 @@ def checked_new_file(
     applicants: list[Applicant],
     parcels: list[Parcel],
     documents: tuple[Document, ...] = (),
+    *,
+    today: date,
 ) -> NewFile:
-    """Identifiers reduced to digits and checked, CaPaKeys checked, or the rule broken."""
+    """Identifiers reduced to digits and checked, CaPaKeys checked, texts the tables can hold,
+    or the rule broken. REST's schemas check most of it already; a NOTICe notification's
+    contract does not, and must break a rule here rather than in the database."""
+    if not applicants:
+        raise RequestWithout("applicant")
+    if not parcels:
+        raise RequestWithout("parcel")
+    if received_on > today:
+        raise ReceivedInTheFuture(received_on, today)
+    if received_on < EARLIEST_DAY:
+        raise ReceivedTooLongAgo(received_on)
+    fitting_text("subject", subject)
+    for position, applicant in enumerate(applicants, start=1):
+        fitting_text(f"applicant {position}'s name", applicant.name, APPLICANT_NAME_LENGTH)
+        fitting_text(f"applicant {position}'s address", applicant.address)
+    for position, parcel in enumerate(parcels, start=1):
+        fitting_text(f"parcel {position}'s address", parcel.address)
     return NewFile(
         file_type=file_type,
         subject=subject,
@@ -145,7 +170,35 @@ def checked_new_file(
     )
 
 
+#: The longest texts the file's tables hold (``services.urban.tables``).
+APPLICANT_NAME_LENGTH = 300
+NOTIFICATION_ID_LENGTH = 100
+DOCUMENT_ID_LENGTH = 200
+FILENAME_LENGTH = 255
+
+
+def fitting_text(field: str, value: str | None, longest: int | None = None) -> None:
+    """Raise ``UnfitText`` when ``value`` is longer than its column or holds a character
+    the database refuses."""
+    if value is None:
+        return
+    if longest is not None and len(value) > longest:
+        raise UnfitText(field, f"{len(value)} characters, where {longest} at most are kept")
+    if problem := text_problem(value):
+        raise UnfitText(field, problem)
+
+
 def checked_document(document: NoticeDocument) -> Document:
+    fitting_text("a document's id", document.document_id, DOCUMENT_ID_LENGTH)
+    fitting_text(
+        f"document {document.document_id!r}'s filename", document.filename, FILENAME_LENGTH
+    )
+    if not re.fullmatch(MEDIA_TYPE_PATTERN, document.media_type):
+        # Stored as said, one with a line break made every download of it fail.
+        raise DocumentMismatch(
+            document.document_id,
+            f"its media type {document.media_type!r} is no type/subtype (RFC 6838)",
+        )
     try:
         content = pybase64.b64decode(document.content_base64, validate=True)
     except binascii.Error as exc:
@@ -162,6 +215,15 @@ def checked_document(document: NoticeDocument) -> Document:
             f"its metadata says SHA-256 {document.sha256}, its content has {checked.sha256}",
         )
     return checked
+
+
+def checked_documents(documents: list[NoticeDocument]) -> tuple[Document, ...]:
+    seen: set[str] = set()
+    for document in documents:
+        if document.document_id in seen:
+            raise DuplicateDocument(document.document_id)
+        seen.add(document.document_id)
+    return tuple(checked_document(document) for document in documents)
 
 
 # -- references ---------------------------------------------------------------------------
@@ -285,13 +347,15 @@ async def receive_notification(
         raise WrongNoticeInstance(
             notification.instance_code, settings.tenant, settings.notice_instance
         )
+    fitting_text("the notification's id", notification.notification_id, NOTIFICATION_ID_LENGTH)
     new = checked_new_file(
         notification.file_type,
         notification.subject,
         notification.received_on,
         notification.applicants,
         notification.parcels,
-        tuple(checked_document(document) for document in notification.documents),
+        checked_documents(notification.documents),
+        today=brussels_day(now),
     )
     file = await _file_of_notification(session, settings.tenant, notification.notification_id)
     if file is None:
@@ -458,6 +522,22 @@ async def record_opinion(
         await request_decision(session, settings, file, now)
 
 
+#: The verdict of an opinion not given in its time (CoDT D.IV.37†): the college decides
+#: as if it were favourable. A body silent for ever held the file for ever before.
+DEEMED_FAVOURABLE = "deemed_favourable"
+
+
+def deem_favourable(opinion: Opinion, today: date) -> None:
+    """Record an opinion past its due day, never given, as deemed favourable; an answer
+    arriving after this is kept for the clerk, not recorded over it."""
+    opinion.verdict, opinion.received_on = DEEMED_FAVOURABLE, today
+    opinion.text = (
+        f"Aucun avis reçu au {opinion.due_on.isoformat()}, terme du délai: avis réputé"
+        " favorable (CoDT D.IV.37)."
+    )
+    log.info("opinion %s of %s deemed favourable", opinion.id, opinion.body)
+
+
 def _readiness_problems(file: PermitFile, today: date) -> list[str]:
     pending = sorted(opinion.body for opinion in file.opinions if opinion.received_on is None)
     if pending:
@@ -475,6 +555,9 @@ async def request_decision(
     """Ask the college for its decision (``urban.file.decision_needed.v1``)."""
     check_state(file.reference, file.state, "asking for the decision", INSTRUCTION_STATES)
     today = brussels_day(now)
+    overdue = [o for o in file.opinions if o.received_on is None and o.due_on < today]
+    for opinion in overdue:
+        deem_favourable(opinion, today)
     pending = sorted(opinion.body for opinion in file.opinions if opinion.received_on is None)
     if pending:
         raise OpinionsPending(file.reference, pending)
@@ -482,6 +565,8 @@ async def request_decision(
         end, _ = deadlines.inquiry_end(file.inquiry_starts_on)
         if today <= end:
             raise InquiryRunning(file.reference, end.isoformat())
+    if overdue:  # their deadlines are met now
+        await refresh_deadlines(session, file, settings, today)
     target = settings.decision
     first = file.applicants[0] if file.applicants else None
     title = f"{TITLES[_file_type(file)]} {file.reference}: {file.subject}"
@@ -815,6 +900,26 @@ def keep_unprocessed(
             received_at=now,
         )
     )
+
+
+class UnprocessedNotFound(NotFound):
+    def __init__(self, event_id: str) -> None:
+        super().__init__("unprocessed event", event_id)
+
+
+async def find_unprocessed(session: AsyncSession, tenant: str, event_id: str) -> UnprocessedEvent:
+    kept = await session.get(UnprocessedEvent, event_id)
+    if kept is None or kept.tenant != tenant:
+        raise UnprocessedNotFound(event_id)
+    return kept
+
+
+async def note_replay_failed(
+    session: AsyncSession, tenant: str, event_id: str, problem: ProblemError
+) -> None:
+    """The kept event's reason, as its last replay found it."""
+    kept = await find_unprocessed(session, tenant, event_id)
+    kept.problem, kept.reason = problem.slug, problem.detail
 
 
 # -- queries --------------------------------------------------------------------------------

@@ -11,12 +11,12 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from contracts.events.urban import FileType
 from kernel.api import RequestModel
 from services.urban import deadlines
-from services.urban.domain import FileState, IdentityStatus
+from services.urban.domain import BODY_CODE_PATTERN, FileState, IdentityStatus, comparable_body
 from services.urban.permits import facts_of
 from services.urban.tables import (
     FileApplicant,
@@ -69,8 +69,18 @@ class DecisionExtensionBody(RequestModel):
 
 class OpinionCreate(RequestModel):
     body: str = Field(
-        min_length=1, max_length=50, examples=["SRI", "FD", "DNF"], description="The body's code"
+        min_length=1,
+        max_length=50,
+        pattern=BODY_CODE_PATTERN,
+        examples=["SRI", "FD", "DNF"],
+        description="The body's code; spaces around it are dropped, letters made capitals",
     )
+
+    @field_validator("body", mode="before")
+    @classmethod
+    def _body_code(cls, value: object) -> object:
+        return comparable_body(value) if isinstance(value, str) else value
+
     subject: str = Field(min_length=1, max_length=2000)
     due_on: date
 
@@ -270,6 +280,33 @@ class UnprocessedView(BaseModel):
             subject=row.subject,
             problem=row.problem,
             reason=row.reason,
-            data=row.data,
+            data=_without_contents(row.data),
             received_at=row.received_at,
         )
+
+
+def _without_contents(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A kept notification's data with its documents' metadata but not their bytes: a page
+    of 200 notifications with plans attached was hundreds of megabytes of base64."""
+    documents = data.get("documents") if data else None
+    if not data or not isinstance(documents, list):
+        return data
+    return {
+        **data,
+        "documents": [
+            {key: value for key, value in document.items() if key != "content_base64"}
+            if isinstance(document, dict)
+            else document
+            for document in documents
+        ],
+    }
+
+
+class ReplayOutcome(BaseModel):
+    """A kept event applied on replay, and the file it opened or changed (none for a
+    decision on another service's item, or the same opinion given again)."""
+
+    event_id: str
+    event_type: str
+    file_id: str | None
+    reference: str | None
