@@ -239,13 +239,28 @@ def deadlines(facts: Facts) -> list[Deadline]:
     return found
 
 
-def _decision_due(facts: Facts, suspended: int) -> date | None:
+def decision_clock_start(facts: Facts) -> tuple[date | None, bool]:
+    """The day the decision's days count from, and whether the file is deemed complete.
+
+    The acknowledgment's day; but a CoDT procedure whose completeness check went
+    unanswered in its days (neither the acknowledgment nor the list of missing
+    documents sent by its last day) is deemed complete on that last day (CoDT
+    D.IV.33†): an acknowledgment sent later, or never, does not push the decision
+    back. None while a list of missing documents sent in time holds the clock.
+    """
     if facts.file_type in FROM_RECEIPT_DECISION_DAYS:
-        start = facts.received_on
-    elif facts.complete_on is not None:
-        start = facts.complete_on
-    else:
-        return None  # the decision clock starts with the acknowledgment
+        return facts.received_on, False
+    check_due = last_day(facts.received_on, COMPLETENESS_DAYS[facts.file_type])
+    answered = [day for day in (facts.complete_on, facts.missing_asked_on) if day is not None]
+    if facts.file_type in EXTENDABLE_FILE_TYPES and not any(d <= check_due for d in answered):
+        return check_due, True
+    return facts.complete_on, False
+
+
+def _decision_due(facts: Facts, suspended: int) -> date | None:
+    start, _ = decision_clock_start(facts)
+    if start is None:
+        return None  # the list of missing documents went out in time: the clock waits
     # The extension lengthens the count itself ("145 days" for a 115-day file): only the
     # new last day moves to a working day, not the old one before the 30 days are added.
     extension = EXTENSION_DAYS if facts.decision_extended_on is not None else 0
@@ -276,8 +291,9 @@ def extension_refusal(facts: Facts, day: date) -> ExtensionRefusal | None:
     if facts.decided_on is not None:
         return ExtensionRefusal.DECIDED
     due = next((found.due_on for found in deadlines(facts) if found.name == DECISION), None)
-    if due is None:
-        return ExtensionRefusal.NOT_STARTED
+    start, deemed = decision_clock_start(facts)
+    if due is None or (deemed and start is not None and day <= start):
+        return ExtensionRefusal.NOT_STARTED  # not yet deemed complete either
     if day > due:
         return ExtensionRefusal.TOO_LATE
     return None

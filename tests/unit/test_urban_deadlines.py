@@ -79,9 +79,26 @@ def test_completeness_is_due_20_days_after_receipt_and_met_by_the_answer() -> No
     facts = Facts("permis_urbanisme", received_on=date(2026, 2, 2))
     found = by_name(facts)
     assert found[COMPLETENESS] == Deadline(COMPLETENESS, date(2026, 2, 23), None)
-    assert DECISION not in found  # the decision clock starts with the acknowledgment
     answered = Facts("permis_urbanisme", date(2026, 2, 2), missing_asked_on=date(2026, 2, 10))
     assert by_name(answered)[COMPLETENESS].met_on == date(2026, 2, 10)
+    assert DECISION not in by_name(answered)  # the missing documents hold the clock
+
+
+def test_a_completeness_check_unanswered_in_its_days_starts_the_decision_clock_anyway() -> None:
+    check_due = date(2026, 2, 23)
+    # Deemed complete on the check's last day (CoDT D.IV.33): the decision is due 30 days
+    # later whether the acknowledgment goes out late or never.
+    for late in (None, date(2026, 3, 20)):
+        facts = Facts("permis_urbanisme", date(2026, 2, 2), complete_on=late)
+        assert by_name(facts)[DECISION].due_on == last_day(check_due, 30)
+    in_time = Facts("permis_urbanisme", date(2026, 2, 2), complete_on=date(2026, 2, 16))
+    assert by_name(in_time)[DECISION].due_on == last_day(date(2026, 2, 16), 30)
+    # A list of missing documents sent late does not hold the clock either.
+    late_list = Facts("permis_urbanisme", date(2026, 2, 2), missing_asked_on=date(2026, 3, 2))
+    assert by_name(late_list)[DECISION].due_on == last_day(check_due, 30)
+    # The environmental permit decree's own completeness rule is not this one.
+    environment = Facts("permis_environnement_2", date(2026, 2, 2))
+    assert DECISION not in by_name(environment)
 
 
 @pytest.mark.parametrize(
@@ -287,7 +304,11 @@ def test_other_procedures_may_not_be_extended(file_type: FileType) -> None:
             ExtensionRefusal.ALREADY_EXTENDED,
         ),
         (replace(COMPLETE, decided_on=date(2026, 3, 10)), ExtensionRefusal.DECIDED),
-        (replace(COMPLETE, complete_on=None), ExtensionRefusal.NOT_STARTED),
+        # Neither acknowledged nor yet deemed complete (its check's days run to 30 March).
+        (
+            replace(COMPLETE, received_on=date(2026, 3, 10), complete_on=None),
+            ExtensionRefusal.NOT_STARTED,
+        ),
         (
             replace(COMPLETE, complete_on=None, missing_asked_on=date(2026, 3, 2)),
             ExtensionRefusal.NOT_STARTED,
@@ -315,8 +336,13 @@ def test_the_last_day_allowing_the_extension_is_the_one_an_inquiry_pushed_back()
 # -- warnings -------------------------------------------------------------------------------
 
 
+#: A file whose only deadline is its completeness check (due 23 February): no CoDT
+#: procedure, so no decision clock started by an unanswered check.
+ONLY_COMPLETENESS = Facts("permis_environnement_2", received_on=date(2026, 2, 2))
+
+
 def test_warnings_come_once_per_deadline_and_level() -> None:
-    found = deadlines(Facts("permis_urbanisme", received_on=date(2026, 2, 2)))  # due 23 Feb
+    found = deadlines(ONLY_COMPLETENESS)
     assert warnings_due(found, date(2026, 2, 17), 5, {}) == []
     assert next_warning_on(found, date(2026, 2, 17), 5, {}) == date(2026, 2, 18)
     [(deadline, level)] = warnings_due(found, date(2026, 2, 18), 5, {})
@@ -364,7 +390,7 @@ def test_a_body_asked_twice_has_two_deadlines_each_warned() -> None:
 
 
 def test_a_deadline_first_seen_exceeded_is_not_also_announced_approaching() -> None:
-    found = deadlines(Facts("permis_urbanisme", received_on=date(2026, 2, 2)))
+    found = deadlines(ONLY_COMPLETENESS)
     [(_, level)] = warnings_due(found, date(2026, 3, 10), 5, {})
     assert level == "exceeded"
     sent = {(COMPLETENESS, "exceeded"): date(2026, 2, 23)}
