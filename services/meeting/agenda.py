@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.exc import StaleDataError
 
-from contracts.envelope import new_event
+from contracts.envelope import CloudEvent, new_event, to_record
 from contracts.events.meeting import (
     AnnexReference,
     ConcernedParty,
@@ -41,16 +41,23 @@ from contracts.events.meeting import (
 )
 from kernel.database import listing_page, next_in_sequence
 from kernel.errors import Conflict, NotFound
+from kernel.kafka import MAX_REQUEST_BYTES
 from kernel.migrations import table_of
 from kernel.outbox import stage
 from services.meeting.configuration import MeetingConfig
 from services.meeting.domain import (
     FINAL_STATES,
+    MAX_ANNEX_FILENAME,
+    MAX_CONCERNED_PARTY_NAME,
+    MAX_EXTERNAL_IDENTIFIER,
+    MAX_ITEM_TEXT,
+    MAX_PROPOSING_SERVICE,
     AnnexPublicationFixed,
     AnnexUpload,
     Decision,
     DeliveryKind,
     DeliveryStatus,
+    EventTooLarge,
     ExternalIdentifierLinked,
     ItemAlreadyDecided,
     ItemState,
@@ -63,6 +70,7 @@ from services.meeting.domain import (
     Transition,
     allocate_decision_number,
     check_decidable,
+    check_length,
     state_after,
 )
 from services.meeting.publication import record_publication
@@ -77,6 +85,27 @@ from services.meeting.tables import (
 
 SOURCE = "urn:hub:meeting"
 log = logging.getLogger(__name__)
+#: What a record takes beside its value and headers (key, lengths, attributes), kept
+#: free under the producer's ``MAX_REQUEST_BYTES``.
+RECORD_OVERHEAD_BYTES = 1024
+
+
+def stage_within_limit(session: AsyncSession, event: CloudEvent) -> None:
+    """Stage ``event``, or refuse the change when the producer would refuse its record.
+
+    A record over ``MAX_REQUEST_BYTES`` is never sent: it stays in the outbox, retried on
+    every pass, and every later event of the item waits behind it (a decision nobody is
+    told of). Refused here, the caller's transaction rolls back: nothing is stored.
+    """
+    record = to_record(event)
+    size = (
+        len(record.key)
+        + len(record.value)
+        + sum(len(name) + len(value) for name, value in record.headers)
+    )
+    if size + RECORD_OVERHEAD_BYTES > MAX_REQUEST_BYTES:
+        raise EventTooLarge(event.subject, event.type, size, MAX_REQUEST_BYTES)
+    stage(session, event)
 
 
 class SqlDecisionCounters:
@@ -118,6 +147,20 @@ class NewItem:
     preferred_meeting_id: str | None = None
     concerned_party: ConcernedParty | None = None
     annexes: tuple[AnnexUpload, ...] = ()
+
+
+def check_new_item(new: NewItem) -> None:
+    """The item's texts fit their columns and its events (``domain.MAX_*``), whichever way
+    it came: REST's schema, WS4PM's and urban's event contract leave some unbounded."""
+    check_length("external_identifier", new.external_identifier, MAX_EXTERNAL_IDENTIFIER)
+    check_length("proposing_service", new.proposing_service, MAX_PROPOSING_SERVICE)
+    party_name = new.concerned_party.name if new.concerned_party else None
+    check_length("concerned_party.name", party_name, MAX_CONCERNED_PARTY_NAME)
+    check_length("description", new.description, MAX_ITEM_TEXT)
+    check_length("motivation", new.motivation, MAX_ITEM_TEXT)
+    check_length("decision_text", new.decision_text, MAX_ITEM_TEXT)
+    for annex in new.annexes:
+        check_length("annex filename", annex.filename, MAX_ANNEX_FILENAME)
 
 
 # -- meetings ---------------------------------------------------------------------------
@@ -206,7 +249,9 @@ async def close_meeting(
             if item.decision is not None
         ],
     )
-    stage(session, new_event(data, tenant=meeting.tenant, subject=meeting.id, source=SOURCE))
+    stage_within_limit(
+        session, new_event(data, tenant=meeting.tenant, subject=meeting.id, source=SOURCE)
+    )
     log.info("tenant %s closed meeting %s (%d items)", meeting.tenant, meeting.id, len(items))
 
 
@@ -224,12 +269,19 @@ async def create_item(
     now: datetime,
     requested_by_event_id: str | None = None,
 ) -> Item:
+    check_new_item(new)
     if new.external_identifier is not None:
         linked = await find_linked_item(session, tenant, new.external_identifier, config.id)
         if linked is not None:
             raise ExternalIdentifierLinked(new.external_identifier, linked.id)
     if new.preferred_meeting_id is not None:
-        await find_meeting(session, tenant, new.preferred_meeting_id)
+        # A meeting that cannot take the item (meetingsAcceptingItems would not list it)
+        # is no preference: WS4PM's getItemInfos showed a closed meeting's date.
+        preferred = await find_meeting(session, tenant, new.preferred_meeting_id)
+        if preferred.meeting_config != config.id:
+            raise MeetingOfAnotherConfig(preferred.meeting_config, config.id)
+        if preferred.state != MeetingState.OPEN:
+            raise MeetingIsClosed(preferred.id)
     party = new.concerned_party
     item = Item(
         id=str(uuid.uuid4()),
@@ -280,7 +332,7 @@ async def create_item(
         origin=origin,
         requested_by_event_id=requested_by_event_id,
     )
-    stage(session, new_event(data, tenant=tenant, subject=item.id, source=SOURCE))
+    stage_within_limit(session, new_event(data, tenant=tenant, subject=item.id, source=SOURCE))
     log.info("tenant %s created %s item %s (%s)", tenant, config.id, item.id, origin)
     return item
 
@@ -322,6 +374,7 @@ async def decide(
     now: datetime,
 ) -> None:
     item_id = item.id
+    check_length("decision_text", decision_text, MAX_ITEM_TEXT)
     check_decidable(item_id, ItemState(item.state))
     if item.meeting_id is None:
         raise RuntimeError(f"presented item {item_id} has no meeting")
@@ -364,10 +417,12 @@ async def decide(
         item.deliveries.append(
             DecisionDelivery(tenant=item.tenant, kind=kind, status="pending", updated_at=now)
         )
-    stage(session, new_event(data, tenant=item.tenant, subject=item.id, source=SOURCE))
+    stage_within_limit(session, new_event(data, tenant=item.tenant, subject=item.id, source=SOURCE))
     if data.oversight_applies:
         transmission = transmission_requested(data, item)
-        stage(session, new_event(transmission, tenant=item.tenant, subject=item.id, source=SOURCE))
+        stage_within_limit(
+            session, new_event(transmission, tenant=item.tenant, subject=item.id, source=SOURCE)
+        )
     log.info("tenant %s decided item %s: %s %s", item.tenant, item.id, decision, number or "")
 
 
@@ -480,7 +535,7 @@ async def publish_decision(session: AsyncSession, item: Item, now: datetime) -> 
         external_identifier=item.external_identifier,
         published_at=now,
     )
-    stage(session, new_event(data, tenant=item.tenant, subject=item.id, source=SOURCE))
+    stage_within_limit(session, new_event(data, tenant=item.tenant, subject=item.id, source=SOURCE))
     await record_delivery(session, item.tenant, item.id, "publication", "done", now)
 
 

@@ -261,6 +261,7 @@ def _item_routes(api: APIRouter) -> None:
             concerned_party=body.concerned_party,
             annexes=annexes,
         )
+        agenda.check_new_item(new)  # the concerned party's name: the event contract's type
         item = await create_item_once(store, caller.tenant, config, new, "rest", caller.subject)
         response.headers["Location"] = f"/v1/items/{item.id}"
         return ItemView.of(item)
@@ -371,7 +372,9 @@ def _simple_transition_route(api: APIRouter, transition: Transition) -> None:
 
 def _decision_routes(api: APIRouter) -> None:
     @api.post(
-        "/items/{item_id}/decide", tags=["decisions"], responses=problem_responses(404, 409, 422)
+        "/items/{item_id}/decide",
+        tags=["decisions"],
+        responses=problem_responses(404, 409, 413, 422),
     )
     async def decide_item(
         item_id: str, body: DecideBody, caller: Writer, store: StorageDep
@@ -387,7 +390,9 @@ def _decision_routes(api: APIRouter) -> None:
             await agenda.decide(session, config, item, body.decision, body.decision_text, utcnow())
         return ItemView.of(item)
 
-    @api.post("/items/{item_id}/publish", tags=["decisions"], responses=problem_responses(404, 409))
+    @api.post(
+        "/items/{item_id}/publish", tags=["decisions"], responses=problem_responses(404, 409, 413)
+    )
     async def publish_decision(
         item_id: str, request: Request, caller: Writer, store: StorageDep
     ) -> ItemView:

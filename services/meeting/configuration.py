@@ -84,6 +84,7 @@ def load_meeting_settings(
         configurations = {config.id: config for config in block.configurations}
         if len(configurations) != len(block.configurations):
             raise TenantConfigError(f"{where}: two configurations have the same id")
+        _refuse_shared_prefixes(where, block.configurations)
         for client in block.ws4pm_clients:
             # The username alone names the tenant of a WS4PM call: it must be unique hub-wide.
             if client.username in usernames:
@@ -94,6 +95,21 @@ def load_meeting_settings(
             usernames[client.username] = code
         settings[code] = TenantMeetings(code, configurations, block.ws4pm_clients)
     return settings
+
+
+def _refuse_shared_prefixes(where: str, configurations: tuple[MeetingConfig, ...]) -> None:
+    """Decision numbers are unique per tenant, but counted per configuration: two
+    configurations with one prefix would both number ``COL/2026/0001``, and the second's
+    decisions failed until its count passed the first's."""
+    by_prefix: dict[str, str] = {}
+    for config in configurations:
+        other = by_prefix.setdefault(config.decision_prefix, config.id)
+        if other != config.id:
+            raise TenantConfigError(
+                f"{where}: configurations {other!r} and {config.id!r} both have "
+                f"decision_prefix {config.decision_prefix!r}; each configuration numbers its "
+                "decisions under its own prefix"
+            )
 
 
 def _first_error(exc: ValidationError) -> str:

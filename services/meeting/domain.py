@@ -32,6 +32,17 @@ BRUSSELS = ZoneInfo("Europe/Brussels")
 MAX_ANNEX_BYTES = 4 * 1024 * 1024
 #: WS4PM's ``CreationData`` carries at most 10 annexes; REST keeps the same limit.
 MAX_ANNEXES = 10
+#: The longest texts the item's columns take (``tables.py``): SQLite stores a longer one,
+#: PostgreSQL refuses it, which was a 500 (and an urban request retried, then rejected).
+MAX_EXTERNAL_IDENTIFIER = 200
+MAX_PROPOSING_SERVICE = 200
+MAX_CONCERNED_PARTY_NAME = 200
+MAX_ANNEX_FILENAME = 255
+#: An item's long texts (description, motivation, decision), in characters: ~100 pages,
+#: more than any deliberation. Each travels in the item's events (``ItemDecided``,
+#: ``DecisionPublished``…), which the producer refuses beyond ``MAX_REQUEST_BYTES``, and
+#: courrier renders the decision's letter from it (a million characters took 13 s).
+MAX_ITEM_TEXT = 200_000
 
 
 #: What a numbered decision may owe the outside world (``tables.DecisionDelivery``).
@@ -245,6 +256,35 @@ class AnnexChecksumMismatch(ProblemError):
             f"Annex {filename!r}: declared MD5 {declared}, received content has {computed}; "
             "the file was altered in transit or the MD5 belongs to another file.",
         )
+
+
+class TextTooLong(ProblemError):
+    def __init__(self, field: str, length: int, limit: int) -> None:
+        super().__init__(
+            422,
+            "text-too-long",
+            "A text is too long",
+            f"{field} has {length} characters; it takes at most {limit}.",
+            field=field,
+            max_length=limit,
+        )
+
+
+class EventTooLarge(ProblemError):
+    def __init__(self, subject: str, event_type: str, size: int, limit: int) -> None:
+        super().__init__(
+            413,
+            "event-too-large",
+            "The change's event would be too large",
+            f"The {event_type} event of {subject} would take {size} bytes, more than the "
+            f"{limit} an event may; nothing was stored. Shorten the item's texts.",
+            max_bytes=limit,
+        )
+
+
+def check_length(field: str, value: str | None, limit: int) -> None:
+    if value is not None and len(value) > limit:
+        raise TextTooLong(field, len(value), limit)
 
 
 # -- configurations -------------------------------------------------------------------

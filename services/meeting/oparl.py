@@ -47,7 +47,7 @@ from sqlalchemy import ColumnElement, Select, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kernel.api import LARGEST_INTEGER
+from kernel.api import EARLIEST_DAY, LARGEST_INTEGER, LATEST_DAY
 from kernel.errors import NotFound, ProblemError
 from kernel.tenants import Tenant
 from services.meeting.configuration import MeetingConfig, TenantMeetings
@@ -102,12 +102,14 @@ class InvalidCursor(ProblemError):
 
 
 class InvalidFilter(ProblemError):
-    def __init__(self, name: str, value: str) -> None:
+    def __init__(self, name: str, value: str, reason: str | None = None) -> None:
         super().__init__(
             400,
             "invalid-filter",
             "Invalid date filter",
-            f"{name}={value!r} is not an ISO 8601 date-time (e.g. 2026-05-01T00:00:00+02:00).",
+            f"{name}={value!r} "
+            + (reason or "is not an ISO 8601 date-time (e.g. 2026-05-01T00:00:00+02:00)")
+            + ".",
         )
 
 
@@ -388,6 +390,19 @@ class SortKey:
         return tuple_(*self.columns) > tuple_(*values)
 
 
+def within_calendar(moment: datetime) -> datetime:
+    """``moment`` in UTC, or ValueError when it is out of the calendar the hub's APIs take
+    (``EARLIEST_DAY`` to ``LATEST_DAY``): 0001-01-01T00:00:00+14:00 does not convert to
+    UTC, and 9999-12-31 is past PostgreSQL's dates; either was a 500 from the database."""
+    try:
+        in_utc = moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{moment.isoformat()} is out of the calendar") from None
+    if not EARLIEST_DAY <= in_utc.date() <= LATEST_DAY:
+        raise ValueError(f"{moment.isoformat()} is out of the calendar")
+    return in_utc
+
+
 def parse_moment(name: str, value: str | None) -> datetime | None:
     if value is None or value == "":
         return None
@@ -397,7 +412,17 @@ def parse_moment(name: str, value: str | None) -> datetime | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidFilter(name, value) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        within_calendar(moment)
+    except ValueError:
+        raise InvalidFilter(
+            name,
+            value,
+            f"is out of the calendar this API takes ({EARLIEST_DAY.isoformat()} to "
+            f"{LATEST_DAY.isoformat()})",
+        ) from None
+    return moment
 
 
 def list_response(url: str, paging: Paging, listed: Listed) -> JSONResponse:
@@ -570,7 +595,11 @@ async def page_of(
     query = query.where(key.after(cursor)) if cursor else query.offset(paging.offset)
     rows = (await connection.execute(query)).all()
     after = key.cursor(rows[-1]) if rows else None
-    if paging.offset == 0 and len(rows) < paging.limit:
+    # A short first page is the whole list, and its length the list's size: not a page
+    # after a cursor (``page=1&after=…``), whose rows are only the list's tail. Its length,
+    # kept as the list's size for the publication generation, showed every crawler a
+    # shorter list, with no ``next`` link, until the tenant published again.
+    if not cursor and paging.offset == 0 and len(rows) < paging.limit:
         return rows, len(rows), after  # the whole list is on this page: no count needed
     if paging.total is not None:
         return rows, paging.total, after
@@ -664,7 +693,21 @@ def _moment(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         raise ValueError("a cursor's moment has its offset")
+    within_calendar(moment)
     return moment
+
+
+#: An annex's position is below ``MAX_ANNEXES``; a cursor's is bounded well above that, and
+#: below what the database binds (a larger integer was an ``OverflowError`` on SQLite and
+#: "out of int64 range" on PostgreSQL: a 500).
+LARGEST_POSITION = 2**31 - 1
+
+
+def _position(text: str) -> int:
+    position = int(text)
+    if not 0 <= position <= LARGEST_POSITION:
+        raise ValueError(f"a cursor's position is from 0 to {LARGEST_POSITION}")
+    return position
 
 
 #: The lists' orders; each is an index's (``tables.py``), so a page after a cursor is a seek.
@@ -673,7 +716,7 @@ DECISION_ORDER = SortKey(
 )
 FILE_ORDER = SortKey(
     (PublishedFile.published_at, PublishedFile.item_id, PublishedFile.position),
-    (_moment, str, int),
+    (_moment, str, _position),
 )
 MEETING_ORDER = SortKey((Meeting.date, Meeting.id), (_moment, str))
 

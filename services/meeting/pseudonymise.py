@@ -131,21 +131,75 @@ def _is_phone(match: re.Match[str]) -> bool:
     return len(digits) in (9, 10)
 
 
+#: Punctuation around a word of a name, never part of it ("Lambert," of "Lambert, Sophie");
+#: an initial's full stop, a hyphen and an apostrophe are.
+_AROUND_NAME_WORDS = ',;:()[]"«»'
+
+
 def _name_parts(name: str) -> list[str]:
-    return [part for part in re.split(r"\s+", name.strip()) if part]
+    return [word for part in name.split() if (word := part.strip(_AROUND_NAME_WORDS))]
+
+
+def _is_particle(word: str) -> bool:
+    return bool(re.fullmatch(_PARTICLE, word, re.IGNORECASE))
+
+
+def _family_word(words: list[str]) -> str | None:
+    """The word of a family name its bare mentions use: the one in capitals, else the last."""
+    names = [word for word in words if not re.fullmatch(_INITIAL, word) and not _is_particle(word)]
+    if not names:
+        return None
+    capitals = [word for word in names if len(word) > 1 and word.isupper()]
+    return capitals[0] if capitals else names[-1]
+
+
+def _units(words: list[str]) -> list[str]:
+    """A name's words with each particle joined to the word it belongs to ("de Vos")."""
+    units: list[str] = []
+    pending: list[str] = []
+    for word in words:
+        pending.append(word)
+        if not _is_particle(word):
+            units.append(" ".join(pending))
+            pending = []
+    if pending:
+        units.append(" ".join(pending))
+    return units
+
+
+def readings(name: str) -> list[tuple[str, list[str]]]:
+    """The ways ``name`` reads as (family name, given names), the likeliest first.
+
+    "Lambert, Sophie" is family name first, as the hub's urban service writes an
+    applicant (``split_declared_name``); "DUPONT Jean Marie" has its family name
+    in capitals; "Jean de Vos" and "Jean Dupont" have it last. "Dupont Jean Marie"
+    may have it first or last: both readings are kept, so that neither
+    "Jean Dupont" nor a bare "Dupont" stays in a published text.
+    """
+    if "," in name:
+        family, _, given = name.partition(",")
+        return [(" ".join(_name_parts(family)), _name_parts(given))]
+    units = _units(_name_parts(name))
+    if len(units) < 2:
+        return [(" ".join(units), [])] if units else []
+    capitals = [
+        unit
+        for unit in units
+        if (word := _family_word(unit.split())) and len(word) > 1 and word.isupper()
+    ]
+    if capitals and len(capitals) < len(units):
+        return [(" ".join(capitals), [unit for unit in units if unit not in capitals])]
+    family_last = (units[-1], units[:-1])
+    if len(units) == 2:
+        return [family_last]
+    return [family_last, (units[0], units[1:])]
 
 
 def surname_of(name: str) -> str | None:
-    """The part of a name that is the family name: the one in capitals, else the last word."""
-    parts = [
-        part
-        for part in _name_parts(name)
-        if not re.fullmatch(_INITIAL, part) and not re.fullmatch(_PARTICLE, part, re.IGNORECASE)
-    ]
-    if not parts:
-        return None
-    capitals = [part for part in parts if len(part) > 1 and part.isupper()]
-    return capitals[0] if capitals else parts[-1]
+    """The part of a name that is the family name: before a comma, the one in capitals, else
+    the last word."""
+    found = readings(name)
+    return _family_word(found[0][0].split()) if found else None
 
 
 def _key(name: str) -> str:
@@ -166,7 +220,22 @@ def _trim_name(name: str) -> str:
 
 def _loose(name: str) -> str:
     """A pattern for ``name`` as it may be written: any spacing, any case."""
-    return r"\s+".join(re.escape(part) for part in _name_parts(name))
+    return r"\s+".join(re.escape(part) for part in name.split())
+
+
+def _written_forms(name: str) -> set[str]:
+    """How a text may write a person's full name: as given, and from each of its readings
+    the given names and the family name in either order (the family name first with or
+    without a comma), all or the first given name only ("Lambert, Sophie Anne" is
+    written "Sophie Lambert" too)."""
+    forms = {" ".join(name.split())}
+    for family, given in readings(name):
+        if not given:
+            forms.add(family)
+            continue
+        for names in {" ".join(given), given[0]}:
+            forms.update({f"{names} {family}", f"{family} {names}", f"{family}, {names}"})
+    return {form for form in forms if form}
 
 
 class Pseudonymiser:
@@ -184,10 +253,17 @@ class Pseudonymiser:
             surname.casefold() for name in officials if (surname := surname_of(name))
         }
         self._private = [name for name in private_persons if name and name.strip()]
+        #: A family name of another reading of a private person's name → the person's own
+        #: (``readings``): a bare "Dupont" of "Dupont Jean Marie" is that person's token.
+        self._same_person: dict[str, str] = {}
         for name in self._private:
-            surname = surname_of(name)
-            if surname is not None and len(surname) > 1:
-                self._surnames.add(surname)
+            own = surname_of(name)
+            for family, _ in readings(name):
+                surname = _family_word(family.split())
+                if surname is not None and len(surname) > 1:
+                    self._surnames.add(surname)
+                    if own is not None:
+                        self._same_person.setdefault(surname.casefold(), own.casefold())
 
     def __call__(self, text: str) -> str:
         text = _EMAIL.sub(EMAIL_TOKEN, text)
@@ -214,6 +290,7 @@ class Pseudonymiser:
         # Persons are told apart by family name: "Monsieur Jean Dupont" and a later
         # "M. Dupont" are one person; two Duponts share a token (nothing leaks).
         key = (surname_of(name) or name).casefold()
+        key = self._same_person.get(key, key)
         number = self._persons.setdefault(key, len(self._persons) + 1)
         return f"[personne {number}]"
 
@@ -230,12 +307,10 @@ class Pseudonymiser:
 
     def _replace_private_persons(self, text: str) -> str:
         for name in self._private:
-            parts = _name_parts(name)
-            variants = [_loose(name)]
-            if len(parts) == 2:
-                variants.append(_loose(f"{parts[1]} {parts[0]}"))
-            pattern = re.compile(rf"(?<![\w-])(?:{'|'.join(variants)})(?![\w-])", re.IGNORECASE)
-            text = pattern.sub(self._token_of(name), text)
+            variants = sorted(_written_forms(name), key=len, reverse=True)  # longest first
+            pattern = "|".join(_loose(variant) for variant in variants)
+            compiled = re.compile(rf"(?<![\w-])(?:{pattern})(?![\w-])", re.IGNORECASE)
+            text = compiled.sub(self._token_of(name), text)
         return text
 
     def _token_of(self, name: str) -> Callable[[re.Match[str]], str]:

@@ -17,6 +17,10 @@ from kernel.api import MEDIA_TYPE_PATTERN, RequestModel
 from services.meeting.agenda import concerned_party_of
 from services.meeting.configuration import MeetingConfig
 from services.meeting.domain import (
+    MAX_ANNEX_FILENAME,
+    MAX_EXTERNAL_IDENTIFIER,
+    MAX_ITEM_TEXT,
+    MAX_PROPOSING_SERVICE,
     Decision,
     DeliveryKind,
     DeliveryStatus,
@@ -45,7 +49,7 @@ class AttendanceUpdate(RequestModel):
 
 class AnnexIn(RequestModel):
     title: str = Field(min_length=1, max_length=500)
-    filename: str = Field(min_length=1, max_length=255)
+    filename: str = Field(min_length=1, max_length=MAX_ANNEX_FILENAME)
     media_type: str = Field(default="application/pdf", pattern=MEDIA_TYPE_PATTERN)
     content_base64: str = Field(description="The file, base64 (RFC 4648); at most 4 MiB decoded")
     md5: str | None = Field(
@@ -65,15 +69,19 @@ class AnnexUpdate(RequestModel):
 class ItemCreate(RequestModel):
     meeting_config: str = Field(examples=["college"])
     title: str = Field(min_length=1, max_length=1000)
-    proposing_service: str = Field(min_length=1, max_length=200, examples=["urbanisme"])
+    proposing_service: str = Field(
+        min_length=1, max_length=MAX_PROPOSING_SERVICE, examples=["urbanisme"]
+    )
     category: str | None = Field(default=None, max_length=100)
-    description: str | None = None
-    motivation: str | None = None
-    decision_text: str | None = Field(default=None, description="The draft decision")
+    description: str | None = Field(default=None, max_length=MAX_ITEM_TEXT)
+    motivation: str | None = Field(default=None, max_length=MAX_ITEM_TEXT)
+    decision_text: str | None = Field(
+        default=None, max_length=MAX_ITEM_TEXT, description="The draft decision"
+    )
     external_identifier: str | None = Field(
         default=None,
         min_length=1,
-        max_length=200,
+        max_length=MAX_EXTERNAL_IDENTIFIER,
         description="The document of another service the item is about (one item per "
         "configuration and external identifier)",
     )
@@ -91,7 +99,9 @@ class PresentBody(RequestModel):
 class DecideBody(RequestModel):
     decision: Decision
     decision_text: str | None = Field(
-        default=None, description="The decision as taken; None keeps the draft"
+        default=None,
+        max_length=MAX_ITEM_TEXT,
+        description="The decision as taken; None keeps the draft",
     )
 
 

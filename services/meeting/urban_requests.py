@@ -5,8 +5,9 @@ it names. It is idempotent twice over: the consumer's inbox skips a
 redelivered event, and a new request for an external identifier that already
 has an item in that configuration is logged and skipped. A request that
 cannot be placed (tenant or configuration unknown here, a category the
-configuration lacks) is kept in ``meeting_unplaced_requests`` and logged: it
-must never stop the consumer, which would retry it forever.
+configuration lacks, a text longer than the item stores) is kept in
+``meeting_unplaced_requests`` and logged: it must never stop the consumer,
+which would retry it forever.
 """
 
 from __future__ import annotations
@@ -41,6 +42,18 @@ def urban_handlers(meeting_settings: dict[str, TenantMeetings]) -> dict[str, Eve
                 )
             config = configuration(tenant_meetings.configurations, request.meeting_config)
             check_item_fields(config, request.category, request.proposing_service)
+            new = agenda.NewItem(
+                title=request.title,
+                proposing_service=request.proposing_service,
+                category=request.category,
+                description=request.description,
+                motivation=request.motivation,
+                external_identifier=request.external_identifier,
+                concerned_party=request.concerned_party,
+            )
+            # Urban takes longer names than the item stores: refused by PostgreSQL at
+            # insert, the request failed its retries and was rejected, out of sight.
+            agenda.check_new_item(new)
         except ProblemError as exc:
             log.warning(
                 "tenant %s: request %s for file %s cannot be placed, kept for operators: %s",
@@ -77,15 +90,7 @@ def urban_handlers(meeting_settings: dict[str, TenantMeetings]) -> dict[str, Eve
             session,
             tenant=event.tenant,
             config=config,
-            new=agenda.NewItem(
-                title=request.title,
-                proposing_service=request.proposing_service,
-                category=request.category,
-                description=request.description,
-                motivation=request.motivation,
-                external_identifier=request.external_identifier,
-                concerned_party=request.concerned_party,
-            ),
+            new=new,
             origin="event",
             creator=event.source,
             now=utcnow(),

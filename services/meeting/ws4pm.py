@@ -57,11 +57,16 @@ from services.meeting import agenda
 from services.meeting.api import create_item_once
 from services.meeting.configuration import TenantMeetings
 from services.meeting.domain import (
+    MAX_ANNEX_FILENAME,
+    MAX_EXTERNAL_IDENTIFIER,
+    MAX_ITEM_TEXT,
+    MAX_PROPOSING_SERVICE,
     AnnexUpload,
     ItemState,
     Transition,
     check_annexes,
     check_item_fields,
+    check_length,
     configuration,
 )
 from services.meeting.tables import Item
@@ -480,6 +485,7 @@ async def create_item(context: Context, request: etree._Element) -> etree._Eleme
     check_item_fields(config, category, proposing_service)
     annexes = context.annexes
     check_annexes(annexes)
+    _check_lengths(proposing_service, data, annexes)
     description = "\n\n".join(
         text for text in (_text(data, "description"), _text(data, "detailedDescription")) if text
     )
@@ -506,6 +512,24 @@ async def create_item(context: Context, request: etree._Element) -> etree._Eleme
     for warning in warnings:
         _add(answer, "warnings", warning)
     return answer
+
+
+def _check_lengths(
+    proposing_service: str, data: etree._Element, annexes: tuple[AnnexUpload, ...]
+) -> None:
+    """createItem's texts fit where they are stored, named as the client sent them (the
+    contract's schema bounds none of them): a Client Fault rather than the database's
+    refusal, a Server Fault that said nothing of the cause."""
+    check_length("proposingGroupId", proposing_service, MAX_PROPOSING_SERVICE)
+    check_length(
+        "creationData/externalIdentifier",
+        _text(data, "externalIdentifier"),
+        MAX_EXTERNAL_IDENTIFIER,
+    )
+    for element in ("description", "detailedDescription", "motivation", "decision"):
+        check_length(f"creationData/{element}", _text(data, element), MAX_ITEM_TEXT)
+    for number, annex in enumerate(annexes, start=1):
+        check_length(f"creationData/annexes[{number}]/filename", annex.filename, MAX_ANNEX_FILENAME)
 
 
 def _transitions(

@@ -21,15 +21,18 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from contracts.envelope import from_record
+from contracts.envelope import from_record, new_event
 from contracts.events.meeting import DecisionPublished, ItemCreated, ItemDecided, MeetingClosed
+from contracts.events.urban import DecisionNeeded
 from kernel.auth import issue_token
 from kernel.database import utcnow
+from kernel.kafka import MAX_REQUEST_BYTES
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
-from services.meeting.domain import MAX_ANNEX_BYTES, decision_year
+from services.meeting.domain import MAX_ANNEX_BYTES, MAX_ITEM_TEXT, decision_year
 from services.meeting.main import MeetingOptions, build_app
 from services.meeting.tables import Annex, Item
+from services.meeting.urban_requests import urban_handlers
 from tests.support.servers import serving
 
 pytestmark = pytest.mark.integration
@@ -452,6 +455,94 @@ async def test_bad_items_are_refused_with_specific_problems_and_nothing_stored(
     wrong = await service.post(f"/v1/items/{item_id}/present", {"meeting_id": council})
     problem(wrong, 422, "meeting-of-another-configuration")
     problem(await service.decide(item_id), 409, "item-not-presented")
+
+
+async def test_texts_longer_than_the_item_stores_are_refused_with_a_problem(
+    service: MeetingService,
+) -> None:
+    # SQLite would store them; PostgreSQL refused them with a 500 ("value too long").
+    long_name = {"kind": "person", "identifier": NISS, "name": "Lambert, " + "S" * 200}
+    named = problem(
+        await service.post("/v1/items", item_body(concerned_party=long_name)), 422, "text-too-long"
+    )
+    assert (named["field"], named["max_length"]) == ("concerned_party.name", 200)
+    too_long = "x" * (MAX_ITEM_TEXT + 1)
+    for field in ("decision_text", "description", "motivation"):
+        problem(
+            await service.post("/v1/items", item_body(**{field: too_long})), 422, "invalid-request"
+        )
+    assert await service.stored() == (0, 0)
+
+    meeting_id = await service.meeting()
+    item_id = await service.presented_item(meeting_id)
+    decided = await service.post(
+        f"/v1/items/{item_id}/decide", {"decision": "accepted", "decision_text": too_long}
+    )
+    problem(decided, 422, "invalid-request")
+
+
+async def test_a_decision_whose_event_would_be_too_large_is_refused_and_nothing_stored(
+    service: MeetingService,
+) -> None:
+    meeting_id = await service.meeting()
+    item_id = await service.presented_item(meeting_id)
+    # A draft stored before texts were bounded: the decision would carry it in its event,
+    # which the producer refuses, and which then blocked the item's events for ever.
+    async with service.app.state.sessions() as session, session.begin():
+        item = await session.get(Item, item_id)
+        assert item is not None
+        item.decision_text = "x" * MAX_REQUEST_BYTES
+    refused = await service.post(f"/v1/items/{item_id}/decide", {"decision": "accepted"})
+    assert problem(refused, 413, "event-too-large")["max_bytes"] == MAX_REQUEST_BYTES
+    assert ItemDecided.TYPE not in {row.event_type for row in await service.outbox()}
+    view = (await service.http.get(f"/v1/items/{item_id}", headers=service.auth())).json()
+    assert (view["state"], view["decision_number"]) == ("presented", None)
+    # Decided with a text of its size, it takes the number the refused decision gave back.
+    assert (await service.decide(item_id)).json()["decision_number"].endswith("/0001")
+
+
+async def test_a_preferred_meeting_must_be_open_and_of_the_items_configuration(
+    service: MeetingService,
+) -> None:
+    council = await service.meeting("council")
+    other = await service.post("/v1/items", item_body(preferred_meeting_id=council))
+    problem(other, 422, "meeting-of-another-configuration")
+    closed = await service.meeting()
+    assert (await service.post(f"/v1/meetings/{closed}/close")).status_code == 200
+    problem(
+        await service.post("/v1/items", item_body(preferred_meeting_id=closed)),
+        409,
+        "meeting-closed",
+    )
+    assert await service.stored() == (0, 0)
+    open_meeting = await service.meeting()
+    item = await service.item(preferred_meeting_id=open_meeting)
+    assert item["preferred_meeting_id"] == open_meeting
+
+
+async def test_an_urban_request_with_a_name_longer_than_the_item_stores_is_kept_unplaced(
+    service: MeetingService,
+) -> None:
+    # Urban takes applicant names of up to 300 characters; the item stores 200.
+    data = DecisionNeeded.model_validate(
+        {
+            "file_id": "f-1",
+            "title": "Permis d'urbanisme: abri de jardin",
+            "proposing_service": "urbanisme",
+            "category": "urbanisme",
+            "meeting_config": "college",
+            "external_identifier": "URB/2026/0248",
+            "concerned_party": {"kind": "person", "identifier": NISS, "name": "L" * 248},
+        }
+    )
+    request = new_event(data, tenant=SAMBREVILLE, subject="f-1", source="urn:hub:urban")
+    handle = urban_handlers(service.app.state.meeting_settings)[DecisionNeeded.TYPE]
+    async with service.app.state.sessions() as session, session.begin():
+        await handle(session, request)  # never raises: the consumer would retry it for ever
+    assert await service.stored() == (0, 0)
+    listed = await service.http.get("/v1/unplaced-requests", headers=service.auth())
+    [kept] = [row for row in listed.json() if row["event_id"] == request.id]
+    assert "concerned_party.name has 248 characters" in kept["reason"]
 
 
 async def test_scopes_are_enforced(service: MeetingService) -> None:

@@ -21,7 +21,7 @@ from contracts.events.meeting import ItemCreated
 from kernel.database import utcnow
 from kernel.settings import HubSettings
 from services.meeting import ws4pm
-from services.meeting.domain import MAX_ANNEX_BYTES
+from services.meeting.domain import MAX_ANNEX_BYTES, MAX_ITEM_TEXT
 from tests.integration.test_meeting_api import (
     LIEGE,
     PDF,
@@ -224,6 +224,58 @@ async def test_ws4pm_business_errors_are_faults_and_store_nothing(
     with pytest.raises(Fault) as refused:
         await blocking(intruder.service.testConnection)
     assert "wrong password" in refused.value.message
+
+
+async def test_ws4pm_texts_longer_than_stored_and_unfit_preferred_meetings_are_client_faults(
+    service: MeetingService,
+) -> None:
+    client = await ws4pm_client(service)
+    closed = await service.meeting()
+    assert (await service.post(f"/v1/meetings/{closed}/close")).status_code == 200
+    council = await service.meeting("council")
+    long_filename = "plan-" + "x" * 251 + ".pdf"
+    attempts: list[tuple[dict[str, Any], str]] = [
+        (
+            {"creationData": creation_data(externalIdentifier="URB/" + "9" * 200)},
+            "creationData/externalIdentifier has 204 characters; it takes at most 200",
+        ),
+        (
+            # The council takes items from any service: only the column bounds the name.
+            {
+                "meetingConfigId": "council",
+                "proposingGroupId": "s" * 201,
+                "creationData": creation_data(category="finances"),
+            },
+            "proposingGroupId has 201 characters; it takes at most 200",
+        ),
+        (
+            {
+                "creationData": creation_data(
+                    annexes=[{"title": "Plan", "filename": long_filename, "file": PDF}]
+                )
+            },
+            "creationData/annexes[1]/filename has 260 characters; it takes at most 255",
+        ),
+        (
+            {"creationData": creation_data(decision="x" * (MAX_ITEM_TEXT + 1))},
+            f"creationData/decision has {MAX_ITEM_TEXT + 1} characters",
+        ),
+        (
+            {"creationData": creation_data(preferredMeeting=closed)},
+            f"Meeting {closed} is closed",
+        ),
+        (
+            {"creationData": creation_data(preferredMeeting=council)},
+            "the meeting is a 'council' meeting",
+        ),
+    ]
+    for arguments, message in attempts:
+        call = {"meetingConfigId": "college", "proposingGroupId": "urbanisme", **arguments}
+        with pytest.raises(Fault) as fault:
+            await blocking(client.service.createItem, **call)
+        assert message in fault.value.message, fault.value.message
+        assert fault.value.code is not None and fault.value.code.endswith("Client")
+    assert await service.stored() == (0, 0)
 
 
 async def test_a_ws4pm_client_reads_its_own_user_infos_and_no_one_else(

@@ -412,6 +412,57 @@ async def test_lists_page_with_links_counts_and_date_filters(service: MeetingSer
     assert lost.status_code == 400 and lost.json()["type"].endswith("/invalid-cursor")
 
 
+async def test_a_cursor_on_the_first_page_leaves_the_lists_size_as_it_is(
+    service: MeetingService,
+) -> None:
+    await make_decisions(service)
+    root = f"{service.base_url}/oparl/v1/bodies/{SAMBREVILLE}"
+    past_the_end = "2199-12-31T00:00:00+00:00,z"
+    for kind, cursor in (
+        ("agenda-items", past_the_end),
+        ("papers", past_the_end),
+        ("files", past_the_end + ",0"),
+        ("meetings", past_the_end),
+    ):
+        honest = (await service.http.get(f"{root}/{kind}")).json()["pagination"]
+        # Anyone may ask for page 1 after a cursor past the list's end: an empty tail.
+        tail = await service.http.get(f"{root}/{kind}", params={"after": cursor})
+        assert tail.status_code == 200, tail.text
+        assert tail.json()["pagination"]["totalElements"] == honest["totalElements"], kind
+    # A page not kept yet, of the same generation, still counts the whole list.
+    first = (await service.http.get(f"{root}/agenda-items", params={"limit": 2})).json()
+    assert first["pagination"]["totalElements"] == 3
+    assert first["pagination"]["totalPages"] == 2
+    assert "next" in first["links"]
+
+
+async def test_dates_and_cursors_out_of_the_databases_range_are_bad_requests(
+    service: MeetingService,
+) -> None:
+    await make_decisions(service)
+    root = f"{service.base_url}/oparl/v1/bodies/{SAMBREVILLE}"
+    for kind in ("agenda-items", "meetings"):
+        for moment in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+            for name in ("created_since", "modified_until"):
+                answer = await service.http.get(f"{root}/{kind}", params={name: moment})
+                assert answer.status_code == 400, (kind, name, moment, answer.text)
+                assert answer.json()["type"].endswith("/invalid-filter")
+                assert "out of the calendar" in answer.json()["detail"]
+    for kind, cursor in (
+        ("files", "2026-01-01T00:00:00+00:00,x,99999999999999999999"),
+        ("files", "2026-01-01T00:00:00+00:00,x,-1"),
+        ("agenda-items", "0001-01-01T00:00:00+14:00,x"),
+        ("meetings", "9999-12-31T23:59:59-14:00,x"),
+    ):
+        answer = await service.http.get(f"{root}/{kind}", params={"page": 2, "after": cursor})
+        assert answer.status_code == 400, (kind, cursor, answer.text)
+        assert answer.json()["type"].endswith("/invalid-cursor")
+    # The calendar's own ends are still asked for.
+    ends = {"created_since": "1900-01-01T00:00:00+00:00", "created_until": "2199-12-31T00:00:00Z"}
+    answer = await service.http.get(f"{root}/agenda-items", params=ends)
+    assert answer.status_code == 200 and answer.json()["pagination"]["totalElements"] == 3
+
+
 async def publish_one_more(service: MeetingService, tenant: str, reference: str) -> None:
     meeting = await service.meeting(tenant=tenant)
     item_id = await service.presented_item(meeting, tenant, external_identifier=reference)

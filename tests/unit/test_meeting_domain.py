@@ -16,12 +16,17 @@ from kernel.tenants import Tenant, TenantConfigError
 from services.meeting.configuration import MeetingConfig, load_meeting_settings
 from services.meeting.domain import (
     MAX_ANNEX_BYTES,
+    MAX_ANNEX_FILENAME,
+    MAX_CONCERNED_PARTY_NAME,
+    MAX_EXTERNAL_IDENTIFIER,
+    MAX_PROPOSING_SERVICE,
     AnnexChecksumMismatch,
     AnnexTooLarge,
     AnnexUpload,
     ItemAlreadyDecided,
     ItemNotPresented,
     ItemState,
+    TextTooLong,
     TooManyAnnexes,
     Transition,
     TransitionNotAllowed,
@@ -31,9 +36,11 @@ from services.meeting.domain import (
     check_annexes,
     check_decidable,
     check_item_fields,
+    check_length,
     configuration,
     state_after,
 )
+from services.meeting.tables import Annex, Item
 from services.meeting.ws4pm import Ws4pmFault, read_request
 
 COLLEGE = MeetingConfig.model_validate(
@@ -121,6 +128,18 @@ def test_annexes_are_limited_in_size_and_number_and_checked_against_their_md5() 
         check_annexes((AnnexUpload("Plan", "p.pdf", "application/pdf", b"x", "0" * 32),))
 
 
+def test_the_text_limits_are_the_columns_lengths() -> None:
+    # A limit above its column let PostgreSQL refuse the insert: a 500.
+    items, annexes = Item.__table__.columns, Annex.__table__.columns
+    assert items["external_identifier"].type.length == MAX_EXTERNAL_IDENTIFIER
+    assert items["proposing_service"].type.length == MAX_PROPOSING_SERVICE
+    assert items["concerned_party_name"].type.length == MAX_CONCERNED_PARTY_NAME
+    assert annexes["filename"].type.length == MAX_ANNEX_FILENAME
+    with pytest.raises(TextTooLong, match="has 201 characters; it takes at most 200"):
+        check_length("externalIdentifier", "x" * 201, MAX_EXTERNAL_IDENTIFIER)
+    check_length("externalIdentifier", "x" * 200, MAX_EXTERNAL_IDENTIFIER)
+
+
 def test_a_concerned_party_is_normalised_and_checked() -> None:
     person = ConcernedParty.model_validate({"kind": "person", "identifier": "85.07.30-033.28"})
     assert person.identifier == "85073003328"
@@ -154,6 +173,21 @@ def test_the_meeting_block_expands_secrets_and_refuses_shared_usernames() -> Non
             environ={},
         )
     assert load_meeting_settings({"92137": tenant(None)}, environ={})["92137"].configurations == {}
+
+
+def test_two_configurations_of_a_tenant_may_not_share_a_decision_prefix() -> None:
+    council = {**COLLEGE.model_dump(), "id": "council", "kind": "council", "title": "Conseil"}
+    shared = tenant({"configurations": [COLLEGE.model_dump(), council]})
+    with pytest.raises(TenantConfigError) as refused:
+        load_meeting_settings({"92137": shared}, environ={})
+    assert "configurations 'college' and 'council' both have decision_prefix 'COL'" in str(
+        refused.value
+    )
+    assert "92137.yaml: services.meeting" in str(refused.value)
+    # Another tenant's configuration may use the prefix: numbers are unique per tenant.
+    own = tenant({"configurations": [council]}, "62063")
+    other = tenant({"configurations": [COLLEGE.model_dump()]})
+    assert load_meeting_settings({"92137": other, "62063": own}, environ={})
 
 
 def test_the_repositorys_tenant_files_have_valid_meeting_blocks() -> None:

@@ -135,6 +135,33 @@ def test_the_concerned_person_is_replaced_in_either_order_and_by_surname() -> No
     )
 
 
+@pytest.mark.parametrize("name", ["Lambert, Sophie", "LAMBERT, Sophie", "Lambert, Sophie Anne"])
+def test_a_concerned_person_named_last_name_comma_first_names_is_replaced(name: str) -> None:
+    # The hub's urban service names an applicant "Last, First" (split_declared_name).
+    text = (
+        "Permis de Sophie Lambert. Lambert devra afficher le permis; "
+        "copie à LAMBERT Sophie et à Lambert, Sophie."
+    )
+    assert pseudonymise(text, private_persons=[name]) == (
+        "Permis de [personne 1]. [personne 1] devra afficher le permis; "
+        "copie à [personne 1] et à [personne 1]."
+    )
+
+
+def test_a_three_word_name_is_replaced_whichever_end_is_the_family_name() -> None:
+    text = "La demande de Jean Dupont est acceptée. Dupont en est informé."
+    assert pseudonymise(text, private_persons=["Dupont Jean Marie"]) == (
+        "La demande de [personne 1] est acceptée. [personne 1] en est informé."
+    )
+    assert pseudonymise(text, private_persons=["DUPONT Jean Marie"]) == (
+        "La demande de [personne 1] est acceptée. [personne 1] en est informé."
+    )
+    written = "Permis de Jean de Vos; de Vos Jean."
+    assert pseudonymise(written, private_persons=["de Vos, Jean"]) == (
+        "Permis de [personne 1]; [personne 1]."
+    )
+
+
 def test_a_surname_in_lower_case_is_a_word_not_the_name() -> None:
     assert pseudonymise("Le marchand et M. Marchand.") == "Le marchand et M. [personne 1]."
 
@@ -177,6 +204,8 @@ def test_surnames_are_the_capitalised_part_else_the_last_word() -> None:
     assert surname_of("Jean de Vos") == "Vos"
     assert surname_of("J. Dupont") == "Dupont"
     assert surname_of("J.") is None
+    assert surname_of("Lambert, Sophie") == "Lambert"  # the family name before the comma
+    assert surname_of("van der Elst, Anne") == "Elst"
 
 
 def test_everything_together() -> None:
