@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kernel.auth import TokenVerifier, development_jwks
-from kernel.errors import install_problem_handlers, problem_response
+from kernel.errors import install_problem_handlers, problem_response, soap_fault
 from kernel.metrics import BACKGROUND_JOB_RESTARTS, HTTP_REQUESTS
 from kernel.settings import HubSettings
 from kernel.telemetry import continue_trace
@@ -183,7 +183,11 @@ class BodyTooLarge(Exception):
 
 class RequestGuardMiddleware:
     """Refuse, before any route sees them, a URL holding a control character and a body
-    over the limit (by its Content-Length, or while it streams in)."""
+    over the limit (by its Content-Length, or while it streams in).
+
+    The refusal is a Problem, or a SOAP 1.1 Fault for a SOAP call (one that names its
+    ``SOAPAction``, as SOAP 1.1 over HTTP must): a SOAP client reads a Problem as a
+    transport error, not as the service's answer."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -196,24 +200,24 @@ class RequestGuardMiddleware:
         if _has_control_character(scope):
             # A NUL in a path or a query parameter reached PostgreSQL, which refuses it in
             # a text: a 500 for a mistyped URL (SQLite stored it).
-            await problem_response(
+            await _refusal(
+                scope,
                 400,
                 "control-character",
                 "Control character in the URL",
                 "The URL holds a control character (such as NUL), which no identifier"
                 " or search of this API can contain.",
-                scope.get("path"),
             )(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and not declared.isdigit():
-            await problem_response(
+            await _refusal(
+                scope,
                 400,
                 "bad-content-length",
                 "Invalid Content-Length",
                 f"The Content-Length header {declared.decode('latin-1')[:40]!r} is not a"
                 " number of bytes.",
-                scope.get("path"),
             )(scope, receive, send)
             return
         if declared is not None and int(declared) > self.max_bytes:
@@ -245,14 +249,22 @@ class RequestGuardMiddleware:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(
+        response = _refusal(
+            scope,
             413,
             "body-too-large",
             "Request body too large",
-            f"This API accepts bodies of at most {self.max_bytes} bytes.",
-            scope.get("path"),
+            f"This API accepts bodies of at most {self.max_bytes} bytes (the hub's"
+            " HUB_MAX_BODY_BYTES).",
         )
         await response(scope, receive, send)
+
+
+def _refusal(scope: Scope, status: int, slug: str, title: str, detail: str) -> Response:
+    """A Problem, or the same as a SOAP 1.1 Client Fault for a SOAP call."""
+    if any(name == b"soapaction" for name, _ in scope.get("headers", [])):
+        return soap_fault("Client", f"{title}: {detail}", slug, status)
+    return problem_response(status, slug, title, detail, scope.get("path"))
 
 
 #: A C0 control character or DEL: in a decoded path, and in a query string, raw or as a

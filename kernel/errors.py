@@ -1,9 +1,12 @@
-"""RFC 9457 Problem JSON for every REST API of the hub.
+"""RFC 9457 Problem JSON for every REST API of the hub, and SOAP 1.1 Faults for its SOAP
+endpoints.
 
 Domain code raises ``ProblemError`` (or a subclass) with a stable type slug, a
 title and a detail written for the person who will read it; the handlers
 installed by ``install_problem_handlers`` turn it, FastAPI's validation
-errors and anything unexpected into ``application/problem+json``.
+errors and anything unexpected into ``application/problem+json``. A SOAP
+endpoint answers with ``soap_fault`` instead, whose detail names the same
+problem type.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from lxml import etree
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -62,6 +66,26 @@ def problem_response(
     body.update(extensions)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
+
+
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP_MEDIA_TYPE = "text/xml; charset=utf-8"
+
+
+def soap_fault(
+    code: str, message: str, slug: str, status: int = 500, headers: dict[str, str] | None = None
+) -> Response:
+    """A SOAP 1.1 Fault (``code``: Client or Server); its detail names the hub's problem
+    type, as REST's Problem JSON does."""
+    envelope = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"soapenv": SOAP_ENV})
+    fault = etree.SubElement(
+        etree.SubElement(envelope, f"{{{SOAP_ENV}}}Body"), f"{{{SOAP_ENV}}}Fault"
+    )
+    etree.SubElement(fault, "faultcode").text = f"soapenv:{code}"
+    etree.SubElement(fault, "faultstring").text = message
+    etree.SubElement(etree.SubElement(fault, "detail"), "problemType").text = PROBLEM_BASE + slug
+    content = etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+    return Response(content, status_code=status, media_type=SOAP_MEDIA_TYPE, headers=headers)
 
 
 def _field_path(location: tuple[Any, ...] | list[Any]) -> str:

@@ -50,7 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.api import Storage, storage
 from kernel.database import utcnow
-from kernel.errors import PROBLEM_BASE, ProblemError
+from kernel.errors import SOAP_ENV, ProblemError, soap_fault
 from kernel.settings import REPOSITORY_ROOT, HubSettings
 from kernel.xml_parsing import safe_parser
 from services.meeting import agenda
@@ -75,7 +75,6 @@ log = logging.getLogger(__name__)
 
 WSDL_PATH = REPOSITORY_ROOT / "contracts" / "ws4pm" / "ws4pm.wsdl"
 WS4PM_NS = "http://ws4pm.imio.be"
-SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 XSD_NS = "http://www.w3.org/2001/XMLSchema"
 WSDL_SOAP_NS = "http://schemas.xmlsoap.org/wsdl/soap/"
 XML_MEDIA_TYPE = "text/xml; charset=utf-8"
@@ -170,14 +169,10 @@ def _xml_response(
     return Response(content, status_code=status, media_type=XML_MEDIA_TYPE, headers=headers)
 
 
-def soap_fault(code: str, message: str, slug: str, status: int = 500) -> Response:
-    """A SOAP 1.1 Fault; its detail names the hub's problem type, as REST's Problem JSON does."""
-    fault = etree.Element(f"{{{SOAP_ENV}}}Fault")
-    etree.SubElement(fault, "faultcode").text = f"soapenv:{code}"
-    etree.SubElement(fault, "faultstring").text = message
-    etree.SubElement(etree.SubElement(fault, "detail"), "problemType").text = PROBLEM_BASE + slug
+def ws4pm_fault(code: str, message: str, slug: str, status: int = 500) -> Response:
+    """The kernel's SOAP 1.1 Fault, asking a client refused as unknown for Basic credentials."""
     headers = {"WWW-Authenticate": 'Basic realm="ws4pm"'} if status == 401 else None
-    return _xml_response(_envelope(fault), status, headers)
+    return soap_fault(code, message, slug, status, headers)
 
 
 def _answer(operation: str) -> etree._Element:
@@ -740,13 +735,13 @@ def ws4pm_router(settings: HubSettings) -> APIRouter:
             )
             answer = await OPERATIONS[name](context, read.operation)
         except Ws4pmFault as exc:
-            return soap_fault(exc.code, exc.message, exc.slug, exc.status)
+            return ws4pm_fault(exc.code, exc.message, exc.slug, exc.status)
         except ProblemError as exc:
             code = "Client" if exc.status < 500 else "Server"
-            return soap_fault(code, f"{exc.title}: {exc.detail}", exc.slug)
+            return ws4pm_fault(code, f"{exc.title}: {exc.detail}", exc.slug)
         except Exception:  # answered in SOAP too: a WS4PM client cannot read Problem JSON
             log.exception("WS4PM request failed")
-            return soap_fault(
+            return ws4pm_fault(
                 "Server",
                 "The hub could not complete this request; nothing was stored.",
                 "internal-error",

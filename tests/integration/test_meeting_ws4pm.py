@@ -420,6 +420,30 @@ async def test_malformed_soap_gets_specific_faults(service: MeetingService) -> N
     assert await service.stored() == (0, 0)
 
 
+async def test_a_soap_call_over_the_body_limit_gets_a_client_fault_not_a_problem(
+    service: MeetingService, hub_settings: HubSettings
+) -> None:
+    limit = hub_settings.max_body_bytes
+    padding = b"<!--" + b"x" * limit + b"-->"
+    oversized = envelope("<pm:testConnectionRequest/>").replace(
+        b"<soapenv:Body>", padding + b"<soapenv:Body>"
+    )
+    answer = await service.http.post(
+        "/ws4pm",
+        content=oversized,
+        headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'},
+        auth=(f"urban-{SAMBREVILLE}", WS4PM_PASSWORD),
+    )
+    assert answer.status_code == 413
+    assert answer.headers["content-type"].startswith("text/xml")
+    assert b"<faultcode>soapenv:Client</faultcode>" in answer.content
+    assert b"/problems/body-too-large</problemType>" in answer.content
+    assert f"at most {limit} bytes".encode() in answer.content
+    # Without SOAPAction the call is no SOAP call: the REST API's Problem, as before.
+    plain = await service.http.post("/ws4pm", content=oversized)
+    assert (plain.status_code, plain.headers["content-type"]) == (413, "application/problem+json")
+
+
 async def test_the_served_wsdl_names_its_own_address_and_the_ws4pm_namespace(
     service: MeetingService,
 ) -> None:
