@@ -37,6 +37,7 @@ from services.urban.consumers import replay
 from services.urban.domain import FileState
 from services.urban.permits import UnprocessedNotFound
 from services.urban.schemas import (
+    ComplementsBody,
     DecisionExtensionBody,
     FileCreate,
     FileSummary,
@@ -249,6 +250,22 @@ def _procedure_routes(api: APIRouter) -> None:
 
         async def change(s: AsyncSession, t: TenantUrban, f: PermitFile) -> None:
             await permits.declare_incomplete(s, t, f, body.missing_documents, utcnow())
+
+        return await change_file(store, caller, file_id, change)
+
+    @api.post("/files/{file_id}/complements", tags=["procedure"], responses=responses)
+    async def receive_complements(
+        file_id: str, body: ComplementsBody, caller: Writer, store: StorageDep
+    ) -> FileView:
+        """The applicant sent the missing documents of an incomplete file: it is received
+        again, its completeness check counted from that day (NOTICe files do this by
+        themselves when the notification brings new documents)."""
+
+        async def change(s: AsyncSession, t: TenantUrban, f: PermitFile) -> None:
+            now = utcnow()
+            await permits.receive_complements(
+                s, t, f, body.received_on or permits.brussels_day(now), now
+            )
 
         return await change_file(store, caller, file_id, change)
 

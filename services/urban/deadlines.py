@@ -92,6 +92,8 @@ class Facts:
     complete_on: date | None = None
     #: The day the list of missing documents was sent: it answers the completeness check too.
     missing_asked_on: date | None = None
+    #: The day the missing documents came: the completeness check starts over from it.
+    complements_received_on: date | None = None
     opinions: tuple[OpinionFacts, ...] = ()
     inquiry_starts_on: date | None = None
     decided_on: date | None = None
@@ -209,13 +211,7 @@ def decision_days(facts: Facts) -> int:
 
 def deadlines(facts: Facts) -> list[Deadline]:
     """Every deadline the file has reached so far, in the order the procedure meets them."""
-    found = [
-        Deadline(
-            COMPLETENESS,
-            last_day(facts.received_on, COMPLETENESS_DAYS[facts.file_type]),
-            facts.complete_on or facts.missing_asked_on,
-        )
-    ]
+    found = [Deadline(COMPLETENESS, _check_due(facts), facts.complete_on or facts.missing_asked_on)]
     asked_of: Counter[str] = Counter()
     for opinion in facts.opinions:
         # A body asked twice has two deadlines: "opinion:SRI", then "opinion:SRI (2)".
@@ -250,11 +246,18 @@ def decision_clock_start(facts: Facts) -> tuple[date | None, bool]:
     """
     if facts.file_type in FROM_RECEIPT_DECISION_DAYS:
         return facts.received_on, False
-    check_due = last_day(facts.received_on, COMPLETENESS_DAYS[facts.file_type])
+    check_due = _check_due(facts)
     answered = [day for day in (facts.complete_on, facts.missing_asked_on) if day is not None]
     if facts.file_type in EXTENDABLE_FILE_TYPES and not any(d <= check_due for d in answered):
         return check_due, True
     return facts.complete_on, False
+
+
+def _check_due(facts: Facts) -> date:
+    """The completeness check's last day: counted from the receipt, or from the complements
+    when the file was found incomplete and completed since."""
+    start = facts.complements_received_on or facts.received_on
+    return last_day(start, COMPLETENESS_DAYS[facts.file_type])
 
 
 def _decision_due(facts: Facts, suspended: int) -> date | None:

@@ -226,6 +226,18 @@ class OpinionAlreadyRecorded(Conflict):
         )
 
 
+class ComplementsBeforeTheirRequest(ProblemError):
+    def __init__(self, reference: str, came_on: date, asked_on: date | None) -> None:
+        asked = f"asked for on {asked_on.isoformat()}" if asked_on else "asked for"
+        super().__init__(
+            422,
+            "complements-before-their-request",
+            "Complements dated before they were asked for",
+            f"File {reference}: complements received on {came_on.isoformat()}, before the"
+            f" missing documents were {asked}.",
+        )
+
+
 class WrongNoticeInstance(ProblemError):
     def __init__(self, instance_code: str, tenant: str, expected: str | None) -> None:
         expected_text = (

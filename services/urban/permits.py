@@ -55,6 +55,7 @@ from services.urban.domain import (
     FLAGGED_IDENTITIES,
     INSTRUCTION_STATES,
     TITLES,
+    ComplementsBeforeTheirRequest,
     ConcurrentFileChange,
     DecisionClockNotStarted,
     DecisionDeadlineAlreadyExtended,
@@ -368,9 +369,8 @@ async def receive_notification(
     added = [document for document in new.documents if document.document_id not in known]
     file.documents.extend(_document_row(document, now) for document in added)
     if added and file.state == FileState.INCOMPLETE:
-        # The applicant sent what was missing: the completeness check starts over.
-        file.state, file.received_on = FileState.RECEIVED, new.received_on
-        file.missing_documents, file.missing_asked_on = None, None
+        # The applicant sent what was missing: the completeness check starts over from today.
+        await receive_complements(session, settings, file, brussels_day(now), now)
     file.updated_at = now
     await refresh_deadlines(session, file, settings, brussels_day(now))
     log.info(
@@ -454,6 +454,22 @@ async def declare_incomplete(
     file.state, file.missing_documents = FileState.INCOMPLETE, missing
     file.missing_asked_on, file.updated_at = brussels_day(now), now
     await refresh_deadlines(session, file, settings, brussels_day(now))
+
+
+async def receive_complements(
+    session: AsyncSession, settings: TenantUrban, file: PermitFile, came_on: date, now: datetime
+) -> None:
+    """The applicant sent what was missing on ``came_on``: the completeness check starts
+    over from that day (the file's receipt day stays as it was)."""
+    check_state(file.reference, file.state, "complements", frozenset({FileState.INCOMPLETE}))
+    today = brussels_day(now)
+    if came_on > today:
+        raise ReceivedInTheFuture(came_on, today)
+    if came_on < (file.missing_asked_on or file.received_on):
+        raise ComplementsBeforeTheirRequest(file.reference, came_on, file.missing_asked_on)
+    file.state, file.complements_received_on = FileState.RECEIVED, came_on
+    file.missing_asked_on, file.updated_at = None, now
+    await refresh_deadlines(session, file, settings, today)
 
 
 async def record_inquiry(
@@ -810,6 +826,7 @@ def facts_of(file: PermitFile) -> deadlines.Facts:
         received_on=file.received_on,
         complete_on=file.complete_on,
         missing_asked_on=file.missing_asked_on,
+        complements_received_on=file.complements_received_on,
         opinions=tuple(
             deadlines.OpinionFacts(o.id, o.body, o.due_on, o.received_on) for o in file.opinions
         ),

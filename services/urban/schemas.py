@@ -54,6 +54,12 @@ class IncompleteBody(RequestModel):
     missing_documents: list[str] = Field(min_length=1, max_length=100)
 
 
+class ComplementsBody(RequestModel):
+    received_on: date | None = Field(
+        default=None, description="The day the complements came; today when not given"
+    )
+
+
 class InquiryBody(RequestModel):
     starts_on: date
 
@@ -216,6 +222,9 @@ def _summary_fields(file: PermitFile) -> dict[str, Any]:
 class FileView(FileSummary):
     complete_on: date | None
     missing_documents: list[str] | None
+    complements_received_on: date | None = Field(
+        description="The day the missing documents came; the completeness check counts from it"
+    )
     inquiry_starts_on: date | None
     decision: Literal["granted", "refused"] | None
     decision_number: str | None
@@ -239,6 +248,7 @@ class FileView(FileSummary):
             **_summary_fields(file),
             complete_on=file.complete_on,
             missing_documents=file.missing_documents,
+            complements_received_on=file.complements_received_on,
             inquiry_starts_on=file.inquiry_starts_on,
             decision="granted"
             if file.decision == "granted"

@@ -61,6 +61,8 @@ class PermitFile(Base):
     missing_documents: Mapped[list[str] | None] = mapped_column(JSON)
     #: The day the list of missing documents was sent (it answers the completeness check too).
     missing_asked_on: Mapped[date | None] = mapped_column(Date)
+    #: The day the applicant's complements came: the completeness check starts over from it.
+    complements_received_on: Mapped[date | None] = mapped_column(Date, nullable=True)
     inquiry_starts_on: Mapped[date | None] = mapped_column(Date)
     decision_requested_event_id: Mapped[str | None] = mapped_column(String(64))
     #: The meeting configuration asked for the decision (the tenant's may change meanwhile).
@@ -286,5 +288,10 @@ MIGRATIONS: list[Migration] = [
         7,
         "one kept rejected event per event id",
         one_rejected_event_per_id,
+    ),
+    Migration(
+        8,
+        "the day an incomplete file's complements came",
+        add_columns(table_of(PermitFile), "complements_received_on"),
     ),
 ]

@@ -1147,3 +1147,52 @@ async def test_body_codes_are_kept_in_capitals_and_capakeys_take_only_ascii_digi
     problem(await service.post("/v1/files", arabic), 422, "invalid-capakey")
     future = file_body(received_on=(date.today() + timedelta(days=2)).isoformat())
     problem(await service.post("/v1/files", future), 422, "received-in-the-future")
+
+
+async def test_complements_restart_the_completeness_check_from_their_day(
+    service: UrbanService,
+) -> None:
+    received = date.today() - timedelta(days=30)
+    file = await service.open_file(received_on=received.isoformat())
+    path = f"/v1/files/{file['id']}"
+    problem(await service.post(f"{path}/complements", {}), 409, "file-state-forbids")
+    incomplete = await service.post(f"{path}/incomplete", {"missing_documents": ["plan"]})
+    assert incomplete.status_code == 200, incomplete.text
+    too_early = {"received_on": (date.today() - timedelta(days=1)).isoformat()}
+    problem(
+        await service.post(f"{path}/complements", too_early),
+        422,
+        "complements-before-their-request",
+    )
+    tomorrow = {"received_on": (date.today() + timedelta(days=1)).isoformat()}
+    problem(await service.post(f"{path}/complements", tomorrow), 422, "received-in-the-future")
+
+    completed_file = await service.post(f"{path}/complements", {})
+    assert completed_file.status_code == 200, completed_file.text
+    view = completed_file.json()
+    assert (view["state"], view["received_on"]) == ("received", received.isoformat())
+    assert view["complements_received_on"] == date.today().isoformat()
+    due = {d["name"]: d["due_on"] for d in view["deadlines"]}
+    assert due["completeness"] == last_day(date.today(), 20).isoformat()
+
+
+async def test_news_of_an_incomplete_notifications_file_brings_its_complements(
+    service: UrbanService,
+) -> None:
+    received = date.today() - timedelta(days=40)
+    first = notification(received_on=received.isoformat())
+    assert await service.deliver(first) == "handled"
+    [file] = (await service.get("/v1/files")).json()["items"]
+    path = f"/v1/files/{file['id']}"
+    assert (await service.post(f"{path}/incomplete", {"missing_documents": ["plan"]})).is_success
+    news = notification(
+        notification_id=first.subject,
+        received_on=received.isoformat(),
+        documents=[{**NOTICE_DOCUMENT, "document_id": "doc-2"}],
+    )
+    assert await service.deliver(news) == "handled"
+    view = (await service.get(path)).json()
+    assert (view["state"], view["received_on"]) == ("received", received.isoformat())
+    assert view["complements_received_on"] == date.today().isoformat()
+    due = {d["name"]: d["due_on"] for d in view["deadlines"]}
+    assert due["completeness"] == last_day(date.today(), 20).isoformat()
