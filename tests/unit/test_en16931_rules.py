@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
+import pytest
 from lxml import etree
 
 from services.factures.rules import EN16931, validate
+from services.factures.rules.engine import decimal, location_of
 
 NAMESPACES = (
     'xmlns="urn:oasis:names:specification:ubl:schema:xsd:Invoice-2" '
@@ -84,3 +88,26 @@ def test_br_e_01_wants_exactly_one_exempt_breakdown() -> None:
     exempt = breakdown("10.00", "0", "E", "0")
     assert "BR-E-01" not in fired(exempt + line("10.00", "E", "0"))
     assert "BR-E-01" in fired(exempt + exempt + line("10.00", "E", "0"))
+
+
+@pytest.mark.parametrize("amount", ["2_42.00", "\u0662\u0664\u0662.00", "1E3", "NaN", " ", "+"])
+def test_an_amount_that_is_no_xs_decimal_breaks_the_rules_reading_it(amount: str) -> None:
+    assert decimal(amount) is None
+    assert "BR-CO-10" in fired(line("242.00") + totals(amount))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("242.00", "242.00"), ("-.5", "-0.5"), ("+7", "7"), ("3.", "3")]
+)
+def test_xs_decimal_amounts_are_read(text: str, value: str) -> None:
+    assert decimal(text) == Decimal(value)
+
+
+def test_findings_name_each_sibling_by_its_position_among_those_of_its_tag() -> None:
+    root = etree.fromstring(f"<Invoice {NAMESPACES}><cbc:Note/><cbc:ID/><cbc:Note/></Invoice>")
+    notes = root.findall(
+        "{urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2}Note"
+    )
+    assert [location_of(note) for note in notes] == ["/Invoice/cbc:Note[1]", "/Invoice/cbc:Note[2]"]
+    only = root.find("{urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2}ID")
+    assert location_of(only) == "/Invoice/cbc:ID"

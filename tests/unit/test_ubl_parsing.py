@@ -238,6 +238,22 @@ def test_any_doctype_is_refused_as_dtd_forbidden() -> None:
     assert "DOCTYPE" in refused.message
 
 
+# Not a speed test: without the hand scan, 40 processing instructions took years.
+@pytest.mark.timeout(60)
+def test_the_prolog_is_scanned_in_one_pass_however_many_instructions_it_holds() -> None:
+    many = "<?a?>" * 40 + "<!-- x -->" * 40
+    assert parse_document(invoice(prolog=many)).kind == "Invoice"
+    refused = rejection(invoice(prolog=many + "<!DOCTYPE Invoice>"))
+    assert refused.code == "dtd-forbidden"
+    unterminated = invoice(prolog="<?a?>" * 40 + "<?never closed")
+    assert rejection(unterminated).code == "not-xml"
+
+
+def test_a_processing_instruction_inside_a_value_is_read_through() -> None:
+    document = parse_document(invoice(body="").replace(b"2024-0042", b"20<?x?>24-00<?y?>42"))
+    assert document.root.findtext(f"{{{CBC}}}ID") == "2024-0042"
+
+
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be", "utf-32"])
 def test_an_entity_bomb_is_recognised_in_every_encoding_xml_allows(encoding: str) -> None:
     bomb = (

@@ -13,6 +13,8 @@ own pattern and are unaffected.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
@@ -161,12 +163,30 @@ def location_of(node: Element) -> str:
         name = qname.localname if not prefix else f"{prefix}:{qname.localname}"
         parent = current.getparent()
         if parent is not None:
-            same = [sibling for sibling in parent if sibling.tag == current.tag]
-            if len(same) > 1:
-                name += f"[{same.index(current) + 1}]"
+            position, of = _sibling_positions(parent)[current]
+            if of > 1:
+                name += f"[{position}]"
         steps.append(name)
         current = parent
     return "/" + "/".join(reversed(steps))
+
+
+def _sibling_positions(parent: Element) -> dict[Element, tuple[int, int]]:
+    """Each child's position among its parent's children of its tag, and how many there
+    are; computed once per parent while ``evaluate`` runs. Counted for each finding, a
+    document of 16,000 empty notes (each a finding) took 22 s."""
+    by_parent: dict[Element, dict[Element, tuple[int, int]]] = per_document(
+        parent.getroottree().getroot(), "sibling positions", lambda _: {}
+    )
+    positions = by_parent.get(parent)
+    if positions is None:
+        counts = Counter(child.tag for child in parent)
+        seen: Counter[Any] = Counter()
+        positions = by_parent[parent] = {}
+        for child in parent:
+            seen[child.tag] += 1
+            positions[child] = (seen[child.tag], counts[child.tag])
+    return positions
 
 
 def evaluate(root: Element, rule_sets: Iterable[RuleSet]) -> list[Finding]:
@@ -259,15 +279,20 @@ def exists(node: Element, xpath: str) -> bool:
     return found.test(node)
 
 
+#: ``xs:decimal``'s lexical form. Python's ``Decimal`` takes more ("2_42.00", "1E3",
+#: other scripts' digits), which the schema, the official rules and the accounting
+#: software refuse or read otherwise.
+_XS_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
 def decimal(value: str | None) -> Decimal | None:
-    """An XML decimal as a Decimal; None when absent or not a number."""
-    if value is None or value == "":
+    """An XML decimal as a Decimal; None when absent or not an ``xs:decimal``."""
+    if value is None or not _XS_DECIMAL.fullmatch(value):
         return None
     try:
-        number = Decimal(value)
+        return Decimal(value)
     except InvalidOperation:
         return None
-    return number if number.is_finite() else None
 
 
 def amount(node: Element, xpath: str) -> Decimal | None:
