@@ -251,7 +251,7 @@ async def replay(
     if kind is None:
         raise NotReplayable(kept.event_id, kept.event_type)
     try:
-        data = kind.model_validate(kept.data)
+        data = kind.model_validate(permits.kept_data(kept))
     except ValidationError as exc:
         raise StillBroken(kept.event_id, _first_error(exc)) from exc
     file = await appliers(urban_settings)[kept.event_type](session, kept.tenant, data)

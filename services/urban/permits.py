@@ -905,6 +905,7 @@ def keep_unprocessed(
     data: dict[str, Any] | None,
     now: datetime,
 ) -> None:
+    listed, contents = _contents_apart(data)
     session.add(
         UnprocessedEvent(
             event_id=event_id,
@@ -913,10 +914,43 @@ def keep_unprocessed(
             subject=subject,
             problem=problem,
             reason=reason,
-            data=data,
+            data=listed,
+            contents=contents,
             received_at=now,
         )
     )
+
+
+def _contents_apart(
+    data: dict[str, Any] | None,
+) -> tuple[dict[str, Any] | None, list[str | None] | None]:
+    """``data`` without its documents' ``content_base64``, and those, in order."""
+    documents = data.get("documents") if data else None
+    if not data or not isinstance(documents, list):
+        return data, None
+    contents = [d.get("content_base64") if isinstance(d, dict) else None for d in documents]
+    listed = [
+        {key: value for key, value in d.items() if key != "content_base64"}
+        if isinstance(d, dict)
+        else d
+        for d in documents
+    ]
+    return {**data, "documents": listed}, contents
+
+
+def kept_data(kept: UnprocessedEvent) -> dict[str, Any] | None:
+    """A kept event's data as it came, its documents' bytes put back (``contents`` must be
+    loaded: ``find_unprocessed`` does)."""
+    if kept.data is None or not kept.contents:
+        return kept.data
+    documents = kept.data.get("documents") or []
+    return {
+        **kept.data,
+        "documents": [
+            {**document, "content_base64": content} if content is not None else document
+            for document, content in zip(documents, kept.contents, strict=False)
+        ],
+    }
 
 
 class UnprocessedNotFound(NotFound):
@@ -925,7 +959,9 @@ class UnprocessedNotFound(NotFound):
 
 
 async def find_unprocessed(session: AsyncSession, tenant: str, event_id: str) -> UnprocessedEvent:
-    kept = await session.get(UnprocessedEvent, event_id)
+    kept = await session.get(
+        UnprocessedEvent, event_id, options=[undefer(UnprocessedEvent.contents)]
+    )
     if kept is None or kept.tenant != tenant:
         raise UnprocessedNotFound(event_id)
     return kept

@@ -231,7 +231,12 @@ class UnprocessedEvent(Base):
     subject: Mapped[str] = mapped_column(String(200))
     problem: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text)
+    #: The event's data, its documents' bytes left out (``contents``): the listing reads it.
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: The documents' ``content_base64``, in the order of ``data["documents"]``; read only to
+    #: replay the event. In ``data``, a page of kept notifications carrying plans was
+    #: hundreds of megabytes to read for a listing.
+    contents: Mapped[list[str | None] | None] = mapped_column(JSON, deferred=True)
     received_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
@@ -293,5 +298,10 @@ MIGRATIONS: list[Migration] = [
         8,
         "the day an incomplete file's complements came",
         add_columns(table_of(PermitFile), "complements_received_on"),
+    ),
+    Migration(
+        9,
+        "kept events' documents' bytes apart from their data",
+        add_columns(table_of(UnprocessedEvent), "contents"),
     ),
 ]

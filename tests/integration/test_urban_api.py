@@ -1000,6 +1000,9 @@ async def test_a_kept_notification_is_replayed_once_its_cause_is_fixed(
 ) -> None:
     misaddressed = notification(instance_code="NOTICE-SAM-2")
     assert await service.deliver(misaddressed) == "handled"
+    async with service.app.state.sessions() as session:
+        kept = await session.get_one(UnprocessedEvent, misaddressed.id)
+        assert kept.data is not None and "content_base64" not in kept.data["documents"][0]
     replay_path = f"/v1/unprocessed-notifications/{misaddressed.id}/replay"
     # Not fixed yet: the same rule's Problem, and the event stays kept.
     problem(await service.post(replay_path), 422, "wrong-notice-instance")
@@ -1015,6 +1018,9 @@ async def test_a_kept_notification_is_replayed_once_its_cause_is_fixed(
     assert replayed.status_code == 200, replayed.text
     file = (await service.get(f"/v1/files/{replayed.json()['file_id']}")).json()
     assert file["reference"] == replayed.json()["reference"]
+    # Its document's bytes, kept apart from the data the listing reads, came back with it.
+    document = await service.get(f"/v1/files/{file['id']}/documents/doc-1")
+    assert document.content == PDF
     assert file["notice_notification_id"] == misaddressed.subject
     assert (await service.get("/v1/unprocessed-notifications")).json() == []
     problem(await service.post(replay_path), 404, "not-found")
