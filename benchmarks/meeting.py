@@ -61,11 +61,12 @@ from benchmarks.lean_http import LeanClient
 from hub.supervisor import stop_all
 from hub.traffic import letter_pdf
 from kernel.database import create_engine, session_factory
+from kernel.errors import SOAP_ENV
 from kernel.migrations import migrate
 from services.meeting.domain import Decision, ItemState, MeetingState, format_decision_number
 from services.meeting.publication import record_publication
 from services.meeting.tables import MIGRATIONS, Item, Meeting
-from services.meeting.ws4pm import SOAP_ENV, WS4PM_NS
+from services.meeting.ws4pm import WS4PM_NS
 
 TENANT = "62063"
 WS4PM_USER, WS4PM_PASSWORD = "urban-62063", "sandbox-ws4pm-62063"

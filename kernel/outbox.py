@@ -42,8 +42,10 @@ from sqlalchemy import event as sqlalchemy_events
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
-from contracts.envelope import CloudEvent, to_record
+from contracts.envelope import CloudEvent, KafkaRecord, to_record
 from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction, writer_turn
+from kernel.errors import ProblemError
+from kernel.kafka import MAX_REQUEST_BYTES
 from kernel.metrics import EVENTS_PUBLISHED, OUTBOX_OLDEST_PENDING_AGE, OUTBOX_PENDING
 from kernel.migrations import table_of
 
@@ -66,19 +68,69 @@ class OutboxMessage(Base):
 
 #: Where a session keeps the rows of the events staged in its current transaction.
 _STAGED = "kernel.outbox.staged"
+#: What a record takes beside its key, value and headers (lengths, attributes), kept
+#: free under the producer's ``MAX_REQUEST_BYTES``.
+RECORD_OVERHEAD_BYTES = 1024
 
 
-def stage(session: AsyncSession, event: CloudEvent) -> None:
-    """Add ``event`` to the caller's transaction, with the current trace context.
+class EventTooLarge(ProblemError):
+    def __init__(self, event: CloudEvent, size: int, advice: str) -> None:
+        super().__init__(
+            413,
+            "event-too-large",
+            "The change's event would be too large",
+            f"The {event.type} event of {event.subject} would take {size} bytes, more than "
+            f"the {MAX_REQUEST_BYTES} an event may; nothing was stored. {advice}".rstrip(),
+            max_bytes=MAX_REQUEST_BYTES,
+        )
+
+
+def record_size(record: KafkaRecord) -> int:
+    """The bytes of ``record`` that the producer counts against ``MAX_REQUEST_BYTES``,
+    without the fixed overhead (``RECORD_OVERHEAD_BYTES``)."""
+    return (
+        len(record.key)
+        + len(record.value)
+        + sum(len(name) + len(value) for name, value in record.headers)
+    )
+
+
+def fits_in_a_record(event: CloudEvent) -> bool:
+    """Whether the producer would send ``event``: for checks made before a change, so that
+    a document whose later events could never be sent is refused while it still can be."""
+    return record_size(to_record(event)) + RECORD_OVERHEAD_BYTES <= MAX_REQUEST_BYTES
+
+
+def stage(session: AsyncSession, event: CloudEvent, advice: str = "") -> None:
+    """Add ``event`` to the caller's transaction, with the current trace context; or refuse
+    the change (``EventTooLarge``, 413) when the producer would refuse its record, ``advice``
+    telling the caller what to shorten.
 
     The row is written when the transaction commits, together with the other
     events staged in it, by one INSERT (``_insert_staged``): an outbox row is
     never read back in the transaction that wrote it, and going through the
     ORM's unit of work cost a flush's bookkeeping for each event.
+
+    A record over ``MAX_REQUEST_BYTES`` would never be sent: it stayed in the outbox,
+    retried on every pass, and every later event of its document waited behind it (a
+    decision nobody was told of, an invoice never booked). Refused here, the caller's
+    transaction rolls back and nothing is stored; in a consumer's handler, the event is
+    kept among the rejected ones after its attempts.
     """
+    record = _traced_record(event)
+    size = record_size(record)
+    if size + RECORD_OVERHEAD_BYTES > MAX_REQUEST_BYTES:
+        raise EventTooLarge(event, size, advice)
+    _add_staged(session, event, record)
+
+
+def _traced_record(event: CloudEvent) -> KafkaRecord:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    record = to_record(event, extra_headers=carrier)
+    return to_record(event, extra_headers=carrier)
+
+
+def _add_staged(session: AsyncSession, event: CloudEvent, record: KafkaRecord) -> None:
     session.info.setdefault(_STAGED, []).append(
         {
             "event_id": event.id,

@@ -184,11 +184,25 @@ def _reception_routes(api: APIRouter) -> None:
         refused (422) and the invoice stays to encode."""
         examination = await _read_document(request)
         check_buyer(examination.buyer_endpoint, caller.tenant, store.tenants)
-        async with store.unit_of_work() as session:
-            invoice = await registry.find_invoice(session, caller.tenant, invoice_id)
-            await registry.encode(
-                session, invoice, buyer_of(store, caller), examination, caller.subject, utcnow()
-            )
+        for attempt in (1, 2):
+            try:
+                async with store.unit_of_work() as session:
+                    invoice = await registry.find_invoice(session, caller.tenant, invoice_id)
+                    await registry.encode(
+                        session,
+                        invoice,
+                        buyer_of(store, caller),
+                        examination,
+                        caller.subject,
+                        utcnow(),
+                    )
+                break
+            except IntegrityError:
+                # Another scan of the same paper invoice, encoded at the same moment, won
+                # the duplicate guard: the second attempt sees it and rejects this one as
+                # its duplicate, as upload does.
+                if attempt == 2:
+                    raise
         return InvoiceView.of(invoice)
 
 

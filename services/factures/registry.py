@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -44,7 +45,7 @@ from contracts.events.factures import Finding as FindingData
 from contracts.events.peppol import PeppolEndpoint
 from kernel.database import listing_page
 from kernel.errors import NotFound, ProblemError
-from kernel.outbox import stage
+from kernel.outbox import fits_in_a_record, stage
 from kernel.tenants import Tenant
 from services.factures import reasons
 from services.factures.accounting import (
@@ -77,7 +78,12 @@ from services.factures.domain import (
 from services.factures.model import Invoice as InvoiceModel
 from services.factures.model import read_invoice
 from services.factures.reasons import Reason
-from services.factures.responses import InvoiceResponse, Party, build_application_response
+from services.factures.responses import (
+    InvoiceResponse,
+    Party,
+    build_application_response,
+    xml_text,
+)
 from services.factures.rules.engine import Finding
 from services.factures.tables import Invoice, InvoiceStep
 from services.factures.ubl import UblDocument, parse_document
@@ -137,19 +143,30 @@ class Examination:
 def examine(content: bytes) -> Examination:
     """Parse and check ``content`` (CPU-bound: callers run it in a worker thread)."""
     document, findings = check_document(content)
+    if document is None:
+        # The parser's refusal can quote the document's bytes (a DOCTYPE's URL), control
+        # characters included: stored (PostgreSQL refused a NUL in the history's note, and
+        # the Peppol document was never kept), published and answered RE, it must be text.
+        findings = [replace(finding, message=xml_text(finding.message)) for finding in findings]
     invoice = read_invoice(document) if document is not None else None
     if invoice is not None:
-        findings = [*findings, *_too_long_to_keep(invoice)]
+        findings = [
+            *findings,
+            *_too_long_to_keep(invoice),
+            *_too_large_to_hand_over(invoice, content),
+        ]
     return Examination(content, document, invoice, findings)
 
 
 #: Rule id of a field longer than the register keeps (a hub rule, not an EN 16931 one).
 TOO_LONG_TO_KEEP = "HUB-FIELD-LENGTH"
-#: The bounded text columns of an invoice, and their lengths.
+#: The bounded text columns of an invoice, and their lengths: amounts too, stored as text
+#: by a ``TypeDecorator`` (``tables.DecimalText``), whose length is its ``impl``'s.
 _LENGTHS = {
-    column.key: column.type.length
+    column.key: stored.length
     for column in Invoice.__table__.columns
-    if isinstance(column.type, String) and column.type.length is not None
+    if isinstance(stored := getattr(column.type, "impl", column.type), String)
+    and stored.length is not None
 }
 
 
@@ -169,6 +186,13 @@ _BOUNDED_FIELDS = (
         "/*/cac:AccountingSupplierParty/cac:Party/cac:PartyLegalEntity/cbc:CompanyID",
         "supplier_legal_id",
     ),
+    (
+        "BT-109 total without VAT",
+        "/*/cac:LegalMonetaryTotal/cbc:TaxExclusiveAmount",
+        "tax_exclusive_amount",
+    ),
+    ("BT-110 total VAT", "/*/cac:TaxTotal/cbc:TaxAmount", "tax_amount"),
+    ("BT-115 amount due", "/*/cac:LegalMonetaryTotal/cbc:PayableAmount", "payable_amount"),
 )
 
 
@@ -176,6 +200,7 @@ def _too_long_to_keep(model: InvoiceModel) -> list[Finding]:
     """A fatal finding for each field longer than the register keeps (no rule limits them;
     on PostgreSQL such an invoice was a 500 and was not received at all)."""
     seller = model.seller
+    totals = model.totals
     values = {
         "number": model.number,
         "currency": model.currency,
@@ -185,6 +210,10 @@ def _too_long_to_keep(model: InvoiceModel) -> list[Finding]:
         "supplier_legal_id": (
             seller.legal_registration.value if seller and seller.legal_registration else None
         ),
+        # As their column stores them (``DecimalText``): a longer one was a 500 too.
+        "tax_exclusive_amount": _stored_text(totals.total_without_vat),
+        "tax_amount": _stored_text(totals.vat_total),
+        "payable_amount": _stored_text(totals.amount_due),
     }
     findings = []
     for name, location, column in _BOUNDED_FIELDS:
@@ -202,13 +231,64 @@ def _too_long_to_keep(model: InvoiceModel) -> list[Finding]:
     return findings
 
 
+def _stored_text(amount: Decimal | None) -> str | None:
+    return None if amount is None else str(amount)
+
+
 def _fit_to_columns(invoice: Invoice) -> None:
     """Cut each text to its column: a field too long is already a fatal finding, and the
-    document is kept (and answered RE) rather than refused by the database."""
+    document is kept (and answered RE) rather than refused by the database. An amount
+    cannot be cut: it is not kept (the document keeps it)."""
     for column, longest in _LENGTHS.items():
         value = getattr(invoice, column)
         if isinstance(value, str) and len(value) > longest:
             setattr(invoice, column, value[: longest - 1] + "…")
+        elif isinstance(value, Decimal) and len(str(value)) > longest:
+            setattr(invoice, column, None)
+
+
+#: Rule id of an invoice whose approval could not be handed to the accounting software: its
+#: event (the UBL in base64 and every line) would be larger than the producer sends.
+TOO_LARGE_TO_HAND_OVER = "HUB-EVENT-SIZE"
+#: Stand-ins for what the approval's event will name, as long as they can be: the invoice
+#: id (a UUID) and the approving clerk (``Invoice.approved_by``, 200 characters).
+_SOME_INVOICE_ID = str(uuid.UUID(int=0))
+_LONGEST_APPROVER = "x" * 200
+
+
+def _too_large_to_hand_over(model: InvoiceModel, content: bytes) -> list[Finding]:
+    """A fatal finding when the invoice's approval event could never be sent.
+
+    The document fits (``MAX_DOCUMENT_BYTES``), but its approval carries it in base64
+    with its lines, and lines can hold most of its bytes: a 4 MB item name made a
+    9.8 MB event, which the producer refuses. Approved, such an invoice was never
+    booked, and every later event of it (the AP answer) waited behind that one for
+    good. Refused at reception, the supplier is told (RE) while it matters. Sized on
+    the event itself (0.04 ms for a one-line invoice, 3% of ``examine``, measured).
+    """
+    # Only an invalid invoice lacks its issue date (BR-02): sized all the same, as its
+    # other events carry the same texts (the supplier's name…).
+    dated = (
+        model if model.issue_date is not None else model.model_copy(update={"issue_date": date.min})
+    )
+    approval = InvoiceApproved(
+        invoice_id=_SOME_INVOICE_ID,
+        approved_by=_LONGEST_APPROVER,
+        document=accounting_document(dated, content),
+    )
+    event = new_event(approval, tenant="00000", subject=_SOME_INVOICE_ID, source=SOURCE)
+    if fits_in_a_record(event):
+        return []
+    return [
+        Finding(
+            TOO_LARGE_TO_HAND_OVER,
+            "fatal",
+            f"The invoice with its {len(model.lines)} lines is too large to hand to the "
+            "commune's accounting software once approved. Ask the supplier for a smaller "
+            "document: shorter line texts, attachments sent separately, or several invoices.",
+            "/",
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -416,8 +496,10 @@ async def _check_and_route(
     invoice.accepted_key = duplicate_key(
         invoice.kind, invoice.supplier_key, invoice.number, invoice.issue_date
     )
-    warnings = [_finding_data(f) for f in examination.findings if f.flag == "warning"]
-    validated = InvoiceValidated(invoice_id=invoice.id, number=label, warnings=warnings)
+    warnings = [f for f in examination.findings if f.flag == "warning"]
+    validated = InvoiceValidated(
+        invoice_id=invoice.id, number=label, warnings=_findings_data(warnings, invoice.id)
+    )
     _record(invoice, now, event=validated, note=f"{len(warnings)} warnings" if warnings else None)
     _stage(session, invoice, validated)
 
@@ -481,8 +563,8 @@ async def _reject(
     event = InvoiceRejected(
         invoice_id=invoice.id,
         number=invoice.number,
-        reason=reasons.summary(found),
-        findings=[_finding_data(finding) for finding in findings],
+        reason=_clipped(reasons.summary(found), _LONGEST_REASON),
+        findings=_findings_data(findings, invoice.id),
     )
     _record(invoice, now, event=event, response=RESPONSE_AFTER[Step.REJECT], note=event.reason)
     _stage(session, invoice, event)
@@ -509,7 +591,8 @@ async def approve(
     invoice.approved_by, invoice.approval_event_id = approved_by, event.id
     invoice.booking_failure = None
     await _flush_or_conflict(session, label, Step.APPROVE)
-    stage(session, event)
+    # Checked at reception (``TOO_LARGE_TO_HAND_OVER``); an invoice received before was not.
+    stage(session, event, _TOO_LARGE_TO_APPROVE)
     _record(invoice, now, event=data, response="AP", actor=approved_by)
     await _answer(session, invoice, buyer, RESPONSE_AFTER[Step.APPROVE], ())
 
@@ -588,9 +671,65 @@ def _label(invoice: Invoice) -> str:
     return invoice.number or invoice.scan_registration_number or invoice.id
 
 
+#: The findings of one rule an event carries. A document can break a rule thousands of
+#: times: 70,000 findings made an 11 MB InvoiceRejected, which the producer refuses, so it
+#: was never published and the invoice's RE waited behind it for good. The invoice keeps
+#: them all (``Invoice.findings``, the API).
+FINDINGS_PER_RULE_IN_EVENTS = 10
+#: Rule id of the last finding of an event that carries only some: how many more there are.
+MORE_FINDINGS = "HUB-MORE-FINDINGS"
+#: The longest texts an event carries of a finding, and of the rejection's reasons: some
+#: quote the document (a DOCTYPE's URL, a credit note's preceding invoice numbers).
+_LONGEST_FINDING_TEXT = 1_000
+_LONGEST_REASON = 4_000
+_TOO_LARGE_TO_APPROVE = (
+    "The invoice is too large to hand to the accounting software: dispute it and ask the "
+    "supplier for a smaller document."
+)
+_TOO_LARGE = "Ask the supplier for a smaller document."
+
+
+def _clipped(text: str, longest: int) -> str:
+    return text if len(text) <= longest else text[: longest - 1] + "…"
+
+
+def _findings_data(findings: Sequence[Finding], invoice_id: str) -> list[FindingData]:
+    """``findings`` as an event carries them: the first ``FINDINGS_PER_RULE_IN_EVENTS`` of
+    each rule, then one ``MORE_FINDINGS`` saying how many more of which rule."""
+    carried: list[FindingData] = []
+    seen: Counter[str] = Counter()
+    left_out: Counter[str] = Counter()
+    fatal_left_out = False
+    for finding in findings:
+        seen[finding.rule] += 1
+        if seen[finding.rule] <= FINDINGS_PER_RULE_IN_EVENTS:
+            carried.append(_finding_data(finding))
+        else:
+            left_out[finding.rule] += 1
+            fatal_left_out = fatal_left_out or finding.flag == "fatal"
+    if left_out:
+        counts = ", ".join(f"{rule} {count:,}" for rule, count in left_out.most_common())
+        message = (
+            f"…and {left_out.total():,} more findings ({counts}); the invoice lists them all "
+            f"(GET /v1/invoices/{invoice_id})."
+        )
+        carried.append(
+            FindingData(
+                rule=MORE_FINDINGS,
+                flag="fatal" if fatal_left_out else "warning",
+                message=_clipped(message, _LONGEST_FINDING_TEXT),
+                location="/",
+            )
+        )
+    return carried
+
+
 def _finding_data(finding: Finding) -> FindingData:
     return FindingData(
-        rule=finding.rule, flag=finding.flag, message=finding.message, location=finding.location
+        rule=finding.rule,
+        flag=finding.flag,
+        message=_clipped(finding.message, _LONGEST_FINDING_TEXT),
+        location=_clipped(finding.location, _LONGEST_FINDING_TEXT),
     )
 
 
@@ -612,7 +751,10 @@ def _received_event(invoice: Invoice) -> InvoiceReceived:
 
 
 def _stage(session: AsyncSession, invoice: Invoice, data: EventData) -> None:
-    stage(session, new_event(data, tenant=invoice.tenant, subject=invoice.id, source=SOURCE))
+    """Stage ``data``; one the producer would refuse fails the change (413) rather than
+    waiting in the outbox for good with the invoice's later events behind it."""
+    event = new_event(data, tenant=invoice.tenant, subject=invoice.id, source=SOURCE)
+    stage(session, event, _TOO_LARGE)
 
 
 def _record(

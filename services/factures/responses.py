@@ -10,6 +10,7 @@ Elements are written in the order the UBL 2.1 schema requires.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -37,6 +38,13 @@ _NS_ROOT = "urn:oasis:names:specification:ubl:schema:xsd:ApplicationResponse-2"
 _NS_CAC = "urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"
 _NS_CBC = "urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2"
 _NSMAP = {None: _NS_ROOT, "cac": _NS_CAC, "cbc": _NS_CBC}
+#: What XML 1.0 cannot hold (its ``Char``: no control character but tab and line breaks,
+#: no surrogate, neither U+FFFE nor U+FFFF): lxml refuses to write it.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+#: The longest free text (a reason, a party's name) an answer carries: reasons can quote
+#: the document (a DOCTYPE's URL, a credit note's invoice numbers), and the answer travels
+#: in an event, which the producer refuses beyond 8 MiB.
+MAX_TEXT_CHARACTERS = 2_000
 
 
 @dataclass(frozen=True)
@@ -76,9 +84,27 @@ def _check(response: InvoiceResponse) -> None:
         raise InvalidResponse("the answered document needs an id")
 
 
+def xml_text(text: str) -> str:
+    """``text`` as XML can hold it: each character XML 1.0 refuses becomes U+FFFD.
+
+    Texts come from the supplier's document (a control character in a DOCTYPE's URL
+    is quoted by the refusal): lxml raised ``ValueError`` while the Peppol consumer
+    answered RE, so the document was never stored, retried, then put aside.
+    """
+    return _NOT_XML_CHAR.sub("\ufffd", text)
+
+
+def _free_text(text: str) -> str:
+    return text if len(text) <= MAX_TEXT_CHARACTERS else text[: MAX_TEXT_CHARACTERS - 1] + "…"
+
+
 def _cbc(parent: etree._Element, name: str, text: str, **attributes: str) -> etree._Element:
-    element = etree.SubElement(parent, f"{{{_NS_CBC}}}{name}", attributes)
-    element.text = text
+    element = etree.SubElement(
+        parent,
+        f"{{{_NS_CBC}}}{name}",
+        {attribute: xml_text(value) for attribute, value in attributes.items()},
+    )
+    element.text = xml_text(text)
     return element
 
 
@@ -90,7 +116,7 @@ def _party(parent: etree._Element, name: str, party: Party) -> None:
     element = _cac(parent, name)
     _cbc(element, "EndpointID", party.endpoint.identifier, schemeID=party.endpoint.scheme)
     if party.name:
-        _cbc(_cac(element, "PartyLegalEntity"), "RegistrationName", party.name)
+        _cbc(_cac(element, "PartyLegalEntity"), "RegistrationName", _free_text(party.name))
 
 
 def build_application_response(response: InvoiceResponse) -> bytes:
@@ -109,7 +135,7 @@ def build_application_response(response: InvoiceResponse) -> bytes:
     for reason in response.reasons:
         status = _cac(answer, "Status")
         _cbc(status, "StatusReasonCode", reason.code, listID="OPStatusReason")
-        _cbc(status, "StatusReason", reason.text)
+        _cbc(status, "StatusReason", _free_text(reason.text))
     reference = _cac(document_response, "DocumentReference")
     _cbc(reference, "ID", response.document_id)
     if response.document_issue_date is not None:

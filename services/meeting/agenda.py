@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.exc import StaleDataError
 
-from contracts.envelope import CloudEvent, new_event, to_record
+from contracts.envelope import CloudEvent, new_event
 from contracts.events.meeting import (
     AnnexReference,
     ConcernedParty,
@@ -39,11 +39,10 @@ from contracts.events.meeting import (
     ItemOrigin,
     MeetingClosed,
 )
+from kernel import outbox
 from kernel.database import listing_page, next_in_sequence
 from kernel.errors import Conflict, NotFound
-from kernel.kafka import MAX_REQUEST_BYTES
 from kernel.migrations import table_of
-from kernel.outbox import stage
 from services.meeting.configuration import MeetingConfig
 from services.meeting.domain import (
     FINAL_STATES,
@@ -57,7 +56,6 @@ from services.meeting.domain import (
     Decision,
     DeliveryKind,
     DeliveryStatus,
-    EventTooLarge,
     ExternalIdentifierLinked,
     ItemAlreadyDecided,
     ItemState,
@@ -85,27 +83,14 @@ from services.meeting.tables import (
 
 SOURCE = "urn:hub:meeting"
 log = logging.getLogger(__name__)
-#: What a record takes beside its value and headers (key, lengths, attributes), kept
-#: free under the producer's ``MAX_REQUEST_BYTES``.
-RECORD_OVERHEAD_BYTES = 1024
+#: What a change of an item's events asks, when they would be too large to send.
+TOO_LARGE_ADVICE = "Shorten the item's texts."
 
 
-def stage_within_limit(session: AsyncSession, event: CloudEvent) -> None:
-    """Stage ``event``, or refuse the change when the producer would refuse its record.
-
-    A record over ``MAX_REQUEST_BYTES`` is never sent: it stays in the outbox, retried on
-    every pass, and every later event of the item waits behind it (a decision nobody is
-    told of). Refused here, the caller's transaction rolls back: nothing is stored.
-    """
-    record = to_record(event)
-    size = (
-        len(record.key)
-        + len(record.value)
-        + sum(len(name) + len(value) for name, value in record.headers)
-    )
-    if size + RECORD_OVERHEAD_BYTES > MAX_REQUEST_BYTES:
-        raise EventTooLarge(event.subject, event.type, size, MAX_REQUEST_BYTES)
-    stage(session, event)
+def _stage(session: AsyncSession, event: CloudEvent) -> None:
+    """Stage ``event``, or refuse the change (413) when the producer would refuse its
+    record, saying what to shorten."""
+    outbox.stage(session, event, TOO_LARGE_ADVICE)
 
 
 class SqlDecisionCounters:
@@ -249,9 +234,7 @@ async def close_meeting(
             if item.decision is not None
         ],
     )
-    stage_within_limit(
-        session, new_event(data, tenant=meeting.tenant, subject=meeting.id, source=SOURCE)
-    )
+    _stage(session, new_event(data, tenant=meeting.tenant, subject=meeting.id, source=SOURCE))
     log.info("tenant %s closed meeting %s (%d items)", meeting.tenant, meeting.id, len(items))
 
 
@@ -332,7 +315,7 @@ async def create_item(
         origin=origin,
         requested_by_event_id=requested_by_event_id,
     )
-    stage_within_limit(session, new_event(data, tenant=tenant, subject=item.id, source=SOURCE))
+    _stage(session, new_event(data, tenant=tenant, subject=item.id, source=SOURCE))
     log.info("tenant %s created %s item %s (%s)", tenant, config.id, item.id, origin)
     return item
 
@@ -417,12 +400,10 @@ async def decide(
         item.deliveries.append(
             DecisionDelivery(tenant=item.tenant, kind=kind, status="pending", updated_at=now)
         )
-    stage_within_limit(session, new_event(data, tenant=item.tenant, subject=item.id, source=SOURCE))
+    _stage(session, new_event(data, tenant=item.tenant, subject=item.id, source=SOURCE))
     if data.oversight_applies:
         transmission = transmission_requested(data, item)
-        stage_within_limit(
-            session, new_event(transmission, tenant=item.tenant, subject=item.id, source=SOURCE)
-        )
+        _stage(session, new_event(transmission, tenant=item.tenant, subject=item.id, source=SOURCE))
     log.info("tenant %s decided item %s: %s %s", item.tenant, item.id, decision, number or "")
 
 
@@ -535,7 +516,7 @@ async def publish_decision(session: AsyncSession, item: Item, now: datetime) -> 
         external_identifier=item.external_identifier,
         published_at=now,
     )
-    stage_within_limit(session, new_event(data, tenant=item.tenant, subject=item.id, source=SOURCE))
+    _stage(session, new_event(data, tenant=item.tenant, subject=item.id, source=SOURCE))
     await record_delivery(session, item.tenant, item.id, "publication", "done", now)
 
 

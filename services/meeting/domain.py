@@ -270,18 +270,6 @@ class TextTooLong(ProblemError):
         )
 
 
-class EventTooLarge(ProblemError):
-    def __init__(self, subject: str, event_type: str, size: int, limit: int) -> None:
-        super().__init__(
-            413,
-            "event-too-large",
-            "The change's event would be too large",
-            f"The {event_type} event of {subject} would take {size} bytes, more than the "
-            f"{limit} an event may; nothing was stored. Shorten the item's texts.",
-            max_bytes=limit,
-        )
-
-
 def check_length(field: str, value: str | None, limit: int) -> None:
     if value is not None and len(value) > limit:
         raise TextTooLong(field, len(value), limit)

@@ -8,8 +8,12 @@ tenants' Peppol participants) so each test can break exactly one thing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import hashlib
+import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,9 +24,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from lxml import etree
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
-from contracts.envelope import CloudEvent, from_record
+from contracts.envelope import CloudEvent, from_record, new_event
 from contracts.events.factures import (
     InvoiceApprovalRequested,
     InvoiceApproved,
@@ -31,11 +35,17 @@ from contracts.events.factures import (
     InvoiceResponseRequested,
     InvoiceValidated,
 )
+from contracts.events.peppol import PeppolDocumentReceived, PeppolEndpoint
 from kernel.auth import issue_token
-from kernel.outbox import OutboxMessage
+from kernel.database import utcnow
+from kernel.kafka import MAX_REQUEST_BYTES
+from kernel.outbox import RECORD_OVERHEAD_BYTES, OutboxMessage, transaction
 from kernel.settings import HubSettings
+from services.factures import registry
+from services.factures.consumers import handlers
 from services.factures.main import FacturesOptions, build_app
 from services.factures.tables import Invoice
+from services.factures.ubl import MAX_DOCUMENT_BYTES
 from tests.support.servers import serving
 
 pytestmark = pytest.mark.integration
@@ -173,6 +183,10 @@ def invoice_xml(
 </{kind}>""".encode()
 
 
+INVOICE_DOCUMENT_TYPE = (
+    "urn:oasis:names:specification:ubl:schema:xsd:Invoice-2::Invoice"
+    "##urn:cen.eu:en16931:2017#compliant#urn:fdc:peppol.eu:2017:poacc:billing:3.0::2.1"
+)
 XXE = b"""<?xml version="1.0"?>
 <!DOCTYPE Invoice [<!ENTITY secret SYSTEM "file:///etc/passwd">]>
 <Invoice xmlns="urn:oasis:names:specification:ubl:schema:xsd:Invoice-2">&secret;</Invoice>"""
@@ -346,6 +360,13 @@ async def test_the_same_upload_twice_is_one_invoice_and_a_second_copy_a_rejected
         # Longer than its column: a 500 on PostgreSQL, and the invoice was not received.
         (invoice_xml("F" * 201), "HUB-FIELD-LENGTH", "OTH", "invoice number is 201 characters"),
         (invoice_xml(buyer_reference="R" * 300), "HUB-FIELD-LENGTH", "OTH", "keeps at most 200"),
+        # Amounts are kept as text too (64 characters): they were not checked, and 500.
+        (
+            invoice_xml().replace(b">242.00</cbc:P", b">1%b.00</cbc:P" % (b"0" * 70)),
+            "HUB-FIELD-LENGTH",
+            "OTH",
+            "BT-115 amount due is 74 characters long",
+        ),
     ],
     ids=[
         "wrong-totals",
@@ -353,6 +374,7 @@ async def test_the_same_upload_twice_is_one_invoice_and_a_second_copy_a_rejected
         "no-buyer-reference",
         "number-too-long",
         "buyer-reference-too-long",
+        "amount-too-long",
     ],
 )
 async def test_a_faulty_invoice_is_stored_rejected_with_a_readable_reason_and_answered_re(
@@ -377,6 +399,82 @@ async def test_a_faulty_invoice_is_stored_rejected_with_a_readable_reason_and_an
     assert [item["id"] for item in listed.json()["items"]] == [invoice["id"]]
     kept = await factures.http.get(f"/v1/invoices/{invoice['id']}/ubl", headers=factures.auth())
     assert kept.content == content
+
+
+def with_empty_notes(content: bytes, count: int) -> bytes:
+    """``content`` with ``count`` empty notes (BT-22): one PEPPOL-EN16931-R008 finding each."""
+    type_code = b"<cbc:InvoiceTypeCode>380</cbc:InvoiceTypeCode>"
+    return content.replace(type_code, type_code + b"<cbc:Note></cbc:Note>" * count)
+
+
+async def test_a_rejection_event_carries_some_findings_of_each_rule_and_how_many_more(
+    factures: Factures,
+) -> None:
+    # 70,000 findings made an 11 MB InvoiceRejected: never published, its RE stuck behind it.
+    response = await factures.upload(with_empty_notes(invoice_xml(payable_delta="5"), 25))
+    assert response.status_code == 201, response.text
+    invoice = response.json()
+    assert invoice["state"] == "rejected"
+    rules = [finding["rule"] for finding in invoice["findings"]]
+    assert rules.count("PEPPOL-EN16931-R008") == 25  # the invoice keeps them all
+
+    [rejected] = [e for e in await factures.events(invoice["id"]) if e.type == InvoiceRejected.TYPE]
+    carried = rejected.data_as(InvoiceRejected).findings
+    carried_rules = Counter(finding.rule for finding in carried)
+    assert carried_rules["PEPPOL-EN16931-R008"] == registry.FINDINGS_PER_RULE_IN_EVENTS
+    assert carried_rules["BR-CO-16"] == 1  # the other rules' findings all go
+    more = carried[-1]
+    assert (more.rule, carried_rules[registry.MORE_FINDINGS]) == (registry.MORE_FINDINGS, 1)
+    assert more.flag == "fatal"
+    assert more.message.startswith("…and 15 more findings (PEPPOL-EN16931-R008 15)")
+    assert f"/v1/invoices/{invoice['id']}" in more.message
+    assert statuses_of(await factures.responses(invoice["id"])) == ["AB", "RE"]
+
+
+async def test_an_invoice_too_large_to_hand_to_accounting_is_rejected_at_reception(
+    factures: Factures,
+) -> None:
+    # Valid, within MAX_DOCUMENT_BYTES, but its approval (the UBL in base64 and the lines)
+    # would be a 9.8 MB event: approved, it was never booked and its AP never sent.
+    name = b"A" * (MAX_DOCUMENT_BYTES - len(invoice_xml()) - 1_000)
+    content = invoice_xml().replace(
+        b"<cbc:Name>Article 1</cbc:Name>", b"<cbc:Name>%b</cbc:Name>" % name
+    )
+    assert len(content) <= MAX_DOCUMENT_BYTES
+
+    response = await factures.upload(content)
+    assert response.status_code == 201, response.text
+    invoice = response.json()
+    assert invoice["state"] == "rejected"
+    [reason] = invoice["rejection_reasons"]
+    assert reason["rule"] == registry.TOO_LARGE_TO_HAND_OVER
+    assert "too large to hand to the commune's accounting software" in reason["text"]
+    [_, refusal] = await factures.responses(invoice["id"])
+    assert refusal.status == "RE" and (reason["code"], reason["text"]) in reason_codes(refusal)
+    for row in await factures.outbox():  # every event of it can be sent
+        assert len(row.value) + RECORD_OVERHEAD_BYTES <= MAX_REQUEST_BYTES
+
+
+async def test_approving_an_invoice_whose_event_cannot_be_sent_is_refused_and_changes_nothing(
+    factures: Factures, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An invoice received before reception checked the approval's size.
+    monkeypatch.setattr(registry, "_too_large_to_hand_over", lambda invoice, content: [])
+    name = b"A" * (MAX_DOCUMENT_BYTES - len(invoice_xml()) - 1_000)
+    content = invoice_xml().replace(
+        b"<cbc:Name>Article 1</cbc:Name>", b"<cbc:Name>%b</cbc:Name>" % name
+    )
+    invoice = await factures.accepted(content)
+    before = [row.id for row in await factures.outbox()]
+
+    url = f"/v1/invoices/{invoice['id']}"
+    refused = problem(
+        await factures.http.post(f"{url}/approve", headers=factures.auth()), 413, "event-too-large"
+    )
+    assert refused["max_bytes"] == MAX_REQUEST_BYTES
+    assert "dispute it" in refused["detail"]
+    assert [row.id for row in await factures.outbox()] == before  # no event waits for good
+    assert (await factures.http.get(url, headers=factures.auth())).json()["state"] == "to_approve"
 
 
 async def test_an_upload_without_supplier_endpoint_gets_no_answer(factures: Factures) -> None:
@@ -439,6 +537,36 @@ async def test_unreadable_or_dangerous_uploads_are_refused_with_the_reason(
     )
     problem(wrong_type, 415, "not-xml-media-type")
     assert await factures.stored() == 0
+
+
+@pytest.mark.parametrize("character", [b"\x01", b"\x00"], ids=["control", "nul"])
+async def test_a_peppol_doctype_with_a_control_character_is_kept_rejected_and_answered_re(
+    factures: Factures, character: bytes
+) -> None:
+    # The refusal quotes the DOCTYPE's URL. lxml refused the character in the RE answer,
+    # PostgreSQL a NUL in the history: the handler failed at every attempt, nothing kept.
+    prolog = b'<?xml version="1.0"?>\n<!DOCTYPE Invoice SYSTEM "http://x/%b.dtd">\n' % character
+    content = prolog + invoice_xml().split(b"?>", 1)[1]
+    data = PeppolDocumentReceived(
+        access_point_message_id="ap-1",
+        sender=PeppolEndpoint(scheme="0208", identifier=SUPPLIER_ID),
+        receiver=PeppolEndpoint(scheme="0208", identifier=SAMBREVILLE_PARTICIPANT),
+        document_type=INVOICE_DOCUMENT_TYPE,
+        document_base64=base64.b64encode(content).decode(),
+        sha256=hashlib.sha256(content).hexdigest(),
+    )
+    event = new_event(data, tenant=SAMBREVILLE, subject="ap-1", source="urn:hub:gateway")
+    handle = handlers(factures.app.state.tenants)[PeppolDocumentReceived.TYPE]
+    async with transaction(factures.app.state.sessions, None) as session:
+        await handle(session, event)  # as the consumer calls it, in its transaction
+
+    listed = await factures.http.get("/v1/invoices?channel=peppol", headers=factures.auth())
+    [invoice] = listed.json()["items"]
+    assert invoice["state"] == "rejected"
+    answers = await factures.responses(invoice["id"])
+    assert statuses_of(answers) == ["AB", "RE"]
+    [(code, text)] = reason_codes(answers[1])
+    assert code == "UNR" and "http://x/\ufffd.dtd" in text
 
 
 async def test_an_invoice_with_more_lines_than_allowed_is_refused(factures: Factures) -> None:
@@ -507,6 +635,64 @@ async def test_a_dispute_asks_the_supplier_with_the_clerks_reason(factures: Fact
         headers=factures.auth(),
     )
     problem(bad_code, 422, "invalid-request")
+
+
+async def scanned(factures: Factures, registration_number: str) -> str:
+    """A scanned paper invoice to encode, as courrier's event registers it."""
+    async with transaction(factures.app.state.sessions, None) as session:
+        invoice = await registry.register_scan(
+            session,
+            tenant=SAMBREVILLE,
+            mail_id=str(uuid.uuid4()),
+            registration_number=registration_number,
+            sender="Entreprise Dupont SA",
+            assigned_service=None,
+            now=utcnow(),
+        )
+    return invoice.id
+
+
+async def test_two_scans_of_one_invoice_encoded_at_once_are_one_invoice_and_a_duplicate(
+    factures: Factures,
+) -> None:
+    # The same paper invoice mailed twice, encoded by two clerks at the same moment.
+    first_scan = await scanned(factures, "E2026/000041")
+    second_scan = await scanned(factures, "E2026/000042")
+    content = invoice_xml()
+    buyer = registry.Buyer.of(factures.app.state.tenants[SAMBREVILLE])
+    headers = {**factures.auth(), **XML}
+    async with transaction(factures.app.state.sessions, None) as session:
+        first = await registry.find_invoice(session, SAMBREVILLE, first_scan)
+        await registry.encode(session, first, buyer, registry.examine(content), "clerk-1", utcnow())
+        await session.flush()
+        # The second encoding checks for duplicates before the first commits: on PostgreSQL
+        # it cannot see it and then waits on its key, on SQLite it waits for its turn.
+        second = asyncio.create_task(
+            factures.http.post(f"/v1/invoices/{second_scan}/ubl", content=content, headers=headers)
+        )
+        if session.bind.dialect.name == "postgresql":
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            for _ in range(500):
+                # Each look in a transaction of its own: a transaction sees one snapshot
+                # of pg_stat_activity.
+                async with factures.app.state.sessions() as observer:
+                    if second.done() or await observer.scalar(waiting):
+                        break
+                await asyncio.sleep(0.02)
+            assert not second.done(), second.result().text
+        else:
+            await asyncio.sleep(0.2)
+    response = await second
+
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "rejected"
+    [reason] = response.json()["rejection_reasons"]
+    assert reason["rule"] == "DUPLICATE" and "F2026-0001" in reason["text"]
+    encoded = await factures.http.get(f"/v1/invoices/{first_scan}", headers=factures.auth())
+    assert encoded.json()["state"] == "to_approve"
 
 
 # -- tenants, listing, OpenAPI ---------------------------------------------------------

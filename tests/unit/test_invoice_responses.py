@@ -16,6 +16,7 @@ from contracts.events.peppol import PeppolEndpoint
 from services.factures.reasons import Reason
 from services.factures.responses import (
     CUSTOMIZATION_ID,
+    MAX_TEXT_CHARACTERS,
     PROFILE_ID,
     InvalidResponse,
     InvoiceResponse,
@@ -113,6 +114,33 @@ def test_an_unreadable_document_is_answered_without_type_or_date(schema: etree.X
     assert schema.validate(root), schema.error_log
     assert not root.xpath("//cbc:DocumentTypeCode", namespaces=NS)
     assert not root.xpath("cac:ReceiverParty/cac:PartyLegalEntity", namespaces=NS)
+
+
+def test_texts_from_the_document_are_written_as_xml_can_hold_them(
+    schema: etree.XMLSchema,
+) -> None:
+    # A refusal quotes the document: a control character in a DOCTYPE's URL made lxml
+    # raise while the Peppol consumer answered RE, so the document was never stored.
+    quoting = Reason("UNR", "The document has a DOCTYPE pointing to http://x/\x01\x00.dtd.", "x")
+    long_reason = Reason("REF", "This credit note refers to invoice " + "F-1, " * 5_000, "y")
+    supplier = Party(SUPPLIER.endpoint, "Dupont\x0b SA\ufffe")
+    answer = InvoiceResponse(
+        response_id="R-3",
+        issue_date=date(2026, 3, 3),
+        status="RE",
+        sender=COMMUNE,
+        receiver=supplier,
+        document_id="ap-message-\x1f18",
+        reasons=(quoting, long_reason),
+    )
+    root = parsed(build_application_response(answer))
+    assert schema.validate(root), schema.error_log
+    first, second = (str(text) for text in root.xpath("//cbc:StatusReason/text()", namespaces=NS))
+    assert first == "The document has a DOCTYPE pointing to http://x/\ufffd\ufffd.dtd."
+    assert len(second) == MAX_TEXT_CHARACTERS and second.endswith("…")
+    name = "cac:ReceiverParty/cac:PartyLegalEntity/cbc:RegistrationName/text()"
+    assert one(root, name) == "Dupont\ufffd SA\ufffd"
+    assert one(root, "//cac:DocumentReference/cbc:ID/text()") == "ap-message-\ufffd18"
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import new_event, to_record
 from contracts.events.gateway import DeliveryReceipt
 from kernel.database import create_engine, session_factory, utcnow, writer_turn
+from kernel.kafka import MAX_REQUEST_BYTES
 from kernel.migrations import Migration, create_tables, migrate
-from kernel.outbox import OutboxMessage, OutboxRelay, stage, transaction
+from kernel.outbox import (
+    RECORD_OVERHEAD_BYTES,
+    EventTooLarge,
+    OutboxMessage,
+    OutboxRelay,
+    fits_in_a_record,
+    stage,
+    transaction,
+)
 from tests.support.databases import sqlite_sessions
 from tests.support.gateway_hub import eventually
 
@@ -87,6 +96,30 @@ async def test_an_event_exists_only_if_its_transaction_committed(
     assert await pending(sessions) == 0
     async with transaction(sessions, None) as session:
         stage(session, receipt("doc-2"))
+    assert await pending(sessions) == 1
+
+
+async def test_an_event_the_producer_would_refuse_fails_its_change_instead_of_waiting(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # Staged, it would stay pending for good, every later event of its document behind it.
+    fitting = receipt("doc-1")
+    room = MAX_REQUEST_BYTES - RECORD_OVERHEAD_BYTES - len(to_record(fitting).value)
+    too_large = receipt("doc-1").data.model_copy(update={"reason": "x" * room})
+    refused = new_event(too_large, tenant="92137", subject="doc-1", source="urn:test")
+    assert fits_in_a_record(fitting) and not fits_in_a_record(refused)
+
+    with pytest.raises(EventTooLarge) as raised:
+        async with transaction(sessions, None) as session:
+            stage(session, fitting)
+            stage(session, refused, "Shorten the reason.")
+    assert (raised.value.status, raised.value.slug) == (413, "event-too-large")
+    assert raised.value.extensions["max_bytes"] == MAX_REQUEST_BYTES
+    assert raised.value.detail.endswith("nothing was stored. Shorten the reason.")
+    assert await pending(sessions) == 0  # the change and its other events rolled back
+
+    async with transaction(sessions, None) as session:
+        stage(session, fitting)
     assert await pending(sessions) == 1
 
 
