@@ -154,7 +154,12 @@ def build_app(
         check_health_of(app, "broker", broker_check(bootstrap))
         producer = make_producer(bootstrap, client_id="gateway")
         await producer.start()
-        relay = OutboxRelay(sessions, producer, component="gateway")
+        relay = OutboxRelay(
+            sessions,
+            producer,
+            component="gateway",
+            forgetful_broker_since=settings.embedded_broker_started_at,
+        )
         refresh_at_scrape(app, relay.report_backlog)
         delivery_engine = DeliveryEngine(
             sessions=sessions,

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -30,6 +31,7 @@ from rich.table import Table
 
 from hub.components import COMPONENTS, Component
 from kernel.auth import load_or_create_issuer_key
+from kernel.database import utcnow
 from kernel.kafka import (
     CLUSTER_FETCH_WAIT_MS,
     BrokerError,
@@ -93,10 +95,17 @@ def embedded_broker(settings: HubSettings, port: int) -> EmbeddedBroker | None:
     return EmbeddedBroker(port=port, log_path=settings.var_dir / "log" / "broker.log")
 
 
-def fetch_wait_for(broker: EmbeddedBroker | None) -> dict[str, str]:
-    """On a Kafka cluster, the consumers' fetch wait of a cluster, unless the operator set
-    one: the embedded broker's short wait would only make idle consumers ask more often."""
-    if broker is not None or "HUB_KAFKA_FETCH_WAIT_MS" in os.environ:
+def broker_environment(broker: EmbeddedBroker | None, started_at: datetime) -> dict[str, str]:
+    """What the components are told of the broker.
+
+    The embedded broker keeps its records in memory: the relays learn when it started,
+    to send again what they sent to an earlier one, gone with it
+    (``HUB_EMBEDDED_BROKER_STARTED_AT``). On a Kafka cluster, the consumers' fetch wait
+    of a cluster, unless the operator set one: the embedded broker's short wait would
+    only make idle consumers ask more often."""
+    if broker is not None:
+        return {"HUB_EMBEDDED_BROKER_STARTED_AT": started_at.isoformat()}
+    if "HUB_KAFKA_FETCH_WAIT_MS" in os.environ:
         return {}
     return {"HUB_KAFKA_FETCH_WAIT_MS": str(CLUSTER_FETCH_WAIT_MS)}
 
@@ -257,6 +266,7 @@ def run_hub(settings: HubSettings, broker_port: int) -> int:
             progress.update(step, description="[green]Development keys ready", completed=1, total=1)
 
             broker = embedded_broker(settings, broker_port)
+            broker_started_at = utcnow()
             if broker is not None:
                 step = progress.add_task("Starting the Kafka broker", total=None)
                 broker.start()
@@ -274,7 +284,10 @@ def run_hub(settings: HubSettings, broker_port: int) -> int:
             for component in COMPONENTS:
                 step = progress.add_task(f"Starting {component.name}", total=None)
                 item = start_component(
-                    component, settings, bootstrap, extra_environment=fetch_wait_for(broker)
+                    component,
+                    settings,
+                    bootstrap,
+                    extra_environment=broker_environment(broker, broker_started_at),
                 )
                 running.append(item)
                 asyncio.run(wait_healthy(item, settings.host))

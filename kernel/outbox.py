@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
@@ -66,6 +66,9 @@ class OutboxMessage(Base):
     sent_at: Mapped[Any] = mapped_column(UtcDateTime, nullable=True, index=True)
 
 
+#: How far back, before an embedded broker's restart, the events sent are published again
+#: (``OutboxRelay.republish_forgotten``).
+REPUBLISH_WINDOW = timedelta(minutes=10)
 #: Where a session keeps the rows of the events staged in its current transaction.
 _STAGED = "kernel.outbox.staged"
 #: What a record takes beside its key, value and headers (lengths, attributes), kept
@@ -229,8 +232,12 @@ class OutboxRelay:
         batch_bytes: int = 16 * 1024 * 1024,
         idle_poll_seconds: float = 0.5,
         keep_sent_for: timedelta = timedelta(days=1),
+        forgetful_broker_since: datetime | None = None,
     ) -> None:
         self._sessions = sessions
+        #: When the embedded broker, which forgets its records when it stops, started: what
+        #: was sent before went to an earlier one (``republish_forgotten``).
+        self._forgetful_broker_since = forgetful_broker_since
         self._sender = sender
         self._component = component
         self._batch_size = batch_size
@@ -277,6 +284,9 @@ class OutboxRelay:
         purge_every, since_purge = 200, 0
         while True:
             try:
+                if self._forgetful_broker_since is not None:
+                    await self.republish_forgotten(self._forgetful_broker_since)
+                    self._forgetful_broker_since = None
                 await self.publish_pending()
                 since_purge += 1
                 if since_purge >= purge_every:
@@ -415,6 +425,42 @@ class OutboxRelay:
                 continue
             sent_ids.append(row.id)
             EVENTS_PUBLISHED.labels(component=self._component, topic=row.topic).inc()
+
+    async def republish_forgotten(self, broker_since: datetime) -> int:
+        """Publish again the events sent in the ``REPUBLISH_WINDOW`` before the embedded
+        broker that started at ``broker_since``; how many.
+
+        The embedded broker keeps its records in memory: those its consumers had not
+        read when ``hub up`` stopped were gone, while their rows here said sent (a mail
+        delivered to the e-Box stayed "sending" for good). Sent to a new broker, each
+        consumer drops what it handled already (its inbox; the gateway's deliveries by
+        idempotency key). The window is counted back from the last event sent before:
+        the consumers were seconds behind, not minutes.
+        """
+        async with write_transaction(self._sessions) as session:
+            latest = await session.scalar(select(func.max(OutboxMessage.sent_at)))
+            if latest is None or latest >= broker_since:
+                return 0  # nothing sent before, or done at this broker's first start already
+            last = latest
+            reset = await session.execute(
+                update(OutboxMessage)
+                .where(
+                    OutboxMessage.sent_at >= last - REPUBLISH_WINDOW,
+                    OutboxMessage.sent_at < broker_since,
+                )
+                .values(sent_at=None)
+            )
+        count: int = reset.rowcount  # type: ignore[attr-defined]
+        if count:
+            log.warning(
+                "%s outbox: the embedded broker forgot what it held when it stopped; the %d"
+                " events sent in the last %d minutes before go again (consumers drop those"
+                " they handled)",
+                self._component,
+                count,
+                REPUBLISH_WINDOW.total_seconds() // 60,
+            )
+        return count
 
     async def purge_sent(self) -> None:
         async with self._sessions() as session:

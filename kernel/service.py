@@ -128,7 +128,12 @@ def build_service_app(service: Service, settings: HubSettings, options: ServiceO
         producer = make_producer(bootstrap, client_id=component)
         await producer.start()
         app.state.producer = producer
-        relay = OutboxRelay(sessions, producer, component=component)
+        relay = OutboxRelay(
+            sessions,
+            producer,
+            component=component,
+            forgetful_broker_since=settings.embedded_broker_started_at,
+        )
         app.state.relay = relay
         refresh_at_scrape(app, relay.report_backlog)
         consumer = service.consumer(

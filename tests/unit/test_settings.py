@@ -3,6 +3,7 @@ consumers' fetch wait, and where it reaches them."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import gateway.engine
 import kernel.consumer
 from gateway.engine import DeliveryEngine
 from gateway.routing import Route, RoutingTable
-from hub.supervisor import fetch_wait_for
+from hub.supervisor import broker_environment
 from kernel.consumer import EventConsumer
 from kernel.kafka import CLUSTER_FETCH_WAIT_MS, FETCH_MAX_WAIT_MS, EmbeddedBroker
 from kernel.settings import HubSettings
@@ -53,10 +54,16 @@ def test_hub_up_on_a_cluster_gives_the_clusters_fetch_wait_unless_the_operator_c
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("HUB_KAFKA_FETCH_WAIT_MS", raising=False)
-    assert fetch_wait_for(None) == {"HUB_KAFKA_FETCH_WAIT_MS": str(CLUSTER_FETCH_WAIT_MS)}
-    assert fetch_wait_for(EmbeddedBroker(port=9092)) == {}  # the embedded one keeps 20
+    started = datetime(2026, 12, 7, 11, 0, tzinfo=UTC)
+    on_cluster = {"HUB_KAFKA_FETCH_WAIT_MS": str(CLUSTER_FETCH_WAIT_MS)}
+    assert broker_environment(None, started) == on_cluster
+    # The embedded one keeps its 20 ms, and its relays learn when it started.
+    embedded = broker_environment(EmbeddedBroker(port=9092), started)
+    assert embedded == {"HUB_EMBEDDED_BROKER_STARTED_AT": "2026-12-07T11:00:00+00:00"}
+    monkeypatch.setenv("HUB_EMBEDDED_BROKER_STARTED_AT", embedded["HUB_EMBEDDED_BROKER_STARTED_AT"])
+    assert HubSettings().embedded_broker_started_at == started
     monkeypatch.setenv("HUB_KAFKA_FETCH_WAIT_MS", "250")
-    assert fetch_wait_for(None) == {}  # start_component passes the operator's on
+    assert broker_environment(None, started) == {}  # start_component passes the operator's on
 
 
 class Stop(Exception):
