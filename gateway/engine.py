@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext, suppress
@@ -65,6 +66,7 @@ from kernel.logs import mask_national_numbers
 from kernel.metrics import DELIVERIES, DELIVERY_LATENCY, EVENTS_CONSUMED
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import continue_trace, inject_headers, tracer
+from kernel.texts import plain_text
 
 log = logging.getLogger(__name__)
 SOURCE = "urn:hub:gateway"
@@ -157,6 +159,15 @@ class _Claimed:
     size: int
 
 
+#: How long the fetches may fail to be recorded, one after the other, before ``/healthz``
+#: says so: a database restarting takes seconds.
+STUCK_AFTER_SECONDS = 30.0
+
+
+class DeliveriesStuck(Exception):
+    """The gateway's fetches keep failing to be recorded (``DeliveryEngine.check_recording``)."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: str  # delivered | failed | retry
@@ -170,8 +181,12 @@ class Outcome:
         # Every reason goes to the delivery log, the receipt, the service's document and
         # the operators' API: masked here, whatever made it (a connector's error, an event
         # whose data breaks its contract and is quoted whole, a connector's crash).
+        # A target's words too, as they came: a NUL in an error page failed the outcome's
+        # write on PostgreSQL, and the fetch with it, again and again.
         if self.reason is not None:
-            object.__setattr__(self, "reason", mask_national_numbers(self.reason))
+            object.__setattr__(self, "reason", plain_text(mask_national_numbers(self.reason)))
+        if self.external_reference is not None:
+            object.__setattr__(self, "external_reference", plain_text(self.external_reference))
 
 
 class DeliveryEngine:
@@ -233,8 +248,25 @@ class DeliveryEngine:
         self._retry_lease = timedelta(seconds=2 * slowest + 30)
         self._clock = clock
         self._tracer = tracer("gateway")
+        # Since when (``time.monotonic``) the fetches fail to be recorded, one after the
+        # other, and the last error; None while they are recorded (``check_recording``).
+        self._failing_since: float | None = None
+        self._last_failure = ""
 
     # -- consuming -----------------------------------------------------------------
+
+    async def check_recording(self) -> None:
+        """A health check: raises while the fetches have failed to be recorded for
+        ``STUCK_AFTER_SECONDS``. Each is read again and retried, so a cause that stays
+        (a value the database refuses) held every document behind it while ``/healthz``
+        said ok."""
+        if self._failing_since is None:
+            return
+        failing = time.monotonic() - self._failing_since
+        if failing >= STUCK_AFTER_SECONDS:
+            raise DeliveriesStuck(
+                f"no fetch recorded for {failing:.0f} s; the last error: {self._last_failure}"
+            )
 
     def topics(self) -> set[str]:
         classes = (event_class_for(t) for t in self._routing.event_types())
@@ -289,12 +321,16 @@ class DeliveryEngine:
             # The database is away (or worse): record nothing as consumed. Rewind to the
             # batch's first offsets; what was recorded meanwhile is recognised and skipped.
             log.error("gateway batch of %d records failed, rewinding: %r", len(records), exc)
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+            self._last_failure = plain_text(repr(exc))[:500]
             assigned = consumer.assignment()
             for partition, partition_records in batches.items():
                 if partition in assigned:  # a revoked one is another member's now
                     consumer.seek(partition, partition_records[0].offset)
             await asyncio.sleep(1.0)
             return 0
+        self._failing_since = None
         await commits.commit(batches)
         return len(records)
 

@@ -168,6 +168,7 @@ def build_app(
             relay=relay,
             concurrency=options.concurrency,
         )
+        check_health_of(app, "deliveries", delivery_engine.check_recording)
         peppol_inbound = build_peppol_inbound(routing, sessions, http, relay)
         # Each tenant's oversight connector also reads the oversight's outcomes.
         oversight_inbound = OversightInbound(

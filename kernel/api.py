@@ -8,7 +8,6 @@ must carry the scope. ``StorageDep`` gives the route the service's sessions and
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from kernel.errors import NotFound, ProblemError
 from kernel.idempotency import claim_key
 from kernel.outbox import OutboxRelay, transaction
 from kernel.tenants import Tenant, UnknownTenant
+from kernel.texts import NOT_IN_TEXT
 
 T = TypeVar("T")
 
@@ -69,11 +69,6 @@ async def storage(request: Request) -> Storage:
 StorageDep = Annotated[Storage, Depends(storage)]
 
 
-#: Characters no text of a request may hold: the C0 controls but tab, line feed and
-#: carriage return, and U+FFFE and U+FFFF. PostgreSQL refuses a NUL in a text (a 500
-#: where SQLite stored it), and XML 1.0 has no place for any of them: an item's title
-#: with a vertical tab was accepted, then broke every WS4PM answer that carried it.
-_NOT_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 #: The calendar a request's days and instants must fall in. At its ends the deadline
 #: arithmetic overflowed (a file received on 9999-12-31) and so did an instant's
 #: conversion to UTC (0001-01-01T00:00:00+01:00): 500s, for a typing mistake.
@@ -109,7 +104,7 @@ MEDIA_TYPE_PATTERN = (
 
 def text_problem(value: str) -> str | None:
     """Why ``value`` cannot be a text of this API (it holds a control character), or None."""
-    if found := _NOT_IN_TEXT.search(value):
+    if found := NOT_IN_TEXT.search(value):
         return (
             f"holds the control character U+{ord(found.group()):04X}, which no text of"
             " this API may contain"

@@ -73,6 +73,7 @@ from kernel.metrics import EVENTS_CONSUMED
 from kernel.migrations import table_of
 from kernel.outbox import OutboxRelay
 from kernel.telemetry import continue_trace, tracer
+from kernel.texts import plain_text
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ class EventConsumer:
                         topic=topic,
                         headers=headers,
                         value=value,
-                        reason=_CONTROL.sub("\N{REPLACEMENT CHARACTER}", reason),
+                        reason=plain_text(reason),
                         received_at=utcnow(),
                     )
                 )
@@ -484,11 +485,7 @@ class EventConsumer:
             return
 
 
-#: Characters PostgreSQL refuses in a text (it stored the NUL as nothing on SQLite).
-_CONTROL = re.compile("[\x00]")
-
-
 def _fitted(text: str | None, longest: int) -> str | None:
     if text is None:
         return None
-    return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", text)[:longest]
+    return plain_text(text)[:longest]

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -26,7 +27,7 @@ from contracts.events.gateway import DeliveryReceipt
 from gateway import engine as engine_module
 from gateway.connectors.base import ATTEMPT_SECONDS, Delivery, DeliveryResult, attempt_deadline
 from gateway.deliveries import MIGRATIONS, DeliveryRecord, idempotency_key
-from gateway.engine import RETRY_BATCH_BYTES, DeliveryEngine
+from gateway.engine import RETRY_BATCH_BYTES, STUCK_AFTER_SECONDS, DeliveriesStuck, DeliveryEngine
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import RetryPolicy, Route, RoutingTable
 from kernel.kafka import FETCH_MAX_WAIT_MS, FetchPacing, OffsetCommits
@@ -205,6 +206,22 @@ async def test_permanent_errors_fail_at_once_with_the_reason(
     assert (record.status, record.last_error) == ("failed", reason)
     [receipt] = await receipts(sessions)
     assert (receipt.outcome, receipt.reason) == ("failed", reason)
+
+
+async def test_a_targets_words_are_kept_without_the_characters_postgresql_refuses(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # A NUL in an error page failed the outcome's write on PostgreSQL, and the fetch with
+    # it, for ever; SQLite stored it.
+    connector = FakeConnector([PermanentDeliveryError("HTTP 400: <html>\x00\x01</html>")])
+    engine = make_engine(sessions, connector, Clock())
+    await engine.handle_record(*as_record(mail_event("mail-1")), "x")
+    connector.script = ["ref\x00-1"]
+    await engine.handle_record(*as_record(mail_event("mail-2")), "x")
+    failed, delivered = await deliveries(sessions)
+    assert failed.last_error == "HTTP 400: <html>\ufffd\ufffd</html>"
+    assert delivered.external_reference == "ref\ufffd-1"
+    assert next(receipt.reason for receipt in await receipts(sessions)) == failed.last_error
 
 
 def first_attempt_retried(
@@ -443,6 +460,47 @@ async def test_a_failed_batch_rewinds_only_the_partitions_still_owned(
     # The owned partition comes again from the batch's first offset; the revoked one is
     # its new member's (aiokafka raises on a seek there, which stopped the consumer job).
     assert consumer.seeks == [(first, 7)]
+
+
+async def test_healthz_says_when_the_fetches_keep_failing_to_be_recorded(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(sessions, FakeConnector(), Clock())
+    handle_records = engine.handle_records
+
+    async def refused(records: object) -> None:
+        raise ValueError("a value the delivery log refuses")
+
+    async def no_pause(seconds: float) -> None:
+        return None
+
+    monotonic = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: monotonic[0])
+    monkeypatch.setattr(asyncio, "sleep", no_pause)
+    monkeypatch.setattr(engine, "handle_records", refused)
+    headers, value = as_record(mail_event())
+    record = [(name, text.encode()) for name, text in headers.items()]
+    partition = TopicPartition("courrier.events", 0)
+    consumer = RevokedDuringTheBatch(
+        {partition: [SimpleNamespace(headers=record, value=value, offset=7)]}
+    )
+    commits = OffsetCommits(consumer, "gateway")
+    pacing = FetchPacing(consumer, FETCH_MAX_WAIT_MS)
+
+    await engine.consume_batch(consumer, commits, pacing)
+    await engine.check_recording()  # failing for a moment: a database restarting
+    monotonic[0] += STUCK_AFTER_SECONDS
+    await engine.consume_batch(consumer, commits, pacing)
+    with pytest.raises(DeliveriesStuck, match="a value the delivery log refuses"):
+        await engine.check_recording()
+    monkeypatch.setattr(engine, "handle_records", handle_records)
+
+    async def committed(batches: object) -> None:
+        return None
+
+    monkeypatch.setattr(commits, "commit", committed)
+    assert await engine.consume_batch(consumer, commits, pacing) == 1  # recorded at last
+    await engine.check_recording()
 
 
 async def test_an_attempt_past_its_deadline_is_cut_and_retried(

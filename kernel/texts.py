@@ -1,0 +1,17 @@
+"""What a text the hub keeps may hold, whoever wrote it (a caller, a target, a sender)."""
+
+from __future__ import annotations
+
+import re
+
+#: The C0 controls but tab, line feed and carriage return, and U+FFFE and U+FFFF.
+#: PostgreSQL refuses a NUL in a text (a 500, or a consumer failing again and again, where
+#: SQLite stored it), and XML 1.0 has no place for any of them: an item's title with a
+#: vertical tab was accepted, then broke every WS4PM answer that carried it.
+NOT_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def plain_text(text: str) -> str:
+    """``text`` with each character no kept text may hold replaced by U+FFFD: for texts the
+    hub keeps as it was given them (a target's error, a record's reason), not refuses."""
+    return NOT_IN_TEXT.sub("\N{REPLACEMENT CHARACTER}", text)
