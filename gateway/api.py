@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
@@ -24,11 +24,19 @@ from gateway.connectors.soap import TenantCertificate
 from gateway.deliveries import DeliveryRecord
 from gateway.engine import DeliveryEngine
 from gateway.inbound.records import InboundDocument, WaitingItem
-from kernel.api import RequestModel
+from kernel.api import LARGEST_INTEGER, RequestModel
 from kernel.auth import CallerDep
 from kernel.errors import Conflict, NotFound
 
 DASHBOARD_HTML = Path(__file__).with_name("dashboard.html")
+
+
+#: Where a listing's page starts: the ``next_cursor`` of the previous page. Bounded as the
+#: database's ids are: a larger one was a 500 (it could not be bound to the statement).
+Cursor = Annotated[
+    int | None,
+    Query(ge=1, le=LARGEST_INTEGER, description="next_cursor of the previous page"),
+]
 
 
 class DeliveryView(BaseModel):
@@ -87,7 +95,7 @@ def router() -> APIRouter:
         status: Literal["retrying", "delivered", "failed", "dead"] | None = None,
         subject: str | None = None,
         limit: int = Query(default=50, ge=1, le=500),
-        cursor: int | None = Query(default=None, description="next_cursor of the previous page"),
+        cursor: Cursor = None,
     ) -> DeliveryPage:
         """The caller's tenant's deliveries, newest first."""
         caller.require("gateway:read")
@@ -228,7 +236,7 @@ def inbound_router() -> APIRouter:
         sender: str | None = Query(default=None, description="Peppol participant, 0208:…"),
         receiver: str | None = None,
         limit: int = Query(default=50, ge=1, le=500),
-        cursor: int | None = Query(default=None, description="next_cursor of the previous page"),
+        cursor: Cursor = None,
     ) -> InboundPage:
         """The documents fetched for the caller's tenant (and, with scope
         ``gateway:unroutable``, those for no tenant), newest first."""
@@ -265,7 +273,7 @@ def inbound_router() -> APIRouter:
         request: Request,
         caller: CallerDep,
         limit: int = Query(default=50, ge=1, le=500),
-        cursor: int | None = Query(default=None, description="next_cursor of the previous page"),
+        cursor: Cursor = None,
     ) -> WaitingPage:
         """The items a source lists that could not be taken yet (an error page, a timeout):
         tried again at later polls, further and further apart (``next_try_at``), and

@@ -43,7 +43,9 @@ def _settings() -> HubSettings:
 
 @app.command()
 def up(
-    broker_port: Annotated[int, typer.Option(help="Port of the embedded Kafka broker")] = 9092,
+    broker_port: Annotated[
+        int, typer.Option(help="Port of the embedded Kafka broker", min=1, max=65535)
+    ] = 9092,
 ) -> None:
     """Run the whole hub on this machine: broker, sandbox, services, gateway, dashboard."""
     from hub.supervisor import run_hub
@@ -124,8 +126,10 @@ def topics() -> None:
     """Wait for the Kafka cluster and create the hub's topics (docker-compose runs this once)."""
     import asyncio
 
+    from aiokafka.errors import KafkaError
+
     from hub.supervisor import prepare_development_material
-    from kernel.kafka import TOPICS, ensure_topics, wait_for_broker
+    from kernel.kafka import TOPICS, BrokerError, ensure_topics, wait_for_broker
 
     settings = _settings()
     if not settings.kafka_bootstrap_servers:
@@ -133,8 +137,12 @@ def topics() -> None:
     if settings.environment == "development":
         # Before any process starts, so replicas starting together find the keys made.
         prepare_development_material(settings)
-    asyncio.run(wait_for_broker(settings.kafka_bootstrap_servers, timeout=120))
-    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers))
+    try:
+        asyncio.run(wait_for_broker(settings.kafka_bootstrap_servers, timeout=120))
+        asyncio.run(ensure_topics(settings.kafka_bootstrap_servers))
+    except (BrokerError, KafkaError) as exc:
+        typer.echo(f"hub topics failed: {exc or type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
     typer.echo("topics ready: " + ", ".join(f"{t} ({p} partitions)" for t, p in TOPICS.items()))
 
 

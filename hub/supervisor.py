@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -57,20 +58,41 @@ class Running:
     log_path: Path
     port: int
 
+    host: str = "127.0.0.1"
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return local_url(self.host, self.port)
+
+
+def local_url(host: str, port: int) -> str:
+    """Where this machine reaches a process listening on ``host:port``: an address it
+    listens on, 127.0.0.1 for all of them."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
+    """Whether a process may listen on ``host:port``; False when another listens there.
+    Any other reason to fail (an address this machine does not have, a family it does not
+    speak) is a ``StartError`` naming it: it was reported as the port being taken."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )[0]
+    except (OSError, UnicodeError) as exc:
+        raise StartError(f"cannot listen on {host!r} (HUB_HOST): {exc}") from None
+    with socket.socket(family, kind, protocol) as sock:
         # As uvicorn binds: connections of a hub stopped a moment ago (TIME_WAIT) do not
         # hold the port, a process listening on it does.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
-        except OSError:
-            return False
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise StartError(f"cannot listen on {host!r} port {port}: {exc.strerror}") from None
         return True
 
 
@@ -151,11 +173,11 @@ def start_component(
             env=environment,
             start_new_session=True,
         )
-    return Running(component, process, log_path, port)
+    return Running(component, process, log_path, port, settings.host)
 
 
 async def wait_healthy(running: Running, host: str, timeout: float = 60.0) -> None:
-    url = f"http://{host}:{running.port}/healthz"
+    url = f"{local_url(host, running.port)}/healthz"
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=1.0) as client:
         while time.monotonic() < deadline:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -69,28 +70,46 @@ def database_check(sessions: async_sessionmaker[AsyncSession]) -> HealthCheck:
     return check
 
 
+#: A Kafka ApiVersions request (API key 18, version 0, no body), correlation id 1, client
+#: id "hub-healthz": the first request every Kafka client makes, so every broker answers it.
+_CLIENT_ID = b"hub-healthz"
+_API_VERSIONS = struct.pack(">hhih", 18, 0, 1, len(_CLIENT_ID)) + _CLIENT_ID
+_API_VERSIONS_REQUEST = struct.pack(">i", len(_API_VERSIONS)) + _API_VERSIONS
+
+
 def broker_check(bootstrap_servers: str) -> HealthCheck:
-    """One of the bootstrap servers accepts a connection: the consumers and the relay only
-    log that they cannot reach the broker, and wait; an operator must see it."""
+    """One of the bootstrap servers answers a Kafka request: the consumers and the relay
+    only log that they cannot reach the broker, and wait; an operator must see it. A
+    connection alone is not enough: a broker that hangs (frozen, its disk full) still
+    accepts one, from the system's backlog, while nothing moves."""
 
     servers = [server.strip() for server in bootstrap_servers.split(",") if server.strip()]
 
-    async def connect(server: str) -> None:
+    async def ask(server: str) -> None:
         host, _, port = server.rpartition(":")
-        _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-        writer.close()
+        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        try:
+            writer.write(_API_VERSIONS_REQUEST)
+            await writer.drain()
+            _size, correlation_id = struct.unpack(">ii", await reader.readexactly(8))
+            if correlation_id != 1:
+                raise ConnectionError(f"{server} answered another request ({correlation_id})")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
     async def check() -> None:
         # All at once, the first to accept will do: one after another, a node that drops
         # packets (down for maintenance) used up the check's time before the others.
-        attempts = [asyncio.ensure_future(connect(server)) for server in servers]
+        attempts = [asyncio.ensure_future(ask(server)) for server in servers]
         errors = []
         try:
             for attempt in asyncio.as_completed(attempts):
                 try:
                     await attempt
                     return
-                except (OSError, ValueError) as exc:
+                except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
                     errors.append(f"{exc}")
             raise ConnectionError(f"{', '.join(servers)}: " + "; ".join(errors))
         finally:

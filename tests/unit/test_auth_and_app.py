@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import AsyncIterator
 from datetime import date, datetime, tzinfo
@@ -273,9 +274,20 @@ def test_the_verifier_remembers_at_most_its_limit(
     assert list(verifier._verified) == tokens[2:]  # the oldest two were forgotten
 
 
+async def answer_api_versions(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A broker's first answer to any Kafka client: its size, then the request's
+    correlation id (and an error code)."""
+    (size,) = struct.unpack(">i", await reader.readexactly(4))
+    request = await reader.readexactly(size)
+    writer.write(struct.pack(">i", 6) + request[4:8] + b"\x00\x00")
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
 async def test_healthz_names_what_the_process_cannot_reach(hub_settings: HubSettings) -> None:
     app = create_app("test", hub_settings, title="Test", description="Test")
-    server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0)
+    server = await asyncio.start_server(answer_api_versions, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     transport = httpx.ASGITransport(app=app)
     async with (
@@ -326,10 +338,31 @@ async def test_a_requests_span_is_named_by_its_route_not_by_its_path() -> None:
     assert spans[0].attributes["http.route"] == "/v1/mails/{mail_id}"
 
 
+async def test_a_broker_that_accepts_connections_but_answers_nothing_is_not_healthy() -> None:
+    thawed, ended = asyncio.Event(), asyncio.Event()
+
+    async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await thawed.wait()  # a hung broker: the system accepts, nobody answers
+        writer.close()
+        await writer.wait_closed()
+        ended.set()
+
+    server = await asyncio.start_server(frozen, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(broker_check(f"127.0.0.1:{port}")(), timeout=0.5)
+    finally:
+        thawed.set()
+        await ended.wait()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_the_broker_check_does_not_wait_for_a_node_that_drops_packets(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0)
+    server = await asyncio.start_server(answer_api_versions, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     open_connection = asyncio.open_connection
 
