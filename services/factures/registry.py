@@ -321,7 +321,10 @@ class InvalidEncoding(ProblemError):
             "The UBL encoding of this scanned invoice breaks the rules; correct it and upload "
             "it again (the invoice stays to encode): " + reasons.summary(found),
             reasons=[reason.text for reason in found],
-            findings=[finding.as_json() for finding in findings],
+            findings=[
+                finding.as_json()
+                for finding in some_findings(findings, FINDINGS_PER_RULE_KEPT, "its document")
+            ],
         )
 
 
@@ -444,7 +447,12 @@ def _take_content(
     invoice.buyer_endpoint = format_endpoint(arrival.receiver or buyer.endpoint)
     # Answers go back the way the document came: the Peppol sender, else BT-34.
     invoice.supplier_endpoint = format_endpoint(arrival.sender or examination.supplier_endpoint)
-    invoice.findings = [finding.as_json() for finding in examination.findings]
+    invoice.findings = [
+        finding.as_json()
+        for finding in some_findings(
+            examination.findings, FINDINGS_PER_RULE_KEPT, f"its document (GET {_ubl_path(invoice)})"
+        )
+    ]
     model = examination.invoice
     if model is None:
         _fit_to_columns(invoice)
@@ -673,9 +681,12 @@ def _label(invoice: Invoice) -> str:
 
 #: The findings of one rule an event carries. A document can break a rule thousands of
 #: times: 70,000 findings made an 11 MB InvoiceRejected, which the producer refuses, so it
-#: was never published and the invoice's RE waited behind it for good. The invoice keeps
-#: them all (``Invoice.findings``, the API).
+#: was never published and the invoice's RE waited behind it for good.
 FINDINGS_PER_RULE_IN_EVENTS = 10
+#: The findings of one rule the invoice keeps (``Invoice.findings``, the API). All of them
+#: were tens of megabytes of JSON for a 4 MB document of empty notes, read at every load
+#: of the invoice; the clerk needs the first ones, the document keeps the rest.
+FINDINGS_PER_RULE_KEPT = 100
 #: Rule id of the last finding of an event that carries only some: how many more there are.
 MORE_FINDINGS = "HUB-MORE-FINDINGS"
 #: The longest texts an event carries of a finding, and of the rejection's reasons: some
@@ -693,35 +704,38 @@ def _clipped(text: str, longest: int) -> str:
     return text if len(text) <= longest else text[: longest - 1] + "…"
 
 
-def _findings_data(findings: Sequence[Finding], invoice_id: str) -> list[FindingData]:
-    """``findings`` as an event carries them: the first ``FINDINGS_PER_RULE_IN_EVENTS`` of
-    each rule, then one ``MORE_FINDINGS`` saying how many more of which rule."""
-    carried: list[FindingData] = []
+def some_findings(findings: Sequence[Finding], per_rule: int, holder: str) -> list[Finding]:
+    """The first ``per_rule`` findings of each rule, then one ``MORE_FINDINGS`` saying how
+    many more of which rule there are, and that ``holder`` has them all."""
+    kept: list[Finding] = []
     seen: Counter[str] = Counter()
     left_out: Counter[str] = Counter()
     fatal_left_out = False
     for finding in findings:
         seen[finding.rule] += 1
-        if seen[finding.rule] <= FINDINGS_PER_RULE_IN_EVENTS:
-            carried.append(_finding_data(finding))
+        if seen[finding.rule] <= per_rule:
+            kept.append(finding)
         else:
             left_out[finding.rule] += 1
             fatal_left_out = fatal_left_out or finding.flag == "fatal"
     if left_out:
         counts = ", ".join(f"{rule} {count:,}" for rule, count in left_out.most_common())
-        message = (
-            f"…and {left_out.total():,} more findings ({counts}); the invoice lists them all "
-            f"(GET /v1/invoices/{invoice_id})."
-        )
-        carried.append(
-            FindingData(
-                rule=MORE_FINDINGS,
-                flag="fatal" if fatal_left_out else "warning",
-                message=_clipped(message, _LONGEST_FINDING_TEXT),
-                location="/",
-            )
-        )
-    return carried
+        message = f"…and {left_out.total():,} more findings ({counts}); {holder} has them all."
+        kept.append(Finding(MORE_FINDINGS, "fatal" if fatal_left_out else "warning", message, "/"))
+    return kept
+
+
+def _findings_data(findings: Sequence[Finding], invoice_id: str) -> list[FindingData]:
+    """``findings`` as an event carries them: ``FINDINGS_PER_RULE_IN_EVENTS`` of each rule."""
+    holder = f"the invoice (GET /v1/invoices/{invoice_id})"
+    return [
+        _finding_data(finding)
+        for finding in some_findings(findings, FINDINGS_PER_RULE_IN_EVENTS, holder)
+    ]
+
+
+def _ubl_path(invoice: Invoice) -> str:
+    return f"/v1/invoices/{invoice.id}/ubl"
 
 
 def _finding_data(finding: Finding) -> FindingData:

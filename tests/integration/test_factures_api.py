@@ -416,7 +416,7 @@ async def test_a_rejection_event_carries_some_findings_of_each_rule_and_how_many
     invoice = response.json()
     assert invoice["state"] == "rejected"
     rules = [finding["rule"] for finding in invoice["findings"]]
-    assert rules.count("PEPPOL-EN16931-R008") == 25  # the invoice keeps them all
+    assert rules.count("PEPPOL-EN16931-R008") == 25  # the invoice keeps up to 100 of each
 
     [rejected] = [e for e in await factures.events(invoice["id"]) if e.type == InvoiceRejected.TYPE]
     carried = rejected.data_as(InvoiceRejected).findings
@@ -429,6 +429,23 @@ async def test_a_rejection_event_carries_some_findings_of_each_rule_and_how_many
     assert more.message.startswith("…and 15 more findings (PEPPOL-EN16931-R008 15)")
     assert f"/v1/invoices/{invoice['id']}" in more.message
     assert statuses_of(await factures.responses(invoice["id"])) == ["AB", "RE"]
+
+
+async def test_the_invoice_keeps_a_hundred_findings_of_each_rule_and_how_many_more(
+    factures: Factures,
+) -> None:
+    # All of them were tens of megabytes of JSON, read at each load, for 4 MB of notes.
+    response = await factures.upload(with_empty_notes(invoice_xml(), 130))
+    assert response.status_code == 201, response.text
+    invoice = response.json()
+    rules = Counter(finding["rule"] for finding in invoice["findings"])
+    assert rules["PEPPOL-EN16931-R008"] == registry.FINDINGS_PER_RULE_KEPT
+    more = invoice["findings"][-1]
+    assert (more["rule"], rules[registry.MORE_FINDINGS]) == (registry.MORE_FINDINGS, 1)
+    assert more["message"].startswith("…and 30 more findings (PEPPOL-EN16931-R008 30)")
+    assert f"/v1/invoices/{invoice['id']}/ubl" in more["message"]
+    stored = await factures.http.get(f"/v1/invoices/{invoice['id']}", headers=factures.auth())
+    assert stored.json()["findings"] == invoice["findings"]
 
 
 async def test_an_invoice_too_large_to_hand_to_accounting_is_rejected_at_reception(
