@@ -182,11 +182,32 @@ class Outcome:
         # the operators' API: masked here, whatever made it (a connector's error, an event
         # whose data breaks its contract and is quoted whole, a connector's crash).
         # A target's words too, as they came: a NUL in an error page failed the outcome's
-        # write on PostgreSQL, and the fetch with it, again and again.
+        # write on PostgreSQL, and the fetch with it, again and again; and their length:
+        # megabytes of an error page made a receipt larger than the producer sends.
         if self.reason is not None:
-            object.__setattr__(self, "reason", plain_text(mask_national_numbers(self.reason)))
+            reason = _cut(plain_text(mask_national_numbers(self.reason)), REASON_LENGTH)
+            object.__setattr__(self, "reason", reason)
         if self.external_reference is not None:
             object.__setattr__(self, "external_reference", plain_text(self.external_reference))
+        if self.answer is not None:
+            answer = {
+                key[:ANSWER_TEXT_LENGTH]: None
+                if value is None
+                else _cut(plain_text(value), ANSWER_TEXT_LENGTH)
+                for key, value in list(self.answer.items())[:ANSWER_ITEMS]
+            }
+            object.__setattr__(self, "answer", answer)
+
+
+#: The longest reason an outcome keeps (the delivery log, the receipt, the operators' API).
+REASON_LENGTH = 2000
+#: What an outcome keeps of a target's answer (a register's names and address): so many
+#: items, each so long at most.
+ANSWER_ITEMS, ANSWER_TEXT_LENGTH = 50, 2000
+
+
+def _cut(text: str, longest: int) -> str:
+    return text if len(text) <= longest else text[: longest - 1] + "…"
 
 
 class DeliveryEngine:

@@ -154,7 +154,7 @@ def token(
     subject: Annotated[str, typer.Option(help="Who the token is for")] = "dev",
 ) -> None:
     """Print a development bearer token signed by the hub's own issuer."""
-    if not (len(tenant) == 5 and tenant.isdigit()):
+    if not (len(tenant) == 5 and tenant.isascii() and tenant.isdigit()):
         raise typer.BadParameter("the tenant is a 5-digit NIS code, e.g. 92137")
     settings = _settings()
     if settings.jwks_url:

@@ -155,7 +155,9 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"the bearer token is not valid: {exc}") from exc
         tenant = claims.get("tenant")
-        if not isinstance(tenant, str) or not (len(tenant) == 5 and tenant.isdigit()):
+        if not isinstance(tenant, str) or not (
+            len(tenant) == 5 and tenant.isascii() and tenant.isdigit()
+        ):
             raise Unauthorized("the token's tenant claim is not a 5-digit NIS code")
         scope = claims.get("scope", "")
         caller = Caller(

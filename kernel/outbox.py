@@ -66,9 +66,6 @@ class OutboxMessage(Base):
     sent_at: Mapped[Any] = mapped_column(UtcDateTime, nullable=True, index=True)
 
 
-#: How far back, before an embedded broker's restart, the events sent are published again
-#: (``OutboxRelay.republish_forgotten``).
-REPUBLISH_WINDOW = timedelta(minutes=10)
 #: Where a session keeps the rows of the events staged in its current transaction.
 _STAGED = "kernel.outbox.staged"
 #: What a record takes beside its key, value and headers (lengths, attributes), kept
@@ -427,39 +424,34 @@ class OutboxRelay:
             EVENTS_PUBLISHED.labels(component=self._component, topic=row.topic).inc()
 
     async def republish_forgotten(self, broker_since: datetime) -> int:
-        """Publish again the events sent in the ``REPUBLISH_WINDOW`` before the embedded
-        broker that started at ``broker_since``; how many.
+        """Publish again the events sent before the embedded broker that started at
+        ``broker_since``, all those the outbox still keeps (``keep_sent_for``); how many.
 
         The embedded broker keeps its records in memory: those its consumers had not
         read when ``hub up`` stopped were gone, while their rows here said sent (a mail
         delivered to the e-Box stayed "sending" for good). Sent to a new broker, each
-        consumer drops what it handled already (its inbox; the gateway's deliveries by
-        idempotency key). The window is counted back from the last event sent before:
-        the consumers were seconds behind, not minutes.
+        consumer drops what it handled already (its inbox keeps 14 days; the gateway's
+        deliveries, by idempotency key, for good). All of them, not the last minutes':
+        a consumer stuck behind a failing event, or waiting for its database, was
+        further behind than any window. Once per broker: a process started again
+        beside it finds events sent to it already and sends nothing twice.
         """
         async with write_transaction(self._sessions) as session:
             latest = await session.scalar(select(func.max(OutboxMessage.sent_at)))
             if latest is None or latest >= broker_since:
                 return 0  # nothing sent before, or done at this broker's first start already
-            last = latest
             reset = await session.execute(
                 update(OutboxMessage)
-                .where(
-                    OutboxMessage.sent_at >= last - REPUBLISH_WINDOW,
-                    OutboxMessage.sent_at < broker_since,
-                )
+                .where(OutboxMessage.sent_at < broker_since)
                 .values(sent_at=None)
             )
         count: int = reset.rowcount  # type: ignore[attr-defined]
-        if count:
-            log.warning(
-                "%s outbox: the embedded broker forgot what it held when it stopped; the %d"
-                " events sent in the last %d minutes before go again (consumers drop those"
-                " they handled)",
-                self._component,
-                count,
-                REPUBLISH_WINDOW.total_seconds() // 60,
-            )
+        log.warning(
+            "%s outbox: the embedded broker forgot what it held when it stopped; the %d"
+            " events sent before go again (consumers drop those they handled)",
+            self._component,
+            count,
+        )
         return count
 
     async def purge_sent(self) -> None:

@@ -6,12 +6,11 @@ Every process reads the same environment variables, so ``hub up``,
 
 from __future__ import annotations
 
-from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AwareDatetime, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -59,8 +58,9 @@ class HubSettings(BaseSettings):
     kafka_fetch_wait_ms: int = Field(default=FETCH_MAX_WAIT_MS, ge=1, le=30_000)
     #: When ``hub up`` started the embedded broker, which keeps its records in memory only:
     #: what the relays sent to an earlier one, not yet read when it stopped, is gone with it
-    #: (``kernel.outbox.OutboxRelay.republish_forgotten``). Unset on a Kafka cluster.
-    embedded_broker_started_at: datetime | None = None
+    #: (``kernel.outbox.OutboxRelay.republish_forgotten``). With its offset: compared with
+    #: the outbox's instants. Unset on a Kafka cluster.
+    embedded_broker_started_at: AwareDatetime | None = None
     #: ``DATABASE_URL`` of this process; unset means SQLite under ``var_dir``.
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     #: On PostgreSQL each process keeps its tables in schema ``<prefix><process>``;

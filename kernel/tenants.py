@@ -46,7 +46,7 @@ def load_tenants(directory: Path) -> dict[str, Tenant]:
         if not isinstance(raw, dict):
             raise TenantConfigError(f"{path}: expected a mapping with 'tenant' and 'name'")
         code = str(raw.get("tenant", ""))
-        if not (len(code) == 5 and code.isdigit()):
+        if not (len(code) == 5 and code.isascii() and code.isdigit()):
             raise TenantConfigError(f"{path}: 'tenant' must be a 5-digit NIS code, got {code!r}")
         if path.stem != code:
             raise TenantConfigError(f"{path}: the file of tenant {code} must be named {code}.yaml")

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import new_event
 from contracts.events.outside import OpinionReceived
 from gateway.connectors.opinions import TYPE_NAME, OpinionRestSettings
-from gateway.inbound.records import InboundDocument, Status
+from gateway.inbound.records import InboundDocument, Status, too_large_problem
 from gateway.routing import RoutingTable
 from kernel.database import utcnow
 from kernel.outbox import OutboxRelay, stage
@@ -191,6 +191,11 @@ class OpinionInbound:
         except (KeyError, ValidationError) as exc:
             status = "refused"
             reason = f"The answer breaks the hub's event contract: {exc!r}"[:2000]
+        event = (
+            new_event(data, tenant=tenant, subject=data.file_id, source=SOURCE) if data else None
+        )
+        if event is not None and (problem := too_large_problem("answer", event)):
+            status, reason, data, event = "refused", problem, None, None
         stored = json.dumps(dict(answer), sort_keys=True, ensure_ascii=False).encode()
         now = self._clock()
         row = InboundDocument(
@@ -213,11 +218,10 @@ class OpinionInbound:
         try:
             async with self._sessions() as session, session.begin():
                 session.add(row)
-                if data is not None:
+                if event is not None:
                     with self._tracer.start_as_current_span(
                         "opinion inbound", attributes={"hub.opinion.answer_id": answer_id}
                     ):
-                        event = new_event(data, tenant=tenant, subject=data.file_id, source=SOURCE)
                         stage(session, event)
                     row.event_id = event.id
         except IntegrityError:

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import new_event
 from contracts.events.oversight import OversightOutcomeReceived
 from gateway.connectors.oversight_soap import Outcome
-from gateway.inbound.records import InboundDocument, contract_problem
+from gateway.inbound.records import InboundDocument, contract_problem, too_large_problem
 from kernel.database import utcnow
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
@@ -177,6 +177,8 @@ class OversightInbound:
             event = None
         else:
             event = new_event(data, tenant=tenant, subject=outcome.item_id, source=SOURCE)
+            if problem := too_large_problem("outcome", event):
+                record.status, record.reason, event = "refused", problem, None
         with self._tracer.start_as_current_span(
             "oversight inbound", attributes={"hub.oversight.acknowledgement": key}
         ):

@@ -35,8 +35,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from contracts.envelope import CloudEvent
 from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction
+from kernel.kafka import MAX_REQUEST_BYTES
 from kernel.logs import mask_national_numbers
+from kernel.outbox import fits_in_a_record
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,18 @@ class InboundDocument(Base):
     received_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     fetched_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+def too_large_problem(what: str, event: CloudEvent) -> str | None:
+    """Why ``event`` (of a "notification", an "answer", an "outcome") cannot be published:
+    larger than the producer sends; None when it fits. Staged, it failed the transaction
+    that recorded it, and the item was read again at every poll, for ever."""
+    if fits_in_a_record(event):
+        return None
+    return (
+        f"The {what} makes an event larger than one Kafka record carries ({MAX_REQUEST_BYTES}"
+        " bytes); kept here for an operator."
+    )
 
 
 def contract_problem(what: str, exc: Exception) -> str:

@@ -29,7 +29,7 @@ def peppol_endpoint_of(party: Party | None) -> PeppolEndpoint | None:
     if address is None or not address.scheme or not address.value.strip():
         return None
     scheme, identifier = address.scheme.strip(), address.value.strip()
-    if not (len(scheme) == 4 and scheme.isdigit()) or len(identifier) > 200:
+    if not (len(scheme) == 4 and scheme.isascii() and scheme.isdigit()) or len(identifier) > 200:
         return None
     return PeppolEndpoint(scheme=scheme, identifier=identifier)
 

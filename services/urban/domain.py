@@ -238,6 +238,17 @@ class ComplementsBeforeTheirRequest(ProblemError):
         )
 
 
+class DeemedComplete(Conflict):
+    def __init__(self, reference: str, since: date, what: str) -> None:
+        super().__init__(
+            "deemed-complete",
+            f"File {reference} is deemed complete since {since.isoformat()}: its completeness"
+            f" check went unanswered in its days (CoDT D.IV.33), and its decision days run"
+            f" from then; {what} cannot start it over. Declare it complete.",
+            since=since.isoformat(),
+        )
+
+
 class WrongNoticeInstance(ProblemError):
     def __init__(self, instance_code: str, tenant: str, expected: str | None) -> None:
         expected_text = (

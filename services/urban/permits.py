@@ -62,6 +62,7 @@ from services.urban.domain import (
     DecisionDeadlineNotExtendable,
     DecisionDeadlinePassed,
     DecisionFromAnotherMeeting,
+    DeemedComplete,
     DocumentMismatch,
     DuplicateDocument,
     FileAlreadyDecided,
@@ -450,10 +451,20 @@ async def declare_incomplete(
     check_state(
         file.reference, file.state, "the completeness check", frozenset({FileState.RECEIVED})
     )
+    _refuse_once_deemed_complete(file, brussels_day(now), "a list of missing documents")
     # The completeness deadline is met: the list of missing documents was sent in time.
     file.state, file.missing_documents = FileState.INCOMPLETE, missing
     file.missing_asked_on, file.updated_at = brussels_day(now), now
     await refresh_deadlines(session, file, settings, brussels_day(now))
+
+
+def _refuse_once_deemed_complete(file: PermitFile, today: date, what: str) -> None:
+    """Raise ``DeemedComplete`` when the file's completeness check went unanswered in its
+    days (CoDT D.IV.33†): it is complete since, and its decision days run; asking for
+    documents now, or starting the check over with complements, would push them back."""
+    start, deemed = deadlines.decision_clock_start(facts_of(file))
+    if deemed and start is not None and today > start:
+        raise DeemedComplete(file.reference, start, what)
 
 
 async def receive_complements(
@@ -463,6 +474,8 @@ async def receive_complements(
     over from that day (the file's receipt day stays as it was)."""
     check_state(file.reference, file.state, "complements", frozenset({FileState.INCOMPLETE}))
     today = brussels_day(now)
+    # A list sent after the check's days (before that rule) started nothing over either.
+    _refuse_once_deemed_complete(file, today, "complements")
     if came_on > today:
         raise ReceivedInTheFuture(came_on, today)
     if came_on < (file.missing_asked_on or file.received_on):

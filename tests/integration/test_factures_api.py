@@ -494,9 +494,25 @@ async def test_approving_an_invoice_whose_event_cannot_be_sent_is_refused_and_ch
     assert (await factures.http.get(url, headers=factures.auth())).json()["state"] == "to_approve"
 
 
-async def test_an_upload_without_supplier_endpoint_gets_no_answer(factures: Factures) -> None:
-    invoice = await factures.upload(invoice_xml(seller_endpoint=None))
-    assert invoice.status_code == 201 and invoice.json()["supplier_endpoint"] is None
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        None,  # no endpoint at all
+        "\u0660\u0662\u0660\u0668",  # 0208 in Arabic-Indic digits: read as digits, a 500
+    ],
+)
+async def test_an_upload_without_a_supplier_endpoint_gets_no_answer(
+    factures: Factures, scheme: str | None
+) -> None:
+    content = invoice_xml(seller_endpoint=None if scheme is None else SUPPLIER_ID)
+    if scheme is not None:
+        content = content.replace(
+            f'<cbc:EndpointID schemeID="0208">{SUPPLIER_ID}'.encode(),
+            f'<cbc:EndpointID schemeID="{scheme}">{SUPPLIER_ID}'.encode(),
+        )
+    invoice = await factures.upload(content)
+    assert invoice.status_code == 201, invoice.text
+    assert invoice.json()["supplier_endpoint"] is None
     assert await factures.responses(invoice.json()["id"]) == []
 
 

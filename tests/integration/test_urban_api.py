@@ -1158,7 +1158,7 @@ async def test_body_codes_are_kept_in_capitals_and_capakeys_take_only_ascii_digi
 async def test_complements_restart_the_completeness_check_from_their_day(
     service: UrbanService,
 ) -> None:
-    received = date.today() - timedelta(days=30)
+    received = date.today() - timedelta(days=5)
     file = await service.open_file(received_on=received.isoformat())
     path = f"/v1/files/{file['id']}"
     problem(await service.post(f"{path}/complements", {}), 409, "file-state-forbids")
@@ -1185,7 +1185,7 @@ async def test_complements_restart_the_completeness_check_from_their_day(
 async def test_news_of_an_incomplete_notifications_file_brings_its_complements(
     service: UrbanService,
 ) -> None:
-    received = date.today() - timedelta(days=40)
+    received = date.today() - timedelta(days=5)
     first = notification(received_on=received.isoformat())
     assert await service.deliver(first) == "handled"
     [file] = (await service.get("/v1/files")).json()["items"]
@@ -1202,3 +1202,17 @@ async def test_news_of_an_incomplete_notifications_file_brings_its_complements(
     assert view["complements_received_on"] == date.today().isoformat()
     due = {d["name"]: d["due_on"] for d in view["deadlines"]}
     assert due["completeness"] == last_day(date.today(), 20).isoformat()
+
+
+async def test_a_file_deemed_complete_takes_no_list_of_missing_documents(
+    service: UrbanService,
+) -> None:
+    # Its check's 20 days passed unanswered: complete since, its decision days running.
+    received = date.today() - timedelta(days=40)
+    file = await service.open_file(received_on=received.isoformat())
+    path = f"/v1/files/{file['id']}"
+    late = await service.post(f"{path}/incomplete", {"missing_documents": ["plan"]})
+    body = problem(late, 409, "deemed-complete")
+    assert body["since"] == last_day(received, 20).isoformat()
+    assert (await service.get(path)).json()["state"] == "received"
+    assert (await service.post(f"{path}/complete")).status_code == 200

@@ -27,7 +27,13 @@ from contracts.events.gateway import DeliveryReceipt
 from gateway import engine as engine_module
 from gateway.connectors.base import ATTEMPT_SECONDS, Delivery, DeliveryResult, attempt_deadline
 from gateway.deliveries import MIGRATIONS, DeliveryRecord, idempotency_key
-from gateway.engine import RETRY_BATCH_BYTES, STUCK_AFTER_SECONDS, DeliveriesStuck, DeliveryEngine
+from gateway.engine import (
+    REASON_LENGTH,
+    RETRY_BATCH_BYTES,
+    STUCK_AFTER_SECONDS,
+    DeliveriesStuck,
+    DeliveryEngine,
+)
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import RetryPolicy, Route, RoutingTable
 from kernel.kafka import FETCH_MAX_WAIT_MS, FetchPacing, OffsetCommits
@@ -218,10 +224,15 @@ async def test_a_targets_words_are_kept_without_the_characters_postgresql_refuse
     await engine.handle_record(*as_record(mail_event("mail-1")), "x")
     connector.script = ["ref\x00-1"]
     await engine.handle_record(*as_record(mail_event("mail-2")), "x")
-    failed, delivered = await deliveries(sessions)
+    # And megabytes of an error page made a receipt the producer refuses: the fetch failed.
+    connector.script = [PermanentDeliveryError("HTTP 500: " + "x" * 9_000_000)]
+    await engine.handle_record(*as_record(mail_event("mail-3")), "x")
+    failed, delivered, long = await deliveries(sessions)
     assert failed.last_error == "HTTP 400: <html>\ufffd\ufffd</html>"
     assert delivered.external_reference == "ref\ufffd-1"
     assert next(receipt.reason for receipt in await receipts(sessions)) == failed.last_error
+    assert long.status == "failed" and long.last_error is not None
+    assert len(long.last_error) == REASON_LENGTH and long.last_error.endswith("…")
 
 
 def first_attempt_retried(

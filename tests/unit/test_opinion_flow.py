@@ -21,6 +21,7 @@ from gateway.connectors.opinions import OpinionRestConnector, create_connector
 from gateway.deliveries import MIGRATIONS
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.inbound.opinions import OpinionInbound
+from gateway.inbound.records import InboundDocument
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
 from tests.support.databases import sqlite_sessions
@@ -83,6 +84,28 @@ async def test_an_answer_is_published_once_even_when_its_acknowledgement_is_lost
         date(2026, 3, 10),
     )
     assert platform.acknowledged == ["AV-1"]
+
+
+async def test_an_answer_too_large_for_an_event_is_kept_refused_and_acknowledged(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    platform = FakePlatform()
+    platform.answers = [{**ANSWER, "answerId": "AV-0", "text": "x" * 9_000_000}, ANSWER]
+    inbound = OpinionInbound(sessions=sessions, accounts=[platform])
+
+    await inbound.poll_once()
+    assert platform.acknowledged == ["AV-0", "AV-1"]  # not asked again at every poll
+    async with sessions() as session:
+        rows = (await session.scalars(select(OutboxMessage))).all()
+        kept = (await session.scalars(select(InboundDocument).order_by(InboundDocument.id))).all()
+    assert [from_record(row.headers, row.value).data_as(OpinionReceived).text for row in rows] == [
+        ANSWER["text"]
+    ]
+    assert [(row.source_message_id, row.status) for row in kept] == [
+        ("AV-0", "refused"),
+        ("AV-1", "published"),
+    ]
+    assert "larger than one Kafka record" in (kept[0].reason or "")
 
 
 def connector(handler: Any) -> OpinionRestConnector:

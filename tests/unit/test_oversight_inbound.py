@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -148,11 +149,18 @@ async def test_an_unreachable_service_records_nothing_and_is_asked_again(
     assert await inbound.poll_once() == 1
 
 
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"outcome": "suspended"}, "outcome breaks the hub's event contract"),  # unknown
+        ({"outcome": "annulled", "reason": "x" * 9_000_000}, "larger than one Kafka record"),
+    ],
+)
 async def test_an_outcome_the_event_cannot_carry_is_kept_refused_and_the_rest_go_on(
-    sessions: async_sessionmaker[AsyncSession],
+    sessions: async_sessionmaker[AsyncSession], changes: dict[str, Any], reason: str
 ) -> None:
     oversight = FakeOversight(TENANT)
-    oversight.decide("item-1", outcome="suspended")  # no outcome the contract knows
+    oversight.decide("item-1", **changes)
     oversight.decide("item-2")
     oversight.decide("item-3")
     inbound = OversightInbound(sessions=sessions, sources=[oversight])
@@ -163,7 +171,7 @@ async def test_an_outcome_the_event_cannot_carry_is_kept_refused_and_the_rest_go
     assert [e.subject for e in await published(sessions)] == ["item-2", "item-3"]
     [refused] = [r for r in await records(sessions) if r.status == "refused"]
     assert refused.source_message_id.endswith("-1") and refused.event_id is None
-    assert "outcome breaks the hub's event contract" in (refused.reason or "")
+    assert reason in (refused.reason or "")
     # A restart resumes after it too.
     oversight.calls.clear()
     assert await OversightInbound(sessions=sessions, sources=[oversight]).poll_once() == 0

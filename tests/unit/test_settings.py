@@ -62,6 +62,11 @@ def test_hub_up_on_a_cluster_gives_the_clusters_fetch_wait_unless_the_operator_c
     assert embedded == {"HUB_EMBEDDED_BROKER_STARTED_AT": "2026-12-07T11:00:00+00:00"}
     monkeypatch.setenv("HUB_EMBEDDED_BROKER_STARTED_AT", embedded["HUB_EMBEDDED_BROKER_STARTED_AT"])
     assert HubSettings().embedded_broker_started_at == started
+    # Without its offset it could not be compared with the outbox's instants: refused.
+    monkeypatch.setenv("HUB_EMBEDDED_BROKER_STARTED_AT", "2026-12-07T11:00:00")
+    with pytest.raises(ValidationError, match="timezone"):
+        HubSettings()
+    monkeypatch.delenv("HUB_EMBEDDED_BROKER_STARTED_AT")
     monkeypatch.setenv("HUB_KAFKA_FETCH_WAIT_MS", "250")
     assert broker_environment(None, started) == {}  # start_component passes the operator's on
 
