@@ -355,9 +355,14 @@ def create_app(
     shutdown: Callable[[FastAPI], Awaitable[None]] | None = None,
     version: str = "1.0.0",
     front: Callable[[ASGIApp], ASGIApp] | None = None,
+    body_bytes: int = 0,
 ) -> FastAPI:
     """The process's application. ``front`` wraps the routes innermost (inside the
-    span, count and body limit): a fast path that may answer before FastAPI routes."""
+    span, count and body limit): a fast path that may answer before FastAPI routes.
+    ``body_bytes``: the largest body the process's own requests need, when more than the
+    hub's ``max_body_bytes``; the larger of the two is the limit
+    (``app.state.max_body_bytes``)."""
+    max_body_bytes = max(settings.max_body_bytes, body_bytes)
 
     jobs = BackgroundJobs(component)
 
@@ -389,12 +394,13 @@ def create_app(
     )
     app.state.settings = settings
     app.state.component = component
+    app.state.max_body_bytes = max_body_bytes
     app.state.scrape_refreshes = []
     app.state.health_checks = {}
     install_problem_handlers(app)
     if front is not None:
         app.add_middleware(front)  # added first: the innermost
-    app.add_middleware(RequestGuardMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestGuardMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(TraceAndCountMiddleware, component=component)
 
     @app.get("/healthz", include_in_schema=False)

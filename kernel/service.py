@@ -94,6 +94,9 @@ class Service:
     write_scope: str = field(default="")
     #: A fast path in front of the routes (``kernel.app.create_app``'s ``front``).
     front: Callable[[ASGIApp], ASGIApp] | None = None
+    #: The largest request body the service's own API needs, when more than the hub's
+    #: ``max_body_bytes`` (``kernel.app.create_app``'s ``body_bytes``).
+    body_bytes: int = 0
 
 
 def build_service_app(service: Service, settings: HubSettings, options: ServiceOptions) -> FastAPI:
@@ -168,6 +171,7 @@ def build_service_app(service: Service, settings: HubSettings, options: ServiceO
         startup=startup,
         shutdown=shutdown,
         front=_idempotent(service.front),
+        body_bytes=service.body_bytes,
     )
     for router in service.routers:
         app.include_router(router)

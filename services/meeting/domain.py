@@ -43,6 +43,12 @@ MAX_ANNEX_FILENAME = 255
 #: ``DecisionPublished``…), which the producer refuses beyond ``MAX_REQUEST_BYTES``, and
 #: courrier renders the decision's letter from it (a million characters took 13 s).
 MAX_ITEM_TEXT = 200_000
+#: The largest request an item's creation needs: its annexes in base64, its texts (at most
+#: 4 bytes a character in UTF-8) and room for the rest. The hub's 12 MiB default refused
+#: three annexes of 4 MiB, which WS4PM's rules and the REST schema allow.
+MAX_ITEM_REQUEST_BYTES = (
+    MAX_ANNEXES * (MAX_ANNEX_BYTES * 4 // 3 + 4) + 3 * 4 * MAX_ITEM_TEXT + 2**20
+)
 
 
 #: What a numbered decision may owe the outside world (``tables.DecisionDelivery``).

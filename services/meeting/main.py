@@ -10,6 +10,7 @@ from kernel.service import Service, ServiceOptions, build_service_app
 from kernel.settings import HubSettings, get_settings
 from services.meeting.api import router
 from services.meeting.configuration import load_meeting_settings
+from services.meeting.domain import MAX_ITEM_REQUEST_BYTES
 from services.meeting.notifications import COURRIER_TOPIC
 from services.meeting.notifications import HANDLERS as NOTIFICATION_HANDLERS
 from services.meeting.oparl import RenderedPageFront, oparl_router
@@ -53,5 +54,6 @@ def build_app(
         routers=[router(), ws4pm_router(settings), oparl_router()],
         configure=configure,
         front=RenderedPageFront,
+        body_bytes=MAX_ITEM_REQUEST_BYTES,
     )
     return build_service_app(service, settings, options or ServiceOptions())

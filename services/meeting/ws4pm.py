@@ -724,7 +724,7 @@ def ws4pm_router(settings: HubSettings) -> APIRouter:
     async def endpoint(request: Request) -> Response:
         try:
             caller = authenticate(request, request.app.state.meeting_settings)
-            body = await read_limited(request, settings.max_body_bytes)
+            body = await read_limited(request, request.app.state.max_body_bytes)
             read = await _on_request_worker(read_request, body)
             name = etree.QName(read.operation).localname.removesuffix("Request")
             context = Context(

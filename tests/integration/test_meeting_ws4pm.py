@@ -21,7 +21,7 @@ from contracts.events.meeting import ItemCreated
 from kernel.database import utcnow
 from kernel.settings import HubSettings
 from services.meeting import ws4pm
-from services.meeting.domain import MAX_ANNEX_BYTES, MAX_ITEM_TEXT
+from services.meeting.domain import MAX_ANNEX_BYTES, MAX_ITEM_REQUEST_BYTES, MAX_ITEM_TEXT
 from tests.integration.test_meeting_api import (
     LIEGE,
     PDF,
@@ -420,10 +420,30 @@ async def test_malformed_soap_gets_specific_faults(service: MeetingService) -> N
     assert await service.stored() == (0, 0)
 
 
-async def test_a_soap_call_over_the_body_limit_gets_a_client_fault_not_a_problem(
+async def test_a_client_creates_an_item_with_annexes_past_the_hubs_body_limit(
     service: MeetingService, hub_settings: HubSettings
 ) -> None:
-    limit = hub_settings.max_body_bytes
+    # Three annexes of 4 MiB, which WS4PM's rules allow (ten): the hub's 12 MiB default
+    # refused the request before the endpoint saw it.
+    annex = PDF + b"%" + b"0" * (MAX_ANNEX_BYTES - len(PDF) - 1)
+    annexes = [{"title": f"Plan {n}", "filename": f"plan-{n}.pdf", "file": annex} for n in range(3)]
+    client = await ws4pm_client(service)
+    created = await blocking(
+        client.service.createItem,
+        meetingConfigId="college",
+        proposingGroupId="urbanisme",
+        creationData=creation_data(annexes=annexes),
+    )
+    assert hub_settings.max_body_bytes < 3 * MAX_ANNEX_BYTES * 4 // 3
+    infos = await blocking(client.service.getItemInfos, UID=created.UID, showAnnexes=True)
+    assert [annex.filename for annex in infos[0].annexes] == [f"plan-{n}.pdf" for n in range(3)]
+
+
+async def test_a_soap_call_over_the_body_limit_gets_a_client_fault_not_a_problem(
+    service: MeetingService,
+) -> None:
+    limit = service.app.state.max_body_bytes
+    assert limit == MAX_ITEM_REQUEST_BYTES
     padding = b"<!--" + b"x" * limit + b"-->"
     oversized = envelope("<pm:testConnectionRequest/>").replace(
         b"<soapenv:Body>", padding + b"<soapenv:Body>"
