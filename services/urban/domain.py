@@ -249,6 +249,14 @@ class DeemedComplete(Conflict):
         )
 
 
+class DayOutOfProcedure(ProblemError):
+    """A day that the procedure's order rules out (an inquiry before completeness, an
+    opinion due before it is asked)."""
+
+    def __init__(self, slug: str, detail: str) -> None:
+        super().__init__(422, slug, "A day out of the procedure's order", detail)
+
+
 class WrongNoticeInstance(ProblemError):
     def __init__(self, instance_code: str, tenant: str, expected: str | None) -> None:
         expected_text = (

@@ -57,6 +57,7 @@ from services.urban.domain import (
     TITLES,
     ComplementsBeforeTheirRequest,
     ConcurrentFileChange,
+    DayOutOfProcedure,
     DecisionClockNotStarted,
     DecisionDeadlineAlreadyExtended,
     DecisionDeadlineNotExtendable,
@@ -489,6 +490,12 @@ async def record_inquiry(
     session: AsyncSession, settings: TenantUrban, file: PermitFile, starts_on: date, now: datetime
 ) -> None:
     check_state(file.reference, file.state, "a public inquiry", INSTRUCTION_STATES)
+    if file.complete_on is not None and starts_on < file.complete_on:
+        raise DayOutOfProcedure(
+            "inquiry-before-completeness",
+            f"File {file.reference}: a public inquiry starting on {starts_on.isoformat()},"
+            f" before the file was found complete ({file.complete_on.isoformat()}).",
+        )
     file.inquiry_starts_on, file.updated_at = starts_on, now
     await refresh_deadlines(session, file, settings, brussels_day(now))
 
@@ -503,6 +510,13 @@ async def request_opinion(
     now: datetime,
 ) -> Opinion:
     check_state(file.reference, file.state, "an opinion request", INSTRUCTION_STATES)
+    if due_on < brussels_day(now):
+        raise DayOutOfProcedure(
+            "opinion-due-in-the-past",
+            f"File {file.reference}: an opinion of {body} due on {due_on.isoformat()}, before"
+            " today: the body would have no day to give it (it would be deemed favourable at"
+            " once).",
+        )
     opinion = Opinion(
         id=str(uuid.uuid4()),
         tenant=file.tenant,

@@ -51,7 +51,7 @@ from services.urban.configuration import DecisionTarget
 from services.urban.consumers import NoticeKeepingConsumer, handlers
 from services.urban.deadlines import last_day
 from services.urban.main import UrbanOptions, build_app
-from services.urban.tables import MIGRATIONS, PermitFile, UnprocessedEvent
+from services.urban.tables import MIGRATIONS, Opinion, PermitFile, UnprocessedEvent
 from services.urban.watcher import DeadlineWatcher
 from tests.support.migrations import columns_of, create_table_without
 from tests.support.servers import serving
@@ -1108,7 +1108,9 @@ async def test_an_opinion_past_its_due_day_is_deemed_favourable_when_the_decisio
     service: UrbanService,
 ) -> None:
     yesterday = date.today() - timedelta(days=1)
-    file, late_id = await opinion_asked(service, due_on=yesterday)
+    file, late_id = await opinion_asked(service, due_on=date.today())
+    async with service.app.state.sessions() as session, session.begin():
+        (await session.get_one(Opinion, late_id)).due_on = yesterday  # a day went by
     path = f"/v1/files/{file['id']}"
     on_time = await service.post(
         f"{path}/opinions",
@@ -1216,3 +1218,15 @@ async def test_a_file_deemed_complete_takes_no_list_of_missing_documents(
     assert body["since"] == last_day(received, 20).isoformat()
     assert (await service.get(path)).json()["state"] == "received"
     assert (await service.post(f"{path}/complete")).status_code == 200
+
+
+async def test_days_out_of_the_procedures_order_are_refused(service: UrbanService) -> None:
+    file = await completed(service)
+    path = f"/v1/files/{file['id']}"
+    yesterday = (date.today() - timedelta(days=1)).isoformat()
+    past = {"body": "SRI", "subject": "Avis", "due_on": yesterday}
+    problem(await service.post(f"{path}/opinions", past), 422, "opinion-due-in-the-past")
+    early = {"starts_on": yesterday}  # found complete today
+    problem(await service.post(f"{path}/inquiry", early), 422, "inquiry-before-completeness")
+    after = (await service.get(path)).json()
+    assert (after["opinions"], after["inquiry_starts_on"]) == ([], None)
