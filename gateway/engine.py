@@ -66,7 +66,7 @@ from kernel.logs import mask_national_numbers
 from kernel.metrics import DELIVERIES, DELIVERY_LATENCY, EVENTS_CONSUMED
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import continue_trace, inject_headers, tracer
-from kernel.texts import plain_text
+from kernel.texts import clipped, plain_text
 
 log = logging.getLogger(__name__)
 SOURCE = "urn:hub:gateway"
@@ -185,7 +185,7 @@ class Outcome:
         # write on PostgreSQL, and the fetch with it, again and again; and their length:
         # megabytes of an error page made a receipt larger than the producer sends.
         if self.reason is not None:
-            reason = _cut(plain_text(mask_national_numbers(self.reason)), REASON_LENGTH)
+            reason = clipped(plain_text(mask_national_numbers(self.reason)), REASON_LENGTH)
             object.__setattr__(self, "reason", reason)
         if self.external_reference is not None:
             object.__setattr__(self, "external_reference", plain_text(self.external_reference))
@@ -193,7 +193,7 @@ class Outcome:
             answer = {
                 key[:ANSWER_TEXT_LENGTH]: None
                 if value is None
-                else _cut(plain_text(value), ANSWER_TEXT_LENGTH)
+                else clipped(plain_text(value), ANSWER_TEXT_LENGTH)
                 for key, value in list(self.answer.items())[:ANSWER_ITEMS]
             }
             object.__setattr__(self, "answer", answer)
@@ -204,10 +204,6 @@ REASON_LENGTH = 2000
 #: What an outcome keeps of a target's answer (a register's names and address): so many
 #: items, each so long at most.
 ANSWER_ITEMS, ANSWER_TEXT_LENGTH = 50, 2000
-
-
-def _cut(text: str, longest: int) -> str:
-    return text if len(text) <= longest else text[: longest - 1] + "…"
 
 
 class DeliveryEngine:
@@ -719,7 +715,11 @@ class DeliveryEngine:
                 # Cut to what the delivery log, and the services after it, keep (200
                 # characters): a longer one from a target failed their writes on PostgreSQL,
                 # and the fetch with it, again and again.
-                reference = _fitted(result.external_reference, REFERENCE_LENGTH)
+                reference = (
+                    clipped(result.external_reference, REFERENCE_LENGTH)
+                    if result.external_reference is not None
+                    else None
+                )
                 return Outcome("delivered", external_reference=reference, answer=result.answer)
 
     @asynccontextmanager
@@ -1059,10 +1059,3 @@ class DeliveryEngine:
             record.finished_at = None
             record.updated_at = self._clock()
             return record
-
-
-def _fitted(text: str | None, length: int) -> str | None:
-    """``text`` cut to ``length`` characters, the cut marked by a last "…"."""
-    if text is None or len(text) <= length:
-        return text
-    return text[: length - 1] + "…"

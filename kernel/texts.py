@@ -15,3 +15,8 @@ def plain_text(text: str) -> str:
     """``text`` with each character no kept text may hold replaced by U+FFFD: for texts the
     hub keeps as it was given them (a target's error, a record's reason), not refuses."""
     return NOT_IN_TEXT.sub("\N{REPLACEMENT CHARACTER}", text)
+
+
+def clipped(text: str, longest: int) -> str:
+    """``text`` cut to ``longest`` characters, the cut marked by a last "…"."""
+    return text if len(text) <= longest else text[: longest - 1] + "…"

@@ -9,7 +9,8 @@ before the one transaction that stores the invoice and stages its events.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response, Security
 from fastapi.security import HTTPBearer
@@ -151,24 +152,24 @@ def _reception_routes(api: APIRouter) -> None:
         examination = await _read_document(request)
         check_buyer(examination.buyer_endpoint, caller.tenant, store.tenants)
         sha256 = examination.document.sha256 if examination.document else ""
-        for attempt in (1, 2):
+
+        async def receive() -> tuple[Invoice, bool]:
+            """The invoice, and whether it is this very upload's replay."""
             async with store.sessions() as session:
                 replay = await registry.find_upload(session, caller.tenant, sha256)
             if replay is not None:
-                response.status_code = 200
-                return InvoiceView.of(replay)
-            try:
-                async with store.unit_of_work() as session:
-                    invoice = await registry.receive(
-                        session, buyer_of(store, caller), Arrival("upload"), examination, utcnow()
-                    )
-                break
-            except IntegrityError:
-                # A concurrent reception of the same invoice won the duplicate guard:
-                # the second attempt sees it and records this one as its duplicate.
-                if attempt == 2:
-                    raise
-        _located(response, invoice)
+                return replay, True
+            async with store.unit_of_work() as session:
+                invoice = await registry.receive(
+                    session, buyer_of(store, caller), Arrival("upload"), examination, utcnow()
+                )
+            return invoice, False
+
+        invoice, replayed = await once_more_if_raced(receive)
+        if replayed:
+            response.status_code = 200
+        else:
+            _located(response, invoice)
         return InvoiceView.of(invoice)
 
     @api.post(
@@ -184,26 +185,30 @@ def _reception_routes(api: APIRouter) -> None:
         refused (422) and the invoice stays to encode."""
         examination = await _read_document(request)
         check_buyer(examination.buyer_endpoint, caller.tenant, store.tenants)
-        for attempt in (1, 2):
-            try:
-                async with store.unit_of_work() as session:
-                    invoice = await registry.find_invoice(session, caller.tenant, invoice_id)
-                    await registry.encode(
-                        session,
-                        invoice,
-                        buyer_of(store, caller),
-                        examination,
-                        caller.subject,
-                        utcnow(),
-                    )
-                break
-            except IntegrityError:
-                # Another scan of the same paper invoice, encoded at the same moment, won
-                # the duplicate guard: the second attempt sees it and rejects this one as
-                # its duplicate, as upload does.
-                if attempt == 2:
-                    raise
-        return InvoiceView.of(invoice)
+
+        async def encode() -> Invoice:
+            async with store.unit_of_work() as session:
+                invoice = await registry.find_invoice(session, caller.tenant, invoice_id)
+                await registry.encode(
+                    session, invoice, buyer_of(store, caller), examination, caller.subject, utcnow()
+                )
+            return invoice
+
+        return InvoiceView.of(await once_more_if_raced(encode))
+
+
+T = TypeVar("T")
+
+
+async def once_more_if_raced(step: Callable[[], Awaitable[T]]) -> T:
+    """``step``, and once more when a concurrent request on the same invoice won the
+    database's duplicate guard (an ``IntegrityError``): the second attempt sees the winner,
+    and answers this request as its replay or records it as its duplicate (two scans of
+    one paper invoice encoded at once were a 500 on PostgreSQL)."""
+    try:
+        return await step()
+    except IntegrityError:
+        return await step()
 
 
 def _reading_routes(api: APIRouter) -> None:

@@ -47,6 +47,7 @@ from kernel.database import listing_page
 from kernel.errors import NotFound, ProblemError
 from kernel.outbox import fits_in_a_record, stage
 from kernel.tenants import Tenant
+from kernel.texts import clipped
 from services.factures import reasons
 from services.factures.accounting import (
     accounting_document,
@@ -242,7 +243,7 @@ def _fit_to_columns(invoice: Invoice) -> None:
     for column, longest in _LENGTHS.items():
         value = getattr(invoice, column)
         if isinstance(value, str) and len(value) > longest:
-            setattr(invoice, column, value[: longest - 1] + "…")
+            setattr(invoice, column, clipped(value, longest))
         elif isinstance(value, Decimal) and len(str(value)) > longest:
             setattr(invoice, column, None)
 
@@ -571,7 +572,7 @@ async def _reject(
     event = InvoiceRejected(
         invoice_id=invoice.id,
         number=invoice.number,
-        reason=_clipped(reasons.summary(found), _LONGEST_REASON),
+        reason=clipped(reasons.summary(found), _LONGEST_REASON),
         findings=_findings_data(findings, invoice.id),
     )
     _record(invoice, now, event=event, response=RESPONSE_AFTER[Step.REJECT], note=event.reason)
@@ -700,10 +701,6 @@ _TOO_LARGE_TO_APPROVE = (
 _TOO_LARGE = "Ask the supplier for a smaller document."
 
 
-def _clipped(text: str, longest: int) -> str:
-    return text if len(text) <= longest else text[: longest - 1] + "…"
-
-
 def some_findings(findings: Sequence[Finding], per_rule: int, holder: str) -> list[Finding]:
     """The first ``per_rule`` findings of each rule, then one ``MORE_FINDINGS`` saying how
     many more of which rule there are, and that ``holder`` has them all."""
@@ -742,8 +739,8 @@ def _finding_data(finding: Finding) -> FindingData:
     return FindingData(
         rule=finding.rule,
         flag=finding.flag,
-        message=_clipped(finding.message, _LONGEST_FINDING_TEXT),
-        location=_clipped(finding.location, _LONGEST_FINDING_TEXT),
+        message=clipped(finding.message, _LONGEST_FINDING_TEXT),
+        location=clipped(finding.location, _LONGEST_FINDING_TEXT),
     )
 
 

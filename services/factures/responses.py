@@ -19,6 +19,7 @@ from lxml import etree
 
 from contracts.events.factures import ResponseStatus
 from contracts.events.peppol import PeppolEndpoint
+from kernel.texts import clipped
 from services.factures.reasons import STATUS_REASON_CODES, Reason
 
 CUSTOMIZATION_ID = "urn:fdc:peppol.eu:poacc:trns:invoice_response:3"
@@ -95,7 +96,7 @@ def xml_text(text: str) -> str:
 
 
 def _free_text(text: str) -> str:
-    return text if len(text) <= MAX_TEXT_CHARACTERS else text[: MAX_TEXT_CHARACTERS - 1] + "…"
+    return clipped(text, MAX_TEXT_CHARACTERS)
 
 
 def _cbc(parent: etree._Element, name: str, text: str, **attributes: str) -> etree._Element:

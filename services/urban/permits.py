@@ -932,7 +932,7 @@ def keep_unprocessed(
     data: dict[str, Any] | None,
     now: datetime,
 ) -> None:
-    listed, contents = _contents_apart(data)
+    listed, contents = contents_apart(data)
     session.add(
         UnprocessedEvent(
             event_id=event_id,
@@ -948,7 +948,7 @@ def keep_unprocessed(
     )
 
 
-def _contents_apart(
+def contents_apart(
     data: dict[str, Any] | None,
 ) -> tuple[dict[str, Any] | None, list[str | None] | None]:
     """``data`` without its documents' ``content_base64``, and those, in order."""

@@ -17,7 +17,7 @@ from contracts.events.urban import FileType
 from kernel.api import RequestModel
 from services.urban import deadlines
 from services.urban.domain import BODY_CODE_PATTERN, FileState, IdentityStatus, comparable_body
-from services.urban.permits import facts_of
+from services.urban.permits import contents_apart, facts_of
 from services.urban.tables import (
     FileApplicant,
     FileDocument,
@@ -290,26 +290,10 @@ class UnprocessedView(BaseModel):
             subject=row.subject,
             problem=row.problem,
             reason=row.reason,
-            data=_without_contents(row.data),
+            # Rows kept before the bytes were stored apart (migration 9) still hold them.
+            data=contents_apart(row.data)[0],
             received_at=row.received_at,
         )
-
-
-def _without_contents(data: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A kept notification's data with its documents' metadata but not their bytes: a page
-    of 200 notifications with plans attached was hundreds of megabytes of base64."""
-    documents = data.get("documents") if data else None
-    if not data or not isinstance(documents, list):
-        return data
-    return {
-        **data,
-        "documents": [
-            {key: value for key, value in document.items() if key != "content_base64"}
-            if isinstance(document, dict)
-            else document
-            for document in documents
-        ],
-    }
 
 
 class ReplayOutcome(BaseModel):
