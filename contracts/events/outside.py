@@ -15,6 +15,8 @@ from contracts.events.base import EventData
 from contracts.events.peppol import INBOUND_TOPIC
 from contracts.events.urban import Applicant, FileType, Parcel
 
+METADATA_MISMATCH_LENGTH = 500
+
 
 class NoticeDocument(BaseModel):
     """A document of a NOTICe notification, fetched and checked against its metadata."""
@@ -26,6 +28,11 @@ class NoticeDocument(BaseModel):
     size: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     content_base64: str
+    #: How the content (``size`` and ``sha256`` are the content's) differs from what
+    #: NOTICe's metadata declared, when two fetches gave the same difference; absent
+    #: otherwise. Urban keeps the document and shows the difference on the file. Added
+    #: within v1: a consumer must know the field before the gateway sends it.
+    metadata_mismatch: str | None = Field(default=None, max_length=METADATA_MISMATCH_LENGTH)
 
 
 class NoticeNotificationReceived(EventData):

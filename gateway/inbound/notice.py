@@ -13,10 +13,11 @@ of the tenant's ``notice`` connector (modelled contract
 2. fetches each new one and its documents, at most ``concurrency`` at a time,
    and checks every document against its metadata (size, SHA-256). A
    mismatch is fetched once more (a broken transfer); if it persists, the
-   document is published as received, with its actual size and SHA-256, and
-   the mismatch is recorded as the row's ``reason`` (``/v1/inbound``) and
-   logged: urban keeps and shows what NOTICe gave rather than losing the
-   request, and an operator sees the problem;
+   document is published as received, with its actual size and SHA-256 and
+   the difference (``metadata_mismatch``), which is also recorded as the row's
+   ``reason`` (``/v1/inbound``) and logged: urban keeps what NOTICe gave and
+   shows the difference on the file rather than losing the request, and an
+   operator sees the problem;
 3. records the page's notifications and stages their
    ``gateway.notice.notification_received.v1`` events in one transaction.
 
@@ -48,7 +49,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import new_event
-from contracts.events.outside import NoticeDocument, NoticeNotificationReceived
+from contracts.events.outside import (
+    METADATA_MISMATCH_LENGTH,
+    NoticeDocument,
+    NoticeNotificationReceived,
+)
 from contracts.events.peppol import MAX_DOCUMENT_BYTES
 from gateway.connectors.notice import TYPE_NAME, NoticeSettings
 from gateway.http import ResponseTooLarge
@@ -66,6 +71,7 @@ from kernel.database import utcnow, write_transaction
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
 from kernel.tenants import Tenant
+from kernel.texts import clipped, plain_text
 
 log = logging.getLogger(__name__)
 SOURCE = "urn:hub:gateway:notice"
@@ -325,6 +331,8 @@ class NoticeInbound:
             content = await api.document(fetched.notification_id, document_id)
             mismatch = document_mismatch(content, declared_size, declared_sha256)
         if mismatch:
+            # Its declared SHA-256 is NOTICe's text, of any length and any characters.
+            mismatch = clipped(plain_text(mismatch), METADATA_MISMATCH_LENGTH)
             fetched.mismatches.append(f"document {document_id} ({filename}): {mismatch}")
         fetched.documents.append(
             NoticeDocument(
@@ -334,6 +342,7 @@ class NoticeInbound:
                 size=len(content),
                 sha256=hashlib.sha256(content).hexdigest(),
                 content_base64=pybase64.b64encode(content).decode(),
+                metadata_mismatch=mismatch,
             )
         )
 

@@ -31,7 +31,11 @@ from sqlalchemy.orm.exc import StaleDataError
 from contracts.envelope import CloudEvent, new_event
 from contracts.events.base import EventData
 from contracts.events.meeting import ConcernedParty, ItemDecided
-from contracts.events.outside import NoticeDocument, NoticeNotificationReceived
+from contracts.events.outside import (
+    METADATA_MISMATCH_LENGTH,
+    NoticeDocument,
+    NoticeNotificationReceived,
+)
 from contracts.events.urban import (
     Applicant,
     DecisionDeadlineExtended,
@@ -115,6 +119,9 @@ class Document:
     filename: str
     media_type: str
     content: bytes
+    #: How the content differs from what NOTICe's metadata declared (the gateway fetched
+    #: it twice alike): kept, and shown on the file for a clerk to ask NOTICe again.
+    metadata_mismatch: str | None = None
 
     @property
     def sha256(self) -> str:
@@ -211,7 +218,18 @@ def checked_document(document: NoticeDocument) -> Document:
             document.document_id,
             f"its metadata says {document.size} bytes, its content has {len(content)}",
         )
-    checked = Document(document.document_id, document.filename, document.media_type, content)
+    fitting_text(
+        f"document {document.document_id!r}'s metadata mismatch",
+        document.metadata_mismatch,
+        METADATA_MISMATCH_LENGTH,
+    )
+    checked = Document(
+        document.document_id,
+        document.filename,
+        document.media_type,
+        content,
+        document.metadata_mismatch,
+    )
     if checked.sha256 != document.sha256:
         raise DocumentMismatch(
             document.document_id,
@@ -316,6 +334,7 @@ def _document_row(document: Document, now: datetime) -> FileDocument:
         size=len(document.content),
         sha256=document.sha256,
         content=document.content,
+        metadata_mismatch=document.metadata_mismatch,
         received_at=now,
     )
 

@@ -147,6 +147,12 @@ class DocumentView(BaseModel):
     media_type: str
     size: int
     sha256: str
+    metadata_mismatch: str | None = Field(
+        description=(
+            "How the document received differs from what NOTICe's metadata declared of it"
+            " (size, SHA-256); null when it does not. Ask NOTICe for the document again."
+        )
+    )
 
     @classmethod
     def of(cls, document: FileDocument) -> DocumentView:
@@ -156,6 +162,7 @@ class DocumentView(BaseModel):
             media_type=document.media_type,
             size=document.size,
             sha256=document.sha256,
+            metadata_mismatch=document.metadata_mismatch,
         )
 
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from contracts.events.outside import METADATA_MISMATCH_LENGTH
 from kernel.consumer import InboxEntry, RejectedEvent, one_rejected_event_per_id
 from kernel.database import Base, BigId, UtcDateTime
 from kernel.idempotency import IdempotentRequest
@@ -152,6 +153,10 @@ class FileDocument(Base):
     #: Loaded only when asked for: file views never read the bytes.
     content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    #: How the content differs from what NOTICe declared of it, or None (NoticeDocument).
+    metadata_mismatch: Mapped[str | None] = mapped_column(
+        String(METADATA_MISMATCH_LENGTH), nullable=True
+    )
 
 
 class Opinion(Base):
@@ -303,5 +308,10 @@ MIGRATIONS: list[Migration] = [
         9,
         "kept events' documents' bytes apart from their data",
         add_columns(table_of(UnprocessedEvent), "contents"),
+    ),
+    Migration(
+        10,
+        "how a NOTICe document differs from its declared metadata",
+        add_columns(table_of(FileDocument), "metadata_mismatch"),
     ),
 ]

@@ -433,6 +433,18 @@ async def test_a_notification_opens_one_file_even_when_delivered_twice(
     assert document.content == PDF
 
 
+async def test_a_document_unlike_its_notice_metadata_is_kept_and_shown_on_the_file(
+    service: UrbanService,
+) -> None:
+    difference = f"8 bytes received, 13 declared; SHA-256 {'a' * 64} received, {'0' * 64} declared"
+    event = notification(documents=[{**NOTICE_DOCUMENT, "metadata_mismatch": difference}])
+    assert await service.deliver(event) == "handled"
+    [opened] = await service.events(FileOpened.TYPE)
+    file = (await service.get(f"/v1/files/{opened.data_as(FileOpened).file_id}")).json()
+    [document] = file["documents"]
+    assert (document["document_id"], document["metadata_mismatch"]) == ("doc-1", difference)
+
+
 async def test_complete_sends_partial_the_decision_sends_final_and_closes_the_notification(
     service: UrbanService,
 ) -> None:
@@ -511,6 +523,7 @@ async def test_complete_sends_partial_the_decision_sends_final_and_closes_the_no
             "document-mismatch",
         ),
         ({"documents": [{**NOTICE_DOCUMENT, "filename": "f" * 256}]}, "unfit-text"),
+        ({"documents": [{**NOTICE_DOCUMENT, "metadata_mismatch": "x\x00"}]}, "unfit-text"),
         (
             {"applicants": [{"kind": "person", "identifier": "85073003329", "name": "A, B"}]},
             "invalid-national-number",
@@ -991,7 +1004,8 @@ async def test_the_kept_listing_shows_a_documents_metadata_not_its_bytes(
     [kept] = (await service.get("/v1/unprocessed-notifications")).json()
     [document] = kept["data"]["documents"]
     assert document == {k: v for k, v in NOTICE_DOCUMENT.items() if k != "content_base64"} | {
-        "size": 3
+        "size": 3,
+        "metadata_mismatch": None,
     }
 
 

@@ -175,6 +175,11 @@ async def test_a_document_that_breaks_its_metadata_is_fetched_again_then_publish
     [document] = by_subject["broken"].documents
     assert base64.b64decode(document.content_base64) == b"tampered"
     assert document.sha256 == hashlib.sha256(b"tampered").hexdigest()
+    # The difference travels with the document, for urban to show on the file.
+    assert document.metadata_mismatch is not None
+    assert document.metadata_mismatch.startswith("8 bytes received, 13 declared; SHA-256")
+    [healed] = by_subject["healed"].documents
+    assert healed.metadata_mismatch is None
     assert notice.calls.count("doc:broken/D1") == 2
 
 
