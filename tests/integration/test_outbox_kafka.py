@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +15,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from contracts.envelope import from_record, headers_as_text, new_event
 from contracts.events.gateway import DeliveryReceipt
-from kernel.database import create_engine, session_factory
-from kernel.kafka import make_producer
+from kernel.database import create_engine, session_factory, utcnow
+from kernel.kafka import EmbeddedBroker, ensure_topics, free_port, make_producer, wait_for_broker
 from kernel.migrations import Migration, create_tables, migrate
 from kernel.outbox import OutboxMessage, OutboxRelay, stage, transaction
 from tests.support.hub_processes import drop_schemas
@@ -233,4 +234,77 @@ async def test_reading_on_past_a_stuck_key_keeps_each_keys_order(
             session_factory(engine)
         )
     finally:
+        await engine.dispose()
+
+
+async def _keys_on(bootstrap: str, topic: str, wait_ms: int) -> list[bytes]:
+    """Every key on ``topic`` from its start, as a new consumer group reads it."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"t-{uuid.uuid4()}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    keys: list[bytes] = []
+    try:
+        batch = await consumer.getmany(timeout_ms=wait_ms)
+        while batch:
+            keys += [record.key or b"" for records in batch.values() for record in records]
+            batch = await consumer.getmany(timeout_ms=500)
+    finally:
+        await consumer.stop()
+    return keys
+
+
+async def test_an_embedded_broker_started_again_gets_the_events_it_forgot(
+    tmp_path: Path,
+) -> None:
+    """What ``hub up`` relies on after a Ctrl-C: Tansu keeps its records in memory only, so
+    a relay told when the new broker started sends again what it had sent to the old one."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'outbox.db'}")
+    await migrate(engine, "outbox-test", MIGRATIONS)
+    sessions = session_factory(engine)
+    broker = EmbeddedBroker(port=free_port())
+    try:
+        broker.start()
+        await wait_for_broker(broker.bootstrap_servers)
+        await ensure_topics(broker.bootstrap_servers)
+        producer = make_producer(broker.bootstrap_servers, "outbox-test")
+        await producer.start()
+        try:
+            relay = OutboxRelay(sessions, producer, component="outbox-test")
+            async with transaction(sessions, relay) as session:
+                stage(session, receipt("before-the-restart"))
+            assert await relay.publish_pending() == 1
+        finally:
+            await producer.stop()
+        assert await _keys_on(broker.bootstrap_servers, "gateway.receipts", 5000) == [
+            b"92137:before-the-restart"
+        ]
+
+        broker.stop()
+        broker.start()  # the same address, nothing kept
+        started_at = utcnow()
+        await wait_for_broker(broker.bootstrap_servers)
+        await ensure_topics(broker.bootstrap_servers)
+        assert await _keys_on(broker.bootstrap_servers, "gateway.receipts", 1000) == []
+
+        producer = make_producer(broker.bootstrap_servers, "outbox-test")
+        await producer.start()
+        try:
+            restarted = OutboxRelay(
+                sessions, producer, component="outbox-test", forgetful_broker_since=started_at
+            )
+            assert await restarted.republish_forgotten(started_at) == 1
+            assert await restarted.publish_pending() == 1
+            assert await restarted.republish_forgotten(started_at) == 0  # once per broker
+        finally:
+            await producer.stop()
+        assert await _keys_on(broker.bootstrap_servers, "gateway.receipts", 5000) == [
+            b"92137:before-the-restart"
+        ]
+    finally:
+        broker.stop()
         await engine.dispose()
