@@ -150,7 +150,7 @@ def topics() -> None:
 def token(
     tenant: Annotated[str, typer.Option(help="5-digit NIS code of the tenant")],
     scope: Annotated[list[str], typer.Option(help="Scope; repeat for several")],
-    ttl: Annotated[int, typer.Option(help="Lifetime in seconds")] = 3600,
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds", min=1)] = 3600,
     subject: Annotated[str, typer.Option(help="Who the token is for")] = "dev",
 ) -> None:
     """Print a development bearer token signed by the hub's own issuer."""
@@ -169,7 +169,7 @@ def token(
 
 @app.command()
 def demo(
-    count: Annotated[int, typer.Option(help="How many documents per service")] = 50,
+    count: Annotated[int, typer.Option(help="How many documents per service", min=1)] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every delivery")] = 120.0,
     tenant: Annotated[str, typer.Option(help="Tenant the demo acts for")] = "92137",

@@ -62,6 +62,7 @@ from contracts.envelope import (
     headers_as_text,
 )
 from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction
+from kernel.errors import failure_text
 from kernel.kafka import (
     FETCH_MAX_WAIT_MS,
     LAST_COMMIT_SECONDS,
@@ -205,10 +206,30 @@ PASSING_SQLSTATE_CLASSES = ("08", "40", "53")
 PASSING_SQLSTATES = ("57P01", "57P02", "57P03")
 
 
+#: SQLite's primary result codes that pass: busy, locked, an I/O error, the disk full, the
+#: file not openable. Its other "operational" errors (no such column, no such table: a
+#: migration not applied; a syntax error) fail the same way at every attempt.
+PASSING_SQLITE_CODES = frozenset({5, 6, 10, 13, 14})
+
+#: Errors of files, not of the way to a database: a handler's own, failing alike again.
+_FILE_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
+
+
 def database_away(error: BaseException) -> bool:
     """Whether ``error`` says the database (or the way to it) is away, for now."""
+    sqlite_code = getattr(getattr(error, "orig", None), "sqlite_errorcode", None)
+    if isinstance(sqlite_code, int):
+        return sqlite_code & 0xFF in PASSING_SQLITE_CODES
+    if isinstance(error, _FILE_ERRORS):
+        return False
     if isinstance(error, OperationalError | InterfaceError | PoolTimeout | OSError | TimeoutError):
-        return True  # locked, disconnected, refused, the pool exhausted
+        return True  # disconnected, refused, the pool exhausted
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
     sqlstate = _sqlstate(error) or ""
@@ -474,7 +495,7 @@ class EventConsumer:
                     )
                     await asyncio.sleep(RETRY_PAUSE_SECONDS)
                     continue
-                reason = f"its handler failed {failures} times: {type(exc).__name__}: {exc}"
+                reason = f"its handler failed {failures} times: {failure_text(exc)}"
             try:
                 kept = await self.keep_rejected(record.headers, record.value, record.topic, reason)
             except Exception:

@@ -93,8 +93,11 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
         checkpointer = sqlite_driver.WalCheckpointer(path) if path != ":memory:" else None
         # The statements run on the event loop's thread (kernel.sqlite_driver says why);
         # a writer waits up to 30 s for another connection's write lock.
+        # Errors name their statements, not their values: the values are personal data.
         engine = create_async_engine(
-            url, async_creator=sqlite_driver.connector(path, 30.0, checkpointer)
+            url,
+            async_creator=sqlite_driver.connector(path, 30.0, checkpointer),
+            hide_parameters=True,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "before_cursor_execute", _scans_off_the_loop)
@@ -108,7 +111,9 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"invalid schema name {schema!r}")
         connect_args["server_settings"] = {"search_path": schema}
-    return create_async_engine(url, pool_size=10, max_overflow=10, connect_args=connect_args)
+    return create_async_engine(
+        url, pool_size=10, max_overflow=10, connect_args=connect_args, hide_parameters=True
+    )
 
 
 _checkpointers: WeakKeyDictionary[Engine, sqlite_driver.WalCheckpointer] = WeakKeyDictionary()

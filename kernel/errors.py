@@ -18,11 +18,27 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from lxml import etree
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kernel.logs import mask_national_numbers
+from kernel.texts import plain_text
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://hub.example/problems/"
 log = logging.getLogger(__name__)
+
+
+def failure_text(error: BaseException) -> str:
+    """What went wrong, for an API caller or a kept record: the exception's type and text,
+    of a database error its driver's first line only. SQLAlchemy's text quotes the
+    statement (the schema is no caller's business); national numbers are masked."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        # PostgreSQL's next lines detail the row: "Key (niss)=(...) already exists".
+        said = f"{type(error.orig).__name__}: {str(error.orig).partition(chr(10))[0]}"
+    else:
+        said = f"{type(error).__name__}: {error}"
+    return plain_text(mask_national_numbers(said))
 
 
 class ProblemError(Exception):

@@ -8,8 +8,9 @@ import time
 
 from contracts.identifiers import check_niss, mask_niss
 
-# 11 digits, bare or punctuated like 85.07.30-033.28, not inside a longer number.
-_NISS_LIKE = re.compile(r"(?<![0-9])(\d{2}\.?\d{2}\.?\d{2}[-.]?\d{3}\.?\d{2})(?![0-9])")
+# 11 digits, bare or punctuated as people write them (85.07.30-033.28, 850730-033-28,
+# 85 07 30 033 28), not inside a longer number.
+_NISS_LIKE = re.compile(r"(?<![0-9])(\d{2}[-. ]?\d{2}[-. ]?\d{2}[-. ]?\d{3}[-. ]?\d{2})(?![0-9])")
 
 
 def mask_national_numbers(text: str) -> str:
@@ -22,13 +23,12 @@ def mask_national_numbers(text: str) -> str:
     return _NISS_LIKE.sub(replace, text)
 
 
-class NationalNumberMasking(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = mask_national_numbers(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
+class NationalNumbersMasked(logging.Formatter):
+    """The record as written, national numbers masked: its message and its traceback,
+    which quotes exceptions' texts (a database error quotes its statement's values)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_national_numbers(super().format(record))
 
 
 class RepeatsOnceInAWhile(logging.Filter):
@@ -63,10 +63,9 @@ class RepeatsOnceInAWhile(logging.Filter):
 def configure_logging(component: str, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(
-        logging.Formatter(f"%(asctime)s {component} %(levelname)s %(name)s: %(message)s")
+        NationalNumbersMasked(f"%(asctime)s {component} %(levelname)s %(name)s: %(message)s")
     )
     handler.addFilter(RepeatsOnceInAWhile(("aiokafka",)))
-    handler.addFilter(NationalNumberMasking())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -65,15 +65,16 @@ class HubSettings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     #: On PostgreSQL each process keeps its tables in schema ``<prefix><process>``;
     #: a prefix lets two hubs (staging and production, or test runs) share a database.
-    database_schema_prefix: str = Field(default="", pattern=r"^[a-z0-9_]{0,40}$")
+    #: A schema's name starts with a letter or an underscore, as PostgreSQL's names do.
+    database_schema_prefix: str = Field(default="", pattern=r"^([a-z_][a-z0-9_]{0,39})?$")
 
     #: OAuth2: in development the hub is its own issuer; in production an OIDC JWKS URL.
     jwt_issuer: str = DEVELOPMENT_ISSUER
     jwt_audience: str = "hub"
     jwks_url: str | None = None
 
-    #: Largest request body any API accepts, in bytes.
-    max_body_bytes: int = 12 * 1024 * 1024
+    #: Largest request body any API accepts, in bytes; below 64 KiB not even an invoice fits.
+    max_body_bytes: int = Field(default=12 * 1024 * 1024, ge=64 * 1024)
 
     sandbox_url: str = "http://127.0.0.1:8010"
     #: The sandbox's TLS listener, which asks each client for its certificate (the

@@ -8,15 +8,76 @@ per document). Tests pass their own in-memory exporter.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.trace import Status
+
+from kernel.logs import mask_national_numbers
 
 _configured = False
+
+
+class NationalNumbersMasked(SpanExporter):
+    """Exports through ``exporter``, national numbers masked in what exceptions put in
+    spans: the SDK records an escaping exception's ``str()`` and stack trace as an event,
+    and its type and text as the status; a database error quotes its statement's values,
+    an applicant's national number among them. The spans' own attributes are the hub's,
+    written without personal data."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self._exporter = exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._exporter.export([_masked(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+
+def _masked(span: ReadableSpan) -> ReadableSpan:
+    if not span.events and not span.status.description:
+        return span  # nearly every span: nothing an exception wrote
+    description = span.status.description
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=span.attributes,
+        events=[
+            Event(
+                event.name,
+                {
+                    name: mask_national_numbers(value) if isinstance(value, str) else value
+                    for name, value in (event.attributes or {}).items()
+                },
+                event.timestamp,
+            )
+            for event in span.events
+        ],
+        links=span.links,
+        kind=span.kind,
+        status=Status(
+            span.status.status_code,
+            mask_national_numbers(description) if description else description,
+        ),
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 def configure_tracing(
@@ -27,12 +88,16 @@ def configure_tracing(
         return
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     if exporter is not None:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        provider.add_span_processor(SimpleSpanProcessor(NationalNumbersMasked(exporter)))
     elif otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces"))
+            BatchSpanProcessor(
+                NationalNumbersMasked(
+                    OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces")
+                )
+            )
         )
     trace.set_tracer_provider(provider)
     _configured = True

@@ -46,6 +46,7 @@ async def courrier_demo(run: DemoRun) -> ServiceResult:
             async with slots:
                 response = await client.post("/v1/incoming-mails", json=body)
             if response.status_code != 201:
+                result.failed += 1  # not counted as submitted, but the run did not go well
                 result.problems.append(
                     f"incoming mail: {response.status_code}: {response.text[:200]}"
                 )

@@ -23,6 +23,7 @@ from kernel.app import TraceAndCountMiddleware, broker_check, check_health_of, c
 from kernel.auth import CallerDep, TokenVerifier, Unauthorized, issue_token
 from kernel.kafka import free_port
 from kernel.settings import HubSettings
+from kernel.telemetry import NationalNumbersMasked
 
 
 class Greeting(RequestModel):
@@ -336,6 +337,29 @@ async def test_a_requests_span_is_named_by_its_route_not_by_its_path() -> None:
     assert [span.name for span in spans] == ["GET /v1/mails/{mail_id}"] * 2 + ["GET"]
     assert spans[0].attributes is not None
     assert spans[0].attributes["http.route"] == "/v1/mails/{mail_id}"
+
+
+def test_an_exception_recorded_in_a_span_is_exported_with_national_numbers_masked() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(NationalNumbersMasked(exporter)))
+    with (
+        pytest.raises(ValueError),
+        provider.get_tracer("test").start_as_current_span("handle"),
+    ):
+        raise ValueError("UNIQUE constraint failed [parameters: ('85073003328', 'Dupont')]")
+    with provider.get_tracer("test").start_as_current_span("quiet"):
+        pass
+
+    failed, quiet = exporter.get_finished_spans()
+    [recorded] = failed.events
+    assert recorded.attributes is not None
+    written = (
+        f"{recorded.attributes['exception.message']} {recorded.attributes['exception.stacktrace']}"
+    )
+    assert "033" not in written and "85*********" in written
+    assert failed.status.description is not None and "033" not in failed.status.description
+    assert (quiet.name, quiet.events) == ("quiet", ())
 
 
 async def test_a_broker_that_accepts_connections_but_answers_nothing_is_not_healthy() -> None:

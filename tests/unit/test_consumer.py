@@ -15,7 +15,7 @@ import httpx
 import pytest
 from aiokafka import TopicPartition
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -362,6 +362,48 @@ async def test_the_database_away_is_waited_out_however_long_it_lasts(
     assert await inbox_ids(sessions) == {event.id}  # handled once the database came back
     async with sessions() as session:
         assert (await session.scalars(select(RejectedEvent))).all() == []
+
+
+async def test_a_handler_bug_sqlite_reports_is_kept_not_waited_out_as_an_outage(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite says "operational error" for a column that is not there (a migration not
+    # applied) as for a lock; only the lock passes.
+    async def handler(session: AsyncSession, event: CloudEvent) -> None:
+        await session.execute(text("UPDATE inbox SET no_such_column = 1"))
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    consumer = EventConsumer(
+        component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
+    )
+    await consume_one_fetch(consumer, [receipt_for("mail-1")])
+
+    async with sessions() as session:
+        [kept] = (await session.scalars(select(RejectedEvent))).all()
+    assert kept.reason == (
+        "its handler failed 5 times: OperationalError: no such column: no_such_column"
+    )
+
+
+async def test_a_kept_reason_names_the_database_error_not_its_statement_nor_its_values(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def handler(session: AsyncSession, event: CloudEvent) -> None:
+        # A value the table refuses: here a second entry under one id.
+        entry = {"event_id": "85073003328", "event_type": "t", "handled_at": utcnow()}
+        await session.execute(insert(table_of(InboxEntry)), [entry, entry])
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    consumer = EventConsumer(
+        component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
+    )
+    await consume_one_fetch(consumer, [receipt_for("mail-1")])
+
+    async with sessions() as session:
+        [kept] = (await session.scalars(select(RejectedEvent))).all()
+    assert kept.reason == (
+        "its handler failed 5 times: IntegrityError: UNIQUE constraint failed: inbox.event_id"
+    )
 
 
 async def test_a_kept_event_is_replayed_once_its_cause_is_fixed(

@@ -55,6 +55,33 @@ async def test_a_mail_still_sending_at_the_deadline_counts_failed(
     assert all("not sent within 0 s" in problem for problem in result.problems)
 
 
+async def test_incoming_mail_the_registry_refused_fails_the_run(
+    hub_settings: HubSettings,
+) -> None:
+    courrier = FastAPI()
+    now = datetime.now(UTC).isoformat()
+
+    @courrier.post("/v1/outgoing-mails:send", status_code=202)
+    async def send() -> dict[str, Any]:
+        return {"id": str(uuid.uuid4()), "state": "sending"}
+
+    @courrier.post("/v1/incoming-mails", status_code=500)
+    async def register() -> dict[str, Any]:
+        return {"title": "Internal error"}
+
+    @courrier.get("/v1/outgoing-mails/{mail_id}")
+    async def view(mail_id: str) -> dict[str, Any]:
+        return {"id": mail_id, "state": "sent", "created_at": now, "updated_at": now}
+
+    async with serving(courrier) as url:
+        run = DemoRun(hub_settings, {"courrier": url}, "92137", count=10, timeout=5, progress=None)
+        [result] = (await run_demos(run, ("courrier",))).values()
+
+    assert (result.submitted, result.delivered, result.failed) == (10, 10, 2)
+    assert not result.all_accounted_for()  # so hub demo exits non-zero
+    assert all(problem.startswith("incoming mail: 500") for problem in result.problems)
+
+
 def test_a_problem_in_square_brackets_is_printed_as_written(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

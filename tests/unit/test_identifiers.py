@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 
 from contracts.identifiers import check_enterprise_number, check_niss, mask_niss
-from kernel.logs import NationalNumberMasking, mask_national_numbers
+from kernel.logs import NationalNumbersMasked, mask_national_numbers
 
 
 @pytest.mark.parametrize(
@@ -55,9 +56,20 @@ def test_masking_keeps_no_more_than_the_birth_year() -> None:
     assert "12345678901" in masked  # not a valid NISS: an ordinary number stays
 
 
-def test_log_records_are_masked(caplog: pytest.LogCaptureFixture) -> None:
-    logger = logging.getLogger("test.masking")
-    logger.addFilter(NationalNumberMasking())
-    with caplog.at_level(logging.INFO, logger="test.masking"):
-        logger.info("sending to %s", "85073003328")
-    assert caplog.messages == ["sending to 85*********"]
+def test_log_records_are_masked_their_tracebacks_too() -> None:
+    formatter = NationalNumbersMasked("%(levelname)s %(message)s")
+    record = logging.LogRecord(
+        "test", logging.INFO, __file__, 1, "sending to %s", ("85073003328",), None
+    )
+    assert formatter.format(record) == "INFO sending to 85*********"
+    try:
+        raise ValueError("UNIQUE constraint failed [parameters: ('850730-033-28', 'Dupont')]")
+    except ValueError:
+        failed = logging.LogRecord("test", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    written = formatter.format(failed)
+    assert "033" not in written and "parameters: ('85*********', 'Dupont')" in written
+
+
+def test_the_masks_cover_the_ways_people_write_a_national_number() -> None:
+    for written in ("85073003328", "85.07.30-033.28", "850730-033-28", "85 07 30 033 28"):
+        assert mask_national_numbers(f"NISS {written}.") == "NISS 85*********."

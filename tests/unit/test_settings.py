@@ -38,6 +38,22 @@ def test_a_pause_that_is_not_positive_is_refused(monkeypatch: pytest.MonkeyPatch
         HubSettings()
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "field"),
+    [
+        ("HUB_MAX_BODY_BYTES", "0", "max_body_bytes"),  # every POST would get a 413
+        ("HUB_MAX_BODY_BYTES", "-1", "max_body_bytes"),
+        ("HUB_DATABASE_SCHEMA_PREFIX", "2026_", "database_schema_prefix"),  # no schema name
+    ],
+)
+def test_settings_that_cannot_work_are_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, field: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=field):
+        HubSettings()
+
+
 def test_the_consumers_fetch_wait_is_the_embedded_brokers_unless_set(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

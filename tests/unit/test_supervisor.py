@@ -48,3 +48,16 @@ def test_a_broker_port_out_of_range_is_refused_before_anything_starts() -> None:
     result = CliRunner().invoke(app, ["up", "--broker-port", "70000"], terminal_width=200)
     assert result.exit_code == 2
     assert "--broker-port" in result.output and "65535" in result.output
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["token", "--tenant", "92137", "--scope", "x:y", "--ttl", "-60"],  # expired at birth
+        ["demo", "--count", "0"],  # nothing to show, yet a success
+    ],
+)
+def test_cli_values_that_cannot_work_are_refused(arguments: list[str]) -> None:
+    result = CliRunner().invoke(app, arguments, terminal_width=200)
+    assert result.exit_code == 2
+    assert "1" in result.output and ("--ttl" in result.output or "--count" in result.output)
