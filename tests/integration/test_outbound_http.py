@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 from collections.abc import AsyncIterator
 
@@ -50,6 +51,18 @@ async def target() -> AsyncIterator[tuple[str, list[int]]]:
         if declared:
             return Response(b"x" * (MAX_RESPONSE_BYTES + 1), media_type="text/plain")
         return StreamingResponse(chunks(), media_type="text/plain")
+
+    @app.get("/compressed")
+    async def compressed(request: Request, layers: int = 1, inner_mib: int = 1) -> Response:
+        # Zeros compress a thousandfold: a small answer on the wire, a large one decoded.
+        body = bytes(inner_mib * 1024 * 1024)
+        for _ in range(layers):
+            body = gzip.compress(body)
+        headers = {
+            "Content-Encoding": ", ".join(["gzip"] * layers),
+            "X-Accepted": request.headers.get("accept-encoding", ""),
+        }
+        return Response(body, media_type="application/octet-stream", headers=headers)
 
     @app.get("/slow")
     async def slow() -> dict[str, str]:
@@ -141,3 +154,18 @@ async def test_an_answer_too_large_is_not_read_whole(
         # Answers within the limit are read whole, as before.
         fine = await client.post(f"{url}/digest", content=b"letter")
     assert fine.json() == {"sha256": hashlib.sha256(b"letter").hexdigest()}
+
+
+async def test_a_compressed_answer_is_decoded_within_the_limit(
+    target: tuple[str, list[int]],
+) -> None:
+    url, _ = target
+    async with outbound_client(max_connections=2) as client:
+        answer = await client.get(f"{url}/compressed", params={"layers": 2, "inner_mib": 1})
+        assert answer.content == bytes(1024 * 1024)
+        # Only the encodings the client decodes with a bound are asked for.
+        assert answer.headers["x-accepted"] == "gzip, deflate"
+        # A few kilobytes on the wire that would decode to 64 MiB are not decoded whole.
+        with pytest.raises(ResponseTooLarge) as raised:
+            await client.get(f"{url}/compressed", params={"layers": 2, "inner_mib": 64})
+    assert "once decompressed" in str(raised.value)

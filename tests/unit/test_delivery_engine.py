@@ -222,14 +222,15 @@ async def test_a_targets_words_are_kept_without_the_characters_postgresql_refuse
     connector = FakeConnector([PermanentDeliveryError("HTTP 400: <html>\x00\x01</html>")])
     engine = make_engine(sessions, connector, Clock())
     await engine.handle_record(*as_record(mail_event("mail-1")), "x")
-    connector.script = ["ref\x00-1"]
+    # A lone surrogate (a JSON answer's "\ud800") no encoder writes: the same, on both.
+    connector.script = ["ref\x00-1\ud800"]
     await engine.handle_record(*as_record(mail_event("mail-2")), "x")
     # And megabytes of an error page made a receipt the producer refuses: the fetch failed.
     connector.script = [PermanentDeliveryError("HTTP 500: " + "x" * 9_000_000)]
     await engine.handle_record(*as_record(mail_event("mail-3")), "x")
     failed, delivered, long = await deliveries(sessions)
     assert failed.last_error == "HTTP 400: <html>\ufffd\ufffd</html>"
-    assert delivered.external_reference == "ref\ufffd-1"
+    assert delivered.external_reference == "ref\ufffd-1\ufffd"
     assert next(receipt.reason for receipt in await receipts(sessions)) == failed.last_error
     assert long.status == "failed" and long.last_error is not None
     assert len(long.last_error) == REASON_LENGTH and long.last_error.endswith("…")
