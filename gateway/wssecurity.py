@@ -252,7 +252,7 @@ def verify_signed_envelope(
         raise SignatureError("the signature does not cover the wsu:Timestamp")
 
     certificate = _trusted_token_certificate(
-        signature, security, elements_by_id, trusted_certificates, now or datetime.now(UTC)
+        signature, security, elements_by_id, signed, trusted_certificates, now or datetime.now(UTC)
     )
     context = xmlsec.SignatureContext()
     for element in elements_by_id.values():
@@ -395,6 +395,7 @@ def _trusted_token_certificate(
     signature: etree._Element,
     security: etree._Element,
     elements_by_id: dict[str, etree._Element],
+    signed: list[etree._Element],
     trusted_certificates: Iterable[x509.Certificate],
     now: datetime,
 ) -> x509.Certificate:
@@ -413,6 +414,9 @@ def _trusted_token_certificate(
             "the signature's KeyInfo must reference an X.509 wsse:BinarySecurityToken"
             " of the same wsse:Security header"
         )
+    if not any(element is token for element in signed):
+        # The e-Box policy protects the token (sp:ProtectTokens), as the hub's signer does.
+        raise SignatureError("the signature does not cover the wsse:BinarySecurityToken")
     try:
         der = pybase64.b64decode("".join((token.text or "").split()), validate=True)
         presented = x509.load_der_x509_certificate(der)

@@ -244,6 +244,23 @@ def test_signature_must_cover_the_body(
         verify_signed_envelope(as_bytes(document), trusted)
 
 
+def test_signature_must_cover_the_token(
+    signer: X509Signature, trusted: list[x509.Certificate]
+) -> None:
+    document = signed(signer)
+    token = document.find("soap:Header/wsse:Security/wsse:BinarySecurityToken", NS)
+    assert token is not None
+    reference = document.find(
+        f"soap:Header/wsse:Security/ds:Signature/ds:SignedInfo/ds:Reference[@URI='#{token.get(WSU_ID)}']",
+        NS,
+    )
+    assert reference is not None
+    reference.getparent().remove(reference)
+
+    with pytest.raises(SignatureError, match="does not cover the wsse:BinarySecurityToken"):
+        verify_signed_envelope(as_bytes(document), trusted)
+
+
 def test_references_repeated_or_too_many_are_refused_before_any_digest(
     signer: X509Signature, trusted: list[x509.Certificate]
 ) -> None:
