@@ -25,7 +25,7 @@ from kernel.auth import Caller, CallerDep
 from kernel.consumer import EventConsumer, RejectedEvent
 from kernel.database import listing_page
 from kernel.errors import NotFound, ProblemError
-from kernel.idempotency import claim_key
+from kernel.idempotency import claiming_key
 from kernel.outbox import OutboxRelay, transaction
 from kernel.tenants import Tenant, UnknownTenant
 from kernel.texts import NOT_IN_TEXT
@@ -56,8 +56,7 @@ class Storage:
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
         """One transaction: the document change and its events commit together (and the
         request's Idempotency-Key, if it has one: ``kernel.idempotency``)."""
-        async with transaction(self.sessions, self.relay) as session:
-            await claim_key(session)
+        async with claiming_key(transaction(self.sessions, self.relay)) as session:
             yield session
 
 

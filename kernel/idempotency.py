@@ -9,6 +9,9 @@ with the key: the same request sent again gets that answer, marked
 
 - Keys are the tenant's (from the bearer token): two tenants may use the same.
 - The same key with another request (method, path, query or body) is a 422.
+- A kept answer is given again to its caller only (the token's subject): the
+  replay is decided before the route checks the caller's scopes, so the same key
+  from another caller of the tenant is a 422 of its own.
 - The same key while its first request has not finished is a 409: the second
   request's transaction cannot commit its key. So is a key whose change was
   committed but whose answer was not kept (the process stopped between the two).
@@ -16,28 +19,30 @@ with the key: the same request sent again gets that answer, marked
   route that committed its change and then failed is answered the same again,
   not 409 for a day. A request refused before anything was committed left no
   key: it may be sent again, corrected, with the same key.
-- Keys are kept for ``KEEP_FOR``.
+- Keys are kept for ``KEEP_FOR``: an older key is as if it had never been used.
 
 The middleware works where the service's routes change things through
-``kernel.api.Storage.unit_of_work``, which writes the key (``claim_key``).
+``kernel.api.Storage.unit_of_work``, which writes the key (``claiming_key``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, LargeBinary, String, delete, insert, update
+from sqlalchemy import Integer, LargeBinary, String, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kernel.auth import Unauthorized
+from kernel.auth import Caller, Unauthorized
 from kernel.database import Base, UtcDateTime, utcnow, write_transaction
 from kernel.errors import ProblemError, internal_error, problem_response
 
@@ -48,8 +53,12 @@ MAX_KEY_LENGTH = 200
 #: Answers larger than this are not kept (the hub's answers are views of a few kB).
 MAX_KEPT_ANSWER_BYTES = 1024 * 1024
 KEEP_FOR = timedelta(hours=24)
-#: Every this many kept answers, the expired keys are deleted.
+#: Every this many kept answers, the expired keys are deleted (an expired key is
+#: ignored and replaced before then: ``_kept``, ``claiming_key``).
 PURGE_EVERY = 500
+#: A fingerprint is two SHA-256s of this many hex digits (128 bits) each, in the
+#: column's 64: who sent the request, then what it was (``_fingerprint``).
+HALF_FINGERPRINT = 32
 
 
 class IdempotentRequest(Base):
@@ -57,7 +66,8 @@ class IdempotentRequest(Base):
 
     tenant: Mapped[str] = mapped_column(String(5), primary_key=True)
     key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH), primary_key=True)
-    #: SHA-256 of the method, path, query and body: the same key, another request, is refused.
+    #: Who sent the request and what it was (``_fingerprint``): the same key from another
+    #: caller, or with another request, is refused.
     fingerprint: Mapped[str] = mapped_column(String(64))
     #: The kept answer; None until it is kept (or if the process stopped before).
     status: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -93,16 +103,46 @@ class KeyInUse(ProblemError):
         )
 
 
-async def claim_key(session: AsyncSession) -> None:
-    """Write the current request's key in ``session``'s transaction (once per request).
+@asynccontextmanager
+async def claiming_key(
+    transaction: AbstractAsyncContextManager[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """``transaction``'s session, the current request's key written in it first.
 
     Written first, so that a second request with the key waits for the first's
     transaction (PostgreSQL) or its turn (SQLite), then fails here, changing nothing.
+
+    The key goes with the request's first committed change: a transaction that ends
+    with an exception (rolled back, or its commit failed) gives its claim back, so
+    that the request's next unit of work (a step run once more after a race, as
+    factures' ``once_more_if_raced`` does) claims the key again rather than
+    committing its change without it.
     """
     claim = _CURRENT.get()
-    if claim is None or claim.claimed_at is not None:
-        return
+    if claim is not None and claim.claimed_at is not None:
+        claim = None  # an earlier unit of work of this request committed the key
+    try:
+        async with transaction as session:
+            if claim is not None:
+                await _claim(session, claim)
+            yield session
+    except BaseException:
+        if claim is not None:
+            claim.claimed_at = None
+        raise
+
+
+async def _claim(session: AsyncSession, claim: _Claim) -> None:
     claim.claimed_at = utcnow()
+    # A key older than KEEP_FOR is forgotten: its row (which the purge may not have
+    # reached yet) gives way to this request's.
+    await session.execute(
+        delete(IdempotentRequest).where(
+            IdempotentRequest.tenant == claim.tenant,
+            IdempotentRequest.key == claim.key,
+            IdempotentRequest.created_at < claim.claimed_at - KEEP_FOR,
+        )
+    )
     try:
         await session.execute(
             insert(IdempotentRequest).values(
@@ -145,8 +185,8 @@ class IdempotencyMiddleware:
             )
             return
         state = scope["app"].state  # the service's FastAPI app (Starlette sets it)
-        tenant = _tenant_of(state, headers.get(b"authorization", b""))
-        if tenant is None:  # no valid token: the route answers 401, with nothing to replay
+        caller = _caller_of(state, headers.get(b"authorization", b""))
+        if caller is None:  # no valid token: the route answers 401, with nothing to replay
             await self.app(scope, receive, send)
             return
         body, more = bytearray(), True
@@ -154,12 +194,12 @@ class IdempotencyMiddleware:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        fingerprint = _fingerprint(scope, bytes(body))
-        kept = await _kept(state.sessions, tenant, key)
+        fingerprint = _fingerprint(caller, scope, bytes(body))
+        kept = await _kept(state.sessions, caller.tenant, key)
         if kept is not None:
             await self._answer_again(kept, fingerprint, scope, receive, send)
             return
-        claim = _Claim(tenant, key, fingerprint)
+        claim = _Claim(caller.tenant, key, fingerprint)
         answer = _Answer()
         token = _CURRENT.set(claim)
         try:
@@ -178,6 +218,20 @@ class IdempotencyMiddleware:
     async def _answer_again(
         self, kept: IdempotentRequest, fingerprint: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
+        # Another caller may lack the route's scope, which is checked after this: the
+        # kept answer is its sender's only.
+        if kept.fingerprint[:HALF_FINGERPRINT] != fingerprint[:HALF_FINGERPRINT]:
+            await _problem(
+                scope,
+                receive,
+                send,
+                422,
+                "idempotency-key-of-another-caller",
+                "Idempotency-Key of another caller",
+                "This Idempotency-Key was used by another caller (another token subject)."
+                " A request needs a key of its own.",
+            )
+            return
         if kept.fingerprint != fingerprint:
             await _problem(
                 scope,
@@ -274,8 +328,9 @@ OPENAPI_PARAMETER = {
     "required": False,
     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
     "description": "Any unique text of the client's (a UUID, say). Sent again with the same"
-    " request, it gets the first answer (header Idempotent-Replayed: true) and changes"
-    " nothing; with another request, 422; while the first runs, 409. Kept 24 hours.",
+    " request by the same caller, it gets the first answer (header Idempotent-Replayed:"
+    " true) and changes nothing; with another request, or by another caller, 422; while"
+    " the first runs, 409. Kept 24 hours.",
 }
 
 
@@ -297,21 +352,29 @@ def document_in_openapi(app: Any) -> None:
     app.openapi = openapi
 
 
-def _tenant_of(state: Any, authorization: bytes) -> str | None:
+def _caller_of(state: Any, authorization: bytes) -> Caller | None:
     scheme, _, token = authorization.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     try:
-        return str(state.token_verifier.verify(token.strip()).tenant)
+        caller: Caller = state.token_verifier.verify(token.strip())
     except Unauthorized:
         return None
+    return caller
 
 
 async def _kept(
     sessions: async_sessionmaker[AsyncSession], tenant: str, key: str
 ) -> IdempotentRequest | None:
+    """The key's row, unless it is older than ``KEEP_FOR`` (the purge runs seldom)."""
     async with sessions() as session:
-        kept: IdempotentRequest | None = await session.get(IdempotentRequest, (tenant, key))
+        kept: IdempotentRequest | None = await session.scalar(
+            select(IdempotentRequest).where(
+                IdempotentRequest.tenant == tenant,
+                IdempotentRequest.key == key,
+                IdempotentRequest.created_at >= utcnow() - KEEP_FOR,
+            )
+        )
         return kept
 
 
@@ -341,12 +404,17 @@ def _replaying(body: bytes) -> Receive:
     return receive
 
 
-def _fingerprint(scope: Scope, body: bytes) -> str:
-    digest = hashlib.sha256()
+def _fingerprint(caller: Caller, scope: Scope, body: bytes) -> str:
+    """Who sent the request (the token's subject), then what it was (the method, path,
+    query and body): 128 bits of a SHA-256 of each, so that a key sent again by another
+    caller is told apart from one sent with another request."""
+    # "surrogatepass": a JSON text (the token's claims) may hold a lone surrogate.
+    sender = hashlib.sha256(caller.subject.encode("utf-8", "surrogatepass"))
+    request = hashlib.sha256()
     for part in (scope["method"].encode(), scope["path"].encode(), scope.get("query_string", b"")):
-        digest.update(part + b"\0")
-    digest.update(body)
-    return digest.hexdigest()
+        request.update(part + b"\0")
+    request.update(body)
+    return sender.hexdigest()[:HALF_FINGERPRINT] + request.hexdigest()[:HALF_FINGERPRINT]
 
 
 async def _problem(
