@@ -24,7 +24,7 @@ from contracts.envelope import EnvelopeError
 from kernel.auth import Caller, CallerDep
 from kernel.consumer import EventConsumer, RejectedEvent
 from kernel.database import listing_page
-from kernel.errors import NotFound, ProblemError
+from kernel.errors import NotFound, ProblemError, failure_text
 from kernel.idempotency import claiming_key
 from kernel.outbox import OutboxRelay, transaction
 from kernel.tenants import Tenant, UnknownTenant
@@ -266,7 +266,7 @@ def rejected_events_router(read_scope: str, write_scope: str) -> APIRouter:
                 409,
                 "handler-failed-again",
                 "The event's handler failed again",
-                f"{type(exc).__name__}: {exc}",
+                failure_text(exc),
             ) from exc
         return ReplayOutcome(event_id=kept.event_id, outcome=outcome)
 

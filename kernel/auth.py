@@ -9,6 +9,7 @@ one tenant can never read or change another tenant's documents.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -31,6 +32,19 @@ KEY_ID = "hub-dev-1"
 class Unauthorized(ProblemError):
     def __init__(self, detail: str) -> None:
         super().__init__(401, "unauthorized", "Missing or invalid bearer token", detail)
+
+
+class IdentityProviderUnavailable(ProblemError):
+    """The keys to check a token could not be fetched: the token may well be valid."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            503,
+            "identity-provider-unavailable",
+            "The identity provider cannot be reached",
+            f"The keys that check bearer tokens could not be fetched ({reason}); try again"
+            " shortly.",
+        )
 
 
 class Forbidden(ProblemError):
@@ -111,16 +125,23 @@ class TokenVerifier:
     #: Past this many remembered tokens, the oldest are forgotten first.
     REMEMBER_AT_MOST = 4096
 
+    #: How long fetching the identity provider's keys may take: a request waits for it.
+    JWKS_TIMEOUT_SECONDS = 5.0
+
     def __init__(self, settings: HubSettings) -> None:
         self._settings = settings
-        self._jwks_client = jwt.PyJWKClient(settings.jwks_url) if settings.jwks_url else None
+        self._jwks_client = (
+            jwt.PyJWKClient(settings.jwks_url, timeout=self.JWKS_TIMEOUT_SECONDS)
+            if settings.jwks_url
+            else None
+        )
         self._dev_key = (
             None if settings.jwks_url else load_or_create_issuer_key(settings.keys_dir).public_key()
         )
         #: token → (the caller it names, when it stops being accepted without a check).
         self._verified: dict[str, tuple[Caller, float]] = {}
 
-    def verify(self, token: str) -> Caller:
+    async def verify(self, token: str) -> Caller:
         now = time.time()
         remembered = self._verified.get(token)
         if remembered is not None:
@@ -128,20 +149,31 @@ class TokenVerifier:
             if now < until:
                 return caller
             del self._verified[token]  # expired: the full check says so, with its message
-        caller, expires = self._check(token)
+        caller, expires = self._check(token, await self._signing_key(token))
         if len(self._verified) >= self.REMEMBER_AT_MOST:
             del self._verified[next(iter(self._verified))]  # dicts keep insertion order
         self._verified[token] = (caller, min(expires, now + self.REMEMBER_SECONDS))
         return caller
 
-    def _check(self, token: str) -> tuple[Caller, float]:
+    async def _signing_key(self, token: str) -> Any:
+        """The key that signed ``token``: the development key, or the identity provider's
+        the token names. The provider's key set is fetched when its copy is five minutes
+        old or lacks the token's key, in a worker thread: fetched on the event loop, a
+        provider slow to answer stood the whole process still (every request, the relay,
+        the consumer) for up to 30 s."""
+        if self._jwks_client is None:
+            return self._dev_key
+        try:
+            signing_key = await asyncio.to_thread(self._jwks_client.get_signing_key_from_jwt, token)
+        except jwt.PyJWKClientConnectionError as exc:
+            raise IdentityProviderUnavailable(str(exc)) from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"the bearer token is not valid: {exc}") from exc
+        return signing_key.key
+
+    def _check(self, token: str, key: Any) -> tuple[Caller, float]:
         """The caller a token names, and when the token expires; raises ``Unauthorized``."""
         try:
-            key: Any = (
-                self._jwks_client.get_signing_key_from_jwt(token).key
-                if self._jwks_client
-                else self._dev_key
-            )
             claims = jwt.decode(
                 token,
                 key,
@@ -174,7 +206,7 @@ async def current_caller(request: Request) -> Caller:
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("send an OAuth2 bearer token: 'Authorization: Bearer <jwt>'")
     verifier: TokenVerifier = request.app.state.token_verifier
-    return verifier.verify(token.strip())
+    return await verifier.verify(token.strip())
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]

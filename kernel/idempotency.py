@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kernel.auth import Caller, Unauthorized
+from kernel.auth import Caller, IdentityProviderUnavailable, Unauthorized
 from kernel.database import Base, UtcDateTime, utcnow, write_transaction
 from kernel.errors import ProblemError, internal_error, problem_response
 
@@ -185,7 +185,7 @@ class IdempotencyMiddleware:
             )
             return
         state = scope["app"].state  # the service's FastAPI app (Starlette sets it)
-        caller = _caller_of(state, headers.get(b"authorization", b""))
+        caller = await _caller_of(state, headers.get(b"authorization", b""))
         if caller is None:  # no valid token: the route answers 401, with nothing to replay
             await self.app(scope, receive, send)
             return
@@ -352,14 +352,14 @@ def document_in_openapi(app: Any) -> None:
     app.openapi = openapi
 
 
-def _caller_of(state: Any, authorization: bytes) -> Caller | None:
+async def _caller_of(state: Any, authorization: bytes) -> Caller | None:
     scheme, _, token = authorization.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     try:
-        caller: Caller = state.token_verifier.verify(token.strip())
-    except Unauthorized:
-        return None
+        caller: Caller = await state.token_verifier.verify(token.strip())
+    except (Unauthorized, IdentityProviderUnavailable):
+        return None  # the route answers, with nothing to replay
     return caller
 
 

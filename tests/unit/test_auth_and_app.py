@@ -20,7 +20,13 @@ from pydantic import AwareDatetime
 
 from kernel.api import RequestModel
 from kernel.app import TraceAndCountMiddleware, broker_check, check_health_of, create_app
-from kernel.auth import CallerDep, TokenVerifier, Unauthorized, issue_token
+from kernel.auth import (
+    CallerDep,
+    IdentityProviderUnavailable,
+    TokenVerifier,
+    Unauthorized,
+    issue_token,
+)
 from kernel.kafka import free_port
 from kernel.settings import HubSettings
 from kernel.telemetry import NationalNumbersMasked
@@ -208,7 +214,7 @@ async def test_health_metrics_and_jwks(
     assert jwks["keys"][0]["kid"] == "hub-dev-1" and jwks["keys"][0]["kty"] == "RSA"
 
 
-def test_a_verified_token_is_remembered_and_not_checked_again(
+async def test_a_verified_token_is_remembered_and_not_checked_again(
     hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     verifier = TokenVerifier(hub_settings)
@@ -221,19 +227,21 @@ def test_a_verified_token_is_remembered_and_not_checked_again(
         return real_decode(*args, **kwargs)
 
     monkeypatch.setattr(jwt, "decode", counting_decode)
-    first, second = verifier.verify(token), verifier.verify(token)
+    first, second = await verifier.verify(token), await verifier.verify(token)
     assert first == second and first.tenant == "92137"
     assert checks == ["decode"]
-    verifier.verify(issue_token(hub_settings, "92137", ["test:read"]))  # another token: checked
+    await verifier.verify(
+        issue_token(hub_settings, "92137", ["test:read"])
+    )  # another token: checked
     assert checks == ["decode", "decode"]
 
 
-def test_a_remembered_token_is_refused_once_it_expires(
+async def test_a_remembered_token_is_refused_once_it_expires(
     hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     verifier = TokenVerifier(hub_settings)
     token = issue_token(hub_settings, "92137", ["test:write"], ttl=60)
-    assert verifier.verify(token).tenant == "92137"
+    assert (await verifier.verify(token)).tenant == "92137"
     later = time.time() + 61
 
     class Later(datetime):
@@ -244,15 +252,15 @@ def test_a_remembered_token_is_refused_once_it_expires(
     monkeypatch.setattr(time, "time", lambda: later)  # the verifier's clock
     monkeypatch.setattr(jwt.api_jwt, "datetime", Later)  # PyJWT's
     with pytest.raises(Unauthorized, match="expired"):
-        verifier.verify(token)
+        await verifier.verify(token)
 
 
-def test_a_remembered_token_is_checked_again_after_remember_seconds(
+async def test_a_remembered_token_is_checked_again_after_remember_seconds(
     hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     verifier = TokenVerifier(hub_settings)
     token = issue_token(hub_settings, "92137", ["test:write"], ttl=3600)
-    verifier.verify(token)
+    await verifier.verify(token)
     checks: list[str] = []
     real_decode = jwt.decode
     monkeypatch.setattr(
@@ -260,18 +268,57 @@ def test_a_remembered_token_is_checked_again_after_remember_seconds(
     )
     later = time.time() + TokenVerifier.REMEMBER_SECONDS + 1
     monkeypatch.setattr(time, "time", lambda: later)
-    assert verifier.verify(token).tenant == "92137"
+    assert (await verifier.verify(token)).tenant == "92137"
     assert checks == ["decode"]
 
 
-def test_the_verifier_remembers_at_most_its_limit(
+async def test_an_identity_provider_that_does_not_answer_holds_no_one_else_up(
+    hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hung_up = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts, never answers, until the client gives up
+        writer.close()
+        await writer.wait_closed()
+        hung_up.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(TokenVerifier, "JWKS_TIMEOUT_SECONDS", 0.5)
+    settings = hub_settings.model_copy(
+        update={"jwks_url": f"http://127.0.0.1:{port}/jwks", "jwt_issuer": "https://idp.test"}
+    )
+    verifier = TokenVerifier(settings)
+    ticks = 0
+
+    async def ticking() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.05)
+            ticks += 1
+
+    ticker = asyncio.create_task(ticking())
+    try:
+        with pytest.raises(IdentityProviderUnavailable) as raised:
+            await verifier.verify(issue_token(hub_settings, "92137", ["test:read"]))
+        await asyncio.wait_for(hung_up.wait(), timeout=5)
+    finally:
+        ticker.cancel()
+        server.close()
+        await server.wait_closed()
+    assert raised.value.status == 503  # the token may be valid: not a 401
+    assert ticks >= 5  # the loop went on while the keys were awaited
+
+
+async def test_the_verifier_remembers_at_most_its_limit(
     hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(TokenVerifier, "REMEMBER_AT_MOST", 3)
     verifier = TokenVerifier(hub_settings)
     tokens = [issue_token(hub_settings, "92137", [f"s{n}"]) for n in range(5)]
     for token in tokens:
-        verifier.verify(token)
+        await verifier.verify(token)
     assert list(verifier._verified) == tokens[2:]  # the oldest two were forgotten
 
 
