@@ -33,6 +33,7 @@ def approved_invoice(
     number: str = "F-2026/0042",
     vat_id: str | None = KNOWN_SUPPLIER_VAT,
     ubl_base64: str | None = None,
+    quantity: Decimal = Decimal("40"),
 ) -> CloudEvent:
     document = AccountingDocument(
         kind="Invoice",
@@ -63,7 +64,7 @@ def approved_invoice(
             AccountingLine(
                 line_id="1",
                 description="Réfection de trottoir, rue de la Station",
-                quantity=Decimal("40"),
+                quantity=quantity,
                 unit="MTK",
                 net_amount=Decimal("1000.00"),
                 vat_category="S",

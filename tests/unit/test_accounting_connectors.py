@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from decimal import Decimal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -115,6 +116,28 @@ async def test_inforius_books_the_invoice_as_its_contract_describes(
     assert body["lines"][0]["quantity"] == "40"
     assert base64.b64decode(body["ubl"]["contentBase64"]) == UBL
     assert body["ubl"]["filename"] == "F-2026-0042.xml"
+
+
+async def test_both_vendors_take_a_quantity_to_more_decimals_than_an_amount(
+    inforius: FakeInforius, inforius_connector: InforiusConnector, tmp_path: Path
+) -> None:
+    # 1234.567891 litres of fuel: valid EN 16931 (BT-129 sets no precision), once refused
+    # for good by both vendors' contracts, which took a quantity for an amount.
+    litres = Decimal("1234.567891")
+    await inforius_connector.deliver(delivery(approved_invoice(quantity=litres)))
+    body = json.loads(inforius.requests[0].content)
+    validator = OpenApiContract(INFORIUS_CONTRACT).validator("PurchaseInvoice")
+    assert contract_errors(validator, body) == []
+    assert body["lines"][0]["quantity"] == "1234.567891"
+
+    async with httpx.AsyncClient() as http:
+        stesud = build("stesud", "92137", {}, http, tmp_path / "var")
+        assert isinstance(stesud, StesudConnector)
+        with pytest.raises(RetryableDeliveryError, match="has not acknowledged"):
+            await stesud.deliver(delivery(approved_invoice(tenant="92137", quantity=litres)))
+    written = etree.fromstring((stesud.directory / "in" / file_name(KEY)).read_bytes())
+    assert etree.XMLSchema(etree.parse(str(SCHEMA_PATH))).validate(written)
+    assert written.findtext(f".//{{{NAMESPACE}}}Quantity") == "1234.567891"
 
 
 @pytest.mark.parametrize(
