@@ -91,7 +91,7 @@ def error_for_response(target: str, response: httpx.Response) -> DeliveryError:
     explanation = response.text[:300]
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to read
         body = None
     if isinstance(body, dict):
         for name in ("detail", "message", "title"):
@@ -108,7 +108,13 @@ def translate_transport_errors(target: str) -> Iterator[None]:
     except DeliveryError:
         raise
     except ResponseTooLarge as exc:
-        raise RetryableDeliveryError(f"{target} answered with too much: {exc}") from exc
+        reason = f"{target} answered with too much: {exc}"
+        if exc.status < 400:
+            # The answer itself, too long to read: whether the target took the request is
+            # unknown; sent again under its idempotency key, it is once.
+            raise RetryableDeliveryError(reason) from exc
+        # An error page too long to read is still the target's answer: a refusal stays one.
+        raise error_for_status(exc.status, reason) from exc
     except httpx.TimeoutException as exc:
         raise RetryableDeliveryError(f"{target} timed out ({type(exc).__name__})") from exc
     except httpx.TransportError as exc:

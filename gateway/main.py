@@ -76,6 +76,12 @@ def build_connectors(
             )
         except (ValueError, OSError) as exc:
             problems.append(f"connectors.{name}: {exc}")
+        except Exception as exc:
+            # Anything else a factory raises also comes from this connector's settings or
+            # files: an encrypted key (TypeError), a broken WSDL (zeep), a key xmlsec
+            # refuses. Listed with the others rather than stopping the start with a bare
+            # traceback that names neither the tenant nor the connector.
+            problems.append(f"connectors.{name}: tenant {tenant}: {type(exc).__name__}: {exc}")
     if problems:
         raise RoutingConfigError(
             "the tenants' connectors have problems:\n  - " + "\n  - ".join(problems)

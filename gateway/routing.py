@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from contracts.events import event_class_for
 from gateway.connectors.base import delivered_event_types
@@ -36,6 +36,15 @@ class RetryPolicy(BaseModel):
     max_attempts: int = Field(default=20, ge=1, le=100)
     base_delay_seconds: float = Field(default=1.0, gt=0, le=3600)
     max_delay_seconds: float = Field(default=600.0, gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _max_delay_not_below_base(self) -> RetryPolicy:
+        # Every wait is capped at max_delay_seconds: below the base (600 and 1, swapped),
+        # 20 attempts span some 15 s and a target's maintenance window turns every
+        # document dead.
+        if self.max_delay_seconds < self.base_delay_seconds:
+            raise ValueError("max_delay_seconds must not be below base_delay_seconds")
+        return self
 
 
 class RouteConfig(BaseModel):

@@ -23,6 +23,33 @@ class TenantConfigError(ValueError):
     """A tenant file is unreadable or wrong; the message names the file and the field."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the
+    last, so a second ``routes:`` silently dropped the first (its events then consumed
+    with no route) and a connector's name used twice dropped a connector."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            # Left out: a merge key (``<<: *defaults``), whose keys the mapping's own may
+            # override on purpose; and a sequence or a mapping as a key, which the loader
+            # refuses itself (not hashable).
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                key_node, yaml.ScalarNode
+            ):
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in first_lines:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} given twice (first at line {first_lines[key]})",
+                    key_node.start_mark,
+                )
+            first_lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 @dataclass(frozen=True)
 class Tenant:
     code: str
@@ -40,7 +67,7 @@ def load_tenants(directory: Path) -> dict[str, Tenant]:
     tenants: dict[str, Tenant] = {}
     for path in sorted(directory.glob("*.yaml")):
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
         except yaml.YAMLError as exc:
             raise TenantConfigError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.envelope import CloudEvent
 from kernel.settings import HubSettings
@@ -104,9 +104,21 @@ class ConnectorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _usable_by_httpx(url: str) -> str:
+    # The pattern lets through what httpx refuses to send to (a port "44x3", an IPv4
+    # address "999.1.1.1"): every request then raised InvalidURL, retried until dead.
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        # httpx's reason quotes the wrong part only (the port, the host), not the
+        # credentials a URL may hold.
+        raise ValueError(f"not a URL the gateway can send to: {exc}") from exc
+    return url
+
+
 #: A target's URL in a connector's settings: one without its scheme was taken, and every
 #: delivery to it then retried as "unreachable" until it was dead.
-TargetUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+")]
+TargetUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+"), AfterValidator(_usable_by_httpx)]
 
 
 @dataclass(frozen=True)
@@ -141,7 +153,7 @@ def json_field(response: httpx.Response, name: str) -> Any:
     """A top-level field of a JSON object answer, or None (not JSON, not an object, absent)."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to read
         return None
     return body.get(name) if isinstance(body, dict) else None
 

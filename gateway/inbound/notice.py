@@ -156,7 +156,7 @@ class HttpNoticeApi:
 def _json_object(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise NoticeError(f"{response.request.url.path}: the answer is not JSON") from exc
     if not isinstance(body, dict):
         raise NoticeError(f"{response.request.url.path}: the answer is not a JSON object")

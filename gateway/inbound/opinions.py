@@ -91,7 +91,10 @@ class HttpOpinionAnswers:
             raise OpinionPlatformError(
                 f"{method} {path}: HTTP {response.status_code} {response.text[:300]}"
             )
-        body = response.json()
+        try:
+            body = response.json()
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            raise OpinionPlatformError(f"{method} {path}: the answer is not JSON") from exc
         if not isinstance(body, dict):
             raise OpinionPlatformError(f"{method} {path}: the answer is not a JSON object")
         return body

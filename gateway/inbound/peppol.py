@@ -173,7 +173,7 @@ class HttpAccessPointInbox:
             )
         try:
             body = response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise AccessPointError(f"{method} {path}: the answer is not JSON") from exc
         if not isinstance(body, dict):
             raise AccessPointError(f"{method} {path}: the answer is not a JSON object")

@@ -137,3 +137,15 @@ async def test_a_national_number_in_the_targets_answer_is_masked_in_the_reason()
     with pytest.raises(PermanentDeliveryError) as raised:
         await post(refusing)
     assert "85073003328" not in raised.value.reason and "85*********" in raised.value.reason
+
+
+#: JSON nested deeper than Python's parser recurses: ``response.json()`` raises
+#: RecursionError, which is no ValueError.
+NESTED_TOO_DEEP = b"[" * 100_000
+
+
+async def test_an_answer_nested_too_deep_to_read_is_classified_as_any_other() -> None:
+    with pytest.raises(PermanentDeliveryError, match=r"^HTTP 422: Target: \[\[\["):
+        await post(lambda request: httpx.Response(422, content=NESTED_TOO_DEEP))
+    with pytest.raises(RetryableDeliveryError, match="Target answered with no thingId"):
+        await post(lambda request: httpx.Response(201, content=NESTED_TOO_DEEP))

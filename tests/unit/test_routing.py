@@ -181,3 +181,100 @@ routes:
     assert "tenant 92137: ebox_rest settings: token_url: String should match pattern" in message
     assert "tenant 92137: ebox_soap settings:" in message and "key_file and cert_file" in message
     assert "s3cret" not in message and "/k.pem" not in message
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    # PyYAML keeps the last: the first routes were silently dropped.
+    write(
+        tmp_path,
+        "92137",
+        f"""tenant: "92137"
+name: Test
+routes:
+  - {{name: one, event_type: {SEND}, connector: ebox}}
+connectors:
+  ebox: {{type: ebox_rest}}
+routes: []
+""",
+    )
+    with pytest.raises(TenantConfigError, match=r"key 'routes' given twice \(first at line 3\)"):
+        load_tenants(tmp_path)
+    write(tmp_path, "92137", 'tenant: "92137"\nname: Test\nconnectors:\n  a: {}\n  a: {}\n')
+    with pytest.raises(
+        TenantConfigError, match=r"(?s)key 'a' given twice \(first at line 4\).*line 5"
+    ):
+        load_tenants(tmp_path)
+
+
+def test_a_retry_policy_whose_longest_delay_is_below_its_first_is_refused(
+    tmp_path: Path,
+) -> None:
+    write(
+        tmp_path,
+        "92137",
+        'tenant: "92137"\nname: Test\nretry: {base_delay_seconds: 600, max_delay_seconds: 1}\n',
+    )
+    with pytest.raises(RoutingConfigError, match="max_delay_seconds must not be below base"):
+        load_routing(load_tenants(tmp_path), BUILT_IN_TYPES, environ={})
+
+
+def test_a_target_url_httpx_cannot_send_to_is_refused(
+    tmp_path: Path, hub_settings: HubSettings
+) -> None:
+    from gateway.main import build_connectors, register_built_in_connectors
+
+    register_built_in_connectors()
+    write(
+        tmp_path,
+        "92137",
+        """
+tenant: "92137"
+name: Test
+connectors:
+  notice: {type: notice, base_url: "https://notice.example:44x3", api_key: k}
+""",
+    )
+    table = load_routing(load_tenants(tmp_path), BUILT_IN_TYPES, environ={})
+    with pytest.raises(RoutingConfigError, match=r"base_url: .*Invalid port: '44x3'"):
+        build_connectors(table, hub_settings, httpx.AsyncClient())
+
+
+def test_a_key_or_wsdl_the_connector_cannot_use_is_named_with_the_others(
+    tmp_path: Path, hub_settings: HubSettings
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.main import build_connectors, register_built_in_connectors
+    from kernel.pki import ensure_tenant_signing_identity
+
+    register_built_in_connectors()
+    key_file, cert_file = ensure_tenant_signing_identity(hub_settings.keys_dir, "92137")
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    encrypted = tmp_path / "encrypted-key.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    broken = tmp_path / "broken.wsdl"
+    broken.write_text("<definitions>cut short", encoding="utf-8")
+    write(
+        tmp_path / "tenants",
+        "92137",
+        f"""
+tenant: "92137"
+name: Test
+connectors:
+  locked: {{type: ebox_soap, endpoint: "https://ebox.test/soap", key_file: "{encrypted}",
+            cert_file: "{cert_file}"}}
+  cut: {{type: ebox_soap, endpoint: "https://ebox.test/soap", wsdl: "{broken}"}}
+""",
+    )
+    table = load_routing(load_tenants(tmp_path / "tenants"), BUILT_IN_TYPES, environ={})
+    with pytest.raises(RoutingConfigError) as raised:
+        build_connectors(table, hub_settings, httpx.AsyncClient())
+    message = str(raised.value)
+    assert "connectors.locked: tenant 92137: TypeError: Password was not given" in message
+    assert "connectors.cut: tenant 92137: XMLSyntaxError:" in message

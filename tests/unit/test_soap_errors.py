@@ -14,6 +14,7 @@ from gateway.errors import (
     RetryableDeliveryError,
     translate_transport_errors,
 )
+from gateway.http import ResponseTooLarge
 
 PROXY_PAGE = b"<error><code>503</code><message>backend down</message></error>"
 
@@ -86,3 +87,21 @@ async def test_a_500_is_left_to_zeep_which_reads_its_fault() -> None:
             "https://target.test/soap", b"<Envelope/>", {}
         )
     assert response.status_code == 500 and response.content == fault
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (200, RetryableDeliveryError),  # the answer itself: whether it was taken is unknown
+        (503, RetryableDeliveryError),
+        (422, PermanentDeliveryError),  # a refusal, however long its error page
+        (404, PermanentDeliveryError),
+    ],
+)
+def test_an_answer_too_long_to_read_is_classified_by_its_status(
+    status: int, kind: type[DeliveryError]
+) -> None:
+    request = httpx.Request("POST", "https://target.test/soap")
+    error = raised_by(ResponseTooLarge("an answer over 16 MiB", request=request, status=status))
+    assert type(error) is kind
+    assert "Target answered with too much" in error.reason
