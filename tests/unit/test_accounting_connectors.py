@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
-from decimal import Decimal
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
