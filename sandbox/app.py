@@ -9,7 +9,8 @@ notifications (``notice``, modelled REST), the KSZ-BCSS ``IdentifyPerson``
 REST).
 
 ``/_sandbox/*`` is the test and operator control surface: what was received
-(with how often each idempotency key arrived) and fault injection.
+(with how often each idempotency key arrived), every attempt (faulted ones
+included) and fault injection.
 """
 
 from __future__ import annotations
@@ -17,12 +18,40 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from kernel.app import BackgroundTask, create_app
+from kernel.errors import problem_response
 from kernel.settings import HubSettings, get_settings
-from sandbox import ebox_rest, ebox_soap, inforius, ksz_bcss, notice, opinions, oversight, peppol_ap
+from sandbox import (
+    ebox_rest,
+    ebox_soap,
+    inforius,
+    ksz_bcss,
+    notice,
+    opinions,
+    oversight,
+    peppol_ap,
+    stesud,
+)
 from sandbox.recorder import FaultSettings, Recorder
 from sandbox.stesud import StesudSandbox
+
+#: The names faults can be set for (``PUT /_sandbox/faults/<name>``), besides ``*``.
+SERVICES = frozenset(
+    module.SERVICE
+    for module in (
+        ebox_rest,
+        ebox_soap,
+        inforius,
+        ksz_bcss,
+        notice,
+        opinions,
+        oversight,
+        peppol_ap,
+        stesud,
+    )
+)
 
 
 def control_router(recorder: Recorder) -> APIRouter:
@@ -45,15 +74,41 @@ def control_router(recorder: Recorder) -> APIRouter:
         ]
         return {"count": len(items), "items": items}
 
-    @router.put("/faults/{service}")
-    async def set_faults(service: str, faults: FaultSettings) -> FaultSettings:
+    @router.get("/attempts")
+    async def attempts(service: str | None = None) -> dict[str, Any]:
+        """Every request that carried an ``Idempotency-Key``, faulted ones included.
+
+        ``arrivals`` in ``/received`` counts only the requests processed: an injected
+        503 or timeout leaves its trace here alone.
+        """
+        items = [
+            {"service": s, "idempotency_key": key, "attempts": count}
+            for s, key, count in recorder.attempts(service)
+        ]
+        return {"count": len(items), "items": items}
+
+    @router.put("/faults/{service}", response_model=None)
+    async def set_faults(service: str, faults: FaultSettings) -> FaultSettings | JSONResponse:
         """``service`` is a simulated service's name, or ``*`` for all of them."""
+        if service != "*" and service not in SERVICES:
+            # A misspelt name would otherwise be taken and inject nothing.
+            return problem_response(
+                404,
+                "unknown-service",
+                "No such simulated service",
+                f"{service!r} is not a simulated service: use one of {sorted(SERVICES)} or '*'.",
+            )
         recorder.set_faults(service, faults)
         return faults
 
+    @router.delete("/faults", status_code=204)
+    async def reset_faults() -> None:
+        recorder.clear_faults()
+
     @router.delete("/received", status_code=204)
-    async def reset() -> None:
-        recorder.clear()
+    async def reset_received() -> None:
+        """Forget the receptions and attempts; the fault settings stay (``DELETE /faults``)."""
+        recorder.clear_received()
 
     return router
 

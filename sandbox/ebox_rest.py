@@ -98,12 +98,22 @@ def _closed(schema: Any) -> Any:
     return closed
 
 
-def _rfc3339_date_time(value: object) -> bool:
-    # jsonschema checks "date-time" only with an optional package; the contract
-    # wants yyyy-MM-dd'T'HH:mm:ssXXX, i.e. a date, a time and an offset.
+#: The contract's yyyy-MM-dd'T'HH:mm:ssXXX: seconds, no fraction, an offset (``Z`` or ±hh:mm).
+CONTRACT_DATE_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _contract_date_time(value: object) -> bool:
+    # jsonschema checks "date-time" only with an optional package. The form is
+    # matched first: fromisoformat alone also takes week dates, the basic format,
+    # hour-only times…, which the e-Box refuses; it then checks the calendar.
     if not isinstance(value, str):
         return True
-    return "T" in value.upper() and datetime.fromisoformat(value).tzinfo is not None
+    if not CONTRACT_DATE_TIME.fullmatch(value):
+        raise ValueError("the contract's form is yyyy-MM-dd'T'HH:mm:ssXXX")
+    datetime.fromisoformat(value)
+    return True
 
 
 class SwaggerContract:
@@ -120,7 +130,7 @@ class SwaggerContract:
         self.definitions: dict[str, Any] = document["definitions"]
         self._closed_definitions = _closed(self.definitions)
         self._format_checker = FormatChecker(formats=())
-        self._format_checker.checks("date-time", raises=ValueError)(_rfc3339_date_time)
+        self._format_checker.checks("date-time", raises=ValueError)(_contract_date_time)
 
     def validator(self, definition: str) -> Draft4Validator:
         schema = {"$ref": f"#/definitions/{definition}", "definitions": self._closed_definitions}
@@ -132,6 +142,8 @@ def schema_errors(validator: Draft4Validator, document: object, root: str) -> li
     errors = sorted(validator.iter_errors(document), key=lambda error: list(map(str, error.path)))
     return [
         f"{'.'.join(str(part) for part in error.absolute_path) or root}: {error.message}"
+        # A format check's own reason says what the form should be.
+        + (f" ({error.cause})" if error.validator == "format" and error.cause else "")
         for error in errors
     ]
 
@@ -457,7 +469,7 @@ def router(recorder: Recorder, settings: HubSettings) -> APIRouter:
 
     @publication.post("/publishMessage", status_code=201)
     async def publish_message(request: Request) -> JSONResponse:
-        if await recorder.inject_faults(SERVICE):
+        if await recorder.inject_faults(SERVICE, request.headers.get("Idempotency-Key")):
             return status_message(
                 503, "SERVICE_UNAVAILABLE", "The sandbox was told to fail this request."
             )

@@ -317,7 +317,7 @@ def router(
 
     @soap.post("")
     async def endpoint(request: Request) -> Response:
-        if await recorder.inject_faults(SERVICE):
+        if await recorder.inject_faults(SERVICE, request.headers.get("Idempotency-Key")):
             return soap_fault("Server", "The sandbox was told to fail this request.", status=503)
         try:
             body = await read_limited(request, max_envelope_bytes)

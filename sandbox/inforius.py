@@ -82,7 +82,7 @@ def router(recorder: Recorder) -> APIRouter:
 
     @api.post("/purchase-invoices", status_code=201)
     async def book(request: Request) -> JSONResponse:
-        if await recorder.inject_faults(SERVICE):
+        if await recorder.inject_faults(SERVICE, request.headers.get("Idempotency-Key")):
             return refusal(503, "SERVICE_UNAVAILABLE", "The sandbox was told to fail this request.")
         administration = administration_of(request)
         if administration is None:

@@ -33,12 +33,17 @@ recorded with the certificate's subject and tenant; through the plain
 listener (the in-process tests' sandbox has no other), with none.
 
 Idempotency: a repeated ``Idempotency-Key`` gets the first reply (the real
-service knows nothing of the header; an identification is a read anyway).
+service knows nothing of the header; an identification is a read anyway). The
+key is the institution's (the TLS client's tenant), and is bound to what was
+asked: the same key for another person, other verification data or another
+user is refused with a ``soap:Client`` fault, as the REST sandboxes refuse a
+reused key, rather than answered with the first person's identity.
 Faults are those set for service ``ksz_bcss``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import string
@@ -281,6 +286,23 @@ def ssdn_request_of(envelope: bytes) -> etree._Element:
     return request
 
 
+def request_fingerprint(ssdn: etree._Element) -> str:
+    """What a repeated key must repeat: who asks and whom about.
+
+    The ``AuthorizedUser`` and the ``IdentifyPersonRequest`` (SSIN and
+    verification data), canonicalised; the message's reference and time change
+    from one attempt to the next and are left out.
+    """
+    parts = (
+        ssdn.find(f"{_S}RequestContext/{_S}AuthorizedUser"),
+        ssdn.find(f"{_S}ServiceRequest/{_I}IdentifyPersonRequest"),
+    )
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(b"-" if part is None else etree.tostring(part, method="c14n"))
+    return digest.hexdigest()
+
+
 # -- the routes ---------------------------------------------------------------------------------
 
 
@@ -303,7 +325,7 @@ def router(
 
     @api.post("/WebServiceConnector")
     async def send_xml(request: Request) -> Response:
-        if await recorder.inject_faults(SERVICE):
+        if await recorder.inject_faults(SERVICE, request.headers.get("Idempotency-Key")):
             return soap_fault("Server", "The sandbox was told to fail this request.", status=503)
         if schema is None:
             return soap_fault(
@@ -334,17 +356,22 @@ def router(
                 raise ClientFault("this sandbox identifies by SSIN only (no phonetic search)")
         except ClientFault as exc:
             return soap_fault("Client", str(exc))
-        key = request.headers.get("Idempotency-Key")
+        header_key = request.headers.get("Idempotency-Key")
+        # Who connected, when through the TLS listener (``sandbox.tls``): the
+        # institution the real service would have authenticated.
+        certificate, tenant = client_tenant(request.scope)
+        # One institution's key is not another's: scoped, they cannot collide.
+        key = f"{tenant}:{header_key}" if header_key and tenant else header_key
+        fingerprint = request_fingerprint(ssdn)
         async with recorder.lock:
             first = recorder.seen(SERVICE, key) if key else None
             if first is not None:
+                if first.summary["fingerprint"] != fingerprint:
+                    return soap_fault("Client", "Idempotency-Key reused for another request")
                 return soap_reply(first.answer["reply"].encode("utf-8"))
             person = persons.get(niss.strip())
             reply = identify_reply(ssdn, person, datetime.now(UTC))
             if key:
-                # Who connected, when through the TLS listener (``sandbox.tls``): the
-                # institution the real service would have authenticated.
-                certificate, tenant = client_tenant(request.scope)
                 recorder.record(
                     SERVICE,
                     key,
@@ -355,6 +382,7 @@ def router(
                         "niss": mask_niss(niss.strip()),
                         "status": "found" if person else "not_found",
                         "client_certificate": certificate,
+                        "fingerprint": fingerprint,
                     },
                 )
         return soap_reply(reply)

@@ -280,7 +280,7 @@ def router(recorder: Recorder, notice: Notice | None = None) -> APIRouter:
     api = APIRouter(prefix=PREFIX, tags=["sandbox: SPW NOTICe"])
 
     async def guard(request: Request) -> str | JSONResponse:
-        if await recorder.inject_faults(SERVICE):
+        if await recorder.inject_faults(SERVICE, request.headers.get("Idempotency-Key")):
             return unavailable()
         return account_of(request) or unauthorized()
 

@@ -19,6 +19,7 @@ import json
 import re
 import secrets
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -99,7 +100,7 @@ def router(recorder: Recorder, platform: Platform | None = None) -> APIRouter:
     api = APIRouter(prefix=PREFIX, tags=["sandbox: opinions platform"])
 
     async def guard(request: Request) -> str | JSONResponse:
-        if await recorder.inject_faults(SERVICE):
+        if await recorder.inject_faults(SERVICE, request.headers.get("Idempotency-Key")):
             return problem(503, "unavailable", "Platform unavailable", "Told to fail.")
         return account_of(request) or problem(
             401,
@@ -207,12 +208,16 @@ def router(recorder: Recorder, platform: Platform | None = None) -> APIRouter:
 
     @control.get("")
     async def cases() -> dict[str, Any]:
-        arrivals = {r.summary["request"]: r.arrivals for r in recorder.receptions(SERVICE)}
+        # A case is one (account, requestId); the same request re-sent under another
+        # idempotency key is another reception of it, and counts as a duplicate here.
+        arrivals: Counter[tuple[str | None, str]] = Counter()
+        for reception in recorder.receptions(SERVICE):
+            arrivals[(reception.tenant, reception.summary["request"])] += reception.arrivals
         items = [
             {
                 "account": case.account,
                 "request": case.request,
-                "arrivals": arrivals.get(case.request["requestId"], 0),
+                "arrivals": arrivals[(case.account, case.request["requestId"])],
                 "answer": case.answer,
                 "acknowledged": case.acknowledged,
             }

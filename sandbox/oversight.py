@@ -243,7 +243,7 @@ def router(
 
     @api.post(PATH)
     async def endpoint(request: Request) -> Response:
-        if await recorder.inject_faults(SERVICE):
+        if await recorder.inject_faults(SERVICE, request.headers.get("Idempotency-Key")):
             return soap_fault("Server", "The sandbox was told to fail this request.", status=503)
         try:
             envelope = await read_limited(request, MAX_ENVELOPE_BYTES)

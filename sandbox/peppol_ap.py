@@ -262,7 +262,7 @@ def router(recorder: Recorder, access_point: AccessPoint | None = None) -> APIRo
 
     async def guard(request: Request) -> str | JSONResponse:
         """The caller's account, or the answer that refuses the request."""
-        if await recorder.inject_faults(SERVICE):
+        if await recorder.inject_faults(SERVICE, request.headers.get("Idempotency-Key")):
             return unavailable()
         return account_of(request) or unauthorized()
 

@@ -1,15 +1,21 @@
 """What the sandbox received, and the faults it was told to inject.
 
-Each simulated service records every request under its idempotency key: how
-often the key arrived, and the one answer it gave the first time (a repeated
-key gets the same answer and publishes nothing new, as a real target that
-honours idempotency keys would).
+Each simulated service records every request it processed under its
+idempotency key: how often the key arrived (``arrivals``), and the one answer
+it gave the first time (a repeated key gets the same answer and publishes
+nothing new, as a real target that honours idempotency keys would).
+
+``arrivals`` counts only the requests that got past fault injection. Every
+request that carried an ``Idempotency-Key``, the ones answered by an injected
+503 or held by an injected timeout included, is counted apart in ``attempts``:
+the only trace of a retry after a fault.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +49,9 @@ class Recorder:
     def __init__(self) -> None:
         self._receptions: dict[tuple[str, str], Reception] = {}
         self._faults: dict[str, FaultSettings] = {}
+        #: (service, idempotency key) → requests that carried it, faulted ones included; the
+        #: key is the Idempotency-Key header (for Stésud, the file's name)
+        self._attempts: Counter[tuple[str, str]] = Counter()
         self._lock = asyncio.Lock()
         self._random = random.Random()
 
@@ -52,8 +61,14 @@ class Recorder:
     def faults_for(self, service: str) -> FaultSettings:
         return self._faults.get(service) or self._faults.get("*") or FaultSettings()
 
-    async def inject_faults(self, service: str) -> bool:
-        """Sleep as configured; return True when this request must fail with a 503."""
+    async def inject_faults(self, service: str, idempotency_key: str | None) -> bool:
+        """Count the attempt, sleep as configured; return True when it must fail with a 503.
+
+        The attempt is counted first: a client that gives up during an injected
+        timeout never lets the request get further.
+        """
+        if idempotency_key:
+            self._attempts[(service, idempotency_key)] += 1
         faults = self.faults_for(service)
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)
@@ -99,6 +114,14 @@ class Recorder:
     def receptions(self, service: str | None = None) -> list[Reception]:
         return [r for (s, _), r in self._receptions.items() if service in (None, s)]
 
-    def clear(self) -> None:
+    def attempts(self, service: str | None = None) -> list[tuple[str, str, int]]:
+        """(service, Idempotency-Key header, requests that carried it), faulted ones included."""
+        return [(s, key, n) for (s, key), n in self._attempts.items() if service in (None, s)]
+
+    def clear_received(self) -> None:
+        """Forget what was received; the fault settings stay until changed or cleared."""
         self._receptions.clear()
+        self._attempts.clear()
+
+    def clear_faults(self) -> None:
         self._faults.clear()

@@ -16,8 +16,10 @@ It follows the modelled contract ``contracts/vendors/stesud-file-exchange.md``
 
 The drop directory is ``STESUD_DROP_DIR``, by default ``<HUB_VAR_DIR>/stesud``:
 the gateway's ``stesud`` connector uses the same default. Each file is
-recorded by the recorder (service ``stesud``, keyed by file name);
-``latency_ms`` of the faults set for ``stesud`` delays each file's processing.
+recorded by the recorder (service ``stesud``, keyed by file name). The faults
+set for ``stesud`` apply to each file at each scan, as to a request elsewhere:
+``latency_ms`` and ``timeout_rate`` delay its processing, and ``error_rate``
+leaves it unanswered in ``in/`` until a later scan (an unavailable Stésud).
 """
 
 from __future__ import annotations
@@ -88,28 +90,36 @@ class StesudSandbox:
     async def process_pending(self) -> int:
         files = await asyncio.to_thread(lambda: sorted(self.drop_dir.glob("*/in/*.xml")))
         for path in files:
-            await asyncio.sleep(self._recorder.faults_for(SERVICE).latency_ms / 1000)
-            await asyncio.to_thread(self.process, path)
+            if await self._recorder.inject_faults(SERVICE, path.name):
+                continue  # Stésud "unavailable": the file waits for a later scan
+            answer = await asyncio.to_thread(self.process, path)
+            if answer is not None:
+                # Recorded here, on the event loop, not in the worker thread: the control
+                # views iterate the recorder on the loop, and a thread adding to it
+                # meanwhile breaks their iteration.
+                self._recorder.record(
+                    SERVICE,
+                    path.name,
+                    tenant=path.parent.parent.name,
+                    answer=answer,
+                    traceparent=None,
+                    summary={"file": path.name},
+                )
         return len(files)
 
-    def process(self, path: Path) -> None:
+    def process(self, path: Path) -> dict[str, str] | None:
+        """Book the file and acknowledge it; the answer, or None if it was answered before."""
         administration_dir = path.parent.parent
         administration = administration_dir.name
         acknowledgement = administration_dir / "out" / (path.stem + ".ack.xml")
+        answer = None
         if not acknowledgement.exists():
             answer = self._answer(path, administration)
             _write_atomically(acknowledgement, _acknowledgement_xml(path.name, answer))
-            self._recorder.record(
-                SERVICE,
-                path.name,
-                tenant=administration,
-                answer=answer,
-                traceparent=None,
-                summary={"file": path.name},
-            )
         done = administration_dir / "done"
         done.mkdir(exist_ok=True)
         os.replace(path, done / path.name)
+        return answer
 
     def _answer(self, path: Path, administration: str) -> dict[str, str]:
         try:

@@ -280,6 +280,24 @@ VIOLATIONS: dict[str, tuple[Parts, str]] = {
         parts(changed({"expirationDate": "next year"}), LETTER),
         "expirationDate: 'next year' is not a 'date-time'",
     ),
+    # ISO 8601 forms Python's fromisoformat takes, but not the contract's.
+    **{
+        f"expiration-date-{name}": (
+            parts(changed({"expirationDate": value}), LETTER),
+            f"expirationDate: {value!r} is not a 'date-time' (the contract's form is"
+            " yyyy-MM-dd'T'HH:mm:ssXXX)",
+        )
+        for name, value in {
+            "week-date": "2026-W53-4T23:59:59+01:00",
+            "basic-format": "20261231T235959+0100",
+            "hour-only": "2026-12-31T23+01:00",
+            "fraction-lower-t": "2026-12-31t23:59:59.5+01:00",
+        }.items()
+    },
+    "expiration-date-calendar": (
+        parts(changed({"expirationDate": "2026-02-30T12:00:00Z"}), LETTER),
+        "expirationDate: '2026-02-30T12:00:00Z' is not a 'date-time' (day is out of range",
+    ),
     "no-main-content": (
         parts(changed(attachment(mainContent=False)), LETTER),
         "the message has no main content",
@@ -333,6 +351,20 @@ async def test_a_valid_request_is_accepted(sandbox: str, http: httpx.AsyncClient
     )
 
     assert answer.status_code == 201, answer.text
+
+
+@pytest.mark.parametrize("expiration", ["2026-12-31T23:59:59+01:00", "2026-12-31T22:59:59Z"])
+async def test_an_expiration_date_in_the_contracts_form_is_accepted_and_echoed(
+    sandbox: str, http: httpx.AsyncClient, expiration: str
+) -> None:
+    answer = await http.post(
+        f"{sandbox}/ebox/rest/publishMessage",
+        files=parts(changed({"expirationDate": expiration}), LETTER),
+        headers={"Authorization": f"Bearer {await token(http, sandbox)}"},
+    )
+
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["expirationDate"] == expiration
 
 
 @pytest.mark.parametrize("name", list(VIOLATIONS))

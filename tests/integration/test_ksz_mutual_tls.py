@@ -9,7 +9,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,28 @@ async def test_the_tenant_shows_its_certificate_and_the_sandbox_knows_who_asked(
         TENANT: f"O={TENANT},CN=hub-{TENANT}",
         LATER: f"O={LATER},CN=hub-{LATER}",
     }
+
+
+async def test_two_institutions_sending_the_same_key_each_get_their_own_answer(
+    sandbox: Sandbox,
+) -> None:
+    ensure_tenant_signing_identity(sandbox.settings.keys_dir, LATER)
+    shared_key = "same-event:applicant-identification"
+    async with outbound_client(8) as http:
+        for tenant in (TENANT, LATER):
+            ksz = connector(sandbox, tenant, http)
+            try:
+                result = await ksz.deliver(replace(delivery(tenant), idempotency_key=shared_key))
+            finally:
+                await ksz.aclose()
+            assert result.answer is not None and result.answer["status"] == "found"
+        items = await received(sandbox, http)
+    # The key is scoped by the TLS client's tenant: the second institution's request was
+    # answered for itself, not with the first one's reply.
+    assert sorted((item["tenant"], item["idempotency_key"]) for item in items) == [
+        (LATER, f"{LATER}:{shared_key}"),
+        (TENANT, f"{TENANT}:{shared_key}"),
+    ]
 
 
 async def test_without_a_certificate_the_sandbox_trusts_there_is_no_handshake(
