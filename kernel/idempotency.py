@@ -9,7 +9,7 @@ with the key: the same request sent again gets that answer, marked
 
 - Keys are the tenant's (from the bearer token): two tenants may use the same.
 - The same key with another request (method, path, query or body) is a 422.
-- A kept answer is given again to its caller only (the token's subject): the
+- A kept answer is given again to its caller only (the token's subject and scopes): the
   replay is decided before the route checks the caller's scopes, so the same key
   from another caller of the tenant is a 422 of its own.
 - The same key while its first request has not finished is a 409: the second
@@ -228,7 +228,8 @@ class IdempotencyMiddleware:
                 422,
                 "idempotency-key-of-another-caller",
                 "Idempotency-Key of another caller",
-                "This Idempotency-Key was used by another caller (another token subject)."
+                "This Idempotency-Key was used by another caller (another token subject, or"
+                " other scopes)."
                 " A request needs a key of its own.",
             )
             return
@@ -405,11 +406,14 @@ def _replaying(body: bytes) -> Receive:
 
 
 def _fingerprint(caller: Caller, scope: Scope, body: bytes) -> str:
-    """Who sent the request (the token's subject), then what it was (the method, path,
-    query and body): 128 bits of a SHA-256 of each, so that a key sent again by another
-    caller is told apart from one sent with another request."""
-    # "surrogatepass": a JSON text (the token's claims) may hold a lone surrogate.
-    sender = hashlib.sha256(caller.subject.encode("utf-8", "surrogatepass"))
+    """Who sent the request (the token's subject and scopes), then what it was (the
+    method, path, query and body): 128 bits of a SHA-256 of each, so that a key sent
+    again by another caller is told apart from one sent with another request."""
+    # Its scopes too: the same subject's token without the route's scope (checked after the
+    # replay is decided) is another caller. "surrogatepass": a JSON text (the token's
+    # claims) may hold a lone surrogate.
+    who = "\0".join([caller.subject, *sorted(caller.scopes)])
+    sender = hashlib.sha256(who.encode("utf-8", "surrogatepass"))
     request = hashlib.sha256()
     for part in (scope["method"].encode(), scope["path"].encode(), scope.get("query_string", b"")):
         request.update(part + b"\0")

@@ -157,7 +157,11 @@ async def test_a_kept_answer_is_given_again_to_its_caller_only(service: Service)
 
     # Another caller of the tenant does not, whether the route would let it write or not
     # (the route, which checks the scope, is not reached).
-    for other in (service.auth("colleague"), service.auth("reader", scopes=("things:read",))):
+    for other in (
+        service.auth("colleague"),
+        service.auth("reader", scopes=("things:read",)),
+        service.auth("clerk", scopes=("things:read",)),  # its own token, without the scope
+    ):
         refused = await service.http.post("/things", json={"name": "b"}, headers={**other, **keyed})
         problem(refused, 422, "idempotency-key-of-another-caller")
         assert "idempotent-replayed" not in refused.headers
