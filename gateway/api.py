@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import defer
 
 from gateway.connectors.soap import TenantCertificate
-from gateway.deliveries import DeliveryRecord
+from gateway.deliveries import WITHOUT_STORED_EVENT, DeliveryRecord
 from gateway.engine import DeliveryEngine
 from gateway.inbound.records import InboundDocument, WaitingItem
 from kernel.api import LARGEST_INTEGER, RequestModel
@@ -79,11 +79,6 @@ class StatusCount(BaseModel):
     connector: str
     status: str
     count: int
-
-
-#: The stored event (a mail's PDF in base64, some 5.6 MB), which no view shows: left in the
-#: database, or a page of 500 deliveries held gigabytes.
-WITHOUT_STORED_EVENT = (defer(DeliveryRecord.record_value), defer(DeliveryRecord.record_headers))
 
 
 def sessions_of(request: Request) -> async_sessionmaker[AsyncSession]:

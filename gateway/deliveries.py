@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import JSON, Index, Integer, LargeBinary, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, defer, mapped_column
 
 from gateway.inbound.records import InboundDocument, WaitingItem
 from gateway.routing import RetryPolicy
@@ -58,6 +58,11 @@ class DeliveryRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+#: For reads that show or change a delivery's state only: the stored event (a mail's PDF in
+#: base64, some 5.6 MB) left in the database, or a page of 500 deliveries held gigabytes.
+WITHOUT_STORED_EVENT = (defer(DeliveryRecord.record_value), defer(DeliveryRecord.record_headers))
 
 
 MIGRATIONS = [

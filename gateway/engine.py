@@ -51,7 +51,13 @@ from contracts.envelope import (
 from contracts.events import event_class_for
 from contracts.events.gateway import DeliveryReceipt
 from gateway.connectors.base import ATTEMPT_SECONDS, Connector, Delivery, attempt_deadline
-from gateway.deliveries import FINAL_STATUSES, DeliveryRecord, idempotency_key, next_attempt_time
+from gateway.deliveries import (
+    FINAL_STATUSES,
+    WITHOUT_STORED_EVENT,
+    DeliveryRecord,
+    idempotency_key,
+    next_attempt_time,
+)
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import Route, RoutingTable
 from kernel.database import utcnow, write_transaction
@@ -1047,9 +1053,9 @@ class DeliveryEngine:
         """An operator asks for a failed or dead delivery to be tried again from scratch."""
         async with self._sessions() as session, session.begin():
             record = await session.scalar(
-                select(DeliveryRecord).where(
-                    DeliveryRecord.idempotency_key == key, DeliveryRecord.tenant == tenant
-                )
+                select(DeliveryRecord)
+                .options(*WITHOUT_STORED_EVENT)
+                .where(DeliveryRecord.idempotency_key == key, DeliveryRecord.tenant == tenant)
             )
             if record is None or record.status not in ("failed", "dead"):
                 return record
