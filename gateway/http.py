@@ -208,10 +208,11 @@ def outbound_client(
 
 
 def client_certificate_tls(
-    key_file: Path, cert_file: Path, trusted: Iterable[Path] = ()
+    key_file: Path, cert_file: Path, trusted: Iterable[Path] = (), *, password: str | None = None
 ) -> ssl.SSLContext:
     """TLS that verifies servers as httpx does, also trusting the certificates in
-    ``trusted`` (PEM files), and shows the client certificate ``cert_file``."""
+    ``trusted`` (PEM files), and shows the client certificate ``cert_file`` (its key
+    ``key_file`` encrypted with ``password``, if given)."""
     context = httpx.create_ssl_context()
     # ssl's errors name no file ("No such file or directory", "PEM lib"): these do.
     for path in trusted:
@@ -220,8 +221,9 @@ def client_certificate_tls(
         except OSError as exc:
             raise ValueError(f"the certificates to trust in {path} cannot be read: {exc}") from exc
     try:
-        context.load_cert_chain(cert_file, key_file)
-    except OSError as exc:
+        # Without a password, an encrypted key would make OpenSSL ask on the terminal.
+        context.load_cert_chain(cert_file, key_file, password=password or "")
+    except OSError as exc:  # ssl.SSLError among them: a wrong passphrase, say
         raise ValueError(
             f"the client certificate {cert_file} and its key {key_file} cannot be read as PEM,"
             f" or do not match: {exc}"

@@ -96,9 +96,12 @@ class X509Signature:
         password: str | None = None,
         timestamp_lifetime: timedelta = TIMESTAMP_LIFETIME,
     ) -> None:
-        private_key = serialization.load_pem_private_key(
-            key_pem, password.encode() if password else None
-        )
+        try:
+            private_key = serialization.load_pem_private_key(
+                key_pem, password.encode() if password else None
+            )
+        except TypeError as exc:  # encrypted without a passphrase given, or the reverse
+            raise ValueError(f"the signing key cannot be read: {exc} (key_password)") from exc
         self.certificate = x509.load_pem_x509_certificate(cert_pem)
         if private_key.public_key() != self.certificate.public_key():
             raise ValueError("the signing key does not belong to the signing certificate")

@@ -85,7 +85,7 @@ class EboxSoapConnector:
     def __init__(self, ctx: ConnectorContext, settings: EboxSoapSettings) -> None:
         self.settings = settings
         self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
-        identity = signing_files(ctx, settings.key_file, settings.cert_file, TYPE_NAME)
+        identity = signing_files(ctx, settings, TYPE_NAME)
         self.certificate = identity.certificate
         self._soap = SignedSoapClient(
             wsdl=str(settings.wsdl or ctx.hub.corpus_dir / DEFAULT_WSDL),
@@ -93,8 +93,7 @@ class EboxSoapConnector:
             endpoint=settings.endpoint,
             http=ctx.http,
             timeout_seconds=settings.timeout_seconds,
-            key_file=identity.key_file,
-            cert_file=identity.cert_file,
+            identity=identity,
         )
 
     async def deliver(self, delivery: Delivery) -> DeliveryResult:

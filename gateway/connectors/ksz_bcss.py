@@ -405,12 +405,14 @@ def _mutual_tls_client(
                 " the institution by its TLS client certificate"
             )
         return None, None
-    identity = signing_files(ctx, settings.key_file, settings.cert_file, TYPE_NAME)
+    identity = signing_files(ctx, settings, TYPE_NAME)
     trusted = [settings.ca_file] if settings.ca_file else []
     sandbox_certificate = sandbox_tls_files(ctx.hub.keys_dir)[1]
     if ctx.hub.environment == "development" and sandbox_certificate.is_file():
         trusted.append(sandbox_certificate)
-    tls = client_certificate_tls(identity.key_file, identity.cert_file, trusted)
+    tls = client_certificate_tls(
+        identity.key_file, identity.cert_file, trusted, password=identity.key_password
+    )
     client = outbound_client(MUTUAL_TLS_CONNECTIONS, per_host=MUTUAL_TLS_CONNECTIONS, tls=tls)
     return client, identity.certificate
 

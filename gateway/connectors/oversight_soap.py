@@ -84,7 +84,7 @@ class OversightSoapConnector:
         self.settings = settings
         self.attempt_seconds = attempt_seconds_for(settings.timeout_seconds)
         self.tenant = ctx.tenant
-        identity = signing_files(ctx, settings.key_file, settings.cert_file, TYPE_NAME)
+        identity = signing_files(ctx, settings, TYPE_NAME)
         self.certificate = identity.certificate
         self._soap = SignedSoapClient(
             wsdl=str(settings.wsdl or DEFAULT_WSDL),
@@ -92,8 +92,7 @@ class OversightSoapConnector:
             endpoint=settings.endpoint,
             http=ctx.http,
             timeout_seconds=settings.timeout_seconds,
-            key_file=identity.key_file,
-            cert_file=identity.cert_file,
+            identity=identity,
         )
 
     async def deliver(self, delivery: Delivery) -> DeliveryResult:

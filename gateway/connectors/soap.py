@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from cryptography import x509
 from lxml import etree
-from pydantic import model_validator
+from pydantic import SecretStr, model_validator
 from zeep import AsyncClient
 from zeep import Settings as ZeepSettings
 from zeep.transports import AsyncTransport
@@ -74,11 +74,16 @@ class SigningSettings(ConnectorSettings):
 
     key_file: Path | None = None
     cert_file: Path | None = None
+    #: The passphrase of an encrypted key file, as a PKI often delivers one; written
+    #: ``${AN_ENVIRONMENT_VARIABLE}`` so that the tenant file holds no secret.
+    key_password: SecretStr | None = None
 
     @model_validator(mode="after")
     def _key_and_certificate_together(self) -> SigningSettings:
         if (self.key_file is None) != (self.cert_file is None):
             raise ValueError("key_file and cert_file are given together, or neither")
+        if self.key_password is not None and self.key_file is None:
+            raise ValueError("key_password is the passphrase of key_file, which is not given")
         return self
 
 
@@ -97,14 +102,18 @@ class TenantIdentity:
     cert_file: Path
     #: None when the certificate cannot be read (the connector then says why).
     certificate: TenantCertificate | None
+    #: The key file's passphrase, if it is encrypted.
+    key_password: str | None = None
 
 
 def signing_files(
-    ctx: ConnectorContext, key_file: Path | None, cert_file: Path | None, type_name: str
+    ctx: ConnectorContext, settings: SigningSettings, type_name: str
 ) -> TenantIdentity:
     """The tenant's key and certificate, to sign or to show as a TLS client: configured ones,
     or in development the hub's self-signed tenant identity (``kernel/pki.py``); their expiry
     watched (``watch_expiry``)."""
+    key_file, cert_file = settings.key_file, settings.cert_file
+    password = settings.key_password.get_secret_value() if settings.key_password else None
     if not (key_file and cert_file):
         if ctx.hub.environment == "production":
             raise ValueError(
@@ -113,7 +122,7 @@ def signing_files(
             )
         key_file, cert_file = ensure_tenant_signing_identity(ctx.hub.keys_dir, ctx.tenant)
     certificate = watch_expiry(ctx.tenant, type_name, ctx.name, cert_file)
-    return TenantIdentity(key_file, cert_file, certificate)
+    return TenantIdentity(key_file, cert_file, certificate, password)
 
 
 #: A certificate that stops being valid within this long is logged as a warning at start.
@@ -168,15 +177,16 @@ class SignedSoapClient:
         endpoint: str,
         http: httpx.AsyncClient,
         timeout_seconds: float,
-        key_file: Path,
-        cert_file: Path,
+        identity: TenantIdentity,
     ) -> None:
         self.endpoint = endpoint
         self.transport = SharedPoolTransport(http, timeout_seconds)
         self.client = AsyncClient(
             wsdl,
             transport=self.transport,
-            wsse=X509Signature.from_files(key_file, cert_file),
+            wsse=X509Signature.from_files(
+                identity.key_file, identity.cert_file, password=identity.key_password
+            ),
             settings=ZeepSettings(forbid_dtd=True, forbid_entities=True, forbid_external=True),
         )
         self._service = self.client.create_service(binding, endpoint)

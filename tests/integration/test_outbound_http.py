@@ -6,15 +6,23 @@ import asyncio
 import gzip
 import hashlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 
 from gateway.errors import RetryableDeliveryError, translate_transport_errors
-from gateway.http import MAX_RESPONSE_BYTES, ResponseTooLarge, outbound_client
+from gateway.http import (
+    MAX_RESPONSE_BYTES,
+    ResponseTooLarge,
+    client_certificate_tls,
+    outbound_client,
+)
 from kernel.kafka import free_port
+from kernel.pki import ensure_tenant_signing_identity
 from tests.support.servers import serving
 
 
@@ -169,3 +177,22 @@ async def test_a_compressed_answer_is_decoded_within_the_limit(
         with pytest.raises(ResponseTooLarge) as raised:
             await client.get(f"{url}/compressed", params={"layers": 2, "inner_mib": 64})
     assert "once decompressed" in str(raised.value)
+
+
+def test_a_client_certificate_with_an_encrypted_key_needs_its_passphrase(
+    tmp_path: Path,
+) -> None:
+    key_file, cert_file = ensure_tenant_signing_identity(tmp_path / "keys", "92137")
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    encrypted = tmp_path / "encrypted-key.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    assert client_certificate_tls(encrypted, cert_file, password="secret")
+    for wrong in (None, "guess"):  # never a prompt on the terminal: an error naming the files
+        with pytest.raises(ValueError, match=r"encrypted-key\.pem"):
+            client_certificate_tls(encrypted, cert_file, password=wrong)

@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from prometheus_client import REGISTRY
 
 from gateway.connectors.base import ConnectorContext
-from gateway.connectors.soap import signing_files
+from gateway.connectors.soap import SigningSettings, signing_files
 from kernel.settings import HubSettings
 
 #: A person's certificate (an eID's) names its holder by national number.
@@ -61,6 +61,10 @@ def expiry(tenant: str, connector: str, name: str) -> float | None:
     )
 
 
+def files(key_file: Path, cert_file: Path) -> SigningSettings:
+    return SigningSettings(key_file=key_file, cert_file=cert_file)
+
+
 async def test_a_certificate_near_or_past_its_end_is_said_at_start_and_published(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -71,13 +75,13 @@ async def test_a_certificate_near_or_past_its_end_is_said_at_start_and_published
         past = identity(tmp_path / "past", "22222", timedelta(days=-2))
 
         near = signing_files(
-            ConnectorContext("11111", settings, http, "ksz"), *soon, "ksz_identify"
+            ConnectorContext("11111", settings, http, "ksz"), files(*soon), "ksz_identify"
         )
-        signing_files(ConnectorContext("22222", settings, http, "ebox"), *past, "ebox_soap")
+        signing_files(ConnectorContext("22222", settings, http, "ebox"), files(*past), "ebox_soap")
         # The development identity has two years ahead of it: published, nothing said. A
         # second connector of the same type for that tenant is published apart.
         development = signing_files(
-            ConnectorContext("22222", settings, http, "ebox-cpas"), None, None, "ebox_soap"
+            ConnectorContext("22222", settings, http, "ebox-cpas"), SigningSettings(), "ebox_soap"
         )
 
     said = {(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records}

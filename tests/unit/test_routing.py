@@ -276,5 +276,23 @@ connectors:
     with pytest.raises(RoutingConfigError) as raised:
         build_connectors(table, hub_settings, httpx.AsyncClient())
     message = str(raised.value)
-    assert "connectors.locked: tenant 92137: TypeError: Password was not given" in message
+    assert "connectors.locked: the signing key cannot be read: Password was not given" in message
+    assert "(key_password)" in message
     assert "connectors.cut: tenant 92137: XMLSyntaxError:" in message
+
+    # Its passphrase given, from the environment as a secret should be, the key signs.
+    write(
+        tmp_path / "tenants",
+        "92137",
+        f"""
+tenant: "92137"
+name: Test
+connectors:
+  locked: {{type: ebox_soap, endpoint: "https://ebox.test/soap", key_file: "{encrypted}",
+            cert_file: "{cert_file}", key_password: "${{EBOX_KEY_PASSWORD}}"}}
+""",
+    )
+    environ = {"EBOX_KEY_PASSWORD": "secret"}
+    table = load_routing(load_tenants(tmp_path / "tenants"), BUILT_IN_TYPES, environ=environ)
+    [connector] = build_connectors(table, hub_settings, httpx.AsyncClient()).values()
+    assert connector.certificate is not None  # built, its certificate watched
