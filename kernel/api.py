@@ -59,6 +59,14 @@ class Storage:
         async with claiming_key(transaction(self.sessions, self.relay)) as session:
             yield session
 
+    @asynccontextmanager
+    async def beside_the_request(self) -> AsyncIterator[AsyncSession]:
+        """A transaction that does not take the request's Idempotency-Key: for what a
+        refused request leaves behind (a replay's failure noted on its kept event). A
+        refused request keeps no key, so that it may be sent again, corrected."""
+        async with transaction(self.sessions, self.relay) as session:
+            yield session
+
 
 async def storage(request: Request) -> Storage:
     state = request.app.state

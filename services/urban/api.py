@@ -211,7 +211,7 @@ def _file_routes(api: APIRouter) -> None:
                 )
         except ProblemError as problem:
             if not isinstance(problem, UnprocessedNotFound):
-                async with store.unit_of_work() as session:
+                async with store.beside_the_request() as session:
                     await permits.note_replay_failed(session, caller.tenant, event_id, problem)
             raise
 

@@ -1018,8 +1018,10 @@ async def test_a_kept_notification_is_replayed_once_its_cause_is_fixed(
         kept = await session.get_one(UnprocessedEvent, misaddressed.id)
         assert kept.data is not None and "content_base64" not in kept.data["documents"][0]
     replay_path = f"/v1/unprocessed-notifications/{misaddressed.id}/replay"
-    # Not fixed yet: the same rule's Problem, and the event stays kept.
-    problem(await service.post(replay_path), 422, "wrong-notice-instance")
+    keyed = {**service.auth(SAMBREVILLE), "Idempotency-Key": "replay-1"}
+    # Not fixed yet: the same rule's Problem, and the event stays kept; the refusal keeps
+    # no Idempotency-Key, so that the same request may be sent again once it is fixed.
+    problem(await service.http.post(replay_path, headers=keyed), 422, "wrong-notice-instance")
     assert len((await service.get("/v1/unprocessed-notifications")).json()) == 1
     # Another tenant cannot see or replay it.
     problem(await service.post(replay_path, tenant=LIEGE), 404, "not-found")
@@ -1028,8 +1030,9 @@ async def test_a_kept_notification_is_replayed_once_its_cause_is_fixed(
     settings[SAMBREVILLE] = dataclasses.replace(
         settings[SAMBREVILLE], notice_instance="NOTICE-SAM-2"
     )
-    replayed = await service.post(replay_path)
+    replayed = await service.http.post(replay_path, headers=keyed)
     assert replayed.status_code == 200, replayed.text
+    assert "idempotent-replayed" not in replayed.headers
     file = (await service.get(f"/v1/files/{replayed.json()['file_id']}")).json()
     assert file["reference"] == replayed.json()["reference"]
     # Its document's bytes, kept apart from the data the listing reads, came back with it.
