@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -135,6 +136,10 @@ class TokenVerifier:
             if settings.jwks_url
             else None
         )
+        #: One thread of its own for the fetches: PyJWT fetches one at a time, and while the
+        #: provider is away the waiting ones held threads of the pool that SQLite's large
+        #: statements need.
+        self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jwks")
         self._dev_key = (
             None if settings.jwks_url else load_or_create_issuer_key(settings.keys_dir).public_key()
         )
@@ -163,8 +168,17 @@ class TokenVerifier:
         the consumer) for up to 30 s."""
         if self._jwks_client is None:
             return self._dev_key
+        fetched = asyncio.get_running_loop().run_in_executor(
+            self._fetcher, self._jwks_client.get_signing_key_from_jwt, token
+        )
         try:
-            signing_key = await asyncio.to_thread(self._jwks_client.get_signing_key_from_jwt, token)
+            # A request waits its own timeout at most, not the fetches queued before it
+            # (cancelled, a fetch still queued is dropped).
+            signing_key = await asyncio.wait_for(fetched, self.JWKS_TIMEOUT_SECONDS)
+        except TimeoutError as exc:
+            raise IdentityProviderUnavailable(
+                f"no answer in {self.JWKS_TIMEOUT_SECONDS:g} s"
+            ) from exc
         except jwt.PyJWKClientConnectionError as exc:
             raise IdentityProviderUnavailable(str(exc)) from exc
         except jwt.PyJWTError as exc:
