@@ -7,9 +7,15 @@ for the tenant the outside service addressed.
 from __future__ import annotations
 
 from datetime import date
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 from contracts.events.base import EventData
 from contracts.events.peppol import INBOUND_TOPIC
@@ -31,8 +37,20 @@ class NoticeDocument(BaseModel):
     #: How the content (``size`` and ``sha256`` are the content's) differs from what
     #: NOTICe's metadata declared, when two fetches gave the same difference; absent
     #: otherwise. Urban keeps the document and shows the difference on the file. Added
-    #: within v1: a consumer must know the field before the gateway sends it.
+    #: within v1, and sent only when there is a difference: upgrade urban before the
+    #: gateway, or a difference makes urban of before keep the notification unprocessed.
     metadata_mismatch: str | None = Field(default=None, max_length=METADATA_MISMATCH_LENGTH)
+
+    @model_serializer(mode="wrap")
+    def _mismatch_only_when_there_is_one(
+        self, serialise: SerializerFunctionWrapHandler
+    ) -> dict[str, Any]:
+        # Absent rather than null: a consumer from before the field (which refuses fields
+        # it does not know) still takes the documents that match their metadata.
+        data: dict[str, Any] = serialise(self)
+        if data.get("metadata_mismatch") is None:
+            data.pop("metadata_mismatch", None)
+        return data
 
 
 class NoticeNotificationReceived(EventData):
