@@ -167,13 +167,17 @@ def _decoded(body: bytes, response: httpx.Response) -> bytes:
     for encoding in reversed(encodings):  # the last applied comes off first
         if encoding not in _DECOMPRESSED_WITH:
             continue
-        decompressor = zlib.decompressobj(_DECOMPRESSED_WITH[encoding])
-        try:
-            decoded = decompressor.decompress(body, MAX_RESPONSE_BYTES + 1)
-        except zlib.error as exc:
+        for window_bits in _DECOMPRESSED_WITH[encoding]:
+            decompressor = zlib.decompressobj(window_bits)
+            try:
+                decoded = decompressor.decompress(body, MAX_RESPONSE_BYTES + 1)
+                break
+            except zlib.error as exc:
+                error = exc
+        else:
             raise httpx.DecodingError(
-                f"an answer said to be {encoding} is not: {exc}", request=response.request
-            ) from exc
+                f"an answer said to be {encoding} is not: {error}", request=response.request
+            ) from error
         if len(decoded) > MAX_RESPONSE_BYTES or decompressor.unconsumed_tail:
             raise ResponseTooLarge(
                 f"an answer over {MAX_RESPONSE_BYTES} bytes once decompressed",
@@ -184,9 +188,10 @@ def _decoded(body: bytes, response: httpx.Response) -> bytes:
     return body
 
 
-#: zlib's window bits for each encoding the client asks for (``ACCEPTED_ENCODINGS``):
-#: gzip's header, or zlib's (HTTP's "deflate"); 47 takes either.
-_DECOMPRESSED_WITH = {"gzip": 31, "x-gzip": 31, "deflate": 47}
+#: zlib's window bits to try for each encoding the client asks for (``ACCEPTED_ENCODINGS``):
+#: gzip's header; for HTTP's "deflate", zlib's header (47 takes gzip's too), else none at
+#: all, as some servers send it (and httpx took it).
+_DECOMPRESSED_WITH = {"gzip": (31,), "x-gzip": (31,), "deflate": (47, -15)}
 ACCEPTED_ENCODINGS = "gzip, deflate"
 
 

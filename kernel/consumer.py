@@ -206,10 +206,12 @@ PASSING_SQLSTATE_CLASSES = ("08", "40", "53")
 PASSING_SQLSTATES = ("57P01", "57P02", "57P03")
 
 
-#: SQLite's primary result codes that pass: busy, locked, an I/O error, the disk full, the
-#: file not openable. Its other "operational" errors (no such column, no such table: a
-#: migration not applied; a syntax error) fail the same way at every attempt.
-PASSING_SQLITE_CODES = frozenset({5, 6, 10, 13, 14})
+#: SQLite's primary result codes that pass: busy (5), locked (6), out of memory (7), the
+#: database read-only (8: its disk remounted so), an I/O error (10), the disk full (13),
+#: the file not openable (14), the lock protocol (15). Its other "operational" errors (no
+#: such column, no such table: a migration not applied; a syntax error) fail the same way
+#: at every attempt.
+PASSING_SQLITE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
 
 #: Errors of files, not of the way to a database: a handler's own, failing alike again.
 _FILE_ERRORS = (

@@ -325,7 +325,14 @@ def router(
 
     @api.post("/WebServiceConnector")
     async def send_xml(request: Request) -> Response:
-        if await recorder.inject_faults(SERVICE, request.headers.get("Idempotency-Key")):
+        header_key = request.headers.get("Idempotency-Key")
+        # Who connected, when through the TLS listener (``sandbox.tls``): the
+        # institution the real service would have authenticated.
+        certificate, tenant = client_tenant(request.scope)
+        # One institution's key is not another's: scoped, they cannot collide (in the
+        # attempts counted as in the receptions).
+        key = f"{tenant}:{header_key}" if header_key and tenant else header_key
+        if await recorder.inject_faults(SERVICE, key):
             return soap_fault("Server", "The sandbox was told to fail this request.", status=503)
         if schema is None:
             return soap_fault(
@@ -356,12 +363,6 @@ def router(
                 raise ClientFault("this sandbox identifies by SSIN only (no phonetic search)")
         except ClientFault as exc:
             return soap_fault("Client", str(exc))
-        header_key = request.headers.get("Idempotency-Key")
-        # Who connected, when through the TLS listener (``sandbox.tls``): the
-        # institution the real service would have authenticated.
-        certificate, tenant = client_tenant(request.scope)
-        # One institution's key is not another's: scoped, they cannot collide.
-        key = f"{tenant}:{header_key}" if header_key and tenant else header_key
         fingerprint = request_fingerprint(ssdn)
         async with recorder.lock:
             first = recorder.seen(SERVICE, key) if key else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -71,6 +72,13 @@ async def target() -> AsyncIterator[tuple[str, list[int]]]:
             "X-Accepted": request.headers.get("accept-encoding", ""),
         }
         return Response(body, media_type="application/octet-stream", headers=headers)
+
+    @app.get("/deflated")
+    async def deflated(raw: bool) -> Response:
+        # HTTP's "deflate" is zlib's format; some servers send bare deflate under its name.
+        packer = zlib.compressobj(wbits=-15 if raw else 15)
+        body = packer.compress(b"a letter") + packer.flush()
+        return Response(body, media_type="text/plain", headers={"Content-Encoding": "deflate"})
 
     @app.get("/slow")
     async def slow() -> dict[str, str]:
@@ -177,6 +185,14 @@ async def test_a_compressed_answer_is_decoded_within_the_limit(
         with pytest.raises(ResponseTooLarge) as raised:
             await client.get(f"{url}/compressed", params={"layers": 2, "inner_mib": 64})
     assert "once decompressed" in str(raised.value)
+
+
+async def test_deflate_is_read_with_its_header_or_without(target: tuple[str, list[int]]) -> None:
+    url, _ = target
+    async with outbound_client(max_connections=2) as client:
+        for raw in (False, True):
+            answer = await client.get(f"{url}/deflated", params={"raw": raw})
+            assert answer.content == b"a letter"
 
 
 def test_a_client_certificate_with_an_encrypted_key_needs_its_passphrase(
