@@ -194,9 +194,14 @@ class IdempotencyMiddleware:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        fingerprint = _fingerprint(caller, scope, bytes(body))
+        request_digest = _request_digest(scope, bytes(body))
+        fingerprint = _fingerprint(caller, request_digest)
         kept = await _kept(state.sessions, caller.tenant, key)
         if kept is not None:
+            if kept.fingerprint == request_digest:
+                # Kept by a hub of before the callers were told apart (a day's keys at
+                # most): the same request, by the tenant, as that hub compared them.
+                fingerprint = kept.fingerprint
             await self._answer_again(kept, fingerprint, scope, receive, send)
             return
         claim = _Claim(caller.tenant, key, fingerprint)
@@ -405,20 +410,25 @@ def _replaying(body: bytes) -> Receive:
     return receive
 
 
-def _fingerprint(caller: Caller, scope: Scope, body: bytes) -> str:
-    """Who sent the request (the token's subject and scopes), then what it was (the
-    method, path, query and body): 128 bits of a SHA-256 of each, so that a key sent
-    again by another caller is told apart from one sent with another request."""
-    # Its scopes too: the same subject's token without the route's scope (checked after the
-    # replay is decided) is another caller. "surrogatepass": a JSON text (the token's
-    # claims) may hold a lone surrogate.
-    who = "\0".join([caller.subject, *sorted(caller.scopes)])
-    sender = hashlib.sha256(who.encode("utf-8", "surrogatepass"))
+def _request_digest(scope: Scope, body: bytes) -> str:
+    """SHA-256 of what the request is: its method, path, query and body."""
     request = hashlib.sha256()
     for part in (scope["method"].encode(), scope["path"].encode(), scope.get("query_string", b"")):
         request.update(part + b"\0")
     request.update(body)
-    return sender.hexdigest()[:HALF_FINGERPRINT] + request.hexdigest()[:HALF_FINGERPRINT]
+    return request.hexdigest()
+
+
+def _fingerprint(caller: Caller, request_digest: str) -> str:
+    """Who sent the request (the token's subject and scopes), then what it was: 128 bits
+    of a SHA-256 of each, so that a key sent again by another caller is told apart from
+    one sent with another request."""
+    # Its scopes too: the same subject's token without the route's scope (checked after the
+    # replay is decided) is another caller. "surrogatepass": a JSON text (the token's
+    # claims) may hold a lone surrogate.
+    who = "\0".join([caller.subject, *sorted(caller.scopes)])
+    sender = hashlib.sha256(who.encode("utf-8", "surrogatepass")).hexdigest()
+    return sender[:HALF_FINGERPRINT] + request_digest[:HALF_FINGERPRINT]
 
 
 async def _problem(

@@ -4,6 +4,7 @@ only, and a key older than ``KEEP_FOR`` is forgotten."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -171,6 +172,21 @@ async def test_a_kept_answer_is_given_again_to_its_caller_only(service: Service)
         "/things", json={"name": "c"}, headers={**service.auth("clerk"), **keyed}
     )
     problem(reused, 422, "idempotency-key-reused")
+    assert await service.things() == 1
+
+
+async def test_a_key_kept_before_callers_were_told_apart_is_still_replayed(
+    service: Service,
+) -> None:
+    keyed = {**service.auth(), "Idempotency-Key": "before-the-upgrade"}
+    first = await service.http.post("/things", json={"name": "f"}, headers=keyed)
+    # As the hub of before kept it: the request's SHA-256 alone.
+    async with service.sessions() as session, session.begin():
+        [request] = (await session.scalars(select(IdempotentRequest))).all()
+        request.fingerprint = hashlib.sha256(b'POST\0/things\0\0{"name":"f"}').hexdigest()
+
+    again = await service.http.post("/things", json={"name": "f"}, headers=keyed)
+    assert (again.json(), again.headers["idempotent-replayed"]) == (first.json(), "true")
     assert await service.things() == 1
 
 
