@@ -137,6 +137,11 @@ def _check_plain(value: Any) -> None:
         for key, item in value.items():
             _check_plain(key)
             _check_plain(item)
+    elif isinstance(value, BaseModel):
+        # A request's part that is a model of its own (a contract's, say: a decision's
+        # concerned party), whose texts were not checked with the request's.
+        for name in type(value).model_fields:
+            _check_plain(getattr(value, name))
 
 
 class Page(BaseModel, Generic[T]):

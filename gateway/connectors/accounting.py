@@ -8,7 +8,6 @@ service records on the invoice.
 
 from __future__ import annotations
 
-import binascii
 import re
 from decimal import Decimal
 
@@ -29,7 +28,7 @@ def approved_invoice_of(delivery: Delivery, target: str) -> InvoiceApproved:
         ) from exc
     try:
         pybase64.b64decode(approved.document.ubl_base64, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or text that is not ASCII
         raise PermanentDeliveryError("The invoice's UBL document is not valid base64.") from exc
     return approved
 

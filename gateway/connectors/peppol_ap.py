@@ -18,7 +18,6 @@ supplier.
 
 from __future__ import annotations
 
-import binascii
 from typing import Any, Literal
 
 import httpx
@@ -87,7 +86,7 @@ class PeppolApConnector:
             ) from exc
         try:
             pybase64.b64decode(answer.application_response_base64, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or text that is not ASCII
             raise PermanentDeliveryError("The Invoice Response is not valid base64.") from exc
         body = {
             "sender": participant(answer.sender),

@@ -23,7 +23,6 @@ answers the supplier with its reasons.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -141,7 +140,7 @@ class HttpAccessPointInbox:
             raise
         try:
             content = pybase64.b64decode(body["document"], validate=True)
-        except (KeyError, TypeError, binascii.Error) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # ValueError: base64 or not ASCII
             raise DocumentUnavailable(f"message {message_id}: no readable document") from exc
         try:
             return FetchedDocument(_item(body), content)

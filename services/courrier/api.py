@@ -8,7 +8,6 @@ transaction that stores the document and stages its event.
 
 from __future__ import annotations
 
-import binascii
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated
@@ -126,7 +125,7 @@ ListingDep = Annotated[Listing, Depends(listing)]
 def decode_letter(encoded: str) -> bytes:
     try:
         content = pybase64.b64decode(encoded, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or text that is not ASCII
         raise InvalidBase64(str(exc)) from exc
     check_letter(content)
     return content

@@ -17,7 +17,6 @@ it must never stop the consumer, which would retry it forever.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -115,7 +114,7 @@ def _content_of(data: PeppolDocumentReceived) -> tuple[bytes, list[Reason]]:
     """The document's bytes and, if the transfer damaged them, why they cannot be trusted."""
     try:
         content = pybase64.b64decode(data.document_base64, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         content = data.document_base64.encode("utf-8", "replace")
         return content, [reasons.corrupted(data.sha256, "not computable (invalid base64)")]
     actual = hashlib.sha256(content).hexdigest()

@@ -45,7 +45,13 @@ class DisputeRequest(RequestModel):
 class PaymentRequest(RequestModel):
     paid_on: date
     amount: Decimal | None = Field(
-        default=None, ge=0, description="Paid amount; the amount due (BT-115) when omitted"
+        default=None,
+        ge=0,
+        # Money as the invoice's own amounts are (BR-DEC-*: two decimals at most); 1E+999999999
+        # or five thousand digits were taken, and published in the invoice's "paid" event.
+        max_digits=19,
+        decimal_places=2,
+        description="Paid amount; the amount due (BT-115) when omitted",
     )
 
 

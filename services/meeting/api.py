@@ -8,7 +8,6 @@ transaction that stores the change and stages its event.
 
 from __future__ import annotations
 
-import binascii
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -116,7 +115,7 @@ class InvalidBase64(ProblemError):
 def decode_annex(annex: AnnexIn) -> AnnexUpload:
     try:
         content = pybase64.b64decode(annex.content_base64, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or text that is not ASCII
         raise InvalidBase64(annex.filename, str(exc)) from exc
     return AnnexUpload(
         annex.title, annex.filename, annex.media_type, content, annex.md5, annex.publishable

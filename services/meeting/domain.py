@@ -38,6 +38,9 @@ MAX_EXTERNAL_IDENTIFIER = 200
 MAX_PROPOSING_SERVICE = 200
 MAX_CONCERNED_PARTY_NAME = 200
 MAX_ANNEX_FILENAME = 255
+#: Titles, in characters: an item's and an annex's, by REST and by WS4PM alike.
+MAX_ITEM_TITLE = 1000
+MAX_ANNEX_TITLE = 500
 #: An item's long texts (description, motivation, decision), in characters: ~100 pages,
 #: more than any deliberation. Each travels in the item's events (``ItemDecided``,
 #: ``DecisionPublished``…), which the producer refuses beyond ``MAX_REQUEST_BYTES``, and

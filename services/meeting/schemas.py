@@ -18,8 +18,10 @@ from services.meeting.agenda import concerned_party_of
 from services.meeting.configuration import MeetingConfig
 from services.meeting.domain import (
     MAX_ANNEX_FILENAME,
+    MAX_ANNEX_TITLE,
     MAX_EXTERNAL_IDENTIFIER,
     MAX_ITEM_TEXT,
+    MAX_ITEM_TITLE,
     MAX_PROPOSING_SERVICE,
     Decision,
     DeliveryKind,
@@ -48,7 +50,7 @@ class AttendanceUpdate(RequestModel):
 
 
 class AnnexIn(RequestModel):
-    title: str = Field(min_length=1, max_length=500)
+    title: str = Field(min_length=1, max_length=MAX_ANNEX_TITLE)
     filename: str = Field(min_length=1, max_length=MAX_ANNEX_FILENAME)
     media_type: str = Field(default="application/pdf", pattern=MEDIA_TYPE_PATTERN)
     content_base64: str = Field(description="The file, base64 (RFC 4648); at most 4 MiB decoded")
@@ -68,7 +70,7 @@ class AnnexUpdate(RequestModel):
 
 class ItemCreate(RequestModel):
     meeting_config: str = Field(examples=["college"])
-    title: str = Field(min_length=1, max_length=1000)
+    title: str = Field(min_length=1, max_length=MAX_ITEM_TITLE)
     proposing_service: str = Field(
         min_length=1, max_length=MAX_PROPOSING_SERVICE, examples=["urbanisme"]
     )

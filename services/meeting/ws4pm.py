@@ -58,8 +58,10 @@ from services.meeting.api import create_item_once
 from services.meeting.configuration import TenantMeetings
 from services.meeting.domain import (
     MAX_ANNEX_FILENAME,
+    MAX_ANNEX_TITLE,
     MAX_EXTERNAL_IDENTIFIER,
     MAX_ITEM_TEXT,
+    MAX_ITEM_TITLE,
     MAX_PROPOSING_SERVICE,
     AnnexUpload,
     ItemState,
@@ -309,7 +311,7 @@ def authenticate(request: Request, settings: dict[str, TenantMeetings]) -> Ws4pm
         username, _, password = (
             pybase64.b64decode(encoded.strip(), validate=True).decode().partition(":")
         )
-    except (binascii.Error, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not base64, not ASCII, or not UTF-8 once decoded
         raise Ws4pmFault("the Basic credentials are not valid base64", 401, "unauthorized") from exc
     for tenant, meetings in settings.items():
         for client in meetings.ws4pm_clients:
@@ -523,8 +525,10 @@ def _check_lengths(
     )
     for element in ("description", "detailedDescription", "motivation", "decision"):
         check_length(f"creationData/{element}", _text(data, element), MAX_ITEM_TEXT)
+    check_length("creationData/title", _text(data, "title"), MAX_ITEM_TITLE)
     for number, annex in enumerate(annexes, start=1):
         check_length(f"creationData/annexes[{number}]/filename", annex.filename, MAX_ANNEX_FILENAME)
+        check_length(f"creationData/annexes[{number}]/title", annex.title, MAX_ANNEX_TITLE)
 
 
 def _transitions(

@@ -10,7 +10,6 @@ always those of the facts stored.
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import logging
 import re
@@ -211,7 +210,7 @@ def checked_document(document: NoticeDocument) -> Document:
         )
     try:
         content = pybase64.b64decode(document.content_base64, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or text that is not ASCII
         raise DocumentMismatch(document.document_id, f"its content is not base64 ({exc})") from exc
     if len(content) != document.size:
         raise DocumentMismatch(

@@ -387,6 +387,13 @@ BAD_INPUT = [
         id="invalid-base64",
     ),
     pytest.param(
+        "/v1/outgoing-mails",
+        outgoing_body(body_pdf_base64="JVBERi0x\u0661"),  # an Arabic-Indic digit: a 500
+        422,
+        "invalid-base64",
+        id="base64-not-ascii",
+    ),
+    pytest.param(
         "/v1/outgoing-mails:send",
         outgoing_body(letter=b"%PDF-1.4\n" + b"0" * (4 * 1024 * 1024)),
         413,

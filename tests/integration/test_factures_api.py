@@ -648,6 +648,14 @@ async def test_approval_hands_the_invoice_to_accounting_once_and_answers_ap(
         f"{url}/payment", json={"paid_on": "2026-03-05"}, headers=factures.auth()
     )
     assert "is approved" in problem(early, 409, "invalid-invoice-state")["detail"]
+    # A paid amount is money: an exponent of a billion, or a tenth of a cent, is refused.
+    for amount in ("1E+999999999", "12.345"):
+        absurd = await factures.http.post(
+            f"{url}/payment",
+            json={"paid_on": "2026-03-05", "amount": amount},
+            headers=factures.auth(),
+        )
+        problem(absurd, 422, "invalid-request")
 
 
 async def test_a_dispute_asks_the_supplier_with_the_clerks_reason(factures: Factures) -> None:

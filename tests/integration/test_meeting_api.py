@@ -438,6 +438,19 @@ async def test_bad_items_are_refused_with_specific_problems_and_nothing_stored(
             "invalid-request",
         ),
         (item_body(title="Titre avec \u000b tabulation"), 422, "invalid-request"),
+        # A contract's model within the request: its texts were not checked (a 500 on PostgreSQL).
+        (
+            item_body(concerned_party={"kind": "person", "identifier": NISS, "name": "J.\u0000"}),
+            422,
+            "invalid-request",
+        ),
+        (
+            item_body(
+                annexes=[{"title": "x", "filename": "plan.pdf", "content_base64": "JVBE\u0661"}]
+            ),
+            422,
+            "invalid-base64",
+        ),
     ]
     for body, status, slug in cases:
         problem(await service.post("/v1/items", body), status, slug)

@@ -260,6 +260,18 @@ async def test_ws4pm_texts_longer_than_stored_and_unfit_preferred_meetings_are_c
             {"creationData": creation_data(decision="x" * (MAX_ITEM_TEXT + 1))},
             f"creationData/decision has {MAX_ITEM_TEXT + 1} characters",
         ),
+        (  # as REST bounds them
+            {"creationData": creation_data(title="t" * 1001)},
+            "creationData/title has 1001 characters; it takes at most 1000",
+        ),
+        (
+            {
+                "creationData": creation_data(
+                    annexes=[{"title": "t" * 501, "filename": "plan.pdf", "file": PDF}]
+                )
+            },
+            "creationData/annexes[1]/title has 501 characters; it takes at most 500",
+        ),
         (
             {"creationData": creation_data(preferredMeeting=closed)},
             f"Meeting {closed} is closed",
