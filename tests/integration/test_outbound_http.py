@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -23,7 +22,7 @@ from gateway.http import (
     outbound_client,
 )
 from kernel.kafka import free_port
-from kernel.pki import ensure_tenant_signing_identity
+from tests.support.keys import encrypted_identity
 from tests.support.servers import serving
 
 
@@ -198,17 +197,8 @@ async def test_deflate_is_read_with_its_header_or_without(target: tuple[str, lis
 def test_a_client_certificate_with_an_encrypted_key_needs_its_passphrase(
     tmp_path: Path,
 ) -> None:
-    key_file, cert_file = ensure_tenant_signing_identity(tmp_path / "keys", "92137")
-    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
-    encrypted = tmp_path / "encrypted-key.pem"
-    encrypted.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"secret"),
-        )
-    )
+    encrypted, cert_file = encrypted_identity(tmp_path / "keys", "92137", b"secret")
     assert client_certificate_tls(encrypted, cert_file, password="secret")
     for wrong in (None, "guess"):  # never a prompt on the terminal: an error naming the files
-        with pytest.raises(ValueError, match=r"encrypted-key\.pem"):
+        with pytest.raises(ValueError, match=r"encrypted-key-92137\.pem"):
             client_certificate_tls(encrypted, cert_file, password=wrong)

@@ -242,22 +242,11 @@ connectors:
 def test_a_key_or_wsdl_the_connector_cannot_use_is_named_with_the_others(
     tmp_path: Path, hub_settings: HubSettings
 ) -> None:
-    from cryptography.hazmat.primitives import serialization
-
     from gateway.main import build_connectors, register_built_in_connectors
-    from kernel.pki import ensure_tenant_signing_identity
+    from tests.support.keys import encrypted_identity
 
     register_built_in_connectors()
-    key_file, cert_file = ensure_tenant_signing_identity(hub_settings.keys_dir, "92137")
-    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
-    encrypted = tmp_path / "encrypted-key.pem"
-    encrypted.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"secret"),
-        )
-    )
+    encrypted, cert_file = encrypted_identity(hub_settings.keys_dir, "92137", b"secret")
     broken = tmp_path / "broken.wsdl"
     broken.write_text("<definitions>cut short", encoding="utf-8")
     write(
