@@ -275,13 +275,16 @@ async def test_a_remembered_token_is_checked_again_after_remember_seconds(
 async def test_an_identity_provider_that_does_not_answer_holds_no_one_else_up(
     hub_settings: HubSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hung_up = asyncio.Event()
+    accepted: list[asyncio.StreamWriter] = []
+    hung_up: list[asyncio.Future[None]] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        hung_up.append(asyncio.get_running_loop().create_future())
         await reader.read()  # accepts, never answers, until the client gives up
         writer.close()
         await writer.wait_closed()
-        hung_up.set()
+        hung_up[accepted.index(writer)].set_result(None)
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -306,11 +309,17 @@ async def test_an_identity_provider_that_does_not_answer_holds_no_one_else_up(
             *(verifier.verify(token) for token in tokens), return_exceptions=True
         )
         waited = time.monotonic() - started
-        await asyncio.wait_for(hung_up.wait(), timeout=5)
+        # A fetch the thread had already started when its request gave up runs to its own
+        # timeout: once the thread is idle, every client has hung up (or will at once).
+        await asyncio.get_running_loop().run_in_executor(verifier._fetcher, lambda: None)
+        await asyncio.wait_for(asyncio.gather(*hung_up), timeout=5)
     finally:
         ticker.cancel()
+        for writer in accepted:
+            writer.close()  # a client left hanging must not outlive the test
         server.close()
         await server.wait_closed()
+    assert accepted  # the provider was asked
     # The token may be valid: not a 401.
     assert all(isinstance(r, IdentityProviderUnavailable) and r.status == 503 for r in refused)
     assert ticks >= 5  # the loop went on while the keys were awaited
