@@ -117,9 +117,12 @@ def to_record(event: CloudEvent, extra_headers: dict[str, str] | None = None) ->
 
 
 def headers_as_text(
-    headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...],
+    headers: list[tuple[str, bytes | None]] | tuple[tuple[str, bytes | None], ...],
 ) -> dict[str, str]:
-    return {name: value.decode("utf-8", "replace") for name, value in headers}
+    """A record's headers as text. Kafka allows a header without a value (aiokafka gives
+    ``None``): read as an empty text, the record goes the way of any other that breaks its
+    envelope, where failing here stopped its consumer on it for good."""
+    return {name: (value or b"").decode("utf-8", "replace") for name, value in headers}
 
 
 def from_record(headers: dict[str, str], value: bytes) -> CloudEvent:
@@ -130,9 +133,20 @@ def from_record(headers: dict[str, str], value: bytes) -> CloudEvent:
         raise EnvelopeError(f"unknown event type {attributes.type!r}")
     try:
         data = model.model_validate(json.loads(value))
-    except (ValueError, ValidationError) as exc:
+    except (ValueError, ValidationError, RecursionError) as exc:
+        # RecursionError: JSON nested a thousand deep (2 kB) is past what json.loads reads.
         raise EnvelopeError(f"{attributes.type} data does not match its contract: {exc}") from exc
     return CloudEvent(**vars(attributes), data=data)
+
+
+def usable_event_id(value: str | None) -> str | None:
+    """``value`` when it is an id the envelope accepts, else None: what tells one kept record
+    from another. The id of a broken record (empty, 300 characters, a NUL turned into
+    U+FFFD) told different records apart no better than a blank, and all but the first
+    were taken for repeats and dropped."""
+    if value is None or not 0 < len(value) <= MAX_ID_LENGTH or _CONTROL.search(value):
+        return None
+    return value
 
 
 def envelope_attributes(headers: dict[str, str]) -> Attributes:

@@ -515,7 +515,12 @@ class DeliveryEngine:
         if attributes is None or not routes:
             return []
         now = self._clock()
-        reason = mask_national_numbers(f"the event breaks its contract: {error}")
+        # The error quotes the record (a key's name, a value): a NUL in it was refused by
+        # PostgreSQL, the fetch read again and again and its other records re-sent.
+        reason = clipped(
+            plain_text(mask_national_numbers(f"the event breaks its contract: {error}")),
+            REASON_LENGTH,
+        )
         return [
             DeliveryRecord(
                 idempotency_key=idempotency_key(attributes.id, route.name),

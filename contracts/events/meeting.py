@@ -14,10 +14,10 @@ which the gateway routes to the Region; what the Region decides comes back as
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from contracts.events.base import EventData
 from contracts.events.oversight import OversightOutcome
@@ -85,7 +85,9 @@ class ItemDecided(EventData):
     meeting_id: str
     meeting_config: str
     meeting_kind: MeetingKind
-    meeting_date: datetime
+    # With its UTC offset, as every time in these events: read without one, it took the
+    # consumer's host zone, and the date of a decision's notification letter with it.
+    meeting_date: AwareDatetime
     title: str
     decision: Decision
     decision_text: str
@@ -117,7 +119,7 @@ class MeetingClosed(EventData):
     meeting_id: str
     meeting_config: str
     meeting_kind: MeetingKind
-    meeting_date: datetime
+    meeting_date: AwareDatetime
     place: str
     decisions: list[DecisionSummary] = Field(default_factory=list)
 
@@ -137,7 +139,7 @@ class DecisionPublished(EventData):
     decision_text: str
     category: str | None = None
     external_identifier: str | None = None
-    published_at: datetime
+    published_at: AwareDatetime
 
 
 class AnnexReference(BaseModel):
@@ -167,7 +169,7 @@ class DecisionTransmissionRequested(EventData):
     meeting_id: str
     meeting_config: str
     meeting_kind: MeetingKind
-    meeting_date: datetime
+    meeting_date: AwareDatetime
     decision: Decision
     decision_number: str
     category: str

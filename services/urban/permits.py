@@ -51,6 +51,7 @@ from kernel.database import listing_page, next_in_sequence
 from kernel.errors import Conflict, NotFound, ProblemError
 from kernel.migrations import table_of
 from kernel.outbox import stage
+from kernel.texts import plain_text
 from services.urban import deadlines
 from services.urban.configuration import TenantUrban
 from services.urban.domain import (
@@ -387,10 +388,12 @@ async def receive_notification(
         raise NotificationClosed(notification.notification_id)
     known = {document.document_id for document in file.documents}
     added = [document for document in new.documents if document.document_id not in known]
-    file.documents.extend(_document_row(document, now) for document in added)
     if added and file.state == FileState.INCOMPLETE:
         # The applicant sent what was missing: the completeness check starts over from today.
+        # Before the documents are added: it may refuse (a file deemed complete already), and
+        # the notification is then kept unprocessed, its documents not half taken.
         await receive_complements(session, settings, file, brussels_day(now), now)
+    file.documents.extend(_document_row(document, now) for document in added)
     file.updated_at = now
     await refresh_deadlines(session, file, settings, brussels_day(now))
     log.info(
@@ -958,7 +961,7 @@ def keep_unprocessed(
             event_type=event_type,
             subject=subject,
             problem=problem,
-            reason=reason,
+            reason=plain_text(reason),  # it may quote the notification: a NUL, PostgreSQL refuses
             data=listed,
             contents=contents,
             received_at=now,

@@ -50,6 +50,7 @@ from services.urban import watcher as watcher_module
 from services.urban.configuration import DecisionTarget
 from services.urban.consumers import NoticeKeepingConsumer, handlers
 from services.urban.deadlines import last_day
+from services.urban.domain import FileState
 from services.urban.main import UrbanOptions, build_app
 from services.urban.tables import MIGRATIONS, Opinion, PermitFile, UnprocessedEvent
 from services.urban.watcher import DeadlineWatcher
@@ -1220,6 +1221,32 @@ async def test_news_of_an_incomplete_notifications_file_brings_its_complements(
     assert view["complements_received_on"] == date.today().isoformat()
     due = {d["name"]: d["due_on"] for d in view["deadlines"]}
     assert due["completeness"] == last_day(date.today(), 20).isoformat()
+
+
+async def test_news_a_file_cannot_take_as_complements_leave_its_documents_as_they_were(
+    service: UrbanService,
+) -> None:
+    # An incomplete file its complements cannot restart (here its list of missing documents
+    # dated tomorrow, as a clerk's typo kept from before that rule): the news is kept for the
+    # clerk, and none of its documents is taken meanwhile.
+    received = date.today() - timedelta(days=5)
+    first = notification(received_on=received.isoformat())
+    assert await service.deliver(first) == "handled"
+    [file] = (await service.get("/v1/files")).json()["items"]
+    async with service.app.state.sessions() as session, session.begin():
+        legacy = await session.get_one(PermitFile, file["id"])
+        legacy.state = FileState.INCOMPLETE
+        legacy.missing_asked_on = date.today() + timedelta(days=1)
+    news = notification(
+        notification_id=first.subject,
+        received_on=received.isoformat(),
+        documents=[{**NOTICE_DOCUMENT, "document_id": "doc-2"}],
+    )
+    assert await service.deliver(news) == "handled"
+    [kept] = (await service.get("/v1/unprocessed-notifications")).json()
+    assert kept["problem"] == "complements-before-their-request"
+    view = (await service.get(f"/v1/files/{file['id']}")).json()
+    assert [d["document_id"] for d in view["documents"]] == [NOTICE_DOCUMENT["document_id"]]
 
 
 async def test_a_file_deemed_complete_takes_no_list_of_missing_documents(

@@ -181,6 +181,30 @@ async def test_a_record_kept_by_two_consumers_at_once_is_kept_once(
     assert reasons == ["first"]
 
 
+async def test_different_records_without_a_usable_id_are_each_kept(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    consumer = EventConsumer(component="test", sessions=sessions, handlers={})
+    record = to_record(receipt())
+    headers = headers_as_text(record.headers)
+    blank = {**headers, "ce_id": ""}
+    kept = [
+        await consumer.keep_rejected(blank, b"first", record.topic, "ce_id is empty"),
+        await consumer.keep_rejected(blank, b"second", record.topic, "ce_id is empty"),
+        await consumer.keep_rejected({**headers, "ce_id": "x\x00"}, b"third", record.topic, "NUL"),
+        await consumer.keep_rejected({**headers, "ce_id": "x\x01"}, b"fourth", record.topic, "SOH"),
+    ]
+    assert kept == [True] * 4
+    async with sessions() as session:
+        rows = (await session.scalars(select(RejectedEvent).order_by(RejectedEvent.id))).all()
+    assert [(row.event_id, row.value) for row in rows] == [
+        (None, b"first"),
+        (None, b"second"),
+        (None, b"third"),
+        (None, b"fourth"),
+    ]
+
+
 def incoming(event: CloudEvent) -> Incoming:
     record = to_record(event)
     return Incoming(headers_as_text(record.headers), record.value, record.topic)
@@ -333,6 +357,14 @@ async def test_an_event_its_handler_keeps_failing_on_is_kept_and_the_others_go_o
     assert kept.event_id == events[1].id
     assert kept.reason == ("its handler failed 5 times: ValueError: a value the register refuses")
     assert fetch.commits == [{TopicPartition(DeliveryReceipt.TOPIC, 0): 43}]
+
+    # Read again before the commit (a rebalance): the kept event is known, not failed on five
+    # more times (a few dozen such, and the consumer outlasted its poll interval for ever).
+    again = await consume_one_fetch(consumer, events)
+    assert attempts.count("mail-2") == 2 + kernel.consumer.HANDLER_ATTEMPTS  # the batch's only
+    assert again.commits == [{TopicPartition(DeliveryReceipt.TOPIC, 0): 43}]
+    async with sessions() as session:
+        assert len((await session.scalars(select(RejectedEvent))).all()) == 1
 
 
 async def test_the_database_away_is_waited_out_however_long_it_lasts(

@@ -49,6 +49,20 @@ def test_records_that_are_not_ours_are_refused_with_the_reason() -> None:
         from_record(headers, b"not json")
 
 
+def test_a_header_without_a_value_and_data_nested_too_deep_are_refused_as_not_ours() -> None:
+    record = to_record(new_event(sample(), tenant="92137", subject="m1", source="s"))
+    # Kafka allows a header without a value; aiokafka gives None: read as empty, not a crash.
+    headers = headers_as_text([*record.headers, ("traceparent", None)])
+    assert headers["traceparent"] == ""
+    with pytest.raises(EnvelopeError, match="ce_id is 1 to 64 characters, not 0"):
+        from_record(
+            headers_as_text([(n, None if n == "ce_id" else v) for n, v in record.headers]), b"{}"
+        )
+    # 2 kB of brackets is past what json.loads reads: a RecursionError, not the record's own.
+    with pytest.raises(EnvelopeError, match="does not match its contract"):
+        from_record(headers, b"[" * 5_000 + b"]" * 5_000)
+
+
 @pytest.mark.parametrize(
     ("attribute", "value", "reason"),
     [
