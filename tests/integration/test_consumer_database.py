@@ -50,14 +50,16 @@ async def test_records_whose_attributes_break_the_contract_are_kept_not_handled(
 
     outcomes = [
         await consumer.handle(attributes, record.value, record.topic)
-        for attributes in (*broken.values(), broken["a 300-character id"])
+        for attributes in (*broken.values(), broken["a 6-digit tenant"])
     ]
 
     assert outcomes == ["kept"] * len(broken) + ["duplicate"]
     assert handled == []
     async with sessions() as session:
         kept = (await session.scalars(select(RejectedEvent).order_by(RejectedEvent.id))).all()
-    assert [row.event_id for row in kept] == ["i" * 200, "t", "n", "z", "o"]
+    # An id the envelope refuses tells no record from another: kept, under no id.
+    assert [row.event_id for row in kept] == [None, "t", "n", "z", "o"]
+    assert kept[0].headers["ce_id"] == "i" * 300
     assert kept[1].tenant is None  # shown to no tenant rather than not kept
     assert "ce_id is 1 to 64 characters, not 300" in kept[0].reason
     assert "control character" in kept[2].reason
