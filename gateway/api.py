@@ -6,6 +6,10 @@ Scopes: ``gateway:read`` reads the caller's tenant's deliveries and inbound
 documents; ``gateway:operate`` replays; ``gateway:unroutable`` (the hub's
 operators, whatever their token's tenant) also sees the inbound documents no
 tenant could receive, which belong to no tenant.
+
+``/v1/rejected-events`` (``kernel.api``, included by ``gateway.main``) lists and
+replays, with the same scopes, the records of routed types kept for their broken
+envelope; ``gateway:unroutable`` also sees those kept without a tenant.
 """
 
 from __future__ import annotations
@@ -162,7 +166,7 @@ def router() -> APIRouter:
         """Try a failed or dead delivery again, with the same idempotency key."""
         caller.require("gateway:operate")
         engine: DeliveryEngine = request.app.state.engine
-        record = await engine.replay(key, caller.tenant)
+        record = await engine.replay_delivery(key, caller.tenant)
         if record is None:
             raise NotFound("delivery", key)
         if record.status != "retrying":

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Mapped, defer, mapped_column
 
 from gateway.inbound.records import InboundDocument, WaitingItem
 from gateway.routing import RetryPolicy
+from kernel.consumer import RejectedEvent
 from kernel.database import Base, BigId, UtcDateTime
 from kernel.migrations import Migration, create_tables, rebuild_table, table_of
 from kernel.outbox import OutboxMessage
@@ -85,6 +86,12 @@ MIGRATIONS = [
         4,
         "inbound items waiting for a later poll",
         create_tables(WaitingItem.__table__),  # type: ignore[arg-type]
+    ),
+    Migration(
+        5,
+        "records of routed types whose envelope breaks the contract, kept for an operator",
+        # Created at today's shape: one row per event id, under its unique index.
+        create_tables(table_of(RejectedEvent)),
     ),
 ]
 

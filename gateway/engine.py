@@ -20,6 +20,10 @@ Nothing lost, nothing twice:
   other targets'.
 - Final outcomes are announced on ``gateway.receipts`` through the outbox, in
   the transaction that records them.
+- A record of a routed type whose envelope is broken (its tenant, id or time) has
+  no route to take: it is kept in ``rejected_events``, in the transaction that
+  records its fetch, for an operator to read and replay (``kernel.api``'s
+  ``/v1/rejected-events``), as the services keep theirs.
 """
 
 from __future__ import annotations
@@ -35,18 +39,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import and_, bindparam, exists, func, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, exists, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from contracts.envelope import (
+    Attributes,
     CloudEvent,
     EnvelopeError,
     envelope_attributes,
     from_record,
     headers_as_text,
     new_event,
+    usable_event_id,
 )
 from contracts.events import event_class_for
 from contracts.events.gateway import DeliveryReceipt
@@ -60,6 +66,7 @@ from gateway.deliveries import (
 )
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import Route, RoutingTable
+from kernel.consumer import RejectedEvent, rejected_event
 from kernel.database import utcnow, write_transaction
 from kernel.kafka import (
     FETCH_MAX_WAIT_MS,
@@ -111,6 +118,10 @@ _RETRYING_CHAINS = (
     )
     .distinct()
 )
+#: Which of a fetch's records with a broken envelope are kept already (by their ``ids``).
+_KEPT_IDS = select(RejectedEvent.event_id).where(
+    RejectedEvent.event_id.in_(bindparam("ids", expanding=True))
+)
 
 
 @dataclass
@@ -153,6 +164,25 @@ class _Chain:
     #: scheduler takes its later deliveries).
     handed_over: bool = False
     claim: datetime | None = None
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A record of a type the gateway routes whose envelope is broken: no route can be
+    told from it (its tenant may be the broken part), so it is kept for an operator."""
+
+    headers: dict[str, str]
+    value: bytes
+    topic: str
+    reason: str
+
+    @property
+    def event_id(self) -> str | None:
+        return usable_event_id(self.headers.get("ce_id"))
+
+    def kept_row(self, received_at: datetime) -> RejectedEvent:
+        # A new row each time: a rolled-back transaction's object is not reused.
+        return rejected_event(self.headers, self.value, self.topic, self.reason, received_at)
 
 
 @dataclass(frozen=True)
@@ -371,22 +401,33 @@ class DeliveryEngine:
         """
         pending: list[_Pending] = []
         broken: list[DeliveryRecord] = []
+        unreadable: list[_Unreadable] = []
         for headers, value, topic in records:
             try:
                 event = from_record(headers, value)
             except EnvelopeError as exc:
-                broken.extend(self._broken_deliveries(headers, value, topic, exc))
+                EVENTS_CONSUMED.labels("gateway", topic, "rejected").inc()
+                log.warning("gateway rejected a record on %s: %s", topic, exc)
+                try:
+                    attributes = envelope_attributes(headers)
+                except EnvelopeError:
+                    # Of a type no route takes, it is the services' to keep, not ours.
+                    if headers.get("ce_type") in self._routing.event_types():
+                        unreadable.append(_Unreadable(headers, value, topic, str(exc)))
+                    continue
+                broken.extend(self._broken_deliveries(attributes, headers, value, exc))
                 continue
             routes = self._routing.routes_for(event.tenant, event.type)
             EVENTS_CONSUMED.labels("gateway", topic, "routed" if routes else "ignored").inc()
             pending.extend(_Pending(event, route, headers, value) for route in routes)
-        if not pending and not broken:
+        if not pending and not broken and not unreadable:
             return
         async with self._sessions() as session:
             keys = list({p.key for p in pending} | {b.idempotency_key for b in broken})
             known = set(await session.scalars(_RECORDED_KEYS, {"keys": keys}))
             subjects = list({p.event.subject for p in pending})
             retrying = (await session.execute(_RETRYING_CHAINS, {"subjects": subjects})).all()
+            to_keep = await self._not_kept_yet(session, unreadable)
         blocked = {tuple(row) for row in retrying}
         recorded = asyncio.Event()
         chains: dict[tuple[str, str, str], _Chain] = {}
@@ -418,6 +459,7 @@ class DeliveryEngine:
                         self._record(session, item, claim)
                     for record in dead:
                         self._record_dead(session, record)
+                    session.add_all(kept.kept_row(self._clock()) for kept in to_keep)
             except IntegrityError:
                 # Another member of the group recorded some of them during a rebalance:
                 # record the others one by one, keeping the first record of each.
@@ -425,6 +467,8 @@ class DeliveryEngine:
                     await self._record_alone(item, claim)
                 for record in dead:
                     await self._record_dead_alone(record)
+                for kept in to_keep:
+                    await self._keep_alone(kept)
         finally:
             # Recorded or not (the fetch is then read again): the attempts handed over
             # may record their outcome, or find that they cannot.
@@ -499,20 +543,14 @@ class DeliveryEngine:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _broken_deliveries(
-        self, headers: dict[str, str], value: bytes, topic: str, error: EnvelopeError
+        self, attributes: Attributes, headers: dict[str, str], value: bytes, error: EnvelopeError
     ) -> list[DeliveryRecord]:
         """A routed record whose data breaks its contract (a service upgraded before the
         gateway, a field the gateway does not know yet) ends dead at once on each of its
         routes, and its service is told, instead of being skipped and its document left
-        "sending" for ever. A record whose envelope is not one of ours is skipped."""
-        try:
-            attributes = envelope_attributes(headers)
-        except EnvelopeError:
-            attributes = None
-        routes = self._routing.routes_for(attributes.tenant, attributes.type) if attributes else []
-        EVENTS_CONSUMED.labels("gateway", topic, "rejected").inc()
-        log.warning("gateway rejected a record on %s: %s", topic, error)
-        if attributes is None or not routes:
+        "sending" for ever."""
+        routes = self._routing.routes_for(attributes.tenant, attributes.type)
+        if not routes:
             return []
         now = self._clock()
         # The error quotes the record (a key's name, a value): a NUL in it was refused by
@@ -559,6 +597,38 @@ class DeliveryEngine:
                     self._record_dead(session, DeliveryRecord(**copy))
             except IntegrityError:
                 log.info("delivery %s was recorded concurrently", record.idempotency_key)
+
+    @staticmethod
+    async def _not_kept_yet(
+        session: AsyncSession, unreadable: list[_Unreadable]
+    ) -> list[_Unreadable]:
+        """The records to keep: each id once, as the services keep theirs (read again after
+        a rebalance, or twice in a fetch). One without a usable id is kept at each reading:
+        a repeat in the list is better than a different record lost as one."""
+        ids = list({kept.event_id for kept in unreadable} - {None})
+        seen = set(await session.scalars(_KEPT_IDS, {"ids": ids})) if ids else set()
+        to_keep = []
+        for kept in unreadable:
+            if kept.event_id is not None:
+                if kept.event_id in seen:
+                    continue
+                seen.add(kept.event_id)
+            to_keep.append(kept)
+        return to_keep
+
+    async def _keep_alone(self, kept: _Unreadable) -> None:
+        try:
+            async with write_transaction(self._sessions) as session:
+                session.add(kept.kept_row(self._clock()))
+        except IntegrityError:
+            # Kept by another member meanwhile (a rebalance): only that repeat is no error.
+            if kept.event_id is None:
+                raise
+            async with self._sessions() as session:
+                ids = {"ids": [kept.event_id]}
+                if not set(await session.scalars(_KEPT_IDS, ids)):
+                    raise
+            log.info("record %s was kept concurrently", kept.event_id)
 
     async def _attempt_chain(self, chain: _Chain, blocked: set[tuple[str, str, str]]) -> None:
         """One document's deliveries on one route, in order; a retry holds the later ones."""
@@ -1054,7 +1124,28 @@ class DeliveryEngine:
         count: int = replayed.rowcount  # type: ignore[attr-defined]
         return count
 
-    async def replay(self, key: str, tenant: str) -> DeliveryRecord | None:
+    async def replay(self, kept: RejectedEvent) -> str:
+        """Hand a kept record to its routes again, its envelope corrected (its headers, as
+        kept, edited by an operator): "handled", "duplicate" when its deliveries were
+        recorded meanwhile, or "ignored" when its tenant routes it nowhere; it is no
+        longer kept then. Raises ``EnvelopeError`` when it still breaks its contract: it
+        stays kept (``kernel.api``'s ``KeptEventReplayer``)."""
+        headers: dict[str, str] = dict(kept.headers)
+        event = from_record(headers, kept.value)
+        keys = [
+            idempotency_key(event.id, route.name)
+            for route in self._routing.routes_for(event.tenant, event.type)
+        ]
+        async with self._sessions() as session:
+            recorded = set(await session.scalars(_RECORDED_KEYS, {"keys": keys}))
+        await self.handle_records([(headers, kept.value, kept.topic)])
+        async with write_transaction(self._sessions) as session:
+            await session.execute(delete(RejectedEvent).where(RejectedEvent.id == kept.id))
+        outcome = "ignored" if not keys else "duplicate" if recorded >= set(keys) else "handled"
+        log.info("gateway replayed kept event %s: %s", kept.event_id, outcome)
+        return outcome
+
+    async def replay_delivery(self, key: str, tenant: str) -> DeliveryRecord | None:
         """An operator asks for a failed or dead delivery to be tried again from scratch."""
         async with self._sessions() as session, session.begin():
             record = await session.scalar(

@@ -26,6 +26,7 @@ from gateway.inbound.opinions import build_opinion_inbound
 from gateway.inbound.oversight import OversightInbound
 from gateway.inbound.peppol import PeppolInbound, inboxes_from
 from gateway.routing import RoutingConfigError, RoutingTable, load_routing
+from kernel.api import rejected_events_router
 from kernel.app import (
     BackgroundTask,
     broker_check,
@@ -190,6 +191,9 @@ def build_app(
             delivery_engine,
         )
         app.state.resources = (producer, http, connectors)
+        # What ``kernel.api``'s rejected-events router reads: the kept records are replayed
+        # through the deliveries, for the callers of configured tenants.
+        app.state.consumer, app.state.relay, app.state.tenants = delivery_engine, relay, tenants
 
         async def relay_receipts() -> None:
             await relay.run()
@@ -253,5 +257,6 @@ def build_app(
     app.include_router(router())
     app.include_router(inbound_router())
     app.include_router(certificates_router())
+    app.include_router(rejected_events_router("gateway:read", "gateway:operate"))
     app.include_router(dashboard_router())
     return app

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import EnvelopeError
 from kernel.auth import Caller, CallerDep
-from kernel.consumer import EventConsumer, RejectedEvent
+from kernel.consumer import RejectedEvent
 from kernel.database import listing_page
 from kernel.errors import NotFound, ProblemError, failure_text
 from kernel.idempotency import claiming_key
@@ -227,10 +227,18 @@ class ReplayOutcome(BaseModel):
     )
 
 
+class KeptEventReplayer(Protocol):
+    """Hands a kept event to what consumes it again (a service's ``EventConsumer``, the
+    gateway's ``DeliveryEngine``), found at ``app.state.consumer``: its outcome; raises
+    ``EnvelopeError`` when it still breaks its contract."""
+
+    async def replay(self, kept: RejectedEvent) -> str: ...
+
+
 def rejected_events_router(read_scope: str, write_scope: str) -> APIRouter:
     """``GET /v1/rejected-events``: the caller's tenant's events this service kept unhandled;
     ``POST /v1/rejected-events/{id}/replay``: one of them handled again, once its cause
-    is fixed."""
+    is fixed (by the ``KeptEventReplayer`` at ``app.state.consumer``)."""
     router = APIRouter(prefix="/v1", tags=["operations"])
     # A dependency object, not an annotation: annotations are strings here (PEP 563)
     # and FastAPI could not resolve one naming this function's local ``read_scope``.
@@ -267,9 +275,9 @@ def rejected_events_router(read_scope: str, write_scope: str) -> APIRouter:
             )
         if kept is None:
             raise NotFound("kept event", str(kept_id))
-        consumer: EventConsumer = request.app.state.consumer
+        replayer: KeptEventReplayer = request.app.state.consumer
         try:
-            outcome = await consumer.replay(kept)
+            outcome = await replayer.replay(kept)
         except EnvelopeError as exc:
             raise ProblemError(
                 422, "event-breaks-its-contract", "The event still breaks its contract", str(exc)

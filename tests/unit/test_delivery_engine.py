@@ -21,7 +21,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from contracts.envelope import CloudEvent, from_record, headers_as_text, new_event, to_record
+from contracts.envelope import (
+    CloudEvent,
+    EnvelopeError,
+    from_record,
+    headers_as_text,
+    new_event,
+    to_record,
+)
 from contracts.events.courrier import OutgoingMailSendRequested, Recipient
 from contracts.events.gateway import DeliveryReceipt
 from gateway import engine as engine_module
@@ -36,8 +43,10 @@ from gateway.engine import (
 )
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import RetryPolicy, Route, RoutingTable
+from kernel.consumer import RejectedEvent
 from kernel.kafka import FETCH_MAX_WAIT_MS, FetchPacing, OffsetCommits
 from kernel.outbox import OutboxMessage
+from kernel.texts import plain_text
 from tests.support.clock import Clock
 from tests.support.databases import sqlite_sessions
 from tests.support.gateway_hub import eventually
@@ -123,6 +132,24 @@ async def receipts(sessions: async_sessionmaker[AsyncSession]) -> list[DeliveryR
     return [from_record(row.headers, row.value).data_as(DeliveryReceipt) for row in rows]
 
 
+async def kept_records(sessions: async_sessionmaker[AsyncSession]) -> list[RejectedEvent]:
+    async with sessions() as session:
+        return list((await session.scalars(select(RejectedEvent).order_by(RejectedEvent.id))).all())
+
+
+def with_headers(
+    event: CloudEvent, changed: dict[str, str | None], dropped: tuple[str, ...] = ()
+) -> tuple[dict[str, str], bytes]:
+    """``event``'s record as a producer sent it, some headers changed (None: sent without a
+    value, as Kafka allows) or ``dropped``."""
+    record = to_record(event)
+    raw: list[tuple[str, bytes | None]] = [
+        (name, value) for name, value in record.headers if name not in {*changed, *dropped}
+    ]
+    raw += [(name, None if value is None else value.encode()) for name, value in changed.items()]
+    return headers_as_text(raw), record.value
+
+
 async def test_a_delivered_event_is_recorded_with_a_receipt(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -194,9 +221,9 @@ async def test_exhausted_retries_end_dead_and_can_be_replayed(
     [receipt] = await receipts(sessions)
     assert (receipt.outcome, receipt.reason, receipt.attempts) == ("dead", "timeout", 3)
 
-    replayed = await engine.replay(record.idempotency_key, TENANT)
+    replayed = await engine.replay_delivery(record.idempotency_key, TENANT)
     assert replayed is not None and replayed.status == "retrying"
-    assert await engine.replay(record.idempotency_key, "62063") is None  # another tenant's
+    assert await engine.replay_delivery(record.idempotency_key, "62063") is None  # another tenant's
     await engine.retry_due()
     [record] = await deliveries(sessions)
     assert record.status == "delivered"
@@ -299,6 +326,167 @@ async def test_a_routed_event_whose_data_breaks_its_contract_ends_dead_and_is_an
     assert (receipt.outcome, receipt.source_event_id) == ("dead", event.id)
     assert receipt.reason == record.last_error
     assert connector.calls == []
+
+
+@pytest.mark.parametrize(
+    ("changed", "dropped", "kept_per_reading"),
+    [
+        ({"ce_time": "2026-03-02T10:00:00"}, (), 1),  # without its UTC offset
+        ({"ce_subject": "m" * 201}, (), 1),
+        ({"ce_subject": "mail\x07"}, (), 1),  # a control character
+        ({"ce_tenant": "9213"}, (), 1),  # no route can be told from it
+        ({"ce_source": None}, (), 1),  # a header without a value
+        ({}, ("ce_id",), 2),  # nothing tells one reading from another record
+    ],
+    ids=["time", "long-subject", "control-character", "tenant", "null-header", "no-id"],
+)
+async def test_a_routed_record_whose_envelope_is_broken_is_kept_for_an_operator(
+    sessions: async_sessionmaker[AsyncSession],
+    changed: dict[str, str | None],
+    dropped: tuple[str, ...],
+    kept_per_reading: int,
+) -> None:
+    # Skipped, it was lost once its offset was committed, and its service waited for a
+    # receipt for ever.
+    connector, clock = FakeConnector(), Clock()
+    engine = make_engine(sessions, connector, clock)
+    event = mail_event()
+    headers, value = with_headers(event, changed, dropped)
+    with pytest.raises(EnvelopeError) as broken:
+        from_record(headers, value)
+
+    for _ in range(2):  # consumed again after a rebalance
+        await engine.handle_records([(headers, value, "courrier.events")])
+
+    kept = await kept_records(sessions)
+    assert len(kept) == kept_per_reading
+    assert {(row.event_id, row.event_type, row.tenant, row.topic, row.reason) for row in kept} == {
+        (
+            None if dropped else event.id,
+            SEND,
+            None if "ce_tenant" in changed else TENANT,
+            "courrier.events",
+            plain_text(str(broken.value)),
+        )
+    }
+    assert (kept[0].headers, kept[0].value) == (headers, value)
+    assert connector.calls == [] and await deliveries(sessions) == []
+    assert await receipts(sessions) == []
+
+
+async def test_a_broken_record_of_a_type_no_route_takes_is_left_to_the_services(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    engine = make_engine(sessions, FakeConnector(), Clock())
+    routed, unrouted = mail_event("mail-1"), mail_event("mail-2")
+    broken = {"ce_time": "2026-03-02T10:00:00"}
+    await engine.handle_records(
+        [
+            (*with_headers(routed, broken), "courrier.events"),
+            # The services that consume it keep it.
+            (
+                *with_headers(unrouted, {**broken, "ce_type": "courrier.mail.sent.v1"}),
+                "courrier.events",
+            ),
+        ]
+    )
+    assert [row.event_id for row in await kept_records(sessions)] == [routed.id]
+
+
+async def test_a_record_kept_meanwhile_by_another_member_is_kept_once(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    clock = Clock()
+    delivered, theirs, ours = mail_event("mail-1"), mail_event("mail-2"), mail_event("mail-3")
+    broken = {"ce_time": "2026-03-02T10:00:00"}
+
+    class RebalancedConnector(FakeConnector):
+        async def deliver(self, delivery: Delivery) -> DeliveryResult:
+            # Another gateway, which owned the partition a moment ago, keeps one now.
+            async with sessions() as session, session.begin():
+                session.add(
+                    RejectedEvent(
+                        event_id=theirs.id,
+                        event_type=SEND,
+                        tenant=TENANT,
+                        topic="courrier.events",
+                        headers={},
+                        value=b"",
+                        reason="theirs",
+                        received_at=clock(),
+                    )
+                )
+            return await super().deliver(delivery)
+
+    engine = make_engine(sessions, RebalancedConnector(), clock)
+    await engine.handle_records(
+        [
+            (*as_record(delivered), "courrier.events"),
+            (*with_headers(theirs, broken), "courrier.events"),
+            (*with_headers(ours, broken), "courrier.events"),
+        ]
+    )
+
+    kept = {row.event_id: row.reason for row in await kept_records(sessions)}
+    assert kept.keys() == {theirs.id, ours.id} and kept[theirs.id] == "theirs"
+    assert [(r.event_id, r.status) for r in await deliveries(sessions)] == [
+        (delivered.id, "delivered")
+    ]
+
+
+async def correct_kept_time(
+    sessions: async_sessionmaker[AsyncSession], kept_id: int, event: CloudEvent
+) -> RejectedEvent:
+    """An operator puts the sender's corrected time in a kept record's headers."""
+    async with sessions() as session, session.begin():
+        kept = await session.get_one(RejectedEvent, kept_id)
+        kept.headers = {**kept.headers, "ce_time": event.time.isoformat()}
+    async with sessions() as session:
+        return await session.get_one(RejectedEvent, kept_id)
+
+
+async def test_a_kept_record_is_replayed_through_its_routes_once_its_envelope_is_corrected(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    connector, clock = FakeConnector(["ebox-9"]), Clock()
+    engine = make_engine(sessions, connector, clock)
+    event = mail_event()
+    headers, value = with_headers(event, {"ce_time": "2026-03-02T10:00:00"})
+    await engine.handle_records([(headers, value, "courrier.events")])
+    [kept] = await kept_records(sessions)
+
+    with pytest.raises(EnvelopeError, match="ce_time"):
+        await engine.replay(kept)  # broken still: kept, nothing attempted
+    assert [row.id for row in await kept_records(sessions)] == [kept.id]
+    assert connector.calls == []
+
+    assert await engine.replay(await correct_kept_time(sessions, kept.id, event)) == "handled"
+    assert [call.event.id for call in connector.calls] == [event.id]
+    [record] = await deliveries(sessions)
+    assert (record.event_id, record.status, record.external_reference) == (
+        event.id,
+        "delivered",
+        "ebox-9",
+    )
+    assert [receipt.outcome for receipt in await receipts(sessions)] == ["delivered"]
+    assert await kept_records(sessions) == []
+
+
+async def test_a_kept_record_whose_event_was_delivered_meanwhile_is_not_delivered_twice(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    connector, clock = FakeConnector(), Clock()
+    engine = make_engine(sessions, connector, clock)
+    event = mail_event()
+    await engine.handle_records(
+        [(*with_headers(event, {"ce_time": "2026-03-02T10:00:00"}), "courrier.events")]
+    )
+    [kept] = await kept_records(sessions)
+    await engine.handle_records([(*as_record(event), "courrier.events")])  # sent again, right
+
+    assert await engine.replay(await correct_kept_time(sessions, kept.id, event)) == "duplicate"
+    assert len(connector.calls) == 1 and len(await receipts(sessions)) == 1
+    assert await kept_records(sessions) == []
 
 
 async def test_one_fetch_is_recorded_together_keeping_each_documents_order(
