@@ -267,6 +267,16 @@ class Connection:
             self._connection = None
 
 
+#: SQL name of a ``lower()`` for all of Unicode: SQLite's own lowers ASCII letters only
+#: (``lower('Église')`` is ``'Église'``), where PostgreSQL's follows the locale. Named
+#: apart, so that the built-in keeps meaning what SQLite says it means.
+UNICODE_LOWER = "unicode_lower"
+
+
+def _unicode_lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
 def connector(
     path: str, busy_timeout: float, checkpointer: WalCheckpointer | None = None
 ) -> Callable[[], Any]:
@@ -276,11 +286,9 @@ def connector(
     async def connect() -> Connection:
         # timeout=0: no sleeping in SQLite's busy handler on the loop's thread (see above).
         # check_same_thread=False: the pool may close a connection from the garbage collector.
-        return Connection(
-            sqlite3.connect(path, timeout=0, check_same_thread=False),
-            busy_timeout,
-            checkpointer,
-        )
+        connection = sqlite3.connect(path, timeout=0, check_same_thread=False)
+        connection.create_function(UNICODE_LOWER, 1, _unicode_lower, deterministic=True)
+        return Connection(connection, busy_timeout, checkpointer)
 
     return connect
 

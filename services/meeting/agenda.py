@@ -22,10 +22,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    ColumnExpressionArgument,
+    FunctionElement,
+    String,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import undefer
 from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from contracts.envelope import CloudEvent, new_event
 from contracts.events.meeting import (
@@ -41,8 +51,9 @@ from contracts.events.meeting import (
 )
 from kernel import outbox
 from kernel.database import listing_page, next_in_sequence
-from kernel.errors import Conflict, NotFound
+from kernel.errors import Conflict, NotFound, ProblemError
 from kernel.migrations import table_of
+from kernel.sqlite_driver import UNICODE_LOWER
 from services.meeting.configuration import MeetingConfig
 from services.meeting.domain import (
     FINAL_STATES,
@@ -71,7 +82,7 @@ from services.meeting.domain import (
     check_length,
     state_after,
 )
-from services.meeting.publication import record_publication
+from services.meeting.publication import publication_turn, record_publication
 from services.meeting.tables import (
     Annex,
     DecisionCounter,
@@ -134,9 +145,24 @@ class NewItem:
     annexes: tuple[AnnexUpload, ...] = ()
 
 
+class BlankTitle(ProblemError):
+    def __init__(self) -> None:
+        super().__init__(
+            422,
+            "blank-title",
+            "An item needs a title",
+            "The item's title is empty or only spaces; it is what agendas and published "
+            "decisions name the item by.",
+            field="title",
+        )
+
+
 def check_new_item(new: NewItem) -> None:
-    """The item's texts fit their columns and its events (``domain.MAX_*``), whichever way
-    it came: REST's schema, WS4PM's and urban's event contract leave some unbounded."""
+    """The item has a title, and its texts fit their columns and its events
+    (``domain.MAX_*``), whichever way it came: REST's schema, WS4PM's and urban's event
+    contract leave some unbounded, and WS4PM's takes an empty title."""
+    if not new.title.strip():
+        raise BlankTitle()
     check_length("external_identifier", new.external_identifier, MAX_EXTERNAL_IDENTIFIER)
     check_length("proposing_service", new.proposing_service, MAX_PROPOSING_SERVICE)
     party_name = new.concerned_party.name if new.concerned_party else None
@@ -253,10 +279,7 @@ async def create_item(
     requested_by_event_id: str | None = None,
 ) -> Item:
     check_new_item(new)
-    if new.external_identifier is not None:
-        linked = await find_linked_item(session, tenant, new.external_identifier, config.id)
-        if linked is not None:
-            raise ExternalIdentifierLinked(new.external_identifier, linked.id)
+    await refuse_linked(session, tenant, new.external_identifier, config.id)
     if new.preferred_meeting_id is not None:
         # A meeting that cannot take the item (meetingsAcceptingItems would not list it)
         # is no preference: WS4PM's getItemInfos showed a closed meeting's date.
@@ -487,7 +510,7 @@ async def record_delivery(
     return True
 
 
-async def publish_decision(session: AsyncSession, item: Item, now: datetime) -> None:
+async def publish_decision(session: AsyncSession, item: Item) -> None:
     if ItemState(item.state) not in FINAL_STATES or item.decision_number is None:
         raise NothingToPublish(item.id, f"it is {item.state}; only decisions are published.")
     if item.published_at is not None:
@@ -495,6 +518,9 @@ async def publish_decision(session: AsyncSession, item: Item, now: datetime) -> 
     meeting = await find_meeting(session, item.tenant, item.meeting_id or "")
     if meeting.state != MeetingState.CLOSED:
         raise NothingToPublish(item.id, f"its meeting {meeting.id} is not closed yet.")
+    now = await publication_turn(session, item.tenant)
+    if meeting.first_published_at is None:
+        meeting.first_published_at = now  # it enters OParl's list of meetings, at its end
     item_id = item.id
     item.published_at = item.updated_at = now
     try:
@@ -587,6 +613,17 @@ async def find_linked_item(
     return await session.scalar(query.order_by(Item.created_at).limit(1))
 
 
+async def refuse_linked(
+    session: AsyncSession, tenant: str, external_identifier: str | None, meeting_config: str
+) -> None:
+    """Refuse an external identifier already linked to an item of the configuration."""
+    if external_identifier is None:
+        return
+    linked = await find_linked_item(session, tenant, external_identifier, meeting_config)
+    if linked is not None:
+        raise ExternalIdentifierLinked(external_identifier, linked.id)
+
+
 async def read_annex(session: AsyncSession, tenant: str, item_id: str, annex_id: str) -> Annex:
     annex = await session.scalar(
         select(Annex)
@@ -636,8 +673,38 @@ class ItemFilter:
     proposing_service: str | None = None
     meeting_id: str | None = None
     external_identifier: str | None = None
+    #: In the title or the description.
     text: str | None = None
     item_id: str | None = None
+    title: str | None = None
+    description: str | None = None
+    creator: str | None = None
+    decision: Decision | None = None
+
+
+class _LowerCase(FunctionElement[str]):
+    """``lower()`` of every letter, on both databases: SQLite's own ``lower()`` leaves
+    "É" as it is, so "église" did not find "Église Saint-Éloi" there (PostgreSQL's did)."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(_LowerCase)
+def _lower_case(element: _LowerCase, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"lower({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_LowerCase, "sqlite")
+def _lower_case_on_sqlite(element: _LowerCase, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"{UNICODE_LOWER}({compiler.process(element.clauses, **kw)})"
+
+
+def _holds_text(column: ColumnExpressionArgument[str | None], text: str) -> ColumnElement[bool]:
+    """``column`` holds ``text``, in any case. ``autoescape`` makes the searcher's ``%``
+    and ``_`` mean themselves, not LIKE's wildcards, with one escape character that both
+    databases read alike (PostgreSQL's default escape, the backslash, is none on SQLite)."""
+    return _LowerCase(column).contains(text.lower(), autoescape=True)
 
 
 def _item_conditions(tenant: str, where: ItemFilter) -> list[ColumnElement[bool]]:
@@ -650,17 +717,19 @@ def _item_conditions(tenant: str, where: ItemFilter) -> list[ColumnElement[bool]
         (Item.meeting_id, where.meeting_id),
         (Item.external_identifier, where.external_identifier),
         (Item.id, where.item_id),
+        (Item.creator, where.creator),
+        (Item.decision, where.decision),
     ):
         if value is not None:
             conditions.append(column == value)
     if where.text:
-        pattern = f"%{where.text.lower()}%"
         conditions.append(
-            or_(
-                func.lower(Item.title).like(pattern),
-                func.lower(func.coalesce(Item.description, "")).like(pattern),
-            )
+            or_(_holds_text(Item.title, where.text), _holds_text(Item.description, where.text))
         )
+    if where.title:
+        conditions.append(_holds_text(Item.title, where.title))
+    if where.description:
+        conditions.append(_holds_text(Item.description, where.description))
     return conditions
 
 

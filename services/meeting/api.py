@@ -398,7 +398,7 @@ def _decision_routes(api: APIRouter) -> None:
         """Publish the decision of a closed meeting (``meeting.decision.published.v1``)."""
         async with store.unit_of_work() as session:
             item = await agenda.find_item(session, caller.tenant, item_id)
-            await agenda.publish_decision(session, item, utcnow())
+            await agenda.publish_decision(session, item)
         oparl.publication_committed(request, caller.tenant)
         return ItemView.of(item)
 

@@ -88,7 +88,9 @@ def oparl_type(name: str) -> str:
 
 
 def timestamp(moment: datetime) -> str:
-    return moment.astimezone(BRUSSELS).isoformat(timespec="seconds")
+    """``created`` and ``modified`` as stored, microseconds included: cut to the second,
+    ``modified_until`` set to an object's own ``modified`` left that object out."""
+    return moment.astimezone(BRUSSELS).isoformat()
 
 
 class InvalidCursor(ProblemError):
@@ -412,7 +414,8 @@ def parse_moment(name: str, value: str | None) -> datetime | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidFilter(name, value) from None
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    # Without an offset, the time is Brussels', as every time these lists show.
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=BRUSSELS)
     try:
         within_calendar(moment)
     except ValueError:
@@ -640,7 +643,7 @@ def meeting_conditions(tenant: str, paging: Paging) -> list[ColumnElement[bool]]
     conditions = [
         Meeting.tenant == tenant,
         Meeting.state == MeetingState.CLOSED,
-        published(),
+        Meeting.first_published_at.is_not(None),
         *_moment_conditions(Meeting.created_at, paging.created_since, paging.created_until),
     ]
     if paging.modified_since is not None:
@@ -654,6 +657,7 @@ MEETING_COLUMNS = (
     Meeting.id,
     Meeting.meeting_config,
     Meeting.date,
+    Meeting.first_published_at,
     Meeting.created_at,
     Meeting.updated_at,
 )
@@ -693,8 +697,9 @@ def _moment(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         raise ValueError("a cursor's moment has its offset")
-    within_calendar(moment)
-    return moment
+    # In UTC, as the columns hold it: a row-value comparison binds the value without the
+    # column's type, and SQLite compared "+02:00" text with UTC's.
+    return within_calendar(moment)
 
 
 #: An annex's position is below ``MAX_ANNEXES``; a cursor's is bounded well above that, and
@@ -718,7 +723,7 @@ FILE_ORDER = SortKey(
     (PublishedFile.published_at, PublishedFile.item_id, PublishedFile.position),
     (_moment, str, _position),
 )
-MEETING_ORDER = SortKey((Meeting.date, Meeting.id), (_moment, str))
+MEETING_ORDER = SortKey((Meeting.first_published_at, Meeting.id), (_moment, str))
 
 
 def published_file_json(urls: Urls, tenant: str, row: Any) -> dict[str, Any]:
@@ -782,7 +787,10 @@ PageQuery = Annotated[
 LimitQuery = Annotated[
     int, Query(ge=1, le=MAX_PAGE_SIZE, description="Objects per page (elementsPerPage)")
 ]
-MomentQuery = Annotated[str | None, Query(description="ISO 8601 date-time")]
+MomentQuery = Annotated[
+    str | None,
+    Query(description="ISO 8601 date-time; without an offset, in Brussels time (as shown)"),
+]
 AfterQuery = Annotated[
     str | None, Query(description="Where the previous page ended (set by the `next` links)")
 ]
@@ -905,7 +913,10 @@ def _list_routes(api: APIRouter) -> None:
     ) -> Listed:
         return Listed([], 0)
 
-    @route("meetings", "Closed meetings with at least one published decision, earliest first")
+    @route(
+        "meetings",
+        "Closed meetings with at least one published decision, in order of their first one",
+    )
     async def meetings(
         connection: AsyncConnection, urls: Urls, body: Body, paging: Paging
     ) -> Listed:

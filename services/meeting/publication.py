@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kernel.database import next_in_sequence
+from kernel.database import next_in_sequence, utcnow
 from kernel.migrations import table_of
 from services.meeting.pseudonymise import Pseudonymiser
 from services.meeting.tables import (
@@ -59,9 +59,30 @@ async def _position_in_meeting(session: AsyncSession, item: Item) -> int:
     return ordered.index(item.decision_number) if item.decision_number in ordered else 0
 
 
+async def publication_turn(session: AsyncSession, tenant: str) -> datetime:
+    """Take the tenant's turn to publish, and the moment to publish at.
+
+    OParl's lists are walked in (``published_at``, id) order. A publication timed before
+    another but committed after it (its annexes longer to hash) landed behind a crawler's
+    cursor: never seen, by the walk nor by ``modified_since``. So the tenant's publications
+    take turns on its generation row (locked until commit on PostgreSQL; SQLite's writers
+    take turns already), the clock is read once the turn is taken, and a moment is always
+    after the tenant's last one, should the clock (or another replica's) be behind it.
+    """
+    await next_in_sequence(
+        session, table_of(PublicationGeneration), {"tenant": tenant}, "generation"
+    )
+    last = await session.scalar(
+        select(func.max(PublishedDecision.published_at)).where(PublishedDecision.tenant == tenant)
+    )
+    now = utcnow()
+    return now if last is None or now > last else last + timedelta(microseconds=1)
+
+
 async def record_publication(
     session: AsyncSession, item: Item, meeting: Meeting, now: datetime
 ) -> PublishedDecision:
+    """Write the decision as the public sees it; in the turn ``publication_turn`` took."""
     if item.decision_number is None or item.decision is None:
         raise ValueError(f"item {item.id} has no numbered decision to publish")
     pseudonymise = pseudonymiser_for(item, meeting)
@@ -121,7 +142,4 @@ async def record_publication(
     session.add(published)
     await session.flush()  # the decision row first: the files refer to it
     session.add_all(files)
-    await next_in_sequence(
-        session, table_of(PublicationGeneration), {"tenant": item.tenant}, "generation"
-    )
     return published

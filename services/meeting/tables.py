@@ -21,7 +21,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
+    select,
+    update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from kernel.consumer import InboxEntry, RejectedEvent, one_rejected_event_per_id
@@ -35,7 +39,10 @@ class Meeting(Base):
     """One sitting of a tenant's college or council."""
 
     __tablename__ = "meeting_meetings"
-    __table_args__ = (Index("ix_meeting_meetings_listing", "tenant", "meeting_config", "date"),)
+    __table_args__ = (
+        Index("ix_meeting_meetings_listing", "tenant", "meeting_config", "date"),
+        Index("ix_meeting_meetings_published", "tenant", "first_published_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(5))
@@ -46,6 +53,10 @@ class Meeting(Base):
     #: ``[{"name", "role", "present"}]``: who sits, and who was there (taken with the minutes).
     attendees: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    #: When its first decision was published: where OParl's list of meetings places it. By
+    #: its sitting day, a meeting published late came before the cursors already handed
+    #: out, and a crawler's walk never saw it.
+    first_published_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
@@ -266,6 +277,22 @@ class PublicationGeneration(Base):
     generation: Mapped[int] = mapped_column(Integer)
 
 
+def meetings_by_first_publication(connection: Connection) -> None:
+    """Migration: ``first_published_at`` of each meeting, from its decisions published."""
+    add_columns(table_of(Meeting), "first_published_at")(connection)
+    meetings, decisions = table_of(Meeting), table_of(PublishedDecision)
+    first = (
+        select(func.min(decisions.c.published_at))
+        .where(decisions.c.meeting_id == meetings.c.id)
+        .scalar_subquery()
+    )
+    connection.execute(
+        update(meetings)
+        .where(meetings.c.first_published_at.is_(None))
+        .values(first_published_at=first)
+    )
+
+
 MIGRATIONS: list[Migration] = [
     Migration(
         1,
@@ -329,5 +356,10 @@ MIGRATIONS: list[Migration] = [
         10,
         "one kept rejected event per event id",
         one_rejected_event_per_id,
+    ),
+    Migration(
+        11,
+        "meetings placed in OParl's list by their first publication",
+        meetings_by_first_publication,
     ),
 ]

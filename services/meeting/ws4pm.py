@@ -15,6 +15,9 @@ getSingleItemInfos, searchItems, and getItemTemplate, which is always a Fault:
   Asking for another userId is a Fault: the hub has no user directory.
 - getSingleItemInfos answers getItemInfos' item infos directly in its
   response element (no ``itemInfo`` wrapper), as WS4PM does.
+- searchItems applies every criterion given, ANDed, except portal_type, which is a
+  Fault: the hub's items have no Plone portal type. getDecision names a decision as
+  review_state names a state (``refused``, ``accepted_but_modified``…).
 - getItemTemplate: WS4PM generates a document of the item from a POD
   template; the hub has no templates (items never list any), so it answers
   with a Fault saying so and pointing to getSingleItemInfos/getItemInfos
@@ -46,6 +49,7 @@ from typing import TypeVar
 import pybase64
 from fastapi import APIRouter, Request, Response
 from lxml import etree
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kernel.api import Storage, storage
@@ -57,6 +61,7 @@ from services.meeting import agenda
 from services.meeting.api import create_item_once
 from services.meeting.configuration import TenantMeetings
 from services.meeting.domain import (
+    DECIDED_STATES,
     MAX_ANNEX_FILENAME,
     MAX_ANNEX_TITLE,
     MAX_EXTERNAL_IDENTIFIER,
@@ -64,6 +69,7 @@ from services.meeting.domain import (
     MAX_ITEM_TITLE,
     MAX_PROPOSING_SERVICE,
     AnnexUpload,
+    Decision,
     ItemState,
     Transition,
     check_annexes,
@@ -554,25 +560,32 @@ async def _create_and_move(
     """Create the item and apply its transitions in one transaction: all of it or nothing."""
     caller = context.caller
     config = caller.meetings.configurations[config_id]
-    async with context.store.unit_of_work() as session:
-        now = utcnow()
-        item = await agenda.create_item(
-            session,
-            tenant=caller.tenant,
-            config=config,
-            new=new,
-            origin="ws4pm",
-            creator=caller.username,
-            now=now,
-        )
-        await session.flush()
-        for transition in transitions:
-            meeting = None
-            if transition is Transition.PRESENT and new.preferred_meeting_id:
-                meeting = await agenda.find_meeting(
-                    session, caller.tenant, new.preferred_meeting_id
-                )
-            await agenda.apply_transition(session, item, transition, now, meeting)
+    try:
+        async with context.store.unit_of_work() as session:
+            now = utcnow()
+            item = await agenda.create_item(
+                session,
+                tenant=caller.tenant,
+                config=config,
+                new=new,
+                origin="ws4pm",
+                creator=caller.username,
+                now=now,
+            )
+            await session.flush()
+            for transition in transitions:
+                meeting = None
+                if transition is Transition.PRESENT and new.preferred_meeting_id:
+                    meeting = await agenda.find_meeting(
+                        session, caller.tenant, new.preferred_meeting_id
+                    )
+                await agenda.apply_transition(session, item, transition, now, meeting)
+    except IntegrityError:
+        # A concurrent twin linked the same external identifier after create_item looked:
+        # the same Client Fault as a duplicate sent alone (create_item_once), not a Server one.
+        async with context.store.sessions() as session:
+            await agenda.refuse_linked(session, caller.tenant, new.external_identifier, config.id)
+        raise
     return item
 
 
@@ -626,21 +639,19 @@ async def get_item_template(context: Context, request: etree._Element) -> etree.
 
 
 async def search_items(context: Context, request: etree._Element) -> etree._Element:
-    review_state = _text(request, "review_state")
-    state = STATES_BY_REVIEW_STATE.get(review_state) if review_state else None
+    """The items matching every criterion given (the contract's promise)."""
+    portal_type = _text(request, "portal_type")
+    if portal_type is not None:
+        raise Ws4pmFault(
+            f"searchItems: the hub cannot search by portal_type ({portal_type!r}): its items "
+            "have no Plone portal type. Omit portal_type; meetingConfigId selects the items "
+            "of one meeting configuration",
+            slug="not-supported",
+        )
     answer = _answer("searchItems")
-    if review_state and state is None:
-        return answer  # no item is in a state this service does not have
-    where = agenda.ItemFilter(
-        meeting_config=_text(request, "meetingConfigId"),
-        state=state,
-        category=_text(request, "getCategory"),
-        proposing_service=_text(request, "getProposingGroup"),
-        meeting_id=_text(request, "meeting_uid"),
-        external_identifier=_text(request, "externalIdentifier"),
-        text=_text(request, "SearchableText") or _text(request, "Title"),
-        item_id=_text(request, "UID"),
-    )
+    where = _search_criteria(request)
+    if where is None:
+        return answer
     async with context.store.sessions() as session:
         items, _ = await agenda.list_items(
             session, context.caller.tenant, where, limit=SEARCH_LIMIT, offset=0
@@ -651,6 +662,32 @@ async def search_items(context: Context, request: etree._Element) -> etree._Elem
                 session, context, info, item, show_annexes=False, with_binary=False
             )
     return answer
+
+
+def _search_criteria(request: etree._Element) -> agenda.ItemFilter | None:
+    """searchItems' criteria as one filter, all of them ANDed; None when no item can match:
+    a review state this service does not have (PloneMeeting has more), or a getDecision
+    that names no decision."""
+    review_state = _text(request, "review_state")
+    state = STATES_BY_REVIEW_STATE.get(review_state) if review_state else None
+    decision_name = _text(request, "getDecision")
+    decided = STATES_BY_REVIEW_STATE.get(decision_name) if decision_name else None
+    if (review_state and state is None) or (decision_name and decided not in DECIDED_STATES):
+        return None
+    return agenda.ItemFilter(
+        meeting_config=_text(request, "meetingConfigId"),
+        state=state,
+        category=_text(request, "getCategory"),
+        proposing_service=_text(request, "getProposingGroup"),
+        meeting_id=_text(request, "meeting_uid"),
+        external_identifier=_text(request, "externalIdentifier"),
+        text=_text(request, "SearchableText"),
+        item_id=_text(request, "UID"),
+        title=_text(request, "Title"),
+        description=_text(request, "Description"),
+        creator=_text(request, "Creator"),
+        decision=Decision(decided.value) if decided else None,
+    )
 
 
 async def _fill_item_info(

@@ -565,3 +565,49 @@ async def test_scopes_are_enforced(service: MeetingService) -> None:
     configs = await service.http.get("/v1/meeting-configs", headers=read_only)
     assert [c["id"] for c in configs.json()] == ["college", "council"]
     assert configs.json()[1]["categories"][0]["oversight"] is True
+
+
+async def test_text_search_ignores_the_case_of_accented_letters_and_takes_wildcards_literally(
+    service: MeetingService,
+) -> None:
+    # SQLite's lower() lowers ASCII only: "église" did not find "Église" there. And the
+    # searcher's % and _ were LIKE's wildcards, on both databases: "%" found every item.
+    texts = {
+        "church": ("Église Saint-Éloi: toiture", "Réfection de la toiture."),
+        "rent": ("Loyer du hall omnisports", "Réduction de 50% du loyer."),
+        "budget": ("Budget 2026", "50 000 euros pour la voirie."),
+        "zone": ("Zone_A: éclairage", "Dossier URB/2026/12."),
+        "path": ("Plans", "Classés sous C:\\plans\\voirie."),
+    }
+    ids = {}
+    for name, (title, description) in texts.items():
+        created = await service.item(title=title, description=description, external_identifier=name)
+        ids[created["id"]] = name
+
+    async def found(text: str) -> set[str]:
+        response = await service.http.get(
+            "/v1/items", params={"text": text}, headers=service.auth()
+        )
+        assert response.status_code == 200, response.text
+        return {ids[item["id"]] for item in response.json()["items"]}
+
+    for accented in ("église", "ÉGLISE", "Église", "saint-éloi"):
+        assert await found(accented) == {"church"}, accented
+    assert await found("ÉCLAIRAGE") == {"zone"}
+    assert await found("%") == {"rent"}
+    assert await found("50%") == {"rent"}
+    assert await found("50") == {"rent", "budget"}
+    assert await found("_") == {"zone"}
+    assert await found("/") == {"zone"}  # SQLAlchemy's escape character, meant literally too
+    assert await found("\\") == {"path"}  # PostgreSQL's default escape character
+    assert await found("50\\%") == set()
+
+
+async def test_an_item_with_a_blank_title_is_refused_with_a_problem(
+    service: MeetingService,
+) -> None:
+    # The schema's min_length took a title of spaces, which agendas and OParl showed blank.
+    refused = problem(await service.post("/v1/items", item_body(title="   ")), 422, "blank-title")
+    assert refused["field"] == "title"
+    problem(await service.post("/v1/items", item_body(title="")), 422, "invalid-request")
+    assert await service.stored() == (0, 0)

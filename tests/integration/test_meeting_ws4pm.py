@@ -20,7 +20,7 @@ from zeep.transports import Transport
 from contracts.events.meeting import ItemCreated
 from kernel.database import utcnow
 from kernel.settings import HubSettings
-from services.meeting import ws4pm
+from services.meeting import agenda, ws4pm
 from services.meeting.domain import MAX_ANNEX_BYTES, MAX_ITEM_REQUEST_BYTES, MAX_ITEM_TEXT
 from tests.integration.test_meeting_api import (
     LIEGE,
@@ -496,3 +496,103 @@ async def test_the_served_wsdl_names_its_own_address_and_the_ws4pm_namespace(
         "searchItems",
         "testConnection",
     ]
+
+
+async def test_search_items_applies_every_criterion_given(service: MeetingService) -> None:
+    # Creator, Description and getDecision were ignored, and Title too beside SearchableText:
+    # "refused" answered every item, accepted ones included.
+    meeting_id = await service.meeting()
+    client = await ws4pm_client(service)
+
+    async def created(name: str, **data: Any) -> str:
+        answer = await blocking(
+            client.service.createItem,
+            meetingConfigId="college",
+            proposingGroupId="urbanisme",
+            creationData=creation_data(externalIdentifier=name, annexes=[], **data),
+            wfTransitions=["propose", "validate"],
+        )
+        uid: str = answer.UID
+        return uid
+
+    shed = await created("shed", title="Permis: abri de jardin", description="Abri de 12 m².")
+    garage = await created("garage", title="Permis: garage", description="Garage de 30 m².")
+    by_rest = (await service.item(title="Permis: véranda", external_identifier="rest"))["id"]
+    names = {shed: "shed", garage: "garage", by_rest: "rest"}
+    for uid, decision in ((shed, "accepted"), (garage, "refused")):
+        present = await service.post(f"/v1/items/{uid}/present", {"meeting_id": meeting_id})
+        assert present.status_code == 200, present.text
+        assert (await service.decide(uid, decision)).status_code == 200
+
+    async def found(**criteria: Any) -> set[str]:
+        return {names[item.UID] for item in await blocking(client.service.searchItems, **criteria)}
+
+    assert await found() == {"shed", "garage", "rest"}
+    assert await found(getDecision="refused") == {"garage"}
+    assert await found(getDecision="accepted") == {"shed"}
+    # A decision this service has no item in (PloneMeeting's delay), not one (a state
+    # before any decision), or one PloneMeeting has and the hub not: no item.
+    for unheld in ("delayed", "proposed", "accepted_and_returned"):
+        assert await found(getDecision=unheld) == set(), unheld
+    assert await found(Creator=f"urban-{SAMBREVILLE}") == {"shed", "garage"}
+    assert await found(Creator="nobody-at-all") == set()
+    assert await found(Description="zzzz-no-such-text") == set()
+    assert await found(Description="GARAGE DE") == {"garage"}
+    assert await found(Title="permis") == {"shed", "garage", "rest"}
+    assert await found(SearchableText="Permis", Title="zzzz-no-such-title") == set()
+    assert await found(SearchableText="12 m²", Title="abri") == {"shed"}
+    assert await found(Title="Permis", getDecision="accepted", Creator="nobody-at-all") == set()
+
+    with pytest.raises(Fault) as portal_type:
+        await blocking(client.service.searchItems, portal_type="MeetingItemCollege")
+    assert "cannot search by portal_type ('MeetingItemCollege')" in portal_type.value.message
+    assert portal_type.value.code is not None and portal_type.value.code.endswith("Client")
+
+
+async def test_create_item_refuses_a_blank_title_as_rest_does(service: MeetingService) -> None:
+    client = await ws4pm_client(service)
+    for title, transitions in (("", []), ("   ", []), (" \t ", ["propose"])):
+        with pytest.raises(Fault) as fault:
+            await blocking(
+                client.service.createItem,
+                meetingConfigId="college",
+                proposingGroupId="urbanisme",
+                creationData=creation_data(title=title),
+                wfTransitions=transitions,
+            )
+        assert "An item needs a title" in fault.value.message, repr(title)
+        assert fault.value.code is not None and fault.value.code.endswith("Client")
+    assert await service.stored() == (0, 0)
+
+
+async def test_a_twin_linked_concurrently_is_a_client_fault_with_transitions_too(
+    service: MeetingService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await ws4pm_client(service)
+    first = await blocking(
+        client.service.createItem,
+        meetingConfigId="college",
+        proposingGroupId="urbanisme",
+        creationData=creation_data(),
+    )
+    # The twin's check runs before the first item commits, as in a race: it sees no link,
+    # and the database's unique key refuses the twin when it is written.
+    looked: list[str] = []
+    real_lookup = agenda.find_linked_item
+
+    async def racing_lookup(*arguments: Any) -> Any:
+        looked.append("lookup")
+        return None if len(looked) == 1 else await real_lookup(*arguments)
+
+    monkeypatch.setattr(agenda, "find_linked_item", racing_lookup)
+    with pytest.raises(Fault) as fault:
+        await blocking(
+            client.service.createItem,
+            meetingConfigId="college",
+            proposingGroupId="urbanisme",
+            creationData=creation_data(),
+            wfTransitions=["propose"],
+        )
+    assert f"is already linked to item {first.UID}" in fault.value.message
+    assert fault.value.code is not None and fault.value.code.endswith("Client")
+    assert await service.stored() == (1, 1)

@@ -12,9 +12,10 @@ import base64
 import copy
 import hashlib
 import json
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -461,6 +462,76 @@ async def test_dates_and_cursors_out_of_the_databases_range_are_bad_requests(
     ends = {"created_since": "1900-01-01T00:00:00+00:00", "created_until": "2199-12-31T00:00:00Z"}
     answer = await service.http.get(f"{root}/agenda-items", params=ends)
     assert answer.status_code == 200 and answer.json()["pagination"]["totalElements"] == 3
+
+
+async def test_a_publication_comes_after_the_last_even_when_the_clock_is_behind(
+    service: MeetingService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await make_decisions(service)
+    root = f"{service.base_url}/oparl/v1/bodies/{SAMBREVILLE}/agenda-items"
+    first = (await service.http.get(root, params={"limit": 2})).json()
+    # A replica whose clock is an hour behind publishes next: placed before the crawler's
+    # cursor, it was never seen by the walk.
+    behind = utcnow() - timedelta(hours=1)
+    monkeypatch.setattr("services.meeting.publication.utcnow", lambda: behind)
+    await publish_one_more(service, SAMBREVILLE, "URB/9")
+    second = (await service.http.get(first["links"]["next"])).json()
+    walked = [item["id"] for item in first["data"] + second["data"]]
+    assert len(walked) == len(set(walked)) == second["pagination"]["totalElements"] == 4
+    times = [datetime.fromisoformat(item["modified"]) for item in first["data"] + second["data"]]
+    assert times == sorted(times) and len(set(times)) == 4
+
+
+async def test_a_meeting_published_late_comes_after_the_cursors_handed_out(
+    service: MeetingService,
+) -> None:
+    async def closed_meeting(days_ahead: int, reference: str) -> str:
+        sits = (utcnow() + timedelta(days=days_ahead)).isoformat()
+        meeting = await service.meeting(date=sits)
+        item_id = await service.presented_item(meeting, external_identifier=reference)
+        await decide(service, item_id, "Le collège décide.", SAMBREVILLE)
+        assert (await service.post(f"/v1/meetings/{meeting}/close")).is_success
+        return item_id
+
+    sat_first = await closed_meeting(1, "URB/1")  # its decision published last
+    for days, reference in ((2, "URB/2"), (3, "URB/3")):
+        await publish(service, await closed_meeting(days, reference))
+    root = f"{service.base_url}/oparl/v1/bodies/{SAMBREVILLE}/meetings"
+    walked = (await service.http.get(root, params={"limit": 1})).json()
+    seen = [meeting["id"] for meeting in walked["data"]]
+    await publish(service, sat_first)
+    while "next" in walked["links"]:
+        walked = (await service.http.get(walked["links"]["next"])).json()
+        seen += [meeting["id"] for meeting in walked["data"]]
+    assert len(seen) == len(set(seen)) == walked["pagination"]["totalElements"] == 3
+
+
+async def test_a_lists_moments_round_trip_through_its_filters_and_cursors(
+    service: MeetingService,
+) -> None:
+    await make_decisions(service)
+    root = f"{service.base_url}/oparl/v1/bodies/{SAMBREVILLE}/agenda-items"
+    items = (await service.http.get(root)).json()["data"]
+    # An object's own shown times bound a window that holds it.
+    last = items[-1]
+    for name, value in (("modified_until", last["modified"]), ("created_until", last["created"])):
+        within = (await service.http.get(root, params={name: value})).json()["data"]
+        assert last["id"] in [item["id"] for item in within], name
+    # A moment without an offset is Brussels' (as shown), not UTC's: one hour or two apart.
+    shown = datetime.fromisoformat(last["modified"])
+    local = shown.replace(tzinfo=None).isoformat()
+    since = (await service.http.get(root, params={"modified_since": local})).json()["data"]
+    assert [item["id"] for item in since] == [last["id"]]
+    # A cursor with another offset, the same instant: the same page.
+    first = (await service.http.get(root, params={"limit": 1})).json()
+    cursor = first["links"]["next"].partition("after=")[2]
+    moment, _, item_id = urllib.parse.unquote(cursor).partition(",")
+    elsewhere = datetime.fromisoformat(moment).astimezone(timezone(timedelta(hours=2)))
+    again = await service.http.get(
+        root, params={"limit": 1, "page": 2, "after": f"{elsewhere.isoformat()},{item_id}"}
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["data"] == (await service.http.get(first["links"]["next"])).json()["data"]
 
 
 async def publish_one_more(service: MeetingService, tenant: str, reference: str) -> None:
