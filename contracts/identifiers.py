@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Annotated
 
 from pydantic import AfterValidator, StringConstraints
@@ -11,6 +12,10 @@ _DIGITS = re.compile(r"[^0-9]")
 
 
 def _digits_only(value: str) -> str:
+    """The ASCII digits of ``value``, its punctuation left out. A digit of another script
+    is refused: left out as punctuation, "BE ٠403170701" was taken for 0403170701."""
+    if any(character.isdigit() and not character.isascii() for character in value):
+        raise ValueError("write the number with the digits 0 to 9")
     return _DIGITS.sub("", value)
 
 
@@ -24,9 +29,28 @@ def check_niss(value: str) -> str:
     if len(digits) != 11:
         raise ValueError("a national number (NISS) has 11 digits")
     base, check = int(digits[:9]), int(digits[9:])
-    if check not in (97 - base % 97, 97 - int("2" + digits[:9]) % 97):
+    if check == 97 - base % 97:
+        century = 1900
+    elif check == 97 - int("2" + digits[:9]) % 97:
+        century = 2000
+    else:
         raise ValueError("this national number (NISS) fails its modulo-97 check")
+    _check_birth_date(century + int(digits[:2]), int(digits[2:4]), int(digits[4:6]))
     return digits
+
+
+def _check_birth_date(year: int, month: int, day: int) -> None:
+    """A NISS starts with its holder's birth date. A bis number adds 20 or 40 to the month;
+    a month or day of 0 stands for one not known. Anything else is no one's number, though
+    its check digits may hold (85994503328: month 99, day 45)."""
+    known_month = month % 20
+    if month > 52 or month % 20 > 12 or day > 31:
+        raise ValueError("this national number (NISS) holds no birth date")
+    if known_month and day:
+        try:
+            date(year, known_month, day)
+        except ValueError:
+            raise ValueError("this national number (NISS) holds no birth date") from None
 
 
 def check_enterprise_number(value: str) -> str:

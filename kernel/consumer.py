@@ -212,6 +212,14 @@ _ALREADY_HANDLED = select(InboxEntry.event_id).where(
 #: Failures in a row of one event's handler, not for the database being away, after which
 #: the event is kept in ``rejected_events`` and the consumer goes on.
 HANDLER_ATTEMPTS = 5
+
+
+class KeptUntilFixed(Exception):
+    """Raised by a handler for an event it cannot take until an operator acts (its tenant
+    not configured in this service yet): kept at once with this reason, for a replay once
+    that is done. Tried again, it would only fail again; skipped, it was lost."""
+
+
 #: The pause between two attempts of a failing event.
 RETRY_PAUSE_SECONDS = 1.0
 
@@ -506,6 +514,8 @@ class EventConsumer:
                     return
                 await self.handle(record.headers, record.value, record.topic)
                 return
+            except KeptUntilFixed as exc:
+                reason = str(exc)
             except Exception as exc:
                 # Do not skip the event, do not commit past it: try again shortly, or,
                 # when its handler keeps failing on it, keep it (see the module's words).

@@ -23,7 +23,7 @@ from contracts.envelope import CloudEvent
 from contracts.events.courrier import DocumentReference
 from contracts.events.meeting import TOPIC as MEETING_TOPIC
 from contracts.events.meeting import ItemDecided
-from kernel.consumer import EventHandler
+from kernel.consumer import EventHandler, KeptUntilFixed
 from kernel.database import utcnow
 from kernel.tenants import Tenant
 from services.courrier import registry
@@ -45,13 +45,11 @@ def decision_handlers(tenants: dict[str, Tenant]) -> dict[str, EventHandler]:
             return  # nobody to notify, or postponed: no decision was taken
         tenant = tenants.get(event.tenant)
         if tenant is None:
-            log.warning(
-                "decision %s of item %s is for tenant %s, unknown here; not notified",
-                decided.decision_number,
-                decided.item_id,
-                event.tenant,
+            # Kept, not dropped: replayed once the tenant is configured, its party notified.
+            raise KeptUntilFixed(
+                f"decision {decided.decision_number} of item {decided.item_id} is for tenant"
+                f" {event.tenant}, not configured in courrier: configure it, then replay"
             )
-            return
         about = DocumentReference(service=MEETING, document_id=decided.item_id)
         existing = await registry.find_requested_mail(session, event.tenant, about, event.id)
         if existing is not None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from jsonschema.validators import validator_for
 
-from kernel.api import MEDIA_TYPE_PATTERN, text_problem
+from kernel.api import EARLIEST_DAY, MEDIA_TYPE_PATTERN, text_problem
 from kernel.errors import Conflict, ProblemError
 from services.courrier.tables import Mail
 
@@ -115,6 +115,16 @@ def read_scan_metadata(raw: str, corpus_dir: Path) -> ScanMetadata:
         raise InvalidScanMetadata(
             [{"field": "metadata.scan_date", "message": f"not a calendar date: {exc}"}]
         ) from exc
+    if received_on < EARLIEST_DAY:  # a scanner's clock reset, not a day mail came
+        raise InvalidScanMetadata(
+            [
+                {
+                    "field": "metadata.scan_date",
+                    "message": f"{received_on.isoformat()} is before {EARLIEST_DAY.isoformat()},"
+                    " the earliest day the registry takes",
+                }
+            ]
+        )
     return ScanMetadata(
         external_id=document["external_id"],
         client_id=document["client_id"],

@@ -138,6 +138,9 @@ BAD_SCANS = [
     pytest.param(
         metadata(scan_date="2026-02-30"), SCAN, 422, "invalid-scan-metadata", id="impossible-date"
     ),
+    pytest.param(  # a scanner whose clock was reset
+        metadata(scan_date="0001-01-01"), SCAN, 422, "invalid-scan-metadata", id="year-one"
+    ),
     pytest.param(metadata(type="COUR_S"), SCAN, 422, "unsupported-scan-type", id="outgoing-scan"),
     pytest.param('{"external_id": ', SCAN, 400, "malformed-scan-metadata", id="not-json"),
     pytest.param("[]", SCAN, 400, "malformed-scan-metadata", id="not-an-object"),

@@ -181,6 +181,30 @@ async def test_a_record_kept_by_two_consumers_at_once_is_kept_once(
     assert reasons == ["first"]
 
 
+async def test_an_event_its_handler_cannot_take_until_an_operator_acts_is_kept_at_once(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[str] = []
+
+    async def handler(session: AsyncSession, event: CloudEvent) -> None:
+        attempts.append(event.subject or "")
+        if event.subject == "mail-2":
+            raise kernel.consumer.KeptUntilFixed("tenant 57081 is not configured here")
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    consumer = EventConsumer(
+        component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
+    )
+    events = [receipt_for(f"mail-{n}") for n in (1, 2, 3)]
+    await consume_one_fetch(consumer, events)
+
+    assert attempts.count("mail-2") == 2  # in the batch, then alone: not tried again
+    assert await inbox_ids(sessions) == {events[0].id, events[2].id}
+    async with sessions() as session:
+        [kept] = (await session.scalars(select(RejectedEvent))).all()
+    assert (kept.event_id, kept.reason) == (events[1].id, "tenant 57081 is not configured here")
+
+
 async def test_different_records_without_a_usable_id_are_each_kept(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:

@@ -15,6 +15,8 @@ from kernel.logs import NationalNumbersMasked, mask_national_numbers
         ("85073003328", "85073003328"),  # born in the 1900s: check over the first nine digits
         ("85.07.30-033.28", "85073003328"),
         ("00012556777", "00012556777"),  # born from 2000: check over "2" + first nine digits
+        ("85270300041", "85270300041"),  # a bis number: month + 20
+        ("85000000138", "85000000138"),  # birth month and day not known
     ],
 )
 def test_valid_national_numbers(given: str, digits: str) -> None:
@@ -27,6 +29,9 @@ def test_valid_national_numbers(given: str, digits: str) -> None:
         ("85073003329", "modulo-97"),
         ("8507300332", "11 digits"),
         ("", "11 digits"),
+        ("85994503328", "no birth date"),  # month 99, day 45: its check digits hold
+        ("85023000125", "no birth date"),  # 30 February
+        ("85\u0660730033\u0662\u0668", "digits 0 to 9"),  # Arabic-Indic digits
     ],
 )
 def test_invalid_national_numbers_say_why(given: str, message: str) -> None:
@@ -41,7 +46,12 @@ def test_valid_enterprise_numbers(given: str) -> None:
 
 @pytest.mark.parametrize(
     ("given", "message"),
-    [("0403170702", "modulo-97"), ("2403170701", "starts with 0 or 1"), ("12", "10 digits")],
+    [
+        ("0403170702", "modulo-97"),
+        ("2403170701", "starts with 0 or 1"),
+        ("12", "10 digits"),
+        ("BE \u0660403170701", "digits 0 to 9"),  # taken for 0403170701 when left out
+    ],
 )
 def test_invalid_enterprise_numbers_say_why(given: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -24,6 +24,7 @@ from contracts.events.courrier import (
     Recipient,
 )
 from contracts.events.meeting import ItemDecided
+from kernel.consumer import KeptUntilFixed
 from kernel.tenants import Tenant
 from services.courrier import decisions
 from services.meeting import notifications
@@ -96,14 +97,22 @@ async def test_a_decision_naming_a_party_becomes_one_mail_sent_about_the_item(
     [
         decision_event(concerned_party=None),
         decision_event(decision="postponed", decision_number=None),
-        decision_event(tenant="57081"),  # a tenant courrier does not serve
     ],
-    ids=["nobody concerned", "postponed", "unknown tenant"],
+    ids=["nobody concerned", "postponed"],
 )
-async def test_no_mail_without_a_party_a_decision_or_a_tenant(
+async def test_no_mail_without_a_party_or_a_decision(
     fake_registry: FakeRegistry, event: CloudEvent
 ) -> None:
     await handle_decision(event)
+    assert fake_registry.created == fake_registry.sent == []
+
+
+async def test_a_decision_for_a_tenant_courrier_does_not_serve_is_kept_not_dropped(
+    fake_registry: FakeRegistry,
+) -> None:
+    # Dropped, the party was never notified, even once the tenant was configured.
+    with pytest.raises(KeptUntilFixed, match="tenant 57081, not configured in courrier"):
+        await handle_decision(decision_event(tenant="57081"))
     assert fake_registry.created == fake_registry.sent == []
 
 
