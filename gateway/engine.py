@@ -68,6 +68,7 @@ from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import Route, RoutingTable
 from kernel.consumer import RejectedEvent, rejected_event
 from kernel.database import utcnow, write_transaction
+from kernel.errors import Conflict
 from kernel.kafka import (
     FETCH_MAX_WAIT_MS,
     LAST_COMMIT_SECONDS,
@@ -204,6 +205,16 @@ class DeliveriesStuck(Exception):
     """The gateway's fetches keep failing to be recorded (``DeliveryEngine.check_recording``)."""
 
 
+class NoRouteToReplay(Conflict):
+    def __init__(self, key: str, tenant: str, event_type: str) -> None:
+        super().__init__(
+            "no-route-to-replay",
+            f"Delivery {key} failed because no route of tenant {tenant} takes {event_type};"
+            " there is no target to try again. Configure the route, then have the document"
+            " sent again from its service.",
+        )
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: str  # delivered | failed | retry
@@ -237,6 +248,9 @@ class Outcome:
 
 #: The longest reason an outcome keeps (the delivery log, the receipt, the operators' API).
 REASON_LENGTH = 2000
+#: The route and connector of a request no route of its tenant takes (``_unrouted``): no
+#: route's name, which starts with a letter or a digit.
+NO_ROUTE = "(none)"
 #: What an outcome keeps of a target's answer (a register's names and address): so many
 #: items, each so long at most.
 ANSWER_ITEMS, ANSWER_TEXT_LENGTH = 50, 2000
@@ -420,6 +434,8 @@ class DeliveryEngine:
             routes = self._routing.routes_for(event.tenant, event.type)
             EVENTS_CONSUMED.labels("gateway", topic, "routed" if routes else "ignored").inc()
             pending.extend(_Pending(event, route, headers, value) for route in routes)
+            if not routes and event.type in self._routing.event_types():
+                broken.append(self._unrouted(event, headers, value))
         if not pending and not broken and not unreadable:
             return
         async with self._sessions() as session:
@@ -551,7 +567,9 @@ class DeliveryEngine:
         "sending" for ever."""
         routes = self._routing.routes_for(attributes.tenant, attributes.type)
         if not routes:
-            return []
+            if attributes.type not in self._routing.event_types():
+                return []  # not a request of the gateway's: the services keep theirs
+            return [self._unrouted(attributes, headers, value)]
         now = self._clock()
         # The error quotes the record (a key's name, a value): a NUL in it was refused by
         # PostgreSQL, the fetch read again and again and its other records re-sent.
@@ -582,10 +600,45 @@ class DeliveryEngine:
             for route in routes
         ]
 
+    def _unrouted(
+        self, event: CloudEvent | Attributes, headers: dict[str, str], value: bytes
+    ) -> DeliveryRecord:
+        """A request of a type the gateway takes for other tenants, but no route of this
+        tenant takes (its tenant file lacks one): failed at once, and its service told.
+        Every such type is a request its service waits on: a mail stayed "sending" for
+        ever. Not replayed (``NO_ROUTE``): there is no target to try again."""
+        now = self._clock()
+        return DeliveryRecord(
+            idempotency_key=idempotency_key(event.id, NO_ROUTE),
+            event_id=event.id,
+            event_type=event.type,
+            event_time=event.time,
+            tenant=event.tenant,
+            subject=event.subject,
+            route=NO_ROUTE,
+            connector=NO_ROUTE,
+            status="failed",
+            attempts=1,  # the reading that ended it
+            next_attempt_at=None,
+            last_error=(
+                f"no route of tenant {event.tenant} takes {event.type}: the gateway's file of"
+                " this tenant configures none"
+            ),
+            record_headers=headers,
+            record_value=value,
+            created_at=now,
+            updated_at=now,
+            finished_at=now,
+        )
+
     def _record_dead(self, session: AsyncSession, record: DeliveryRecord) -> None:
+        """Record a delivery that ended without an attempt (dead, or failed for want of a
+        route), and announce it."""
         session.add(record)
-        DELIVERIES.labels(record.connector, "dead").inc()
-        self._announce(session, record, "dead", Outcome("dead", reason=record.last_error))
+        DELIVERIES.labels(record.connector, record.status).inc()
+        self._announce(
+            session, record, record.status, Outcome(record.status, reason=record.last_error)
+        )
 
     async def _record_dead_alone(self, record: DeliveryRecord) -> None:
         async with self._sessions() as session:
@@ -1103,7 +1156,11 @@ class DeliveryEngine:
     ) -> int:
         """Try again every ``status`` (failed or dead) delivery of ``tenant``, of ``route``
         or ``connector`` if given (a target back after an outage, a key fixed); how many."""
-        conditions = [DeliveryRecord.tenant == tenant, DeliveryRecord.status == status]
+        conditions = [
+            DeliveryRecord.tenant == tenant,
+            DeliveryRecord.status == status,
+            DeliveryRecord.route != NO_ROUTE,
+        ]
         if route is not None:
             conditions.append(DeliveryRecord.route == route)
         if connector is not None:
@@ -1155,6 +1212,8 @@ class DeliveryEngine:
             )
             if record is None or record.status not in ("failed", "dead"):
                 return record
+            if record.route == NO_ROUTE:
+                raise NoRouteToReplay(key, record.tenant, record.event_type)
             record.status = "retrying"
             record.attempts = 0
             record.next_attempt_at = self._clock()

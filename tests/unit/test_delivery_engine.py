@@ -35,11 +35,13 @@ from gateway import engine as engine_module
 from gateway.connectors.base import ATTEMPT_SECONDS, Delivery, DeliveryResult, attempt_deadline
 from gateway.deliveries import MIGRATIONS, DeliveryRecord, idempotency_key
 from gateway.engine import (
+    NO_ROUTE,
     REASON_LENGTH,
     RETRY_BATCH_BYTES,
     STUCK_AFTER_SECONDS,
     DeliveriesStuck,
     DeliveryEngine,
+    NoRouteToReplay,
 )
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import RetryPolicy, Route, RoutingTable
@@ -296,8 +298,39 @@ async def test_records_that_are_not_hub_events_are_skipped(
     headers, value = as_record(mail_event())
     await engine.handle_record({"ce_id": "x"}, value, "courrier.events")
     await engine.handle_record({**headers, "ce_id": "i" * 65}, value, "courrier.events")
-    await engine.handle_record({**headers, "ce_tenant": "62063"}, b"{}", "courrier.events")
+    unrouted = {**headers, "ce_type": "courrier.incoming_mail.registered.v1"}
+    await engine.handle_record(unrouted, b"{}", "courrier.events")
     assert connector.calls == [] and await deliveries(sessions) == []
+
+
+async def test_a_request_no_route_of_its_tenant_takes_fails_at_once_and_is_announced(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # A tenant whose file lacks its e-Box route: its mail stayed "sending" for ever.
+    connector, clock = FakeConnector(), Clock()
+    engine = make_engine(sessions, connector, clock)
+    event = mail_event("mail-1", tenant="62063")
+    headers, value = as_record(event)
+    for _ in range(2):  # read again after a rebalance: recorded once
+        await engine.handle_record(headers, value, "courrier.events")
+    # Its data broken too: failed all the same, its service told.
+    broken = mail_event("mail-2", tenant="62063")
+    broken_headers, _ = as_record(broken)
+    await engine.handle_record(broken_headers, b"{}", "courrier.events")
+
+    first, second = await deliveries(sessions)
+    assert (first.status, first.event_id, first.route) == ("failed", event.id, NO_ROUTE)
+    assert first.last_error is not None and "no route of tenant 62063" in first.last_error
+    assert (second.status, second.event_id) == ("failed", broken.id)
+    assert [(r.outcome, r.source_event_id) for r in await receipts(sessions)] == [
+        ("failed", event.id),
+        ("failed", broken.id),
+    ]
+    assert connector.calls == []
+    # No target to try again: refused, and left out of the tenant's replays.
+    with pytest.raises(NoRouteToReplay):
+        await engine.replay_delivery(first.idempotency_key, "62063")
+    assert await engine.replay_all("62063", "failed") == 0
 
 
 async def test_a_routed_event_whose_data_breaks_its_contract_ends_dead_and_is_announced(
