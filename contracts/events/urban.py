@@ -17,6 +17,18 @@ from contracts.events.meeting import ConcernedParty
 
 TOPIC = "urban.events"
 
+#: The longest texts of a decision request, in characters: those the meeting service's
+#: agenda item takes (``services.meeting.domain.MAX_CONCERNED_PARTY_NAME``, ``MAX_ITEM_TEXT``).
+#: A longer one was refused there and parked, and its file waited for a decision for ever.
+DECISION_PARTY_NAME_LENGTH = 200
+DECISION_TEXT_LENGTH = 200_000
+
+
+class DecisionConcernedParty(ConcernedParty):
+    """The applicant a decision concerns, with a name the agenda item can hold."""
+
+    name: str | None = Field(default=None, max_length=DECISION_PARTY_NAME_LENGTH)
+
 
 class DecisionNeeded(EventData):
     """An urban-planning file needs a decision: the meeting service creates the agenda item.
@@ -34,13 +46,13 @@ class DecisionNeeded(EventData):
         min_length=1, max_length=200, description="The commune's service proposing the item"
     )
     category: str | None = Field(default=None, description="A category of the configuration")
-    description: str | None = None
-    motivation: str | None = None
+    description: str | None = Field(default=None, max_length=DECISION_TEXT_LENGTH)
+    motivation: str | None = Field(default=None, max_length=DECISION_TEXT_LENGTH)
     meeting_config: str = Field(description="The configuration wanted, e.g. college")
     external_identifier: str = Field(
         min_length=1, max_length=200, description="Links the item (and its decision) to the file"
     )
-    concerned_party: ConcernedParty | None = Field(
+    concerned_party: DecisionConcernedParty | None = Field(
         default=None, description="The applicant, to be notified of the decision"
     )
 

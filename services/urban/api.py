@@ -299,7 +299,9 @@ def _procedure_routes(api: APIRouter) -> None:
         """Ask the college for its decision (``urban.file.decision_needed.v1``). The last
         opinion in does it by itself when no public inquiry is running; this is for files
         that need no opinion, and for those whose inquiry ended after their last opinion
-        (the clerk reports on the inquiry first)."""
+        (the clerk reports on the inquiry first). A file awaiting its decision may ask again:
+        a request meeting could not place is kept there, unplaced, and a placed one is not
+        doubled. Refused while an opinion request did not reach its body."""
 
         async def change(s: AsyncSession, t: TenantUrban, f: PermitFile) -> None:
             await permits.request_decision(s, t, f, utcnow())
@@ -332,10 +334,14 @@ def _notice_routes(api: APIRouter) -> None:
     async def respond_to_notice(
         file_id: str, body: NoticeResponseCreate, caller: Writer, store: StorageDep
     ) -> FileView:
-        """Send the SPW a PARTIAL response (news of the procedure); refused once the FINAL
-        response closed the notification."""
+        """Send the SPW a PARTIAL response (news of the procedure), or a decided file's
+        FINAL response again once NOTICe refused the first for good; refused while the
+        FINAL response closes the notification."""
 
         async def change(s: AsyncSession, t: TenantUrban, f: PermitFile) -> None:
-            permits.respond_to_notice(s, f, "PARTIAL", body.message, utcnow())
+            if body.state == "FINAL":
+                permits.send_final_response(s, f, body.message, utcnow())
+            else:
+                permits.respond_to_notice(s, f, "PARTIAL", body.message, utcnow())
 
         return await change_file(store, caller, file_id, change)

@@ -1,6 +1,6 @@
 """What urban consumes: NOTICe notifications and opinions (``gateway.inbound``), the
-gateway's receipts (identity checks, NOTICe responses) and the college's decisions
-(``meeting.events``, matched by ``external_identifier``: urban never polls meeting).
+gateway's receipts (identity checks, NOTICe responses, opinion requests) and the college's
+decisions (``meeting.events``, matched by ``external_identifier``: urban never polls meeting).
 
 Each event is applied once (the consumer's inbox). An event that cannot be
 applied (a notification with an unknown file type, a bad CaPaKey, NISS or
@@ -32,7 +32,12 @@ from contracts.events.meeting import TOPIC as MEETING_TOPIC
 from contracts.events.meeting import ItemDecided
 from contracts.events.outside import NoticeNotificationReceived, OpinionReceived
 from contracts.events.peppol import INBOUND_TOPIC
-from contracts.events.urban import Applicant, IdentificationRequested, NoticeResponseRequested
+from contracts.events.urban import (
+    Applicant,
+    IdentificationRequested,
+    NoticeResponseRequested,
+    OpinionRequested,
+)
 from kernel.consumer import EventConsumer, EventHandler, InboxEntry, Incoming
 from kernel.database import utcnow
 from kernel.errors import NotFound, ProblemError
@@ -75,6 +80,13 @@ class UnknownTenant(ProblemError):
 _RESPONSE_OF_RECEIPT = select(NoticeResponse).where(
     NoticeResponse.event_id == bindparam("event_id"),
     NoticeResponse.tenant == bindparam("tenant"),
+)
+
+
+#: The opinion request a delivery receipt answers (built once, see ``_RESPONSE_OF_RECEIPT``).
+_OPINION_OF_RECEIPT = select(Opinion).where(
+    Opinion.request_event_id == bindparam("event_id"),
+    Opinion.tenant == bindparam("tenant"),
 )
 
 
@@ -212,6 +224,8 @@ def handlers(urban_settings: Mapping[str, TenantUrban]) -> dict[str, EventHandle
             await permits.record_notice_delivery(
                 session, settings_of(event.tenant), response, receipt.outcome, utcnow()
             )
+        elif receipt.source_event_type == OpinionRequested.TYPE:
+            await _opinion_receipt(session, settings_of(event.tenant), event, receipt)
 
     kept_kinds = {kind: keeping(apply) for kind, apply in appliers(urban_settings).items()}
     return {**kept_kinds, DeliveryReceipt.TYPE: handle_receipt}
@@ -285,6 +299,30 @@ async def _identity_receipt(
         file.reference,
         status,
     )
+
+
+async def _opinion_receipt(
+    session: AsyncSession, settings: TenantUrban, event: CloudEvent, receipt: DeliveryReceipt
+) -> None:
+    opinion = await session.scalar(
+        _OPINION_OF_RECEIPT, {"event_id": receipt.source_event_id, "tenant": event.tenant}
+    )
+    if opinion is None:
+        log.warning("receipt %s answers no opinion request of ours; ignored", event.id)
+        return
+    file = await permits.find_file(session, event.tenant, opinion.file_id)
+    await permits.record_opinion_delivery(
+        session, settings, file, opinion, receipt.outcome, utcnow()
+    )
+    if receipt.outcome != "delivered":
+        log.warning(
+            "tenant %s: the opinion request to %s on %s was not delivered (%s): %s",
+            file.tenant,
+            opinion.body,
+            file.reference,
+            receipt.outcome,
+            receipt.reason,
+        )
 
 
 def keep(session: AsyncSession, event: CloudEvent, problem: ProblemError) -> None:

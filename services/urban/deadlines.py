@@ -78,8 +78,12 @@ EXTENSION_DAYS = 30
 class OpinionFacts:
     opinion_id: str
     body: str
+    #: The due date given when the opinion was asked for; ``opinion_last_day`` is its term.
     due_on: date
     received_on: date | None = None
+    #: False once the gateway reported the request undelivered: the body was never asked,
+    #: so it has no deadline to meet (the clerk asks it again).
+    delivered: bool = True
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,12 @@ def last_day(start: date, days: int) -> date:
     return due
 
 
+def opinion_last_day(due_on: date) -> date:
+    """The last day a body may give its opinion: its due date, moved to the next working day
+    like every other term (CoDT D.I.16); only after it is the opinion deemed favourable."""
+    return last_day(due_on, 0)
+
+
 def inquiry_suspended(day: date) -> bool:
     """16 July to 15 August and 24 December to 1 January, both included."""
     month_day = (day.month, day.day)
@@ -218,7 +228,8 @@ def deadlines(facts: Facts) -> list[Deadline]:
         asked_of[opinion.body.upper()] += 1
         times = asked_of[opinion.body.upper()]
         name = OPINION_PREFIX + opinion.body + (f" ({times})" if times > 1 else "")
-        found.append(Deadline(name, opinion.due_on, opinion.received_on))
+        if opinion.delivered or opinion.received_on is not None:
+            found.append(Deadline(name, opinion_last_day(opinion.due_on), opinion.received_on))
     suspended = 0
     if facts.inquiry_starts_on is not None:
         end, suspended = inquiry_end(facts.inquiry_starts_on)

@@ -11,7 +11,8 @@
   modulo 97; parcels are named by their CaPaKey.
 - A file opened from a NOTICe notification answers it twice: ``PARTIAL`` when
   found complete, ``FINAL`` with the decision; after ``FINAL`` the
-  notification is closed and takes no more answers.
+  notification is closed and takes no more answers, unless NOTICe refuses the
+  ``FINAL`` for good: it is open again for a corrected ``FINAL``.
 
 Rule violations are ``ProblemError`` subclasses: REST shows them as they are,
 the consumers keep the event that broke them, with the detail, for operators.
@@ -77,6 +78,13 @@ class FileState(StrEnum):
 DECIDED_STATES = frozenset({FileState.GRANTED, FileState.REFUSED})
 #: Where opinions may be asked for, an inquiry recorded and the decision asked for.
 INSTRUCTION_STATES = frozenset({FileState.COMPLETE})
+#: Where the decision may be asked for: again while none came, for meeting may have been
+#: unable to place the first request (it keeps one item per file, so a placed one is not
+#: doubled).
+DECISION_REQUEST_STATES = INSTRUCTION_STATES | {FileState.AWAITING_DECISION}
+
+#: The gateway's outcomes of a delivery that did not happen (``DeliveryReceipt``).
+UNDELIVERED = frozenset({"failed", "dead"})
 
 
 class IdentityStatus(StrEnum):
@@ -329,6 +337,17 @@ class OpinionsPending(Conflict):
             f"File {reference} still waits for the opinion of {', '.join(bodies)}; an"
             " opinion not given by its due day is deemed favourable from the day after.",
             pending=bodies,
+        )
+
+
+class OpinionRequestNotDelivered(Conflict):
+    def __init__(self, reference: str, bodies: list[str]) -> None:
+        super().__init__(
+            "opinion-request-not-delivered",
+            f"File {reference}: the opinion request to {', '.join(bodies)} was not delivered"
+            " (the gateway's receipt failed), so the body was never consulted and its silence"
+            " cannot be deemed favourable (CoDT D.IV.37). Ask the body again.",
+            undelivered=bodies,
         )
 
 

@@ -29,14 +29,17 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from contracts.envelope import CloudEvent, new_event
 from contracts.events.base import EventData
-from contracts.events.meeting import ConcernedParty, ItemDecided
+from contracts.events.meeting import ItemDecided
 from contracts.events.outside import (
     METADATA_MISMATCH_LENGTH,
     NoticeDocument,
     NoticeNotificationReceived,
 )
 from contracts.events.urban import (
+    DECISION_PARTY_NAME_LENGTH,
+    DECISION_TEXT_LENGTH,
     Applicant,
+    DecisionConcernedParty,
     DecisionDeadlineExtended,
     DecisionNeeded,
     FileOpened,
@@ -51,14 +54,17 @@ from kernel.database import listing_page, next_in_sequence
 from kernel.errors import Conflict, NotFound, ProblemError
 from kernel.migrations import table_of
 from kernel.outbox import stage
-from kernel.texts import plain_text
+from kernel.texts import clipped, plain_text
 from services.urban import deadlines
 from services.urban.configuration import TenantUrban
 from services.urban.domain import (
+    DECIDED_STATES,
     DECISION_OUTCOMES,
+    DECISION_REQUEST_STATES,
     FLAGGED_IDENTITIES,
     INSTRUCTION_STATES,
     TITLES,
+    UNDELIVERED,
     ComplementsBeforeTheirRequest,
     ConcurrentFileChange,
     DayOutOfProcedure,
@@ -76,6 +82,7 @@ from services.urban.domain import (
     InquiryRunning,
     NotANoticeFile,
     NotificationClosed,
+    OpinionRequestNotDelivered,
     OpinionsPending,
     ReceivedInTheFuture,
     ReceivedTooLongAgo,
@@ -85,6 +92,7 @@ from services.urban.domain import (
     check_applicant,
     check_capakey,
     check_state,
+    comparable_body,
     format_reference,
     identity_status,
     split_declared_name,
@@ -545,6 +553,7 @@ async def request_opinion(
         subject=subject,
         due_on=due_on,
         requested_at=now,
+        delivery="pending",
     )
     file.opinions.append(opinion)
     file.updated_at = now
@@ -556,9 +565,39 @@ async def request_opinion(
         due_on=due_on,
         reference=file.reference,
     )
-    _emit(session, file, data)
+    # The gateway's receipt names this event: it tells whether the body was reached.
+    opinion.request_event_id = _emit(session, file, data).id
     await refresh_deadlines(session, file, settings, brussels_day(now))
     return opinion
+
+
+async def record_opinion_delivery(
+    session: AsyncSession,
+    settings: TenantUrban,
+    file: PermitFile,
+    opinion: Opinion,
+    outcome: str,
+    now: datetime,
+) -> None:
+    """The gateway's receipt of an opinion request. One not delivered is shown on the file,
+    is no deadline of the body's, and holds the decision back until the body is asked again
+    (``request_decision``): a body never consulted gives no opinion deemed favourable."""
+    if opinion.delivery == "delivered":
+        return  # a delivered request stays delivered whatever comes late
+    opinion.delivery = outcome
+    if outcome in UNDELIVERED:
+        file.updated_at = now  # the file's deadlines change: a clerk's change racing it is told
+        if opinion.received_on is not None:
+            # Retried past its due day, and deemed favourable meanwhile: the clerk sees both
+            # on the file; the decision already asked on it is not undone here.
+            log.warning(
+                "opinion %s of %s on %s not delivered, but recorded already as %s",
+                opinion.id,
+                opinion.body,
+                file.reference,
+                opinion.verdict,
+            )
+        await refresh_deadlines(session, file, settings, brussels_day(now))
 
 
 async def record_opinion(
@@ -602,8 +641,32 @@ def deem_favourable(opinion: Opinion, today: date) -> None:
     log.info("opinion %s of %s deemed favourable", opinion.id, opinion.body)
 
 
+def _undelivered(opinion: Opinion) -> bool:
+    return opinion.received_on is None and opinion.delivery in UNDELIVERED
+
+
+def _awaited(file: PermitFile) -> list[Opinion]:
+    """The file's opinion requests that reached their body, or may have: only those run a
+    term (a request whose receipt has not come yet counts as delivered)."""
+    return [opinion for opinion in file.opinions if not _undelivered(opinion)]
+
+
+def _not_reached(file: PermitFile) -> list[str]:
+    """The bodies whose last request did not reach them and that gave no opinion. A request
+    that failed and was sent to the same body again since is replaced by the new one."""
+    bodies = []
+    for position, opinion in enumerate(file.opinions):
+        asked_again = any(
+            comparable_body(later.body) == comparable_body(opinion.body)
+            for later in file.opinions[position + 1 :]
+        )
+        if _undelivered(opinion) and not asked_again:
+            bodies.append(opinion.body)
+    return sorted(bodies)
+
+
 def _readiness_problems(file: PermitFile, today: date) -> list[str]:
-    pending = sorted(opinion.body for opinion in file.opinions if opinion.received_on is None)
+    pending = sorted([o.body for o in _awaited(file) if o.received_on is None] + _not_reached(file))
     if pending:
         return pending
     if file.inquiry_starts_on is not None:
@@ -616,13 +679,19 @@ def _readiness_problems(file: PermitFile, today: date) -> list[str]:
 async def request_decision(
     session: AsyncSession, settings: TenantUrban, file: PermitFile, now: datetime
 ) -> None:
-    """Ask the college for its decision (``urban.file.decision_needed.v1``)."""
-    check_state(file.reference, file.state, "asking for the decision", INSTRUCTION_STATES)
+    """Ask the college for its decision (``urban.file.decision_needed.v1``); again while it
+    has not decided, for meeting keeps a request it cannot place apart (its unplaced
+    requests) and only a new one reaches it."""
+    check_state(file.reference, file.state, "asking for the decision", DECISION_REQUEST_STATES)
     today = brussels_day(now)
-    overdue = [o for o in file.opinions if o.received_on is None and o.due_on < today]
+    not_reached = _not_reached(file)
+    if not_reached:
+        raise OpinionRequestNotDelivered(file.reference, not_reached)
+    awaited = [opinion for opinion in _awaited(file) if opinion.received_on is None]
+    overdue = [o for o in awaited if deadlines.opinion_last_day(o.due_on) < today]
     for opinion in overdue:
         deem_favourable(opinion, today)
-    pending = sorted(opinion.body for opinion in file.opinions if opinion.received_on is None)
+    pending = sorted(opinion.body for opinion in awaited if opinion.received_on is None)
     if pending:
         raise OpinionsPending(file.reference, pending)
     if file.inquiry_starts_on is not None:
@@ -639,12 +708,17 @@ async def request_decision(
         title=title[:1000],
         proposing_service=target.proposing_service,
         category=target.category,
-        description=_description(file),
+        # Cut to what meeting's item holds: a longer text was parked there, unplaced.
+        description=clipped(_description(file), DECISION_TEXT_LENGTH),
         meeting_config=target.meeting_config,
         external_identifier=file.reference,
         concerned_party=(
-            ConcernedParty.model_validate(
-                {"kind": first.kind, "identifier": first.identifier, "name": first.name}
+            DecisionConcernedParty.model_validate(
+                {
+                    "kind": first.kind,
+                    "identifier": first.identifier,
+                    "name": clipped(first.name, DECISION_PARTY_NAME_LENGTH),
+                }
             )
             if first is not None
             else None
@@ -823,6 +897,23 @@ def respond_to_notice(
     return response
 
 
+def send_final_response(
+    session: AsyncSession, file: PermitFile, message: str, now: datetime
+) -> NoticeResponse:
+    """The decided file's FINAL response, sent by the clerk: again, corrected, once NOTICe
+    refused the first for good (``record_notice_delivery`` opened the notification again)."""
+    check_state(file.reference, file.state, "a FINAL response (the decision)", DECIDED_STATES)
+    return respond_to_notice(
+        session,
+        file,
+        "FINAL",
+        message,
+        now,
+        decision=file.decision,
+        decision_number=file.decision_number,
+    )
+
+
 async def record_notice_delivery(
     session: AsyncSession,
     settings: TenantUrban,
@@ -830,14 +921,42 @@ async def record_notice_delivery(
     outcome: str,
     now: datetime,
 ) -> None:
-    """The gateway's receipt of a response; a delivered FINAL is the decision's notification."""
+    """The gateway's receipt of a response; a delivered FINAL is the decision's notification,
+    one NOTICe refused for good opens the notification again for a corrected FINAL."""
     if response.delivery == "delivered":
         return  # a delivered response stays delivered whatever comes late
     response.delivery, response.updated_at = outcome, now
-    if outcome == "delivered" and response.state == "FINAL":
-        file = await find_file(session, response.tenant, response.file_id)
+    if response.state != "FINAL":
+        return
+    file = await find_file(session, response.tenant, response.file_id)
+    if outcome == "delivered":
         file.notified_on, file.updated_at = brussels_day(now), now
         await refresh_deadlines(session, file, settings, brussels_day(now))
+    elif file.notice_state == "closed" and not await _final_on_its_way(session, file, response):
+        # Nothing answered NOTICe: closed, the notification took no corrected FINAL and the
+        # decision was never notified. A file is decided only once complete, which sent its
+        # PARTIAL: that is the state it goes back to.
+        file.notice_state, file.updated_at = "partial_sent", now
+        log.warning(
+            "tenant %s: NOTICe refused the FINAL response of %s (%s); the notification is open"
+            " again for a corrected one",
+            file.tenant,
+            file.reference,
+            outcome,
+        )
+
+
+async def _final_on_its_way(
+    session: AsyncSession, file: PermitFile, refused: NoticeResponse
+) -> bool:
+    """Whether another FINAL response of the file is pending or delivered: a late receipt of
+    an older, refused one must not open the notification that one answers."""
+    return any(
+        other.state == "FINAL"
+        and other.event_id != refused.event_id
+        and other.delivery not in UNDELIVERED
+        for other in await notice_responses(session, file)
+    )
 
 
 def record_identity(
@@ -876,7 +995,10 @@ def facts_of(file: PermitFile) -> deadlines.Facts:
         missing_asked_on=file.missing_asked_on,
         complements_received_on=file.complements_received_on,
         opinions=tuple(
-            deadlines.OpinionFacts(o.id, o.body, o.due_on, o.received_on) for o in file.opinions
+            deadlines.OpinionFacts(
+                o.id, o.body, o.due_on, o.received_on, delivered=o.delivery not in UNDELIVERED
+            )
+            for o in file.opinions
         ),
         inquiry_starts_on=file.inquiry_starts_on,
         decided_on=file.decided_on,

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from contracts.events.urban import FileType
+from contracts.events.urban import FileType, NoticeResponseState
 from kernel.api import RequestModel
 from services.urban import deadlines
 from services.urban.domain import BODY_CODE_PATTERN, FileState, IdentityStatus, comparable_body
@@ -93,6 +93,13 @@ class OpinionCreate(RequestModel):
 
 class NoticeResponseCreate(RequestModel):
     message: str = Field(min_length=1, max_length=4000)
+    state: NoticeResponseState = Field(
+        default="PARTIAL",
+        description=(
+            "PARTIAL: news of the procedure. FINAL: the decided file's decision, sent by the"
+            " decision itself; send it here again when NOTICe refused it for good."
+        ),
+    )
 
 
 class ApplicantView(BaseModel):
@@ -125,6 +132,13 @@ class OpinionView(BaseModel):
     text: str | None
     given_on: date | None
     received_on: date | None
+    delivery: str | None = Field(
+        description=(
+            "The request's delivery to the body: pending, delivered, failed or dead (the"
+            " gateway's receipt); null for requests made before it was followed. A request"
+            " failed or dead never reached the body: ask it again."
+        )
+    )
 
     @classmethod
     def of(cls, opinion: Opinion) -> OpinionView:
@@ -138,6 +152,7 @@ class OpinionView(BaseModel):
             text=opinion.text,
             given_on=opinion.given_on,
             received_on=opinion.received_on,
+            delivery=opinion.delivery,
         )
 
 
@@ -240,7 +255,12 @@ class FileView(FileSummary):
         description="The day the college extended its decision deadline by 30 days (once)"
     )
     notified_on: date | None
-    notice_state: str | None = Field(description="open, partial_sent or closed (FINAL sent)")
+    notice_state: str | None = Field(
+        description=(
+            "open, partial_sent or closed (FINAL sent); partial_sent again when NOTICe refused"
+            " the FINAL for good (its delivery in notice_responses), for a corrected FINAL"
+        )
+    )
     applicants: list[ApplicantView]
     parcels: list[dict[str, str | None]]
     opinions: list[OpinionView]

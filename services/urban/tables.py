@@ -77,7 +77,8 @@ class PermitFile(Base):
     notified_on: Mapped[date | None] = mapped_column(Date)
     notice_notification_id: Mapped[str | None] = mapped_column(String(100))
     notice_instance_code: Mapped[str | None] = mapped_column(String(100))
-    #: None (not from NOTICe), open, partial_sent, closed (FINAL sent).
+    #: None (not from NOTICe), open, partial_sent, closed (FINAL sent; partial_sent again
+    #: when NOTICe refuses it for good, for a corrected one).
     notice_state: Mapped[str | None] = mapped_column(String(16))
     #: An applicant's declared identity differs from the National Register's.
     identity_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -175,6 +176,11 @@ class Opinion(Base):
     text: Mapped[str | None] = mapped_column(Text)
     given_on: Mapped[date | None] = mapped_column(Date)
     received_on: Mapped[date | None] = mapped_column(Date)
+    #: The OpinionRequested event, which the gateway's receipt names.
+    request_event_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    #: pending, delivered, failed or dead (the gateway's receipt of the request); None for
+    #: requests made before receipts were followed (migration 11).
+    delivery: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class DeadlineWarningSent(Base):
@@ -313,5 +319,10 @@ MIGRATIONS: list[Migration] = [
         10,
         "how a NOTICe document differs from its declared metadata",
         add_columns(table_of(FileDocument), "metadata_mismatch"),
+    ),
+    Migration(
+        11,
+        "whether an opinion request reached its body, by the receipt of its event",
+        add_columns(table_of(Opinion), "request_event_id", "delivery"),
     ),
 ]

@@ -22,7 +22,13 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from contracts.envelope import from_record, new_event
-from contracts.events.meeting import DecisionPublished, ItemCreated, ItemDecided, MeetingClosed
+from contracts.events.meeting import (
+    ConcernedParty,
+    DecisionPublished,
+    ItemCreated,
+    ItemDecided,
+    MeetingClosed,
+)
 from contracts.events.urban import DecisionNeeded
 from kernel.auth import issue_token
 from kernel.database import utcnow
@@ -536,17 +542,16 @@ async def test_a_preferred_meeting_must_be_open_and_of_the_items_configuration(
 async def test_an_urban_request_with_a_name_longer_than_the_item_stores_is_kept_unplaced(
     service: MeetingService,
 ) -> None:
-    # Urban takes applicant names of up to 300 characters; the item stores 200.
-    data = DecisionNeeded.model_validate(
-        {
-            "file_id": "f-1",
-            "title": "Permis d'urbanisme: abri de jardin",
-            "proposing_service": "urbanisme",
-            "category": "urbanisme",
-            "meeting_config": "college",
-            "external_identifier": "URB/2026/0248",
-            "concerned_party": {"kind": "person", "identifier": NISS, "name": "L" * 248},
-        }
+    # Urban takes applicant names of up to 300 characters; the item stores 200. Urban fits
+    # the name to the contract now; an urban of before sent it whole (built here unchecked).
+    data = DecisionNeeded.model_construct(
+        file_id="f-1",
+        title="Permis d'urbanisme: abri de jardin",
+        proposing_service="urbanisme",
+        category="urbanisme",
+        meeting_config="college",
+        external_identifier="URB/2026/0248",
+        concerned_party=ConcernedParty(kind="person", identifier=NISS, name="L" * 248),
     )
     request = new_event(data, tenant=SAMBREVILLE, subject="f-1", source="urn:hub:urban")
     handle = urban_handlers(service.app.state.meeting_settings)[DecisionNeeded.TYPE]

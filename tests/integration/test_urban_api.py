@@ -31,6 +31,8 @@ from contracts.events.gateway import DeliveryReceipt
 from contracts.events.meeting import ItemDecided
 from contracts.events.outside import NoticeNotificationReceived, OpinionReceived
 from contracts.events.urban import (
+    DECISION_PARTY_NAME_LENGTH,
+    DECISION_TEXT_LENGTH,
     DeadlineWarning,
     DecisionDeadlineExtended,
     DecisionNeeded,
@@ -45,11 +47,13 @@ from kernel.database import create_engine, utcnow
 from kernel.migrations import migrate
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
+from services.meeting import agenda as meeting_agenda
+from services.urban import api as urban_api
 from services.urban import permits
 from services.urban import watcher as watcher_module
 from services.urban.configuration import DecisionTarget
 from services.urban.consumers import NoticeKeepingConsumer, handlers
-from services.urban.deadlines import last_day
+from services.urban.deadlines import is_working_day, last_day, opinion_last_day
 from services.urban.domain import FileState
 from services.urban.main import UrbanOptions, build_app
 from services.urban.tables import MIGRATIONS, Opinion, PermitFile, UnprocessedEvent
@@ -610,7 +614,9 @@ async def test_a_notification_whose_envelope_breaks_the_contract_is_kept_too(
 
     async with service.app.state.sessions() as session:
         [kept] = (await session.scalars(select(RejectedEvent))).all()
-    assert kept.event_id == "n" * 200 and "ce_id is 1 to 64 characters" in kept.reason
+    # Under no id: one the envelope refuses tells no record from another.
+    assert kept.event_id is None and kept.headers["ce_id"] == "n" * 300
+    assert "ce_id is 1 to 64 characters" in kept.reason
     assert await service.file_count() == 0
 
 
@@ -1124,10 +1130,14 @@ async def test_a_second_different_answer_is_kept_the_same_answer_again_is_not(
 async def test_an_opinion_past_its_due_day_is_deemed_favourable_when_the_decision_is_asked(
     service: UrbanService,
 ) -> None:
-    yesterday = date.today() - timedelta(days=1)
+    # Days went by: the due day whose last day, moved to a working day, was the last before
+    # today (a Monday's is the Friday: due on the Sunday, the body had all of Monday).
+    past_due = date.today() - timedelta(days=1)
+    while opinion_last_day(past_due) >= date.today():
+        past_due -= timedelta(days=1)
     file, late_id = await opinion_asked(service, due_on=date.today())
     async with service.app.state.sessions() as session, session.begin():
-        (await session.get_one(Opinion, late_id)).due_on = yesterday  # a day went by
+        (await session.get_one(Opinion, late_id)).due_on = past_due
     path = f"/v1/files/{file['id']}"
     on_time = await service.post(
         f"{path}/opinions",
@@ -1273,3 +1283,191 @@ async def test_days_out_of_the_procedures_order_are_refused(service: UrbanServic
     problem(await service.post(f"{path}/inquiry", early), 422, "inquiry-before-completeness")
     after = (await service.get(path)).json()
     assert (after["opinions"], after["inquiry_starts_on"]) == ([], None)
+
+
+# -- what the decision request, an opinion request and the FINAL response may meet ----------
+
+
+async def test_a_decision_request_fits_the_item_meeting_makes_of_it(service: UrbanService) -> None:
+    # NOTICe bounds neither a name to the item's nor the parcels' addresses to its texts.
+    event = notification(
+        applicants=[{"kind": "person", "identifier": NISS, "name": "Lefèvre" + "-x" * 120}],
+        parcels=[{"capakey": "92137A0123/00B000", "address": "R" * DECISION_TEXT_LENGTH}],
+    )
+    assert await service.deliver(event) == "handled"
+    [opened] = await service.events(FileOpened.TYPE)
+    path = f"/v1/files/{opened.data_as(FileOpened).file_id}"
+    assert (await service.post(f"{path}/complete")).status_code == 200
+
+    asked = await service.post(f"{path}/request-decision")
+
+    assert asked.status_code == 200, asked.text
+    [needed] = await service.events(DecisionNeeded.TYPE)
+    request = needed.data_as(DecisionNeeded)
+    party = request.concerned_party
+    assert party is not None and party.name is not None
+    assert (len(party.name), party.name[-1]) == (DECISION_PARTY_NAME_LENGTH, "…")
+    assert request.description is not None
+    assert (len(request.description), request.description[-1]) == (DECISION_TEXT_LENGTH, "…")
+    # What meeting checks before it makes the item (services.meeting.urban_requests).
+    meeting_agenda.check_new_item(
+        meeting_agenda.NewItem(
+            title=request.title,
+            proposing_service=request.proposing_service,
+            category=request.category,
+            description=request.description,
+            motivation=request.motivation,
+            external_identifier=request.external_identifier,
+            concerned_party=request.concerned_party,
+        )
+    )
+
+
+async def test_the_decision_may_be_asked_again_until_it_comes(service: UrbanService) -> None:
+    file = await completed(service)
+    path = f"/v1/files/{file['id']}"
+    assert (await service.post(f"{path}/request-decision")).status_code == 200
+    # Meeting could not place the request (kept there, unplaced): the clerk asks again.
+    again = await service.post(f"{path}/request-decision")
+    assert again.status_code == 200, again.text
+    assert again.json()["state"] == "awaiting_decision"
+    first, second = await service.events(DecisionNeeded.TYPE)
+    assert first.id != second.id  # a new event: meeting's inbox would skip the same one
+    assert second.data_as(DecisionNeeded).external_identifier == file["reference"]
+
+    assert await service.deliver(inbound(decided(file["reference"]), SAMBREVILLE, "i")) == (
+        "handled"
+    )
+    problem(await service.post(f"{path}/request-decision"), 409, "file-state-forbids")
+
+
+@pytest.mark.parametrize("outcome", ["failed", "dead"])
+async def test_an_opinion_request_never_delivered_is_not_deemed_favourable(
+    service: UrbanService, outcome: str
+) -> None:
+    file, opinion_id = await opinion_asked(service, due_on=date.today())
+    path = f"/v1/files/{file['id']}"
+    [request] = await service.events(OpinionRequested.TYPE)
+    refused = receipt(request, outcome, reason="no such body at the opinions platform")
+    assert await service.deliver(refused) == "handled"
+    past_due = date.today() - timedelta(days=1)
+    while opinion_last_day(past_due) >= date.today():
+        past_due -= timedelta(days=1)
+    async with service.app.state.sessions() as session, session.begin():
+        (await session.get_one(Opinion, opinion_id)).due_on = past_due
+
+    shown = (await service.get(path)).json()
+    assert [o["delivery"] for o in shown["opinions"]] == [outcome]
+    assert [d["name"] for d in shown["deadlines"] if d["name"].startswith("opinion:")] == []
+    body = problem(
+        await service.post(f"{path}/request-decision"), 409, "opinion-request-not-delivered"
+    )
+    assert body["undelivered"] == ["SRI"] and "SRI" in body["detail"]
+    assert (await service.get(path)).json()["opinions"][0]["verdict"] is None
+
+    # The clerk asks the body again; its answer makes the file ready, the failed one aside.
+    due_on = (date.today() + timedelta(days=30)).isoformat()
+    again = await service.post(
+        f"{path}/opinions", {"body": "SRI", "subject": "Avis", "due_on": due_on}
+    )
+    assert again.status_code == 201, again.text
+    assert again.json()["delivery"] == "pending"
+    problem(await service.post(f"{path}/request-decision"), 409, "opinions-pending")
+    [_, second] = await service.events(OpinionRequested.TYPE)
+    assert await service.deliver(receipt(second)) == "handled"
+    assert await service.deliver(receipt(second, outcome)) == "handled"  # late: ignored
+    answered = answer(file, again.json()["id"], "SRI", "favourable", "Favorable.")
+    assert await service.deliver(answered) == "handled"
+    ready = (await service.get(path)).json()
+    assert ready["state"] == "awaiting_decision"
+    assert [(o["verdict"], o["delivery"]) for o in ready["opinions"]] == [
+        (None, outcome),
+        ("favourable", "delivered"),
+    ]
+
+
+async def test_an_opinion_due_on_a_closed_day_is_not_deemed_favourable_before_its_last_day(
+    service: UrbanService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    due_on = date.today() + timedelta(days=1)
+    while is_working_day(due_on):
+        due_on += timedelta(days=1)
+    last = opinion_last_day(due_on)
+    assert last > due_on
+    file, _ = await opinion_asked(service, due_on=due_on)
+    path = f"/v1/files/{file['id']}"
+
+    def on(day: date) -> None:
+        moment = datetime.combine(day, time(12), tzinfo=UTC)
+        monkeypatch.setattr(urban_api, "utcnow", lambda: moment)
+
+    on(last)  # the body still has this whole day
+    problem(await service.post(f"{path}/request-decision"), 409, "opinions-pending")
+    shown = (await service.get(path)).json()
+    assert {d["name"]: d["due_on"] for d in shown["deadlines"]}["opinion:SRI"] == last.isoformat()
+    on(last + timedelta(days=1))
+    asked = await service.post(f"{path}/request-decision")
+    assert asked.status_code == 200, asked.text
+    assert asked.json()["opinions"][0]["verdict"] == "deemed_favourable"
+
+
+async def test_a_final_response_notice_refuses_opens_the_notification_for_a_corrected_one(
+    service: UrbanService,
+) -> None:
+    await service.deliver(notification())
+    [opened] = await service.events(FileOpened.TYPE)
+    file_id, reference = opened.data_as(FileOpened).file_id, opened.data_as(FileOpened).reference
+    path = f"/v1/files/{file_id}"
+    assert (await service.post(f"{path}/complete")).status_code == 200
+    final_body = {"message": "Le collège octroie le permis.", "state": "FINAL"}
+    # Undecided, a file has no FINAL response to send.
+    problem(await service.post(f"{path}/notice-responses", final_body), 409, "file-state-forbids")
+    assert (await service.post(f"{path}/request-decision")).status_code == 200
+    assert await service.deliver(inbound(decided(reference), SAMBREVILLE, "item")) == "handled"
+    [_, final] = await service.events(NoticeResponseRequested.TYPE)
+
+    refused = receipt(final, "failed", reason="NOTICe: 400 message too long")
+    assert await service.deliver(refused) == "handled"
+
+    file = (await service.get(path)).json()
+    assert (file["state"], file["notice_state"], file["notified_on"]) == (
+        "granted",
+        "partial_sent",
+        None,
+    )
+    assert [(r["state"], r["delivery"]) for r in file["notice_responses"]] == [
+        ("PARTIAL", "pending"),
+        ("FINAL", "failed"),
+    ]
+    resent = await service.post(f"{path}/notice-responses", final_body)
+    assert resent.status_code == 200, resent.text
+    assert resent.json()["notice_state"] == "closed"
+    [_, _, corrected] = await service.events(NoticeResponseRequested.TYPE)
+    data = corrected.data_as(NoticeResponseRequested)
+    assert (data.state, data.message, data.decision, data.decision_number) == (
+        "FINAL",
+        final_body["message"],
+        "granted",
+        "COL/2026/0042",
+    )
+    # The first FINAL's last receipt, late, does not open what the corrected one answers.
+    assert await service.deliver(receipt(final, "dead")) == "handled"
+    assert (await service.get(path)).json()["notice_state"] == "closed"
+    assert await service.deliver(receipt(corrected)) == "handled"
+    file = (await service.get(path)).json()
+    assert file["notified_on"] is not None and file["next_deadline"] is None
+
+
+async def test_a_database_made_before_opinion_receipts_gets_their_columns(
+    database: tuple[str, str | None],
+) -> None:
+    url, schema = database
+    engine = create_engine(url, schema=schema)
+    added = {"request_event_id", "delivery"}
+    try:
+        await create_table_without(engine, schema, Opinion, added)
+        assert await migrate(engine, "urban", MIGRATIONS[:10], schema=schema) == 10
+        assert await migrate(engine, "urban", MIGRATIONS, schema=schema) == len(MIGRATIONS)
+        assert added <= await columns_of(engine, Opinion.__tablename__)
+    finally:
+        await engine.dispose()

@@ -216,6 +216,36 @@ def test_opinions_are_deadlines_until_they_are_in() -> None:
     assert next_open(deadlines(facts)) == Deadline("opinion:DNF", date(2026, 3, 20))
 
 
+def test_an_opinion_due_on_a_closed_day_runs_to_the_next_working_day() -> None:
+    # Saturday 26 December 2026, the day after Christmas: the body has until Monday 28.
+    facts = Facts(
+        "permis_urbanisme",
+        date(2026, 12, 1),
+        complete_on=date(2026, 12, 7),
+        opinions=(OpinionFacts("o1", "SRI", date(2026, 12, 26)),),
+    )
+    found = [d for d in deadlines(facts) if d.name == "opinion:SRI"]
+    assert found == [Deadline("opinion:SRI", date(2026, 12, 28))]
+    assert [level for _, level in warnings_due(found, date(2026, 12, 27), 5, {})] == ["approaching"]
+    assert [level for _, level in warnings_due(found, date(2026, 12, 29), 5, {})] == ["exceeded"]
+
+
+def test_an_opinion_request_never_delivered_is_no_deadline_of_the_body() -> None:
+    facts = Facts(
+        "permis_urbanisme",
+        date(2026, 2, 2),
+        complete_on=date(2026, 2, 16),
+        opinions=(
+            OpinionFacts("o1", "SRI", date(2026, 3, 18), delivered=False),
+            OpinionFacts("o2", "SRI", date(2026, 3, 25)),  # asked again
+        ),
+    )
+    found = by_name(facts)
+    # The one asked again keeps its number: warnings already sent under it still match.
+    assert [name for name in found if name.startswith("opinion:")] == ["opinion:SRI (2)"]
+    assert next_open(deadlines(facts)) == Deadline("opinion:SRI (2)", date(2026, 3, 25))
+
+
 # -- the college's extension of the decision deadline ------------------------------------------
 
 

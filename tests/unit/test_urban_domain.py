@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from contracts.events.urban import Applicant
+from contracts.events.urban import (
+    DECISION_PARTY_NAME_LENGTH,
+    DECISION_TEXT_LENGTH,
+    Applicant,
+    DecisionConcernedParty,
+    DecisionNeeded,
+)
 from kernel.settings import REPOSITORY_ROOT
 from kernel.tenants import Tenant, TenantConfigError, load_tenants
+from services.meeting import domain as meeting
 from services.urban.configuration import load_urban_settings
 from services.urban.domain import (
     REFERENCE_PATTERN,
@@ -136,3 +144,27 @@ def test_a_wrong_urban_block_names_its_field() -> None:
     defaults = load_urban_settings({"92137": _tenant("92137", None)}, {})["92137"]
     assert (defaults.notice_instance, defaults.warning_days) == (None, 5)
     assert defaults.decision.meeting_config == "college"
+
+
+def _longest(model: type[BaseModel], field: str) -> int | None:
+    limits = [getattr(m, "max_length", None) for m in model.model_fields[field].metadata]
+    return next((limit for limit in limits if limit is not None), None)
+
+
+def test_a_decision_request_takes_no_longer_texts_than_meetings_item() -> None:
+    # Longer than the item takes, meeting parks the request, unplaced: the file waits for ever.
+    assert (DECISION_PARTY_NAME_LENGTH, DECISION_TEXT_LENGTH) == (
+        meeting.MAX_CONCERNED_PARTY_NAME,
+        meeting.MAX_ITEM_TEXT,
+    )
+    assert _longest(DecisionConcernedParty, "name") == meeting.MAX_CONCERNED_PARTY_NAME
+    assert {
+        field: _longest(DecisionNeeded, field)
+        for field in ("title", "proposing_service", "external_identifier", "description")
+    } == {
+        "title": meeting.MAX_ITEM_TITLE,
+        "proposing_service": meeting.MAX_PROPOSING_SERVICE,
+        "external_identifier": meeting.MAX_EXTERNAL_IDENTIFIER,
+        "description": meeting.MAX_ITEM_TEXT,
+    }
+    assert _longest(DecisionNeeded, "motivation") == meeting.MAX_ITEM_TEXT
