@@ -11,7 +11,9 @@ messages of a listing it:
    transaction;
 3. tells the access point, message by message: acknowledged (published) or
    rejected with reason code ``FD`` (unroutable: no tenant has that
-   receiver), then notes it was told.
+   receiver; refused: too large, or its entry breaks the access point's
+   contract, e.g. a sender that is no ``<scheme>:<identifier>``), then notes
+   it was told.
 
 A crash between 2 and 3 leaves the message new at the AP: the next poll
 finds the row and only does 3. A crash between 1 and 2 records nothing: the
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -32,6 +35,7 @@ from typing import Any, Protocol
 
 import httpx
 import pybase64
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -51,9 +55,10 @@ from gateway.inbound.records import (
     SourceStatus,
     Status,
     WaitingItems,
+    contract_problem,
 )
 from kernel.database import utcnow, write_transaction
-from kernel.outbox import OutboxRelay, stage
+from kernel.outbox import EventTooLarge, OutboxRelay, stage
 from kernel.telemetry import tracer
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,11 @@ RECORD_BATCH = 16
 #: Messages asked for in one listing. A listing this full may hide more behind it:
 #: the poll takes the next one at once instead of waiting for the next poll.
 LISTING_LIMIT = 100
+#: A participant as the access point's contract writes it (``ParticipantId``), the only
+#: form the hub's ``PeppolEndpoint`` takes. Another (``iso6523-actorid-upis::0208:…``, an
+#: identifier of 201 characters) failed the event of its message when the batch was
+#: recorded, and the batch, listed again first at every poll, blocked the inbox for good.
+PARTICIPANT = re.compile(r"[0-9]{4}:[^\s:]{1,200}")
 
 
 class AccessPointError(SourceError):
@@ -204,6 +214,16 @@ def _item(entry: dict[str, Any]) -> InboxItem:
     if too_long:
         raise AccessPointError(
             f"an inbox entry is longer than this hub keeps: {', '.join(too_long)}"
+        )
+    not_participants = [
+        f"{name} {value[:80]!r}"
+        for name, value in (("sender", item.sender), ("receiver", item.receiver))
+        if not PARTICIPANT.fullmatch(value)
+    ]
+    if not_participants:
+        raise AccessPointError(
+            "an inbox entry names no Peppol participant as '<4-digit scheme>:<identifier of"
+            f" at most 200 characters, no spaces or colons>': {', '.join(not_participants)}"
         )
     return item
 
@@ -345,10 +365,10 @@ class PeppolInbound:
                 if item.message_id not in later  # failed lately: not at every poll
             )
         )
-        await self._waiting.failed(source, failures)
         recorded = await self._record_all(
-            inbox.name, [document for document in fetched if document]
+            inbox.name, [document for document in fetched if document], failures
         )
+        await self._waiting.failed(source, failures)
         # Listing order: a supplier's invoice and its credit note arrive in that order.
         records = [
             record
@@ -417,47 +437,64 @@ class PeppolInbound:
         return (await self._known_among(source, [message_id])).get(message_id)
 
     async def _record_all(
-        self, source: str, documents: list[FetchedDocument]
+        self, source: str, documents: list[FetchedDocument], failures: list[NotTaken]
     ) -> dict[str, InboundDocument]:
         """Record a listing's fetched documents in one transaction, by message id.
 
         Should another gateway replica have recorded one of them meanwhile, the
         transaction fails as a whole and each is recorded on its own, which
-        keeps theirs.
+        keeps theirs. One whose event could not be staged is left out (added to
+        ``failures``) and the others are recorded.
         """
         if not documents:
             return {}
         records = [self._new_record(source, document) for document in documents]
+        left_out: list[NotTaken] = []
         with self._tracer.start_as_current_span(
             "peppol inbound", attributes={"hub.peppol.messages": len(documents)}
         ):
             try:
                 async with write_transaction(self._sessions) as session:
-                    for document, record in zip(documents, records, strict=True):
-                        self._add(session, document, record)
-                    taken = [record.source_message_id for record in records]
+                    added = [
+                        record
+                        for document, record in zip(documents, records, strict=True)
+                        if self._add(session, document, record, left_out)
+                    ]
+                    taken = [record.source_message_id for record in added]
                     await self._waiting.forget(session, _source_of(source), taken)
             except IntegrityError:
-                return {
-                    document.item.message_id: await self._record(source, document)
+                one_by_one = {
+                    document.item.message_id: await self._record(source, document, failures)
                     for document in documents
                 }
-        for record in records:
+                return {key: record for key, record in one_by_one.items() if record is not None}
+        failures.extend(left_out)
+        for record in added:
             self._log_recorded(record)
-        return {record.source_message_id: record for record in records}
+        return {record.source_message_id: record for record in added}
 
-    async def _record(self, source: str, fetched: FetchedDocument) -> InboundDocument:
-        """Record one fetched document, or return the record another replica made of it."""
+    async def _record(
+        self, source: str, fetched: FetchedDocument, failures: list[NotTaken] | None = None
+    ) -> InboundDocument | None:
+        """Record one fetched document, or return the record another replica made of it;
+        None when its event could not be staged (added to ``failures``)."""
         record = self._new_record(source, fetched)
+        left_out: list[NotTaken] = []
         try:
             async with write_transaction(self._sessions) as session:
-                self._add(session, fetched, record)
-                await self._waiting.forget(session, _source_of(source), [record.source_message_id])
+                if self._add(session, fetched, record, left_out):
+                    await self._waiting.forget(
+                        session, _source_of(source), [record.source_message_id]
+                    )
         except IntegrityError:
             known = await self._known(source, fetched.item.message_id)
             if known is None:
                 raise
             return known
+        if left_out:
+            if failures is not None:
+                failures.extend(left_out)
+            return None
         self._log_recorded(record)
         return record
 
@@ -495,11 +532,35 @@ class PeppolInbound:
         )
 
     def _add(
-        self, session: AsyncSession, fetched: FetchedDocument, record: InboundDocument
-    ) -> None:
-        session.add(record)
+        self,
+        session: AsyncSession,
+        fetched: FetchedDocument,
+        record: InboundDocument,
+        left_out: list[NotTaken],
+    ) -> bool:
+        """Add ``record`` to the transaction, and stage its event when it is published.
+
+        Staging failed the batch's transaction, and the batch, listed first again at
+        every poll, blocked the inbox for good. So a message that can never be the hub's
+        event is recorded refused (and rejected, as a broken listing entry is); one that
+        failed for a reason nobody foresaw is left out (in ``left_out``, False) and waits
+        for a later poll, while the batch's other messages are recorded.
+        """
         if record.tenant is not None and record.status == "published":
-            record.event_id = self._stage(session, record.tenant, fetched, record.sha256)
+            try:
+                record.event_id = self._stage(session, record.tenant, fetched, record.sha256)
+            except (ValidationError, EventTooLarge) as exc:
+                record.status, record.reason = "refused", contract_problem("Peppol message", exc)
+            except Exception as exc:
+                log.exception(
+                    "Peppol message %s not recorded yet: its event could not be staged",
+                    record.source_message_id,
+                )
+                reason = f"Its event could not be staged: {exc!r}"
+                left_out.append(NotTaken(record.source_message_id, record.tenant, reason))
+                return False
+        session.add(record)
+        return True
 
     def _log_recorded(self, record: InboundDocument) -> None:
         if record.status == "published":

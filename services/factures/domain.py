@@ -7,12 +7,17 @@
   and stays there, stored with its reasons. A scanned paper invoice starts in
   ``to_encode`` and joins the flow (``to_encode → received``) when a clerk
   uploads its UBL encoding.
-- ``booked`` follows the accounting connector's receipt, never a clerk.
+- ``booked`` follows the accounting connector's receipt, never a clerk. An
+  approved invoice the accounting software did not book (``booking_failure``:
+  a supplier it does not know yet…) may be approved again once the cause is
+  fixed: a new hand-over, under a new event and so a new idempotency key.
 - Each step may answer the supplier (Peppol Invoice Response): AB on
   reception, RE on rejection, IP when sent for approval, UQ when disputed, AP
   when approved, PD when paid. Scans get no answer: they came on paper.
-- Duplicates: one supplier (VAT id, else legal registration, else name), one
-  number and one issue date make one invoice per tenant.
+- Duplicates: one supplier (VAT id, else legal registration, else name) and
+  one number make one document per tenant, whatever its issue date and
+  whether it is an invoice or a credit note, as the accounting software books
+  them.
 - The service that approves an invoice follows the tenant's routes on the
   buyer reference (BT-10) and the order reference (BT-13), else its default.
 
@@ -25,6 +30,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from enum import StrEnum
 from fnmatch import fnmatchcase
 from typing import Any
@@ -114,6 +120,19 @@ def advance(state: InvoiceState, step: Step, label: str) -> InvoiceState:
     if after is None:
         raise InvalidTransition(label, state, step)
     return after
+
+
+def approval_after(state: InvoiceState, booking_failure: str | None, label: str) -> InvoiceState:
+    """The state an approval leads to, from ``state``; or ``InvalidTransition``.
+
+    Approved again only after a failed booking: its hand-over to the accounting software
+    is final (a replay finds the same refusal), and the invoice stayed ``approved`` for
+    good, neither booked nor open to a clerk. While a booking is under way, a second
+    approval would hand the invoice over twice.
+    """
+    if state is InvoiceState.APPROVED and booking_failure is not None:
+        return InvoiceState.APPROVED
+    return advance(state, Step.APPROVE, label)
 
 
 # -- what the supplier is told -----------------------------------------------------------
@@ -213,16 +232,17 @@ def supplier_key(vat_id: str | None, legal_id: str | None, name: str | None) -> 
     return None
 
 
-def duplicate_key(
-    kind: str | None, supplier: str | None, number: str | None, issue_date: date | None
-) -> str | None:
-    """One invoice per supplier, number and issue date, and one credit note (a supplier
-    may number them in two series, so credit note 2026-17 is no invoice 2026-17's
-    duplicate); None when one of them is unknown."""
-    if not supplier or not number or not number.strip() or issue_date is None:
+def duplicate_key(supplier: str | None, number: str | None) -> str | None:
+    """One document per supplier and number; None when either is unknown.
+
+    The accounting software books a supplier's number once, whatever its issue date or
+    kind (Stésud and Inforius refuse the second with ``DUPLICATE_INVOICE``). Keyed with
+    the issue date, or credit notes apart, a second copy was accepted here, approved
+    (the supplier told AP), then refused by the accounting software for good.
+    """
+    if not supplier or not number or not number.strip():
         return None
-    key = f"{supplier}|{normalised_number(number)}|{issue_date.isoformat()}"
-    return f"CreditNote|{key}" if kind == "CreditNote" else key
+    return f"{supplier}|{normalised_number(number)}"
 
 
 def normalised_number(number: str) -> str:
@@ -236,6 +256,17 @@ class CreditNoteNotPayable(Conflict):
             "credit-note-not-payable",
             f"Credit note {label} is money the supplier owes the commune: it is settled"
             " against an invoice in the accounting software, not paid (no PD is sent).",
+        )
+
+
+class NothingToPay(Conflict):
+    def __init__(self, label: str, amount_due: Decimal) -> None:
+        super().__init__(
+            "nothing-to-pay",
+            f"Invoice {label} asks for no money: its amount due (BT-115) is {amount_due}. A"
+            " negative amount is money the supplier owes the commune: it is settled against"
+            " another invoice in the accounting software, not paid (no PD is sent).",
+            amount_due=str(amount_due),
         )
 
 

@@ -36,6 +36,11 @@ STATUS_REASON_CODES = frozenset(
         "OTH",
     }
 )
+#: PPD (partially paid) goes only with status PD (PEPPOL-T111-R005, fatal): a UQ carrying
+#: it was refused by the supplier's access point, so the clerk's question never arrived.
+PAYMENT_ONLY_REASON_CODE = "PPD"
+#: The codes a clerk may give a dispute (UQ).
+DISPUTE_REASON_CODES = STATUS_REASON_CODES - {PAYMENT_ONLY_REASON_CODE}
 
 
 @dataclass(frozen=True)
@@ -177,12 +182,16 @@ def summary(reasons: Iterable[Reason], limit: int = 5) -> str:
 # -- refusals that are not rule findings ---------------------------------------------------
 
 
-def duplicate(kind: str | None, number: str, earlier_state: str, received_on: str) -> Reason:
-    document = "credit note" if kind == "CreditNote" else "invoice"
+def duplicate(
+    number: str, earlier_kind: str | None, earlier_state: str, received_on: str
+) -> Reason:
+    earlier = "a credit note" if earlier_kind == "CreditNote" else "an invoice"
     return Reason(
         "OTH",
-        f"Duplicate: {document} {number} of this supplier with this issue date was already "
-        f"received on {received_on} (it is {earlier_state}); it will not be processed twice.",
+        f"Duplicate: number {number} of this supplier was already received on {received_on},"
+        f" as {earlier} (it is {earlier_state}); it will not be processed twice. A supplier's"
+        " number is booked once, whatever its issue date and whether it is an invoice or a"
+        " credit note: a new document needs a new number.",
         "DUPLICATE",
     )
 

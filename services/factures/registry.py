@@ -64,9 +64,11 @@ from services.factures.domain import (
     ConcurrentChange,
     CreditNoteNotPayable,
     InvoiceState,
+    NothingToPay,
     Step,
     advance,
     answers_supplier,
+    approval_after,
     approval_routing,
     duplicate_key,
     format_endpoint,
@@ -80,6 +82,7 @@ from services.factures.model import Invoice as InvoiceModel
 from services.factures.model import read_invoice
 from services.factures.reasons import Reason
 from services.factures.responses import (
+    ECHOED_TYPE_CODES,
     InvoiceResponse,
     Party,
     build_application_response,
@@ -460,6 +463,8 @@ def _take_content(
         return
     seller = model.seller
     invoice.kind = model.kind
+    type_code = (model.document_type or "").strip()
+    invoice.type_code = type_code if type_code in ECHOED_TYPE_CODES else None
     invoice.number = model.number
     invoice.issue_date = model.issue_date
     invoice.due_date = model.due_date
@@ -502,9 +507,7 @@ async def _check_and_route(
         return
     label = _label(invoice)
     invoice.state = advance(InvoiceState(invoice.state), Step.VALIDATE, label)
-    invoice.accepted_key = duplicate_key(
-        invoice.kind, invoice.supplier_key, invoice.number, invoice.issue_date
-    )
+    invoice.accepted_key = duplicate_key(invoice.supplier_key, invoice.number)
     warnings = [f for f in examination.findings if f.flag == "warning"]
     validated = InvoiceValidated(
         invoice_id=invoice.id, number=label, warnings=_findings_data(warnings, invoice.id)
@@ -532,13 +535,13 @@ async def _check_and_route(
 
 async def _business_refusals(session: AsyncSession, invoice: Invoice) -> list[Reason]:
     """Duplicates and credit notes of unknown invoices: rules of the tenant's books, not of UBL."""
-    key = duplicate_key(invoice.kind, invoice.supplier_key, invoice.number, invoice.issue_date)
+    key = duplicate_key(invoice.supplier_key, invoice.number)
     if key is not None:
         earlier = await _first_invoice(session, tenant=invoice.tenant, accepted_key=key)
         if earlier is not None and earlier.id != invoice.id:
             received_on = earlier.created_at.date().isoformat()
             return [
-                reasons.duplicate(invoice.kind, invoice.number or "", earlier.state, received_on)
+                reasons.duplicate(invoice.number or "", earlier.kind, earlier.state, received_on)
             ]
     if invoice.kind != "CreditNote" or not invoice.preceding_invoices:
         return []
@@ -588,7 +591,11 @@ async def approve(
 ) -> None:
     """Approve for payment: the accounting connector books it and sends back its reference."""
     label = _label(invoice)
-    new_state = advance(InvoiceState(invoice.state), Step.APPROVE, label)
+    state = InvoiceState(invoice.state)
+    failed_booking = invoice.booking_failure
+    new_state = approval_after(state, failed_booking, label)
+    # Approved again after a failed booking: the supplier was told AP the first time.
+    again = state is InvoiceState.APPROVED
     ubl = await _ubl_of(session, invoice)
     data = InvoiceApproved(
         invoice_id=invoice.id,
@@ -602,6 +609,10 @@ async def approve(
     await _flush_or_conflict(session, label, Step.APPROVE)
     # Checked at reception (``TOO_LARGE_TO_HAND_OVER``); an invoice received before was not.
     stage(session, event, _TOO_LARGE_TO_APPROVE)
+    if again:
+        note = f"approved again after a failed booking: {failed_booking}"
+        _record(invoice, now, event=data, actor=approved_by, note=note)
+        return
     _record(invoice, now, event=data, response="AP", actor=approved_by)
     await _answer(session, invoice, buyer, RESPONSE_AFTER[Step.APPROVE], ())
 
@@ -636,10 +647,15 @@ async def mark_paid(
     label = _label(invoice)
     if invoice.kind == "CreditNote":
         raise CreditNoteNotPayable(label)
+    # A negative invoice (a correction, BT-115 below zero) is a credit in disguise: "paid",
+    # it told the supplier PD for money they owe, and published a negative payment.
+    amount_due = invoice.payable_amount or Decimal(0)
+    if amount_due <= 0:
+        raise NothingToPay(label, amount_due)
     invoice.state = advance(InvoiceState(invoice.state), Step.PAY, label)
     invoice.paid_on, invoice.updated_at = paid_on, now
     await _flush_or_conflict(session, label, Step.PAY)
-    paid = amount if amount is not None else invoice.payable_amount or Decimal(0)
+    paid = amount if amount is not None else amount_due
     event = InvoicePaid(invoice_id=invoice.id, number=label, paid_on=paid_on, amount=paid)
     _stage(session, invoice, event)
     _record(invoice, now, event=event, response="PD", actor=actor, note=f"paid {paid}")
@@ -827,6 +843,7 @@ async def _answer(
         document_id=invoice.number or invoice.peppol_message_id or invoice.id,
         document_issue_date=invoice.issue_date,
         document_kind=invoice.kind,
+        document_type_code=invoice.type_code,
         reasons=tuple(found),
     )
     data = InvoiceResponseRequested(

@@ -6,6 +6,16 @@ UNCL 4343 subset: AB received, IP in process, UQ under query, RE rejected, AP
 accepted, PD paid. RE and UQ say why, one ``cac:Status`` per reason, each with
 an OPStatusReason code (machine-readable) and a sentence (human-readable).
 Elements are written in the order the UBL 2.1 schema requires.
+
+Peppol's rules (T111) require what the hub does not always know, so that the
+answers to the documents it could not read still reach the supplier:
+
+- each party's ``PartyLegalEntity/RegistrationName`` (B00802, B02002): a party
+  without a known name (an unreadable document, an invoice without BT-27, a
+  tenant file without a name) is named by its Peppol participant id;
+- the answered document's ``DocumentTypeCode`` (B03902): its own BT-3 when it
+  had one that T111's code list holds, else the code of its kind (380 invoice,
+  381 credit note), else 380 for a document nobody could read.
 """
 
 from __future__ import annotations
@@ -20,7 +30,8 @@ from lxml import etree
 from contracts.events.factures import ResponseStatus
 from contracts.events.peppol import PeppolEndpoint
 from kernel.texts import clipped
-from services.factures.reasons import STATUS_REASON_CODES, Reason
+from services.factures.reasons import PAYMENT_ONLY_REASON_CODE, STATUS_REASON_CODES, Reason
+from services.factures.rules.codelists import CREDIT_NOTE_TYPE_CODES, INVOICE_TYPE_CODES
 
 CUSTOMIZATION_ID = "urn:fdc:peppol.eu:poacc:trns:invoice_response:3"
 PROFILE_ID = "urn:fdc:peppol.eu:poacc:bis:invoice_response:3"
@@ -34,6 +45,23 @@ STATUS_CODES: frozenset[str] = frozenset({"AB", "IP", "UQ", "RE", "AP", "PD"})
 STATUSES_WITH_REASONS: frozenset[str] = frozenset({"RE", "UQ"})
 #: UNCL 1001: commercial invoice, credit note.
 DOCUMENT_TYPE_CODES = {"Invoice": "380", "CreditNote": "381"}
+#: The code of a document the hub could not read: most Peppol documents are invoices.
+UNREAD_DOCUMENT_TYPE_CODE = DOCUMENT_TYPE_CODES["Invoice"]
+#: BT-3 codes an answer echoes: BIS Billing's (BR-CL-01) but those missing from the older
+#: UNTDID 1001 edition T111 checks ``DocumentTypeCode`` against (B04201).
+ECHOED_TYPE_CODES = (INVOICE_TYPE_CODES | CREDIT_NOTE_TYPE_CODES) - {
+    "471",
+    "472",
+    "473",
+    "500",
+    "501",
+    "502",
+    "503",
+    "817",
+    "875",
+    "876",
+    "877",
+}
 
 _NS_ROOT = "urn:oasis:names:specification:ubl:schema:xsd:ApplicationResponse-2"
 _NS_CAC = "urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"
@@ -66,6 +94,8 @@ class InvoiceResponse:
     document_id: str
     document_issue_date: date | None = None
     document_kind: str | None = None
+    #: The answered document's BT-3 (UNCL 1001), when it gave one.
+    document_type_code: str | None = None
     reasons: Sequence[Reason] = field(default_factory=tuple)
 
 
@@ -78,9 +108,12 @@ def _check(response: InvoiceResponse) -> None:
         raise InvalidResponse(f"unknown response status {response.status!r}")
     if response.status in STATUSES_WITH_REASONS and not response.reasons:
         raise InvalidResponse(f"a {response.status} response must give at least one reason")
-    unknown = {reason.code for reason in response.reasons} - STATUS_REASON_CODES
+    codes = {reason.code for reason in response.reasons}
+    unknown = codes - STATUS_REASON_CODES
     if unknown:
         raise InvalidResponse(f"unknown OPStatusReason codes {sorted(unknown)}")
+    if PAYMENT_ONLY_REASON_CODE in codes and response.status != "PD":
+        raise InvalidResponse(f"PPD goes only with PD (PEPPOL-T111-R005), not {response.status}")
     if not response.document_id.strip():
         raise InvalidResponse("the answered document needs an id")
 
@@ -115,9 +148,19 @@ def _cac(parent: etree._Element, name: str) -> etree._Element:
 
 def _party(parent: etree._Element, name: str, party: Party) -> None:
     element = _cac(parent, name)
-    _cbc(element, "EndpointID", party.endpoint.identifier, schemeID=party.endpoint.scheme)
-    if party.name:
-        _cbc(_cac(element, "PartyLegalEntity"), "RegistrationName", _free_text(party.name))
+    endpoint = party.endpoint
+    _cbc(element, "EndpointID", endpoint.identifier, schemeID=endpoint.scheme)
+    # Required (T111 B00802, B02002): without it the supplier's access point refused the
+    # answer, and the rejections of unreadable documents were the ones that never arrived.
+    registration_name = (party.name or "").strip() or f"{endpoint.scheme}:{endpoint.identifier}"
+    _cbc(_cac(element, "PartyLegalEntity"), "RegistrationName", _free_text(registration_name))
+
+
+def document_type_code(kind: str | None, type_code: str | None) -> str:
+    """The ``DocumentTypeCode`` an answer names its document by (required, T111 B03902)."""
+    if type_code is not None and type_code.strip() in ECHOED_TYPE_CODES:
+        return type_code.strip()
+    return DOCUMENT_TYPE_CODES.get(kind or "", UNREAD_DOCUMENT_TYPE_CODE)
 
 
 def build_application_response(response: InvoiceResponse) -> bytes:
@@ -141,7 +184,9 @@ def build_application_response(response: InvoiceResponse) -> bytes:
     _cbc(reference, "ID", response.document_id)
     if response.document_issue_date is not None:
         _cbc(reference, "IssueDate", response.document_issue_date.isoformat())
-    type_code = DOCUMENT_TYPE_CODES.get(response.document_kind or "")
-    if type_code is not None:
-        _cbc(reference, "DocumentTypeCode", type_code)
+    _cbc(
+        reference,
+        "DocumentTypeCode",
+        document_type_code(response.document_kind, response.document_type_code),
+    )
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))

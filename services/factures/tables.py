@@ -9,6 +9,7 @@ and PostgreSQL, and only ever shown, never summed in SQL.
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -24,14 +25,17 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
+    insert,
     literal,
+    select,
     update,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from kernel.consumer import InboxEntry, RejectedEvent, one_rejected_event_per_id
-from kernel.database import Base, BigId, UtcDateTime
+from kernel.database import Base, BigId, UtcDateTime, utcnow
 from kernel.idempotency import IdempotentRequest
 from kernel.migrations import Migration, add_columns, create_tables, table_of
 from kernel.outbox import OutboxMessage
@@ -72,6 +76,9 @@ class Invoice(Base):
     state: Mapped[str] = mapped_column(String(16))
     #: "Invoice" or "CreditNote"; None for a scan not yet encoded or an unreadable document.
     kind: Mapped[str | None] = mapped_column(String(16))
+    #: BT-3 (UNCL 1001: 384 corrected invoice, 396 factored credit note…), echoed in the
+    #: supplier's answers; None when unread, or not a code those answers may carry.
+    type_code: Mapped[str | None] = mapped_column(String(3))
     number: Mapped[str | None] = mapped_column(String(200))
     issue_date: Mapped[date | None] = mapped_column(Date)
     due_date: Mapped[date | None] = mapped_column(Date)
@@ -152,6 +159,74 @@ def _credit_note_keys_apart(connection: Connection) -> None:
     )
 
 
+#: An accepted key as factures made it before migration 8: ``[CreditNote|]supplier|number|date``.
+_KEY_WITH_KIND_AND_DATE = re.compile(r"(?:CreditNote\|)?(?P<key>.+)\|[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _keys_by_supplier_and_number(connection: Connection) -> None:
+    """Accepted keys as ``domain.duplicate_key`` now makes them: supplier and number only.
+
+    Documents accepted under the old rule may now share a key (one number with two issue
+    dates; an invoice and a credit note). None is rejected or changed for it: each may have
+    been approved, answered AP, or paid. The earliest keeps the key, so that a new copy of
+    that number is refused; the later ones lose it (they block nothing) and their history
+    asks the clerk to check them before they are paid twice.
+    """
+    invoices, history = table_of(Invoice), table_of(InvoiceStep)
+    accepted = connection.execute(
+        select(
+            invoices.c.id,
+            invoices.c.tenant,
+            invoices.c.number,
+            invoices.c.state,
+            invoices.c.accepted_key,
+            invoices.c.created_at,
+        )
+        .where(invoices.c.accepted_key.is_not(None))
+        .order_by(invoices.c.created_at, invoices.c.id)
+    ).all()
+    if not accepted:
+        return
+    # Cleared first: a new key may equal another row's old one (a number holding a date).
+    connection.execute(
+        update(invoices).where(invoices.c.accepted_key.is_not(None)).values(accepted_key=None)
+    )
+    first: dict[tuple[str, str], Any] = {}
+    keys: list[dict[str, str]] = []
+    notes: list[dict[str, Any]] = []
+    now = utcnow()
+    for row in accepted:
+        old_form = _KEY_WITH_KIND_AND_DATE.fullmatch(row.accepted_key)
+        key = old_form["key"] if old_form else row.accepted_key
+        earlier = first.setdefault((row.tenant, key), row)
+        if earlier is row:
+            keys.append({"row_id": row.id, "new_key": key})
+            continue
+        notes.append(
+            {
+                "invoice_id": row.id,
+                "at": now,
+                "state": row.state,
+                "actor": "hub",
+                "note": (
+                    f"Possible duplicate: the supplier's number {row.number} was received "
+                    f"before, on {earlier.created_at.date().isoformat()} (document "
+                    f"{earlier.id}). A supplier's number now counts once, whatever its "
+                    "date or kind; check this is not the same document before paying it."
+                ),
+            }
+        )
+    if keys:
+        connection.execute(
+            update(invoices)
+            .where(invoices.c.id == bindparam("row_id"))
+            .values(accepted_key=bindparam("new_key")),
+            keys,
+        )
+    if notes:
+        connection.execute(insert(history), notes)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(
         1,
@@ -184,5 +259,16 @@ MIGRATIONS: list[Migration] = [
         6,
         "one kept rejected event per event id",
         one_rejected_event_per_id,
+    ),
+    # Invoices received before it have none: their answers name them by their kind.
+    Migration(
+        7,
+        "each invoice's own type code (BT-3), for the supplier's answers",
+        add_columns(table_of(Invoice), "type_code"),
+    ),
+    Migration(
+        8,
+        "duplicates by supplier and number, as the accounting software books them",
+        _keys_by_supplier_and_number,
     ),
 ]

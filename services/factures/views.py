@@ -11,11 +11,11 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from kernel.api import Page, RequestModel, problem_responses
 from services.factures.domain import InvoiceState
-from services.factures.reasons import STATUS_REASON_CODES
+from services.factures.reasons import DISPUTE_REASON_CODES, PAYMENT_ONLY_REASON_CODE
 from services.factures.tables import Invoice, InvoiceStep
 
 __all__ = [
@@ -36,10 +36,22 @@ class DisputeRequest(RequestModel):
     )
     reason_code: str = Field(
         default="OTH",
-        pattern="^(" + "|".join(sorted(STATUS_REASON_CODES)) + ")$",
+        pattern="^(" + "|".join(sorted(DISPUTE_REASON_CODES)) + ")$",
         description="OPStatusReason code: REF references, PRI prices, QTY quantities, "
-        "ITM items, DEL delivery, PAY payment details, LEG legal, OTH other…",
+        "ITM items, DEL delivery, PAY payment details, LEG legal, OTH other… (not PPD, "
+        "which Peppol allows only with a payment)",
     )
+
+    @field_validator("reason_code", mode="before")
+    @classmethod
+    def _not_payment_only(cls, value: object) -> object:
+        # Before the pattern: the clerk reads why, not only that PPD matches no pattern.
+        if value == PAYMENT_ONLY_REASON_CODE:
+            raise ValueError(
+                "PPD (partially paid) is sent only with a payment (Invoice Response PD, "
+                "PEPPOL-T111-R005); give a dispute another code, e.g. PAY or OTH"
+            )
+        return value
 
 
 class PaymentRequest(RequestModel):

@@ -30,6 +30,7 @@ from contracts.envelope import CloudEvent, from_record, new_event
 from contracts.events.factures import (
     InvoiceApprovalRequested,
     InvoiceApproved,
+    InvoicePaid,
     InvoiceReceived,
     InvoiceRejected,
     InvoiceResponseRequested,
@@ -43,6 +44,7 @@ from kernel.outbox import RECORD_OVERHEAD_BYTES, OutboxMessage, transaction
 from kernel.settings import HubSettings
 from services.factures import registry
 from services.factures.consumers import handlers
+from services.factures.domain import Booked, NotBooked
 from services.factures.main import FacturesOptions, build_app
 from services.factures.tables import Invoice
 from services.factures.ubl import MAX_DOCUMENT_BYTES
@@ -351,6 +353,23 @@ async def test_the_same_upload_twice_is_one_invoice_and_a_second_copy_a_rejected
     await factures.accepted(invoice_xml(seller_vat="BE0202239951"))
 
 
+async def test_a_number_received_again_with_another_issue_date_is_a_rejected_duplicate(
+    factures: Factures,
+) -> None:
+    # A re-issued copy: accepted twice, both were approved (AP sent twice) and the
+    # accounting software refused the second for good (DUPLICATE_INVOICE).
+    first = await factures.accepted(invoice_xml("F-77", issue_date="2026-03-02"))
+    reissued = await factures.upload(invoice_xml("f-77 ", issue_date="2026-03-03"))
+    assert reissued.status_code == 201, reissued.text
+    assert reissued.json()["state"] == "rejected"
+    [reason] = reissued.json()["rejection_reasons"]
+    assert reason["rule"] == "DUPLICATE" and "f-77" in reason["text"]
+    assert "whatever its issue date" in reason["text"]
+    assert statuses_of(await factures.responses(reissued.json()["id"])) == ["AB", "RE"]
+    kept = await factures.http.get(f"/v1/invoices/{first['id']}", headers=factures.auth())
+    assert kept.json()["state"] == "to_approve"
+
+
 @pytest.mark.parametrize(
     ("content", "rule", "status_reason", "words"),
     [
@@ -532,9 +551,15 @@ async def test_a_credit_note_is_linked_to_its_invoice_and_refused_for_an_unknown
     # The reference compared as duplicates are: case and spaces aside.
     typed = await factures.accepted(invoice_xml("NC-3", kind="CreditNote", preceding="f2026-0009 "))
     assert typed["credited_invoice_id"] == invoice["id"]
-    # Credit notes numbered in a series of their own: NC 2026-17 is no duplicate of F 2026-17.
+    # A supplier's number is booked once, invoice or credit note (the accounting software
+    # refuses the second with DUPLICATE_INVOICE): credit note 2026-17 is a duplicate.
     await factures.accepted(invoice_xml("2026-17"))
-    await factures.accepted(invoice_xml("2026-17", kind="CreditNote", preceding="F2026-0009"))
+    same_number = await factures.upload(
+        invoice_xml("2026-17", kind="CreditNote", preceding="F2026-0009")
+    )
+    assert same_number.json()["state"] == "rejected"
+    [reason] = same_number.json()["rejection_reasons"]
+    assert reason["rule"] == "DUPLICATE" and "as an invoice" in reason["text"]
     # A credit note is settled in the accounting software, never paid (no PD).
     paid = await factures.http.post(
         f"/v1/invoices/{credit['id']}/payment",
@@ -602,6 +627,66 @@ async def test_a_peppol_doctype_with_a_control_character_is_kept_rejected_and_an
     assert code == "UNR" and "http://x/\ufffd.dtd" in text
 
 
+async def received_over_peppol(
+    factures: Factures, message_id: str, content: bytes, tenant: str = SAMBREVILLE
+) -> None:
+    """``content`` as the gateway hands a Peppol message to the consumer's handler."""
+    data = PeppolDocumentReceived(
+        access_point_message_id=message_id,
+        sender=PeppolEndpoint(scheme="0208", identifier=SUPPLIER_ID),
+        receiver=PeppolEndpoint(scheme="0208", identifier=SAMBREVILLE_PARTICIPANT),
+        document_type=INVOICE_DOCUMENT_TYPE,
+        document_base64=base64.b64encode(content).decode(),
+        sha256=hashlib.sha256(content).hexdigest(),
+    )
+    event = new_event(data, tenant=tenant, subject=message_id, source="urn:hub:gateway")
+    handle = handlers(factures.app.state.tenants)[PeppolDocumentReceived.TYPE]
+    async with transaction(factures.app.state.sessions, None) as session:
+        await handle(session, event)
+
+
+def answered_as(response: InvoiceResponseRequested) -> tuple[str | None, str | None]:
+    """The supplier's legal name and the document's type code an answer gives."""
+    root = etree.fromstring(base64.b64decode(response.application_response_base64))
+    name = "cac:ReceiverParty/cac:PartyLegalEntity/cbc:RegistrationName"
+    type_code = "cac:DocumentResponse/cac:DocumentReference/cbc:DocumentTypeCode"
+    return root.findtext(name, None, NS), root.findtext(type_code, None, NS)
+
+
+async def test_answers_name_the_supplier_and_the_document_type_even_when_unknown(
+    factures: Factures,
+) -> None:
+    nameless = invoice_xml("F-NONAME").replace(
+        b"<cbc:RegistrationName>Entreprise Dupont SA</cbc:RegistrationName>", b""
+    )
+    factored = invoice_xml("F-393").replace(
+        b"<cbc:InvoiceTypeCode>380<", b"<cbc:InvoiceTypeCode>393<"
+    )
+    for message_id, content in (
+        ("ap-pdf", b"%PDF-1.4 not an invoice"),
+        ("ap-noname", nameless),
+        ("ap-393", factored),
+    ):
+        await received_over_peppol(factures, message_id, content)
+
+    supplier = f"0208:{SUPPLIER_ID}"
+    # T111 requires both (B02002, B03902): without them the supplier's access point refused
+    # the answers, and the rejections of unreadable documents never reached the supplier.
+    expected = {
+        "ap-pdf": (["AB", "RE"], (supplier, "380")),
+        "ap-noname": (["AB", "RE"], (supplier, "380")),
+        "ap-393": (["AB", "IP"], ("Entreprise Dupont SA", "393")),  # echoed, not 380
+    }
+    for message_id, (statuses, answered) in expected.items():
+        listed = await factures.http.get(
+            "/v1/invoices", params={"peppol_message_id": message_id}, headers=factures.auth()
+        )
+        [invoice] = listed.json()["items"]
+        answers = await factures.responses(invoice["id"])
+        assert statuses_of(answers) == statuses, message_id
+        assert {answered_as(answer) for answer in answers} == {answered}, message_id
+
+
 async def test_an_invoice_with_more_lines_than_allowed_is_refused(factures: Factures) -> None:
     from services.factures.ubl import MAX_LINES
 
@@ -658,6 +743,37 @@ async def test_approval_hands_the_invoice_to_accounting_once_and_answers_ap(
         problem(absurd, 422, "invalid-request")
 
 
+async def test_an_invoice_the_accounting_software_refused_is_approved_again_not_stuck(
+    factures: Factures,
+) -> None:
+    invoice = await factures.accepted(invoice_xml())
+    url = f"/v1/invoices/{invoice['id']}"
+    first = await factures.http.post(f"{url}/approve", headers=factures.auth())
+    assert first.status_code == 200, first.text
+    # While the booking is under way, a second approval would hand it over twice.
+    pending = await factures.http.post(f"{url}/approve", headers=factures.auth())
+    problem(pending, 409, "invalid-invoice-state")
+    refusal = "the accounting software refused it: UNKNOWN_SUPPLIER"
+    async with transaction(factures.app.state.sessions, None) as session:
+        stored = await registry.find_invoice(session, SAMBREVILLE, invoice["id"])
+        assert registry.record_booking(session, stored, NotBooked(refusal), utcnow())
+
+    # The supplier is created in the accounting software; the clerk approves again.
+    again = await factures.http.post(f"{url}/approve", headers=factures.auth())
+    assert again.status_code == 200, again.text
+    assert again.json()["state"] == "approved" and again.json()["booking_failure"] is None
+    approvals = [e for e in await factures.events(invoice["id"]) if e.type == InvoiceApproved.TYPE]
+    # A new event, so a new idempotency key: a new file for Stésud, a new key for Inforius
+    # (a replay of the first found the same refusal again).
+    assert len({approval.id for approval in approvals}) == 2
+    assert statuses_of(await factures.responses(invoice["id"])).count("AP") == 1
+    notes = [step["note"] or "" for step in again.json()["history"]]
+    assert any("approved again after a failed booking" in note for note in notes)
+    # Approved again, it waits for its new booking: no third hand-over meanwhile.
+    twice = await factures.http.post(f"{url}/approve", headers=factures.auth())
+    problem(twice, 409, "invalid-invoice-state")
+
+
 async def test_a_dispute_asks_the_supplier_with_the_clerks_reason(factures: Factures) -> None:
     invoice = await factures.accepted(invoice_xml())
     disputed = await factures.http.post(
@@ -676,6 +792,44 @@ async def test_a_dispute_asks_the_supplier_with_the_clerks_reason(factures: Fact
         headers=factures.auth(),
     )
     problem(bad_code, 422, "invalid-request")
+
+
+async def test_a_dispute_cannot_give_the_reason_code_peppol_keeps_for_payments(
+    factures: Factures,
+) -> None:
+    invoice = await factures.accepted(invoice_xml())
+    answers_before = len(await factures.responses(invoice["id"]))
+    prepaid = await factures.http.post(
+        f"/v1/invoices/{invoice['id']}/dispute",
+        json={"reason": "Part of it was paid in advance.", "reason_code": "PPD"},
+        headers=factures.auth(),
+    )
+    # A UQ with PPD breaks PEPPOL-T111-R005: the supplier's access point refused it.
+    refused = problem(prepaid, 422, "invalid-request")
+    assert "PPD" in refused["detail"] and "only with a payment" in refused["detail"]
+    assert len(await factures.responses(invoice["id"])) == answers_before
+    unchanged = await factures.http.get(f"/v1/invoices/{invoice['id']}", headers=factures.auth())
+    assert unchanged.json()["state"] == "to_approve"
+
+
+async def test_an_invoice_with_nothing_due_is_never_paid(factures: Factures) -> None:
+    # A correction invoice (380) with a negative total, as Peppol's own example has one.
+    invoice = await factures.accepted(invoice_xml("F-NEG-1", lines=(("-1", "100.00"),)))
+    url = f"/v1/invoices/{invoice['id']}"
+    approved = await factures.http.post(f"{url}/approve", headers=factures.auth())
+    assert approved.status_code == 200, approved.text
+    async with transaction(factures.app.state.sessions, None) as session:
+        stored = await registry.find_invoice(session, SAMBREVILLE, invoice["id"])
+        assert registry.record_booking(session, stored, Booked("ACC-1", "stesud"), utcnow())
+    for body in ({"paid_on": "2026-03-05"}, {"paid_on": "2026-03-05", "amount": "10.00"}):
+        paid = await factures.http.post(f"{url}/payment", json=body, headers=factures.auth())
+        refused = problem(paid, 409, "nothing-to-pay")
+        assert refused["amount_due"] == "-121.00" and "-121.00" in refused["detail"]
+    # The supplier is never told PD for money they owe; nothing says it was paid.
+    assert "PD" not in statuses_of(await factures.responses(invoice["id"]))
+    assert InvoicePaid.TYPE not in {e.type for e in await factures.events(invoice["id"])}
+    still = await factures.http.get(url, headers=factures.auth())
+    assert still.json()["state"] == "booked"
 
 
 async def scanned(factures: Factures, registration_number: str) -> str:

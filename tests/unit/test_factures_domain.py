@@ -23,6 +23,7 @@ from services.factures.domain import (
     Step,
     advance,
     answers_supplier,
+    approval_after,
     approval_routing,
     booking_outcome,
     check_buyer,
@@ -125,13 +126,26 @@ def test_the_supplier_is_known_by_vat_id_then_legal_id_then_name_whatever_the_sp
     assert supplier_key(None, None, None) is None
 
 
-def test_one_supplier_number_and_date_make_one_invoice() -> None:
-    key = duplicate_key("Invoice", "vat:BE0403170701", "f-1 ", date(2026, 3, 2))
-    assert key == duplicate_key("Invoice", "vat:BE0403170701", "F-1", date(2026, 3, 2))
-    assert key != duplicate_key("Invoice", "vat:BE0403170701", "F-1", date(2026, 3, 3))
-    assert duplicate_key("Invoice", "vat:BE0403170701", None, date(2026, 3, 2)) is None
-    # A supplier numbering its credit notes in a series of their own: not a duplicate.
-    assert key != duplicate_key("CreditNote", "vat:BE0403170701", "F-1", date(2026, 3, 2))
+def test_an_approved_invoice_is_approved_again_only_after_a_failed_booking() -> None:
+    refused = "the accounting software refused it: UNKNOWN_SUPPLIER"
+    assert approval_after(InvoiceState.APPROVED, refused, "F-1") is InvoiceState.APPROVED
+    assert approval_after(InvoiceState.TO_APPROVE, None, "F-1") is InvoiceState.APPROVED
+    with pytest.raises(InvalidTransition):  # its booking is under way
+        approval_after(InvoiceState.APPROVED, None, "F-1")
+    with pytest.raises(InvalidTransition):
+        approval_after(InvoiceState.BOOKED, refused, "F-1")
+
+
+def test_one_supplier_and_number_make_one_document_whatever_its_date_or_kind() -> None:
+    # As the accounting software books them (DUPLICATE_INVOICE: "that supplier's invoice
+    # number is already booked"): the issue date and the kind are no part of the key.
+    key = duplicate_key("vat:BE0403170701", "f-1 ")
+    assert key == duplicate_key("vat:BE0403170701", "F-1")
+    assert key != duplicate_key("vat:BE0403170701", "F-2")
+    assert key != duplicate_key("vat:BE0202239951", "F-1")
+    assert duplicate_key("vat:BE0403170701", None) is None
+    assert duplicate_key("vat:BE0403170701", "  ") is None
+    assert duplicate_key(None, "F-1") is None
 
 
 # -- approval routing --------------------------------------------------------------------

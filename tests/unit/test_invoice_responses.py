@@ -100,7 +100,23 @@ def test_a_rejection_gives_one_status_per_reason_with_its_code_and_text(
     assert one(root, "//cbc:DocumentTypeCode/text()") == "381"
 
 
-def test_an_unreadable_document_is_answered_without_type_or_date(schema: etree.XMLSchema) -> None:
+def t111_missing(root: etree._Element) -> list[str]:
+    """What Peppol's Invoice Response rules (T111) require and ``root`` lacks."""
+    required = {
+        "B00802/B01401": "cac:SenderParty/cac:PartyLegalEntity/cbc:RegistrationName",
+        "B02002/B02601": "cac:ReceiverParty/cac:PartyLegalEntity/cbc:RegistrationName",
+        "B03902": "cac:DocumentResponse/cac:DocumentReference/cbc:DocumentTypeCode",
+    }
+    return [
+        rule
+        for rule, path in required.items()
+        if not [text for text in root.xpath(f"{path}/text()", namespaces=NS) if text.strip()]
+    ]
+
+
+def test_an_unreadable_document_is_answered_with_a_fallback_type_and_name(
+    schema: etree.XMLSchema,
+) -> None:
     unreadable = InvoiceResponse(
         response_id="R-2",
         issue_date=date(2026, 3, 3),
@@ -112,8 +128,12 @@ def test_an_unreadable_document_is_answered_without_type_or_date(schema: etree.X
     )
     root = parsed(build_application_response(unreadable))
     assert schema.validate(root), schema.error_log
-    assert not root.xpath("//cbc:DocumentTypeCode", namespaces=NS)
-    assert not root.xpath("cac:ReceiverParty/cac:PartyLegalEntity", namespaces=NS)
+    assert not root.xpath("//cac:DocumentReference/cbc:IssueDate", namespaces=NS)
+    # What T111 requires all the same: a supplier's access point refused the answer without.
+    assert t111_missing(root) == []
+    assert one(root, "//cbc:DocumentTypeCode/text()") == "380"
+    name = "cac:ReceiverParty/cac:PartyLegalEntity/cbc:RegistrationName/text()"
+    assert one(root, name) == "0208:0403170701"
 
 
 def test_texts_from_the_document_are_written_as_xml_can_hold_them(
@@ -144,12 +164,66 @@ def test_texts_from_the_document_are_written_as_xml_can_hold_them(
 
 
 @pytest.mark.parametrize(
+    ("kind", "type_code", "answered"),
+    [
+        ("Invoice", "384", "384"),  # a corrected invoice is no 380
+        ("CreditNote", "396", "396"),  # a factored credit note is no 381
+        ("Invoice", " 380 ", "380"),
+        ("CreditNote", None, "381"),  # received before the type code was kept
+        ("Invoice", "ABC", "380"),  # no UNTDID 1001 code: its kind's
+        ("Invoice", "875", "380"),  # allowed in billing, missing from T111's code list
+        (None, None, "380"),  # nobody could read it
+    ],
+)
+def test_the_answered_document_is_named_by_its_own_type_code_else_its_kinds(
+    kind: str | None, type_code: str | None, answered: str, schema: etree.XMLSchema
+) -> None:
+    answer = InvoiceResponse(
+        response_id="R-4",
+        issue_date=date(2026, 3, 3),
+        status="AB",
+        sender=COMMUNE,
+        receiver=SUPPLIER,
+        document_id="F2026-0001",
+        document_kind=kind,
+        document_type_code=type_code,
+    )
+    root = parsed(build_application_response(answer))
+    assert schema.validate(root), schema.error_log
+    assert one(root, "//cac:DocumentReference/cbc:DocumentTypeCode/text()") == answered
+
+
+@pytest.mark.parametrize("name", [None, "", "   "])
+def test_parties_without_a_name_are_named_by_their_participant_id(
+    name: str | None, schema: etree.XMLSchema
+) -> None:
+    # An unconfigured tenant (no name) answering a supplier whose invoice has no BT-27.
+    answer = InvoiceResponse(
+        response_id="R-5",
+        issue_date=date(2026, 3, 3),
+        status="RE",
+        sender=Party(COMMUNE.endpoint, name),
+        receiver=Party(SUPPLIER.endpoint, name),
+        document_id="F2026-0001",
+        document_kind="Invoice",
+        reasons=(Reason("LEG", "The seller's name (BT-27) is missing.", "BR-06"),),
+    )
+    root = parsed(build_application_response(answer))
+    assert schema.validate(root), schema.error_log
+    assert t111_missing(root) == []
+    legal_name = "cac:{}/cac:PartyLegalEntity/cbc:RegistrationName/text()"
+    assert one(root, legal_name.format("SenderParty")) == "0208:0216987614"
+    assert one(root, legal_name.format("ReceiverParty")) == "0208:0403170701"
+
+
+@pytest.mark.parametrize(
     "wrong",
     [
         response("RE"),  # a rejection must say why
         response("UQ"),
         response("XX"),
         response("RE", Reason("NOPE", "x")),
+        response("UQ", Reason("PPD", "Prepaid.")),  # PPD goes only with PD (T111-R005)
     ],
 )
 def test_responses_the_bis_rules_would_refuse_are_never_built(wrong: InvoiceResponse) -> None:

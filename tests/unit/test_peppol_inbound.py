@@ -820,6 +820,93 @@ async def test_messages_that_break_the_contract_are_kept_refused_and_rejected_no
     }
 
 
+async def test_participants_that_are_no_scheme_and_identifier_are_refused_not_blocking(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    good = base64.b64encode(INVOICE).decode()
+    entries: list[Any] = [
+        entry("upis", sender="iso6523-actorid-upis::0208:0406798006"),
+        entry("long-id", sender="0208:" + "1" * 205),  # kept (210), but no PeppolEndpoint
+        entry("no-scheme", receiver="0207123407"),
+        entry("newline", sender=SUPPLIER + "\n"),
+        entry("good"),
+    ]
+    documents: dict[str, str | int] = {_listed_id(e) or "": good for e in entries}
+    access_point = InboxOverHttp(entries, documents)
+
+    await take_all(sessions, access_point, polls=2)
+
+    # Staged, the first one failed the batch's transaction at every poll: nothing was taken.
+    assert [e.subject for e in await published(sessions)] == ["good"]
+    assert access_point.acknowledged == ["good"]
+    assert set(access_point.rejected) == {"upis", "long-id", "no-scheme", "newline"}
+    assert "sender 'iso6523-actorid-upis::0208:0406798006'" in access_point.rejected["upis"]
+    assert "receiver '0207123407'" in access_point.rejected["no-scheme"]
+    kept = {r.source_message_id: (r.status, r.source_status) for r in await records(sessions)}
+    assert kept == {
+        "good": ("published", "acknowledged"),
+        **{m: ("refused", "rejected") for m in access_point.rejected},
+    }
+
+
+async def test_a_message_the_event_contract_refuses_is_refused_and_the_batch_taken(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, inbound: PeppolInbound
+) -> None:
+    # An access point client that does not check participants (a fake, another adapter).
+    inbox.drop("m1", LIEGE)
+    broken = InboxItem("m2", "iso6523-actorid-upis::0208:0406798006", LIEGE, INVOICE_TYPE)
+    inbox.documents["m2"] = FetchedDocument(broken, INVOICE)
+    inbox.drop("m3", LIEGE)
+
+    assert await inbound.poll_once() == 3
+
+    assert [e.subject for e in await published(sessions)] == ["m1", "m3"]
+    assert inbox.acknowledged == ["m1", "m3"]
+    [(message_id, code, reason)] = inbox.rejected
+    assert (message_id, code) == ("m2", "FD")
+    assert "breaks the hub's event contract (scheme: " in reason
+    assert [r.status for r in await records(sessions)] == ["published", "refused", "published"]
+
+
+async def test_a_message_whose_event_fails_unexpectedly_waits_and_the_others_are_taken(
+    sessions: async_sessionmaker[AsyncSession],
+    inbox: FakeInbox,
+    inbound: PeppolInbound,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for message_id in ("m1", "m2", "m3"):
+        inbox.drop(message_id, LIEGE)
+    stage = PeppolInbound._stage
+
+    def failing_for_m2(
+        session: AsyncSession, tenant: str, fetched: FetchedDocument, sha256: str
+    ) -> str:
+        if fetched.item.message_id == "m2":
+            raise RuntimeError("a bug nobody foresaw")
+        return stage(session, tenant, fetched, sha256)
+
+    monkeypatch.setattr(PeppolInbound, "_stage", staticmethod(failing_for_m2))
+
+    assert await inbound.poll_once() == 2
+
+    assert [e.subject for e in await published(sessions)] == ["m1", "m3"]
+    assert inbox.acknowledged == ["m1", "m3"]
+    assert inbox.rejected == []  # not refused for the hub's own fault: it stays listed
+    assert [r.source_message_id for r in await records(sessions)] == ["m1", "m3"]
+    async with sessions() as session:
+        [waiting] = (await session.scalars(select(WaitingItem))).all()
+    assert (waiting.source_message_id, waiting.tenant, waiting.tries) == ("m2", "62063", 1)
+    assert "a bug nobody foresaw" in waiting.reason
+
+    monkeypatch.setattr(PeppolInbound, "_stage", staticmethod(stage))
+    clock.advance(11)
+    assert await inbound.poll_once() == 1
+    assert [e.subject for e in await published(sessions)] == ["m1", "m3", "m2"]
+    async with sessions() as session:
+        assert (await session.scalars(select(WaitingItem))).all() == []
+
+
 async def test_a_full_listing_of_messages_without_documents_does_not_hide_the_next_one(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
