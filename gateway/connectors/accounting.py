@@ -42,3 +42,11 @@ def ubl_file_name(document: AccountingDocument, max_length: int = 80) -> str:
 def amount(value: Decimal | None) -> str | None:
     """A decimal as plain text (never in exponent notation), or None."""
     return None if value is None else format(value, "f")
+
+
+def quantity(value: Decimal | None) -> str | None:
+    """A line's quantity as plain text without trailing zeros, or None. The packages take
+    10 decimals: "1.00000000000", as an invoice may write 1, was refused by Inforius's
+    pattern, and the invoice never booked. (An amount keeps its form: EN 16931 allows it
+    two decimals.)"""
+    return None if value is None else format(value.normalize(), "f")

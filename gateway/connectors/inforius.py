@@ -19,7 +19,7 @@ import httpx
 from pydantic import Field, SecretStr
 
 from contracts.events.factures import InvoiceApproved
-from gateway.connectors.accounting import amount, approved_invoice_of, ubl_file_name
+from gateway.connectors.accounting import amount, approved_invoice_of, quantity, ubl_file_name
 from gateway.connectors.base import (
     ConnectorContext,
     ConnectorSettings,
@@ -117,7 +117,7 @@ class InforiusConnector:
                     {
                         "lineId": line.line_id,
                         "description": line.description,
-                        "quantity": amount(line.quantity),
+                        "quantity": quantity(line.quantity),
                         "unitCode": line.unit,
                         "netAmount": amount(line.net_amount),
                         "vatCategory": line.vat_category,

@@ -31,7 +31,7 @@ from lxml import etree
 from pydantic import Field, field_validator
 
 from contracts.events.factures import InvoiceApproved
-from gateway.connectors.accounting import amount, approved_invoice_of, ubl_file_name
+from gateway.connectors.accounting import amount, approved_invoice_of, quantity, ubl_file_name
 from gateway.connectors.base import (
     ConnectorContext,
     ConnectorSettings,
@@ -190,7 +190,7 @@ class StesudConnector:
             row = _adder(etree.SubElement(root, f"{{{NAMESPACE}}}Line"))
             row("Id", line.line_id)
             row("Description", line.description)
-            row("Quantity", line.quantity)
+            row("Quantity", quantity(line.quantity))
             row("Unit", line.unit)
             row("NetAmount", line.net_amount)
             row("VatCategory", line.vat_category)

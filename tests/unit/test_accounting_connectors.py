@@ -140,6 +140,18 @@ async def test_both_vendors_take_a_quantity_to_more_decimals_than_an_amount(
     assert written.findtext(f".//{{{NAMESPACE}}}Quantity") == "1234.567891"
 
 
+async def test_a_quantity_written_with_trailing_zeros_is_booked_as_its_value(
+    inforius: FakeInforius, inforius_connector: InforiusConnector
+) -> None:
+    # 2.5 written to 12 decimals (valid UBL): past the 10 Inforius's pattern takes, and
+    # refused for good, though its value needs one.
+    await inforius_connector.deliver(delivery(approved_invoice(quantity=Decimal("2.500000000000"))))
+    body = json.loads(inforius.requests[0].content)
+    validator = OpenApiContract(INFORIUS_CONTRACT).validator("PurchaseInvoice")
+    assert contract_errors(validator, body) == []
+    assert body["lines"][0]["quantity"] == "2.5"
+
+
 @pytest.mark.parametrize(
     ("answer", "error", "reason"),
     [
