@@ -109,6 +109,7 @@ async def publish_decisions(hub: BenchHub, count: int = DECISIONS) -> float:
                 state=MeetingState.CLOSED,
                 attendees=ATTENDEES,
                 closed_at=date + timedelta(hours=3),
+                first_published_at=published_at,  # as publish_decision sets it
                 created_at=date - timedelta(days=10),
                 updated_at=date + timedelta(hours=3),
             )

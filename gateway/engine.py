@@ -1183,16 +1183,17 @@ class DeliveryEngine:
 
     async def replay(self, kept: RejectedEvent) -> str:
         """Hand a kept record to its routes again, its envelope corrected (its headers, as
-        kept, edited by an operator): "handled", "duplicate" when its deliveries were
-        recorded meanwhile, or "ignored" when its tenant routes it nowhere; it is no
-        longer kept then. Raises ``EnvelopeError`` when it still breaks its contract: it
-        stays kept (``kernel.api``'s ``KeptEventReplayer``)."""
+        kept, edited by an operator): "handled" (delivered, or failed for want of a route
+        of its tenant: ``_unrouted``), "duplicate" when its deliveries were recorded
+        meanwhile, or "ignored" when it is no type the gateway routes; it is no longer kept
+        then. Raises ``EnvelopeError`` when it still breaks its contract: it stays kept
+        (``kernel.api``'s ``KeptEventReplayer``)."""
         headers: dict[str, str] = dict(kept.headers)
         event = from_record(headers, kept.value)
-        keys = [
-            idempotency_key(event.id, route.name)
-            for route in self._routing.routes_for(event.tenant, event.type)
-        ]
+        routes = [route.name for route in self._routing.routes_for(event.tenant, event.type)]
+        if not routes and event.type in self._routing.event_types():
+            routes = [NO_ROUTE]
+        keys = [idempotency_key(event.id, route) for route in routes]
         async with self._sessions() as session:
             recorded = set(await session.scalars(_RECORDED_KEYS, {"keys": keys}))
         await self.handle_records([(headers, kept.value, kept.topic)])

@@ -388,11 +388,17 @@ class EventConsumer:
         return True
 
     async def _kept_before(self, record: Incoming) -> bool:
+        """Whether this very record is kept already. Its id alone is not enough: a sender's
+        corrected copy, sent again under the id of the broken one, was taken for it and
+        committed past, unhandled."""
         event_id = usable_event_id(record.headers.get("ce_id"))
         if event_id is None:
             return False
         async with self._sessions() as session:
-            return await self._kept_already(session, event_id)
+            kept = await session.scalar(
+                select(RejectedEvent.value).where(RejectedEvent.event_id == event_id)
+            )
+        return kept is not None and bytes(kept) == record.value
 
     @staticmethod
     async def _kept_already(session: AsyncSession, event_id: str) -> bool:

@@ -519,8 +519,14 @@ async def publish_decision(session: AsyncSession, item: Item) -> None:
     if meeting.state != MeetingState.CLOSED:
         raise NothingToPublish(item.id, f"its meeting {meeting.id} is not closed yet.")
     now = await publication_turn(session, item.tenant)
-    if meeting.first_published_at is None:
-        meeting.first_published_at = now  # it enters OParl's list of meetings, at its end
+    # The meeting enters OParl's list at its end, with its first publication only: read
+    # before the turn was taken, ``meeting`` may not show one committed meanwhile.
+    await session.execute(
+        update(Meeting)
+        .where(Meeting.id == meeting.id, Meeting.first_published_at.is_(None))
+        .values(first_published_at=now)
+        .execution_options(synchronize_session=False)
+    )
     item_id = item.id
     item.published_at = item.updated_at = now
     try:

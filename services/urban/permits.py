@@ -635,8 +635,8 @@ def deem_favourable(opinion: Opinion, today: date) -> None:
     arriving after this is kept for the clerk, not recorded over it."""
     opinion.verdict, opinion.received_on = DEEMED_FAVOURABLE, today
     opinion.text = (
-        f"Aucun avis reçu au {opinion.due_on.isoformat()}, terme du délai: avis réputé"
-        " favorable (CoDT D.IV.37)."
+        f"Aucun avis reçu au {deadlines.opinion_last_day(opinion.due_on).isoformat()},"
+        " terme du délai: avis réputé favorable (CoDT D.IV.37)."
     )
     log.info("opinion %s of %s deemed favourable", opinion.id, opinion.body)
 
@@ -930,6 +930,8 @@ async def record_notice_delivery(
         return
     file = await find_file(session, response.tenant, response.file_id)
     if outcome == "delivered":
+        # Closed again, should an operator's replay have brought a refused one through.
+        file.notice_state = "closed"
         file.notified_on, file.updated_at = brussels_day(now), now
         await refresh_deadlines(session, file, settings, brussels_day(now))
     elif file.notice_state == "closed" and not await _final_on_its_way(session, file, response):

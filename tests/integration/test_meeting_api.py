@@ -21,7 +21,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from contracts.envelope import from_record, new_event
+from contracts.envelope import EnvelopeError, from_record, headers_as_text, new_event, to_record
 from contracts.events.meeting import (
     ConcernedParty,
     DecisionPublished,
@@ -543,7 +543,9 @@ async def test_an_urban_request_with_a_name_longer_than_the_item_stores_is_kept_
     service: MeetingService,
 ) -> None:
     # Urban takes applicant names of up to 300 characters; the item stores 200. Urban fits
-    # the name to the contract now; an urban of before sent it whole (built here unchecked).
+    # the name to the contract now, and the consumer keeps, as breaking it, a request an
+    # urban of before sent whole; the handler's own check stays behind them (built here
+    # unchecked, as only a handler called directly can get it).
     data = DecisionNeeded.model_construct(
         file_id="f-1",
         title="Permis d'urbanisme: abri de jardin",
@@ -554,6 +556,9 @@ async def test_an_urban_request_with_a_name_longer_than_the_item_stores_is_kept_
         concerned_party=ConcernedParty(kind="person", identifier=NISS, name="L" * 248),
     )
     request = new_event(data, tenant=SAMBREVILLE, subject="f-1", source="urn:hub:urban")
+    record = to_record(request)
+    with pytest.raises(EnvelopeError, match=r"concerned_party\.name"):
+        from_record(headers_as_text(record.headers), record.value)
     handle = urban_handlers(service.app.state.meeting_settings)[DecisionNeeded.TYPE]
     async with service.app.state.sessions() as session, session.begin():
         await handle(session, request)  # never raises: the consumer would retry it for ever

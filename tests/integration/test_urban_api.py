@@ -1458,6 +1458,29 @@ async def test_a_final_response_notice_refuses_opens_the_notification_for_a_corr
     assert file["notified_on"] is not None and file["next_deadline"] is None
 
 
+async def test_a_refused_final_response_brought_through_by_a_replay_closes_the_notification(
+    service: UrbanService,
+) -> None:
+    await service.deliver(notification())
+    [opened] = await service.events(FileOpened.TYPE)
+    file_id, reference = opened.data_as(FileOpened).file_id, opened.data_as(FileOpened).reference
+    path = f"/v1/files/{file_id}"
+    assert (await service.post(f"{path}/complete")).status_code == 200
+    assert (await service.post(f"{path}/request-decision")).status_code == 200
+    assert await service.deliver(inbound(decided(reference), SAMBREVILLE, "item")) == "handled"
+    [_, final] = await service.events(NoticeResponseRequested.TYPE)
+    assert await service.deliver(receipt(final, "dead")) == "handled"
+    assert (await service.get(path)).json()["notice_state"] == "partial_sent"
+    # An operator replays it in the gateway, and it goes through this time.
+    assert await service.deliver(receipt(final)) == "handled"
+    file = (await service.get(path)).json()
+    assert (file["notice_state"], file["notified_on"] is not None) == ("closed", True)
+    again = {"message": "Encore.", "state": "FINAL"}
+    problem(
+        await service.post(f"{path}/notice-responses", again), 409, "notice-notification-closed"
+    )
+
+
 async def test_a_database_made_before_opinion_receipts_gets_their_columns(
     database: tuple[str, str | None],
 ) -> None:

@@ -181,6 +181,26 @@ async def test_a_record_kept_by_two_consumers_at_once_is_kept_once(
     assert reasons == ["first"]
 
 
+async def test_a_corrected_copy_sent_under_a_kept_records_id_is_handled(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    handled: list[str] = []
+
+    async def handler(session: AsyncSession, event: CloudEvent) -> None:
+        handled.append(event.id)
+
+    consumer = EventConsumer(
+        component="test", sessions=sessions, handlers={DeliveryReceipt.TYPE: handler}
+    )
+    corrected = incoming(receipt())
+    kept = await consumer.keep_rejected(
+        corrected.headers, b'{"attempts": 0}', corrected.topic, "attempts: at least 1"
+    )
+    # Its batch undone by another event's failure, it goes alone: not the kept one.
+    await consumer._handle_until_done(corrected)
+    assert kept and handled == [corrected.headers["ce_id"]]
+
+
 async def test_an_event_its_handler_cannot_take_until_an_operator_acts_is_kept_at_once(
     sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
 ) -> None:

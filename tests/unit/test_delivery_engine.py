@@ -522,6 +522,24 @@ async def test_a_kept_record_whose_event_was_delivered_meanwhile_is_not_delivere
     assert await kept_records(sessions) == []
 
 
+async def test_a_kept_record_of_a_tenant_without_its_route_is_failed_when_replayed(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    connector, clock = FakeConnector(), Clock()
+    engine = make_engine(sessions, connector, clock)
+    event = mail_event(tenant="62063")  # its tenant's file has no e-Box route
+    await engine.handle_records(
+        [(*with_headers(event, {"ce_time": "2026-03-02T10:00:00"}), "courrier.events")]
+    )
+    [kept] = await kept_records(sessions)
+
+    # Its service is told it failed: handled, not "ignored" as if nothing was done.
+    assert await engine.replay(await correct_kept_time(sessions, kept.id, event)) == "handled"
+    [record] = await deliveries(sessions)
+    assert (record.event_id, record.status, record.route) == (event.id, "failed", NO_ROUTE)
+    assert [receipt.outcome for receipt in await receipts(sessions)] == ["failed"]
+
+
 async def test_one_fetch_is_recorded_together_keeping_each_documents_order(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
