@@ -181,9 +181,14 @@ class _Unreadable:
     def event_id(self) -> str | None:
         return usable_event_id(self.headers.get("ce_id"))
 
-    def kept_row(self, received_at: datetime) -> RejectedEvent:
+    def kept_row(self, received_at: datetime, served: set[str]) -> RejectedEvent:
         # A new row each time: a rolled-back transaction's object is not reused.
-        return rejected_event(self.headers, self.value, self.topic, self.reason, received_at)
+        row = rejected_event(self.headers, self.value, self.topic, self.reason, received_at)
+        if row.tenant not in served:
+            # A tenant this gateway does not serve: listed to the hub's operators
+            # (``gateway:unroutable``) with the records of no tenant, not to no one.
+            row.tenant = None
+        return row
 
 
 @dataclass(frozen=True)
@@ -475,7 +480,8 @@ class DeliveryEngine:
                         self._record(session, item, claim)
                     for record in dead:
                         self._record_dead(session, record)
-                    session.add_all(kept.kept_row(self._clock()) for kept in to_keep)
+                    served = self._routing.tenants()
+                    session.add_all(kept.kept_row(self._clock(), served) for kept in to_keep)
             except IntegrityError:
                 # Another member of the group recorded some of them during a rebalance:
                 # record the others one by one, keeping the first record of each.
@@ -672,7 +678,7 @@ class DeliveryEngine:
     async def _keep_alone(self, kept: _Unreadable) -> None:
         try:
             async with write_transaction(self._sessions) as session:
-                session.add(kept.kept_row(self._clock()))
+                session.add(kept.kept_row(self._clock(), self._routing.tenants()))
         except IntegrityError:
             # Kept by another member meanwhile (a rebalance): only that repeat is no error.
             if kept.event_id is None:

@@ -122,6 +122,10 @@ class RoutingTable:
     def event_types(self) -> set[str]:
         return {event_type for (_, event_type) in self.routes}
 
+    def tenants(self) -> set[str]:
+        """The tenants with a route."""
+        return {tenant for (tenant, _) in self.routes}
+
 
 def load_routing(
     tenants: dict[str, Tenant],

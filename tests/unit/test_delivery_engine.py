@@ -370,8 +370,18 @@ async def test_a_routed_event_whose_data_breaks_its_contract_ends_dead_and_is_an
         ({"ce_tenant": "9213"}, (), 1),  # no route can be told from it
         ({"ce_source": None}, (), 1),  # a header without a value
         ({}, ("ce_id",), 2),  # nothing tells one reading from another record
+        # A tenant the gateway does not serve: shown to the hub's operators, not to no one.
+        ({"ce_tenant": "57081", "ce_time": "2026-03-02T10:00:00"}, (), 1),
     ],
-    ids=["time", "long-subject", "control-character", "tenant", "null-header", "no-id"],
+    ids=[
+        "time",
+        "long-subject",
+        "control-character",
+        "tenant",
+        "null-header",
+        "no-id",
+        "unserved-tenant",
+    ],
 )
 async def test_a_routed_record_whose_envelope_is_broken_is_kept_for_an_operator(
     sessions: async_sessionmaker[AsyncSession],
