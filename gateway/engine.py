@@ -576,7 +576,6 @@ class DeliveryEngine:
             if attributes.type not in self._routing.event_types():
                 return []  # not a request of the gateway's: the services keep theirs
             return [self._unrouted(attributes, headers, value)]
-        now = self._clock()
         # The error quotes the record (a key's name, a value): a NUL in it was refused by
         # PostgreSQL, the fetch read again and again and its other records re-sent.
         reason = clipped(
@@ -584,24 +583,8 @@ class DeliveryEngine:
             REASON_LENGTH,
         )
         return [
-            DeliveryRecord(
-                idempotency_key=idempotency_key(attributes.id, route.name),
-                event_id=attributes.id,
-                event_type=attributes.type,
-                event_time=attributes.time,
-                tenant=attributes.tenant,
-                subject=attributes.subject,
-                route=route.name,
-                connector=route.connector_type,
-                status="dead",
-                attempts=1,  # the reading that ended it
-                next_attempt_at=None,
-                last_error=reason,
-                record_headers=headers,
-                record_value=value,
-                created_at=now,
-                updated_at=now,
-                finished_at=now,
+            self._ended_unattempted(
+                attributes, route.name, route.connector_type, "dead", reason, headers, value
             )
             for route in routes
         ]
@@ -613,23 +596,37 @@ class DeliveryEngine:
         tenant takes (its tenant file lacks one): failed at once, and its service told.
         Every such type is a request its service waits on: a mail stayed "sending" for
         ever. Not replayed (``NO_ROUTE``): there is no target to try again."""
+        reason = (
+            f"no route of tenant {event.tenant} takes {event.type}: the gateway's file of"
+            " this tenant configures none"
+        )
+        return self._ended_unattempted(event, NO_ROUTE, NO_ROUTE, "failed", reason, headers, value)
+
+    def _ended_unattempted(
+        self,
+        event: CloudEvent | Attributes,
+        route: str,
+        connector: str,
+        status: str,
+        reason: str,
+        headers: dict[str, str],
+        value: bytes,
+    ) -> DeliveryRecord:
+        """The record of a delivery that ended (``status``) at its reading, with no attempt."""
         now = self._clock()
         return DeliveryRecord(
-            idempotency_key=idempotency_key(event.id, NO_ROUTE),
+            idempotency_key=idempotency_key(event.id, route),
             event_id=event.id,
             event_type=event.type,
             event_time=event.time,
             tenant=event.tenant,
             subject=event.subject,
-            route=NO_ROUTE,
-            connector=NO_ROUTE,
-            status="failed",
+            route=route,
+            connector=connector,
+            status=status,
             attempts=1,  # the reading that ended it
             next_attempt_at=None,
-            last_error=(
-                f"no route of tenant {event.tenant} takes {event.type}: the gateway's file of"
-                " this tenant configures none"
-            ),
+            last_error=reason,
             record_headers=headers,
             record_value=value,
             created_at=now,
