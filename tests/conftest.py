@@ -1,5 +1,5 @@
 """Shared fixtures: one embedded broker per session, SQLite and PostgreSQL databases,
-the gateway's HTTP client.
+the gateway's HTTP client, a running gateway with its sandbox.
 
 PostgreSQL: ``HUB_TEST_POSTGRES_URL`` names it (``.ci/run`` sets it and
 ``HUB_REQUIRE_POSTGRES=1``, which turns "unreachable" into a failure). Without
@@ -23,6 +23,7 @@ from gateway.http import outbound_client
 from kernel.database import create_engine
 from kernel.kafka import EmbeddedBroker, ensure_topics, free_port, wait_for_broker
 from kernel.settings import HubSettings
+from tests.support.gateway_hub import GatewayHub, gateway_hub
 from tests.support.hub_processes import drop_schemas
 
 POSTGRES_URL = os.environ.get("HUB_TEST_POSTGRES_URL", "")
@@ -137,3 +138,12 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
 def _no_stray_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # A developer's shell may export DATABASE_URL; tests pick their databases explicitly.
     monkeypatch.delenv("DATABASE_URL", raising=False)
+
+
+@pytest.fixture
+async def running_gateway(
+    tmp_path: Path, kafka_bootstrap: str, database: tuple[str, str | None], corpus: Path
+) -> AsyncIterator[GatewayHub]:
+    """A gateway and its sandbox, in processes of their own on the embedded broker."""
+    async with gateway_hub(tmp_path, kafka_bootstrap, database, corpus) as running:
+        yield running

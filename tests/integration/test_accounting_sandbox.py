@@ -24,7 +24,7 @@ from kernel.kafka import make_producer
 from kernel.settings import HubSettings
 from sandbox.app import build_app
 from sandbox.recorder import Recorder
-from tests.support.gateway_hub import GatewayHub, events_on, eventually, gateway_hub
+from tests.support.gateway_hub import GatewayHub, events_on, eventually
 from tests.support.invoices import UNKNOWN_SUPPLIER_VAT, approved_invoice
 from tests.support.servers import serving
 
@@ -52,18 +52,10 @@ def delivery(event: CloudEvent, key: str = KEY) -> Delivery:
 # -- through the gateway ----------------------------------------------------------------------
 
 
-@pytest.fixture
-async def hub(
-    tmp_path: Path, kafka_bootstrap: str, database: tuple[str, str | None], corpus: Path
-) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(tmp_path, kafka_bootstrap, database, corpus) as running:
-        yield running
-
-
 async def test_inforius_and_stesud_book_approved_invoices_and_receipts_carry_the_reference(
-    hub: GatewayHub, http: httpx.AsyncClient, kafka_bootstrap: str
+    running_gateway: GatewayHub, http: httpx.AsyncClient, kafka_bootstrap: str
 ) -> None:
-    tenants = {hub.inforius_tenant, hub.stesud_tenant}
+    tenants = {running_gateway.inforius_tenant, running_gateway.stesud_tenant}
     producer = make_producer(kafka_bootstrap, client_id="test-factures")
     await producer.start()
     try:
@@ -83,19 +75,24 @@ async def test_inforius_and_stesud_book_approved_invoices_and_receipts_carry_the
     assert len(receipts) == 2 and set(by_tenant) == tenants
     booked = {
         "inforius": [
-            r["answer"]["bookingReference"] for r in await received(http, hub.sandbox, "inforius")
+            r["answer"]["bookingReference"]
+            for r in await received(http, running_gateway.sandbox, "inforius")
         ],
         "stesud": [
-            r["answer"]["booking_reference"] for r in await received(http, hub.sandbox, "stesud")
+            r["answer"]["booking_reference"]
+            for r in await received(http, running_gateway.sandbox, "stesud")
         ],
     }
-    for tenant, connector in ((hub.inforius_tenant, "inforius"), (hub.stesud_tenant, "stesud")):
+    for tenant, connector in (
+        (running_gateway.inforius_tenant, "inforius"),
+        (running_gateway.stesud_tenant, "stesud"),
+    ):
         subject, receipt = by_tenant[tenant]
         assert subject == f"inv-{tenant}"
         assert (receipt.outcome, receipt.connector) == ("delivered", connector)
         assert [receipt.external_reference] == booked[connector]
         assert (receipt.external_reference or "").startswith(("INF/", "STS-"))
-    assert by_tenant[hub.stesud_tenant][1].attempts >= 2  # written, then acknowledged
+    assert by_tenant[running_gateway.stesud_tenant][1].attempts >= 2  # written, then acknowledged
 
 
 # -- Inforius ---------------------------------------------------------------------------------

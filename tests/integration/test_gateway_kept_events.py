@@ -3,8 +3,6 @@ its tenant's operators (real broker, SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,24 +10,16 @@ import pytest
 
 from contracts.envelope import to_record
 from kernel.kafka import make_producer
-from tests.support.gateway_hub import GatewayHub, eventually, gateway_hub
+from tests.support.gateway_hub import GatewayHub, eventually
 from tests.support.invoices import approved_invoice
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def hub(
-    tmp_path: Path, kafka_bootstrap: str, database: tuple[str, str | None], corpus: Path
-) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(tmp_path, kafka_bootstrap, database, corpus) as running:
-        yield running
-
-
 async def test_a_routed_record_with_a_broken_envelope_is_listed_to_its_tenants_operators(
-    hub: GatewayHub, http: httpx.AsyncClient, kafka_bootstrap: str
+    running_gateway: GatewayHub, http: httpx.AsyncClient, kafka_bootstrap: str
 ) -> None:
-    tenant = hub.inforius_tenant
+    tenant = running_gateway.inforius_tenant
     event = approved_invoice(tenant=tenant, invoice_id=f"inv-{tenant}")
     record = to_record(event)
     # Without its UTC offset: the gateway cannot record it, and skipped it unseen.
@@ -48,7 +38,8 @@ async def test_a_routed_record_with_a_broken_envelope_is_listed_to_its_tenants_o
 
     async def kept(token_tenant: str) -> list[dict[str, Any]]:
         listed = await http.get(
-            f"{hub.gateway}/v1/rejected-events", headers=hub.token(token_tenant, "gateway:read")
+            f"{running_gateway.gateway}/v1/rejected-events",
+            headers=running_gateway.token(token_tenant, "gateway:read"),
         )
         assert listed.status_code == 200, listed.text
         items: list[dict[str, Any]] = listed.json()["items"]
@@ -61,13 +52,13 @@ async def test_a_routed_record_with_a_broken_envelope_is_listed_to_its_tenants_o
         record.topic,
     )
     assert "ce_time" in item["reason"] and "no UTC offset" in item["reason"]
-    assert await kept(hub.stesud_tenant) == []
+    assert await kept(running_gateway.stesud_tenant) == []
 
-    replay = f"{hub.gateway}/v1/rejected-events/{item['id']}/replay"
-    read_only = await http.post(replay, headers=hub.token(tenant, "gateway:read"))
+    replay = f"{running_gateway.gateway}/v1/rejected-events/{item['id']}/replay"
+    read_only = await http.post(replay, headers=running_gateway.token(tenant, "gateway:read"))
     assert read_only.status_code == 403
     # Replayed through the deliveries, it breaks its contract still: it stays kept.
-    refused = await http.post(replay, headers=hub.token(tenant, "gateway:operate"))
+    refused = await http.post(replay, headers=running_gateway.token(tenant, "gateway:operate"))
     assert refused.status_code == 422, refused.text
     assert "ce_time" in refused.json()["detail"]
     assert [kept_item["id"] for kept_item in await kept(tenant)] == [item["id"]]

@@ -28,7 +28,6 @@ from tests.support.gateway_hub import (
     GatewayHub,
     events_on,
     eventually,
-    gateway_hub,
     sandbox_inbox,
 )
 from tests.support.invoices import application_response, invoice_response_requested
@@ -45,14 +44,6 @@ INVOICE_EXAMPLE = Path("einvoice/peppol-examples/base-example.xml")
 async def sandbox(corpus: Path, hub_settings: HubSettings) -> AsyncIterator[str]:
     async with serving(build_app(hub_settings, Recorder())) as url:
         yield url
-
-
-@pytest.fixture
-async def hub(
-    tmp_path: Path, kafka_bootstrap: str, database: tuple[str, str | None], corpus: Path
-) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(tmp_path, kafka_bootstrap, database, corpus) as running:
-        yield running
 
 
 def validator(schema: str) -> Any:
@@ -86,14 +77,20 @@ async def message_state(sandbox: str, message_id: str) -> dict[str, Any]:
 
 
 async def test_a_received_invoice_becomes_one_event_and_is_acknowledged(
-    hub: GatewayHub, http: httpx.AsyncClient, corpus: Path, kafka_bootstrap: str
+    running_gateway: GatewayHub, http: httpx.AsyncClient, corpus: Path, kafka_bootstrap: str
 ) -> None:
-    tenant = hub.inforius_tenant
+    tenant = running_gateway.inforius_tenant
     invoice = (corpus / INVOICE_EXAMPLE).read_bytes()
-    dropped = await drop(http, hub.sandbox, hub.participants[tenant], invoice, hub.account)
+    dropped = await drop(
+        http,
+        running_gateway.sandbox,
+        running_gateway.participants[tenant],
+        invoice,
+        running_gateway.account,
+    )
 
     async def acknowledged() -> bool:
-        state = await message_state(hub.sandbox, dropped["messageId"])
+        state = await message_state(running_gateway.sandbox, dropped["messageId"])
         return bool(state["status"] == "acknowledged")
 
     assert await eventually(acknowledged)
@@ -104,10 +101,15 @@ async def test_a_received_invoice_becomes_one_event_and_is_acknowledged(
     assert data.access_point_message_id == dropped["messageId"] == event.subject
     assert base64.b64decode(data.document_base64) == invoice
     assert data.sha256 == hashlib.sha256(invoice).hexdigest()
-    assert f"{data.receiver.scheme}:{data.receiver.identifier}" == hub.participants[tenant]
-    assert (await message_state(hub.sandbox, dropped["messageId"]))["fetches"] == 1
+    assert (
+        f"{data.receiver.scheme}:{data.receiver.identifier}" == running_gateway.participants[tenant]
+    )
+    assert (await message_state(running_gateway.sandbox, dropped["messageId"]))["fetches"] == 1
 
-    listed = await http.get(f"{hub.gateway}/v1/inbound", headers=hub.token(tenant, "gateway:read"))
+    listed = await http.get(
+        f"{running_gateway.gateway}/v1/inbound",
+        headers=running_gateway.token(tenant, "gateway:read"),
+    )
     [item] = listed.json()["items"]
     assert (item["status"], item["source_status"], item["event_id"]) == (
         "published",
@@ -116,19 +118,22 @@ async def test_a_received_invoice_becomes_one_event_and_is_acknowledged(
     )
     assert item["source"].endswith("/peppol-ap/v1")  # which access point it came from
     other = await http.get(
-        f"{hub.gateway}/v1/inbound", headers=hub.token(hub.stesud_tenant, "gateway:read")
+        f"{running_gateway.gateway}/v1/inbound",
+        headers=running_gateway.token(running_gateway.stesud_tenant, "gateway:read"),
     )
     assert other.json()["items"] == []  # tenants are walls
 
 
 async def test_an_unroutable_document_is_rejected_at_the_access_point_and_listed(
-    hub: GatewayHub, http: httpx.AsyncClient
+    running_gateway: GatewayHub, http: httpx.AsyncClient
 ) -> None:
     stranger = "0208:0999999962"
-    dropped = await drop(http, hub.sandbox, stranger, b"<Invoice/>", hub.account)
+    dropped = await drop(
+        http, running_gateway.sandbox, stranger, b"<Invoice/>", running_gateway.account
+    )
 
     async def rejected() -> dict[str, Any] | None:
-        state = await message_state(hub.sandbox, dropped["messageId"])
+        state = await message_state(running_gateway.sandbox, dropped["messageId"])
         return state if state["status"] == "rejected" else None
 
     state = await eventually(rejected)
@@ -136,9 +141,11 @@ async def test_an_unroutable_document_is_rejected_at_the_access_point_and_listed
     assert state["reasonCode"] == "FD"
     assert f"The receiver {stranger} is not a participant served by this hub" in state["reason"]
 
-    tenant = hub.inforius_tenant
-    operator = hub.token(tenant, "gateway:read", "gateway:unroutable")
-    listed = await http.get(f"{hub.gateway}/v1/inbound?status=unroutable", headers=operator)
+    tenant = running_gateway.inforius_tenant
+    operator = running_gateway.token(tenant, "gateway:read", "gateway:unroutable")
+    listed = await http.get(
+        f"{running_gateway.gateway}/v1/inbound?status=unroutable", headers=operator
+    )
     [item] = listed.json()["items"]
     assert (item["tenant"], item["receiver"], item["source_status"]) == (
         None,
@@ -146,15 +153,19 @@ async def test_an_unroutable_document_is_rejected_at_the_access_point_and_listed
         "rejected",
     )
     assert item["reason"] == state["reason"]
-    reader = hub.token(tenant, "gateway:read")
-    assert (await http.get(f"{hub.gateway}/v1/inbound", headers=reader)).json()["items"] == []
-    refused = await http.get(f"{hub.gateway}/v1/inbound?status=unroutable", headers=reader)
+    reader = running_gateway.token(tenant, "gateway:read")
+    assert (await http.get(f"{running_gateway.gateway}/v1/inbound", headers=reader)).json()[
+        "items"
+    ] == []
+    refused = await http.get(
+        f"{running_gateway.gateway}/v1/inbound?status=unroutable", headers=reader
+    )
     assert refused.status_code == 403
     assert "gateway:unroutable" in refused.json()["detail"]
 
 
 async def test_items_waiting_at_their_source_are_shown_to_their_tenant(
-    hub: GatewayHub, http: httpx.AsyncClient, database: tuple[str, str | None]
+    running_gateway: GatewayHub, http: httpx.AsyncClient, database: tuple[str, str | None]
 ) -> None:
     # What the adapters record when a source keeps failing on an item (unit-tested there).
     url, schema = database
@@ -162,11 +173,14 @@ async def test_items_waiting_at_their_source_are_shown_to_their_tenant(
     now = utcnow()
     try:
         async with session_factory(engine)() as session, session.begin():
-            for message_id, tenant in (("m-mine", hub.inforius_tenant), ("m-unknown", None)):
+            for message_id, tenant in (
+                ("m-mine", running_gateway.inforius_tenant),
+                ("m-unknown", None),
+            ):
                 session.add(
                     WaitingItem(
                         channel="peppol",
-                        source=f"{hub.sandbox}/peppol-ap/v1",
+                        source=f"{running_gateway.sandbox}/peppol-ap/v1",
                         source_message_id=message_id,
                         tenant=tenant,
                         reason="The access point gave no document for it yet: HTTP 502",
@@ -180,15 +194,18 @@ async def test_items_waiting_at_their_source_are_shown_to_their_tenant(
         await engine.dispose()
 
     def waiting(tenant: str, *scopes: str) -> Any:
-        return http.get(f"{hub.gateway}/v1/inbound/waiting", headers=hub.token(tenant, *scopes))
+        return http.get(
+            f"{running_gateway.gateway}/v1/inbound/waiting",
+            headers=running_gateway.token(tenant, *scopes),
+        )
 
-    mine = (await waiting(hub.inforius_tenant, "gateway:read")).json()
+    mine = (await waiting(running_gateway.inforius_tenant, "gateway:read")).json()
     assert [(i["source_message_id"], i["tries"]) for i in mine["items"]] == [("m-mine", 3)]
     assert mine["items"][0]["reason"].endswith("HTTP 502")
-    operator = await waiting(hub.inforius_tenant, "gateway:read", "gateway:unroutable")
+    operator = await waiting(running_gateway.inforius_tenant, "gateway:read", "gateway:unroutable")
     assert [i["source_message_id"] for i in operator.json()["items"]] == ["m-mine", "m-unknown"]
-    assert (await waiting(hub.stesud_tenant, "gateway:read")).json()["items"] == []
-    assert (await waiting(hub.stesud_tenant)).status_code == 403
+    assert (await waiting(running_gateway.stesud_tenant, "gateway:read")).json()["items"] == []
+    assert (await waiting(running_gateway.stesud_tenant)).status_code == 403
 
 
 # -- the outbox: Invoice Responses ------------------------------------------------------------
