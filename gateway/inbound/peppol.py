@@ -73,10 +73,14 @@ RECORD_BATCH = 16
 #: the poll takes the next one at once instead of waiting for the next poll.
 LISTING_LIMIT = 100
 #: A participant as the access point's contract writes it (``ParticipantId``), the only
-#: form the hub's ``PeppolEndpoint`` takes. Another (``iso6523-actorid-upis::0208:…``, an
-#: identifier of 201 characters) failed the event of its message when the batch was
-#: recorded, and the batch, listed again first at every poll, blocked the inbox for good.
+#: form the hub's ``PeppolEndpoint`` takes. Another (an identifier of 201 characters…)
+#: failed the event of its message when the batch was recorded, and the batch, listed
+#: again first at every poll, blocked the inbox for good.
 PARTICIPANT = re.compile(r"[0-9]{4}:[^\s:]{1,200}")
+#: The identifier scheme the Peppol policy puts before a participant in the SMP and in
+#: AS4 headers (``iso6523-actorid-upis::0208:0216987614``). Access points pass it on as
+#: they received it, so the hub reads the participant behind it rather than refusing it.
+PEPPOL_IDENTIFIER_SCHEME = "iso6523-actorid-upis::"
 
 
 class AccessPointError(SourceError):
@@ -194,8 +198,8 @@ def _item(entry: dict[str, Any]) -> InboxItem:
         received = entry.get("receivedAt")
         item = InboxItem(
             message_id=str(entry["messageId"]),
-            sender=str(entry["sender"]),
-            receiver=str(entry["receiver"]),
+            sender=participant_of(str(entry["sender"])),
+            receiver=participant_of(str(entry["receiver"])),
             document_type=str(entry["documentTypeId"]),
             received_at=datetime.fromisoformat(received) if received else None,
             size=size if isinstance(size := entry.get("size"), int) and size >= 0 else None,
@@ -246,6 +250,13 @@ def _listed_item(entry: Any) -> InboxItem | None:
 def _source_of(inbox_name: str) -> str:
     """The inbox's name (its access point's URL) as ``gateway_inbound.source`` holds it."""
     return inbox_name[:SOURCE_LENGTH]
+
+
+def participant_of(listed: str) -> str:
+    """A participant as listed, without the policy's identifier scheme if it has one."""
+    if listed[: len(PEPPOL_IDENTIFIER_SCHEME)].lower() == PEPPOL_IDENTIFIER_SCHEME:
+        return listed[len(PEPPOL_IDENTIFIER_SCHEME) :]
+    return listed
 
 
 def endpoint_of(participant: str) -> PeppolEndpoint:

@@ -825,7 +825,7 @@ async def test_participants_that_are_no_scheme_and_identifier_are_refused_not_bl
 ) -> None:
     good = base64.b64encode(INVOICE).decode()
     entries: list[Any] = [
-        entry("upis", sender="iso6523-actorid-upis::0208:0406798006"),
+        entry("upis", sender="iso6523-actorid-upis::0208::0406798006"),
         entry("long-id", sender="0208:" + "1" * 205),  # kept (210), but no PeppolEndpoint
         entry("no-scheme", receiver="0207123407"),
         entry("newline", sender=SUPPLIER + "\n"),
@@ -840,13 +840,31 @@ async def test_participants_that_are_no_scheme_and_identifier_are_refused_not_bl
     assert [e.subject for e in await published(sessions)] == ["good"]
     assert access_point.acknowledged == ["good"]
     assert set(access_point.rejected) == {"upis", "long-id", "no-scheme", "newline"}
-    assert "sender 'iso6523-actorid-upis::0208:0406798006'" in access_point.rejected["upis"]
+    assert "sender '0208::0406798006'" in access_point.rejected["upis"]
     assert "receiver '0207123407'" in access_point.rejected["no-scheme"]
     kept = {r.source_message_id: (r.status, r.source_status) for r in await records(sessions)}
     assert kept == {
         "good": ("published", "acknowledged"),
         **{m: ("refused", "rejected") for m in access_point.rejected},
     }
+
+
+async def test_participants_behind_the_peppol_identifier_scheme_are_read_without_it(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # Access points pass on the participants of the AS4 headers as the policy writes them.
+    good = base64.b64encode(INVOICE).decode()
+    entries: list[Any] = [
+        entry("policy", sender="iso6523-actorid-upis::" + SUPPLIER),
+        entry("upper", receiver="ISO6523-ACTORID-UPIS::" + LIEGE),
+    ]
+    access_point = InboxOverHttp(entries, {"policy": good, "upper": good})
+
+    await take_all(sessions, access_point)
+
+    assert [e.subject for e in await published(sessions)] == ["policy", "upper"]
+    assert access_point.acknowledged == ["policy", "upper"]
+    assert [(r.sender, r.receiver) for r in await records(sessions)] == [(SUPPLIER, LIEGE)] * 2
 
 
 async def test_a_message_the_event_contract_refuses_is_refused_and_the_batch_taken(
