@@ -9,7 +9,7 @@ service records on the invoice.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import pybase64
 
@@ -44,9 +44,26 @@ def amount(value: Decimal | None) -> str | None:
     return None if value is None else format(value, "f")
 
 
+#: The decimals of a quantity both packages take.
+QUANTITY_DECIMALS = Decimal("1e-10")
+
+
 def quantity(value: Decimal | None) -> str | None:
     """A line's quantity as plain text without trailing zeros, or None. The packages take
     10 decimals: "1.00000000000", as an invoice may write 1, was refused by Inforius's
-    pattern, and the invoice never booked. (An amount keeps its form: EN 16931 allows it
-    two decimals.)"""
-    return None if value is None else format(value.normalize(), "f")
+    pattern, and the invoice never booked. A quantity past 10 decimals (BT-129 sets no
+    limit) is rounded to them: the line's net amount (BT-131), not its quantity, is what
+    is booked, so the rounding changes no amount. (An amount keeps its form: EN 16931
+    allows it two decimals.)"""
+    if value is None:
+        return None
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -10:
+        value = value.quantize(QUANTITY_DECIMALS, rounding=ROUND_HALF_EVEN)
+    return format(value.normalize(), "f")
+
+
+def vat_number(value: str) -> str:
+    """A VAT identifier (BT-31) as the packages look a supplier up: without the spaces,
+    dots and hyphens an invoice may write it with ("BE 0406.798.006"), in capitals."""
+    return re.sub(r"[\s.\-]+", "", value).upper()

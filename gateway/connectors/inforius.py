@@ -19,7 +19,13 @@ import httpx
 from pydantic import Field, SecretStr
 
 from contracts.events.factures import InvoiceApproved
-from gateway.connectors.accounting import amount, approved_invoice_of, quantity, ubl_file_name
+from gateway.connectors.accounting import (
+    amount,
+    approved_invoice_of,
+    quantity,
+    ubl_file_name,
+    vat_number,
+)
 from gateway.connectors.base import (
     ConnectorContext,
     ConnectorSettings,
@@ -88,7 +94,7 @@ class InforiusConnector:
             "supplier": _without_none(
                 {
                     "name": supplier.name,
-                    "vatNumber": supplier.vat_id.replace(" ", "").upper(),
+                    "vatNumber": vat_number(supplier.vat_id),
                     "enterpriseNumber": supplier.enterprise_number,
                     "iban": supplier.iban.replace(" ", "").upper() if supplier.iban else None,
                 }

@@ -31,7 +31,13 @@ from lxml import etree
 from pydantic import Field, field_validator
 
 from contracts.events.factures import InvoiceApproved
-from gateway.connectors.accounting import amount, approved_invoice_of, quantity, ubl_file_name
+from gateway.connectors.accounting import (
+    amount,
+    approved_invoice_of,
+    quantity,
+    ubl_file_name,
+    vat_number,
+)
 from gateway.connectors.base import (
     ConnectorContext,
     ConnectorSettings,
@@ -170,7 +176,7 @@ class StesudConnector:
         add("Currency", document.currency)
         party = _adder(etree.SubElement(root, f"{{{NAMESPACE}}}Supplier"))
         party("Name", supplier.name)
-        party("VatNumber", supplier.vat_id.replace(" ", "").upper())
+        party("VatNumber", vat_number(supplier.vat_id))
         party("EnterpriseNumber", supplier.enterprise_number)
         party("Iban", supplier.iban)
         add("BuyerReference", document.buyer_reference)

@@ -152,6 +152,33 @@ async def test_a_quantity_written_with_trailing_zeros_is_booked_as_its_value(
     assert body["lines"][0]["quantity"] == "2.5"
 
 
+async def test_a_quantity_past_the_packages_decimals_and_a_vat_number_with_dots_are_booked(
+    inforius: FakeInforius, inforius_connector: InforiusConnector, tmp_path: Path
+) -> None:
+    # Both valid EN 16931, both once refused for good by the packages' contracts: 13
+    # decimals of kilowatt-hours, and the VAT number as Belgian letters write it.
+    kwh = Decimal("1234.1234567890123")
+    invoice = approved_invoice(quantity=kwh, vat_id="be 0406.798-006")
+    await inforius_connector.deliver(delivery(invoice))
+    body = json.loads(inforius.requests[0].content)
+    validator = OpenApiContract(INFORIUS_CONTRACT).validator("PurchaseInvoice")
+    assert contract_errors(validator, body) == []
+    assert body["lines"][0]["quantity"] == "1234.123456789"
+    assert body["supplier"]["vatNumber"] == "BE0406798006"
+
+    async with httpx.AsyncClient() as http:
+        stesud = build("stesud", "92137", {}, http, tmp_path / "var")
+        assert isinstance(stesud, StesudConnector)
+        with pytest.raises(RetryableDeliveryError, match="has not acknowledged"):
+            await stesud.deliver(
+                delivery(approved_invoice(tenant="92137", quantity=kwh, vat_id="BE 0406.798.006"))
+            )
+    written = etree.fromstring((stesud.directory / "in" / file_name(KEY)).read_bytes())
+    assert etree.XMLSchema(etree.parse(str(SCHEMA_PATH))).validate(written)
+    assert written.findtext(f".//{{{NAMESPACE}}}Quantity") == "1234.123456789"
+    assert written.findtext(f".//{{{NAMESPACE}}}VatNumber") == "BE0406798006"
+
+
 @pytest.mark.parametrize(
     ("answer", "error", "reason"),
     [
