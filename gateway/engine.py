@@ -33,7 +33,7 @@ import functools
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -96,6 +96,8 @@ RETRIES_AT_ONCE = 200
 #: target answers in tens of milliseconds; one that has not answered after this keeps its
 #: attempt going in the background, and the consumer reads the next fetch meanwhile.
 FIRST_ATTEMPT_SECONDS = 2.0
+#: The ended outcomes kept while the database refuses to record them: a few fetches'.
+UNRECORDED_OUTCOMES = 10_000
 
 #: The delivery log keeps a target's reference up to its column's length.
 REFERENCE_LENGTH: int = DeliveryRecord.__table__.c.external_reference.type.length  # type: ignore[attr-defined]
@@ -220,6 +222,35 @@ class NoRouteToReplay(Conflict):
         )
 
 
+class NotReplayable(Conflict):
+    """A replay asked of a delivery that is neither failed nor dead: it would change
+    nothing, and answering as if replayed told a retrying one's operator it would go now."""
+
+    def __init__(self, record: DeliveryRecord) -> None:
+        key = record.idempotency_key
+        next_attempt_at = (
+            record.next_attempt_at.isoformat(timespec="seconds")
+            if record.next_attempt_at is not None
+            else None
+        )
+        if record.status == "retrying":
+            detail = (
+                f"Delivery {key} is already retrying (attempt {record.attempts} failed:"
+                f" {record.last_error}); its next attempt is at {next_attempt_at}."
+                " Only failed or dead deliveries are replayed."
+            )
+        else:
+            detail = (
+                f"Delivery {key} is {record.status}; only failed or dead deliveries are replayed."
+            )
+        super().__init__(
+            "not-replayable",
+            detail,
+            delivery_status=record.status,
+            next_attempt_at=next_attempt_at,
+        )
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: str  # delivered | failed | retry
@@ -298,6 +329,12 @@ class DeliveryEngine:
         # (after a failed recording) records them under their claim instead of sending
         # them twice, so the document's later deliveries wait behind them.
         self._handed_over: dict[str, datetime] = {}
+        # The outcomes a target gave to a fetch whose recording then failed (a read-only
+        # database after a failover, a full disk), by key: the fetch is read again every
+        # second, and each reading sent its letters again; a target that ignores the key
+        # (the real e-Box REST) published a copy each time. Recorded at the next reading
+        # instead of attempted, and forgotten once recorded.
+        self._unrecorded: dict[str, Outcome] = {}
         self._routes_of_target: dict[tuple[str, str], list[str]] = defaultdict(list)
         for routes in routing.routes.values():
             for route in routes:
@@ -456,6 +493,7 @@ class DeliveryEngine:
             if item.key in known:
                 # Seen before a crash or a rebalance (recorded, or owned by the retries),
                 # or twice in this fetch: nothing to do.
+                self._unrecorded.pop(item.key, None)
                 continue
             known.add(item.key)
             if item.key in self._handed_over:
@@ -491,6 +529,11 @@ class DeliveryEngine:
                     await self._record_dead_alone(record)
                 for kept in to_keep:
                     await self._keep_alone(kept)
+            except Exception:
+                self._remember_unrecorded(item for item, _ in fresh)
+                raise
+            for item, _ in fresh:
+                self._unrecorded.pop(item.key, None)
         finally:
             # Recorded or not (the fetch is then read again): the attempts handed over
             # may record their outcome, or find that they cannot.
@@ -498,6 +541,18 @@ class DeliveryEngine:
         ended = any(item.outcome and item.outcome.status != "retry" for item, _ in fresh)
         if self._relay and (dead or ended):
             self._relay.wake()
+
+    def _remember_unrecorded(self, items: Iterable[_Pending]) -> None:
+        """Keep the ended outcomes of a fetch that could not be recorded (a retry is simply
+        attempted again), at most ``UNRECORDED_OUTCOMES``: past them, a delivery is sent
+        again, as before, rather than the gateway's memory growing without end."""
+        for item in items:
+            if item.outcome is None or item.outcome.status == "retry":
+                continue
+            if len(self._unrecorded) >= UNRECORDED_OUTCOMES and item.key not in self._unrecorded:
+                log.warning("too many unrecorded outcomes; %s will be sent again", item.key)
+                continue
+            self._unrecorded[item.key] = item.outcome
 
     async def _attempt_chains(
         self, chains: list[_Chain], blocked: set[tuple[str, str, str]]
@@ -698,6 +753,9 @@ class DeliveryEngine:
                 blocked.add(item.chain)  # left to the retries, in order
                 continue
             item.record = self._new_record(item)
+            if (given := self._unrecorded.get(item.key)) is not None:
+                item.outcome = given  # the target answered a reading whose recording failed
+                continue
 
             def started(item: _Pending = item) -> None:
                 chain.current = item
@@ -834,6 +892,17 @@ class DeliveryEngine:
                     # every document of every tenant behind it, for ever.
                     async with asyncio.timeout(deadline):
                         result = await connector.deliver(delivery)
+                    # Cut to what the delivery log, and the services after it, keep (200
+                    # characters): a longer one from a target failed their writes on
+                    # PostgreSQL, and the fetch with it, again and again. Inside the try: a
+                    # result that is no text (a plugin's vendor number) is a connector bug,
+                    # and it failed the whole fetch, re-read and re-sent every second.
+                    reference = (
+                        clipped(result.external_reference, REFERENCE_LENGTH)
+                        if result.external_reference is not None
+                        else None
+                    )
+                    return Outcome("delivered", external_reference=reference, answer=result.answer)
                 except TimeoutError:
                     reason = f"{route.connector_type}: no answer within {deadline:g} s"
                     return Outcome("retry", reason=reason)
@@ -849,15 +918,6 @@ class DeliveryEngine:
                         "connector %s crashed on %s", route.connector_type, record.idempotency_key
                     )
                     return Outcome("retry", reason=f"internal connector error: {exc!r}")
-                # Cut to what the delivery log, and the services after it, keep (200
-                # characters): a longer one from a target failed their writes on PostgreSQL,
-                # and the fetch with it, again and again.
-                reference = (
-                    clipped(result.external_reference, REFERENCE_LENGTH)
-                    if result.external_reference is not None
-                    else None
-                )
-                return Outcome("delivered", external_reference=reference, answer=result.answer)
 
     @asynccontextmanager
     async def _slot(self, route: Route, *, retry: bool) -> AsyncIterator[None]:
@@ -1207,15 +1267,20 @@ class DeliveryEngine:
         return outcome
 
     async def replay_delivery(self, key: str, tenant: str) -> DeliveryRecord | None:
-        """An operator asks for a failed or dead delivery to be tried again from scratch."""
+        """An operator asks for a failed or dead delivery to be tried again from scratch: the
+        record, now retrying; None when ``tenant`` has no such delivery. Raises
+        ``NotReplayable`` for one in another state, ``NoRouteToReplay`` for one without
+        a route."""
         async with self._sessions() as session, session.begin():
             record = await session.scalar(
                 select(DeliveryRecord)
                 .options(*WITHOUT_STORED_EVENT)
                 .where(DeliveryRecord.idempotency_key == key, DeliveryRecord.tenant == tenant)
             )
-            if record is None or record.status not in ("failed", "dead"):
-                return record
+            if record is None:
+                return None
+            if record.status not in ("failed", "dead"):
+                raise NotReplayable(record)
             if record.route == NO_ROUTE:
                 raise NoRouteToReplay(key, record.tenant, record.event_type)
             record.status = "retrying"
