@@ -21,6 +21,7 @@ from kernel.auth import issue_token
 from kernel.logs import configure_logging
 from kernel.settings import HubSettings, get_settings
 from kernel.telemetry import configure_tracing
+from kernel.tenants import TenantConfigError, load_tenants
 
 app = typer.Typer(
     help="The e-government integration hub.", no_args_is_help=True, add_completion=False
@@ -177,8 +178,23 @@ def demo(
     """Drive realistic traffic through a running hub and report outcomes."""
     from hub.demo import print_table, run_demo
 
+    settings = _settings()
+    # Checked before any traffic: a tenant the hub does not serve is a mistake in the
+    # command, not an outcome of the services (the demos read its file and crashed).
+    try:
+        configured = load_tenants(settings.tenants_dir)
+    except TenantConfigError as exc:
+        typer.echo(f"hub demo: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if tenant not in configured:
+        typer.echo(
+            f"hub demo: tenant {tenant} is not configured (no {tenant}.yaml in"
+            f" {settings.tenants_dir}, HUB_TENANTS_DIR); configured: {', '.join(configured)}",
+            err=True,
+        )
+        raise typer.Exit(2)
     results = run_demo(
-        _settings(), count=count, timeout=timeout, tenant=tenant, show_progress=not as_json
+        settings, count=count, timeout=timeout, tenant=tenant, show_progress=not as_json
     )
     if as_json:
         typer.echo(json.dumps({name: result.as_dict() for name, result in results.items()}))

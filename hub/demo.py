@@ -30,6 +30,9 @@ DEMOS: dict[str, Callable[[DemoRun], Awaitable[ServiceResult]]] = {
     "meeting": meeting_demo,
     "urban": urban_demo,
 }
+#: Services whose documents may rightly be refused: their result always counts
+#: ``rejected``, the hub reached or not (README's JSON shape).
+REJECTING = frozenset({"factures"})
 
 
 async def run_demos(
@@ -49,6 +52,7 @@ async def _reported(name: str, run: DemoRun) -> ServiceResult:
         return ServiceResult(
             submitted=run.count,
             failed=run.count,
+            rejected=0 if name in REJECTING else None,
             problems=[f"the hub could not be reached: {type(exc).__name__}: {exc}"],
         )
 

@@ -41,7 +41,7 @@ from kernel.kafka import (
     wait_for_broker,
 )
 from kernel.pki import ensure_sandbox_tls_identity, ensure_tenant_signing_identity
-from kernel.settings import HubSettings
+from kernel.settings import DEFAULT_PORTS, HubSettings
 from kernel.tenants import TenantConfigError, load_tenants
 
 console = Console()
@@ -94,6 +94,31 @@ def _port_is_free(host: str, port: int) -> bool:
                 return False
             raise StartError(f"cannot listen on {host!r} port {port}: {exc.strerror}") from None
         return True
+
+
+def check_ports(settings: HubSettings, broker_port: int) -> None:
+    """Every port ``hub up`` is to listen on is free, or a ``StartError`` naming all those
+    taken. Checked before anything starts: when each component's port was checked as it
+    started, the gateway (started last) was found taken only once everything else ran."""
+    # (host, port, what listens there, what moves it: a component's port has no setting)
+    wanted: list[tuple[str, int, str, str | None]] = []
+    if not settings.kafka_bootstrap_servers:
+        wanted.append(("127.0.0.1", broker_port, "embedded broker", "pass --broker-port"))
+    for component in COMPONENTS:
+        wanted.append((settings.host, component.port, component.name, None))
+        if component.name == "sandbox" and settings.sandbox_tls_port:
+            tls = "set HUB_SANDBOX_TLS_PORT (0: none)"
+            wanted.append((settings.host, settings.sandbox_tls_port, "sandbox TLS", tls))
+    taken = [
+        f"{port} ({whose}; or {setting})" if setting else f"{port} ({whose})"
+        for host, port, whose, setting in wanted
+        if not _port_is_free(host, port)
+    ]
+    if taken:
+        raise StartError(
+            f"{'ports' if len(taken) > 1 else 'port'} taken: {', '.join(taken)}; stop what"
+            " listens there (`lsof -i :PORT` names it)"
+        )
 
 
 def prepare_development_material(settings: HubSettings) -> None:
@@ -276,6 +301,7 @@ def run_hub(settings: HubSettings, broker_port: int) -> int:
     for stop_signal in STOP_SIGNALS:
         signal.signal(stop_signal, _stop_like_ctrl_c)
     try:
+        check_ports(settings, broker_port)
         with Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -350,8 +376,10 @@ def _print_table(settings: HubSettings, running: list[Running], bootstrap: str) 
             address = settings.sandbox_tls_address()
             table.add_row("sandbox (mTLS)", address, str(item.process.pid), "")
     console.print(table)
-    gateway = f"http://{settings.host}:8000"
-    console.print(f"Dashboard: {gateway}/dashboard   Metrics: <url>/metrics   APIs: <url>/docs")
+    # Where this machine reaches the gateway, as the table shows it (not ``HUB_HOST`` as set:
+    # "::" or "0.0.0.0" is no address to open).
+    gateway = local_url(settings.host, DEFAULT_PORTS["gateway"])
+    console.print(f"Dashboard: {gateway}/dashboard   Each URL above: /metrics, /docs (its API)")
     console.print("Try: .venv/bin/hub demo --count 50")
 
 
@@ -376,10 +404,12 @@ def _watch(running: list[Running], broker: EmbeddedBroker | None, log_max_bytes:
             return 1
         for item in running:
             if item.process.poll() is not None:
-                console.print(
+                # Escaped: a log line such as SQLAlchemy's "[parameters: ...]" is no markup,
+                # and one holding "[/...]" made rich raise instead of printing the tail.
+                _say(
                     f"[red]{item.component.name} stopped with code "
                     f"{item.process.returncode}[/red]; "
-                    f"last lines of {item.log_path}:\n{_tail(item.log_path)}"
+                    f"last lines of {escape(str(item.log_path))}:\n{escape(_tail(item.log_path))}"
                 )
                 return 1
         time.sleep(0.5)

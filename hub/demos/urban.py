@@ -237,6 +237,10 @@ class UrbanClerkAndCollege:
 async def urban_demo(run: DemoRun) -> ServiceResult:
     result = ServiceResult()
     tenants = load_tenants(run.settings.tenants_dir)
+    if run.tenant not in tenants:
+        result.submitted = result.failed = run.count
+        result.problems.append(f"tenant {run.tenant} is not configured")
+        return result
     instance = tenants[run.tenant].notice_instance
     if instance is None:
         result.submitted = result.failed = run.count
