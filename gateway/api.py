@@ -31,7 +31,7 @@ from gateway.engine import DeliveryEngine
 from gateway.inbound.records import InboundDocument, WaitingItem
 from kernel.api import LARGEST_INTEGER, RequestModel
 from kernel.auth import CallerDep
-from kernel.errors import Conflict, NotFound
+from kernel.errors import NotFound
 
 DASHBOARD_HTML = Path(__file__).with_name("dashboard.html")
 
@@ -137,7 +137,9 @@ def router() -> APIRouter:
             rows = (await session.execute(query)).all()
         return [StatusCount(connector=c, status=s, count=n) for c, s, n in rows]
 
-    @api.get("/{key}", response_model=DeliveryView)
+    # ``path``: an event id may hold a "/" (``vendor/2026/0001``), which the client's %2F
+    # does not hide (the path is decoded before routing); the str converter answered 404.
+    @api.get("/{key:path}", response_model=DeliveryView)
     async def get_delivery(request: Request, caller: CallerDep, key: str) -> DeliveryView:
         caller.require("gateway:read")
         async with sessions_of(request)() as session:
@@ -161,19 +163,15 @@ def router() -> APIRouter:
         count = await engine.replay_all(caller.tenant, body.status, body.route, body.connector)
         return Replayed(replayed=count)
 
-    @api.post("/{key}/replay", response_model=DeliveryView)
+    @api.post("/{key:path}/replay", response_model=DeliveryView)
     async def replay(request: Request, caller: CallerDep, key: str) -> DeliveryView:
-        """Try a failed or dead delivery again, with the same idempotency key."""
+        """Try a failed or dead delivery again, with the same idempotency key; 409
+        ``not-replayable`` for one in another state (a retrying one keeps its next attempt)."""
         caller.require("gateway:operate")
         engine: DeliveryEngine = request.app.state.engine
         record = await engine.replay_delivery(key, caller.tenant)
         if record is None:
             raise NotFound("delivery", key)
-        if record.status != "retrying":
-            raise Conflict(
-                "not-replayable",
-                f"Delivery {key} is {record.status}; only failed or dead deliveries are replayed.",
-            )
         return DeliveryView.of(record)
 
     return api

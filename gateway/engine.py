@@ -235,9 +235,9 @@ class NotReplayable(Conflict):
         )
         if record.status == "retrying":
             detail = (
-                f"Delivery {key} is already retrying (attempt {record.attempts} failed:"
-                f" {record.last_error}); its next attempt is at {next_attempt_at}."
-                " Only failed or dead deliveries are replayed."
+                f"Delivery {key} is already retrying ({record.attempts} attempts so far):"
+                f" its next attempt is at {next_attempt_at}. Only failed or dead deliveries"
+                " are replayed."
             )
         else:
             detail = (

@@ -189,11 +189,38 @@ def delivered_event_types(type_name: str) -> frozenset[str] | None:
 PLUGIN_GROUP = "hub.connectors"
 
 
+#: The plugins' entry points already loaded in this process (name, ``module:object``):
+#: a gateway built again in the same process (the tests, an application holding two) ran
+#: each plugin's registration again, which ``register_connector`` refuses as a second one.
+_LOADED_PLUGINS: set[tuple[str, str]] = set()
+
+
+class ConnectorPluginError(RuntimeError):
+    """A vendor's connector plugin failed to load or to register its types."""
+
+
 def load_plugin_connectors() -> list[str]:
+    """Load the plugins of ``PLUGIN_GROUP`` not loaded yet in this process: the names of
+    the entry points this call loaded. Raises ``ConnectorPluginError`` naming the entry
+    point of one that fails."""
     from importlib.metadata import entry_points
 
     loaded = []
     for entry_point in entry_points(group=PLUGIN_GROUP):
-        entry_point.load()()
+        key = (entry_point.name, entry_point.value)
+        if key in _LOADED_PLUGINS:
+            continue
+        try:
+            entry_point.load()()
+        except Exception as exc:
+            # Else the start stopped with the vendor code's bare traceback (an ImportError,
+            # a typo), which names neither the plugin nor the package to fix or remove.
+            package = entry_point.dist.name if entry_point.dist is not None else "unknown"
+            raise ConnectorPluginError(
+                f"connector plugin {entry_point.name!r} ({entry_point.value}, package"
+                f" {package}, entry point group {PLUGIN_GROUP}) failed to load:"
+                f" {type(exc).__name__}: {exc}"
+            ) from exc
+        _LOADED_PLUGINS.add(key)
         loaded.append(entry_point.name)
     return loaded

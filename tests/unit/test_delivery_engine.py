@@ -42,6 +42,7 @@ from gateway.engine import (
     DeliveriesStuck,
     DeliveryEngine,
     NoRouteToReplay,
+    NotReplayable,
 )
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import RetryPolicy, Route, RoutingTable
@@ -226,6 +227,8 @@ async def test_exhausted_retries_end_dead_and_can_be_replayed(
     replayed = await engine.replay_delivery(record.idempotency_key, TENANT)
     assert replayed is not None and replayed.status == "retrying"
     assert await engine.replay_delivery(record.idempotency_key, "62063") is None  # another tenant's
+    with pytest.raises(NotReplayable, match="already retrying"):  # a second click: no change
+        await engine.replay_delivery(record.idempotency_key, TENANT)
     await engine.retry_due()
     [record] = await deliveries(sessions)
     assert record.status == "delivered"
