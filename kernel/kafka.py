@@ -40,6 +40,12 @@ TOPICS: dict[str, int] = {
 
 #: Large enough for an outgoing mail carrying its PDF (capped at 4 MiB by courrier).
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
+#: The ``max.message.bytes`` of the hub's topics: a record batch of one event as large as
+#: the outbox lets through (``MAX_REQUEST_BYTES``), with room for the batch's own headers
+#: (the 10 MiB of ``docker-compose.yml``). Kafka's default is about 1 MiB: there every
+#: event between 1 and 8 MiB, a mail with its PDF, was refused for good, and its
+#: document's later events waited behind it.
+TOPIC_MAX_MESSAGE_BYTES = MAX_REQUEST_BYTES + 2 * 1024 * 1024
 
 
 class BrokerError(RuntimeError):
@@ -118,13 +124,19 @@ class EmbeddedBroker:
 
 
 async def ensure_topics(bootstrap_servers: str, topics: dict[str, int] | None = None) -> None:
-    """Create the hub's topics with their explicit partition counts; existing ones are kept."""
+    """Create the hub's topics with their explicit partition counts and
+    ``TOPIC_MAX_MESSAGE_BYTES``; existing ones are kept as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [
-            NewTopic(name, partitions, replication_factor=1)
+            NewTopic(
+                name,
+                partitions,
+                replication_factor=1,
+                topic_configs={"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)},
+            )
             for name, partitions in (topics or TOPICS).items()
             if name not in existing
         ]

@@ -41,6 +41,14 @@ OUTBOX_OLDEST_PENDING_AGE = Gauge(
     "How long the oldest event not yet published has waited (0: none waits; read at each scrape)",
     ["component"],
 )
+OUTBOX_HELD_BACK = Counter(
+    "hub_outbox_held_back_total",
+    "Events the outbox relay could not publish for a reason of their own, their key then held "
+    "back and tried again less and less often (reason: refused, the cluster refuses the "
+    "record for good, e.g. over its max.message.bytes; topic-missing, the cluster lacks the "
+    "topic); once per attempt",
+    ["component", "topic", "reason"],
+)
 CONSUMER_LAG = Gauge(
     "hub_consumer_lag_events",
     "Records of the topic on the broker that this process has not handled yet (after its "

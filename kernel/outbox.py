@@ -19,11 +19,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from time import monotonic
 from typing import Any, Protocol
 
-from aiokafka.errors import KafkaError, KafkaTimeoutError
-from opentelemetry import propagate
+from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
 from sqlalchemy import (
     JSON,
     ColumnElement,
@@ -46,8 +47,14 @@ from contracts.envelope import CloudEvent, KafkaRecord, to_record
 from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction, writer_turn
 from kernel.errors import ProblemError
 from kernel.kafka import MAX_REQUEST_BYTES
-from kernel.metrics import EVENTS_PUBLISHED, OUTBOX_OLDEST_PENDING_AGE, OUTBOX_PENDING
+from kernel.metrics import (
+    EVENTS_PUBLISHED,
+    OUTBOX_HELD_BACK,
+    OUTBOX_OLDEST_PENDING_AGE,
+    OUTBOX_PENDING,
+)
 from kernel.migrations import table_of
+from kernel.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +132,8 @@ def stage(session: AsyncSession, event: CloudEvent, advice: str = "") -> None:
 
 
 def _traced_record(event: CloudEvent) -> KafkaRecord:
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return to_record(event, extra_headers=carrier)
+    # The trace context only, not the caller's baggage (``kernel.telemetry._PROPAGATOR``).
+    return to_record(event, extra_headers=inject_headers())
 
 
 def _add_staged(session: AsyncSession, event: CloudEvent, record: KafkaRecord) -> None:
@@ -202,12 +208,36 @@ def _waves(rows: list[OutboxMessage]) -> list[list[OutboxMessage]]:
     return waves
 
 
+def _topic_missing(error: BaseException) -> bool:
+    """The cluster lacks the record's topic (not created, or deleted): aiokafka's ``send``
+    waits for the topic's metadata for its ``request_timeout_ms`` (40 s by default), then
+    raises this. (It does too when it could read no metadata at all, a broker away before
+    it knew the topic; held back as a missing topic, its events are only tried less often.)"""
+    return isinstance(error, UnknownTopicOrPartitionError)
+
+
 def _broker_away(error: BaseException) -> bool:
     """A failure of the broker or of the way to it, which every key meets alike (aiokafka's
-    retriable errors, its timeouts), not one of the record's own (too large)."""
+    retriable errors, its timeouts), not one of the record's own (too large).
+
+    A missing topic is not: aiokafka calls it retriable, but only that topic's keys meet
+    it. Counted as the broker away, the relay never read past that topic's rows, and the
+    process's other topics got nothing once they filled the oldest batch."""
     if isinstance(error, KafkaError):
+        if _topic_missing(error):
+            return False
         return bool(error.retriable) or isinstance(error, KafkaTimeoutError)
     return isinstance(error, ConnectionError | TimeoutError)
+
+
+@dataclass
+class _HeldBack:
+    """A key whose next record the cluster refused for good, or a topic it lacks: why, how
+    many times in a row, and when the relay tries again (``OutboxRelay._hold_back``)."""
+
+    error: BaseException
+    failures: int
+    retry_at: float
 
 
 class RecordSender(Protocol):
@@ -230,6 +260,8 @@ class OutboxRelay:
         idle_poll_seconds: float = 0.5,
         keep_sent_for: timedelta = timedelta(days=1),
         forgetful_broker_since: datetime | None = None,
+        refused_retry_seconds: float = 1.0,
+        refused_retry_max_seconds: float = 300.0,
     ) -> None:
         self._sessions = sessions
         #: When the embedded broker, which forgets its records when it stops, started: what
@@ -246,6 +278,17 @@ class OutboxRelay:
         self._after_id = 0
         self._idle_poll_seconds = idle_poll_seconds
         self._keep_sent_for = keep_sent_for
+        #: Keys whose next record the cluster refused for good (over its max.message.bytes,
+        #: invalid) and topics it lacks, held back (``_hold_back``): after the first failure
+        #: for ``refused_retry_seconds``, twice as long after each next, at most
+        #: ``refused_retry_max_seconds``. Sent again at each pass, which every commit
+        #: starts, the same record of up to 8 MiB went to the cluster and a warning to the
+        #: log at each commit of the process; a missing topic cost each pass a metadata
+        #: wait. In memory: a process started again tries once more at once.
+        self._refused_keys: dict[bytes, _HeldBack] = {}
+        self._missing_topics: dict[str, _HeldBack] = {}
+        self._refused_retry_seconds = refused_retry_seconds
+        self._refused_retry_max_seconds = refused_retry_max_seconds
         self._wakeup = asyncio.Event()
         self._pending = self._batch_query(OutboxMessage.sent_at.is_(None))
         # Reading on: the pending rows after ``after_id`` whose key has no pending row up to
@@ -306,7 +349,8 @@ class OutboxRelay:
                 self._relay_lock
             ):
                 return 0  # another replica relays; it takes this replica's rows too
-            if self._after_id:
+            reading_on = bool(self._after_id)
+            if reading_on:
                 batch = self._pending_after, {"after_id": self._after_id}
             else:
                 batch = self._pending, {}
@@ -320,19 +364,25 @@ class OutboxRelay:
             )
             sent_ids: list[int] = []
             failed_keys: dict[bytes, BaseException] = {}
+            failed_topics: set[str] = set()
+            now = monotonic()
             for wave in _waves(rows):
-                await self._send_wave(wave, sent_ids, failed_keys)
+                await self._send_wave(wave, sent_ids, failed_keys, failed_topics, now)
             async with writer_turn(self._sessions):
                 if sent_ids:
                     await session.execute(_MARK_SENT, {"ids": sent_ids, "sent_at": utcnow()})
                 await session.commit()
             self._read_on(rows, full, failed_keys)
-            if failed_keys:
+            if not reading_on and not full and (self._refused_keys or self._missing_topics):
+                self._forget_settled(rows)
+            # Keys held back were logged by ``_hold_back``, once each at WARNING.
+            away = [error for error in failed_keys.values() if _broker_away(error)]
+            if away:
                 log.warning(
                     "%s outbox: %d keys not published yet: %s",
                     self._component,
-                    len(failed_keys),
-                    next(iter(failed_keys.values())),
+                    len(away),
+                    away[0],
                 )
             return len(sent_ids)
 
@@ -343,11 +393,11 @@ class OutboxRelay:
 
         A full batch that all went: at once, from the oldest pending (where the rest
         now is). A full batch in which keys failed for a reason of their own (a record
-        the cluster refuses as too large; not the broker away): at once, past this
-        batch (``_pending_after`` leaves those keys' later rows), so that a few stuck
-        keys never fill every batch and stop the other documents' events; back to the
-        oldest at the end. Anything else, a broker away included: the oldest, at the
-        next wake or poll.
+        the cluster refuses as too large, a topic it lacks; not the broker away), or
+        were held back for one: at once, past this batch (``_pending_after`` leaves
+        those keys' later rows), so that a few stuck keys never fill every batch and
+        stop the other documents' events; back to the oldest at the end. Anything
+        else, a broker away included: the oldest, at the next wake or poll.
         """
         if full and any(not _broker_away(error) for error in failed_keys.values()):
             self._after_id = rows[-1].id
@@ -385,17 +435,27 @@ class OutboxRelay:
         wave: list[OutboxMessage],
         sent_ids: list[int],
         failed_keys: dict[bytes, BaseException],
+        failed_topics: set[str],
+        now: float,
     ) -> None:
         """Send ``wave`` (at most one row per key) and wait for the broker's answers.
 
         A row of a key that failed earlier in the batch is not sent: it waits for the
-        next pass, behind its key's failed row. Adds the rows sent to ``sent_ids`` and
-        the keys that failed to ``failed_keys``.
+        next pass, behind its key's failed row. Nor is one of a key or a topic held back
+        (``_hold_back``) at ``now``, the pass's start, or of a topic found missing earlier
+        in the pass: each of its rows waited out a metadata timeout, one after another.
+        Adds the rows sent to ``sent_ids``, the keys that failed or wait to
+        ``failed_keys``, the topics found missing to ``failed_topics``.
         """
         # Per row, in id order: the broker's future, or None if it was not sent.
         futures: list[asyncio.Future[Any] | None] = []
         for row in wave:
             if row.key in failed_keys:
+                futures.append(None)
+                continue
+            held = self._held_back(row, failed_topics, now)
+            if held is not None:
+                failed_keys[row.key] = held
                 futures.append(None)
                 continue
             try:
@@ -408,7 +468,7 @@ class OutboxRelay:
                     )
                 )
             except Exception as exc:  # refused before it left (no metadata, too large)
-                failed_keys[row.key] = exc
+                self._failed(row, exc, failed_keys, failed_topics)
                 futures.append(None)
         answers = iter(
             await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True)
@@ -418,10 +478,111 @@ class OutboxRelay:
                 continue
             answer = next(answers)
             if isinstance(answer, BaseException):
-                failed_keys[row.key] = answer
+                self._failed(row, answer, failed_keys, failed_topics)
                 continue
             sent_ids.append(row.id)
             EVENTS_PUBLISHED.labels(component=self._component, topic=row.topic).inc()
+            if self._refused_keys or self._missing_topics:
+                self._published(row)
+
+    def _held_back(
+        self, row: OutboxMessage, failed_topics: set[str], now: float
+    ) -> BaseException | None:
+        """Why ``row`` is not sent in this pass (``_send_wave``); None if it is."""
+        topic = self._missing_topics.get(row.topic)
+        if topic is not None and (row.topic in failed_topics or now < topic.retry_at):
+            return topic.error
+        key = self._refused_keys.get(row.key)
+        if key is not None and now < key.retry_at:
+            return key.error
+        return None
+
+    def _failed(
+        self,
+        row: OutboxMessage,
+        error: BaseException,
+        failed_keys: dict[bytes, BaseException],
+        failed_topics: set[str],
+    ) -> None:
+        """``row`` was not published: its key waits for the next pass; held back, when the
+        failure is its own or its topic's rather than the broker's."""
+        failed_keys[row.key] = error
+        if _topic_missing(error):
+            if row.topic not in failed_topics:  # once a pass, however many of its rows said so
+                failed_topics.add(row.topic)
+                self._hold_back(self._missing_topics, row.topic, error, row, "topic-missing")
+        elif not _broker_away(error):
+            self._hold_back(self._refused_keys, row.key, error, row, "refused")
+
+    def _hold_back(
+        self,
+        holds: dict[Any, _HeldBack],
+        name: bytes | str,
+        error: BaseException,
+        row: OutboxMessage,
+        reason: str,
+    ) -> None:
+        """Hold ``name`` (a key, or a topic) back from the next passes, for twice as long as
+        last time; logged at WARNING the first time, then at DEBUG. The key's later events
+        keep waiting behind it; the relay reads on past them to the other keys."""
+        failures = holds[name].failures + 1 if name in holds else 1
+        # The exponent capped: a float overflows past 2**1023, after years of failures.
+        wait = min(
+            self._refused_retry_seconds * 2 ** min(failures - 1, 32),
+            self._refused_retry_max_seconds,
+        )
+        holds[name] = _HeldBack(error, failures, monotonic() + wait)
+        OUTBOX_HELD_BACK.labels(self._component, row.topic, reason).inc()
+        level = logging.WARNING if failures == 1 else logging.DEBUG
+        if reason == "topic-missing":
+            log.log(
+                level,
+                "%s outbox: topic %s does not exist on the cluster (%r); its events wait,"
+                " tried again in %.0f s, then less and less often: create it (`hub topics`)",
+                self._component,
+                row.topic,
+                error,
+                wait,
+            )
+        else:
+            log.log(
+                level,
+                "%s outbox: the cluster refuses event %s (%s, on %s) for good, attempt %d: %r;"
+                " its document's later events wait behind it. Tried again in %.0f s, then"
+                " less and less often, at most every %.0f s",
+                self._component,
+                row.event_id,
+                row.event_type,
+                row.topic,
+                failures,
+                error,
+                wait,
+                self._refused_retry_max_seconds,
+            )
+
+    def _published(self, row: OutboxMessage) -> None:
+        """``row`` is on the broker: its key and its topic are no longer held back."""
+        refused = self._refused_keys.pop(row.key, None)
+        if refused is not None:
+            log.info(
+                "%s outbox: event %s published after %d refusals; its document's later"
+                " events follow",
+                self._component,
+                row.event_id,
+                refused.failures,
+            )
+        if self._missing_topics.pop(row.topic, None) is not None:
+            log.info("%s outbox: topic %s is on the cluster now", self._component, row.topic)
+
+    def _forget_settled(self, rows: list[OutboxMessage]) -> None:
+        """After a pass that read every pending row (``rows``): keys and topics held back
+        that have none left (sent by another replica, deleted by an operator) are no
+        longer, so that a later event of theirs does not wait out its predecessor's time."""
+        keys, topics = {row.key for row in rows}, {row.topic for row in rows}
+        for key in [key for key in self._refused_keys if key not in keys]:
+            del self._refused_keys[key]
+        for topic in [topic for topic in self._missing_topics if topic not in topics]:
+            del self._missing_topics[topic]
 
     async def republish_forgotten(self, broker_since: datetime) -> int:
         """Publish again the events sent before the embedded broker that started at

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from opentelemetry import context, propagate, trace
+from opentelemetry import context, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -21,10 +21,19 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.trace import Status
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from kernel.logs import mask_national_numbers
 
 _configured = False
+
+#: What the hub carries from a request or an event to what follows it: the W3C trace
+#: context (``traceparent``, ``tracestate``) only. OpenTelemetry's global propagator also
+#: carries W3C ``baggage``, whatever a caller sends in it (up to 8 KB, unmasked, a
+#: national number for instance): it went into every event of the change, on to the
+#: consumers' own events and onto the gateway's calls to external targets. Explicit,
+#: not the global one, so that ``OTEL_PROPAGATORS`` cannot bring it back.
+_PROPAGATOR = TraceContextTextMapPropagator()
 
 
 class NationalNumbersMasked(SpanExporter):
@@ -110,14 +119,15 @@ def tracer(name: str) -> trace.Tracer:
 def inject_headers() -> dict[str, str]:
     """The current trace context as W3C headers (``traceparent``, ``tracestate``)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    _PROPAGATOR.inject(carrier)
     return carrier
 
 
 @contextmanager
 def continue_trace(headers: Mapping[str, str]) -> Iterator[None]:
-    """Run the block as a child of the trace context carried by ``headers``."""
-    token = context.attach(propagate.extract(dict(headers)))
+    """Run the block as a child of the trace context carried by ``headers`` (its
+    ``baggage`` left out, see ``_PROPAGATOR``)."""
+    token = context.attach(_PROPAGATOR.extract(dict(headers)))
     try:
         yield
     finally:

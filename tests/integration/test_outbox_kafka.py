@@ -10,15 +10,25 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from sqlalchemy import select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from contracts.envelope import from_record, headers_as_text, new_event
 from contracts.events.gateway import DeliveryReceipt
 from kernel.database import create_engine, session_factory, utcnow
-from kernel.kafka import EmbeddedBroker, ensure_topics, free_port, make_producer, wait_for_broker
+from kernel.kafka import (
+    MAX_REQUEST_BYTES,
+    TOPIC_MAX_MESSAGE_BYTES,
+    EmbeddedBroker,
+    ensure_topics,
+    free_port,
+    make_producer,
+    wait_for_broker,
+)
 from kernel.migrations import Migration, create_tables, migrate
-from kernel.outbox import OutboxMessage, OutboxRelay, stage, transaction
+from kernel.outbox import RECORD_OVERHEAD_BYTES, OutboxMessage, OutboxRelay, stage, transaction
 from tests.support.gateway_hub import events_on
 from tests.support.hub_processes import drop_schemas
 from tests.unit import test_outbox as unit
@@ -79,6 +89,35 @@ async def test_relay_publishes_committed_events_in_order_per_key(
     finally:
         await consumer.stop()
     assert seen == list(range(1, 21))
+
+
+async def test_the_hubs_topics_take_the_largest_event_the_outbox_lets_through(
+    kafka_bootstrap: str,
+) -> None:
+    # Kafka's default max.message.bytes is about 1 MiB: there every event of 1 to 8 MiB
+    # (a mail with its PDF) was refused for good, its document's later events behind it.
+    topic = f"outbox-test-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(kafka_bootstrap, {topic: 1})
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic)]
+        )
+    finally:
+        await admin.close()
+    [resource] = described.resources
+    configs = {entry[0]: entry[1] for entry in resource[4]}
+    assert int(configs["max.message.bytes"]) == TOPIC_MAX_MESSAGE_BYTES > MAX_REQUEST_BYTES
+
+    # The embedded broker takes the setting, and a record as large as the outbox lets through.
+    producer = make_producer(kafka_bootstrap, "outbox-test")
+    await producer.start()
+    try:
+        value = b"x" * (MAX_REQUEST_BYTES - RECORD_OVERHEAD_BYTES - len(b"doc-1"))
+        await (await producer.send(topic, value=value, key=b"doc-1"))
+    finally:
+        await producer.stop()
 
 
 class HeldSender(FakeSender):

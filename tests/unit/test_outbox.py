@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.errors import UnknownTopicOrPartitionError
 from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import new_event, to_record
 from contracts.events.gateway import DeliveryReceipt
+from kernel import outbox
 from kernel.database import create_engine, session_factory, utcnow, writer_turn
 from kernel.kafka import MAX_REQUEST_BYTES
 from kernel.migrations import Migration, create_tables, migrate
@@ -28,18 +31,23 @@ from kernel.outbox import (
     stage,
     transaction,
 )
+from kernel.telemetry import continue_trace, inject_headers
 from tests.support.databases import sqlite_sessions
 from tests.support.gateway_hub import eventually
 
 
 class FakeSender:
     """Acknowledges what it is given, except: ``fail_keys``' records fail at the broker,
-    ``refuse_keys``' are refused by ``send`` itself (as aiokafka refuses one too large)."""
+    ``refuse_keys``' are refused by ``send`` itself (as aiokafka refuses one too large),
+    ``missing_topics``' too (as aiokafka does after waiting for a topic the cluster lacks).
+    ``tried`` has every record given, ``sent`` those acknowledged."""
 
     def __init__(self, fail_keys: set[bytes] | None = None) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
+        self.tried: list[tuple[str, bytes, bytes]] = []
         self.fail_keys = fail_keys or set()
         self.refuse_keys: set[bytes] = set()
+        self.missing_topics: set[str] = set()
         #: Which records the broker itself rejects (key, value → rejected), as a cluster
         #: does a record over its message.max.bytes.
         self.broker_rejects: Callable[[bytes, bytes], bool] = lambda key, value: False
@@ -47,6 +55,9 @@ class FakeSender:
     async def send(
         self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
     ) -> asyncio.Future[Any]:
+        self.tried.append((topic, key, value))
+        if topic in self.missing_topics:
+            raise UnknownTopicOrPartitionError()
         if key in self.refuse_keys:
             raise ValueError("record too large")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -181,7 +192,8 @@ async def test_a_record_send_refuses_holds_its_keys_later_events_and_not_the_oth
 ) -> None:
     sender = FakeSender()
     sender.refuse_keys = {b"92137:doc-1"}
-    relay = OutboxRelay(sessions, sender, component="test")
+    # Tried again at each pass, here and below (the backoff has a test of its own).
+    relay = OutboxRelay(sessions, sender, component="test", refused_retry_seconds=0)
     async with transaction(sessions, relay) as session:
         stage(session, receipt("doc-1", attempts=1))
         stage(session, receipt("doc-2"))
@@ -200,7 +212,7 @@ async def test_a_later_event_of_a_key_never_leaves_while_an_earlier_one_fails(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     sender = FakeSender()
-    relay = OutboxRelay(sessions, sender, component="test")
+    relay = OutboxRelay(sessions, sender, component="test", refused_retry_seconds=0)
     async with transaction(sessions, relay) as session:
         stage(session, receipt("doc-1", attempts=1))
         stage(session, receipt("doc-2"))
@@ -356,7 +368,7 @@ async def test_keys_the_cluster_refuses_never_stop_the_other_documents_events(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     sender = FakeSender()
-    relay = OutboxRelay(sessions, sender, component="test", batch_size=5)
+    relay = OutboxRelay(sessions, sender, component="test", batch_size=5, refused_retry_seconds=0)
     async with transaction(sessions, relay) as session:
         for attempts in range(1, 7):  # more events of doc-1 than a batch holds
             stage(session, receipt("doc-1", attempts))
@@ -483,3 +495,144 @@ async def test_after_the_embedded_broker_restarted_the_events_sent_before_go_aga
     assert [key for _, key, _ in sender.sent] == list(sent_at)  # in their order
     # Once: a process started again beside the same broker sends nothing twice.
     assert await restarted.republish_forgotten(broker_since) == 0
+
+
+class Clock:
+    """The relay's clock (``kernel.outbox.monotonic``), moved on by the test only."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    frozen = Clock()
+    monkeypatch.setattr(outbox, "monotonic", frozen)
+    return frozen
+
+
+async def add_on_topics(
+    sessions: async_sessionmaker[AsyncSession], rows: list[tuple[str, str, int]]
+) -> None:
+    """Outbox rows of ``(topic, document, attempts)``, in that order."""
+    async with sessions() as session, session.begin():
+        for topic, document, attempts in rows:
+            record = to_record(receipt(document, attempts))
+            session.add(
+                OutboxMessage(
+                    event_id=f"{topic}-{document}-{attempts}",
+                    event_type="t",
+                    topic=topic,
+                    key=record.key,
+                    value=record.value,
+                    headers={},
+                    created_at=utcnow(),
+                )
+            )
+
+
+def held_back(component: str, topic: str, reason: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        "hub_outbox_held_back_total", {"component": component, "topic": topic, "reason": reason}
+    )
+
+
+async def test_a_topic_missing_on_the_cluster_holds_its_own_events_only(
+    sessions: async_sessionmaker[AsyncSession], clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # More events on the missing topic than a batch holds, then the other topic's, then
+    # a second event of the first document on the missing topic.
+    await add_on_topics(
+        sessions,
+        [("gateway.missing", f"m-{n}", 1) for n in range(20)]
+        + [("gateway.receipts", f"r-{n}", 1) for n in range(5)]
+        + [("gateway.missing", "m-0", 2)],
+    )
+    sender = FakeSender()
+    sender.missing_topics = {"gateway.missing"}
+    relay = OutboxRelay(sessions, sender, component="missing-topic-test", batch_size=10)
+
+    with caplog.at_level(logging.DEBUG, logger="kernel.outbox"):
+        for _ in range(6):  # the clock stands still: the topic is held back all along
+            await relay.publish_pending()
+    # The other topic's events went: the relay read on past the missing topic's batches,
+    # which cost one wait for the topic's metadata, not one per row (40 s each).
+    assert [key for _, key, _ in sender.sent] == [b"92137:r-%d" % n for n in range(5)]
+    assert [topic for topic, _, _ in sender.tried].count("gateway.missing") == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "topic gateway.missing does not exist on the cluster" in warnings[0]
+    assert held_back("missing-topic-test", "gateway.missing", "topic-missing") == 1
+
+    sender.missing_topics.clear()  # created by an operator
+    clock.now += 1  # the first wait over
+    for _ in range(4):
+        await relay.publish_pending()
+    assert await pending(sessions) == 0
+    missing = [(key, json.loads(value)["attempts"]) for topic, key, value in sender.sent[5:]]
+    assert [key for key, _ in missing] == [b"92137:m-%d" % n for n in range(20)] + [b"92137:m-0"]
+    assert missing[-1] == (b"92137:m-0", 2)  # a key's events in their order
+
+
+async def test_a_record_the_cluster_refuses_for_good_is_tried_again_less_and_less_often(
+    sessions: async_sessionmaker[AsyncSession], clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    sender = FakeSender()
+    sender.broker_rejects = lambda key, value: key == b"92137:poison"
+    relay = OutboxRelay(sessions, sender, component="refusal-test", refused_retry_max_seconds=4)
+    async with transaction(sessions, relay) as session:
+        stage(session, receipt("poison", attempts=1))
+        stage(session, receipt("poison", attempts=2))
+
+    def tries() -> int:
+        return sum(1 for _, key, _ in sender.tried if key == b"92137:poison")
+
+    with caplog.at_level(logging.DEBUG, logger="kernel.outbox"):
+        for number in range(20):  # a pass at each commit of the process (its wake)
+            async with transaction(sessions, relay) as session:
+                stage(session, receipt(f"doc-{number}"))
+            await relay.publish_pending()
+        assert tries() == 1  # not 20 times up to 8 MiB
+        assert len(sender.sent) == 20  # the other documents' events went meanwhile
+        assert await pending(sessions) == 2  # poison's second event waits behind its first
+
+        waits = []
+        for _ in range(5):  # tried again after 1 s, then 2, 4, and at most 4
+            before, waited = tries(), 0
+            while tries() == before:
+                clock.now += 1
+                waited += 1
+                await relay.publish_pending()
+            waits.append(waited)
+        assert waits == [1, 2, 4, 4, 4]
+
+    refusals = [r for r in caplog.records if "refuses event" in r.getMessage()]
+    assert [r.levelno for r in refusals] == [logging.WARNING] + [logging.DEBUG] * 5
+    assert held_back("refusal-test", "gateway.receipts", "refused") == 6
+
+    sender.broker_rejects = lambda key, value: False  # the cluster's limit raised
+    clock.now += 4
+    await relay.publish_pending()
+    await relay.publish_pending()
+    assert await pending(sessions) == 0
+    attempts = [json.loads(value)["attempts"] for _, key, value in sender.sent[20:]]
+    assert attempts == [1, 2]  # in order
+
+
+async def test_an_event_carries_the_callers_trace_context_and_not_its_baggage(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # W3C baggage is whatever the caller puts in it (a national number, say, kilobytes of
+    # it): neither stored with the events nor sent on to external targets.
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with continue_trace({"traceparent": traceparent, "baggage": "niss=85073003328"}):
+        assert inject_headers() == {"traceparent": traceparent}
+        async with transaction(sessions, None) as session:
+            stage(session, receipt("doc-1"))
+    async with sessions() as session:
+        headers = (await session.scalars(select(OutboxMessage.headers))).one()
+    assert headers.get("traceparent") == traceparent
+    assert "baggage" not in headers
