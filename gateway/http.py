@@ -90,6 +90,19 @@ class ResponseTooLarge(httpx.TransportError):
         self.status = status
 
 
+class UndecodableResponse(httpx.DecodingError):
+    """A target's answer that is not in the content encoding it says (a proxy's plain error
+    page marked gzip): its status still says what the target answered."""
+
+    def __init__(
+        self, message: str, *, request: httpx.Request, status: int, headers: httpx.Headers
+    ) -> None:
+        super().__init__(f"{message} (HTTP {status})", request=request)
+        self.status = status
+        #: The answer's headers: a 429's or a 503's Retry-After holds all the same.
+        self.headers = headers
+
+
 class _NoCookies(httpx.Cookies):
     """A cookie jar that keeps nothing a response sets."""
 
@@ -175,8 +188,11 @@ def _decoded(body: bytes, response: httpx.Response) -> bytes:
             except zlib.error as exc:
                 error = exc
         else:
-            raise httpx.DecodingError(
-                f"an answer said to be {encoding} is not: {error}", request=response.request
+            raise UndecodableResponse(
+                f"an answer said to be {encoding} is not: {error}",
+                request=response.request,
+                status=response.status_code,
+                headers=response.headers,
             ) from error
         if len(decoded) > MAX_RESPONSE_BYTES or decompressor.unconsumed_tail:
             raise ResponseTooLarge(

@@ -167,11 +167,21 @@ def load_routing(
                 else:
                     table.peppol_inboxes[code] = inbox
         seen_names: set[str] = set()
+        # The route that sends each event type to each connector.
+        seen_pairs: dict[tuple[str, str], str] = {}
         for index, route in enumerate(parsed.routes):
             at = f"{where}: routes[{index}] ({route.name})"
             if route.name in seen_names:
                 problems.append(f"{at}: route name used twice")
             seen_names.add(route.name)
+            # Each route has its own idempotency keys: a copied route would deliver every
+            # event twice (two e-Box letters). One event type to two connectors is fine.
+            first = seen_pairs.setdefault((route.event_type, route.connector), route.name)
+            if first != route.name:
+                problems.append(
+                    f"{at}: routes {first!r} and {route.name!r} both send {route.event_type}"
+                    f" to connector {route.connector!r}: each event would be delivered twice"
+                )
             if event_class_for(route.event_type) is None:
                 problems.append(f"{at}: unknown event type {route.event_type!r}")
             if route.connector not in parsed.connectors:

@@ -48,8 +48,10 @@ from gateway.connectors.base import (
 from gateway.connectors.letters import letter_file_name, letter_of, recipient_number
 from gateway.connectors.soap import SignedSoapClient, SigningSettings, signing_files
 from gateway.errors import (
+    SOCSEC_ERRORS_NS,
     PermanentDeliveryError,
     RetryableDeliveryError,
+    socsec_error,
     translate_transport_errors,
 )
 
@@ -62,7 +64,7 @@ DEFAULT_WSDL = Path(
 BINDING = "{http://socialsecurity.be/eboxmessage/v1}EboxMessageSOAPBinding"
 OPERATION = "publishEboxMessage"
 NO_DIGITAL_USER = "NO_DIGITAL_USER"
-ERRORS_NS = "http://socialsecurity.be/errors/v1"
+ERRORS_NS = SOCSEC_ERRORS_NS
 TICKET_LENGTH = 25  # the contract's Ticket: at most 25 characters
 
 
@@ -201,11 +203,13 @@ def soap_with_attachment(
 
 def business_error_code(fault: Fault) -> str | None:
     """The ``Code`` of the contract's ``BusinessError`` fault detail, if the fault carries one."""
-    detail = fault.detail
-    if detail is None:
+    # Read as ``translate_transport_errors`` reads it: zeep's "Unknown fault" carries text,
+    # not an element, as its detail.
+    error = socsec_error(fault)
+    if error is None or error.tag != f"{{{ERRORS_NS}}}BusinessError":
         return None
-    code = detail.find(f"{{{ERRORS_NS}}}BusinessError/{{{ERRORS_NS}}}Code")
-    return code.text.strip() if code is not None and code.text else None
+    code = error.findtext(f"{{{ERRORS_NS}}}Code")
+    return code.strip() if code else None
 
 
 def _recipient(mail: OutgoingMailSendRequested) -> dict[str, str]:

@@ -226,9 +226,12 @@ async def test_certificate_the_sandbox_does_not_trust_is_refused(
     key_file, cert_file = ensure_tenant_signing_identity(tmp_path / "not-the-hub", TENANT)
     connector = connector_for(sandbox, http, hub_settings, key_file=key_file, cert_file=cert_file)
 
-    with pytest.raises(PermanentDeliveryError, match="is not trusted"):
+    # Retried, not failed: the tenant's certificate is at fault, not the letter, and an
+    # operator renews or registers it while the letters wait (as a REST target's 401).
+    with pytest.raises(RetryableDeliveryError, match="is not trusted") as refused:
         await connector.deliver(delivery())
     await connector.aclose()
+    assert "check the tenant's signing certificate" in refused.value.reason
 
 
 async def test_same_idempotency_key_twice_publishes_once(

@@ -160,8 +160,15 @@ async def test_a_decision_is_transmitted_signed_and_its_acknowledgement_returned
 async def test_a_client_fault_is_permanent_and_a_server_fault_retryable(
     connector: OversightSoapConnector, oversight: FakeOversight
 ) -> None:
-    oversight.answer = lambda body: _httpx(soap_fault("Client", "WS-Security: not trusted"))
-    with pytest.raises(PermanentDeliveryError, match="not trusted"):
+    oversight.answer = lambda body: _httpx(soap_fault("Client", "the request is not valid"))
+    with pytest.raises(PermanentDeliveryError, match="not valid"):
+        await connector.deliver(delivery(transmission()))
+
+    # A refused signing certificate is retried: the tenant's certificate is at fault, not
+    # the decision, and an operator renews or registers it meanwhile (as a REST 401).
+    refused = "WS-Security: the signing certificate (CN=x) is not trusted"
+    oversight.answer = lambda body: _httpx(soap_fault("Client", refused))
+    with pytest.raises(RetryableDeliveryError, match="not trusted"):
         await connector.deliver(delivery(transmission()))
 
     oversight.answer = lambda body: _httpx(soap_fault("Server", "down", status=503))

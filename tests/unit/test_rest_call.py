@@ -14,7 +14,8 @@ from contracts.envelope import new_event
 from contracts.events.urban import OpinionRequested
 from gateway.connectors.base import Delivery, DeliveryResult
 from gateway.connectors.rest import Refusal, post_delivery
-from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
+from gateway.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from gateway.http import OutboundClient
 
 URL = "https://target.test/api/things"
 TARGET = "Target"
@@ -39,8 +40,9 @@ async def post(
     handler: Callable[[httpx.Request], httpx.Response],
     refusals: Mapping[int, Refusal] | None = None,
     subject: str | None = None,
+    client: type[httpx.AsyncClient] = httpx.AsyncClient,
 ) -> DeliveryResult:
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+    async with client(transport=httpx.MockTransport(handler)) as http:
         return await post_delivery(
             http,
             URL,
@@ -149,3 +151,45 @@ async def test_an_answer_nested_too_deep_to_read_is_classified_as_any_other() ->
         await post(lambda request: httpx.Response(422, content=NESTED_TOO_DEEP))
     with pytest.raises(RetryableDeliveryError, match="Target answered with no thingId"):
         await post(lambda request: httpx.Response(201, content=NESTED_TOO_DEEP))
+
+
+def mislabelled(status: int, headers: Mapping[str, str] | None = None) -> httpx.Response:
+    """A proxy's plain error page marked gzip: it does not decompress."""
+    return httpx.Response(
+        status,
+        stream=httpx.ByteStream(b"<html><body>Bad Request</body></html>"),
+        headers={"Content-Encoding": "gzip", **(headers or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, PermanentDeliveryError),  # a refusal, however unreadable its page
+        (422, PermanentDeliveryError),
+        (503, RetryableDeliveryError),
+        (200, RetryableDeliveryError),  # the answer itself: whether it was taken is unknown
+    ],
+)
+async def test_an_answer_in_an_encoding_it_did_not_use_is_classified_by_its_status(
+    status: int, kind: type[Exception]
+) -> None:
+    # Through the gateway's own client, which undoes the encodings itself (gateway.http).
+    with pytest.raises(kind) as raised:
+        await post(lambda request: mislabelled(status), client=OutboundClient)
+    assert isinstance(raised.value, DeliveryError)
+    assert "Target answered in an encoding it did not use: an answer said to be gzip" in (
+        raised.value.reason
+    )
+
+
+async def test_an_undecodable_429_keeps_its_retry_after() -> None:
+    with pytest.raises(RetryableDeliveryError) as raised:
+        await post(lambda request: mislabelled(429, {"Retry-After": "120"}), client=OutboundClient)
+    assert raised.value.retry_after_seconds == 120.0
+
+
+async def test_an_answer_httpx_cannot_decode_itself_is_retryable() -> None:
+    # A plain httpx client decodes as it reads, with no status at hand.
+    with pytest.raises(RetryableDeliveryError, match="in an encoding it did not use"):
+        await post(lambda request: mislabelled(400))

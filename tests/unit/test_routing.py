@@ -116,9 +116,10 @@ tenant: "92137"
 name: Test
 connectors:
   ebox: {{type: ebox_rest}}
+  ebox-soap: {{type: ebox_soap}}
 routes:
   - {{name: slow, event_type: {SEND}, connector: ebox, retry: {{max_attempts: 60}}}}
-  - {{name: usual, event_type: {SEND}, connector: ebox}}
+  - {{name: usual, event_type: {SEND}, connector: ebox-soap}}
 retry: {{max_attempts: 4}}
 """,
     )
@@ -126,6 +127,34 @@ retry: {{max_attempts: 4}}
     slow, usual = table.routes_for("92137", SEND)
     assert table.retry_policy(slow).max_attempts == 60
     assert table.retry_policy(usual).max_attempts == 4
+
+
+def test_two_routes_sending_one_event_type_to_one_connector_are_refused(tmp_path: Path) -> None:
+    # A copied route: each route has its own idempotency keys, so every letter would be
+    # published twice. One event type to two connectors stays allowed (two senders).
+    write(
+        tmp_path,
+        "92137",
+        f"""
+tenant: "92137"
+name: Test
+connectors:
+  ebox: {{type: ebox_rest}}
+  ebox-soap: {{type: ebox_soap}}
+routes:
+  - {{name: outgoing-mail-ebox, event_type: {SEND}, connector: ebox}}
+  - {{name: outgoing-mail-ebox-soap, event_type: {SEND}, connector: ebox-soap}}
+  - {{name: outgoing-mail-ebox-2, event_type: {SEND}, connector: ebox}}
+""",
+    )
+    with pytest.raises(RoutingConfigError) as raised:
+        load_routing(load_tenants(tmp_path), BUILT_IN_TYPES, environ={})
+    [problem] = str(raised.value).splitlines()[1:]
+    assert problem == (
+        f"  - {tmp_path / '92137.yaml'}: routes[2] (outgoing-mail-ebox-2): routes"
+        f" 'outgoing-mail-ebox' and 'outgoing-mail-ebox-2' both send {SEND} to connector"
+        " 'ebox': each event would be delivered twice"
+    )
 
 
 def test_a_route_to_a_connector_that_cannot_deliver_its_event_type_is_refused(
