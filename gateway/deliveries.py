@@ -17,7 +17,7 @@ import random
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import JSON, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, Connection, Index, Integer, LargeBinary, String, Text, update
 from sqlalchemy.orm import Mapped, defer, mapped_column
 
 from gateway.inbound.records import InboundDocument, WaitingItem
@@ -66,6 +66,23 @@ class DeliveryRecord(Base):
 WITHOUT_STORED_EVENT = (defer(DeliveryRecord.record_value), defer(DeliveryRecord.record_headers))
 
 
+def _opinions_within_their_tenant(connection: Connection) -> None:
+    """Opinion answers recorded with no source take their tenant's, as the adapter now
+    records and looks them up (``gateway.inbound.opinions.source_of``). Unique by the id
+    alone until now, no two rows can collide. The channel's name is written out: a
+    migration does what it did the day it was written."""
+    inbound = table_of(InboundDocument)
+    connection.execute(
+        update(inbound)
+        .where(
+            inbound.c.channel == "opinion",
+            inbound.c.source == "",
+            inbound.c.tenant.is_not(None),
+        )
+        .values(source=inbound.c.tenant)
+    )
+
+
 MIGRATIONS = [
     Migration(
         1,
@@ -92,6 +109,11 @@ MIGRATIONS = [
         "records of routed types whose envelope breaks the contract, kept for an operator",
         # Created at today's shape: one row per event id, under its unique index.
         create_tables(table_of(RejectedEvent)),
+    ),
+    Migration(
+        6,
+        "opinion answers unique within their tenant's account (no longer across tenants)",
+        _opinions_within_their_tenant,
     ),
 ]
 

@@ -21,13 +21,15 @@ of the tenant's ``notice`` connector (modelled contract
 3. records the page's notifications and stages their
    ``gateway.notice.notification_received.v1`` events in one transaction.
 
-A notification whose instance is no tenant's is recorded ``unroutable`` and
-never published; one that breaks the hub's event contract, or whose
-documents are too large for one event, is recorded ``refused`` with the
-reason. NOTICe has no receipt acknowledgement, so ``source_status`` stays
-``pending``: the notification is NOTICe's to close (the FINAL response,
-sent by the ``notice`` connector). The row keeps the notification as fetched
-(metadata, not the documents), which stay at NOTICe.
+A notification is the tenant's whose instance listed it. One listed under an
+instance that is no tenant's is recorded ``unroutable`` and never published;
+one whose details name another instance than the one that listed it, that
+breaks the hub's event contract, or whose documents are too large for one
+event, is recorded ``refused`` with the reason. NOTICe has no receipt
+acknowledgement, so ``source_status`` stays ``pending``: the notification is
+NOTICe's to close (the FINAL response, sent by the ``notice`` connector). The
+row keeps the notification as fetched (metadata, not the documents), which
+stay at NOTICe.
 """
 
 from __future__ import annotations
@@ -175,13 +177,21 @@ class NoticeSource:
 class FetchedNotification:
     notification_id: str
     detail: dict[str, Any]
-    #: The instance whose listing named it (its detail's own says whose it is).
-    polled_instance: str = ""
+    #: The instance whose listing named it, fetched with that instance's account: it
+    #: says whose the notification is (its details' ``instanceCode`` must agree).
+    polled_instance: str
     documents: list[NoticeDocument] = field(default_factory=list)
     #: Documents that do not match their metadata, said for a person.
     mismatches: list[str] = field(default_factory=list)
     #: Why the notification cannot become an event (set while reading it).
     problem: str | None = None
+
+
+def other_instance_reason(polled: str, named: str) -> str:
+    return (
+        f"NOTICe listed it under {polled!r} but it names instance {named!r}: kept here, not"
+        " published (check the NOTICe account, and the poll_instances, that list it)."
+    )
 
 
 def unroutable_reason(instance_code: str) -> str:
@@ -396,7 +406,11 @@ class NoticeInbound:
         self, fetched: FetchedNotification
     ) -> tuple[InboundDocument, NoticeNotificationReceived | None]:
         detail = fetched.detail
-        instance = str(detail.get("instanceCode", fetched.polled_instance))
+        # Whose it is by the instance polled, not by what the document says of itself: a
+        # detail naming another tenant's instance (a shared or misconfigured account, a
+        # proxy) made a document fetched with one tenant's key another tenant's file.
+        instance = fetched.polled_instance
+        named = str(detail.get("instanceCode", instance))
         tenant = self._tenants.get(instance)
         status: Status = "published"
         data: NoticeNotificationReceived | None = None
@@ -404,6 +418,8 @@ class NoticeInbound:
         stored = json.dumps(detail, sort_keys=True, ensure_ascii=False).encode()
         if tenant is None:
             status, reason = "unroutable", unroutable_reason(instance)
+        elif named != instance:
+            status, reason = "refused", other_instance_reason(instance, named)
         elif fetched.problem:
             status, reason = "refused", fetched.problem
         else:

@@ -5,8 +5,9 @@ A background task of the gateway polls the answers of every tenant's
 For each answer it:
 
 1. records it in ``gateway_inbound`` (channel ``opinion``, unique by the
-   platform's answer id) and stages ``gateway.opinion.received.v1`` for the
-   account's tenant, in one transaction, unless the row exists already;
+   account's tenant and the platform's answer id) and stages
+   ``gateway.opinion.received.v1`` for that tenant, in one transaction, unless
+   the row exists already;
 2. acknowledges it at the platform, which then stops listing it.
 
 A crash between 1 and 2 leaves the answer listed: the next poll finds the
@@ -46,6 +47,19 @@ log = logging.getLogger(__name__)
 SOURCE = "urn:hub:gateway:opinions"
 CHANNEL = "opinion"
 DOCUMENT_TYPE = "opinion"
+
+
+def source_of(tenant: str) -> str:
+    """The inbound rows' ``source`` of a tenant's account. The contract makes an answer's
+    id unique within its account only: keyed by the id alone, one tenant's ``AV-1`` was
+    taken for another's already recorded, never published, and acknowledged for it.
+
+    The tenant rather than ``<base_url>|<tenant>`` (Peppol's access point URL): the
+    contract has one account per commune and the adapter polls one per tenant, and the
+    rows of an older gateway can be given it exactly (gateway migration 6), where their
+    platform's URL was never recorded. Keyed by a URL, a URL's change (a trailing slash,
+    a new host name) would publish again every answer still listed."""
+    return tenant
 
 
 class OpinionPlatformError(RuntimeError):
@@ -151,7 +165,7 @@ class OpinionInbound:
         answer_id = str(answer.get("answerId") or "")
         if not answer_id:
             raise OpinionPlatformError("an answer has no answerId")
-        taken = await self._known(answer_id) or await self._record(
+        taken = await self._known(account.tenant, answer_id) or await self._record(
             account.tenant, answer_id, answer
         )
         if taken.source_status != "acknowledged":
@@ -164,7 +178,7 @@ class OpinionInbound:
                 )
         return _Taken(taken.row_id, taken.status, "acknowledged")
 
-    async def _known(self, answer_id: str) -> _Taken | None:
+    async def _known(self, tenant: str, answer_id: str) -> _Taken | None:
         async with self._sessions() as session:
             row = (
                 await session.execute(
@@ -172,6 +186,7 @@ class OpinionInbound:
                         InboundDocument.id, InboundDocument.status, InboundDocument.source_status
                     ).where(
                         InboundDocument.channel == CHANNEL,
+                        InboundDocument.source == source_of(tenant),
                         InboundDocument.source_message_id == answer_id,
                     )
                 )
@@ -203,6 +218,7 @@ class OpinionInbound:
         now = self._clock()
         row = InboundDocument(
             channel=CHANNEL,
+            source=source_of(tenant),
             source_message_id=answer_id,
             tenant=tenant,
             sender=str(answer.get("body") or "?")[:210],
@@ -228,7 +244,7 @@ class OpinionInbound:
                         stage(session, event)
                     row.event_id = event.id
         except IntegrityError:
-            known = await self._known(answer_id)  # another replica recorded it meanwhile
+            known = await self._known(tenant, answer_id)  # another replica recorded it meanwhile
             if known is None:
                 raise
             return known

@@ -461,24 +461,21 @@ class PeppolInbound:
             return {}
         records = [self._new_record(source, document) for document in documents]
         left_out: list[NotTaken] = []
-        with self._tracer.start_as_current_span(
-            "peppol inbound", attributes={"hub.peppol.messages": len(documents)}
-        ):
-            try:
-                async with write_transaction(self._sessions) as session:
-                    added = [
-                        record
-                        for document, record in zip(documents, records, strict=True)
-                        if self._add(session, document, record, left_out)
-                    ]
-                    taken = [record.source_message_id for record in added]
-                    await self._waiting.forget(session, _source_of(source), taken)
-            except IntegrityError:
-                one_by_one = {
-                    document.item.message_id: await self._record(source, document, failures)
-                    for document in documents
-                }
-                return {key: record for key, record in one_by_one.items() if record is not None}
+        try:
+            async with write_transaction(self._sessions) as session:
+                added = [
+                    record
+                    for document, record in zip(documents, records, strict=True)
+                    if self._add(session, document, record, left_out)
+                ]
+                taken = [record.source_message_id for record in added]
+                await self._waiting.forget(session, _source_of(source), taken)
+        except IntegrityError:
+            one_by_one = {
+                document.item.message_id: await self._record(source, document, failures)
+                for document in documents
+            }
+            return {key: record for key, record in one_by_one.items() if record is not None}
         failures.extend(left_out)
         for record in added:
             self._log_recorded(record)
@@ -559,7 +556,17 @@ class PeppolInbound:
         """
         if record.tenant is not None and record.status == "published":
             try:
-                record.event_id = self._stage(session, record.tenant, fetched, record.sha256)
+                # A span, so a trace, of its own: staged under the poll's span, the invoices
+                # of a listing (several tenants' often) shared one trace, and a tenant's
+                # invoice's trace showed the others', their routes and their tenants.
+                with self._tracer.start_as_current_span(
+                    "peppol inbound",
+                    attributes={
+                        "hub.peppol.message_id": record.source_message_id,
+                        "hub.tenant": record.tenant,
+                    },
+                ):
+                    record.event_id = self._stage(session, record.tenant, fetched, record.sha256)
             except (ValidationError, EventTooLarge) as exc:
                 record.status, record.reason = "refused", contract_problem("Peppol message", exc)
             except Exception as exc:

@@ -76,7 +76,8 @@ class InboundDocument(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     channel: Mapped[str] = mapped_column(String(32))  # "peppol", "notice"…
-    #: Which source of the channel: a Peppol access point's URL; empty where the
+    #: Which source of the channel: a Peppol access point's URL; the tenant whose
+    #: account it is (opinions: ids unique within an account only); empty where the
     #: channel has one source (NOTICe) or its ids name the tenant.
     source: Mapped[str] = mapped_column(String(SOURCE_LENGTH), default="")
     #: The source's id of the document: a document polled twice is recorded once.

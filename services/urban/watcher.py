@@ -22,6 +22,7 @@ from contracts.envelope import new_event
 from contracts.events.urban import DeadlineWarning
 from kernel.database import utcnow
 from kernel.outbox import OutboxRelay, stage, transaction
+from kernel.telemetry import tracer
 from services.urban import deadlines
 from services.urban.configuration import TenantUrban
 from services.urban.permits import SOURCE, brussels_day, facts_of, refresh_deadlines, warnings_sent
@@ -47,6 +48,7 @@ class DeadlineWatcher:
         self._settings = urban_settings
         self._clock = clock
         self._interval = interval_seconds
+        self._tracer = tracer("urban")
 
     async def run(self) -> None:
         while True:
@@ -64,9 +66,8 @@ class DeadlineWatcher:
         after: tuple[date, str] | None = None
         while True:
             async with self._sessions() as session:
-                query = select(PermitFile.id, PermitFile.next_warning_on).where(
-                    PermitFile.next_warning_on <= today
-                )
+                columns = (PermitFile.id, PermitFile.next_warning_on, PermitFile.tenant)
+                query = select(*columns).where(PermitFile.next_warning_on <= today)
                 if after is not None:
                     # Keyset paging: a file that failed stays behind us instead of looping.
                     query = query.where(
@@ -80,9 +81,16 @@ class DeadlineWatcher:
                         query.order_by(PermitFile.next_warning_on, PermitFile.id).limit(PAGE_SIZE)
                     )
                 ).all()
-            for file_id, due in page:
+            for file_id, due, tenant in page:
                 try:
-                    emitted += await self._check_file(file_id, today, now)
+                    # A span, so a trace, per file: run from no request, its warnings were
+                    # staged with no traceparent, and each consumer and gateway route of
+                    # theirs began a trace of its own, tied to nothing.
+                    with self._tracer.start_as_current_span(
+                        "deadline watch",
+                        attributes={"hub.tenant": tenant, "hub.urban.file_id": file_id},
+                    ):
+                        emitted += await self._check_file(file_id, today, now)
                 except Exception:
                     # This file's warnings wait for the next round; the other files' do not.
                     log.exception("urban deadline watcher: file %s not checked", file_id)

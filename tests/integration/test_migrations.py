@@ -17,9 +17,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from gateway.deliveries import MIGRATIONS
+from gateway.inbound.opinions import OpinionInbound
 from gateway.inbound.records import InboundDocument
 from kernel.consumer import REJECTED_EVENT_ID_INDEX, RejectedEvent
-from kernel.database import create_engine, utcnow
+from kernel.database import create_engine, session_factory, utcnow
 from kernel.migrations import Migration, migrate, table_of
 from services.courrier.tables import MIGRATIONS as COURRIER_MIGRATIONS
 from services.factures.domain import duplicate_key
@@ -96,6 +97,116 @@ async def test_inbound_documents_become_unique_by_channel_source_and_id_keeping_
             (3, "notice", ""),
         ]
         # Run again (a restart), the migrations leave the table as it is.
+        assert await migrate(engine, "gateway", MIGRATIONS, schema=schema) == len(MIGRATIONS)
+    finally:
+        await engine.dispose()
+
+
+class ListingOnce:
+    """A tenant's opinions account listing one answer (its acknowledgement lost before)."""
+
+    def __init__(self, tenant: str, answer: dict[str, str]) -> None:
+        self.tenant = tenant
+        self.answer = answer
+        self.acknowledged: list[str] = []
+
+    async def list_new(self) -> list[dict[str, str]]:
+        return [] if self.acknowledged else [self.answer]
+
+    async def acknowledge(self, answer_id: str) -> None:
+        self.acknowledged.append(answer_id)
+
+
+async def test_opinion_answers_recorded_across_tenants_become_their_tenants_own(
+    database: tuple[str, str | None],
+) -> None:
+    url, schema = database
+    engine = create_engine(url, schema=schema)
+    inbound = table_of(InboundDocument)
+    now = utcnow()
+    row = {
+        "source": "",
+        "sender": "SRI",
+        "document_type": "opinion",
+        "size": 2,
+        "sha256": "0" * 64,
+        "document": b"{}",
+        "status": "published",
+        "source_status": "pending",
+        "fetched_at": now,
+        "updated_at": now,
+    }
+    try:
+        assert await migrate(engine, "gateway", MIGRATIONS[:5], schema=schema) == 5
+        async with engine.begin() as connection:
+            # As the opinions adapter recorded them: no source, unique by the answer id.
+            await connection.execute(
+                inbound.insert(),
+                [
+                    {
+                        **row,
+                        "channel": channel,
+                        "source_message_id": id_,
+                        "tenant": tenant,
+                        "receiver": tenant,
+                    }
+                    for channel, id_, tenant in (
+                        ("opinion", "AV-1", "62063"),
+                        ("opinion", "AV-2", "92137"),
+                        ("notice", "AV-1", "92137"),
+                    )
+                ],
+            )
+
+        assert await migrate(engine, "gateway", MIGRATIONS, schema=schema) == len(MIGRATIONS)
+
+        async with engine.connect() as connection:
+            kept = (
+                await connection.execute(
+                    select(
+                        InboundDocument.channel,
+                        InboundDocument.source,
+                        InboundDocument.source_message_id,
+                    ).order_by(InboundDocument.id)
+                )
+            ).all()
+        assert [tuple(r) for r in kept] == [
+            ("opinion", "62063", "AV-1"),
+            ("opinion", "92137", "AV-2"),
+            ("notice", "", "AV-1"),  # NOTICe's ids are its own, one source for all
+        ]
+        # The adapter finds its tenant's answer recorded (it only acknowledges it), and
+        # takes another tenant's answer of that id as a new one.
+        answer = {
+            "answerId": "AV-1",
+            "requestId": "OP-9",
+            "fileId": "F-9",
+            "body": "SRI",
+            "verdict": "favourable",
+            "text": "Rien à signaler.",
+            "givenOn": "2026-03-10",
+        }
+        liege, sambreville = ListingOnce("62063", answer), ListingOnce("92137", answer)
+        adapter = OpinionInbound(sessions=session_factory(engine), accounts=[liege, sambreville])
+        assert await adapter.poll_once() == 2
+        async with engine.connect() as connection:
+            opinions = (
+                await connection.execute(
+                    select(
+                        InboundDocument.tenant,
+                        InboundDocument.source_message_id,
+                        InboundDocument.event_id.is_not(None),
+                        InboundDocument.source_status,
+                    )
+                    .where(InboundDocument.channel == "opinion")
+                    .order_by(InboundDocument.id)
+                )
+            ).all()
+        assert [tuple(r) for r in opinions] == [
+            ("62063", "AV-1", False, "acknowledged"),  # not published a second time
+            ("92137", "AV-2", False, "pending"),
+            ("92137", "AV-1", True, "acknowledged"),
+        ]
         assert await migrate(engine, "gateway", MIGRATIONS, schema=schema) == len(MIGRATIONS)
     finally:
         await engine.dispose()

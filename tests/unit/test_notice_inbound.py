@@ -47,6 +47,8 @@ class FakeNotice:
         self.notifications: dict[str, dict[str, Any]] = {}
         self.contents: dict[tuple[str, str], list[bytes]] = {}
         self.calls: list[str] = []
+        #: Notifications listed under another instance than their details name.
+        self.listed_under: dict[str, str] = {}
 
     def add(self, notification_id: str, instance: str = INSTANCE, **changes: Any) -> None:
         self.notifications[notification_id] = {
@@ -74,7 +76,11 @@ class FakeNotice:
     async def list_page(
         self, instance_code: str, after: str | None, limit: int
     ) -> tuple[list[str], str | None]:
-        ids = [i for i, n in self.notifications.items() if n["instanceCode"] == instance_code]
+        ids = [
+            i
+            for i, n in self.notifications.items()
+            if self.listed_under.get(i, n["instanceCode"]) == instance_code
+        ]
         start = ids.index(after) + 1 if after else 0
         page = ids[start : start + limit]
         return page, (page[-1] if start + limit < len(ids) else None)
@@ -200,6 +206,35 @@ async def test_unknown_instances_are_unroutable_and_contract_breaks_refused_neve
     assert "file_type" in (rows["odd"].reason or "")
     assert "85073003328" not in (rows["odd"].reason or "")
     assert await published(sessions) == []
+
+
+async def test_a_notification_naming_another_instance_than_its_listing_is_kept_refused(
+    sessions: async_sessionmaker[AsyncSession], notice: FakeNotice
+) -> None:
+    # Liège's account lists, under Liège's instance, a notification naming Sambreville's.
+    notice.add("N-other", instance="NOTICE-92137")
+    notice.listed_under["N-other"] = INSTANCE
+    notice.add("N-own")
+    inbound = NoticeInbound(
+        sessions=sessions,
+        sources=[NoticeSource(notice, (INSTANCE,))],
+        instances={INSTANCE: "62063", "NOTICE-92137": "92137"},
+    )
+
+    assert await inbound.poll_once() == 2
+    assert await inbound.poll_once() == 0  # kept: not fetched again at every poll
+
+    assert [(e.tenant, e.subject) for e in await published(sessions)] == [("62063", "N-own")]
+    kept = (await records(sessions))["N-other"]
+    assert (kept.status, kept.tenant, kept.receiver, kept.event_id) == (
+        "refused",
+        "62063",  # shown to the tenant whose account fetched it, not to the one it names
+        INSTANCE,
+        None,
+    )
+    assert "NOTICe listed it under 'NOTICE-62063' but it names instance 'NOTICE-92137'" in (
+        kept.reason or ""
+    )
 
 
 async def test_a_notification_that_fails_to_fetch_waits_shown_and_is_tried_less_often(

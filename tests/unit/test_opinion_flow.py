@@ -39,10 +39,9 @@ ANSWER = {
 
 
 class FakePlatform:
-    tenant = "62063"
-
-    def __init__(self) -> None:
-        self.answers = [ANSWER]
+    def __init__(self, tenant: str = "62063", answers: list[dict[str, Any]] | None = None) -> None:
+        self.tenant = tenant
+        self.answers = [ANSWER] if answers is None else answers
         self.acknowledged: list[str] = []
         self.fail_ack_once = False
 
@@ -106,6 +105,84 @@ async def test_an_answer_too_large_for_an_event_is_kept_refused_and_acknowledged
         ("AV-1", "published"),
     ]
     assert "larger than one Kafka record" in (kept[0].reason or "")
+
+
+#: Another commune's account, whose platform numbered its own answer "AV-1" too.
+OTHER_ANSWER = {**ANSWER, "requestId": "OP-9", "fileId": "F-9", "verdict": "favourable"}
+
+
+async def published_and_recorded(
+    sessions: async_sessionmaker[AsyncSession],
+) -> tuple[list[tuple[str, str]], list[tuple[str | None, str, str, str, str]]]:
+    async with sessions() as session:
+        rows = (await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))).all()
+        kept = (await session.scalars(select(InboundDocument).order_by(InboundDocument.id))).all()
+    events = [from_record(row.headers, row.value) for row in rows]
+    return (
+        [(event.tenant, event.subject) for event in events],
+        [
+            (row.tenant, row.source, row.source_message_id, row.status, row.source_status)
+            for row in kept
+        ],
+    )
+
+
+async def test_two_tenants_answers_of_one_id_are_each_published_and_acknowledged_in_their_account(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    liege, sambreville = FakePlatform("62063"), FakePlatform("92137", [OTHER_ANSWER])
+    inbound = OpinionInbound(sessions=sessions, accounts=[liege, sambreville])
+
+    assert await inbound.poll_once() == 2
+    assert await inbound.poll_once() == 0
+
+    events, kept = await published_and_recorded(sessions)
+    assert events == [("62063", "F-1"), ("92137", "F-9")]
+    assert kept == [
+        ("62063", "62063", "AV-1", "published", "acknowledged"),
+        ("92137", "92137", "AV-1", "published", "acknowledged"),
+    ]
+    assert (liege.acknowledged, sambreville.acknowledged) == (["AV-1"], ["AV-1"])
+
+
+async def test_a_tenants_answer_waiting_for_its_acknowledgement_is_left_to_its_own_account(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    liege, sambreville = FakePlatform("62063"), FakePlatform("92137", [OTHER_ANSWER])
+    liege.fail_ack_once = True
+    inbound = OpinionInbound(sessions=sessions, accounts=[liege, sambreville])
+
+    # Liège's answer is recorded and not acknowledged; Sambreville's poll must not
+    # acknowledge its own "AV-1" in Liège's row's name (unpublished), nor mark Liège's row.
+    assert await inbound.poll_once() == 1
+    events, kept = await published_and_recorded(sessions)
+    assert events == [("62063", "F-1"), ("92137", "F-9")]
+    assert kept == [
+        ("62063", "62063", "AV-1", "published", "pending"),
+        ("92137", "92137", "AV-1", "published", "acknowledged"),
+    ]
+    assert (liege.acknowledged, sambreville.acknowledged) == ([], ["AV-1"])
+
+    assert await inbound.poll_once() == 1  # Liège's own poll acknowledges it at last
+    assert (await published_and_recorded(sessions))[1][0][-1] == "acknowledged"
+    assert liege.acknowledged == ["AV-1"]
+
+
+async def test_an_answer_recorded_by_another_replica_meanwhile_is_found_in_its_tenants_account(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    await OpinionInbound(sessions=sessions, accounts=[FakePlatform("62063")]).poll_once()
+    inbound = OpinionInbound(sessions=sessions, accounts=[])
+
+    # As a replica that looked before the other's commit: it records, and the database
+    # tells it whether the answer was there already, in that account only.
+    theirs = await inbound._record("92137", "AV-1", OTHER_ANSWER)
+    again = await inbound._record("62063", "AV-1", ANSWER)
+
+    events, kept = await published_and_recorded(sessions)
+    assert events == [("62063", "F-1"), ("92137", "F-9")]
+    assert (theirs.row_id, again.row_id) == (2, 1)
+    assert [row[:3] for row in kept] == [("62063", "62063", "AV-1"), ("92137", "92137", "AV-1")]
 
 
 def connector(handler: Any) -> OpinionRestConnector:

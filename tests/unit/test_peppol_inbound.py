@@ -13,6 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import SecretStr
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -28,6 +31,7 @@ from gateway.connectors.peppol_ap import (
 from gateway.deliveries import MIGRATIONS
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.http import ResponseTooLarge
+from gateway.inbound import peppol as peppol_module
 from gateway.inbound.peppol import (
     LISTING_LIMIT,
     RECORD_BATCH,
@@ -196,6 +200,33 @@ async def test_a_document_for_a_tenant_is_published_in_the_outbox_and_acknowledg
     )
     assert record.event_id == event.id
     assert inbox.acknowledged == ["m1"]
+
+
+async def test_each_document_of_a_listing_is_published_in_a_trace_of_its_own(
+    sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(peppol_module, "tracer", provider.get_tracer)
+    inbound = PeppolInbound(sessions=sessions, inboxes=[inbox], participants=PARTICIPANTS)
+    inbox.drop("m1", LIEGE)
+    inbox.drop("m2", SAMBREVILLE)
+
+    assert await inbound.poll_once() == 2
+
+    async with sessions() as session:
+        rows = (await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))).all()
+    # traceparent: 00-<trace id>-<span id>-<flags>
+    traces = [row.headers["traceparent"].split("-")[1] for row in rows]
+    assert len(traces) == 2 and traces[0] != traces[1]  # Liège's trace shows no Sambreville
+    assert all(len(trace) == 32 and set(trace) != {"0"} for trace in traces)
+    spans = exporter.get_finished_spans()
+    assert [(span.name, dict(span.attributes or {})) for span in spans] == [
+        ("peppol inbound", {"hub.peppol.message_id": "m1", "hub.tenant": "62063"}),
+        ("peppol inbound", {"hub.peppol.message_id": "m2", "hub.tenant": "92137"}),
+    ]
+    assert [f"{span.context.trace_id:032x}" for span in spans] == traces
 
 
 async def test_a_message_listed_again_is_published_once(
