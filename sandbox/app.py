@@ -65,6 +65,7 @@ def control_router(recorder: Recorder) -> APIRouter:
                 "idempotency_key": r.idempotency_key,
                 "tenant": r.tenant,
                 "arrivals": r.arrivals,
+                "reused": r.reused,
                 "first_received_at": r.first_received_at.isoformat(),
                 "answer": r.answer,
                 "traceparent": r.traceparent,
@@ -107,7 +108,20 @@ def control_router(recorder: Recorder) -> APIRouter:
 
     @router.delete("/received", status_code=204)
     async def reset_received() -> None:
-        """Forget the receptions and attempts; the fault settings stay (``DELETE /faults``)."""
+        """Forget the receptions and attempts, and what Inforius and Stésud booked.
+
+        A key sent again afterwards is a new one everywhere, and the accounting vendors book
+        its invoice afresh (their booking references keep counting up: never one twice).
+        Stésud's drop directory is left as it is: a file whose acknowledgement is still in
+        ``out/`` is answered by it again.
+
+        Everything else stays: the fault settings (``DELETE /faults``); the e-Box access
+        tokens; the NOTICe notifications, with the responses they got and their status (a
+        response retried after the reset to a notification a FINAL response closed is
+        refused, 409); the opinions platform's cases and its settings; the oversight's
+        decided and pending outcomes and its behaviour; the Peppol access point's inbox
+        messages and their states.
+        """
         recorder.clear_received()
 
     return router
@@ -138,7 +152,9 @@ def build_app(settings: HubSettings | None = None, recorder: Recorder | None = N
     app.include_router(control_router(recorder))
     app.include_router(ebox_rest.router(recorder, settings))
     app.include_router(ebox_soap.router(recorder, settings))
-    app.include_router(peppol_ap.router(recorder))
+    registered = peppol_ap.registered_participants(settings.tenants_dir)
+    access_point = peppol_ap.AccessPoint(participants=registered)
+    app.include_router(peppol_ap.router(recorder, access_point))
     app.include_router(inforius.router(recorder))
     app.include_router(oversight.router(recorder, settings))
     app.include_router(notice.router(recorder))

@@ -310,7 +310,7 @@ class PublicationReader:
             raise InvalidPublication(["the messageToPublish part (the message's JSON) is missing"])
         try:
             message = json.loads(json_part)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to read
             raise InvalidPublication([f"messageToPublish is not valid JSON: {exc}"]) from exc
         problems = schema_errors(self._validator, message, "messageToPublish")
         if problems:  # the checks below rely on the shape the schema guarantees
@@ -489,18 +489,20 @@ def router(recorder: Recorder, settings: HubSettings) -> APIRouter:
             )
         key = request.headers.get("Idempotency-Key") or f"no-key-{uuid.uuid4()}"
         async with recorder.lock:
-            first = recorder.seen(SERVICE, key)
+            first = recorder.first(SERVICE, key)
             if first is not None:
                 same_request = (first.tenant, first.summary.get("fingerprint")) == (
                     tenant,
                     message.fingerprint,
                 )
                 if not same_request:
+                    recorder.count_reuse(first)  # not an arrival of the first message
                     return status_message(
                         422,
                         "IDEMPOTENCY_KEY_REUSED",
                         "This Idempotency-Key was already used for a different message.",
                     )
+                recorder.count_repeat(first)
                 return JSONResponse(first.answer, status_code=201)
             expires = message.expiration_date or (
                 datetime.now(UTC) + DEFAULT_MESSAGE_VALIDITY
@@ -532,7 +534,7 @@ def router(recorder: Recorder, settings: HubSettings) -> APIRouter:
             return unauthorized(environment="SIMULATION")
         try:
             search = json.loads(await request.body())
-        except ValueError as exc:  # not JSON, or not UTF-8
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested too deep
             return status_message(
                 400, "INVALID_DATA", f"the body is not valid JSON: {exc}", environment="SIMULATION"
             )

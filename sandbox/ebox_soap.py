@@ -18,8 +18,13 @@ SOAP 1.1 Fault that answers (HTTP 500):
    (``kernel/pki.py``; re-read when an unknown certificate shows up, since
    ``hub up`` makes them) → ``soap:Client`` saying why;
 3. the request against the contract's XSD → ``soap:Client`` naming the problem;
-4. each ``cid:`` document is an attachment of the message, and matches its
-   signed ``Digest`` → ``soap:Client``;
+4. each ``cid:`` document is an attachment of the message, and has a signed
+   ``Digest`` (SHA-256 or SHA-512) that it matches → ``soap:Client``. This is
+   stricter than the XSD, which makes ``Digest`` optional and still lists
+   SHA-1 (deprecated since 2018): SwA attachments travel outside the
+   WS-Security signature, so the Digest is all that binds the bytes to the
+   signed Body, and the hub's connector relies on it (without one, nothing
+   vouches for the bytes; a SHA-1 one no longer does);
 5. recipients without a digital e-Box (``sandbox/fixtures/ebox_recipients.yaml``,
    shared with the REST sandbox) → the contract's ``BusinessError`` detail,
    code ``NO_DIGITAL_USER``.
@@ -28,7 +33,10 @@ Then it answers ``PublishEboxMessageResponse`` with a new message ID.
 Idempotency: the sender's own reference, ``MessageID/Ticket``, is signed and
 part of the contract, so it is the key (scoped by the signing tenant); the
 ``Idempotency-Key`` header, which the real service ignores, is only recorded.
-A repeated Ticket gets the first answer and publishes nothing new.
+A repeated Ticket gets the first answer and publishes nothing new; a Ticket
+repeated for another message (another request element, canonicalised: its
+Digests stand for the attachments) is refused with a ``soap:Client`` fault,
+rather than answered as the first and lost without a word.
 """
 
 from __future__ import annotations
@@ -73,7 +81,8 @@ ERRORS_NS = "http://socialsecurity.be/errors/v1"
 XSD_NS = "http://www.w3.org/2001/XMLSchema"
 WSDL_SOAP11_NS = "http://schemas.xmlsoap.org/wsdl/soap/"
 PUBLISH = f"{{{MESSAGE_NS}}}PublishEboxMessageRequest"
-DIGESTS = {"SHA-1": "sha1", "SHA-256": "sha256", "SHA-512": "sha512"}
+#: The Digest methods accepted: the XSD's SHA-1 is not (deprecated since 2018).
+DIGESTS = {"SHA-256": "sha256", "SHA-512": "sha512"}
 XML_MEDIA_TYPE = "text/xml; charset=utf-8"
 
 
@@ -226,8 +235,26 @@ def schema_problem(schema: etree.XMLSchema, request: etree._Element) -> str | No
     return mask_national_numbers("; ".join(problems))
 
 
+def request_fingerprint(request: etree._Element) -> str:
+    """What a repeated idempotency key (a Ticket, an ItemId) must come with again: the
+    SHA-256 of the request element in exclusive C14N, the same for the same request signed
+    anew (another Timestamp, the namespaces declared elsewhere in the envelope)."""
+    canonical = etree.tostring(request, method="c14n", exclusive=True, with_comments=False)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def reused_key_fault(what: str, key: str) -> Response:
+    """The ``soap:Client`` fault of an idempotency key repeated for another message."""
+    return soap_fault(
+        "Client",
+        f"{what} {key!r} was already used for another message: the first one was kept, this"
+        " one is not published (send it under a new one)",
+    )
+
+
 def check_documents(request: etree._Element, attachments: dict[str, bytes]) -> list[str]:
-    """Each document's ``cid:`` attachment exists and matches its Digest; their names."""
+    """Each document's ``cid:`` attachment exists and matches its Digest, which it must
+    have (stricter than the XSD: see the module's docstring); their names."""
     names = []
     for document in (
         *request.findall(f"{{{TYPES_NS}}}Document"),
@@ -241,10 +268,20 @@ def check_documents(request: etree._Element, attachments: dict[str, bytes]) -> l
             raise ClientFault(f"Content {reference!r} names no attachment of this message")
         method = document.findtext(f"{{{TYPES_NS}}}Digest/{{{TYPES_NS}}}DigestMethod")
         value = document.findtext(f"{{{TYPES_NS}}}Digest/{{{TYPES_NS}}}DigestValue")
-        if method and value:
-            actual = hashlib.new(DIGESTS[method], content).digest()
-            if pybase64.b64encode(actual).decode() != "".join(value.split()):
-                raise ClientFault(f"the attachment {reference} does not match its {method} Digest")
+        if not method or not value:
+            # The attachment is outside the signature: without a Digest nothing signs it.
+            raise ClientFault(
+                f"the document {reference} has no Digest: this service requires a SHA-256 or"
+                " SHA-512 Digest of every attachment"
+            )
+        if method not in DIGESTS:
+            raise ClientFault(
+                f"the document {reference} has a {method} Digest: this service accepts"
+                f" {' or '.join(DIGESTS)} only"
+            )
+        actual = hashlib.new(DIGESTS[method], content).digest()
+        if pybase64.b64encode(actual).decode() != "".join(value.split()):
+            raise ClientFault(f"the attachment {reference} does not match its {method} Digest")
         names.append(document.findtext(f"{{{TYPES_NS}}}DownloadFileName") or "")
     return names
 
@@ -349,9 +386,14 @@ def router(
                     ticket,
                 )
         tenant = verified.tenant or verified.subject
+        fingerprint = request_fingerprint(request_element)
         async with recorder.lock:
-            first = recorder.seen(SERVICE, f"{tenant}:{ticket}")
+            first = recorder.first(SERVICE, f"{tenant}:{ticket}")
             if first is not None:
+                if first.summary.get("fingerprint") != fingerprint:
+                    recorder.count_reuse(first)  # not an arrival of the first message
+                    return reused_key_fault("MessageID/Ticket", ticket)
+                recorder.count_repeat(first)
                 return publish_response(first.answer["message_id"])
             answer = {"message_id": str(uuid.uuid4())}
             recorder.record(
@@ -367,6 +409,7 @@ def router(
                     "message_type": request_element.findtext(f"{{{TYPES_NS}}}MessageType"),
                     "documents": documents,
                     "signed_by": verified.subject,
+                    "fingerprint": fingerprint,
                 },
             )
         return publish_response(answer["message_id"])

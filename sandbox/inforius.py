@@ -14,15 +14,18 @@ It implements the modelled contract ``contracts/vendors/inforius-openapi.yaml``
   another key is a duplicate (422 ``DUPLICATE_INVOICE``).
 
 It answers 201 with a booking reference ``INF/<administration>/<year>/<n>``.
-The recorder keeps each ``Idempotency-Key`` (service ``inforius``): a
-repeated key gets the first answer, the same key with another invoice is
-refused (422 ``IDEMPOTENCY_KEY_REUSED``). Faults set for ``inforius`` apply.
+The recorder keeps each ``Idempotency-Key`` (service ``inforius``, 1 to 200
+characters, else 400): a repeated key gets the first answer, the same key with
+another invoice is refused (422 ``IDEMPOTENCY_KEY_REUSED``). Clearing what the
+sandbox received forgets the booked invoices too. Faults set for ``inforius``
+apply.
 """
 
 from __future__ import annotations
 
 import binascii
 import hashlib
+import itertools
 import json
 import re
 import secrets
@@ -73,11 +76,25 @@ def administration_of(request: Request) -> str | None:
     return administration if secrets.compare_digest(key, API_KEY_PREFIX + administration) else None
 
 
+def idempotency_key_length(contract: OpenApiContract) -> tuple[int, int]:
+    """The contract's bounds on the ``Idempotency-Key`` header."""
+    parameters = contract.document["paths"]["/purchase-invoices"]["post"]["parameters"]
+    [schema] = [p["schema"] for p in parameters if p["name"] == "Idempotency-Key"]
+    return int(schema["minLength"]), int(schema["maxLength"])
+
+
 def router(recorder: Recorder) -> APIRouter:
-    validator = OpenApiContract(CONTRACT).validator("PurchaseInvoice")
+    contract = OpenApiContract(CONTRACT)
+    validator = contract.validator("PurchaseInvoice")
+    shortest_key, longest_key = idempotency_key_length(contract)
     unknown_suppliers = load_unknown_suppliers()
     #: (administration, supplier VAT, invoice number) → booking reference
     booked: dict[tuple[str, str, str], str] = {}
+    # A reset of the sandbox forgets the idempotency keys: a key retried afterwards must be
+    # booked afresh, not refused as a duplicate of its own earlier booking.
+    recorder.on_reset(booked.clear)
+    # Apart from ``booked``, which a reset clears: a reference is never given twice.
+    numbers = itertools.count(1)
     api = APIRouter(prefix="/inforius/api/v2", tags=["sandbox: Inforius accounting"])
 
     @api.post("/purchase-invoices", status_code=201)
@@ -94,7 +111,7 @@ def router(recorder: Recorder) -> APIRouter:
             )
         try:
             body = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to read
             return refusal(400, "INVALID_REQUEST", "The body is not JSON.")
         problems = contract_errors(validator, body)
         if not problems:
@@ -110,20 +127,29 @@ def router(recorder: Recorder) -> APIRouter:
         key = request.headers.get("Idempotency-Key")
         if not key:
             return refusal(400, "INVALID_REQUEST", "The Idempotency-Key header is required.")
+        if not shortest_key <= len(key) <= longest_key:
+            return refusal(
+                400,
+                "INVALID_REQUEST",
+                f"The Idempotency-Key header has {len(key)} characters: the contract allows"
+                f" {shortest_key} to {longest_key}.",
+            )
         vat = body["supplier"]["vatNumber"]
         fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         async with recorder.lock:
-            first = recorder.seen(SERVICE, key)
+            first = recorder.first(SERVICE, key)
             if first is not None:
                 if (first.tenant, first.summary.get("fingerprint")) != (
                     administration,
                     fingerprint,
                 ):
+                    recorder.count_reuse(first)  # not an arrival of the first invoice
                     return refusal(
                         422,
                         "IDEMPOTENCY_KEY_REUSED",
                         "This Idempotency-Key was already used for another invoice.",
                     )
+                recorder.count_repeat(first)
                 return JSONResponse(first.answer, status_code=201)
             if vat in unknown_suppliers:
                 return refusal(
@@ -141,7 +167,7 @@ def router(recorder: Recorder) -> APIRouter:
                     f" as {booked[invoice]}.",
                 )
             now = datetime.now(UTC)
-            reference = f"INF/{administration}/{now.year}/{len(booked) + 1:06d}"
+            reference = f"INF/{administration}/{now.year}/{next(numbers):06d}"
             booked[invoice] = reference
             answer = {
                 "bookingReference": reference,

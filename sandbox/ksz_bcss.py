@@ -365,10 +365,12 @@ def router(
             return soap_fault("Client", str(exc))
         fingerprint = request_fingerprint(ssdn)
         async with recorder.lock:
-            first = recorder.seen(SERVICE, key) if key else None
+            first = recorder.first(SERVICE, key) if key else None
             if first is not None:
                 if first.summary["fingerprint"] != fingerprint:
+                    recorder.count_reuse(first)  # not an arrival of the first request
                     return soap_fault("Client", "Idempotency-Key reused for another request")
+                recorder.count_repeat(first)
                 return soap_reply(first.answer["reply"].encode("utf-8"))
             person = persons.get(niss.strip())
             reply = identify_reply(ssdn, person, datetime.now(UTC))

@@ -5,7 +5,11 @@ publishes NOTICe's resources, not a contract; the file says how it was
 modelled), under ``/notice/api/v1``:
 
 - ``GET /instances/{code}/notifications?status=EN_ATTENTE_REPONSE``: one page
-  of an instance's notifications (cursor ``after``, ``limit`` up to 1,000);
+  of an instance's notifications (cursor ``after``, ``limit`` up to 1,000). A
+  query the contract refuses (an instance code not of its form, a ``limit``
+  out of 1..1,000, an ``after`` that is no ``next`` of this instance's
+  listing) is answered 400 with every reason, never clamped or read as the
+  first page;
 - ``GET /notifications/{id}``: the request, its documents' metadata (size,
   SHA-256, media type) and the responses given;
 - ``GET /notifications/{id}/documents/{doc}``: a document's bytes;
@@ -171,9 +175,11 @@ class Notification:
 @dataclass
 class Notice:
     notifications: dict[str, Notification] = field(default_factory=dict)
-    #: instance code → its notifications' ids, oldest first, and each id's position.
+    #: instance code → its notifications' ids, oldest first, and each id's position there.
+    #: Positions are kept per instance: a cursor (an id) of another instance's listing is
+    #: no cursor of this one, and was applied to the wrong list when they were global.
     by_instance: dict[str, list[str]] = field(default_factory=dict)
-    positions: dict[str, int] = field(default_factory=dict)
+    positions: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def seed(self, seed: SeedNotification) -> Notification:
         notification_id = seed.id or f"NOT-{uuid.uuid4().hex[:16].upper()}"
@@ -204,17 +210,16 @@ class Notice:
         )
         self.notifications[notification_id] = notification
         ids = self.by_instance.setdefault(seed.instance_code, [])
-        self.positions[notification_id] = len(ids)
+        self.positions.setdefault(seed.instance_code, {})[notification_id] = len(ids)
         ids.append(notification_id)
         return notification
 
     def page(
         self, instance_code: str, status: str, limit: int, after: str | None
     ) -> tuple[list[Notification], str | None]:
+        """One page after the cursor ``after``, which ``is_cursor`` accepted."""
         ids = self.by_instance.get(instance_code, [])
-        start = 0
-        if after is not None and after in self.positions:
-            start = self.positions[after] + 1
+        start = 0 if after is None else self.positions[instance_code][after] + 1
         found: list[Notification] = []
         position = start
         while position < len(ids) and len(found) < limit:
@@ -224,6 +229,10 @@ class Notice:
             position += 1
         # The loop stopped early only on a full page: more may follow this last id.
         return found, (ids[position - 1] if position < len(ids) else None)
+
+    def is_cursor(self, instance_code: str, after: str) -> bool:
+        """Whether ``after`` is a ``next`` this instance's listing can give."""
+        return after in self.positions.get(instance_code, {})
 
 
 # -- answers ----------------------------------------------------------------------------------
@@ -256,6 +265,12 @@ def invalid(problems: list[str], slug: str = "invalid-response") -> JSONResponse
     )
 
 
+def bad_query(problems: list[str]) -> JSONResponse:
+    """A listing's query the contract refuses (400), with every reason."""
+    title = "The query breaks NOTICe's contract"
+    return problem(400, "invalid-query", title, "; ".join(problems), errors=problems)
+
+
 def account_of(request: Request) -> str | None:
     key = request.headers.get("X-Api-Key", "")
     account = key.removeprefix(API_KEY_PREFIX)
@@ -267,7 +282,7 @@ def account_of(request: Request) -> str | None:
 async def _json_body(request: Request) -> object | None:
     try:
         return json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to read
         return None
 
 
@@ -276,7 +291,9 @@ async def _json_body(request: Request) -> object | None:
 
 def router(recorder: Recorder, notice: Notice | None = None) -> APIRouter:
     notice = notice or Notice()
-    response_request = OpenApiContract(CONTRACT).validator("ResponseRequest")
+    contract = OpenApiContract(CONTRACT)
+    response_request = contract.validator("ResponseRequest")
+    instance_code_pattern = str(contract.schema("InstanceCode")["pattern"])
     api = APIRouter(prefix=PREFIX, tags=["sandbox: SPW NOTICe"])
 
     async def guard(request: Request) -> str | JSONResponse:
@@ -288,14 +305,33 @@ def router(recorder: Recorder, notice: Notice | None = None) -> APIRouter:
     async def list_notifications(
         request: Request,
         instance_code: str,
-        status: Literal["EN_ATTENTE_REPONSE", "CLOTUREE"],
-        limit: int = 100,
+        # Read as text and checked here, so that what the contract refuses is answered 400
+        # with every reason: a limit out of range was clamped, a bad instance code listed
+        # nothing, and a wrong cursor gave page 1 again, none of which a client would notice.
+        status: str | None = None,
+        limit: str = "100",
         after: str | None = None,
     ) -> JSONResponse:
         account = await guard(request)
         if isinstance(account, JSONResponse):
             return account
-        items, cursor = notice.page(instance_code, status, max(1, min(limit, MAX_PAGE)), after)
+        problems: list[str] = []
+        if not re.fullmatch(instance_code_pattern, instance_code):
+            problems.append(
+                f"instanceCode: {instance_code[:50]!r} does not match {instance_code_pattern!r}"
+            )
+        if status not in (AWAITING, CLOSED):
+            problems.append(f"status: {status!r} is not one of {[AWAITING, CLOSED]}")
+        if not re.fullmatch(r"[0-9]{1,4}", limit) or not 1 <= int(limit) <= MAX_PAGE:
+            problems.append(f"limit: {limit[:20]!r} is not an integer from 1 to {MAX_PAGE}")
+        if after is not None and not notice.is_cursor(instance_code, after):
+            problems.append(
+                f"after: {after[:200]!r} is not the next of a page of instance"
+                f" {instance_code[:50]!r}'s listing"
+            )
+        if problems or status is None:
+            return bad_query(problems)
+        items, cursor = notice.page(instance_code, status, int(limit), after)
         return JSONResponse({"items": [n.summary() for n in items], "next": cursor})
 
     @api.get("/notifications/{notification_id}")
@@ -344,13 +380,15 @@ def router(recorder: Recorder, notice: Notice | None = None) -> APIRouter:
             json.dumps([notification_id, body], sort_keys=True).encode()
         ).hexdigest()
         async with recorder.lock:
-            first = recorder.seen(SERVICE, key)
+            first = recorder.first(SERVICE, key)
             if first is not None:
                 if first.summary.get("fingerprint") != fingerprint:
+                    recorder.count_reuse(first)  # not an arrival of the first response
                     return invalid(
                         ["Idempotency-Key: already used for a different response"],
                         slug="idempotency-key-reused",
                     )
+                recorder.count_repeat(first)
                 return JSONResponse(first.answer, status_code=201)
             if notification.status == CLOSED:
                 return problem(

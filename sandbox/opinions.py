@@ -125,7 +125,7 @@ def router(recorder: Recorder, platform: Platform | None = None) -> APIRouter:
             return account
         try:
             body = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to read
             return invalid(["body: not JSON"])
         problems = contract_errors(opinion_request, body)
         if problems:
@@ -133,13 +133,15 @@ def router(recorder: Recorder, platform: Platform | None = None) -> APIRouter:
         fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         key = request.headers.get("Idempotency-Key") or f"no-key-{uuid.uuid4()}"
         async with recorder.lock:
-            first = recorder.seen(SERVICE, key)
+            first = recorder.first(SERVICE, key)
             if first is not None:
                 if (first.tenant, first.summary["fingerprint"]) != (account, fingerprint):
+                    recorder.count_reuse(first)  # not an arrival of the first request
                     return invalid(
                         ["Idempotency-Key: already used for a different request"],
                         slug="idempotency-key-reused",
                     )
+                recorder.count_repeat(first)
                 return JSONResponse(first.answer, status_code=201)
             known = platform.cases.get((account, body["requestId"]))
             if known is not None and known.request != body:

@@ -17,10 +17,12 @@ the SOAP 1.1 Fault that answers (HTTP 500):
 
 ``transmitDecision`` answers an acknowledgement number; the ``ItemId`` is the
 idempotency key (per signing tenant): a repeated one gets the first number
-and opens nothing new. The oversight decides ``outcome_delay_seconds`` later
-(a few seconds here; 30 days and more in life), with the outcome the control
-surface set (``approved`` by default); from then on ``listOutcomes`` lists it
-after its cursor, oldest first.
+and opens nothing new, when it comes with the same request (its element,
+canonicalised); with another, it is refused with a ``soap:Client`` fault
+rather than answered as the first and lost without a word. The oversight
+decides ``outcome_delay_seconds`` later (a few seconds here; 30 days and more
+in life), with the outcome the control surface set (``approved`` by default);
+from then on ``listOutcomes`` lists it after its cursor, oldest first.
 
 Control surface: ``PUT /_sandbox/oversight/behaviour`` sets the outcome, its
 reason and the delay of the decisions to come; ``GET /_sandbox/oversight/outcomes``
@@ -47,6 +49,8 @@ from sandbox.ebox_soap import (
     ClientFault,
     TrustStore,
     read_limited,
+    request_fingerprint,
+    reused_key_fault,
     schema_problem,
     soap_fault,
 )
@@ -275,9 +279,14 @@ def router(
 
         item_id = request_element.findtext(f"{{{NS}}}ItemId") or ""
         decision_number = request_element.findtext(f"{{{NS}}}DecisionNumber") or ""
+        fingerprint = request_fingerprint(request_element)
         async with recorder.lock:
-            first = recorder.seen(SERVICE, f"{commune}:{item_id}")
+            first = recorder.first(SERVICE, f"{commune}:{item_id}")
             if first is not None:
+                if first.summary.get("fingerprint") != fingerprint:
+                    recorder.count_reuse(first)  # not an arrival of the first transmission
+                    return reused_key_fault("ItemId", item_id)
+                recorder.count_repeat(first)
                 return transmit_response(
                     first.answer["acknowledgement_number"],
                     datetime.fromisoformat(first.answer["received_at"]),
@@ -300,6 +309,7 @@ def router(
                     "annexes": len(request_element.findall(f"{{{NS}}}Annex")),
                     "idempotency_key_header": request.headers.get("Idempotency-Key"),
                     "signed_by": verified.subject,
+                    "fingerprint": fingerprint,
                 },
             )
             office.schedule(commune, answer["acknowledgement_number"], item_id, decision_number)

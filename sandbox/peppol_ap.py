@@ -9,10 +9,17 @@ modelled):
   or rejected at transport level with an MLS-like reason code;
 - ``/peppol-ap/v1/outbox``: the commune's answers. Only a well-formed BIS
   Invoice Response 3.0 (UBL ApplicationResponse) is accepted; anything else
-  is refused with a Problem JSON listing every reason.
+  is refused with a Problem JSON listing every reason. It is sent for a
+  participant of the account only (422 ``sender-not-served`` otherwise).
+
+A participant id may carry the Peppol policy's scheme
+(``iso6523-actorid-upis::``, as the contract allows): it is read without it.
 
 **Sandbox credentials**: ``X-Api-Key: sandbox-ap-key-<account>`` for any
-account name (the committed tenant files use account ``hub``).
+account name (the committed tenant files use account ``hub``). An account's
+participants are those registered under it (account ``hub``: the communes of the
+hub's tenant files) and the receivers of the documents dropped into its
+inbox.
 
 Control surface ``/_sandbox/peppol/inbox``: ``POST`` drops a document into an
 account's inbox as if a supplier's AP had delivered it (tests, ``hub demo``);
@@ -27,11 +34,13 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
+import logging
 import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pybase64
@@ -42,9 +51,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kernel.errors import problem_response
 from kernel.settings import REPOSITORY_ROOT
+from kernel.tenants import TenantConfigError, load_tenants
 from kernel.xml_parsing import safe_parser
 from sandbox.openapi_contract import OpenApiContract, contract_errors
 from sandbox.recorder import Recorder
+
+log = logging.getLogger(__name__)
 
 SERVICE = "peppol_ap"
 CONTRACT = REPOSITORY_ROOT / "contracts" / "peppol-ap" / "openapi.yaml"
@@ -52,6 +64,27 @@ PREFIX = "/peppol-ap/v1"
 DEFAULT_ACCOUNT = "hub"
 API_KEY_PREFIX = "sandbox-ap-key-"
 _ACCOUNT = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+#: The Peppol policy's identifier scheme, which the contract's ParticipantId allows in front.
+PARTICIPANT_SCHEME = "iso6523-actorid-upis::"
+
+
+def registered_participants(tenants_dir: Path) -> dict[str, set[str]]:
+    """The participants registered under an account before any document reached it (a real
+    AP knows them from its SMP registrations): account ``hub`` serves the communes of the
+    hub's tenant files (``HUB_TENANTS_DIR``), so that their Invoice Responses go out without
+    an invoice dropped first. An inbox drop registers its receiver too."""
+    try:
+        tenants = load_tenants(tenants_dir)
+    except TenantConfigError as exc:  # the services refuse to start; the sandbox serves on
+        log.warning("the Peppol sandbox registers no participant: %s", exc)
+        return {}
+    participants = {
+        str(peppol["participant"]).lower()
+        for tenant in tenants.values()
+        if isinstance(peppol := tenant.raw.get("peppol"), dict) and peppol.get("participant")
+    }
+    return {DEFAULT_ACCOUNT: participants}
+
 
 INVOICE_DOCUMENT_TYPE = (
     "urn:oasis:names:specification:ubl:schema:xsd:Invoice-2::Invoice##"
@@ -103,11 +136,29 @@ class InboxMessage:
         return state
 
 
+def without_scheme(participant: str) -> str:
+    """``participant`` without the Peppol policy's identifier scheme the contract allows in
+    front of it (``iso6523-actorid-upis::``, in any case), as documents and drops name it."""
+    if participant[: len(PARTICIPANT_SCHEME)].lower() == PARTICIPANT_SCHEME:
+        return participant[len(PARTICIPANT_SCHEME) :]
+    return participant
+
+
 @dataclass
 class AccessPoint:
     messages: dict[str, InboxMessage] = field(default_factory=dict)
+    #: account → the participants registered under it (lower case: Peppol participant ids
+    #: are compared case-insensitively): ``registered_participants``, and every inbox
+    #: drop's receiver.
+    participants: dict[str, set[str]] = field(default_factory=dict)
+
+    def serves(self, account: str, participant: str) -> bool:
+        """Whether ``account`` may send as ``participant`` (without the scheme)."""
+        return participant.lower() in self.participants.get(account, set())
 
     def deliver(self, drop: InboxDrop) -> InboxMessage:
+        # A document reached the account for its receiver: the receiver is registered there.
+        self.participants.setdefault(drop.account, set()).add(drop.receiver.lower())
         message = InboxMessage(
             message_id=str(uuid.uuid4()),
             account=drop.account,
@@ -278,12 +329,14 @@ def router(recorder: Recorder, access_point: AccessPoint | None = None) -> APIRo
         account = await guard(request)
         if isinstance(account, JSONResponse):
             return account
+        # The contract's ParticipantId may carry the policy's scheme; drops never do.
+        wanted = None if receiver is None else without_scheme(receiver).lower()
         new = [
             m
             for m in access_point.messages.values()
             if m.account == account
             and m.status == "new"
-            and (receiver is None or m.receiver.lower() == receiver.lower())
+            and (wanted is None or m.receiver.lower() == wanted)
         ]
         return JSONResponse({"items": [m.summary() for m in new[: max(1, min(limit, 500))]]})
 
@@ -351,9 +404,18 @@ def router(recorder: Recorder, access_point: AccessPoint | None = None) -> APIRo
         if problems:
             return _invalid(problems)
         assert isinstance(body, dict)
+        # The parties as the document's EndpointIDs name them: without the policy's scheme.
+        sender, receiver = without_scheme(body["sender"]), without_scheme(body["receiver"])
+        if not access_point.serves(account, sender):
+            # An account sends for its own participants only: a gateway that mixed up its
+            # tenants' access point accounts would otherwise speak for another commune.
+            return _invalid(
+                [f"sender: {sender!r} is not a participant of this access point account"],
+                slug="sender-not-served",
+            )
         try:
             content = pybase64.b64decode(body["document"], validate=True)
-            response = read_invoice_response(content, body["sender"], body["receiver"])
+            response = read_invoice_response(content, sender, receiver)
         except binascii.Error:
             return _invalid(["document: not valid base64"])
         except InvalidDocument as exc:
@@ -361,13 +423,15 @@ def router(recorder: Recorder, access_point: AccessPoint | None = None) -> APIRo
         key = request.headers.get("Idempotency-Key") or f"no-key-{uuid.uuid4()}"
         fingerprint = hashlib.sha256(content).hexdigest()
         async with recorder.lock:
-            first = recorder.seen(SERVICE, key)
+            first = recorder.first(SERVICE, key)
             if first is not None:
                 if (first.tenant, first.summary.get("fingerprint")) != (account, fingerprint):
+                    recorder.count_reuse(first)  # not an arrival of the first document
                     return _invalid(
                         ["Idempotency-Key: already used for a different document"],
                         slug="idempotency-key-reused",
                     )
+                recorder.count_repeat(first)
                 return JSONResponse(first.answer, status_code=202)
             answer = {"messageId": str(uuid.uuid4()), "status": "accepted"}
             recorder.record(
@@ -426,7 +490,7 @@ def router(recorder: Recorder, access_point: AccessPoint | None = None) -> APIRo
 async def _json_body(request: Request) -> object | None:
     try:
         return json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to read
         return None
 
 

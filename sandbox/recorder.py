@@ -5,10 +5,17 @@ idempotency key: how often the key arrived (``arrivals``), and the one answer
 it gave the first time (a repeated key gets the same answer and publishes
 nothing new, as a real target that honours idempotency keys would).
 
-``arrivals`` counts only the requests that got past fault injection. Every
-request that carried an ``Idempotency-Key``, the ones answered by an injected
-503 or held by an injected timeout included, is counted apart in ``attempts``:
-the only trace of a retry after a fault.
+``arrivals`` counts only the requests that got past fault injection and were
+answered as that key: the first one and its idempotent repeats. A key reused
+for another message is refused, and counted apart in ``reused``: it is not a
+repeat of the first message. Every request that carried an
+``Idempotency-Key``, the ones answered by an injected 503 or held by an
+injected timeout included, is counted apart in ``attempts``: the only trace of
+a retry after a fault.
+
+Simulators that keep state of their own beside the recorder (booked invoice
+numbers, ...) register a reset hook (``on_reset``): clearing what was received
+runs it, so that a key forgotten by the recorder meets no leftover of it.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +51,8 @@ class Reception:
     answer: dict[str, Any]
     traceparent: str | None
     summary: dict[str, Any] = field(default_factory=dict)
+    #: Requests refused because they reused this key for another message.
+    reused: int = 0
 
 
 class Recorder:
@@ -54,6 +64,7 @@ class Recorder:
         self._attempts: Counter[tuple[str, str]] = Counter()
         self._lock = asyncio.Lock()
         self._random = random.Random()
+        self._reset_hooks: list[Callable[[], None]] = []
 
     def set_faults(self, service: str, faults: FaultSettings) -> None:
         self._faults[service] = faults
@@ -76,12 +87,23 @@ class Recorder:
             await asyncio.sleep(faults.timeout_seconds)
         return bool(faults.error_rate and self._random.random() < faults.error_rate)
 
-    def seen(self, service: str, idempotency_key: str) -> Reception | None:
-        """A repeated key: count the arrival and return the first answer."""
-        reception = self._receptions.get((service, idempotency_key))
-        if reception is not None:
-            reception.arrivals += 1
+    def first(self, service: str, idempotency_key: str) -> Reception | None:
+        """The first reception of a repeated key, without counting this arrival.
+
+        The caller compares the request with it first, then counts the request with
+        ``count_repeat`` (the same message: it gets the first answer) or ``count_reuse``
+        (another message: refused), so that a refusal is never counted as an arrival.
+        """
+        return self._receptions.get((service, idempotency_key))
+
+    def count_repeat(self, reception: Reception) -> Reception:
+        """Count an idempotent repeat of ``reception``'s message."""
+        reception.arrivals += 1
         return reception
+
+    def count_reuse(self, reception: Reception) -> None:
+        """Count a request refused for reusing ``reception``'s key for another message."""
+        reception.reused += 1
 
     def record(
         self,
@@ -108,7 +130,7 @@ class Recorder:
 
     @property
     def lock(self) -> asyncio.Lock:
-        """Held from ``seen`` to ``record`` so two copies of one key cannot both publish."""
+        """Held from ``first`` to ``record`` so two copies of one key cannot both publish."""
         return self._lock
 
     def receptions(self, service: str | None = None) -> list[Reception]:
@@ -118,10 +140,19 @@ class Recorder:
         """(service, Idempotency-Key header, requests that carried it), faulted ones included."""
         return [(s, key, n) for (s, key), n in self._attempts.items() if service in (None, s)]
 
+    def on_reset(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` whenever what was received is cleared (``clear_received``)."""
+        self._reset_hooks.append(hook)
+
     def clear_received(self) -> None:
-        """Forget what was received; the fault settings stay until changed or cleared."""
+        """Forget what was received, and what the reset hooks clear.
+
+        The fault settings stay until changed or cleared.
+        """
         self._receptions.clear()
         self._attempts.clear()
+        for hook in self._reset_hooks:
+            hook()
 
     def clear_faults(self) -> None:
         self._faults.clear()
