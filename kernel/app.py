@@ -403,6 +403,10 @@ def create_app(
     app.add_middleware(RequestGuardMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(TraceAndCountMiddleware, component=component)
 
+    #: What each failing check last logged: /healthz is asked every few seconds, and a
+    #: failure is logged when it begins or changes.
+    logged_failures: dict[str, str] = {}
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         checks: dict[str, HealthCheck] = app.state.health_checks
@@ -410,11 +414,18 @@ def create_app(
             *(asyncio.wait_for(check(), HEALTH_CHECK_SECONDS) for check in checks.values()),
             return_exceptions=True,
         )
-        unreachable = {
-            name: f"{type(outcome).__name__}: {outcome}".rstrip(": ")
-            for name, outcome in zip(checks, outcomes, strict=True)
-            if isinstance(outcome, BaseException)
-        }
+        unreachable: dict[str, str] = {}
+        for name, outcome in zip(checks, outcomes, strict=True):
+            if not isinstance(outcome, BaseException):
+                logged_failures.pop(name, None)
+                continue
+            # Only the error's kind, as for the jobs: /healthz is open, and an error's text
+            # names internal addresses ("Connect call failed ('10.0.3.7', 5432)").
+            unreachable[name] = type(outcome).__name__
+            said = f"{type(outcome).__name__}: {outcome}".rstrip(": ")
+            if logged_failures.get(name) != said:
+                logged_failures[name] = said
+                log.warning("%s cannot reach its %s: %s", component, name, said)
         if jobs.restarting or unreachable:
             down: dict[str, Any] = {"status": "degraded", "component": component}
             if jobs.restarting:

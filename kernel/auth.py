@@ -129,6 +129,12 @@ class TokenVerifier:
     #: How long fetching the identity provider's keys may take: a request waits for it.
     JWKS_TIMEOUT_SECONDS = 5.0
 
+    #: How far the identity provider's clock may be from the hub's: a token is accepted
+    #: this long before its ``iat``/``nbf`` and after its ``exp``. Without it, a provider
+    #: one second ahead had its fresh tokens refused ("not yet valid") until the hub's
+    #: clock caught up, now and then as the clocks drifted.
+    CLOCK_SKEW_SECONDS = 30
+
     def __init__(self, settings: HubSettings) -> None:
         self._settings = settings
         self._jwks_client = (
@@ -157,7 +163,10 @@ class TokenVerifier:
         caller, expires = self._check(token, await self._signing_key(token))
         if len(self._verified) >= self.REMEMBER_AT_MOST:
             del self._verified[next(iter(self._verified))]  # dicts keep insertion order
-        self._verified[token] = (caller, min(expires, now + self.REMEMBER_SECONDS))
+        self._verified[token] = (
+            caller,
+            min(expires + self.CLOCK_SKEW_SECONDS, now + self.REMEMBER_SECONDS),
+        )
         return caller
 
     async def _signing_key(self, token: str) -> Any:
@@ -195,6 +204,7 @@ class TokenVerifier:
                 audience=self._settings.jwt_audience,
                 issuer=self._settings.jwt_issuer,
                 options={"require": ["exp", "iss", "aud", "tenant"]},
+                leeway=self.CLOCK_SKEW_SECONDS,
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("the bearer token has expired") from exc

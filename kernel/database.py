@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -106,7 +107,7 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
             _checkpointers[engine.sync_engine] = checkpointer
             event.listen(engine.sync_engine, "engine_disposed", lambda _: checkpointer.stop())
         return engine
-    connect_args: dict[str, Any] = {}
+    url, connect_args = _asyncpg_arguments(url)
     if schema:
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"invalid schema name {schema!r}")
@@ -114,6 +115,69 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     return create_async_engine(
         url, pool_size=10, max_overflow=10, connect_args=connect_args, hide_parameters=True
     )
+
+
+def _asyncpg_arguments(url: str) -> tuple[str, dict[str, Any]]:
+    """``url`` without the libpq parameters asyncpg does not take, and what they say as
+    asyncpg's ``connect`` arguments: ``connect_timeout`` its ``timeout``, the certificate
+    files an SSL context. SQLAlchemy gives asyncpg the URL's parameters as they are, and
+    those stopped the start with a TypeError."""
+    parsed = make_url(url)
+    # A parameter given twice: the last one, as libpq and asyncpg read it.
+    query = {
+        name: value if isinstance(value, str) else value[-1] for name, value in parsed.query.items()
+    }
+    arguments: dict[str, Any] = {}
+    if "connect_timeout" in query:
+        arguments["timeout"] = _connect_timeout(query.pop("connect_timeout"))
+    files = {
+        name: query.pop(name) for name in ("sslrootcert", "sslcert", "sslkey") if name in query
+    }
+    if files:
+        arguments["ssl"] = _ssl_context(query.pop("ssl", None), **files)
+    if not arguments:
+        return url, arguments
+    return parsed.set(query=query).render_as_string(hide_password=False), arguments
+
+
+def _connect_timeout(value: str) -> float | None:
+    """libpq's ``connect_timeout`` in seconds; zero or less waits as long as it takes."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"DATABASE_URL: connect_timeout={value!r} is not seconds") from None
+    return seconds if seconds > 0 else None
+
+
+def _ssl_context(
+    mode: str | None,
+    sslrootcert: str | None = None,
+    sslcert: str | None = None,
+    sslkey: str | None = None,
+) -> ssl.SSLContext:
+    """The SSL context libpq makes of ``sslmode`` and its certificate files: ``require``
+    encrypts, checking the server's certificate only against a ``sslrootcert`` given;
+    ``verify-ca`` checks it against ``sslrootcert`` (else the system's authorities);
+    ``verify-full`` checks the host name too. ``sslcert`` and ``sslkey``: the hub's
+    own certificate, for a server that asks for one."""
+    mode = mode.replace("_", "-") if mode else mode  # asyncpg takes verify_full too
+    if mode not in ("require", "verify-ca", "verify-full"):
+        # The weaker modes fall back to plain text, or never encrypt: with a context
+        # asyncpg would always encrypt, which is not what they say.
+        raise ValueError(
+            "DATABASE_URL: sslrootcert, sslcert and sslkey need sslmode=require, verify-ca"
+            " or verify-full" + (f", not {mode}" if mode else "")
+        )
+    if sslkey and not sslcert:
+        raise ValueError("DATABASE_URL: sslkey needs sslcert, the certificate of that key")
+    context = ssl.create_default_context(cafile=sslrootcert)
+    if mode != "verify-full":
+        context.check_hostname = False
+    if mode == "require" and not sslrootcert:
+        context.verify_mode = ssl.CERT_NONE
+    if sslcert:
+        context.load_cert_chain(sslcert, keyfile=sslkey)
+    return context
 
 
 _checkpointers: WeakKeyDictionary[Engine, sqlite_driver.WalCheckpointer] = WeakKeyDictionary()
@@ -169,6 +233,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Only a new database file takes it; an existing one keeps its page size.
     cursor.execute("PRAGMA page_size=16384")
     cursor.execute("PRAGMA journal_mode=WAL")
+    # Durable against the process's crash, not a power loss, which may undo the last
+    # commits while their events went out: the embedded database's trade-off for speed
+    # (README), PostgreSQL's not.
     cursor.execute("PRAGMA synchronous=NORMAL")
     # The log is copied back by a thread of its own (sqlite_driver.WalCheckpointer);
     # SQLite's own checkpoint in a commit is only its backstop.

@@ -158,9 +158,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         slug = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}.get(
             exc.status_code, "http-error"
         )
-        return problem_response(
+        response = problem_response(
             exc.status_code, slug, str(exc.detail), str(exc.detail), request.url.path
         )
+        if exc.headers:  # a 405's Allow (RFC 9110 §15.5.6), say
+            response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -20,6 +20,8 @@ with the key: the same request sent again gets that answer, marked
   not 409 for a day. A request refused before anything was committed left no
   key: it may be sent again, corrected, with the same key.
 - Keys are kept for ``KEEP_FOR``: an older key is as if it had never been used.
+- A request with a key whose token cannot be checked (the identity provider does not
+  answer) is a 503 at once: it is never run without its key.
 
 The middleware works where the service's routes change things through
 ``kernel.api.Storage.unit_of_work``, which writes the key (``claiming_key``).
@@ -185,7 +187,15 @@ class IdempotencyMiddleware:
             )
             return
         state = scope["app"].state  # the service's FastAPI app (Starlette sets it)
-        caller = await _caller_of(state, headers.get(b"authorization", b""))
+        try:
+            caller = await _caller_of(state, headers.get(b"authorization", b""))
+        except IdentityProviderUnavailable as exc:
+            # Answered here, not by the route: the provider's keys, fetched meanwhile by the
+            # thread this check gave up on, let the route's own check pass, and the change
+            # was committed without its key; the client, its request timed out, sent it
+            # again and it was made twice.
+            await _problem(scope, receive, send, exc.status, exc.slug, exc.title, exc.detail)
+            return
         if caller is None:  # no valid token: the route answers 401, with nothing to replay
             await self.app(scope, receive, send)
             return
@@ -359,13 +369,15 @@ def document_in_openapi(app: Any) -> None:
 
 
 async def _caller_of(state: Any, authorization: bytes) -> Caller | None:
+    """The token's caller; None for a missing or invalid token. Raises
+    ``IdentityProviderUnavailable`` when the token could not be checked."""
     scheme, _, token = authorization.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     try:
         caller: Caller = await state.token_verifier.verify(token.strip())
-    except (Unauthorized, IdentityProviderUnavailable):
-        return None  # the route answers, with nothing to replay
+    except Unauthorized:
+        return None  # the route answers 401, with nothing to replay
     return caller
 
 

@@ -79,12 +79,19 @@ def rebuild_table(table: Table, added: Mapping[str, str]) -> Callable[[Connectio
     ``added``: today's columns the old table lacks, each with the SQL value its
     copied rows take. A table that has them already (created at today's shape by
     an earlier migration's ``create_tables``) is left as is.
+
+    Tables referring to ``table`` keep their rows on SQLite (``migrate`` turns its
+    foreign keys off meanwhile) and refer to the new table. PostgreSQL cannot drop a
+    table others refer to: there the rebuild is refused, and such a change is made
+    with ``ALTER TABLE``.
     """
 
     def apply(connection: Connection) -> None:
         existing = {column["name"] for column in inspect(connection).get_columns(table.name)}
         if set(added) <= existing:
             return
+        if connection.dialect.name == "postgresql":
+            _refuse_referred_table(connection, table.name)
         quote = connection.dialect.identifier_preparer.quote
         rebuilt = table.to_metadata(MetaData(), name=f"{table.name}_rebuilt")
         # The new table's indexes are made once the old one (holding their names) is gone.
@@ -118,6 +125,23 @@ def rebuild_table(table: Table, added: Mapping[str, str]) -> Callable[[Connectio
     return apply
 
 
+def _refuse_referred_table(connection: Connection, name: str) -> None:
+    """Refuse to rebuild table ``name`` (of the schema in use) that other tables refer to:
+    PostgreSQL would refuse to drop it, or, told CASCADE, drop their foreign keys."""
+    referring = connection.scalars(
+        text(
+            "SELECT DISTINCT conrelid::regclass::text FROM pg_constraint"
+            " WHERE contype = 'f' AND confrelid = to_regclass(:table) AND conrelid <> confrelid"
+        ),
+        {"table": connection.dialect.identifier_preparer.quote(name)},
+    ).all()
+    if referring:
+        raise ValueError(
+            f"rebuild_table cannot rebuild {name} on PostgreSQL: {', '.join(sorted(referring))}"
+            " refer to it; change its constraints with ALTER TABLE there"
+        )
+
+
 def table_of(model: type[Base]) -> Table:
     table = model.__table__
     if not isinstance(table, Table):
@@ -138,26 +162,74 @@ _versions = Table(
 async def migrate(
     engine: AsyncEngine, component: str, migrations: Sequence[Migration], schema: str | None = None
 ) -> int:
-    """Bring ``component``'s tables up to date; return the version reached."""
+    """Bring ``component``'s tables up to date; return the version reached.
+
+    On SQLite the migrations run with foreign keys off, as SQLite's procedure for
+    changing a table says (https://www.sqlite.org/lang_altertable.html#otheralter):
+    with them on, the ``DROP TABLE`` of a rebuilt parent (``rebuild_table``) first
+    deleted its rows, and ``ON DELETE CASCADE`` every child row with them. So a
+    migration deletes no parent row counting on the cascade: before the commit,
+    ``PRAGMA foreign_key_check`` refuses migrations that leave a row referring to
+    a missing one.
+    """
     versions = [m.version for m in migrations]
     if versions != sorted(set(versions)):
         raise ValueError(f"{component} migrations must have increasing, unique versions")
+    if engine.dialect.name == "sqlite":
+        return await _migrate_sqlite(engine, component, migrations)
     async with engine.begin() as connection:
-        if engine.dialect.name == "sqlite":
+        if engine.dialect.name == "postgresql":
+            # Two processes starting together must not both migrate. Advisory locks are the
+            # database's, not the schema's: without the schema, a staging hub sharing the
+            # database (``HubSettings.database_schema_prefix``) held production's start
+            # while it migrated.
+            await connection.execute(
+                text(
+                    "SELECT pg_advisory_xact_lock(hashtext(concat("
+                    "COALESCE(:schema, current_schema()), CAST(:lock AS text))))"
+                ),
+                {"schema": schema, "lock": f":hub-migrate:{component}"},
+            )
+            if schema:
+                await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        return await connection.run_sync(_migrate_sync, component, migrations)
+
+
+async def _migrate_sqlite(
+    engine: AsyncEngine, component: str, migrations: Sequence[Migration]
+) -> int:
+    async with engine.connect() as connection:
+        # The pragma does nothing inside a transaction: set before it begins.
+        await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        await connection.commit()
+        try:
             # The sqlite3 module begins a transaction only before a row's change: a CREATE
             # TABLE ran and stayed on its own, and a migration that failed half-way (a
             # ``rebuild_table`` after its new table) left the file unable to migrate
             # again. All of it in one transaction, taking the write lock at once (another
             # process starting waits instead of migrating beside it).
             await connection.exec_driver_sql("BEGIN IMMEDIATE")
-        if engine.dialect.name == "postgresql":
-            # Two processes starting together must not both migrate.
-            await connection.execute(
-                text("SELECT pg_advisory_xact_lock(hashtext(:c))"), {"c": component}
-            )
-            if schema:
-                await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-        return await connection.run_sync(_migrate_sync, component, migrations)
+            reached = await connection.run_sync(_migrate_sync, component, migrations)
+            await connection.commit()
+        except BaseException:
+            # Not given back to the pool with foreign keys off (a failed or cancelled
+            # transaction may not have ended, and the pragma waits for its end): closed,
+            # which rolls it back; the pool opens a new connection, with the usual pragmas.
+            await connection.invalidate()
+            raise
+        await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        await connection.commit()
+        return reached
+
+
+def _no_dangling_references(connection: Connection, component: str) -> None:
+    dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if dangling:
+        tables = sorted({f"{row[0]} → {row[2]}" for row in dangling})
+        raise RuntimeError(
+            f"{component}'s migrations leave rows referring to missing rows"
+            f" ({', '.join(tables)}): nothing was changed"
+        )
 
 
 def _migrate_sync(connection: Connection, component: str, migrations: Sequence[Migration]) -> int:
@@ -166,11 +238,15 @@ def _migrate_sync(connection: Connection, component: str, migrations: Sequence[M
         _versions.select().where(_versions.c.component == component)
     ).first()
     reached = current.version if current else 0
+    applied = False
     for migration in migrations:
         if migration.version <= reached:
             continue
         migration.apply(connection)
-        reached = migration.version
+        reached, applied = migration.version, True
+    if applied and connection.dialect.name == "sqlite":
+        # Only after a change: the check reads every row that refers to another.
+        _no_dangling_references(connection, component)
     if current is None:
         connection.execute(
             _versions.insert().values(component=component, version=reached, applied_at=utcnow())

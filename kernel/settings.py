@@ -27,6 +27,21 @@ DEFAULT_PORTS: dict[str, int] = {
 }
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+#: What a PostgreSQL ``DATABASE_URL`` may say besides where the database is: libpq's
+#: ``sslmode`` (asyncpg's ``ssl``), ``sslrootcert``, ``sslcert``, ``sslkey`` and
+#: ``connect_timeout``, which ``kernel.database.create_engine`` says in asyncpg's words,
+#: and the few that asyncpg (or SQLAlchemy) takes as text. SQLAlchemy hands asyncpg any
+#: other as it is, and an unknown one stopped the start with a TypeError.
+POSTGRES_URL_PARAMETERS = (
+    "ssl",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "connect_timeout",
+    "target_session_attrs",
+    "passfile",
+    "prepared_statement_cache_size",
+)
 #: The ``iss`` of the tokens the hub issues itself, in development.
 DEVELOPMENT_ISSUER = "urn:hub:dev-issuer"
 
@@ -61,7 +76,8 @@ class HubSettings(BaseSettings):
     #: (``kernel.outbox.OutboxRelay.republish_forgotten``). With its offset: compared with
     #: the outbox's instants. Unset on a Kafka cluster.
     embedded_broker_started_at: AwareDatetime | None = None
-    #: ``DATABASE_URL`` of this process; unset means SQLite under ``var_dir``.
+    #: ``DATABASE_URL`` of the processes; unset means SQLite under ``var_dir``. A SQLite
+    #: URL names a directory: each process has its own file there (``database_url_for``).
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     #: On PostgreSQL each process keeps its tables in schema ``<prefix><process>``;
     #: a prefix lets two hubs (staging and production, or test runs) share a database.
@@ -149,6 +165,11 @@ class HubSettings(BaseSettings):
                     + " (the embedded broker, SQLite and the development token issuer"
                     " are for development only)"
                 )
+            if _is_sqlite(self.database_url or ""):
+                raise ValueError(
+                    "HUB_ENVIRONMENT=production needs a PostgreSQL DATABASE_URL, not SQLite"
+                    " (SQLite is for development only)"
+                )
         return self
 
     def sandbox_tls_address(self) -> str:
@@ -162,10 +183,25 @@ class HubSettings(BaseSettings):
         return self.sandbox_url
 
     def database_url_for(self, process: str) -> str:
-        """The SQLAlchemy async URL of ``process``'s own database."""
-        if self.database_url:
-            return normalise_database_url(self.database_url)
-        return f"sqlite+aiosqlite:///{self.var_dir / (process + '.db')}"
+        """The SQLAlchemy async URL of ``process``'s own database.
+
+        On PostgreSQL every process shares the URL, each in its own schema. On SQLite
+        each has its own file, ``<process>.db``, in ``var_dir`` or in the directory of
+        the SQLite ``DATABASE_URL`` (whose file name is not used): sharing one file,
+        the processes shared their tables, every relay published every process's
+        events, and a process's consumer skipped as already handled an event that
+        another process had handled.
+        """
+        if not self.database_url:
+            return f"sqlite+aiosqlite:///{self.var_dir / (process + '.db')}"
+        url = normalise_database_url(self.database_url)
+        if not _is_sqlite(url):
+            return url
+        parsed = make_url(url)
+        if parsed.database in (None, "", ":memory:"):
+            return url  # in memory: each process's own already
+        database = Path(parsed.database).parent / (process + ".db")
+        return parsed.set(database=str(database)).render_as_string(hide_password=False)
 
     def database_schema_for(self, process: str) -> str:
         return self.database_schema_prefix + process
@@ -175,9 +211,14 @@ class HubSettings(BaseSettings):
         return self.var_dir / "keys"
 
 
+def _is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
 def normalise_database_url(url: str) -> str:
     """Accept the URLs people paste (postgres://, postgresql+psycopg://, libpq's sslmode)
-    and pick the async driver the hub uses."""
+    and pick the async driver the hub uses. A PostgreSQL URL with a parameter the hub
+    does not know (``POSTGRES_URL_PARAMETERS``) is refused, naming it."""
     for prefix in (
         "postgres://",
         "postgresql://",
@@ -193,7 +234,16 @@ def normalise_database_url(url: str) -> str:
         if "sslmode" in parsed.query:
             query = dict(parsed.query)
             query.setdefault("ssl", query.pop("sslmode"))
-            url = parsed.set(query=query).render_as_string(hide_password=False)
+            parsed = parsed.set(query=query)
+            url = parsed.render_as_string(hide_password=False)
+        unknown = sorted(set(parsed.query) - set(POSTGRES_URL_PARAMETERS))
+        if unknown:  # named, not quoted: the URL holds the password
+            raise ValueError(
+                f"DATABASE_URL has parameters the hub does not know: {', '.join(unknown)}"
+                " (it takes sslmode, "
+                + ", ".join(name for name in POSTGRES_URL_PARAMETERS if name != "ssl")
+                + ")"
+            )
     if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
         return "sqlite+aiosqlite://" + url[len("sqlite://") :]
     return url

@@ -79,7 +79,7 @@ from gateway.errors import (
 from gateway.http import client_certificate_tls, outbound_client
 from kernel.logs import mask_national_numbers
 from kernel.pki import sandbox_tls_files
-from kernel.xml_parsing import safe_parser
+from kernel.xml_parsing import parse_untrusted
 
 TYPE_NAME = "ksz_identify"
 TARGET = "KSZ-BCSS"
@@ -192,9 +192,7 @@ def read_reply(content: bytes | str) -> IdentifyReply:
     (``ok="NO"``), with the CBSS's diagnostics (national numbers masked).
     """
     try:
-        root = etree.fromstring(
-            content.encode() if isinstance(content, str) else content, parser=safe_parser()
-        )
+        root = parse_untrusted(content.encode() if isinstance(content, str) else content)
     except etree.XMLSyntaxError as exc:
         raise ReplyError(f"the reply is not well-formed XML ({exc})") from exc
     if root.tag != f"{_S}SSDNReply":

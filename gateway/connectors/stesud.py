@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from lxml import etree
 from pydantic import Field, field_validator
@@ -48,13 +52,24 @@ from gateway.connectors.base import (
 )
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from kernel.settings import REPOSITORY_ROOT, HubSettings
-from kernel.xml_parsing import safe_parser
+from kernel.xml_parsing import parse_untrusted
 
 TYPE_NAME = "stesud"
 TARGET = "Stésud"
 NAMESPACE = "urn:hub:vendors:stesud:exchange:1"
 SCHEMA_PATH = REPOSITORY_ROOT / "contracts" / "vendors" / "stesud-file-exchange.xsd"
 _NS = {"s": NAMESPACE}
+
+#: Each connector's threads for its file I/O: its own, so that a drop share that hangs (a
+#: hard NFS or SMB mount; a thread blocked on it cannot be stopped) holds this tenant's
+#: Stésud deliveries only, not the default executor, where DNS lookups (aiohttp's
+#: ThreadedResolver) and SQLite's large writes wait too.
+FILE_THREADS = 2
+#: How long every file thread may have waited on the share before the next attempts are
+#: refused at once (a healthy share answers in milliseconds; the attempt's deadline is 30 s).
+SHARE_STUCK_SECONDS = 10.0
+
+_T = TypeVar("_T")
 
 
 def default_drop_dir(hub: HubSettings) -> Path:
@@ -90,16 +105,23 @@ class StesudConnector:
         self.administration = settings.administration or tenant
         self.directory = drop_dir / self.administration
         self._schema = etree.XMLSchema(etree.parse(str(SCHEMA_PATH)))
+        self.share_stuck_seconds = SHARE_STUCK_SECONDS
+        # Threads start at the first file operation: a connector never used costs none.
+        self._pool = ThreadPoolExecutor(FILE_THREADS, thread_name_prefix=f"stesud-{tenant}")
+        #: When each file operation now running in a thread started (monotonic), by token.
+        self._running: dict[int, float] = {}
+        self._running_lock = threading.Lock()
+        self._tokens = itertools.count()
 
     async def deliver(self, delivery: Delivery) -> DeliveryResult:
         approved = approved_invoice_of(delivery, TARGET)
         name = file_name(delivery.idempotency_key)
-        acknowledgement = await asyncio.to_thread(self._acknowledgement, name)
+        acknowledgement = await self._on_share(self._acknowledgement, name)
         if acknowledgement is not None:
             return self._outcome(name, acknowledgement)
         content = self.purchase_invoice(approved)
         try:
-            written = await asyncio.to_thread(self._write_once, name, content)
+            written = await self._on_share(self._write_once, name, content)
         except OSError as exc:
             raise RetryableDeliveryError(f"{TARGET}: cannot write {name}: {exc}") from exc
         raise RetryableDeliveryError(
@@ -108,7 +130,36 @@ class StesudConnector:
         )
 
     async def aclose(self) -> None:
-        pass
+        # Not waiting: a thread stuck on a hung share would hold the gateway's shutdown.
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _on_share(self, work: Callable[..., _T], *args: Any) -> _T:
+        """``work(*args)`` in one of this connector's threads; refused at once while all of
+        them have waited on the share too long. An attempt cut by its deadline meanwhile
+        leaves its thread to finish; one still queued is cancelled and never runs."""
+        with self._running_lock:
+            started = list(self._running.values())
+        if len(started) >= FILE_THREADS and time.monotonic() - max(started) > (
+            self.share_stuck_seconds
+        ):
+            # Queued behind them, the attempt would wait its deadline out for nothing.
+            raise RetryableDeliveryError(
+                f"{TARGET}: the drop share is not answering: {FILE_THREADS} file operations"
+                f" in {self.directory} have waited over {self.share_stuck_seconds:g} s;"
+                " check its mount"
+            )
+        token = next(self._tokens)
+
+        def timed() -> _T:
+            with self._running_lock:
+                self._running[token] = time.monotonic()
+            try:
+                return work(*args)
+            finally:
+                with self._running_lock:
+                    del self._running[token]
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, timed)
 
     # -- the files ------------------------------------------------------------------------
 
@@ -119,7 +170,7 @@ class StesudConnector:
         except FileNotFoundError:
             return None
         try:
-            root = etree.fromstring(content, parser=safe_parser())
+            root = parse_untrusted(content)
         except etree.XMLSyntaxError as exc:
             raise RetryableDeliveryError(
                 f"{TARGET}'s acknowledgement {path.name} is unreadable: {exc}"

@@ -3,8 +3,11 @@ against a temporary drop directory."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import threading
+import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +19,13 @@ from lxml import etree
 from contracts.envelope import CloudEvent
 from gateway.connectors.base import ConnectorContext, Delivery, connector_types
 from gateway.connectors.inforius import InforiusConnector
-from gateway.connectors.stesud import NAMESPACE, SCHEMA_PATH, StesudConnector, file_name
+from gateway.connectors.stesud import (
+    FILE_THREADS,
+    NAMESPACE,
+    SCHEMA_PATH,
+    StesudConnector,
+    file_name,
+)
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.main import register_built_in_connectors
 from kernel.settings import REPOSITORY_ROOT, HubSettings
@@ -254,6 +263,7 @@ async def stesud(tmp_path: Path) -> AsyncIterator[StesudConnector]:
         built = build("stesud", "92137", {"drop_dir": ""}, http, var_dir=tmp_path / "var")
         assert isinstance(built, StesudConnector)
         yield built
+        await built.aclose()
 
 
 def acknowledge(connector: StesudConnector, name: str, body: str) -> None:
@@ -344,9 +354,82 @@ async def test_an_acknowledgement_breaking_the_contract_is_retried(
     assert "breaks the contract" in str(raised.value)
 
 
+async def test_an_acknowledgement_with_a_doctype_is_retried(stesud: StesudConnector) -> None:
+    acknowledge(
+        stesud,
+        file_name(KEY),
+        "<Status>BOOKED</Status><BookingReference>STS-92137&x;-2026-00001</BookingReference>",
+    )
+    path = stesud.directory / "out" / (file_name(KEY).removesuffix(".xml") + ".ack.xml")
+    # An entity declared empty cut the reference short where Stésud's reads it whole.
+    path.write_bytes(b'<!DOCTYPE Acknowledgement [<!ENTITY x "">]>' + path.read_bytes())
+
+    with pytest.raises(RetryableDeliveryError, match="unreadable: a DOCTYPE is not accepted"):
+        await stesud.deliver(delivery(approved_invoice(tenant="92137")))
+
+
 async def test_each_idempotency_key_has_its_own_file(stesud: StesudConnector) -> None:
     for key in ("e1:approved-invoice-accounting", "e2:approved-invoice-accounting"):
         with pytest.raises(RetryableDeliveryError):
             await stesud.deliver(delivery(approved_invoice(tenant="92137"), key=key))
 
     assert len(list((stesud.directory / "in").iterdir())) == 2
+
+
+async def test_a_burst_of_invoices_shares_the_connectors_threads(stesud: StesudConnector) -> None:
+    # The engine runs up to 8 attempts at once on a target: more than the file threads,
+    # queued behind them on a healthy share, none refused.
+    async def attempt(number: int) -> BaseException | None:
+        work = delivery(approved_invoice(tenant="92137"), key=f"e{number}:approved")
+        try:
+            await stesud.deliver(work)
+        except RetryableDeliveryError as exc:
+            return exc
+        return None
+
+    refusals = await asyncio.gather(*(attempt(number) for number in range(12)))
+
+    assert all("not acknowledged" in str(refusal) for refusal in refusals)
+    assert len(list((stesud.directory / "in").iterdir())) == 12
+
+
+async def test_a_hung_drop_share_holds_only_the_connectors_own_threads(
+    stesud: StesudConnector,
+) -> None:
+    # A hard NFS/SMB mount that stops answering: each read blocks its thread for good,
+    # and the engine's deadline (here 0.2 s) cuts the attempt, not the thread.
+    hang = threading.Event()
+    threads: list[str] = []
+
+    def share_hangs(name: str) -> None:
+        threads.append(threading.current_thread().name)
+        hang.wait()
+
+    stesud._acknowledgement = share_hangs  # type: ignore[method-assign]
+    stesud.share_stuck_seconds = 0.1
+    try:
+        outcomes = []
+        for number in range(8):
+            work = delivery(approved_invoice(tenant="92137"), key=f"e{number}:approved")
+            try:
+                async with asyncio.timeout(0.2):
+                    await stesud.deliver(work)
+            except (TimeoutError, RetryableDeliveryError) as exc:
+                outcomes.append(exc)
+
+        # Once its threads have all waited too long, an attempt is refused at once.
+        assert isinstance(outcomes[-1], RetryableDeliveryError)
+        assert "the drop share is not answering" in outcomes[-1].reason
+        started = time.monotonic()
+        with pytest.raises(RetryableDeliveryError, match="drop share is not answering"):
+            await stesud.deliver(delivery(approved_invoice(tenant="92137")))
+        assert time.monotonic() - started < 0.1
+        # The default executor is free: DNS lookups (aiohttp's ThreadedResolver) answer.
+        async with asyncio.timeout(3):
+            await asyncio.get_running_loop().getaddrinfo("localhost", 443)
+        # Only the connector's own threads ever waited on the share; the attempts queued
+        # behind them were cancelled by their deadline before they ran.
+        assert len(threads) == FILE_THREADS
+        assert all(name.startswith("stesud-92137") for name in threads)
+    finally:
+        hang.set()

@@ -21,11 +21,13 @@ from pydantic import AwareDatetime
 from kernel.api import RequestModel
 from kernel.app import TraceAndCountMiddleware, broker_check, check_health_of, create_app
 from kernel.auth import (
+    KEY_ID,
     CallerDep,
     IdentityProviderUnavailable,
     TokenVerifier,
     Unauthorized,
     issue_token,
+    load_or_create_issuer_key,
 )
 from kernel.kafka import free_port
 from kernel.settings import HubSettings
@@ -96,7 +98,9 @@ async def test_missing_foreign_and_expired_tokens_are_refused(
     response = await client.post("/greet", json=body, headers=bearer(foreign))
     assert response.status_code == 401 and "not valid" in response.json()["detail"]
 
-    expired = issue_token(hub_settings, "92137", ["test:write"], ttl=-10)
+    expired = issue_token(
+        hub_settings, "92137", ["test:write"], ttl=-TokenVerifier.CLOCK_SKEW_SECONDS - 10
+    )
     response = await client.post(
         "/greet", json=body, headers={"Authorization": f"Bearer {expired}"}
     )
@@ -203,6 +207,16 @@ async def test_a_body_over_the_limit_is_413_however_it_comes(
     assert negative.json()["type"].endswith("/bad-content-length")
 
 
+async def test_a_method_the_route_does_not_take_is_a_problem_naming_those_it_does(
+    client: httpx.AsyncClient,
+) -> None:
+    refused = await client.delete("/greetings/Ana")
+    assert refused.status_code == 405
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["type"].endswith("/method-not-allowed")
+    assert refused.headers["allow"] == "GET"  # RFC 9110 §15.5.6
+
+
 async def test_health_metrics_and_jwks(
     client: httpx.AsyncClient, hub_settings: HubSettings
 ) -> None:
@@ -242,7 +256,7 @@ async def test_a_remembered_token_is_refused_once_it_expires(
     verifier = TokenVerifier(hub_settings)
     token = issue_token(hub_settings, "92137", ["test:write"], ttl=60)
     assert (await verifier.verify(token)).tenant == "92137"
-    later = time.time() + 61
+    later = time.time() + 61 + TokenVerifier.CLOCK_SKEW_SECONDS
 
     class Later(datetime):
         @classmethod
@@ -253,6 +267,44 @@ async def test_a_remembered_token_is_refused_once_it_expires(
     monkeypatch.setattr(jwt.api_jwt, "datetime", Later)  # PyJWT's
     with pytest.raises(Unauthorized, match="expired"):
         await verifier.verify(token)
+
+
+def token_issued_at(settings: HubSettings, issued: int, ttl: int) -> str:
+    """A token as an identity provider whose clock reads ``issued`` makes it."""
+    claims = {
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "sub": "clerk",
+        "tenant": "92137",
+        "scope": "test:write",
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl,
+    }
+    key = load_or_create_issuer_key(settings.keys_dir)
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KEY_ID})
+
+
+async def test_a_providers_clock_a_little_off_the_hubs_is_tolerated(
+    hub_settings: HubSettings,
+) -> None:
+    skew = TokenVerifier.CLOCK_SKEW_SECONDS
+    now = int(time.time())
+    # The provider's clock runs ahead: its fresh token is not refused as "not yet valid".
+    ahead = token_issued_at(hub_settings, now + 5, ttl=300)
+    assert (await TokenVerifier(hub_settings).verify(ahead)).tenant == "92137"
+    # It runs behind: a token it still sees valid has just expired by the hub's clock.
+    behind = token_issued_at(hub_settings, now - 300, ttl=295)
+    assert (await TokenVerifier(hub_settings).verify(behind)).tenant == "92137"
+    # Beyond the skew allowed, refused either way.
+    with pytest.raises(Unauthorized, match="not yet valid"):
+        await TokenVerifier(hub_settings).verify(
+            token_issued_at(hub_settings, now + skew + 30, 300)
+        )
+    with pytest.raises(Unauthorized, match="expired"):
+        await TokenVerifier(hub_settings).verify(
+            token_issued_at(hub_settings, now - 300, 300 - skew - 5)
+        )
 
 
 async def test_a_remembered_token_is_checked_again_after_remember_seconds(
@@ -349,7 +401,9 @@ async def answer_api_versions(reader: asyncio.StreamReader, writer: asyncio.Stre
     await writer.wait_closed()
 
 
-async def test_healthz_names_what_the_process_cannot_reach(hub_settings: HubSettings) -> None:
+async def test_healthz_names_what_the_process_cannot_reach(
+    hub_settings: HubSettings, caplog: pytest.LogCaptureFixture
+) -> None:
     app = create_app("test", hub_settings, title="Test", description="Test")
     server = await asyncio.start_server(answer_api_versions, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -374,8 +428,11 @@ async def test_healthz_names_what_the_process_cannot_reach(hub_settings: HubSett
     assert down.status_code == 503
     body = down.json()
     assert body["status"] == "degraded"
+    # Only the kind of error: the text, which may name internal addresses, is logged.
+    assert body["unreachable"]["database"] == "ConnectionRefusedError"
     assert set(body["unreachable"]) == {"broker", "database"}
-    assert body["unreachable"]["database"] == "ConnectionRefusedError: connection refused"
+    said = [record.getMessage() for record in caplog.records]
+    assert "test cannot reach its database: ConnectionRefusedError: connection refused" in said
 
 
 async def test_a_requests_span_is_named_by_its_route_not_by_its_path() -> None:

@@ -126,6 +126,18 @@ def test_the_sandbox_replies_are_valid_and_read_found_or_not_found(
     assert read_reply(abroad).answer["address"] == "14 RUE DU LAC 1207 GENEVE SUISSE"
 
 
+def test_a_reply_with_a_doctype_is_a_reply_error() -> None:
+    found = ksz_bcss.identify_reply(request_for(), ksz_bcss.load_register()[KNOWN], NOW)
+    root = etree.fromstring(found)
+    ticket = root.find(".//{*}Ticket")
+    assert ticket is not None
+    # An entity declared empty cut the ticket short where any other reader sees it whole.
+    ticket.text = "TICKET&x;42"
+    document = etree.tostring(root).replace(b"&amp;x;", b"&x;")
+    with pytest.raises(ReplyError, match="DOCTYPE"):
+        read_reply(b'<!DOCTYPE SSDNReply [<!ENTITY x "">]>' + document)
+
+
 def test_the_fixture_register_holds_only_valid_invented_niss(corpus: Path) -> None:
     register = ksz_bcss.load_register()  # raises on a NISS that fails its check
     samples = " ".join(

@@ -4,6 +4,7 @@ consumers' fetch wait, and where it reaches them."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,6 +115,31 @@ async def test_the_services_and_the_gateways_consumers_fetch_with_the_wait_given
     with pytest.raises(Stop):
         await engine.run_consumer("kafka:9092", fetch_wait_ms=250)
     assert waits == [500, 250]
+
+
+def test_a_sqlite_database_url_gives_each_process_a_file_of_its_own(tmp_path: Path) -> None:
+    settings = HubSettings(database_url=f"sqlite:///{tmp_path}/data/hub.db")
+    courrier, urban = settings.database_url_for("courrier"), settings.database_url_for("urban")
+    # Sharing one file, each process's consumer skipped as handled the events another had.
+    assert courrier == f"sqlite+aiosqlite:///{tmp_path}/data/courrier.db"
+    assert urban == f"sqlite+aiosqlite:///{tmp_path}/data/urban.db"
+    # As without the variable, in the directory given.
+    assert HubSettings(var_dir=tmp_path / "data").database_url_for("urban") == urban
+    # PostgreSQL's is shared: each process has its own schema there.
+    shared = HubSettings(database_url="postgresql://hub@db/hub")
+    assert shared.database_url_for("courrier") == shared.database_url_for("urban")
+
+
+def test_production_refuses_a_sqlite_database_url() -> None:
+    production = {
+        "environment": "production",
+        "kafka_bootstrap_servers": "kafka:9092",
+        "jwks_url": "https://idp.example.be/jwks",
+        "jwt_issuer": "https://idp.example.be",
+    }
+    with pytest.raises(ValidationError, match="PostgreSQL DATABASE_URL, not SQLite"):
+        HubSettings(**production, database_url="sqlite:////data/hub.db")
+    assert HubSettings(**production, database_url="postgresql://hub@db/hub").database_url
 
 
 def test_the_tenants_reach_the_sandboxs_tls_listener_where_it_listens() -> None:
