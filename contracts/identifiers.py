@@ -1,4 +1,5 @@
-"""Belgian identifiers shared by every service: NIS tenant codes, NISS and enterprise numbers."""
+"""Belgian identifiers shared by every service: NIS tenant codes, NISS and enterprise numbers,
+NOTICe instance codes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from typing import Annotated
 from pydantic import AfterValidator, StringConstraints
 
 _DIGITS = re.compile(r"[^0-9]")
+
+#: A commune's NOTICe instance code, as the modelled contract writes it
+#: (``contracts/notice/openapi.yaml``, ``InstanceCode``). It is a segment of the listing's
+#: path: a code outside it was refused at every poll, seen only as a warning in the log.
+NOTICE_INSTANCE_CODE = re.compile(r"[0-9A-Za-z-]{1,40}")
 
 
 def _digits_only(value: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from contracts.identifiers import NOTICE_INSTANCE_CODE
 from kernel.errors import ProblemError
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}$]*))?\}")
@@ -102,8 +103,11 @@ def _notice_instance(path: Path, raw: dict[str, Any]) -> str | None:
     if block is None:
         return None
     instance = block.get("instance") if isinstance(block, dict) else None
-    if not isinstance(instance, str) or not 0 < len(instance) <= 100:
-        raise TenantConfigError(f"{path}: notice.instance must be the NOTICe instance code")
+    if not isinstance(instance, str) or not NOTICE_INSTANCE_CODE.fullmatch(instance):
+        raise TenantConfigError(
+            f"{path}: notice.instance must be the NOTICe instance code (1 to 40 letters,"
+            " digits or hyphens)"
+        )
     return instance
 
 

@@ -18,7 +18,7 @@ permanent failure whose reason says so.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import httpx
@@ -26,6 +26,7 @@ from pydantic import Field, SecretStr
 
 from contracts.envelope import EnvelopeError
 from contracts.events.urban import NoticeResponseRequested
+from contracts.identifiers import NOTICE_INSTANCE_CODE
 from gateway.connectors.base import (
     ConnectorContext,
     ConnectorSettings,
@@ -55,7 +56,9 @@ class NoticeSettings(ConnectorSettings):
     #: Further instance codes polled with this account besides the tenants' own
     #: (e.g. a commune being brought in): their notifications are kept as unroutable,
     #: for an operator, until a tenant file names the instance.
-    poll_instances: list[str] = Field(default_factory=list)
+    poll_instances: list[Annotated[str, Field(pattern=f"^{NOTICE_INSTANCE_CODE.pattern}$")]] = (
+        Field(default_factory=list)
+    )
 
     def headers(self) -> dict[str, str]:
         return {"X-Api-Key": self.api_key.get_secret_value()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from contracts.events.urban import (
     DECISION_PARTY_NAME_LENGTH,
@@ -14,6 +14,7 @@ from contracts.events.urban import (
     DecisionConcernedParty,
     DecisionNeeded,
 )
+from gateway.connectors.notice import NoticeSettings
 from kernel.settings import REPOSITORY_ROOT
 from kernel.tenants import Tenant, TenantConfigError, load_tenants
 from services.meeting import domain as meeting
@@ -136,6 +137,25 @@ def test_two_tenants_cannot_share_a_notice_instance(tmp_path: Path) -> None:
         )
     with pytest.raises(TenantConfigError, match="NOTICe instance 'X'"):
         load_tenants(tmp_path)
+
+
+@pytest.mark.parametrize("instance", ["NOTICE 92137", "NOTICE/92137", "N" * 41, ""])
+def test_a_notice_instance_the_contract_refuses_is_refused_at_start(
+    tmp_path: Path, instance: str
+) -> None:
+    # A segment of NOTICe's listing path: refused there at every poll, seen only in a log.
+    (tmp_path / "92137.yaml").write_text(
+        f'tenant: "92137"\nname: Sambreville\nnotice: {{instance: "{instance}"}}\n'
+    )
+    with pytest.raises(TenantConfigError, match="1 to 40 letters, digits or hyphens"):
+        load_tenants(tmp_path)
+
+
+def test_polled_instances_the_contract_refuses_are_refused_at_start() -> None:
+    settings = {"type": "notice", "base_url": "http://notice.test", "api_key": "k"}
+    assert NoticeSettings(**settings, poll_instances=["NOTICE-62063"]).poll_instances
+    with pytest.raises(ValidationError, match=r"poll_instances\.0"):
+        NoticeSettings(**settings, poll_instances=["NOTICE 62063"])
 
 
 def test_a_wrong_urban_block_names_its_field() -> None:
