@@ -74,6 +74,11 @@ class SignatureError(Exception):
         self.reason = reason
 
 
+class StaleMessageError(SignatureError):
+    """A Timestamp out of its time (expired, too old, created in the future): the sender's
+    clock or a replay, not its signature; WS-Security answers it ``wsu:MessageExpired``."""
+
+
 class UntrustedCertificateError(SignatureError):
     """Signed with a certificate the receiver does not trust (yet: its trust store may be stale)."""
 
@@ -306,12 +311,14 @@ def _check_freshness(timestamp: etree._Element, now: datetime, max_age: timedelt
     created = _parse_instant(timestamp.findtext(f"{{{WSU}}}Created"), "Created")
     expires = _parse_instant(timestamp.findtext(f"{{{WSU}}}Expires"), "Expires")
     if created > now + CLOCK_SKEW:
-        raise SignatureError(f"the wsu:Timestamp was created in the future ({_instant(created)})")
+        raise StaleMessageError(
+            f"the wsu:Timestamp was created in the future ({_instant(created)})"
+        )
     if expires <= now - CLOCK_SKEW:
-        raise SignatureError(f"the message expired at {_instant(expires)}")
+        raise StaleMessageError(f"the message expired at {_instant(expires)}")
     # Expires is the sender's word; the age limit is ours, so a far Expires cannot widen replays.
     if now - created > max_age + CLOCK_SKEW:
-        raise SignatureError(
+        raise StaleMessageError(
             f"the message is too old (created {_instant(created)},"
             f" accepted for {int(max_age.total_seconds())} s)"
         )

@@ -57,7 +57,9 @@ from fastapi import APIRouter, Request, Response
 from lxml import etree
 
 from gateway.wssecurity import (
+    WSU,
     SignatureError,
+    StaleMessageError,
     UntrustedCertificateError,
     VerifiedEnvelope,
     verify_signed_envelope,
@@ -87,7 +89,23 @@ XML_MEDIA_TYPE = "text/xml; charset=utf-8"
 
 
 class ClientFault(Exception):
-    """The sender's message is wrong; answered as a ``soap:Client`` fault with this reason."""
+    """The sender's message is wrong; answered as a fault with this reason, its code
+    ``soapenv:Client`` or WS-Security's own (``MESSAGE_EXPIRED``)."""
+
+    def __init__(self, reason: str, code: str = "soapenv:Client") -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+#: WS-Security 1.0's fault for a Timestamp out of its time (§12): a client that sees it
+#: checks its clock, where a ``soap:Client`` fault says its message will never pass.
+MESSAGE_EXPIRED = "wsu:MessageExpired"
+
+
+def ws_security_fault(error: SignatureError) -> ClientFault:
+    """The fault a message whose WS-Security is refused is answered with."""
+    code = MESSAGE_EXPIRED if isinstance(error, StaleMessageError) else "soapenv:Client"
+    return ClientFault(f"WS-Security: {error.reason}", code)
 
 
 # -- answers ------------------------------------------------------------------------------
@@ -96,11 +114,12 @@ class ClientFault(Exception):
 def soap_fault(
     code: str, reason: str, detail: etree._Element | None = None, status: int = 500
 ) -> Response:
-    """A SOAP 1.1 Fault; ``code`` is ``Client`` or ``Server``."""
-    envelope = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"soapenv": SOAP_ENV})
+    """A SOAP 1.1 Fault; ``code`` is ``Client`` or ``Server``, or a prefixed name
+    (``soapenv:Client``, ``wsu:MessageExpired``)."""
+    envelope = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"soapenv": SOAP_ENV, "wsu": WSU})
     body = etree.SubElement(envelope, f"{{{SOAP_ENV}}}Body")
     fault = etree.SubElement(body, f"{{{SOAP_ENV}}}Fault")
-    etree.SubElement(fault, "faultcode").text = f"soapenv:{code}"
+    etree.SubElement(fault, "faultcode").text = code if ":" in code else f"soapenv:{code}"
     etree.SubElement(fault, "faultstring").text = reason
     if detail is not None:
         etree.SubElement(fault, "detail").append(detail)
@@ -364,7 +383,7 @@ def router(
                 # would hold every other request to the sandbox meanwhile.
                 verified = await asyncio.to_thread(trust.verify, envelope)
             except SignatureError as exc:
-                raise ClientFault(f"WS-Security: {exc.reason}") from exc
+                raise ws_security_fault(exc) from exc
             operation = [child for child in verified.body if isinstance(child.tag, str)]
             if len(operation) != 1 or operation[0].tag != PUBLISH:
                 raise ClientFault("this sandbox implements publishEboxMessage only")
@@ -374,7 +393,7 @@ def router(
                 raise ClientFault(f"the request does not conform to the e-Box XSD: {problem}")
             documents = check_documents(request_element, attachments)
         except ClientFault as exc:
-            return soap_fault("Client", str(exc))
+            return soap_fault(exc.code, str(exc))
 
         ticket = request_element.findtext(f"{{{TYPES_NS}}}MessageID/{{{TYPES_NS}}}Ticket") or ""
         recipients = recipients_of(request_element)

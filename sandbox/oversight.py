@@ -53,6 +53,7 @@ from sandbox.ebox_soap import (
     reused_key_fault,
     schema_problem,
     soap_fault,
+    ws_security_fault,
 )
 from sandbox.recorder import Recorder
 
@@ -256,7 +257,7 @@ def router(
                 # would hold every other request to the sandbox meanwhile.
                 verified = await asyncio.to_thread(trust.verify, envelope)
             except SignatureError as exc:
-                raise ClientFault(f"WS-Security: {exc.reason}") from exc
+                raise ws_security_fault(exc) from exc
             operation = [child for child in verified.body if isinstance(child.tag, str)]
             if len(operation) != 1 or operation[0].tag not in (TRANSMIT, LIST_OUTCOMES):
                 raise ClientFault("this service implements transmitDecision and listOutcomes")
@@ -270,7 +271,7 @@ def router(
                     f"CommuneNis {commune} is not the commune that signed ({verified.subject})"
                 )
         except ClientFault as exc:
-            return soap_fault("Client", str(exc))
+            return soap_fault(exc.code, str(exc))
 
         if request_element.tag == LIST_OUTCOMES:
             since = int(request_element.findtext(f"{{{NS}}}Since") or 0)

@@ -7,6 +7,7 @@ import hashlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,28 @@ async def test_certificate_the_sandbox_does_not_trust_is_refused(
         await connector.deliver(delivery())
     await connector.aclose()
     assert "check the tenant's signing certificate" in refused.value.reason
+
+
+async def test_a_letter_signed_by_a_clock_off_the_targets_is_retried_not_failed(
+    sandbox: Sandbox, http: httpx.AsyncClient, hub_settings: HubSettings, monkeypatch: Any
+) -> None:
+    # The host's clock an hour behind: the Timestamp is stale on arrival. WS-Security's own
+    # fault, wsu:MessageExpired, says so; as a soap:Client fault, every letter of the night
+    # was failed for good and the citizens' mail reported as not sent.
+    sign = X509Signature.sign
+
+    def an_hour_behind(self: X509Signature, envelope: Any, now: Any = None) -> None:
+        sign(self, envelope, datetime.now(UTC) - timedelta(hours=1))
+
+    monkeypatch.setattr(X509Signature, "sign", an_hour_behind)
+    connector = connector_for(sandbox, http, hub_settings)
+    with pytest.raises(RetryableDeliveryError, match="MessageExpired") as refused:
+        await connector.deliver(delivery())
+    await connector.aclose()
+
+    assert "the message expired at" in refused.value.reason
+    assert "this host's clock" in refused.value.reason
+    assert sandbox.recorder.receptions("ebox_soap") == []
 
 
 async def test_same_idempotency_key_twice_publishes_once(
