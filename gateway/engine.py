@@ -513,23 +513,26 @@ class DeliveryEngine:
             ]
             dead = [record for record in broken if record.idempotency_key not in known]
             try:
-                async with write_transaction(self._sessions) as session:
+                try:
+                    async with write_transaction(self._sessions) as session:
+                        for item, claim in fresh:
+                            self._record(session, item, claim)
+                        for record in dead:
+                            self._record_dead(session, record)
+                        served = self._routing.tenants()
+                        session.add_all(kept.kept_row(self._clock(), served) for kept in to_keep)
+                except IntegrityError:
+                    # Another member of the group recorded some of them during a rebalance:
+                    # record the others one by one, keeping the first record of each.
                     for item, claim in fresh:
-                        self._record(session, item, claim)
+                        await self._record_alone(item, claim)
                     for record in dead:
-                        self._record_dead(session, record)
-                    served = self._routing.tenants()
-                    session.add_all(kept.kept_row(self._clock(), served) for kept in to_keep)
-            except IntegrityError:
-                # Another member of the group recorded some of them during a rebalance:
-                # record the others one by one, keeping the first record of each.
-                for item, claim in fresh:
-                    await self._record_alone(item, claim)
-                for record in dead:
-                    await self._record_dead_alone(record)
-                for kept in to_keep:
-                    await self._keep_alone(kept)
+                        await self._record_dead_alone(record)
+                    for kept in to_keep:
+                        await self._keep_alone(kept)
             except Exception:
+                # Those recorded one by one before the failure are known at the next
+                # reading, and forgotten then.
                 self._remember_unrecorded(item for item, _ in fresh)
                 raise
             for item, _ in fresh:
@@ -744,6 +747,11 @@ class DeliveryEngine:
     async def _attempt_chain(self, chain: _Chain, blocked: set[tuple[str, str, str]]) -> None:
         """One document's deliveries on one route, in order; a retry holds the later ones."""
         for item in chain.items:
+            if (given := self._unrecorded.get(item.key)) is not None:
+                # The target answered a reading whose recording failed, in its order then:
+                # recorded as it answered, whatever holds the chain now, never sent again.
+                item.record, item.outcome = self._new_record(item), given
+                continue
             if item.under_way_claim is not None:
                 blocked.add(item.chain)  # under way already: the later ones wait behind it
                 continue
@@ -753,9 +761,6 @@ class DeliveryEngine:
                 blocked.add(item.chain)  # left to the retries, in order
                 continue
             item.record = self._new_record(item)
-            if (given := self._unrecorded.get(item.key)) is not None:
-                item.outcome = given  # the target answered a reading whose recording failed
-                continue
 
             def started(item: _Pending = item) -> None:
                 chain.current = item

@@ -123,18 +123,20 @@ def _asyncpg_arguments(url: str) -> tuple[str, dict[str, Any]]:
     files an SSL context. SQLAlchemy gives asyncpg the URL's parameters as they are, and
     those stopped the start with a TypeError."""
     parsed = make_url(url)
-    # A parameter given twice: the last one, as libpq and asyncpg read it.
-    query = {
-        name: value if isinstance(value, str) else value[-1] for name, value in parsed.query.items()
-    }
+    # The others as given: several ``host`` (a failover list) are a tuple SQLAlchemy reads.
+    query: dict[str, str | tuple[str, ...]] = dict(parsed.query)
+
+    def taken(name: str) -> str:
+        """One of ours, out of the URL; given twice, the last, as libpq reads it."""
+        value = query.pop(name)
+        return value if isinstance(value, str) else value[-1]
+
     arguments: dict[str, Any] = {}
     if "connect_timeout" in query:
-        arguments["timeout"] = _connect_timeout(query.pop("connect_timeout"))
-    files = {
-        name: query.pop(name) for name in ("sslrootcert", "sslcert", "sslkey") if name in query
-    }
+        arguments["timeout"] = _connect_timeout(taken("connect_timeout"))
+    files = {name: taken(name) for name in ("sslrootcert", "sslcert", "sslkey") if name in query}
     if files:
-        arguments["ssl"] = _ssl_context(query.pop("ssl", None), **files)
+        arguments["ssl"] = _ssl_context(taken("ssl") if "ssl" in query else None, **files)
     if not arguments:
         return url, arguments
     return parsed.set(query=query).render_as_string(hide_password=False), arguments

@@ -356,6 +356,8 @@ class OutboxRelay:
                 batch = self._pending, {}
             rows = list((await session.scalars(*batch)).all())
             if not rows:  # nothing pending, or the end of a reading on
+                if not reading_on:  # nothing at all: no key or topic waits any more
+                    self._forget_settled(rows)
                 self._after_id = 0
                 return 0
             full = (

@@ -33,6 +33,8 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 #: and the few that asyncpg (or SQLAlchemy) takes as text. SQLAlchemy hands asyncpg any
 #: other as it is, and an unknown one stopped the start with a TypeError.
 POSTGRES_URL_PARAMETERS = (
+    "host",  # a Unix socket's directory, or one of several hosts to fail over to
+    "port",
     "ssl",
     "sslrootcert",
     "sslcert",
@@ -76,8 +78,9 @@ class HubSettings(BaseSettings):
     #: (``kernel.outbox.OutboxRelay.republish_forgotten``). With its offset: compared with
     #: the outbox's instants. Unset on a Kafka cluster.
     embedded_broker_started_at: AwareDatetime | None = None
-    #: ``DATABASE_URL`` of the processes; unset means SQLite under ``var_dir``. A SQLite
-    #: URL names a directory: each process has its own file there (``database_url_for``).
+    #: ``DATABASE_URL`` of the processes; unset means SQLite under ``var_dir``. With a
+    #: SQLite URL each process has its own file in the directory of the URL's file
+    #: (``database_url_for``).
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     #: On PostgreSQL each process keeps its tables in schema ``<prefix><process>``;
     #: a prefix lets two hubs (staging and production, or test runs) share a database.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from kernel.database import create_engine
 from kernel.pki import ensure_sandbox_tls_identity, ensure_tenant_signing_identity
@@ -82,6 +83,31 @@ async def test_connect_timeout_bounds_the_wait_for_a_server_that_does_not_answer
             writer.close()
         await asyncio.gather(*answering, return_exceptions=True)
         await server.wait_closed()
+
+
+@pytest.mark.postgres
+async def test_a_host_given_as_a_parameter_reaches_postgresql_and_a_failover_list_is_kept(
+    postgres_url: str,
+) -> None:
+    # libpq's ways to name the host in the query (a Unix socket's directory, several hosts
+    # to fail over to) were refused by name once the URL's parameters were checked.
+    parsed = make_url(postgres_url)
+    url = (
+        f"postgresql://{parsed.username}@/{parsed.database}"
+        f"?host={parsed.host}&port={parsed.port or 5432}&connect_timeout=5"
+    )
+    engine = create_engine(normalise_database_url(url))
+    try:
+        async with engine.connect() as connection:
+            assert await connection.scalar(text("SELECT 1")) == 1
+    finally:
+        await engine.dispose()
+    failover = "postgresql://hub@/hub?host=db1:5432&host=db2:5432&connect_timeout=5"
+    engine = create_engine(normalise_database_url(failover))
+    try:
+        assert engine.url.query["host"] == ("db1:5432", "db2:5432")
+    finally:
+        await engine.dispose()
 
 
 def test_a_parameter_the_hub_does_not_know_is_refused_by_name() -> None:

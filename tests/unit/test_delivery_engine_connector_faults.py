@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway import engine as engine_module
@@ -124,3 +124,32 @@ async def test_a_result_that_is_no_text_is_a_connector_error_retried_then_dead(
     [record] = await deliveries(sessions)
     assert (record.status, record.attempts) == ("dead", 3)
     assert len(connector.calls) == 3
+
+
+async def test_outcomes_are_kept_when_recording_them_one_by_one_fails_too(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fetch's transaction met another replica's record, then the database went away
+    # while the outcomes were recorded one by one: they were sent again at the next reading.
+    connector = FakeConnector(["ebox-1"])
+    engine = make_engine(sessions, connector, Clock())
+    fetch = [(*as_record(mail_event()), "courrier.events")]
+
+    @contextlib.asynccontextmanager
+    async def raced(_: object) -> AsyncIterator[Any]:
+        raise IntegrityError("INSERT", {}, Exception("recorded by another replica"))
+        yield  # pragma: no cover
+
+    async def away(*_: object) -> None:
+        raise OperationalError("INSERT", {}, Exception("the database went away"))
+
+    monkeypatch.setattr(engine_module, "write_transaction", raced)
+    monkeypatch.setattr(engine, "_record_alone", away)
+    with pytest.raises(OperationalError):
+        await engine.handle_records(fetch)
+    monkeypatch.undo()
+    await engine.handle_records(fetch)
+
+    assert len(connector.calls) == 1
+    [record] = await deliveries(sessions)
+    assert (record.status, record.external_reference) == ("delivered", "ebox-1")

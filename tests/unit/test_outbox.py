@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import UnknownTopicOrPartitionError
 from prometheus_client import REGISTRY
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import new_event, to_record
@@ -620,6 +620,30 @@ async def test_a_record_the_cluster_refuses_for_good_is_tried_again_less_and_les
     assert await pending(sessions) == 0
     attempts = [json.loads(value)["attempts"] for _, key, value in sender.sent[20:]]
     assert attempts == [1, 2]  # in order
+
+
+async def test_a_hold_on_a_key_whose_events_are_gone_ends_with_them(
+    sessions: async_sessionmaker[AsyncSession], clock: Clock
+) -> None:
+    # The refused event deleted by an operator (or sent by another replica): a new event of
+    # the document waited out the old hold, up to five minutes, with nothing before it.
+    sender = FakeSender()
+    sender.broker_rejects = lambda key, value: key == b"92137:poison"
+    relay = OutboxRelay(sessions, sender, component="forget-test", refused_retry_max_seconds=300)
+    async with transaction(sessions, relay) as session:
+        stage(session, receipt("poison", attempts=1))
+    for _ in range(5):  # refused five times: held back for 16 s now
+        clock.now += 1000
+        await relay.publish_pending()
+    async with sessions() as session, session.begin():
+        await session.execute(delete(OutboxMessage))
+    await relay.publish_pending()  # nothing pending
+
+    sender.broker_rejects = lambda key, value: False
+    async with transaction(sessions, relay) as session:
+        stage(session, receipt("poison", attempts=2))
+    await relay.publish_pending()
+    assert await pending(sessions) == 0
 
 
 async def test_an_event_carries_the_callers_trace_context_and_not_its_baggage(
