@@ -1,10 +1,13 @@
 """Delivery errors, and the one seam where transport errors become ours.
 
     DeliveryError
-     ├── RetryableDeliveryError   try again later (timeouts, 5xx, 429, 401, connection refused,
-     │                            SOAP system faults, a refused WS-Security signature)
-     └── PermanentDeliveryError   never succeeds as sent (4xx, SOAP business faults,
-                                  e.g. NO_DIGITAL_USER); recorded as failed
+     ├── RetryableDeliveryError   try again later (timeouts, connection refused, the HTTP
+     │                            statuses of RETRYABLE_STATUS: 401, 408, 425, 429, 500,
+     │                            502, 503, 504; SOAP system faults, a refused WS-Security
+     │                            signature)
+     └── PermanentDeliveryError   never succeeds as sent (every other HTTP status, a 501 or
+                                  507 as much as a 404; SOAP business faults, e.g.
+                                  NO_DIGITAL_USER); recorded as failed
 
 Connectors call ``translate_transport_errors()`` around their I/O; httpx
 errors and zeep faults are re-raised as one of the two, ``from`` the original.

@@ -28,6 +28,10 @@ app = typer.Typer(
 )
 app.add_typer(invoice_app, name="invoice")
 
+_COMPONENT_NAMES = list(BY_NAME)
+#: Made from the components themselves: a list written by hand named three of the six.
+SERVE_COMPONENT_HELP = f"{', '.join(_COMPONENT_NAMES[:-1])} or {_COMPONENT_NAMES[-1]}"
+
 
 def _settings() -> HubSettings:
     """The hub's settings, or a line per wrong one and exit code 2 (not a traceback)."""
@@ -56,7 +60,7 @@ def up(
 
 @app.command()
 def serve(
-    component: Annotated[str, typer.Argument(help="sandbox, courrier or gateway")],
+    component: Annotated[str, typer.Argument(help=SERVE_COMPONENT_HELP)],
     port: Annotated[int | None, typer.Option(help="Port (default: the component's own)")] = None,
 ) -> None:
     """Run one component in the foreground (what `hub up` and docker-compose start)."""

@@ -20,7 +20,8 @@ COMPONENTS: tuple[Component, ...] = (
         "sandbox",
         "sandbox.app:build_app",
         DEFAULT_PORTS["sandbox"],
-        "simulated external services (e-Box REST and SOAP)",
+        "the outside, simulated: e-Box REST and SOAP, Peppol access point, Stésud, Inforius,"
+        " NOTICe, KSZ-BCSS, the oversight, opinions",
     ),
     Component(
         "courrier",
