@@ -62,3 +62,12 @@ CERTIFICATE_EXPIRY = Gauge(
     "type; name: its name in the tenant's file)",
     ["tenant", "connector", "name"],
 )
+INBOUND_POLL_FAILURES = Counter(
+    "hub_inbound_poll_failures_total",
+    "Polls of an outside source by the gateway's inbound adapters that failed as a whole "
+    "(the source away or answering what its contract does not allow, the database away): "
+    "nothing more of that source was taken until the next poll; a stuck source's counter "
+    "grows at every poll while /healthz stays green (channel: peppol, notice, oversight, "
+    "opinion; source: the access point's URL, the NOTICe instance, the tenant)",
+    ["channel", "source"],
+)

@@ -334,18 +334,10 @@ def router(recorder: Recorder, notice: Notice | None = None) -> APIRouter:
         items, cursor = notice.page(instance_code, status, int(limit), after)
         return JSONResponse({"items": [n.summary() for n in items], "next": cursor})
 
-    @api.get("/notifications/{notification_id}")
-    async def get_notification(request: Request, notification_id: str) -> JSONResponse:
-        account = await guard(request)
-        if isinstance(account, JSONResponse):
-            return account
-        notification = notice.notifications.get(notification_id)
-        if notification is None:
-            return not_found("notification", notification_id)
-        notification.fetches += 1
-        return JSONResponse(notification.detail())
-
-    @api.get("/notifications/{notification_id}/documents/{document_id}")
+    # ":path": the server has the path decoded before routing, so an id holding "/" (the
+    # contract allows any text; quoted by the client) spans segments. Declared before the
+    # notification's own route, which would take ".../documents/D1" for an id.
+    @api.get("/notifications/{notification_id:path}/documents/{document_id}")
     async def get_document(request: Request, notification_id: str, document_id: str) -> Response:
         account = await guard(request)
         if isinstance(account, JSONResponse):
@@ -357,7 +349,18 @@ def router(recorder: Recorder, notice: Notice | None = None) -> APIRouter:
         document.fetches += 1
         return Response(document.content, media_type=document.media_type)
 
-    @api.post("/notifications/{notification_id}/responses", status_code=201)
+    @api.get("/notifications/{notification_id:path}")
+    async def get_notification(request: Request, notification_id: str) -> JSONResponse:
+        account = await guard(request)
+        if isinstance(account, JSONResponse):
+            return account
+        notification = notice.notifications.get(notification_id)
+        if notification is None:
+            return not_found("notification", notification_id)
+        notification.fetches += 1
+        return JSONResponse(notification.detail())
+
+    @api.post("/notifications/{notification_id:path}/responses", status_code=201)
     async def respond(request: Request, notification_id: str) -> JSONResponse:
         account = await guard(request)
         if isinstance(account, JSONResponse):

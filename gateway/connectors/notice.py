@@ -19,7 +19,6 @@ permanent failure whose reason says so.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
 
 import httpx
 from pydantic import Field, SecretStr
@@ -40,6 +39,7 @@ from gateway.connectors.base import (
 )
 from gateway.connectors.rest import post_delivery
 from gateway.errors import PermanentDeliveryError
+from gateway.inbound.records import path_segment
 
 TYPE_NAME = "notice"
 TARGET = "NOTICe"
@@ -121,10 +121,8 @@ class NoticeConnector:
 
         return await post_delivery(
             self._http,
-            # Quoted: the contract allows any text, and a "/" or "?" would change the path.
-            self.settings.url(
-                f"/notifications/{quote(response.notification_id, safe='')}/responses"
-            ),
+            # Quoted: the contract allows any text, and a "/", "?" or ".." would change the path.
+            self.settings.url(f"/notifications/{path_segment(response.notification_id)}/responses"),
             body,
             delivery=delivery,
             target=TARGET,

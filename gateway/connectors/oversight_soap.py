@@ -19,6 +19,7 @@ cursor) for the gateway's inbound adapter (``gateway/inbound/oversight.py``).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -45,6 +46,7 @@ from gateway.errors import (
 )
 from kernel.settings import REPOSITORY_ROOT
 
+log = logging.getLogger(__name__)
 TYPE_NAME = "oversight_soap"
 TARGET = "regional oversight (tutelle) SOAP"
 DEFAULT_WSDL = REPOSITORY_ROOT / "contracts" / "oversight" / "tutelle.wsdl"
@@ -73,8 +75,11 @@ class Outcome:
     item_id: str
     decision_number: str
     outcome: Literal["approved", "annulled", "no_objection"]
-    decided_on: date
+    #: None when the answer has none that zeep reads (absent, or no date: "2026-13-45").
+    decided_on: date | None
     reason: str | None
+    #: Why the entry cannot be taken as listed (its cursor unreadable), or None.
+    problem: str | None = None
 
 
 class OversightSoapConnector:
@@ -127,22 +132,45 @@ class OversightSoapConnector:
                 Since=since,
                 MaxCount=self.settings.outcomes_per_call,
             )
-        outcomes = [
-            Outcome(
-                cursor=int(entry.Cursor),
-                acknowledgement_number=str(entry.AcknowledgementNumber),
-                item_id=str(entry.ItemId),
-                decision_number=str(entry.DecisionNumber),
-                outcome=entry.Outcome,
-                decided_on=entry.DecidedOn,
-                reason=entry.Reason,
+        # zeep reads a cursor that is no integer as None. ``int(None)`` failed the whole
+        # page, at every poll, and the tenant's later outcomes were never read. Such an
+        # entry is given the cursor before it (outcomes come in cursor order): it is
+        # recorded refused, shown, and a restart resuming from it reads it again (found
+        # recorded) rather than skip an outcome. An unreadable next cursor is the page's
+        # last readable one.
+        outcomes, last = [], since
+        for entry in answer.Outcome or []:
+            cursor = _cursor(entry.Cursor)
+            unreadable = "the service gave it no readable Cursor" if cursor is None else None
+            outcomes.append(
+                Outcome(
+                    cursor=last if cursor is None else cursor,
+                    acknowledgement_number=str(entry.AcknowledgementNumber),
+                    item_id=str(entry.ItemId),
+                    decision_number=str(entry.DecisionNumber),
+                    outcome=entry.Outcome,
+                    decided_on=entry.DecidedOn,
+                    reason=entry.Reason,
+                    problem=unreadable,
+                )
             )
-            for entry in answer.Outcome or []
-        ]
-        return outcomes, int(answer.NextCursor)
+            last = last if cursor is None else max(last, cursor)
+        next_cursor = _cursor(answer.NextCursor)
+        if next_cursor is None:
+            log.error(
+                "%s gave tenant %s's outcomes no NextCursor after %d", TARGET, self.tenant, since
+            )
+        return outcomes, last if next_cursor is None else next_cursor
 
     async def aclose(self) -> None:
         await self._soap.aclose()
+
+
+def _cursor(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def transmission_request(tenant: str, decision: DecisionTransmissionRequested) -> dict[str, Any]:

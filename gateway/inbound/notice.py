@@ -60,6 +60,7 @@ from contracts.events.peppol import MAX_DOCUMENT_BYTES
 from gateway.connectors.notice import TYPE_NAME, NoticeSettings
 from gateway.http import ResponseTooLarge
 from gateway.inbound.records import (
+    DOCUMENT_TYPE_LENGTH,
     MESSAGE_ID_LENGTH,
     InboundDocument,
     NotTaken,
@@ -67,9 +68,14 @@ from gateway.inbound.records import (
     Status,
     WaitingItems,
     contract_problem,
+    database_away,
+    not_recorded_reason,
+    path_segment,
+    usable_id,
 )
 from gateway.routing import RoutingTable
 from kernel.database import utcnow, write_transaction
+from kernel.metrics import INBOUND_POLL_FAILURES
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
 from kernel.tenants import Tenant
@@ -124,7 +130,9 @@ class HttpNoticeApi:
         params: dict[str, Any] = {"status": AWAITING, "limit": limit}
         if after is not None:
             params["after"] = after
-        response = await self._get(f"/instances/{instance_code}/notifications", params=params)
+        response = await self._get(
+            f"/instances/{path_segment(instance_code)}/notifications", params=params
+        )
         body = _json_object(response)
         try:
             ids = [str(item["id"]) for item in body["items"]]
@@ -134,11 +142,13 @@ class HttpNoticeApi:
         return ids, str(cursor) if cursor else None
 
     async def notification(self, notification_id: str) -> dict[str, Any]:
-        return _json_object(await self._get(f"/notifications/{notification_id}"))
+        return _json_object(await self._get(f"/notifications/{path_segment(notification_id)}"))
 
     async def document(self, notification_id: str, document_id: str) -> bytes:
-        response = await self._get(f"/notifications/{notification_id}/documents/{document_id}")
-        return response.content
+        # Each id one segment: a document "plans/1" was asked for at .../documents/plans/1,
+        # answered 404, and its notification refused for good.
+        notification, document = path_segment(notification_id), path_segment(document_id)
+        return (await self._get(f"/notifications/{notification}/documents/{document}")).content
 
     async def _get(self, path: str, **kwargs: Any) -> httpx.Response:
         response = await self._http.get(
@@ -244,6 +254,7 @@ class NoticeInbound:
                     taken += await self._poll_instance(source.api, instance)
                 except Exception:  # the database is away: the other instances still try
                     log.exception("NOTICe instance %s not polled", instance)
+                    INBOUND_POLL_FAILURES.labels(CHANNEL, instance).inc()
         return taken
 
     async def _poll_instance(self, api: NoticeApi, instance: str) -> int:
@@ -253,6 +264,7 @@ class NoticeInbound:
                 ids, after = await api.list_page(instance, after, self._page_size)
             except Exception as exc:  # NOTICe is away: try at the next poll
                 log.warning("NOTICe instance %s could not be listed: %r", instance, exc)
+                INBOUND_POLL_FAILURES.labels(CHANNEL, instance).inc()
                 return taken
             usable = [i for i in dict.fromkeys(ids) if _usable_id(instance, i)]
             known = await self._known(usable)
@@ -315,10 +327,13 @@ class NoticeInbound:
                 )
                 return fetched
             try:
+                kept = 0
                 for metadata in documents:
-                    await self._fetch_document(api, fetched, metadata)
+                    await self._fetch_document(api, fetched, metadata, kept)
                     if fetched.problem:
+                        fetched.documents.clear()  # never published: not held until recorded
                         break
+                    kept += fetched.documents[-1].size
             except Exception as exc:
                 return _unavailable(
                     instance, tenant, notification_id, detail, "document", exc, failures
@@ -326,8 +341,10 @@ class NoticeInbound:
         return fetched
 
     async def _fetch_document(
-        self, api: NoticeApi, fetched: FetchedNotification, metadata: Any
+        self, api: NoticeApi, fetched: FetchedNotification, metadata: Any, kept: int
     ) -> None:
+        """Fetch a document into ``fetched``, or set its problem; ``kept``: the bytes of the
+        notification's documents fetched before it."""
         try:
             document_id = str(metadata["id"])
             declared_size, declared_sha256 = int(metadata["size"]), str(metadata["sha256"])
@@ -337,9 +354,19 @@ class NoticeInbound:
             return
         content = await api.document(fetched.notification_id, document_id)
         mismatch = document_mismatch(content, declared_size, declared_sha256)
-        if mismatch:  # perhaps a broken transfer: once more
+        if mismatch and kept + len(content) <= MAX_DOCUMENT_BYTES:  # a broken transfer? again
             content = await api.document(fetched.notification_id, document_id)
             mismatch = document_mismatch(content, declared_size, declared_sha256)
+        if kept + len(content) > MAX_DOCUMENT_BYTES:
+            # Refused once what came is too much for one event: only the declared sizes
+            # were checked, and documents understating theirs were all downloaded, twice
+            # each, and held, before the notification was refused for their size.
+            fetched.problem = (
+                f"its documents are more than their metadata declare: {kept + len(content)}"
+                f" bytes by document {document_id}; one event carries at most"
+                f" {MAX_DOCUMENT_BYTES}"
+            )
+            return
         if mismatch:
             # Its declared SHA-256 is NOTICe's text, of any length and any characters.
             mismatch = clipped(plain_text(mismatch), METADATA_MISMATCH_LENGTH)
@@ -361,31 +388,25 @@ class NoticeInbound:
 
         Should another gateway replica have recorded one meanwhile, each is
         recorded on its own instead, and the ones already there are left alone.
+        So is one whose row or event fails (a value its column cannot hold, that
+        the checks missed): it failed its batch at every poll, and every later
+        page of its instance waited behind it. Alone, it waits for a later poll
+        (``WaitingItems``, shown) and the others are recorded.
         """
         if not notifications:
             return 0
-        recorded = [self._row(n) for n in notifications]
         try:
+            recorded = [self._row(n) for n in notifications]
             async with write_transaction(self._sessions) as session:
                 for row, data in recorded:
                     self._add(session, row, data)
                 await self._waiting.forget(
                     session, "", [row.source_message_id for row, _ in recorded]
                 )
-        except IntegrityError:
-            recorded = []
-            for notification in notifications:
-                row, data = self._row(notification)  # the failed transaction's rows are spent
-                try:
-                    async with self._sessions() as session, session.begin():
-                        self._add(session, row, data)
-                        await self._waiting.forget(session, "", [row.source_message_id])
-                except IntegrityError:
-                    log.info(
-                        "NOTICe notification %s was recorded concurrently", row.source_message_id
-                    )
-                    continue
-                recorded.append((row, data))
+        except Exception as exc:
+            if database_away(exc):
+                raise
+            recorded = await self._record_one_by_one(notifications)
         published = 0
         for row, _ in recorded:
             if row.status == "published":
@@ -401,6 +422,31 @@ class NoticeInbound:
             self._relay.wake()
         log.info("NOTICe: %d notifications recorded, %d published", len(recorded), published)
         return len(recorded)
+
+    async def _record_one_by_one(
+        self, notifications: list[FetchedNotification]
+    ) -> list[tuple[InboundDocument, NoticeNotificationReceived | None]]:
+        recorded, failures = [], []
+        for notification in notifications:
+            notification_id = notification.notification_id
+            try:
+                row, data = self._row(notification)  # the failed transaction's rows are spent
+                async with self._sessions() as session, session.begin():
+                    self._add(session, row, data)
+                    await self._waiting.forget(session, "", [notification_id])
+            except Exception as exc:
+                if isinstance(exc, IntegrityError) and await self._known([notification_id]):
+                    log.info("NOTICe notification %s was recorded concurrently", notification_id)
+                    continue
+                if database_away(exc):
+                    raise
+                log.exception("NOTICe notification %s not recorded yet", notification_id)
+                tenant = self._tenants.get(notification.polled_instance)
+                failures.append(NotTaken(notification_id, tenant, not_recorded_reason(exc)))
+                continue
+            recorded.append((row, data))
+        await self._waiting.failed("", failures)
+        return recorded
 
     def _row(
         self, fetched: FetchedNotification
@@ -445,7 +491,11 @@ class NoticeInbound:
             tenant=tenant,
             sender=SENDER,
             receiver=instance[:210],
-            document_type=str(detail.get("fileType") or DOCUMENT_TYPE)[:500],
+            # NOTICe's text, of any characters: a NUL failed the batch (PostgreSQL), at every
+            # poll, and its instance's later notifications were never reached.
+            document_type=clipped(
+                plain_text(str(detail.get("fileType") or DOCUMENT_TYPE)), DOCUMENT_TYPE_LENGTH
+            ),
             size=len(stored),
             sha256=hashlib.sha256(stored).hexdigest(),
             document=stored,
@@ -512,11 +562,11 @@ def _declared_bytes(documents: list[Any]) -> int:
 
 
 def _usable_id(instance: str, notification_id: str) -> bool:
-    if 0 < len(notification_id) <= MESSAGE_ID_LENGTH:
+    if usable_id(notification_id):
         return True
     log.error(
         "NOTICe instance %s lists a notification id of %d characters, which the inbound log"
-        " cannot keep (at most %d): left alone, %.80r…",
+        " cannot keep (at most %d, no control characters): left alone, %.80r…",
         instance,
         len(notification_id),
         MESSAGE_ID_LENGTH,

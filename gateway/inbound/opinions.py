@@ -14,7 +14,10 @@ A crash between 1 and 2 leaves the answer listed: the next poll finds the
 row and only acknowledges. So each answer is published once. An answer that
 breaks the event contract is recorded ``refused`` with the reason, and
 acknowledged all the same (it would come back at every poll otherwise); the
-operator sees it in ``/v1/inbound``.
+operator sees it in ``/v1/inbound``. One that cannot be recorded (the database
+refuses its row) waits for a later poll, further and further apart, shown in
+``/v1/inbound/waiting``, as Peppol's and NOTICe's do; one whose id the inbound
+log cannot keep is left alone at the platform, and logged.
 """
 
 from __future__ import annotations
@@ -37,11 +40,24 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import new_event
 from contracts.events.outside import OpinionReceived
 from gateway.connectors.opinions import TYPE_NAME, OpinionRestSettings
-from gateway.inbound.records import InboundDocument, Status, too_large_problem
+from gateway.inbound.records import (
+    MESSAGE_ID_LENGTH,
+    SENDER_LENGTH,
+    InboundDocument,
+    NotTaken,
+    Status,
+    WaitingItems,
+    not_recorded_reason,
+    path_segment,
+    too_large_problem,
+    usable_id,
+)
 from gateway.routing import RoutingTable
 from kernel.database import utcnow
+from kernel.metrics import INBOUND_POLL_FAILURES
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
+from kernel.texts import clipped, plain_text
 
 log = logging.getLogger(__name__)
 SOURCE = "urn:hub:gateway:opinions"
@@ -91,7 +107,7 @@ class HttpOpinionAnswers:
         return items
 
     async def acknowledge(self, answer_id: str) -> None:
-        await self._call("POST", f"/answers/{answer_id}/acknowledge")
+        await self._call("POST", f"/answers/{path_segment(answer_id)}/acknowledge")
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = await self._http.request(
@@ -135,6 +151,7 @@ class OpinionInbound:
         self._relay = relay
         self._clock = clock
         self._tracer = tracer("gateway")
+        self._waiting = WaitingItems(sessions, CHANNEL, clock)
 
     async def run(self, poll_seconds: float = 5.0) -> None:
         if not self._accounts:
@@ -145,26 +162,41 @@ class OpinionInbound:
             await asyncio.sleep(poll_seconds)
 
     async def poll_once(self) -> int:
-        """Take every new answer of every account; return how many were taken."""
+        """Take every new answer of every account; return how many were taken.
+
+        One that fails waits for a later poll (``WaitingItems``: further and further
+        apart, and shown), as Peppol's and NOTICe's do. Only logged, an answer whose row
+        the database refused (an id longer than its column) was tried every 5 s, never
+        shown, and, a hundred of them listed first, held every later answer behind them.
+        """
         taken = 0
         for account in self._accounts:
             try:
                 answers = await account.list_new()
             except Exception as exc:  # the platform is away: try at the next poll
                 log.warning("opinions of tenant %s could not be listed: %r", account.tenant, exc)
+                INBOUND_POLL_FAILURES.labels(CHANNEL, account.tenant).inc()
                 continue
-            for answer in answers:
+            listed = {answer_id: a for a in answers if (answer_id := _usable_answer_id(a))}
+            source = source_of(account.tenant)
+            later = await self._waiting.not_due(source, list(listed))
+            failures: list[NotTaken] = []
+            for answer_id, answer in listed.items():
+                if answer_id in later:  # failed lately: not at every poll
+                    continue
                 try:
                     await self.take(account, answer)
                     taken += 1
-                except Exception as exc:  # this one waits for the next poll; the others go on
-                    log.warning("opinion answer %r not taken yet: %r", answer.get("answerId"), exc)
+                except Exception as exc:  # this one waits for a later poll; the others go on
+                    log.warning("opinion answer %r not taken yet: %r", answer_id, exc)
+                    failures.append(NotTaken(answer_id, account.tenant, not_recorded_reason(exc)))
+            await self._waiting.failed(source, failures)
         return taken
 
     async def take(self, account: OpinionAnswers, answer: Mapping[str, Any]) -> _Taken:
-        answer_id = str(answer.get("answerId") or "")
-        if not answer_id:
-            raise OpinionPlatformError("an answer has no answerId")
+        answer_id = _usable_answer_id(answer)
+        if answer_id is None:
+            raise OpinionPlatformError("an answer has no answerId the inbound log can keep")
         taken = await self._known(account.tenant, answer_id) or await self._record(
             account.tenant, answer_id, answer
         )
@@ -221,7 +253,8 @@ class OpinionInbound:
             source=source_of(tenant),
             source_message_id=answer_id,
             tenant=tenant,
-            sender=str(answer.get("body") or "?")[:210],
+            # The platform's text: a NUL in it failed the row (PostgreSQL) at every poll.
+            sender=clipped(plain_text(str(answer.get("body") or "?")), SENDER_LENGTH),
             receiver=tenant,
             document_type=DOCUMENT_TYPE,
             size=len(stored),
@@ -237,6 +270,7 @@ class OpinionInbound:
         try:
             async with self._sessions() as session, session.begin():
                 session.add(row)
+                await self._waiting.forget(session, source_of(tenant), [answer_id])
                 if event is not None:
                     with self._tracer.start_as_current_span(
                         "opinion inbound", attributes={"hub.opinion.answer_id": answer_id}
@@ -255,6 +289,21 @@ class OpinionInbound:
         else:
             log.warning("opinion %s refused: %s", answer_id, reason)
         return _Taken(row.id, status, "pending")
+
+
+def _usable_answer_id(answer: Mapping[str, Any]) -> str | None:
+    """The answer's id; None (logged) when it has none the inbound log can keep (longer
+    than its column, control characters): it is left alone at the platform."""
+    answer_id = answer.get("answerId")
+    if isinstance(answer_id, str | int) and usable_id(str(answer_id)):
+        return str(answer_id)
+    log.error(
+        "an opinion answer without an answerId the inbound log can keep (at most %d"
+        " characters, no control characters) is left alone: %.80r",
+        MESSAGE_ID_LENGTH,
+        answer_id,
+    )
+    return None
 
 
 def opinion_accounts(

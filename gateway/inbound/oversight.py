@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -36,6 +35,7 @@ from contracts.events.oversight import OversightOutcomeReceived
 from gateway.connectors.oversight_soap import Outcome
 from gateway.inbound.records import InboundDocument, contract_problem, too_large_problem
 from kernel.database import utcnow
+from kernel.metrics import INBOUND_POLL_FAILURES
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
 
@@ -90,6 +90,7 @@ class OversightInbound:
                 published += await self.take(source)
             except Exception as exc:  # the service is away: try at the next poll
                 log.warning("oversight outcomes of tenant %s not taken: %r", source.tenant, exc)
+                INBOUND_POLL_FAILURES.labels(CHANNEL, source.tenant).inc()
         return published
 
     async def take(self, source: OutcomeSource) -> int:
@@ -131,6 +132,10 @@ class OversightInbound:
         key = source_id(tenant, outcome.acknowledgement_number)
         if await self._known(key):
             return 0
+        # Whatever the service gave: ``decided_on.isoformat()`` of an outcome without a
+        # readable date raised before it could be refused, the cursor stayed before it,
+        # and every later outcome of the tenant (annulments too) waited for ever.
+        decided_on = outcome.decided_on
         document = json.dumps(
             {
                 "cursor": outcome.cursor,
@@ -138,10 +143,11 @@ class OversightInbound:
                 "item_id": outcome.item_id,
                 "decision_number": outcome.decision_number,
                 "outcome": outcome.outcome,
-                "decided_on": outcome.decided_on.isoformat(),
+                "decided_on": decided_on.isoformat() if decided_on is not None else None,
                 "reason": outcome.reason,
             },
             sort_keys=True,
+            default=str,
         ).encode()
         now = self._clock()
         record = InboundDocument(
@@ -160,25 +166,31 @@ class OversightInbound:
             fetched_at=now,
             updated_at=now,
         )
-        try:
-            data = OversightOutcomeReceived(
-                item_id=outcome.item_id,
-                decision_number=outcome.decision_number,
-                acknowledgement_number=outcome.acknowledgement_number,
-                outcome=outcome.outcome,
-                decided_on=outcome.decided_on,
-                reason=outcome.reason,
-            )
-        except ValidationError as exc:
-            # Kept for an operator, and the cursor goes past it: an outcome the event cannot
-            # carry (one the contract does not know, "suspended") was read again at every
-            # poll, and every later outcome of the tenant waited behind it.
-            record.status, record.reason = "refused", contract_problem("outcome", exc)
-            event = None
+        event = None
+        if outcome.problem is not None:
+            record.status, record.reason = "refused", f"As listed, {outcome.problem}."
+        elif outcome.decided_on is None:
+            record.status = "refused"
+            record.reason = "As listed, the service gave it no readable DecidedOn (a date)."
         else:
-            event = new_event(data, tenant=tenant, subject=outcome.item_id, source=SOURCE)
-            if problem := too_large_problem("outcome", event):
-                record.status, record.reason, event = "refused", problem, None
+            try:
+                data = OversightOutcomeReceived(
+                    item_id=outcome.item_id,
+                    decision_number=outcome.decision_number,
+                    acknowledgement_number=outcome.acknowledgement_number,
+                    outcome=outcome.outcome,
+                    decided_on=outcome.decided_on,
+                    reason=outcome.reason,
+                )
+                event = new_event(data, tenant=tenant, subject=outcome.item_id, source=SOURCE)
+            except Exception as exc:  # ValidationError, or whatever else zeep gave
+                # Kept for an operator, and the cursor goes past it: an outcome the event
+                # cannot carry (one the contract does not know, "suspended") was read again
+                # at every poll, and every later outcome of the tenant waited behind it.
+                record.status, record.reason = "refused", contract_problem("outcome", exc)
+            else:
+                if problem := too_large_problem("outcome", event):
+                    record.status, record.reason, event = "refused", problem, None
         with self._tracer.start_as_current_span(
             "oversight inbound", attributes={"hub.oversight.acknowledgement": key}
         ):

@@ -46,7 +46,7 @@ from gateway.connectors.peppol_ap import PeppolApSettings
 from gateway.http import ResponseTooLarge
 from gateway.inbound.records import (
     DOCUMENT_TYPE_LENGTH,
-    MESSAGE_ID_LENGTH,
+    NOT_IN_FIELD,
     SENDER_LENGTH,
     SOURCE_LENGTH,
     InboundDocument,
@@ -56,10 +56,16 @@ from gateway.inbound.records import (
     Status,
     WaitingItems,
     contract_problem,
+    database_away,
+    not_recorded_reason,
+    path_segment,
+    usable_id,
 )
 from kernel.database import utcnow, write_transaction
+from kernel.metrics import INBOUND_POLL_FAILURES
 from kernel.outbox import EventTooLarge, OutboxRelay, stage
 from kernel.telemetry import tracer
+from kernel.texts import clipped
 
 log = logging.getLogger(__name__)
 SOURCE = "urn:hub:gateway:peppol"
@@ -72,6 +78,16 @@ RECORD_BATCH = 16
 #: Messages asked for in one listing. A listing this full may hide more behind it:
 #: the poll takes the next one at once instead of waiting for the next poll.
 LISTING_LIMIT = 100
+#: Listings one inbox's poll takes at most (ten thousand messages): an access point whose
+#: listing always named new messages would otherwise keep the poll, and the other
+#: inboxes behind it, for ever.
+MAX_LISTINGS = 100
+#: The longest reason a rejection carries (the contract's ``Rejection.reason``): a longer
+#: one was answered 400, and the message, never told, was rejected again at every poll.
+REJECT_REASON_LENGTH = 1000
+#: The longest account of a broken listing entry kept in a reason (``ValueError`` repeats
+#: the text it could not read, however long).
+ENTRY_PROBLEM_LENGTH = 300
 #: A participant as the access point's contract writes it (``ParticipantId``), the only
 #: form the hub's ``PeppolEndpoint`` takes. Another (an identifier of 201 characters…)
 #: failed the event of its message when the batch was recorded, and the batch, listed
@@ -147,7 +163,7 @@ class HttpAccessPointInbox:
 
     async def fetch(self, message_id: str) -> FetchedDocument:
         try:
-            body = await self._call("GET", f"/inbox/{message_id}")
+            body = await self._call("GET", f"/inbox/{path_segment(message_id)}")
         except AccessPointError as exc:
             if exc.gone:
                 raise DocumentUnavailable(str(exc), exc.status) from exc
@@ -162,13 +178,13 @@ class HttpAccessPointInbox:
             raise DocumentUnavailable(f"message {message_id}: {exc}") from exc
 
     async def acknowledge(self, message_id: str) -> None:
-        await self._call("POST", f"/inbox/{message_id}/acknowledge")
+        await self._call("POST", f"/inbox/{path_segment(message_id)}/acknowledge")
 
     async def reject(self, message_id: str, reason_code: str, reason: str) -> None:
         await self._call(
             "POST",
-            f"/inbox/{message_id}/reject",
-            json={"reasonCode": reason_code, "reason": reason},
+            f"/inbox/{path_segment(message_id)}/reject",
+            json={"reasonCode": reason_code, "reason": clipped(reason, REJECT_REASON_LENGTH)},
         )
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -201,11 +217,29 @@ def _item(entry: dict[str, Any]) -> InboxItem:
             sender=participant_of(str(entry["sender"])),
             receiver=participant_of(str(entry["receiver"])),
             document_type=str(entry["documentTypeId"]),
-            received_at=datetime.fromisoformat(received) if received else None,
+            received_at=_received_at(received) if received else None,
             size=size if isinstance(size := entry.get("size"), int) and size >= 0 else None,
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise AccessPointError(f"an inbox entry breaks the contract: {exc!r}") from exc
+        problem = clipped(repr(exc), ENTRY_PROBLEM_LENGTH)
+        raise AccessPointError(f"an inbox entry breaks the contract: {problem}") from exc
+    # No column keeps a control character: a sender ending in a NUL failed the batch's rows
+    # on PostgreSQL, and the listing, given first again at every poll, blocked the inbox.
+    unkeepable = [
+        name
+        for name, value in (
+            ("messageId", item.message_id),
+            ("sender", item.sender),
+            ("receiver", item.receiver),
+            ("documentTypeId", item.document_type),
+        )
+        if NOT_IN_FIELD.search(value)
+    ]
+    if unkeepable:
+        raise AccessPointError(
+            f"an inbox entry holds control characters, which this hub does not keep, in"
+            f" {', '.join(unkeepable)}"
+        )
     too_long = [
         f"{name} ({len(value)} characters, at most {longest})"
         for name, value, longest in (
@@ -232,11 +266,21 @@ def _item(entry: dict[str, Any]) -> InboxItem:
     return item
 
 
+def _received_at(listed: Any) -> datetime:
+    """``receivedAt`` as the contract's ``date-time``, which has an offset. ``fromisoformat``
+    also reads one without: the UTC column refused it when the batch was committed, and the
+    listing, given first again at every poll, blocked the inbox for good."""
+    received_at = datetime.fromisoformat(listed)
+    if received_at.tzinfo is None:
+        raise ValueError(f"receivedAt {listed[:40]!r} has no offset from UTC")
+    return received_at
+
+
 def _listed_item(entry: Any) -> InboxItem | None:
     """A listing's entry as an item; one that breaks the contract, as an item holding its
     problem (recorded refused and rejected); one without a usable id, None (logged)."""
     message_id = entry.get("messageId") if isinstance(entry, dict) else None
-    if not isinstance(message_id, str | int) or not 0 < len(str(message_id)) <= MESSAGE_ID_LENGTH:
+    if not isinstance(message_id, str | int) or not usable_id(str(message_id)):
         log.error("a Peppol inbox entry without a usable messageId is left alone: %.300r", entry)
         return None
     try:
@@ -337,24 +381,41 @@ class PeppolInbound:
         supplier) is drained at the pace of the work, not one listing per poll
         interval (100 messages per 5 s by default). A full listing of which
         nothing could be taken (the AP failing each tell) waits for the next poll.
+
+        Taken means told now: a message the access point still lists once told (it
+        acknowledges lazily, or reads from a replica) is no progress. Counted as
+        taken, it made a poll list and acknowledge the same hundred messages without
+        a pause, hundreds of times a second, and the other inboxes waited. So a
+        message is taken once per poll however often it is listed, a listing whose
+        messages were all seen in this poll ends it, and so do ``MAX_LISTINGS``.
         """
-        taken = 0
-        while True:
+        taken, seen = 0, set[str]()
+        for _ in range(MAX_LISTINGS):
             try:
                 items = await inbox.list_new()
             except Exception as exc:  # the AP is away: try at the next poll
                 log.warning("Peppol inbox %s could not be listed: %r", inbox.name, exc)
+                INBOUND_POLL_FAILURES.labels(CHANNEL, _source_of(inbox.name)).inc()
                 return taken
-            if not items:
+            new = [item for item in dict.fromkeys(items) if item.message_id not in seen]
+            if not new:
                 return taken
+            seen.update(item.message_id for item in new)
             try:
-                taken_now = await self._take_listing(inbox, list(dict.fromkeys(items)))
+                taken_now = await self._take_listing(inbox, new)
             except Exception as exc:  # the database is away: the AP lists them again
                 log.warning("Peppol inbox %s: listing not taken yet: %r", inbox.name, exc)
+                INBOUND_POLL_FAILURES.labels(CHANNEL, _source_of(inbox.name)).inc()
                 return taken
             taken += taken_now
             if len(items) < LISTING_LIMIT or taken_now == 0:
                 return taken
+        log.warning(
+            "Peppol inbox %s: more than %d listings in one poll; the rest next poll",
+            inbox.name,
+            MAX_LISTINGS,
+        )
+        return taken
 
     async def _take_listing(self, inbox: AccessPointInbox, items: list[InboxItem]) -> int:
         """Take a listing's messages ``RECORD_BATCH`` at a time, in the listing's order."""
@@ -387,8 +448,9 @@ class PeppolInbound:
             if (record := known.get(item.message_id) or recorded.get(item.message_id))
         ]
         told = await asyncio.gather(*(self._tell_or_wait(inbox, record) for record in records))
-        await self._mark_told([record for record, ok in zip(records, told, strict=True) if ok])
-        return sum(told)
+        return await self._mark_told(
+            [record for record, ok in zip(records, told, strict=True) if ok]
+        )
 
     async def _fetch_or_wait(
         self, inbox: AccessPointInbox, item: InboxItem, failures: list[NotTaken]
@@ -455,7 +517,9 @@ class PeppolInbound:
         Should another gateway replica have recorded one of them meanwhile, the
         transaction fails as a whole and each is recorded on its own, which
         keeps theirs. One whose event could not be staged is left out (added to
-        ``failures``) and the others are recorded.
+        ``failures``) and the others are recorded. So is one whose row the
+        database refuses (a value its column cannot hold, whatever the listing's
+        checks missed): it failed the batch at every poll, and the inbox with it.
         """
         if not documents:
             return {}
@@ -470,7 +534,9 @@ class PeppolInbound:
                 ]
                 taken = [record.source_message_id for record in added]
                 await self._waiting.forget(session, _source_of(source), taken)
-        except IntegrityError:
+        except Exception as exc:
+            if database_away(exc):
+                raise
             one_by_one = {
                 document.item.message_id: await self._record(source, document, failures)
                 for document in documents
@@ -485,7 +551,8 @@ class PeppolInbound:
         self, source: str, fetched: FetchedDocument, failures: list[NotTaken] | None = None
     ) -> InboundDocument | None:
         """Record one fetched document, or return the record another replica made of it;
-        None when its event could not be staged (added to ``failures``)."""
+        None when its event could not be staged or the database refuses its row (added
+        to ``failures``, when given)."""
         record = self._new_record(source, fetched)
         left_out: list[NotTaken] = []
         try:
@@ -494,11 +561,18 @@ class PeppolInbound:
                     await self._waiting.forget(
                         session, _source_of(source), [record.source_message_id]
                     )
-        except IntegrityError:
-            known = await self._known(source, fetched.item.message_id)
-            if known is None:
+        except Exception as exc:
+            if isinstance(exc, IntegrityError):
+                known = await self._known(source, fetched.item.message_id)
+                if known is not None:
+                    return known
+            if failures is None or database_away(exc):
                 raise
-            return known
+            log.exception("Peppol message %s not recorded yet", record.source_message_id)
+            failures.append(
+                NotTaken(record.source_message_id, record.tenant, not_recorded_reason(exc))
+            )
+            return None
         if left_out:
             if failures is not None:
                 failures.extend(left_out)
@@ -623,15 +697,16 @@ class PeppolInbound:
                 record.source_message_id, FAILURE_OF_DELIVERY, record.reason or record.status
             )
 
-    async def _mark_told(self, records: list[InboundDocument]) -> None:
-        """Note, in one transaction, that the access point was told of these records."""
+    async def _mark_told(self, records: list[InboundDocument]) -> int:
+        """Note, in one transaction, that the access point was told of these records;
+        return how many it was told of for the first time (taken now)."""
         by_status: dict[SourceStatus, list[int]] = {}
         for record in records:
             told = self._told_status(record)
             if record.source_status != told:
                 by_status.setdefault(told, []).append(record.id)
         if not by_status:
-            return
+            return 0
         async with write_transaction(self._sessions) as session:
             for told, ids in by_status.items():
                 await session.execute(
@@ -641,6 +716,7 @@ class PeppolInbound:
                 )
         for record in records:
             record.source_status = self._told_status(record)
+        return sum(len(ids) for ids in by_status.values())
 
 
 def inboxes_from(

@@ -7,9 +7,10 @@ outbox, so a document is published once however often it is fetched. Status:
     unroutable    no tenant has its receiver; kept here for an operator, never published
     refused       too large to travel in an event; kept here, never published
 
-An item a source lists but does not give whole yet (an error page, a timeout)
-is a ``WaitingItem`` until it is recorded: tried again at later polls, further
-and further apart, and shown to operators (``GET /v1/inbound/waiting``).
+An item a source lists but does not give whole yet (an error page, a timeout),
+or whose row the database refused, is a ``WaitingItem`` until it is recorded:
+tried again at later polls, further and further apart, and shown to operators
+(``GET /v1/inbound/waiting``).
 
 ``source_status`` is where the source (the Peppol access point) stands:
 
@@ -24,14 +25,16 @@ source.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import ValidationError
 from sqlalchemy import Index, Integer, LargeBinary, String, Text, UniqueConstraint, delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -40,12 +43,18 @@ from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction
 from kernel.kafka import MAX_REQUEST_BYTES
 from kernel.logs import mask_national_numbers
 from kernel.outbox import fits_in_a_record
+from kernel.texts import clipped, plain_text
 
 log = logging.getLogger(__name__)
 
 Status = Literal["published", "unroutable", "refused"]
 SOURCE_LENGTH, MESSAGE_ID_LENGTH, SENDER_LENGTH, DOCUMENT_TYPE_LENGTH = 300, 200, 210, 500
 SourceStatus = Literal["pending", "acknowledged", "rejected"]
+#: What no id or listed field the inbound log keeps may hold: the C0 controls and DEL,
+#: and what no text may hold (``kernel.texts.NOT_IN_TEXT``). PostgreSQL refuses a NUL in
+#: a VARCHAR: a Peppol sender ending in one failed the batch's transaction, and the
+#: listing, given first again at every poll, blocked the inbox for good.
+NOT_IN_FIELD = re.compile("[\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 
 
 class SourceError(RuntimeError):
@@ -96,6 +105,37 @@ class InboundDocument(Base):
     received_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     fetched_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+def usable_id(source_id: str) -> bool:
+    """Whether the inbound log can keep ``source_id`` as an item's id (and as a waiting
+    item's): one it cannot is left alone at its source, and logged."""
+    return 0 < len(source_id) <= MESSAGE_ID_LENGTH and not NOT_IN_FIELD.search(source_id)
+
+
+def path_segment(source_id: str) -> str:
+    """``source_id`` as one segment of a URL's path. Put in as it was, a Peppol message
+    "INV/2026/1" was fetched at ``/inbox/INV/2026/1`` (404: refused for good), "a#b" at
+    another message's URL, and ".." acknowledged ``/v1/acknowledge``. Quoting leaves "."
+    and ".." as they are, which the URL's parser drops: their dots are quoted too."""
+    segment = quote(source_id, safe="")
+    return segment.replace(".", "%2E") if segment in (".", "..") else segment
+
+
+def database_away(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database did not answer (connection lost, locked, a
+    transaction rolled back for a conflict), rather than refused one item's row: the
+    poll stops and the next one tries again, instead of making every item wait."""
+    return isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError) or bool(
+        getattr(exc, "connection_invalidated", False)
+    )
+
+
+def not_recorded_reason(exc: BaseException) -> str:
+    """Why an item could not be recorded, for its waiting row: the database's words
+    (without the statement and its parameters: the document), clipped."""
+    cause = getattr(exc, "orig", None) or exc
+    return clipped(plain_text(f"It could not be recorded: {type(cause).__name__}: {cause}"), 1000)
 
 
 def too_large_problem(what: str, event: CloudEvent) -> str | None:
@@ -223,11 +263,14 @@ class WaitingItems:
                         WaitingItem.next_try_at < now - WAITING_FORGOTTEN_AFTER,
                     )
                 )
-                # Recorded meanwhile by another replica: not waiting.
+                # Recorded meanwhile by another replica: not waiting. Of this source only (or
+                # "", from before sources were recorded): another opinions account's answer
+                # "AV-1" hid this one's from the operators.
                 recorded = set(
                     await session.scalars(
                         select(InboundDocument.source_message_id).where(
                             InboundDocument.channel == self._channel,
+                            InboundDocument.source.in_([source, ""]),
                             InboundDocument.source_message_id.in_(ids),
                         )
                     )

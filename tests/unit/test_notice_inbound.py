@@ -8,12 +8,15 @@ import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -21,17 +24,20 @@ from contracts.envelope import CloudEvent, from_record, new_event
 from contracts.events.outside import NoticeNotificationReceived
 from contracts.events.urban import NoticeResponseRequested
 from gateway.connectors.base import ConnectorContext, Delivery
-from gateway.connectors.notice import NoticeConnector, create_connector
+from gateway.connectors.notice import NoticeConnector, NoticeSettings, create_connector
 from gateway.deliveries import MIGRATIONS
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.http import ResponseTooLarge
-from gateway.inbound.notice import NoticeError, NoticeInbound, NoticeSource
+from gateway.inbound import notice as notice_module
+from gateway.inbound.notice import HttpNoticeApi, NoticeError, NoticeInbound, NoticeSource
 from gateway.inbound.records import InboundDocument, WaitingItem
 from kernel.database import utcnow
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
+from sandbox import notice as notice_sandbox
+from sandbox.recorder import Recorder
 from tests.support.clock import Clock
-from tests.support.databases import sqlite_sessions
+from tests.support.databases import migrated_sessions, sqlite_sessions
 
 INSTANCE, STRANGER = "NOTICE-62063", "NOTICE-00000"
 PLAN = b"%PDF-1.7 plan"
@@ -98,6 +104,15 @@ class FakeNotice:
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     async with sqlite_sessions(tmp_path / "gateway.db", "gateway", MIGRATIONS) as sessions:
+        yield sessions
+
+
+@pytest.fixture
+async def any_sessions(
+    database: tuple[str, str | None],
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """The gateway's database on SQLite, then on PostgreSQL (which refuses what SQLite keeps)."""
+    async with migrated_sessions(database, "gateway", MIGRATIONS) as sessions:
         yield sessions
 
 
@@ -464,3 +479,192 @@ async def test_a_notification_whose_details_make_too_large_an_event_is_kept_refu
     assert (kept["N-long"].status, kept["N-ok"].status) == ("refused", "published")
     assert "Its details and documents take" in (kept["N-long"].reason or "")
     assert [e.subject for e in await published(sessions)] == ["N-ok"]
+
+
+# -- one bad notification does not hold its instance --------------------------------------
+
+
+async def test_a_file_type_with_control_characters_is_kept_refused_and_the_instance_goes_on(
+    any_sessions: async_sessionmaker[AsyncSession], notice: FakeNotice
+) -> None:
+    notice.add("N1", fileType="permis_urbanisme\u0000")
+    notice.add("N2")
+    notice.add("N3")
+    inbound = inbound_for(any_sessions, notice)
+
+    # Kept raw in the row, it failed the batch on PostgreSQL, at every poll, and every
+    # later notification of the instance was never reached.
+    assert await inbound.poll_once() == 3
+
+    assert [e.subject for e in await published(any_sessions)] == ["N2", "N3"]
+    kept = (await records(any_sessions))["N1"]
+    assert kept.status == "refused" and "file_type" in (kept.reason or "")
+    assert kept.document_type == "permis_urbanisme\N{REPLACEMENT CHARACTER}"
+
+
+async def test_a_notification_id_the_inbound_log_cannot_keep_is_left_alone(
+    any_sessions: async_sessionmaker[AsyncSession], notice: FakeNotice
+) -> None:
+    notice.add("N\u00001")
+    notice.add("N2")
+
+    assert await inbound_for(any_sessions, notice).poll_once() == 1
+
+    assert set(await records(any_sessions)) == {"N2"}
+    assert await waiting_items(any_sessions) == []
+    assert "get:N\u00001" not in notice.calls  # not fetched at every poll for nothing
+
+
+# The second only where a database refuses it: SQLite keeps a NUL in a VARCHAR.
+@pytest.mark.parametrize(
+    ("refused_by", "database"),
+    [
+        ("naive received_at", "sqlite"),
+        pytest.param("naive received_at", "postgresql", marks=pytest.mark.postgres),
+        pytest.param("NUL in document_type", "postgresql", marks=pytest.mark.postgres),
+    ],
+    indirect=["database"],
+)
+async def test_a_notification_whose_row_the_database_refuses_waits_and_the_others_are_taken(
+    any_sessions: async_sessionmaker[AsyncSession],
+    database: tuple[str, str | None],
+    notice: FakeNotice,
+    monkeypatch: pytest.MonkeyPatch,
+    refused_by: str,
+) -> None:
+    # What the checks missed: the batch failed, and with it every page of the instance.
+    for notification_id in ("N1", "N2", "N3"):
+        notice.add(notification_id)
+    notice.notifications["N2"]["fileType"] = "permis_urbanisme\u0000"
+    notice.notifications["N2"]["receivedOn"] = "2026-03-03"
+    received_at, plain_text = notice_module._received_at, notice_module.plain_text
+    if refused_by.startswith("naive"):
+        monkeypatch.setattr(
+            notice_module,
+            "_received_at",
+            lambda day: datetime(2026, 3, 3) if day == "2026-03-03" else received_at(day),
+        )
+    else:
+        monkeypatch.setattr(notice_module, "plain_text", lambda text: text)
+    clock = Clock()
+    inbound = inbound_for(any_sessions, notice, clock)
+
+    assert await inbound.poll_once() == 2
+
+    assert [e.subject for e in await published(any_sessions)] == ["N1", "N3"]
+    [waiting] = await waiting_items(any_sessions)
+    assert (waiting.source_message_id, waiting.tenant, waiting.tries) == ("N2", "62063", 1)
+    assert waiting.reason.startswith("It could not be recorded: ")
+
+    monkeypatch.setattr(notice_module, "_received_at", received_at)
+    monkeypatch.setattr(notice_module, "plain_text", plain_text)
+    clock.advance(11)
+    assert await inbound.poll_once() == 1
+    assert (await records(any_sessions))["N2"].status == "refused"  # its fileType
+    assert await waiting_items(any_sessions) == []
+
+
+async def test_documents_larger_than_declared_are_refused_once_too_many_bytes_came(
+    sessions: async_sessionmaker[AsyncSession], notice: FakeNotice
+) -> None:
+    megabyte = b"x" * (1024 * 1024)
+    documents = [
+        {"id": f"D{n}", "filename": f"{n}.pdf", "mediaType": "application/pdf", "size": 1}
+        | {"sha256": hashlib.sha256(megabyte).hexdigest()}
+        for n in range(20)
+    ]
+    notice.add("N1", documents=documents)
+    for n in range(20):
+        notice.contents[("N1", f"D{n}")] = [megabyte]
+
+    await inbound_for(sessions, notice).poll_once()
+
+    kept = (await records(sessions))["N1"]
+    assert kept.status == "refused"
+    assert "5242880 bytes by document D4; one event carries at most 4194304" in (kept.reason or "")
+    # Only the declared sizes were checked: all twenty were downloaded, twice each (a
+    # broken transfer?), and held, before the notification was refused for their size.
+    assert [c for c in notice.calls if c.startswith("doc:")] == [
+        *(f"doc:N1/D{n}" for n in range(4) for _ in range(2)),
+        "doc:N1/D4",
+    ]
+
+
+async def test_ids_are_each_one_segment_of_notices_paths_whatever_they_hold(
+    sessions: async_sessionmaker[AsyncSession], notice: FakeNotice
+) -> None:
+    notice.add("N/1")
+    notice.notifications["N/1"]["documents"][0]["id"] = "plans/1"
+    paths: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        # A NOTICe that routes on the path as sent, each id one segment.
+        path = request.url.raw_path.decode().split("?")[0]
+        paths.append(path)
+        if path == f"/api/instances/{INSTANCE}/notifications":
+            return httpx.Response(200, json={"items": [{"id": "N/1"}], "next": None})
+        if path == "/api/notifications/N%2F1":
+            return httpx.Response(200, json=notice.notifications["N/1"])
+        if path == "/api/notifications/N%2F1/documents/plans%2F1":
+            return httpx.Response(200, content=PLAN)
+        return httpx.Response(404, json={"title": "Not found"})
+
+    settings = NoticeSettings(type="notice", base_url="https://notice.test/api", api_key="k")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        source = NoticeSource(HttpNoticeApi(settings, http), (INSTANCE,))
+        inbound = NoticeInbound(sessions=sessions, sources=[source], instances={INSTANCE: "62063"})
+        assert await inbound.poll_once() == 1
+
+    # Asked for at .../documents/plans/1 (404), it was refused for good, never published.
+    assert [e.subject for e in await published(sessions)] == ["N/1"]
+    assert paths[1:] == ["/api/notifications/N%2F1", "/api/notifications/N%2F1/documents/plans%2F1"]
+
+
+async def test_a_notification_id_holding_a_slash_or_a_question_mark_goes_through_the_sandbox(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    sandbox = notice_sandbox.Notice()
+    notification_id = "PU/2026/7?v2"
+    seed = {"filename": "plan.pdf", "content": "plan"}
+    sandbox.seed(
+        notice_sandbox.SeedNotification.model_validate(
+            {"id": notification_id, "instance_code": INSTANCE, "subject": "Maison"}
+            | {"documents": [seed], "received_on": "2026-03-02"}
+        )
+    )
+    app = FastAPI()
+    app.include_router(notice_sandbox.router(Recorder(), sandbox))
+    base_url = "http://sandbox/notice/api/v1"
+    api_key = notice_sandbox.API_KEY_PREFIX + "liege"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        settings = NoticeSettings(type="notice", base_url=base_url, api_key=SecretStr(api_key))
+        source = NoticeSource(HttpNoticeApi(settings, http), (INSTANCE,))
+        inbound = NoticeInbound(sessions=sessions, sources=[source], instances={INSTANCE: "62063"})
+        assert await inbound.poll_once() == 1
+        config = {"type": "notice", "base_url": base_url, "api_key": api_key}
+        connector = create_connector(ConnectorContext("62063", HubSettings(), http), config)
+        answered = await connector.deliver(delivery(notification_id=notification_id))
+
+    [event] = await published(sessions)
+    [document] = event.data_as(NoticeNotificationReceived).documents
+    assert (event.subject, base64.b64decode(document.content_base64)) == (notification_id, b"plan")
+    assert answered.external_reference.startswith("REP-")
+    assert sandbox.notifications[notification_id].status == "CLOTUREE"
+
+
+async def test_an_instance_that_cannot_be_listed_is_counted_at_each_poll(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    class Away(FakeNotice):
+        async def list_page(
+            self, instance_code: str, after: str | None, limit: int
+        ) -> tuple[list[str], str | None]:
+            raise httpx.ConnectError("refused")
+
+    inbound = inbound_for(sessions, Away())
+    failures = {"channel": "notice", "source": INSTANCE}
+    before = REGISTRY.get_sample_value("hub_inbound_poll_failures_total", failures) or 0.0
+
+    await inbound.poll_once()
+
+    assert REGISTRY.get_sample_value("hub_inbound_poll_failures_total", failures) == before + 1

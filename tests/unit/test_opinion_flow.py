@@ -10,21 +10,29 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts.envelope import from_record, new_event
+from contracts.envelope import CloudEvent, from_record, new_event
 from contracts.events.outside import OpinionReceived
 from contracts.events.urban import OpinionRequested
 from gateway.connectors.base import ConnectorContext, Delivery
-from gateway.connectors.opinions import OpinionRestConnector, create_connector
+from gateway.connectors.opinions import (
+    OpinionRestConnector,
+    OpinionRestSettings,
+    create_connector,
+)
 from gateway.deliveries import MIGRATIONS
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
-from gateway.inbound.opinions import OpinionInbound
-from gateway.inbound.records import InboundDocument
+from gateway.inbound import opinions as opinions_module
+from gateway.inbound.opinions import HttpOpinionAnswers, OpinionInbound
+from gateway.inbound.records import InboundDocument, WaitingItem
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
-from tests.support.databases import sqlite_sessions
+from tests.support.clock import Clock
+from tests.support.databases import migrated_sessions, sqlite_sessions
 
 ANSWER = {
     "answerId": "AV-1",
@@ -58,6 +66,15 @@ class FakePlatform:
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     async with sqlite_sessions(tmp_path / "gateway.db", "gateway", MIGRATIONS) as sessions:
+        yield sessions
+
+
+@pytest.fixture
+async def any_sessions(
+    database: tuple[str, str | None],
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """The gateway's database on SQLite, then on PostgreSQL (which refuses what SQLite keeps)."""
+    async with migrated_sessions(database, "gateway", MIGRATIONS) as sessions:
         yield sessions
 
 
@@ -233,3 +250,135 @@ async def test_the_connector_sends_the_request_with_its_idempotency_key() -> Non
     assert (await connector(platform).deliver(delivery())).external_reference == "OP-1"
     assert seen[0].headers["Idempotency-Key"] == "e1:opinion-request"
     assert seen[0].url.path == "/api/v1/requests"
+
+
+# -- answers that cannot be taken ----------------------------------------------------------
+
+
+async def waiting_rows(sessions: async_sessionmaker[AsyncSession]) -> list[WaitingItem]:
+    async with sessions() as session:
+        return list((await session.scalars(select(WaitingItem).order_by(WaitingItem.id))).all())
+
+
+async def test_answers_whose_ids_the_inbound_log_cannot_keep_are_left_alone(
+    any_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    platform = FakePlatform(
+        answers=[{**ANSWER, "answerId": "A" * 250}, {**ANSWER, "answerId": "AV-\u0000"}, ANSWER]
+    )
+    inbound = OpinionInbound(sessions=any_sessions, accounts=[platform])
+
+    assert await inbound.poll_once() == 1
+
+    # Recorded (SQLite), or refused by PostgreSQL at every poll and never shown: left alone
+    # and logged, as Peppol's and NOTICe's are.
+    assert platform.acknowledged == ["AV-1"]
+    _, kept = await published_and_recorded(any_sessions)
+    assert [row[2] for row in kept] == ["AV-1"]
+
+
+# The second only where a database refuses it: SQLite keeps a NUL in a VARCHAR.
+@pytest.mark.parametrize(
+    ("failing", "database"),
+    [
+        ("its event", "sqlite"),
+        pytest.param("its event", "postgresql", marks=pytest.mark.postgres),
+        pytest.param("its row (a NUL in the body)", "postgresql", marks=pytest.mark.postgres),
+    ],
+    indirect=["database"],
+)
+async def test_an_answer_that_cannot_be_recorded_waits_shown_and_is_tried_less_often(
+    any_sessions: async_sessionmaker[AsyncSession],
+    database: tuple[str, str | None],
+    monkeypatch: pytest.MonkeyPatch,
+    failing: str,
+) -> None:
+    platform = FakePlatform(answers=[{**ANSWER, "answerId": "AV-0", "body": "SRI\u0000"}, ANSWER])
+    stage, plain_text = opinions_module.stage, opinions_module.plain_text
+
+    def failing_stage(session: AsyncSession, event: CloudEvent) -> None:
+        if event.data_as(OpinionReceived).body == "SRI\u0000":
+            raise RuntimeError("a bug nobody foresaw")
+        stage(session, event)
+
+    if failing.startswith("its event"):
+        monkeypatch.setattr(opinions_module, "stage", failing_stage)
+    else:
+        monkeypatch.setattr(opinions_module, "plain_text", lambda text: text)
+    clock = Clock()
+    inbound = OpinionInbound(sessions=any_sessions, accounts=[platform], clock=clock)
+
+    assert await inbound.poll_once() == 1
+
+    assert platform.acknowledged == ["AV-1"]  # not held behind it
+    [waiting] = await waiting_rows(any_sessions)
+    assert (waiting.channel, waiting.source, waiting.source_message_id) == (
+        "opinion",
+        "62063",
+        "AV-0",
+    )
+    assert (waiting.tenant, waiting.tries) == ("62063", 1)
+    assert waiting.reason.startswith("It could not be recorded: ")
+    clock.advance(5)
+    assert await inbound.poll_once() == 0  # not tried at every poll
+    assert (await waiting_rows(any_sessions))[0].tries == 1
+
+    monkeypatch.setattr(opinions_module, "stage", stage)
+    monkeypatch.setattr(opinions_module, "plain_text", plain_text)
+    clock.advance(6)
+    assert await inbound.poll_once() == 1
+    assert platform.acknowledged == ["AV-1", "AV-0"]
+    assert await waiting_rows(any_sessions) == []  # recorded: no longer waiting
+
+
+async def test_an_answer_waits_in_its_own_account_though_another_has_its_id(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stage = opinions_module.stage
+
+    def failing_for_sambreville(session: AsyncSession, event: CloudEvent) -> None:
+        if event.tenant == "92137":
+            raise RuntimeError("a bug nobody foresaw")
+        stage(session, event)
+
+    monkeypatch.setattr(opinions_module, "stage", failing_for_sambreville)
+    liege, sambreville = FakePlatform("62063"), FakePlatform("92137", [OTHER_ANSWER])
+    inbound = OpinionInbound(sessions=sessions, accounts=[liege, sambreville])
+
+    assert await inbound.poll_once() == 1
+
+    # Liège's "AV-1", recorded, hid Sambreville's from the operators.
+    [waiting] = await waiting_rows(sessions)
+    assert (waiting.source, waiting.source_message_id, waiting.tenant) == ("92137", "AV-1", "92137")
+
+
+async def test_an_answer_id_is_one_segment_of_the_acknowledgements_path() -> None:
+    seen: list[httpx.Request] = []
+
+    def platform(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"answerId": "AV/1?x", "status": "acknowledged"})
+
+    settings = OpinionRestSettings.model_validate(
+        {"type": "opinion_rest", "base_url": "http://op/api/v1", "api_key": SecretStr("k")}
+    )
+    async with httpx.AsyncClient(transport=httpx.MockTransport(platform)) as http:
+        await HttpOpinionAnswers("62063", settings, http).acknowledge("AV/1?x")
+
+    assert seen[0].url.raw_path == b"/api/v1/answers/AV%2F1%3Fx/acknowledge"
+
+
+async def test_an_account_that_cannot_be_listed_is_counted_at_each_poll(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    class Away(FakePlatform):
+        async def list_new(self) -> list[dict[str, Any]]:
+            raise httpx.ConnectError("refused")
+
+    inbound = OpinionInbound(sessions=sessions, accounts=[Away("92137")])
+    failures = {"channel": "opinion", "source": "92137"}
+    before = REGISTRY.get_sample_value("hub_inbound_poll_failures_total", failures) or 0.0
+
+    await inbound.poll_once()
+
+    assert REGISTRY.get_sample_value("hub_inbound_poll_failures_total", failures) == before + 1

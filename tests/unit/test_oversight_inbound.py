@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -16,6 +19,7 @@ from contracts.envelope import CloudEvent, from_record
 from contracts.events.oversight import OversightOutcomeReceived
 from gateway.connectors.oversight_soap import Outcome
 from gateway.deliveries import MIGRATIONS
+from gateway.inbound import oversight as oversight_module
 from gateway.inbound.oversight import OversightInbound
 from gateway.inbound.records import InboundDocument
 from kernel.outbox import OutboxMessage
@@ -141,9 +145,12 @@ async def test_an_unreachable_service_records_nothing_and_is_asked_again(
     oversight.decide("item-1")
     oversight.failing = True
     inbound = OversightInbound(sessions=sessions, sources=[oversight])
+    failures = {"channel": "oversight", "source": TENANT}
+    before = REGISTRY.get_sample_value("hub_inbound_poll_failures_total", failures) or 0.0
 
     assert await inbound.poll_once() == 0
     assert await published(sessions) == []
+    assert REGISTRY.get_sample_value("hub_inbound_poll_failures_total", failures) == before + 1
 
     oversight.failing = False
     assert await inbound.poll_once() == 1
@@ -176,3 +183,51 @@ async def test_an_outcome_the_event_cannot_carry_is_kept_refused_and_the_rest_go
     oversight.calls.clear()
     assert await OversightInbound(sessions=sessions, sources=[oversight]).poll_once() == 0
     assert oversight.calls[0] == 3
+
+
+async def test_an_outcome_without_a_date_is_kept_refused_and_the_rest_go_on(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    oversight = FakeOversight(TENANT, page=10)
+    oversight.decide("item-1")
+    oversight.decide("item-2")
+    oversight.decide("item-3", "annulled", "Excès de pouvoir")
+    # zeep reads an absent or impossible DecidedOn ("2026-13-45") as None.
+    oversight.outcomes[1] = replace(oversight.outcomes[1], decided_on=None)
+    inbound = OversightInbound(sessions=sessions, sources=[oversight])
+
+    # Its stored copy raised (None.isoformat()) before it could be refused: the cursor
+    # stayed before it, and the tenant's later outcomes (this annulment) waited for ever.
+    assert await inbound.poll_once() == 2
+    assert await inbound.poll_once() == 0
+
+    assert [e.subject for e in await published(sessions)] == ["item-1", "item-3"]
+    refused = (await records(sessions))[1]
+    assert (refused.status, refused.event_id) == ("refused", None)
+    assert refused.reason == "As listed, the service gave it no readable DecidedOn (a date)."
+    assert json.loads(refused.document)["decided_on"] is None
+    assert oversight.calls == [0, 3, 3]
+
+
+async def test_an_outcome_whose_event_cannot_be_made_is_kept_refused_and_the_rest_go_on(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    oversight = FakeOversight(TENANT, page=10)
+    for item_id in ("item-1", "item-2", "item-3"):
+        oversight.decide(item_id)
+    new_event = oversight_module.new_event
+
+    def failing_for_item_2(data: Any, **kwargs: Any) -> Any:
+        if kwargs["subject"] == "item-2":  # whatever else the service gave that zeep passed
+            raise TypeError("an answer nobody foresaw")
+        return new_event(data, **kwargs)
+
+    monkeypatch.setattr(oversight_module, "new_event", failing_for_item_2)
+    inbound = OversightInbound(sessions=sessions, sources=[oversight])
+
+    assert await inbound.poll_once() == 2
+
+    assert [e.subject for e in await published(sessions)] == ["item-1", "item-3"]
+    refused = (await records(sessions))[1]
+    assert refused.status == "refused"
+    assert "(TypeError: an answer nobody foresaw)" in (refused.reason or "")

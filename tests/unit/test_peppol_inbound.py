@@ -8,14 +8,18 @@ import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -41,7 +45,7 @@ from gateway.inbound.peppol import (
     PeppolInbound,
     inboxes_from,
 )
-from gateway.inbound.records import InboundDocument, WaitingItem
+from gateway.inbound.records import InboundDocument, WaitingItem, path_segment
 from gateway.main import register_built_in_connectors
 from gateway.routing import load_routing
 from kernel.database import utcnow
@@ -49,7 +53,7 @@ from kernel.outbox import OutboxMessage
 from kernel.settings import REPOSITORY_ROOT, HubSettings
 from kernel.tenants import load_tenants
 from tests.support.clock import Clock
-from tests.support.databases import sqlite_sessions
+from tests.support.databases import migrated_sessions, sqlite_sessions
 from tests.support.invoices import (
     application_response,
     approved_invoice,
@@ -111,6 +115,15 @@ class FakeInbox:
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     async with sqlite_sessions(tmp_path / "gateway.db", "gateway", MIGRATIONS) as sessions:
+        yield sessions
+
+
+@pytest.fixture
+async def any_sessions(
+    database: tuple[str, str | None],
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """The gateway's database on SQLite, then on PostgreSQL (which refuses what SQLite keeps)."""
+    async with migrated_sessions(database, "gateway", MIGRATIONS) as sessions:
         yield sessions
 
 
@@ -505,13 +518,21 @@ async def test_an_access_point_that_cannot_list_is_tried_at_the_next_poll(
     sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox
 ) -> None:
     class Away(FakeInbox):
+        name = "away-ap"
+
         async def list_new(self) -> list[InboxItem]:
             raise httpx.ConnectError("refused")
 
     inbox.drop("m1", LIEGE)
     inbound = PeppolInbound(sessions=sessions, inboxes=[Away(), inbox], participants=PARTICIPANTS)
+    failures = {"channel": "peppol", "source": "away-ap"}
+    before = REGISTRY.get_sample_value("hub_inbound_poll_failures_total", failures) or 0.0
 
     assert await inbound.poll_once() == 1  # the other account is polled all the same
+    await inbound.poll_once()
+
+    # Counted at each poll: a stuck source shows, where /healthz stays green.
+    assert REGISTRY.get_sample_value("hub_inbound_poll_failures_total", failures) == before + 2
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -993,3 +1014,237 @@ async def test_a_listing_is_taken_a_batch_at_a_time_so_its_documents_are_not_all
     # The first batch was recorded and told before the next was fetched.
     first, rest = ["fetch"] * RECORD_BATCH + ["ack"] * RECORD_BATCH, ["fetch"] * 4 + ["ack"] * 4
     assert calls == first + rest
+
+
+async def test_entries_with_control_characters_or_without_an_offset_are_refused_not_blocking(
+    any_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    good = base64.b64encode(INVOICE).decode()
+    entries: list[Any] = [
+        entry("naive", receivedAt="2026-03-02T10:00:00"),
+        entry("nul-sender", sender=SUPPLIER + "\u0000"),
+        entry("escape-receiver", receiver=LIEGE + "\u001b"),
+        entry("nul-type", documentTypeId=INVOICE_TYPE + "\u0000"),
+        entry("nul-id\u0000"),
+        entry("good"),
+    ]
+    documents: dict[str, str | int] = {_listed_id(e) or "": good for e in entries}
+    access_point = InboxOverHttp(entries, documents)
+
+    await take_all(any_sessions, access_point, polls=2)
+
+    # A naive receivedAt failed the batch at its commit (the UTC column), and a NUL on
+    # PostgreSQL: the listing, given first again at every poll, blocked the inbox for good.
+    assert [e.subject for e in await published(any_sessions)] == ["good"]
+    assert access_point.acknowledged == ["good"]
+    assert set(access_point.rejected) == {"naive", "nul-sender", "escape-receiver", "nul-type"}
+    assert "has no offset from UTC" in access_point.rejected["naive"]
+    assert "control characters" in access_point.rejected["nul-type"]
+    assert "documentTypeId" in access_point.rejected["nul-type"]
+    kept = {r.source_message_id: (r.status, r.source_status) for r in await records(any_sessions)}
+    # An id the inbound log cannot keep is left alone (logged), as a too long one is.
+    assert kept == {
+        "good": ("published", "acknowledged"),
+        **{m: ("refused", "rejected") for m in access_point.rejected},
+    }
+
+
+# The second only where a database refuses it: SQLite keeps a NUL in a VARCHAR.
+@pytest.mark.parametrize(
+    ("refused_by", "database"),
+    [
+        ("naive received_at", "sqlite"),
+        pytest.param("naive received_at", "postgresql", marks=pytest.mark.postgres),
+        pytest.param("NUL in document_type", "postgresql", marks=pytest.mark.postgres),
+    ],
+    indirect=["database"],
+)
+async def test_a_message_whose_row_the_database_refuses_waits_and_the_others_are_taken(
+    any_sessions: async_sessionmaker[AsyncSession],
+    database: tuple[str, str | None],
+    inbox: FakeInbox,
+    clock: Clock,
+    refused_by: str,
+) -> None:
+    # What the listing's checks missed (an access point client that does not check, a
+    # column nobody thought of): the batch failed, not only its row, at every poll.
+    for message_id in ("m1", "m2", "m3"):
+        inbox.drop(message_id, LIEGE)
+    item = inbox.documents["m2"].item
+    broken = (
+        replace(item, received_at=datetime(2026, 3, 2, 10))
+        if refused_by.startswith("naive")
+        else replace(item, document_type=INVOICE_TYPE + "\x00")
+    )
+    inbox.documents["m2"] = FetchedDocument(broken, INVOICE)
+    inbound = PeppolInbound(
+        sessions=any_sessions, inboxes=[inbox], participants=PARTICIPANTS, clock=clock
+    )
+
+    assert await inbound.poll_once() == 2
+
+    assert [e.subject for e in await published(any_sessions)] == ["m1", "m3"]
+    assert inbox.acknowledged == ["m1", "m3"]
+    assert inbox.rejected == []  # the hub's fault, not the sender's: it stays listed
+    assert [r.source_message_id for r in await records(any_sessions)] == ["m1", "m3"]
+    async with any_sessions() as session:
+        [waiting] = (await session.scalars(select(WaitingItem))).all()
+    assert (waiting.source_message_id, waiting.tenant, waiting.tries) == ("m2", "62063", 1)
+    assert waiting.reason.startswith("It could not be recorded: ")
+
+    clock.advance(11)
+    assert await inbound.poll_once() == 0  # tried again when due, and waits longer
+    async with any_sessions() as session:
+        [waiting] = (await session.scalars(select(WaitingItem))).all()
+    assert waiting.tries == 2
+    assert inbox.fetches == ["m1", "m2", "m3", "m2"]
+
+
+class LaggingInbox(FakeInbox):
+    """Acknowledges, but its listing lags behind: told messages are still listed."""
+
+    async def list_new(self) -> list[InboxItem]:
+        self.listings += 1
+        return [d.item for d in self.documents.values()][:LISTING_LIMIT]
+
+
+async def test_a_listing_that_still_names_told_messages_ends_the_poll(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    inbox = LaggingInbox()
+    for number in range(LISTING_LIMIT):
+        inbox.drop(f"m{number}", LIEGE)
+    inbound = PeppolInbound(sessions=sessions, inboxes=[inbox], participants=PARTICIPANTS)
+
+    # Telling them again counted as taking them: the poll listed and acknowledged the same
+    # hundred messages, without a pause, for ever, and the other inboxes waited.
+    assert await asyncio.wait_for(inbound.poll_once(), 5) == LISTING_LIMIT
+
+    assert inbox.listings == 2
+    assert len(inbox.acknowledged) == len(inbox.fetches) == LISTING_LIMIT
+
+    assert await asyncio.wait_for(inbound.poll_once(), 5) == 0  # told again, taken before
+    assert inbox.listings == 3
+    assert len(inbox.fetches) == LISTING_LIMIT
+
+
+async def test_an_inbox_that_always_lists_new_messages_ends_the_poll_after_so_many_listings(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Endless(FakeInbox):
+        async def list_new(self) -> list[InboxItem]:
+            for number in range(LISTING_LIMIT):
+                self.drop(f"m{self.listings}-{number}", LIEGE)
+            return await super().list_new()
+
+    monkeypatch.setattr(peppol_module, "MAX_LISTINGS", 3)
+    inbox = Endless()
+    inbound = PeppolInbound(sessions=sessions, inboxes=[inbox], participants=PARTICIPANTS)
+
+    assert await asyncio.wait_for(inbound.poll_once(), 5) == 3 * LISTING_LIMIT
+
+    assert inbox.listings == 3
+
+
+def test_a_source_id_is_one_segment_of_a_path_whatever_it_holds() -> None:
+    ids = ["INV/2026/1", "a?b", "a#b", "..", ".", "a.b", "é x"]
+    assert [path_segment(i) for i in ids] == [
+        "INV%2F2026%2F1",
+        "a%3Fb",
+        "a%23b",
+        "%2E%2E",
+        "%2E",
+        "a.b",
+        "%C3%A9%20x",
+    ]
+
+
+async def test_message_ids_are_one_segment_of_the_access_points_paths_whatever_they_hold(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    ids = ["INV/2026/1", "a?b", "a#b", "..", "."]
+    entries = [entry(i) for i in ids] + [entry("to/nobody", receiver="0208:0999999962")]
+    good = base64.b64encode(INVOICE).decode()
+    fetched: list[str] = []
+    told: dict[str, list[str]] = {"acknowledge": [], "reject": []}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        # An access point that routes on the path as sent, each id one segment.
+        segments = request.url.raw_path.decode().split("?")[0].split("/")[3:]  # after /v1/inbox
+        if not segments:
+            done = told["acknowledge"] + told["reject"]
+            listed = [e for e in entries if e["messageId"] not in done]
+            return httpx.Response(200, json={"items": listed})
+        message_id = unquote(segments[0])
+        [listed] = [e for e in entries if e["messageId"] == message_id] or [None]
+        if listed is None:
+            return httpx.Response(404, json={"title": "no such message"})
+        if len(segments) == 2 and segments[1] in told:
+            told[segments[1]].append(message_id)
+            return httpx.Response(200, json={"messageId": message_id, "status": "told"})
+        if segments[1:]:
+            return httpx.Response(404, json={"title": "no such route"})
+        fetched.append(message_id)
+        return httpx.Response(200, json={**listed, "document": good})
+
+    settings = PeppolApSettings(
+        type="peppol_ap", base_url="https://ap.test/v1", api_key=SecretStr("k3y")
+    )
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        inbound = PeppolInbound(
+            sessions=sessions,
+            inboxes=[HttpAccessPointInbox(settings, http)],
+            participants=PARTICIPANTS,
+        )
+        assert await inbound.poll_once() == len(ids) + 1
+
+    # "INV/2026/1" was fetched at /inbox/INV/2026/1 (404: refused for good), "a#b" at
+    # /inbox/a, and ".." acknowledged /v1/acknowledge.
+    assert fetched == [*ids, "to/nobody"]
+    assert told == {"acknowledge": ids, "reject": ["to/nobody"]}
+    assert [e.subject for e in await published(sessions)] == ids
+
+
+async def test_a_long_broken_entry_is_rejected_with_a_reason_the_contract_takes(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    class StrictInbox(InboxOverHttp):
+        async def handle(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/reject"):
+                reason = json.loads(request.content)["reason"]
+                if not 0 < len(reason) <= 1000:  # the contract's Rejection.reason
+                    return httpx.Response(400, json={"title": "invalid rejection"})
+            return await super().handle(request)
+
+    good = base64.b64encode(INVOICE).decode()
+    # fromisoformat's ValueError repeats the text it could not read.
+    access_point = StrictInbox([entry("bad", receivedAt="x" * 1200), entry("good")], {})
+    access_point.documents = {"good": good}
+
+    await take_all(sessions, access_point, polls=2)
+
+    # Answered 400, it was never told, and was rejected again at every poll.
+    assert list(access_point.rejected) == ["bad"]
+    kept = {r.source_message_id: r for r in await records(sessions)}
+    assert (kept["bad"].status, kept["bad"].source_status) == ("refused", "rejected")
+    assert (kept["good"].status, kept["good"].source_status) == ("published", "acknowledged")
+    # The entry's text clipped where the reason is made: the sender reads all of it.
+    assert access_point.rejected["bad"] == kept["bad"].reason
+    assert "an inbox entry breaks the contract: ValueError(" in access_point.rejected["bad"]
+
+
+async def test_a_reject_reason_is_clipped_to_what_the_access_points_contract_takes() -> None:
+    sent: list[Any] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json={"messageId": "m1", "status": "rejected"})
+
+    settings = PeppolApSettings(
+        type="peppol_ap", base_url="https://ap.test/v1", api_key=SecretStr("k3y")
+    )
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        await HttpAccessPointInbox(settings, http).reject("m1", "FD", "r" * 1500)
+
+    [body] = sent
+    assert len(body["reason"]) == 1000 and body["reason"].endswith("r…")
