@@ -33,7 +33,7 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 #: and the few that asyncpg (or SQLAlchemy) takes as text. SQLAlchemy hands asyncpg any
 #: other as it is, and an unknown one stopped the start with a TypeError.
 POSTGRES_URL_PARAMETERS = (
-    "host",  # a Unix socket's directory, or one of several hosts to fail over to
+    "host",  # a Unix socket's directory, or one of the hosts to fail over to (host:port)
     "port",
     "ssl",
     "sslrootcert",

@@ -337,7 +337,7 @@ def router(recorder: Recorder, notice: Notice | None = None) -> APIRouter:
     # ":path": the server has the path decoded before routing, so an id holding "/" (the
     # contract allows any text; quoted by the client) spans segments. Declared before the
     # notification's own route, which would take ".../documents/D1" for an id.
-    @api.get("/notifications/{notification_id:path}/documents/{document_id}")
+    @api.get("/notifications/{notification_id:path}/documents/{document_id:path}")
     async def get_document(request: Request, notification_id: str, document_id: str) -> Response:
         account = await guard(request)
         if isinstance(account, JSONResponse):

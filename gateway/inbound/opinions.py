@@ -179,7 +179,13 @@ class OpinionInbound:
                 continue
             listed = {answer_id: a for a in answers if (answer_id := _usable_answer_id(a))}
             source = source_of(account.tenant)
-            later = await self._waiting.not_due(source, list(listed))
+            try:
+                later = await self._waiting.not_due(source, list(listed))
+            except Exception as exc:  # the database is away: this account at the next poll
+                # Raised, it skipped the other tenants' accounts and restarted the job.
+                log.warning("opinions of tenant %s not taken yet: %r", account.tenant, exc)
+                INBOUND_POLL_FAILURES.labels(CHANNEL, account.tenant).inc()
+                continue
             failures: list[NotTaken] = []
             for answer_id, answer in listed.items():
                 if answer_id in later:  # failed lately: not at every poll

@@ -632,6 +632,10 @@ async def test_a_notification_id_holding_a_slash_or_a_question_mark_goes_through
             | {"documents": [seed], "received_on": "2026-03-02"}
         )
     )
+    # A document id holding "/" too (the sandbox names its own "D1"): routed to the document.
+    documents = sandbox.notifications[notification_id].documents
+    documents["plans/1"] = documents.pop("D1")
+    documents["plans/1"].id = "plans/1"
     app = FastAPI()
     app.include_router(notice_sandbox.router(Recorder(), sandbox))
     base_url = "http://sandbox/notice/api/v1"

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import CloudEvent, from_record, new_event
@@ -28,7 +29,7 @@ from gateway.deliveries import MIGRATIONS
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.inbound import opinions as opinions_module
 from gateway.inbound.opinions import HttpOpinionAnswers, OpinionInbound
-from gateway.inbound.records import InboundDocument, WaitingItem
+from gateway.inbound.records import InboundDocument, WaitingItem, WaitingItems
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
 from tests.support.clock import Clock
@@ -160,6 +161,28 @@ async def test_two_tenants_answers_of_one_id_are_each_published_and_acknowledged
         ("92137", "92137", "AV-1", "published", "acknowledged"),
     ]
     assert (liege.acknowledged, sambreville.acknowledged) == (["AV-1"], ["AV-1"])
+
+
+async def test_a_database_blip_on_one_account_leaves_the_others_taken(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Raised out of the poll, it skipped the other tenants' accounts and restarted the job.
+    liege, sambreville = FakePlatform("62063"), FakePlatform("92137", [OTHER_ANSWER])
+    not_due = WaitingItems.not_due
+    blips = ["database is locked"]
+
+    async def once_away(self: WaitingItems, source: str, ids: list[str]) -> set[str]:
+        if blips:
+            raise OperationalError("SELECT", {}, Exception(blips.pop()))
+        return await not_due(self, source, ids)
+
+    monkeypatch.setattr(WaitingItems, "not_due", once_away)
+    inbound = OpinionInbound(sessions=sessions, accounts=[liege, sambreville])
+
+    assert await inbound.poll_once() == 1
+    assert (liege.acknowledged, sambreville.acknowledged) == ([], ["AV-1"])
+    assert await inbound.poll_once() == 1
+    assert liege.acknowledged == ["AV-1"]
 
 
 async def test_a_tenants_answer_waiting_for_its_acknowledgement_is_left_to_its_own_account(
