@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -216,9 +216,15 @@ class IdempotencyMiddleware:
             return
         claim = _Claim(caller.tenant, key, fingerprint)
         answer = _Answer()
+
+        async def keep_answer() -> None:
+            if claim.claimed_at is not None and answer.keepable and not answer.kept:
+                answer.kept = True
+                await self._keep(state.sessions, claim, answer)
+
         token = _CURRENT.set(claim)
         try:
-            await self.app(scope, _replaying(bytes(body)), answer.recording(send))
+            await self.app(scope, _replaying(bytes(body)), answer.recording(send, keep_answer))
         except Exception:
             # The error handler, outside this middleware, answers 500; if the request's
             # transaction committed before it failed, that answer is the one to keep.
@@ -227,8 +233,7 @@ class IdempotencyMiddleware:
             raise
         finally:
             _CURRENT.reset(token)
-        if claim.claimed_at is not None and answer.keepable:
-            await self._keep(state.sessions, claim, answer)
+        await keep_answer()  # an answer whose last part never came
 
     async def _answer_again(
         self, kept: IdempotentRequest, fingerprint: str, scope: Scope, receive: Receive, send: Send
@@ -315,12 +320,17 @@ class _Answer:
         self.location: str | None = None
         self.body = bytearray()
         self.too_large = False
+        self.kept = False
 
     @property
     def keepable(self) -> bool:
         return self.status != 0 and not self.too_large
 
-    def recording(self, send: Send) -> Send:
+    def recording(self, send: Send, keep: Callable[[], Awaitable[None]] | None = None) -> Send:
+        """``send``, recording what passes; ``keep`` runs before the answer's last part
+        goes: kept after it, a client that sent the request again at once, its answer in
+        hand, found the key still running and was told 409."""
+
         async def record_and_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self.status = message["status"]
@@ -329,9 +339,12 @@ class _Answer:
                         self.media_type = value.decode("latin-1")[:200]
                     elif name.lower() == b"location":
                         self.location = value.decode("latin-1")[:1000]
-            elif message["type"] == "http.response.body" and not self.too_large:
-                self.body += message.get("body", b"")
-                self.too_large = len(self.body) > MAX_KEPT_ANSWER_BYTES
+            elif message["type"] == "http.response.body":
+                if not self.too_large:
+                    self.body += message.get("body", b"")
+                    self.too_large = len(self.body) > MAX_KEPT_ANSWER_BYTES
+                if keep is not None and not message.get("more_body", False):
+                    await keep()
             await send(message)
 
         return record_and_send

@@ -26,6 +26,7 @@ from contracts.envelope import from_record
 from contracts.events.courrier import IncomingMailRegistered, OutgoingMailSendRequested
 from kernel.auth import issue_token
 from kernel.database import utcnow
+from kernel.idempotency import IdempotencyMiddleware
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
 from services.courrier import api as courrier_api
@@ -568,8 +569,17 @@ async def test_the_openapi_document_describes_every_route(courrier: Courrier) ->
 
 
 async def test_a_send_sent_again_with_its_idempotency_key_is_answered_and_sent_once(
-    courrier: Courrier,
+    courrier: Courrier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The answer kept slowly (a busy database): kept after the client had it, a request
+    # sent again at once found the key still running and was told 409.
+    keep = IdempotencyMiddleware._keep
+
+    async def slowly(self: IdempotencyMiddleware, *arguments: Any) -> None:
+        await asyncio.sleep(0.3)
+        await keep(self, *arguments)
+
+    monkeypatch.setattr(IdempotencyMiddleware, "_keep", slowly)
     keyed = {**courrier.auth(), "Idempotency-Key": "send-2026-0042"}
     first = await courrier.http.post("/v1/outgoing-mails:send", json=outgoing_body(), headers=keyed)
     again = await courrier.http.post("/v1/outgoing-mails:send", json=outgoing_body(), headers=keyed)
