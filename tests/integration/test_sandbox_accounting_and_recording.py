@@ -31,13 +31,14 @@ from kernel.settings import HubSettings
 from sandbox.app import build_app
 from sandbox.recorder import Recorder
 from sandbox.stesud import FALLBACK_REASON, SCHEMA_PATH, StesudSandbox
+from tests.integration.test_accounting_sandbox import KEY, delivery, received
+from tests.integration.test_sandbox_review_fixes import token as ebox_token
 from tests.support.gateway_hub import eventually
 from tests.support.invoices import approved_invoice, invoice_response_requested
 from tests.support.servers import serving
 
 pytestmark = pytest.mark.integration
 
-KEY = "e1:approved-invoice-accounting"
 ACKNOWLEDGEMENT_SCHEMA = etree.XMLSchema(etree.parse(str(SCHEMA_PATH)))
 
 
@@ -45,16 +46,6 @@ ACKNOWLEDGEMENT_SCHEMA = etree.XMLSchema(etree.parse(str(SCHEMA_PATH)))
 async def sandbox(corpus: Path, hub_settings: HubSettings) -> AsyncIterator[str]:
     async with serving(build_app(hub_settings, Recorder())) as url:
         yield url
-
-
-async def received(http: httpx.AsyncClient, sandbox: str, service: str) -> list[dict[str, Any]]:
-    answer = await http.get(f"{sandbox}/_sandbox/received", params={"service": service})
-    items: list[dict[str, Any]] = answer.json()["items"]
-    return items
-
-
-def delivery(event: CloudEvent, key: str = KEY) -> Delivery:
-    return Delivery(key, event.tenant, "approved-invoice-accounting", event, 1)
 
 
 # -- Inforius ---------------------------------------------------------------------------------
@@ -292,19 +283,6 @@ async def test_stesud_goes_on_past_an_entry_it_cannot_read(tmp_path: Path) -> No
 # -- JSON nested too deep ---------------------------------------------------------------------
 
 NESTED = "[" * 100_000 + "]" * 100_000
-
-
-async def ebox_token(http: httpx.AsyncClient, sandbox: str) -> str:
-    answer = await http.post(
-        f"{sandbox}/ebox/oauth2/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": "hub-62063",
-            "client_secret": "sandbox-secret-62063",
-        },
-    )
-    token: str = answer.json()["access_token"]
-    return token
 
 
 async def seed_notification(http: httpx.AsyncClient, sandbox: str, notification_id: str) -> None:
