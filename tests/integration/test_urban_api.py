@@ -82,6 +82,11 @@ services:
 """
 
 
+def commune_today() -> date:
+    """The service counts days in Brussels: from 23:00 UTC its today is UTC's tomorrow."""
+    return permits.brussels_day(utcnow())
+
+
 def settings_for(hub_settings: HubSettings, tmp_path: Path) -> HubSettings:
     directory = tmp_path / "tenants"
     directory.mkdir(parents=True, exist_ok=True)
@@ -158,7 +163,7 @@ def file_body(**changes: Any) -> dict[str, Any]:
     return {
         "file_type": "permis_urbanisme",
         "subject": "Construction d'une maison unifamiliale",
-        "received_on": date.today().isoformat(),
+        "received_on": commune_today().isoformat(),
         "applicants": [
             {"kind": "person", "identifier": "85.07.30-033.28", "name": "Lefèvre, Hélène"},
             {"kind": "enterprise", "identifier": f"BE {ENTERPRISE}", "name": "SA Construct"},
@@ -188,7 +193,7 @@ def notification(
             "notification_id": notification_id,
             "instance_code": INSTANCE[tenant],
             "file_type": "permis_urbanisme",
-            "received_on": date.today().isoformat(),
+            "received_on": commune_today().isoformat(),
             "subject": "Transformation d'une grange en habitation",
             "applicants": [
                 {"kind": "person", "identifier": NISS, "name": "Lefèvre, Hélène"},
@@ -339,7 +344,7 @@ async def test_the_procedure_runs_from_completeness_through_opinions_to_the_deci
     assert complete.status_code == 200, complete.text
     assert complete.json()["state"] == "complete"
     decision_due = {d["name"]: d["due_on"] for d in complete.json()["deadlines"]}["decision"]
-    due_on = (date.today() + timedelta(days=30)).isoformat()
+    due_on = (commune_today() + timedelta(days=30)).isoformat()
     requested = []
     for body in ("SRI", "FD"):
         response = await service.post(
@@ -362,7 +367,7 @@ async def test_the_procedure_runs_from_completeness_through_opinions_to_the_deci
             body=body,
             verdict="favourable",
             text="Avis favorable.",
-            given_on=date.today(),
+            given_on=commune_today(),
         )
         assert await service.deliver(inbound(data, SAMBREVILLE, opened["id"])) == "handled"
     ready = (await service.get(path)).json()
@@ -408,7 +413,7 @@ async def test_an_opinion_for_an_unknown_request_is_kept(service: UrbanService) 
         body="SRI",
         verdict="unfavourable",
         text="Non.",
-        given_on=date.today(),
+        given_on=commune_today(),
     )
     event = inbound(data, SAMBREVILLE, "nofile")
     assert await service.deliver(event) == "handled"
@@ -639,7 +644,7 @@ async def test_only_the_decision_the_file_asked_for_is_applied(service: UrbanSer
     # Complete, with the fire service's opinion pending: not ready for a decision.
     file = await completed(service)
     path = f"/v1/files/{file['id']}"
-    due_on = (date.today() + timedelta(days=30)).isoformat()
+    due_on = (commune_today() + timedelta(days=30)).isoformat()
     opinion = {"body": "SRI", "subject": "Avis", "due_on": due_on}
     assert (await service.post(f"{path}/opinions", opinion)).status_code == 201
     early = inbound(decided(file["reference"]), SAMBREVILLE, "item")
@@ -770,7 +775,7 @@ async def test_a_notification_and_its_news_in_one_fetch_make_one_file(
 async def test_the_watcher_warns_approaching_then_exceeded_once_each(
     service: UrbanService,
 ) -> None:
-    received = date.today()
+    received = commune_today()
     due = last_day(received, 20)
     opened = await service.open_file(received_on=received.isoformat())
     untouched = await completed(service)  # its next deadline, the decision's, is months away
@@ -808,7 +813,7 @@ async def test_the_watcher_warns_approaching_then_exceeded_once_each(
 async def test_a_body_asked_twice_is_warned_for_each_opinion_and_holds_no_file_back(
     service: UrbanService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    due_on = date.today() + timedelta(days=10)
+    due_on = commune_today() + timedelta(days=10)
     twice = await completed(service)
     for _ in range(2):  # the fire service asked twice: the plans changed meanwhile
         response = await service.post(
@@ -1072,7 +1077,7 @@ async def opinion_asked(
     service: UrbanService, body: str = "SRI", due_on: date | None = None
 ) -> tuple[dict[str, Any], str]:
     file = await completed(service)
-    due = due_on or date.today() + timedelta(days=30)
+    due = due_on or commune_today() + timedelta(days=30)
     response = await service.post(
         f"/v1/files/{file['id']}/opinions",
         {"body": body, "subject": "Avis sur les plans", "due_on": due.isoformat()},
@@ -1089,7 +1094,7 @@ def answer(file: dict[str, Any], opinion_id: str, body: str, verdict: str, text:
             "body": body,
             "verdict": verdict,
             "text": text,
-            "given_on": date.today().isoformat(),
+            "given_on": commune_today().isoformat(),
         }
     )
     return inbound(data, SAMBREVILLE, file["id"])
@@ -1132,16 +1137,16 @@ async def test_an_opinion_past_its_due_day_is_deemed_favourable_when_the_decisio
 ) -> None:
     # Days went by: the due day whose last day, moved to a working day, was the last before
     # today (a Monday's is the Friday: due on the Sunday, the body had all of Monday).
-    past_due = date.today() - timedelta(days=1)
-    while opinion_last_day(past_due) >= date.today():
+    past_due = commune_today() - timedelta(days=1)
+    while opinion_last_day(past_due) >= commune_today():
         past_due -= timedelta(days=1)
-    file, late_id = await opinion_asked(service, due_on=date.today())
+    file, late_id = await opinion_asked(service, due_on=commune_today())
     async with service.app.state.sessions() as session, session.begin():
         (await session.get_one(Opinion, late_id)).due_on = past_due
     path = f"/v1/files/{file['id']}"
     on_time = await service.post(
         f"{path}/opinions",
-        {"body": "DNF", "subject": "Avis", "due_on": (date.today() + timedelta(1)).isoformat()},
+        {"body": "DNF", "subject": "Avis", "due_on": (commune_today() + timedelta(1)).isoformat()},
     )
     # One not due yet still holds the decision back; the one past its day no longer does.
     body = problem(await service.post(f"{path}/request-decision"), 409, "opinions-pending")
@@ -1155,7 +1160,7 @@ async def test_an_opinion_past_its_due_day_is_deemed_favourable_when_the_decisio
     deemed = {o["body"]: o for o in asked.json()["opinions"]}["SRI"]
     assert (deemed["verdict"], deemed["received_on"]) == (
         "deemed_favourable",
-        date.today().isoformat(),
+        commune_today().isoformat(),
     )
     assert "réputé favorable" in deemed["text"]
     [needed] = await service.events(DecisionNeeded.TYPE)
@@ -1175,46 +1180,46 @@ async def test_body_codes_are_kept_in_capitals_and_capakeys_take_only_ascii_digi
     assert [o["body"] for o in opinions] == ["SRI"]
     spaced = await service.post(
         f"/v1/files/{file['id']}/opinions",
-        {"body": "F D", "subject": "Avis", "due_on": date.today().isoformat()},
+        {"body": "F D", "subject": "Avis", "due_on": commune_today().isoformat()},
     )
     problem(spaced, 422, "invalid-request")
     arabic = file_body(parcels=[{"capakey": "\u0669\u0662\u0661\u0663\u0667A0123/00B000"}])
     problem(await service.post("/v1/files", arabic), 422, "invalid-capakey")
-    future = file_body(received_on=(date.today() + timedelta(days=2)).isoformat())
+    future = file_body(received_on=(commune_today() + timedelta(days=2)).isoformat())
     problem(await service.post("/v1/files", future), 422, "received-in-the-future")
 
 
 async def test_complements_restart_the_completeness_check_from_their_day(
     service: UrbanService,
 ) -> None:
-    received = date.today() - timedelta(days=5)
+    received = commune_today() - timedelta(days=5)
     file = await service.open_file(received_on=received.isoformat())
     path = f"/v1/files/{file['id']}"
     problem(await service.post(f"{path}/complements", {}), 409, "file-state-forbids")
     incomplete = await service.post(f"{path}/incomplete", {"missing_documents": ["plan"]})
     assert incomplete.status_code == 200, incomplete.text
-    too_early = {"received_on": (date.today() - timedelta(days=1)).isoformat()}
+    too_early = {"received_on": (commune_today() - timedelta(days=1)).isoformat()}
     problem(
         await service.post(f"{path}/complements", too_early),
         422,
         "complements-before-their-request",
     )
-    tomorrow = {"received_on": (date.today() + timedelta(days=1)).isoformat()}
+    tomorrow = {"received_on": (commune_today() + timedelta(days=1)).isoformat()}
     problem(await service.post(f"{path}/complements", tomorrow), 422, "received-in-the-future")
 
     completed_file = await service.post(f"{path}/complements", {})
     assert completed_file.status_code == 200, completed_file.text
     view = completed_file.json()
     assert (view["state"], view["received_on"]) == ("received", received.isoformat())
-    assert view["complements_received_on"] == date.today().isoformat()
+    assert view["complements_received_on"] == commune_today().isoformat()
     due = {d["name"]: d["due_on"] for d in view["deadlines"]}
-    assert due["completeness"] == last_day(date.today(), 20).isoformat()
+    assert due["completeness"] == last_day(commune_today(), 20).isoformat()
 
 
 async def test_news_of_an_incomplete_notifications_file_brings_its_complements(
     service: UrbanService,
 ) -> None:
-    received = date.today() - timedelta(days=5)
+    received = commune_today() - timedelta(days=5)
     first = notification(received_on=received.isoformat())
     assert await service.deliver(first) == "handled"
     [file] = (await service.get("/v1/files")).json()["items"]
@@ -1228,9 +1233,9 @@ async def test_news_of_an_incomplete_notifications_file_brings_its_complements(
     assert await service.deliver(news) == "handled"
     view = (await service.get(path)).json()
     assert (view["state"], view["received_on"]) == ("received", received.isoformat())
-    assert view["complements_received_on"] == date.today().isoformat()
+    assert view["complements_received_on"] == commune_today().isoformat()
     due = {d["name"]: d["due_on"] for d in view["deadlines"]}
-    assert due["completeness"] == last_day(date.today(), 20).isoformat()
+    assert due["completeness"] == last_day(commune_today(), 20).isoformat()
 
 
 async def test_news_a_file_cannot_take_as_complements_leave_its_documents_as_they_were(
@@ -1239,14 +1244,14 @@ async def test_news_a_file_cannot_take_as_complements_leave_its_documents_as_the
     # An incomplete file its complements cannot restart (here its list of missing documents
     # dated tomorrow, as a clerk's typo kept from before that rule): the news is kept for the
     # clerk, and none of its documents is taken meanwhile.
-    received = date.today() - timedelta(days=5)
+    received = commune_today() - timedelta(days=5)
     first = notification(received_on=received.isoformat())
     assert await service.deliver(first) == "handled"
     [file] = (await service.get("/v1/files")).json()["items"]
     async with service.app.state.sessions() as session, session.begin():
         legacy = await session.get_one(PermitFile, file["id"])
         legacy.state = FileState.INCOMPLETE
-        legacy.missing_asked_on = date.today() + timedelta(days=1)
+        legacy.missing_asked_on = commune_today() + timedelta(days=1)
     news = notification(
         notification_id=first.subject,
         received_on=received.isoformat(),
@@ -1263,7 +1268,7 @@ async def test_a_file_deemed_complete_takes_no_list_of_missing_documents(
     service: UrbanService,
 ) -> None:
     # Its check's 20 days passed unanswered: complete since, its decision days running.
-    received = date.today() - timedelta(days=40)
+    received = commune_today() - timedelta(days=40)
     file = await service.open_file(received_on=received.isoformat())
     path = f"/v1/files/{file['id']}"
     late = await service.post(f"{path}/incomplete", {"missing_documents": ["plan"]})
@@ -1276,7 +1281,7 @@ async def test_a_file_deemed_complete_takes_no_list_of_missing_documents(
 async def test_days_out_of_the_procedures_order_are_refused(service: UrbanService) -> None:
     file = await completed(service)
     path = f"/v1/files/{file['id']}"
-    yesterday = (date.today() - timedelta(days=1)).isoformat()
+    yesterday = (commune_today() - timedelta(days=1)).isoformat()
     past = {"body": "SRI", "subject": "Avis", "due_on": yesterday}
     problem(await service.post(f"{path}/opinions", past), 422, "opinion-due-in-the-past")
     early = {"starts_on": yesterday}  # found complete today
@@ -1345,13 +1350,13 @@ async def test_the_decision_may_be_asked_again_until_it_comes(service: UrbanServ
 async def test_an_opinion_request_never_delivered_is_not_deemed_favourable(
     service: UrbanService, outcome: str
 ) -> None:
-    file, opinion_id = await opinion_asked(service, due_on=date.today())
+    file, opinion_id = await opinion_asked(service, due_on=commune_today())
     path = f"/v1/files/{file['id']}"
     [request] = await service.events(OpinionRequested.TYPE)
     refused = receipt(request, outcome, reason="no such body at the opinions platform")
     assert await service.deliver(refused) == "handled"
-    past_due = date.today() - timedelta(days=1)
-    while opinion_last_day(past_due) >= date.today():
+    past_due = commune_today() - timedelta(days=1)
+    while opinion_last_day(past_due) >= commune_today():
         past_due -= timedelta(days=1)
     async with service.app.state.sessions() as session, session.begin():
         (await session.get_one(Opinion, opinion_id)).due_on = past_due
@@ -1366,7 +1371,7 @@ async def test_an_opinion_request_never_delivered_is_not_deemed_favourable(
     assert (await service.get(path)).json()["opinions"][0]["verdict"] is None
 
     # The clerk asks the body again; its answer makes the file ready, the failed one aside.
-    due_on = (date.today() + timedelta(days=30)).isoformat()
+    due_on = (commune_today() + timedelta(days=30)).isoformat()
     again = await service.post(
         f"{path}/opinions", {"body": "SRI", "subject": "Avis", "due_on": due_on}
     )
@@ -1389,7 +1394,7 @@ async def test_an_opinion_request_never_delivered_is_not_deemed_favourable(
 async def test_an_opinion_due_on_a_closed_day_is_not_deemed_favourable_before_its_last_day(
     service: UrbanService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    due_on = date.today() + timedelta(days=1)
+    due_on = commune_today() + timedelta(days=1)
     while is_working_day(due_on):
         due_on += timedelta(days=1)
     last = opinion_last_day(due_on)
