@@ -62,10 +62,10 @@ from benchmarks.common import (
 from contracts.events.urban import TOPIC, FileOpened
 from hub.traffic import letter_pdf, random_niss
 from kernel.database import create_engine
+from kernel.days import commune_day
 from kernel.migrations import migrate
 from services.urban import deadlines
 from services.urban.domain import FileState, IdentityStatus, format_reference
-from services.urban.permits import brussels_day
 from services.urban.tables import MIGRATIONS, FileApplicant, FileParcel, PermitFile
 
 TENANT = "62063"
@@ -297,7 +297,7 @@ async def load_files(hub: BenchHub, count: int) -> tuple[float, int]:
     engine = create_engine(settings.database_url_for("urban"), schema=schema)
     await migrate(engine, "urban", MIGRATIONS, schema=schema)
     rng, now = random.Random(9), datetime.now(UTC)
-    today = brussels_day(now)
+    today = commune_day(now)
     started = time.perf_counter()
     chunk = 5_000
     for first in range(0, count, chunk):
@@ -354,7 +354,7 @@ async def urban_memory(hub: BenchHub, count: int) -> dict[str, Any]:
         )
         watcher_done, due_after = None, due_before
         begun = time.perf_counter()
-        today = brussels_day(datetime.now(UTC))
+        today = commune_day(datetime.now(UTC))
         while time.perf_counter() - begun < 180:
             due_after = await warnings_due(engine, today)
             if due_after == 0:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from datetime import date, datetime
+from datetime import UTC, datetime
 
 from hub.demos import DemoRun, ServiceResult
 from hub.traffic import outgoing_mail
+from kernel.days import commune_day
 
 FINAL_STATES = {"sent", "failed"}
 
@@ -38,7 +39,7 @@ async def courrier_demo(run: DemoRun) -> ServiceResult:
         async def register(number: int) -> None:
             # Incoming mail is part of a registry's day too; it has no external delivery.
             body = {
-                "received_on": date.today().isoformat(),
+                "received_on": commune_day(datetime.now(UTC)).isoformat(),
                 "sender": f"Citoyen {number}",
                 "subject": "Demande d'information",
                 "assigned_service": "Population",

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -33,6 +33,7 @@ import pybase64
 
 from hub.demos import DemoRun, ServiceResult, StepFailed, call, pages
 from hub.traffic import letter_pdf, random_enterprise_number
+from kernel.days import commune_day
 from kernel.tenants import load_tenants
 from sandbox.ksz_bcss import load_register
 from services.urban.configuration import DecisionTarget, load_urban_settings
@@ -173,7 +174,7 @@ class UrbanClerkAndCollege:
         body = {
             "body": "SRI",
             "subject": f"Avis sur la sécurité incendie, dossier {case.reference}",
-            "due_on": (date.today() + timedelta(days=30)).isoformat(),
+            "due_on": (commune_day(datetime.now(UTC)) + timedelta(days=30)).isoformat(),
         }
         await call(self.urban, "POST", f"{path}/opinions", body, again_on=CONCURRENT_CHANGE)
 

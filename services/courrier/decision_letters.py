@@ -24,7 +24,7 @@ from fpdf import FPDF
 from fpdf.enums import Align, XPos, YPos
 
 from contracts.events.meeting import Decision, ItemDecided, MeetingKind
-from services.courrier.domain import registry_day
+from kernel.days import commune_day
 
 ENCODING = "windows-1252"
 #: Letters that Unicode does not decompose into a base letter and an accent.
@@ -99,7 +99,7 @@ class DecisionLetter:
             recipient_identifier=party.identifier,
             recipient_name=party.name,
             meeting_kind=decided.meeting_kind,
-            meeting_date=registry_day(decided.meeting_date),
+            meeting_date=commune_day(decided.meeting_date),
             decision_number=decided.decision_number,
             title=decided.title,
             decision=decided.decision,
@@ -223,7 +223,7 @@ def _addressee(pdf: FPDF, letter: DecisionLetter) -> None:
         pdf.multi_cell(75, 5.5, printable(text), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(6)
     pdf.set_x(115)
-    pdf.cell(75, 5.5, printable(f"Le {french_date(registry_day(letter.written_at))}"))
+    pdf.cell(75, 5.5, printable(f"Le {french_date(commune_day(letter.written_at))}"))
     pdf.ln(10)
 
 

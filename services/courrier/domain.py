@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Literal, Protocol
-from zoneinfo import ZoneInfo
 
 from contracts.events.gateway import DeliveryReceipt
 from contracts.identifiers import check_enterprise_number, check_niss
+from kernel.days import commune_day
 from kernel.errors import Conflict, ProblemError
 
-BRUSSELS = ZoneInfo("Europe/Brussels")
 MAX_LETTER_BYTES = 4 * 1024 * 1024
 PDF_SIGNATURE = b"%PDF-"
 
@@ -51,11 +50,6 @@ class MailState(StrEnum):
 # -- registration numbers -------------------------------------------------------------
 
 
-def registry_day(moment: datetime) -> date:
-    """The registry's date of ``moment``: the commune's calendar day, not UTC's."""
-    return moment.astimezone(BRUSSELS).date()
-
-
 def format_registration_number(direction: Direction, year: int, sequence: int) -> str:
     if sequence < 1:
         raise ValueError("registration sequences start at 1")
@@ -71,7 +65,7 @@ class RegistrationCounters(Protocol):
 async def allocate_registration_number(
     counters: RegistrationCounters, tenant: str, direction: Direction, moment: datetime
 ) -> str:
-    year = registry_day(moment).year
+    year = commune_day(moment).year
     return format_registration_number(
         direction, year, await counters.next_sequence(tenant, year, direction)
     )
@@ -92,7 +86,7 @@ class ReceivedInTheFuture(ProblemError):
 
 
 def check_received_on(received_on: date, now: datetime) -> None:
-    today = registry_day(now)
+    today = commune_day(now)
     if received_on > today:
         raise ReceivedInTheFuture(received_on, today)
 

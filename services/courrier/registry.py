@@ -31,6 +31,7 @@ from contracts.events.courrier import (
 )
 from contracts.identifiers import mask_niss
 from kernel.database import listing_page, next_in_sequence
+from kernel.days import commune_day
 from kernel.errors import NotFound
 from kernel.migrations import table_of
 from kernel.outbox import stage
@@ -42,7 +43,6 @@ from services.courrier.domain import (
     RecipientKind,
     SendAlreadyRequested,
     allocate_registration_number,
-    registry_day,
     request_send,
     state_after,
 )
@@ -191,7 +191,7 @@ async def create_outgoing(
         direction=Direction.OUTGOING,
         registration_number=number,
         state=MailState.DRAFT,
-        mail_date=registry_day(now),
+        mail_date=commune_day(now),
         subject=subject,
         recipient_kind=recipient_kind,
         recipient_identifier=recipient_identifier,

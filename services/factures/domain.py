@@ -34,15 +34,14 @@ from decimal import Decimal
 from enum import StrEnum
 from fnmatch import fnmatchcase
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from contracts.events.factures import ResponseStatus
 from contracts.events.gateway import DeliveryReceipt
 from contracts.events.peppol import PeppolEndpoint
+from kernel.days import commune_day
 from kernel.errors import Conflict, ProblemError
 from kernel.tenants import Tenant, TenantConfigError
 
-BRUSSELS = ZoneInfo("Europe/Brussels")
 #: Where invoices go for approval when the tenant names no default service.
 FALLBACK_SERVICE = "finances"
 
@@ -386,6 +385,6 @@ class PaidInTheFuture(ProblemError):
 
 
 def check_paid_on(paid_on: date, now: datetime) -> None:
-    today = now.astimezone(BRUSSELS).date()  # the commune's day, not UTC's
+    today = commune_day(now)  # the commune's day, not UTC's
     if paid_on > today:
         raise PaidInTheFuture(paid_on, today)

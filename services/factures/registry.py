@@ -44,6 +44,7 @@ from contracts.events.factures import (
 from contracts.events.factures import Finding as FindingData
 from contracts.events.peppol import PeppolEndpoint
 from kernel.database import listing_page
+from kernel.days import commune_day
 from kernel.errors import NotFound, ProblemError
 from kernel.outbox import fits_in_a_record, stage
 from kernel.tenants import Tenant
@@ -55,7 +56,6 @@ from services.factures.accounting import (
     supplier_name,
 )
 from services.factures.domain import (
-    BRUSSELS,
     RECEPTION_RESPONSE,
     RESPONSE_AFTER,
     ApprovalRouting,
@@ -539,7 +539,7 @@ async def _business_refusals(session: AsyncSession, invoice: Invoice) -> list[Re
     if key is not None:
         earlier = await _first_invoice(session, tenant=invoice.tenant, accepted_key=key)
         if earlier is not None and earlier.id != invoice.id:
-            received_on = earlier.created_at.date().isoformat()
+            received_on = commune_day(earlier.created_at).isoformat()
             return [
                 reasons.duplicate(invoice.number or "", earlier.kind, earlier.state, received_on)
             ]
@@ -835,7 +835,7 @@ async def _answer(
         return
     response = InvoiceResponse(
         response_id=str(uuid.uuid4()),
-        issue_date=invoice.updated_at.astimezone(BRUSSELS).date(),  # the commune's day
+        issue_date=commune_day(invoice.updated_at),  # the commune's day
         status=status,
         sender=Party(commune, buyer.name),
         receiver=Party(supplier, invoice.supplier_name),

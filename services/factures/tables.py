@@ -36,6 +36,7 @@ from sqlalchemy.types import TypeDecorator
 
 from kernel.consumer import InboxEntry, RejectedEvent, one_rejected_event_per_id
 from kernel.database import Base, BigId, UtcDateTime, utcnow
+from kernel.days import commune_day
 from kernel.idempotency import IdempotentRequest
 from kernel.migrations import Migration, add_columns, create_tables, table_of
 from kernel.outbox import OutboxMessage
@@ -210,7 +211,7 @@ def _keys_by_supplier_and_number(connection: Connection) -> None:
                 "actor": "hub",
                 "note": (
                     f"Possible duplicate: the supplier's number {row.number} was received "
-                    f"before, on {earlier.created_at.date().isoformat()} (document "
+                    f"before, on {commune_day(earlier.created_at).isoformat()} (document "
                     f"{earlier.id}). A supplier's number now counts once, whatever its "
                     "date or kind; check this is not the same document before paying it."
                 ),

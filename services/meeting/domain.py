@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal, Protocol
-from zoneinfo import ZoneInfo
 
+from kernel.days import BRUSSELS, commune_day
 from kernel.errors import Conflict, ProblemError
 from services.meeting.configuration import Category, MeetingConfig
 
-BRUSSELS = ZoneInfo("Europe/Brussels")
 MAX_ANNEX_BYTES = 4 * 1024 * 1024
 #: WS4PM's ``CreationData`` carries at most 10 annexes; REST keeps the same limit.
 MAX_ANNEXES = 10
@@ -195,8 +194,8 @@ class PostponedToAnEarlierMeeting(Conflict):
     def __init__(self, postponed_at: datetime, meeting_date: datetime) -> None:
         super().__init__(
             "postponed-to-a-later-meeting",
-            f"The item was postponed at the meeting of {postponed_at.date().isoformat()}: it"
-            f" goes to a later meeting, not to the one of {meeting_date.date().isoformat()}.",
+            f"The item was postponed at the meeting of {commune_day(postponed_at).isoformat()}: it"
+            f" goes to a later meeting, not to the one of {commune_day(meeting_date).isoformat()}.",
         )
 
 

@@ -48,10 +48,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kernel.api import EARLIEST_DAY, LARGEST_INTEGER, LATEST_DAY
+from kernel.days import BRUSSELS, commune_day
 from kernel.errors import NotFound, ProblemError
 from kernel.tenants import Tenant
 from services.meeting.configuration import MeetingConfig, TenantMeetings
-from services.meeting.domain import BRUSSELS, MeetingState
+from services.meeting.domain import MeetingState
 from services.meeting.tables import (
     Annex,
     Meeting,
@@ -286,7 +287,7 @@ def paper_json(urls: Urls, body: Body, row: Any) -> dict[str, Any]:
         "body": urls.body(body.code),
         "name": row.title,
         "reference": row.decision_number,
-        "date": row.meeting_date.astimezone(BRUSSELS).date().isoformat(),
+        "date": commune_day(row.meeting_date).isoformat(),
         "paperType": PAPER_TYPES[config.kind] if config else "Décision",
         "auxiliaryFile": _files(urls, body.code, row, published),
         "created": published,

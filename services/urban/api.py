@@ -30,6 +30,7 @@ from kernel.api import (
 )
 from kernel.auth import Caller
 from kernel.database import utcnow
+from kernel.days import commune_day
 from kernel.errors import ProblemError
 from services.urban import permits
 from services.urban.configuration import TenantUrban
@@ -117,7 +118,7 @@ def _file_routes(api: APIRouter) -> None:
             body.received_on,
             [Applicant.model_validate(a.model_dump()) for a in body.applicants],
             [Parcel.model_construct(**p.model_dump()) for p in body.parcels],
-            today=permits.brussels_day(utcnow()),
+            today=commune_day(utcnow()),
         )
         async with store.unit_of_work() as session:
             file = await permits.open_file(session, caller.settings, new, utcnow(), origin="rest")
@@ -263,9 +264,7 @@ def _procedure_routes(api: APIRouter) -> None:
 
         async def change(s: AsyncSession, t: TenantUrban, f: PermitFile) -> None:
             now = utcnow()
-            await permits.receive_complements(
-                s, t, f, body.received_on or permits.brussels_day(now), now
-            )
+            await permits.receive_complements(s, t, f, body.received_on or commune_day(now), now)
 
         return await change_file(store, caller, file_id, change)
 

@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal, assert_never, get_args
-from zoneinfo import ZoneInfo
 
 import pybase64
 from sqlalchemy import ColumnElement, Select, bindparam, select
@@ -51,6 +50,7 @@ from contracts.events.urban import (
 )
 from kernel.api import EARLIEST_DAY, MEDIA_TYPE_PATTERN, text_problem
 from kernel.database import listing_page, next_in_sequence
+from kernel.days import commune_day
 from kernel.errors import Conflict, NotFound, ProblemError
 from kernel.migrations import table_of
 from kernel.outbox import stage
@@ -110,13 +110,7 @@ from services.urban.tables import (
 )
 
 SOURCE = "urn:hub:urban"
-BRUSSELS = ZoneInfo("Europe/Brussels")
 log = logging.getLogger(__name__)
-
-
-def brussels_day(moment: datetime) -> date:
-    """Legal deadlines count in the commune's calendar days."""
-    return moment.astimezone(BRUSSELS).date()
 
 
 @dataclass(frozen=True)
@@ -278,7 +272,7 @@ async def open_file(
     origin: str,
     notification: NoticeNotificationReceived | None = None,
 ) -> PermitFile:
-    today = brussels_day(now)
+    today = commune_day(now)
     with session.no_autoflush:  # the counter needs none of the files opened before this one
         reference = await next_reference(session, settings.tenant, new.file_type, today.year)
     file = PermitFile(
@@ -385,7 +379,7 @@ async def receive_notification(
         notification.applicants,
         notification.parcels,
         checked_documents(notification.documents),
-        today=brussels_day(now),
+        today=commune_day(now),
     )
     file = await _file_of_notification(session, settings.tenant, notification.notification_id)
     if file is None:
@@ -400,10 +394,10 @@ async def receive_notification(
         # The applicant sent what was missing: the completeness check starts over from today.
         # Before the documents are added: it may refuse (a file deemed complete already), and
         # the notification is then kept unprocessed, its documents not half taken.
-        await receive_complements(session, settings, file, brussels_day(now), now)
+        await receive_complements(session, settings, file, commune_day(now), now)
     file.documents.extend(_document_row(document, now) for document in added)
     file.updated_at = now
-    await refresh_deadlines(session, file, settings, brussels_day(now))
+    await refresh_deadlines(session, file, settings, commune_day(now))
     log.info(
         "tenant %s: notification %s brings %d new documents to %s",
         file.tenant,
@@ -459,7 +453,7 @@ async def declare_complete(
         "the completeness check",
         frozenset({FileState.RECEIVED, FileState.INCOMPLETE}),
     )
-    today = brussels_day(now)
+    today = commune_day(now)
     file.state, file.complete_on, file.missing_documents = FileState.COMPLETE, today, None
     file.updated_at = now
     await refresh_deadlines(session, file, settings, today)
@@ -481,11 +475,11 @@ async def declare_incomplete(
     check_state(
         file.reference, file.state, "the completeness check", frozenset({FileState.RECEIVED})
     )
-    _refuse_once_deemed_complete(file, brussels_day(now), "a list of missing documents")
+    _refuse_once_deemed_complete(file, commune_day(now), "a list of missing documents")
     # The completeness deadline is met: the list of missing documents was sent in time.
     file.state, file.missing_documents = FileState.INCOMPLETE, missing
-    file.missing_asked_on, file.updated_at = brussels_day(now), now
-    await refresh_deadlines(session, file, settings, brussels_day(now))
+    file.missing_asked_on, file.updated_at = commune_day(now), now
+    await refresh_deadlines(session, file, settings, commune_day(now))
 
 
 def _refuse_once_deemed_complete(file: PermitFile, today: date, what: str) -> None:
@@ -503,7 +497,7 @@ async def receive_complements(
     """The applicant sent what was missing on ``came_on``: the completeness check starts
     over from that day (the file's receipt day stays as it was)."""
     check_state(file.reference, file.state, "complements", frozenset({FileState.INCOMPLETE}))
-    today = brussels_day(now)
+    today = commune_day(now)
     # A list sent after the check's days (before that rule) started nothing over either.
     _refuse_once_deemed_complete(file, today, "complements")
     if came_on > today:
@@ -526,7 +520,7 @@ async def record_inquiry(
             f" before the file was found complete ({file.complete_on.isoformat()}).",
         )
     file.inquiry_starts_on, file.updated_at = starts_on, now
-    await refresh_deadlines(session, file, settings, brussels_day(now))
+    await refresh_deadlines(session, file, settings, commune_day(now))
 
 
 async def request_opinion(
@@ -539,7 +533,7 @@ async def request_opinion(
     now: datetime,
 ) -> Opinion:
     check_state(file.reference, file.state, "an opinion request", INSTRUCTION_STATES)
-    if due_on < brussels_day(now):
+    if due_on < commune_day(now):
         raise DayOutOfProcedure(
             "opinion-due-in-the-past",
             f"File {file.reference}: an opinion of {body} due on {due_on.isoformat()}, before"
@@ -567,7 +561,7 @@ async def request_opinion(
     )
     # The gateway's receipt names this event: it tells whether the body was reached.
     opinion.request_event_id = _emit(session, file, data).id
-    await refresh_deadlines(session, file, settings, brussels_day(now))
+    await refresh_deadlines(session, file, settings, commune_day(now))
     return opinion
 
 
@@ -597,7 +591,7 @@ async def record_opinion_delivery(
                 file.reference,
                 opinion.verdict,
             )
-        await refresh_deadlines(session, file, settings, brussels_day(now))
+        await refresh_deadlines(session, file, settings, commune_day(now))
 
 
 async def record_opinion(
@@ -612,7 +606,7 @@ async def record_opinion(
     now: datetime,
 ) -> None:
     """Record a body's opinion; the last one in makes the file ready and asks for the decision."""
-    today = brussels_day(now)
+    today = commune_day(now)
     opinion.verdict, opinion.text, opinion.given_on, opinion.received_on = (
         verdict,
         text,
@@ -683,7 +677,7 @@ async def request_decision(
     has not decided, for meeting keeps a request it cannot place apart (its unplaced
     requests) and only a new one reaches it."""
     check_state(file.reference, file.state, "asking for the decision", DECISION_REQUEST_STATES)
-    today = brussels_day(now)
+    today = commune_day(now)
     not_reached = _not_reached(file)
     if not_reached:
         raise OpinionRequestNotDelivered(file.reference, not_reached)
@@ -774,7 +768,7 @@ async def record_decision(
     check_state(file.reference, file.state, "a decision", frozenset({FileState.AWAITING_DECISION}))
     if file.notice_state == "closed":
         raise NotificationClosed(file.notice_notification_id or "")
-    decided_on = brussels_day(decided.meeting_date)
+    decided_on = commune_day(decided.meeting_date)
     file.state, file.decision, file.decision_number = (
         outcome,
         outcome.value,
@@ -785,7 +779,7 @@ async def record_decision(
         # Nothing in the hub tells urban when a counter file's decision reached the applicant
         # (courrier notifies from meeting's decision): its notification is not followed here.
         file.notified_on = decided_on
-    await refresh_deadlines(session, file, settings, brussels_day(now))
+    await refresh_deadlines(session, file, settings, commune_day(now))
     if file.notice_notification_id is not None:
         verb = "octroie" if outcome == FileState.GRANTED else "refuse"
         message = (
@@ -813,7 +807,7 @@ async def extend_decision_deadline(
 ) -> None:
     """Record the college's one extension of the decision deadline, decided today
     (``urban.file.decision_deadline_extended.v1``), or refuse it with the rule it breaks."""
-    today = brussels_day(now)
+    today = commune_day(now)
     refusal = deadlines.extension_refusal(facts_of(file), today)
     if refusal is not None:
         raise _extension_refused(file, refusal)
@@ -932,8 +926,8 @@ async def record_notice_delivery(
     if outcome == "delivered":
         # Closed again, should an operator's replay have brought a refused one through.
         file.notice_state = "closed"
-        file.notified_on, file.updated_at = brussels_day(now), now
-        await refresh_deadlines(session, file, settings, brussels_day(now))
+        file.notified_on, file.updated_at = commune_day(now), now
+        await refresh_deadlines(session, file, settings, commune_day(now))
     elif file.notice_state == "closed" and not await _final_on_its_way(session, file, response):
         # Nothing answered NOTICe: closed, the notification took no corrected FINAL and the
         # decision was never notified. A file is decided only once complete, which sent its

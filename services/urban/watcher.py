@@ -21,11 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import new_event
 from contracts.events.urban import DeadlineWarning
 from kernel.database import utcnow
+from kernel.days import commune_day
 from kernel.outbox import OutboxRelay, stage, transaction
 from kernel.telemetry import tracer
 from services.urban import deadlines
 from services.urban.configuration import TenantUrban
-from services.urban.permits import SOURCE, brussels_day, facts_of, refresh_deadlines, warnings_sent
+from services.urban.permits import SOURCE, facts_of, refresh_deadlines, warnings_sent
 from services.urban.tables import DeadlineWarningSent, PermitFile
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class DeadlineWatcher:
     async def check_once(self) -> int:
         """Emit every warning due today; return how many were emitted."""
         now = self._clock()
-        today = brussels_day(now)
+        today = commune_day(now)
         emitted = 0
         after: tuple[date, str] | None = None
         while True:

@@ -26,11 +26,11 @@ from contracts.envelope import from_record
 from contracts.events.courrier import IncomingMailRegistered, OutgoingMailSendRequested
 from kernel.auth import issue_token
 from kernel.database import utcnow
+from kernel.days import commune_day
 from kernel.idempotency import IdempotencyMiddleware
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
 from services.courrier import api as courrier_api
-from services.courrier.domain import registry_day
 from services.courrier.main import CourrierOptions, build_app
 from services.courrier.tables import Mail, MailFile
 from tests.support.servers import serving
@@ -77,7 +77,7 @@ def outgoing_body(
 
 def incoming_body(**changes: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "received_on": registry_day(utcnow()).isoformat(),
+        "received_on": commune_day(utcnow()).isoformat(),
         "sender": "SPW Territoire",
         "subject": "Avis sur le permis 2026/12",
         "assigned_service": "urbanisme",
@@ -150,7 +150,7 @@ def problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
 async def test_incoming_mail_gets_the_next_number_and_its_event_is_staged(
     courrier: Courrier,
 ) -> None:
-    year = registry_day(utcnow()).year
+    year = commune_day(utcnow()).year
     first = await courrier.http.post(
         "/v1/incoming-mails", json=incoming_body(), headers=courrier.auth()
     )
@@ -182,7 +182,7 @@ async def test_incoming_mail_gets_the_next_number_and_its_event_is_staged(
 async def test_registration_numbers_stay_gap_free_and_unique_under_concurrency(
     courrier: Courrier,
 ) -> None:
-    year = registry_day(utcnow()).year
+    year = commune_day(utcnow()).year
 
     async def register(tenant: str) -> str:
         response = await courrier.http.post(
@@ -202,7 +202,7 @@ async def test_registration_numbers_stay_gap_free_and_unique_under_concurrency(
 
 
 async def test_lists_filter_by_state_direction_and_date_and_page(courrier: Courrier) -> None:
-    today = registry_day(utcnow())
+    today = commune_day(utcnow())
     for days_ago in (10, 5, 1):
         received = (today - timedelta(days=days_ago)).isoformat()
         response = await courrier.http.post(

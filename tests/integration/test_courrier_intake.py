@@ -16,8 +16,8 @@ import pytest
 from contracts.envelope import from_record
 from contracts.events.courrier import AttachedFile, IncomingMailRegistered
 from kernel.database import utcnow
+from kernel.days import commune_day
 from kernel.settings import HubSettings
-from services.courrier.domain import registry_day
 from tests.integration.test_courrier_api import Courrier, problem, running, settings_for
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,7 @@ def metadata(content: bytes = SCAN, **changes: Any) -> dict[str, Any]:
         "external_id": "01Z" + str(uuid.uuid4().int)[:12],
         "type": "COUR_E",
         "client_id": "0192137",
-        "scan_date": registry_day(utcnow()).isoformat(),
+        "scan_date": commune_day(utcnow()).isoformat(),
         "scan_hour": "09:41:07",
         "user": "accueil",
         "pc": "PC-ACCUEIL-1",

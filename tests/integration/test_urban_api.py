@@ -44,6 +44,7 @@ from contracts.events.urban import (
 from kernel.auth import issue_token
 from kernel.consumer import Incoming, RejectedEvent
 from kernel.database import create_engine, utcnow
+from kernel.days import commune_day
 from kernel.migrations import migrate
 from kernel.outbox import OutboxMessage
 from kernel.settings import HubSettings
@@ -84,7 +85,7 @@ services:
 
 def commune_today() -> date:
     """The service counts days in Brussels: from 23:00 UTC its today is UTC's tomorrow."""
-    return permits.brussels_day(utcnow())
+    return commune_day(utcnow())
 
 
 def settings_for(hub_settings: HubSettings, tmp_path: Path) -> HubSettings:
@@ -874,7 +875,7 @@ def decision_due(file: dict[str, Any]) -> date:
 async def test_the_college_extends_the_decision_deadline_once_by_30_days(
     service: UrbanService,
 ) -> None:
-    today = permits.brussels_day(utcnow())
+    today = commune_day(utcnow())
     file = await completed(service)
     due = decision_due(file)
     assert due == last_day(today, 30)
@@ -943,7 +944,7 @@ async def decided_file(service: UrbanService) -> dict[str, Any]:
 
 async def past_its_deadline(service: UrbanService) -> dict[str, Any]:
     file = await completed(service)
-    long_ago = permits.brussels_day(utcnow()) - timedelta(days=90)
+    long_ago = commune_day(utcnow()) - timedelta(days=90)
     async with service.app.state.sessions() as session, session.begin():
         (await session.get_one(PermitFile, file["id"])).complete_on = long_ago
     return file

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from contracts.events.gateway import DeliveryReceipt
+from kernel.days import commune_day
 from kernel.errors import ProblemError
 from services.courrier.domain import (
     MAX_LETTER_BYTES,
@@ -23,7 +24,6 @@ from services.courrier.domain import (
     format_registration_number,
     normalise_recipient_identifier,
     outcome_of,
-    registry_day,
     request_send,
     scan_type_of,
     state_after,
@@ -58,8 +58,8 @@ def test_registration_numbers_name_direction_year_and_six_digit_sequence() -> No
 
 def test_the_registry_year_is_brussels_calendar_year() -> None:
     # 23:30 UTC on New Year's Eve is already 00:30 on 1 January in Brussels.
-    assert registry_day(datetime(2025, 12, 31, 23, 30, tzinfo=UTC)) == date(2026, 1, 1)
-    assert registry_day(datetime(2025, 12, 31, 22, 30, tzinfo=UTC)) == date(2025, 12, 31)
+    assert commune_day(datetime(2025, 12, 31, 23, 30, tzinfo=UTC)) == date(2026, 1, 1)
+    assert commune_day(datetime(2025, 12, 31, 22, 30, tzinfo=UTC)) == date(2025, 12, 31)
 
 
 async def test_numbers_are_consecutive_per_tenant_year_and_direction() -> None:
