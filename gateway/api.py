@@ -1,11 +1,13 @@
 """The operators' API and dashboard: what was delivered, what failed, and replay;
-what came in from outside (``/v1/inbound``); the tenants' certificates and their end
+what came in from outside (``/v1/inbound``) and how the polls of each outside source
+went (``/v1/inbound/sources``); the tenants' certificates and their end
 (``/v1/certificates``).
 
-Scopes: ``gateway:read`` reads the caller's tenant's deliveries and inbound
-documents; ``gateway:operate`` replays; ``gateway:unroutable`` (the hub's
+Scopes: ``gateway:read`` reads the caller's tenant's deliveries, inbound
+documents and sources; ``gateway:operate`` replays; ``gateway:unroutable`` (the hub's
 operators, whatever their token's tenant) also sees the inbound documents no
-tenant could receive, which belong to no tenant.
+tenant could receive, which belong to no tenant, and the sources that are no single
+tenant's (the Peppol access points, a NOTICe instance no tenant names).
 
 ``/v1/rejected-events`` (``kernel.api``, included by ``gateway.main``) lists and
 replays, with the same scopes, the records of routed types kept for their broken
@@ -28,6 +30,7 @@ from sqlalchemy.orm import defer
 from gateway.connectors.soap import TenantCertificate
 from gateway.deliveries import WITHOUT_STORED_EVENT, DeliveryRecord
 from gateway.engine import DeliveryEngine
+from gateway.inbound.health import POLL_HEALTH, SourceHealth
 from gateway.inbound.records import InboundDocument, WaitingItem
 from kernel.api import LARGEST_INTEGER, RequestModel
 from kernel.auth import CallerDep
@@ -233,6 +236,23 @@ class WaitingPage(BaseModel):
     next_cursor: int | None
 
 
+class SourceHealthView(BaseModel):
+    channel: str
+    #: As ``hub_inbound_poll_failures_total`` labels it: an access point's URL, a NOTICe
+    #: instance, the tenant of an oversight or opinions account.
+    source: str
+    tenant: str | None
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    consecutive_failures: int
+    #: The kind of the last failure (``ConnectError``…), never its text: the log has it.
+    last_error: str | None
+
+    @classmethod
+    def of(cls, health: SourceHealth) -> SourceHealthView:
+        return cls.model_validate(health, from_attributes=True)
+
+
 def inbound_router() -> APIRouter:
     api = APIRouter(prefix="/v1/inbound", tags=["inbound"])
 
@@ -303,6 +323,21 @@ def inbound_router() -> APIRouter:
             items=[WaitingView.of(r) for r in rows],
             next_cursor=rows[-1].id if len(rows) == limit else None,
         )
+
+    @api.get("/sources", response_model=list[SourceHealthView])
+    async def list_sources(caller: CallerDep) -> list[SourceHealthView]:
+        """How the polls of each outside source went: when one last worked, when one last
+        failed and of what kind of error, and how many failed in a row since. Those of the
+        caller's tenant (and, with scope ``gateway:unroutable``, those that are no single
+        tenant's), by channel and source. Kept in memory by this gateway process only: it
+        lists no source before its first poll since the gateway started."""
+        caller.require("gateway:read")
+        everyone = UNROUTABLE_SCOPE in caller.scopes
+        return [
+            SourceHealthView.of(health)
+            for health in POLL_HEALTH.sources()
+            if health.tenant == caller.tenant or (everyone and health.tenant is None)
+        ]
 
     return api
 

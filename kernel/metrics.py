@@ -71,3 +71,20 @@ INBOUND_POLL_FAILURES = Counter(
     "opinion; source: the access point's URL, the NOTICe instance, the tenant)",
     ["channel", "source"],
 )
+INBOUND_LAST_SUCCESS = Gauge(
+    "hub_inbound_last_success_timestamp_seconds",
+    "When a poll of an outside source by the gateway's inbound adapters last completed "
+    "without failing as a whole, in Unix time (labels as hub_inbound_poll_failures_total); "
+    "alert on time() - hub_inbound_last_success_timestamp_seconds > 900 (no poll that "
+    "worked for 15 minutes). Not kept across restarts: absent until the source's first "
+    "poll that works after the gateway starts",
+    ["channel", "source"],
+)
+INBOUND_CONSECUTIVE_FAILURES = Gauge(
+    "hub_inbound_consecutive_poll_failures",
+    "Polls of an outside source in a row that failed as a whole, 0 once one works (labels "
+    "as hub_inbound_poll_failures_total); set from the first poll after the gateway "
+    "starts, so it also catches a source that has failed ever since: alert on > 0 for 15 "
+    "minutes",
+    ["channel", "source"],
+)

@@ -59,6 +59,7 @@ from contracts.events.outside import (
 from contracts.events.peppol import MAX_DOCUMENT_BYTES
 from gateway.connectors.notice import TYPE_NAME, NoticeSettings
 from gateway.http import ResponseTooLarge
+from gateway.inbound.health import POLL_HEALTH
 from gateway.inbound.records import (
     DOCUMENT_TYPE_LENGTH,
     MESSAGE_ID_LENGTH,
@@ -75,7 +76,6 @@ from gateway.inbound.records import (
 )
 from gateway.routing import RoutingTable
 from kernel.database import utcnow, write_transaction
-from kernel.metrics import INBOUND_POLL_FAILURES
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
 from kernel.tenants import Tenant
@@ -252,9 +252,9 @@ class NoticeInbound:
             for instance in source.instances:
                 try:
                     taken += await self._poll_instance(source.api, instance)
-                except Exception:  # the database is away: the other instances still try
+                except Exception as exc:  # the database is away: the other instances still try
                     log.exception("NOTICe instance %s not polled", instance)
-                    INBOUND_POLL_FAILURES.labels(CHANNEL, instance).inc()
+                    self._failed(instance, exc)
         return taken
 
     async def _poll_instance(self, api: NoticeApi, instance: str) -> int:
@@ -264,7 +264,7 @@ class NoticeInbound:
                 ids, after = await api.list_page(instance, after, self._page_size)
             except Exception as exc:  # NOTICe is away: try at the next poll
                 log.warning("NOTICe instance %s could not be listed: %r", instance, exc)
-                INBOUND_POLL_FAILURES.labels(CHANNEL, instance).inc()
+                self._failed(instance, exc)
                 return taken
             usable = [i for i in dict.fromkeys(ids) if _usable_id(instance, i)]
             known = await self._known(usable)
@@ -284,13 +284,22 @@ class NoticeInbound:
                     [notification for notification in fetched if notification is not None]
                 )
             if after is None or not ids:
-                return taken
+                break
             if after in cursors:
                 log.error("NOTICe instance %s: its listing came back to cursor %r", instance, after)
-                return taken
+                break
             cursors.add(after)
-        log.error("NOTICe instance %s: more than %d pages; the rest next poll", instance, MAX_PAGES)
+        else:
+            log.error(
+                "NOTICe instance %s: more than %d pages; the rest next poll", instance, MAX_PAGES
+            )
+        # NOTICe answered every page asked (a cursor it repeats is its bug, logged above).
+        POLL_HEALTH.succeeded(CHANNEL, instance, self._tenants.get(instance), self._clock())
         return taken
+
+    def _failed(self, instance: str, exc: Exception) -> None:
+        # An instance no tenant names (a ``poll_instances`` one) is no tenant's source.
+        POLL_HEALTH.failed(CHANNEL, instance, self._tenants.get(instance), self._clock(), exc)
 
     async def _known(self, ids: Iterable[str]) -> set[str]:
         async with self._sessions() as session:

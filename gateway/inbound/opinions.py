@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import new_event
 from contracts.events.outside import OpinionReceived
 from gateway.connectors.opinions import TYPE_NAME, OpinionRestSettings
+from gateway.inbound.health import POLL_HEALTH
 from gateway.inbound.records import (
     MESSAGE_ID_LENGTH,
     SENDER_LENGTH,
@@ -54,7 +55,6 @@ from gateway.inbound.records import (
 )
 from gateway.routing import RoutingTable
 from kernel.database import utcnow
-from kernel.metrics import INBOUND_POLL_FAILURES
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
 from kernel.texts import clipped, plain_text
@@ -175,7 +175,7 @@ class OpinionInbound:
                 answers = await account.list_new()
             except Exception as exc:  # the platform is away: try at the next poll
                 log.warning("opinions of tenant %s could not be listed: %r", account.tenant, exc)
-                INBOUND_POLL_FAILURES.labels(CHANNEL, account.tenant).inc()
+                POLL_HEALTH.failed(CHANNEL, account.tenant, account.tenant, self._clock(), exc)
                 continue
             listed = {answer_id: a for a in answers if (answer_id := _usable_answer_id(a))}
             source = source_of(account.tenant)
@@ -184,7 +184,7 @@ class OpinionInbound:
             except Exception as exc:  # the database is away: this account at the next poll
                 # Raised, it skipped the other tenants' accounts and restarted the job.
                 log.warning("opinions of tenant %s not taken yet: %r", account.tenant, exc)
-                INBOUND_POLL_FAILURES.labels(CHANNEL, account.tenant).inc()
+                POLL_HEALTH.failed(CHANNEL, account.tenant, account.tenant, self._clock(), exc)
                 continue
             failures: list[NotTaken] = []
             for answer_id, answer in listed.items():
@@ -197,6 +197,8 @@ class OpinionInbound:
                     log.warning("opinion answer %r not taken yet: %r", answer_id, exc)
                     failures.append(NotTaken(answer_id, account.tenant, not_recorded_reason(exc)))
             await self._waiting.failed(source, failures)
+            # The answers not taken wait on their own (above): the account's poll worked.
+            POLL_HEALTH.succeeded(CHANNEL, account.tenant, account.tenant, self._clock())
         return taken
 
     async def take(self, account: OpinionAnswers, answer: Mapping[str, Any]) -> _Taken:

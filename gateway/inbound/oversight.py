@@ -33,9 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts.envelope import new_event
 from contracts.events.oversight import OversightOutcomeReceived
 from gateway.connectors.oversight_soap import Outcome
+from gateway.inbound.health import POLL_HEALTH
 from gateway.inbound.records import InboundDocument, contract_problem, too_large_problem
 from kernel.database import utcnow
-from kernel.metrics import INBOUND_POLL_FAILURES
 from kernel.outbox import OutboxRelay, stage
 from kernel.telemetry import tracer
 
@@ -90,7 +90,9 @@ class OversightInbound:
                 published += await self.take(source)
             except Exception as exc:  # the service is away: try at the next poll
                 log.warning("oversight outcomes of tenant %s not taken: %r", source.tenant, exc)
-                INBOUND_POLL_FAILURES.labels(CHANNEL, source.tenant).inc()
+                POLL_HEALTH.failed(CHANNEL, source.tenant, source.tenant, self._clock(), exc)
+            else:
+                POLL_HEALTH.succeeded(CHANNEL, source.tenant, source.tenant, self._clock())
         return published
 
     async def take(self, source: OutcomeSource) -> int:

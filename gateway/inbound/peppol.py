@@ -44,6 +44,7 @@ from contracts.envelope import new_event
 from contracts.events.peppol import MAX_DOCUMENT_BYTES, PeppolDocumentReceived, PeppolEndpoint
 from gateway.connectors.peppol_ap import PeppolApSettings
 from gateway.http import ResponseTooLarge
+from gateway.inbound.health import POLL_HEALTH
 from gateway.inbound.records import (
     DOCUMENT_TYPE_LENGTH,
     NOT_IN_FIELD,
@@ -62,7 +63,6 @@ from gateway.inbound.records import (
     usable_id,
 )
 from kernel.database import utcnow, write_transaction
-from kernel.metrics import INBOUND_POLL_FAILURES
 from kernel.outbox import EventTooLarge, OutboxRelay, stage
 from kernel.telemetry import tracer
 from kernel.texts import clipped
@@ -393,33 +393,39 @@ class PeppolInbound:
         messages were all seen in this poll ends it, and so do ``MAX_LISTINGS``.
         """
         taken, seen = 0, set[str]()
+        # An account shared by tenants, whose listings carry documents for no tenant too,
+        # is no single tenant's source.
+        source, tenant = _source_of(inbox.name), None
         for _ in range(MAX_LISTINGS):
             try:
                 items, listed = await inbox.list_new()
             except Exception as exc:  # the AP is away: try at the next poll
                 log.warning("Peppol inbox %s could not be listed: %r", inbox.name, exc)
-                INBOUND_POLL_FAILURES.labels(CHANNEL, _source_of(inbox.name)).inc()
+                POLL_HEALTH.failed(CHANNEL, source, tenant, self._clock(), exc)
                 return taken
             new = [item for item in dict.fromkeys(items) if item.message_id not in seen]
             if not new:
-                return taken
+                break
             seen.update(item.message_id for item in new)
             try:
                 taken_now = await self._take_listing(inbox, new)
             except Exception as exc:  # the database is away: the AP lists them again
                 log.warning("Peppol inbox %s: listing not taken yet: %r", inbox.name, exc)
-                INBOUND_POLL_FAILURES.labels(CHANNEL, _source_of(inbox.name)).inc()
+                POLL_HEALTH.failed(CHANNEL, source, tenant, self._clock(), exc)
                 return taken
             taken += taken_now
             # Counted as listed: a message left alone at the head of every listing made
             # each one look short, and a backlog came one listing per poll.
             if listed < LISTING_LIMIT or taken_now == 0:
-                return taken
-        log.warning(
-            "Peppol inbox %s: more than %d listings in one poll; the rest next poll",
-            inbox.name,
-            MAX_LISTINGS,
-        )
+                break
+        else:
+            log.warning(
+                "Peppol inbox %s: more than %d listings in one poll; the rest next poll",
+                inbox.name,
+                MAX_LISTINGS,
+            )
+        # Messages not taken (a fetch or a tell that failed) wait on their own: the poll worked.
+        POLL_HEALTH.succeeded(CHANNEL, source, tenant, self._clock())
         return taken
 
     async def _take_listing(self, inbox: AccessPointInbox, items: list[InboxItem]) -> int:
