@@ -27,6 +27,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from kernel.database import utcnow
+from kernel.days import BRUSSELS
 from kernel.settings import HubSettings
 from tests.integration.test_meeting_api import (
     LIEGE,
@@ -519,9 +520,13 @@ async def test_a_lists_moments_round_trip_through_its_filters_and_cursors(
         assert last["id"] in [item["id"] for item in within], name
     # A moment without an offset is Brussels' (as shown), not UTC's: one hour or two apart.
     shown = datetime.fromisoformat(last["modified"])
-    local = shown.replace(tzinfo=None).isoformat()
-    since = (await service.http.get(root, params={"modified_since": local})).json()["data"]
-    assert [item["id"] for item in since] == [last["id"]]
+    local = shown.replace(tzinfo=None)
+    # In the hour repeated when summer time ends, a time without an offset is read as
+    # its first pass (fold 0), one hour before a second-pass moment: nothing to compare.
+    if local.replace(tzinfo=BRUSSELS).utcoffset() == shown.utcoffset():
+        params = {"modified_since": local.isoformat()}
+        since = (await service.http.get(root, params=params)).json()["data"]
+        assert [item["id"] for item in since] == [last["id"]]
     # A cursor with another offset, the same instant: the same page.
     first = (await service.http.get(root, params={"limit": 1})).json()
     cursor = first["links"]["next"].partition("after=")[2]
