@@ -35,6 +35,24 @@ from contracts.envelope import (
     TENANT_PATTERN,
 )
 from contracts.events import EventData, all_event_classes
+from contracts.events.courrier import (
+    IncomingMailRegistered,
+    OutgoingMailFailed,
+    OutgoingMailSendRequested,
+    OutgoingMailSent,
+)
+from contracts.events.factures import InvoiceApproved, InvoiceResponseRequested
+from contracts.events.gateway import DeliveryReceipt
+from contracts.events.meeting import DecisionTransmissionRequested, ItemDecided
+from contracts.events.outside import NoticeNotificationReceived, OpinionReceived
+from contracts.events.oversight import OversightOutcomeReceived
+from contracts.events.peppol import PeppolDocumentReceived
+from contracts.events.urban import (
+    DecisionNeeded,
+    IdentificationRequested,
+    NoticeResponseRequested,
+    OpinionRequested,
+)
 from kernel.kafka import TOPICS
 
 DOCUMENT_PATH = Path(__file__).with_name("asyncapi.yaml")
@@ -73,6 +91,11 @@ class Operation:
     summary: str
     #: Consumer group of a receiving process (one group per process, named after it).
     group_id: str | None = None
+    #: The event types a receiving process acts on: its consumer's handler keys (the
+    #: gateway: the types its tenants' routes route). The others of the channel reach the
+    #: process and are committed without effect. A sending process sends every message
+    #: of its channel, so a send operation leaves this empty.
+    messages: tuple[type[EventData], ...] = ()
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -91,6 +114,7 @@ OPERATIONS: tuple[Operation, ...] = (
         summary="The gateway delivers each routed event type to its tenant's connectors; "
         "offsets are committed only after the outcome is recorded.",
         group_id="gateway",
+        messages=(OutgoingMailSendRequested,),
     ),
     Operation(
         id="gatewaySendsReceipts",
@@ -106,6 +130,7 @@ OPERATIONS: tuple[Operation, ...] = (
         topic="gateway.receipts",
         summary="The mail registry records whether an outgoing mail reached its recipient.",
         group_id="courrier",
+        messages=(DeliveryReceipt,),
     ),
     Operation(
         id="facturesSendsFacturesEvents",
@@ -123,6 +148,7 @@ OPERATIONS: tuple[Operation, ...] = (
         summary="The gateway hands approved invoices to the tenant's accounting software "
         "and sends Invoice Responses to the Peppol access point.",
         group_id="gateway",
+        messages=(InvoiceApproved, InvoiceResponseRequested),
     ),
     Operation(
         id="gatewaySendsInbound",
@@ -144,6 +170,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "KSZ-BCSS (the registered identity comes back in the receipt's answer) and sends "
         "requests for opinions to the consulted bodies' platform.",
         group_id="gateway",
+        messages=(NoticeResponseRequested, IdentificationRequested, OpinionRequested),
     ),
     Operation(
         id="facturesReceivesInbound",
@@ -152,6 +179,7 @@ OPERATIONS: tuple[Operation, ...] = (
         topic="gateway.inbound",
         summary="The invoice service receives, checks and answers Peppol invoices.",
         group_id="factures",
+        messages=(PeppolDocumentReceived,),
     ),
     Operation(
         id="facturesReceivesCourrierEvents",
@@ -160,6 +188,7 @@ OPERATIONS: tuple[Operation, ...] = (
         topic="courrier.events",
         summary="Scanned paper invoices (intake type FACT) become invoices to encode.",
         group_id="factures",
+        messages=(IncomingMailRegistered,),
     ),
     Operation(
         id="facturesReceivesReceipts",
@@ -168,6 +197,7 @@ OPERATIONS: tuple[Operation, ...] = (
         topic="gateway.receipts",
         summary="The accounting software's booking reference books the approved invoice.",
         group_id="factures",
+        messages=(DeliveryReceipt,),
     ),
     Operation(
         id="meetingSendsMeetingEvents",
@@ -184,6 +214,7 @@ OPERATIONS: tuple[Operation, ...] = (
         topic="urban.events",
         summary="A request for a decision becomes an agenda item in the wanted configuration.",
         group_id="meeting",
+        messages=(DecisionNeeded,),
     ),
     Operation(
         id="urbanSendsUrbanEvents",
@@ -202,6 +233,7 @@ OPERATIONS: tuple[Operation, ...] = (
         summary="NOTICe notifications open or complete permit files; consulted bodies' "
         "opinions move their procedure on. A notification that cannot be applied is kept.",
         group_id="urban",
+        messages=(NoticeNotificationReceived, OpinionReceived),
     ),
     Operation(
         id="urbanReceivesReceipts",
@@ -211,6 +243,7 @@ OPERATIONS: tuple[Operation, ...] = (
         summary="The National Register's answer to an identification request is compared with "
         "the declared identity; a delivered FINAL NOTICe response notifies the decision.",
         group_id="urban",
+        messages=(DeliveryReceipt,),
     ),
     Operation(
         id="urbanReceivesMeetingEvents",
@@ -220,6 +253,7 @@ OPERATIONS: tuple[Operation, ...] = (
         summary="The college's decision on a file's item (matched by external_identifier, the "
         "file reference) grants or refuses the permit; no polling of the meeting service.",
         group_id="urban",
+        messages=(ItemDecided,),
     ),
     Operation(
         id="gatewayReceivesMeetingEvents",
@@ -229,6 +263,7 @@ OPERATIONS: tuple[Operation, ...] = (
         summary="The gateway transmits decisions subject to regional oversight (tutelle) "
         "to the Region, signed with the commune's certificate.",
         group_id="gateway",
+        messages=(DecisionTransmissionRequested,),
     ),
     Operation(
         id="meetingReceivesReceipts",
@@ -238,6 +273,7 @@ OPERATIONS: tuple[Operation, ...] = (
         summary="A decision's oversight transmission is acknowledged (its number kept) "
         "or failed (its reason kept).",
         group_id="meeting",
+        messages=(DeliveryReceipt,),
     ),
     Operation(
         id="meetingReceivesInbound",
@@ -247,6 +283,7 @@ OPERATIONS: tuple[Operation, ...] = (
         summary="The regional oversight's outcome (approved, annulled, no objection) is "
         "recorded on the decision and announced on meeting.events.",
         group_id="meeting",
+        messages=(OversightOutcomeReceived,),
     ),
     Operation(
         id="courrierReceivesMeetingEvents",
@@ -257,6 +294,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "one outgoing mail (the notification letter, as a PDF) sent to their e-Box, "
         "about the item.",
         group_id="courrier",
+        messages=(ItemDecided,),
     ),
     Operation(
         id="meetingReceivesCourrierEvents",
@@ -266,6 +304,7 @@ OPERATIONS: tuple[Operation, ...] = (
         summary="Outgoing mail about an item moves its decision's notification on: in "
         "progress, done (the e-Box message id kept) or failed (to be sent on paper).",
         group_id="meeting",
+        messages=(OutgoingMailSendRequested, OutgoingMailSent, OutgoingMailFailed),
     ),
 )
 
@@ -294,7 +333,8 @@ def build_document() -> dict[str, Any]:
                 "the 5-digit NIS code of the commune or CPAS), data as the JSON record value,\n"
                 "record key `<tenant>:<document id>` so that one document's events stay in order\n"
                 "on one partition. A breaking change is a new type ending in `.v2`; both stay\n"
-                "registered while consumers move over.\n\n"
+                "registered while consumers move over. A receive operation lists the types its\n"
+                "process acts on (its consumer's handlers; the gateway's: its tenants' routes).\n\n"
                 f"Generated from `contracts/events` by `{WRITE_COMMAND}`."
             ),
             "license": {
@@ -363,6 +403,18 @@ def _channel(topic: str, classes: list[type[EventData]]) -> dict[str, Any]:
 
 
 def _operation(operation: Operation, by_topic: dict[str, list[type[EventData]]]) -> dict[str, Any]:
+    on_channel = by_topic[operation.topic]
+    if operation.action == "send":
+        if operation.messages:
+            raise ValueError(f"{operation.id}: a sender sends every message of its channel")
+        messages = on_channel
+    else:
+        messages = list(operation.messages)
+        if not messages:
+            raise ValueError(f"{operation.id}: a receive operation names the types it handles")
+        foreign = [cls.TYPE for cls in messages if cls not in on_channel]
+        if foreign:
+            raise ValueError(f"{operation.id}: {', '.join(foreign)} not on {operation.topic}")
     result: dict[str, Any] = {
         "action": operation.action,
         "channel": {"$ref": f"#/channels/{operation.topic}"},
@@ -371,8 +423,7 @@ def _operation(operation: Operation, by_topic: dict[str, list[type[EventData]]])
         # The process that performs the operation (this document describes them all).
         "tags": [{"name": operation.process}],
         "messages": [
-            {"$ref": f"#/channels/{operation.topic}/messages/{cls.TYPE}"}
-            for cls in by_topic[operation.topic]
+            {"$ref": f"#/channels/{operation.topic}/messages/{cls.TYPE}"} for cls in messages
         ],
     }
     if operation.group_id:

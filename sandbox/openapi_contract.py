@@ -3,15 +3,41 @@
 OpenAPI 3.1 schemas are JSON Schema 2020-12, so a component is validated by
 referencing it from a schema whose root carries the document's
 ``components``: every ``#/components/schemas/...`` reference then resolves.
+Formats are checked, ``date-time`` included (``FORMAT_CHECKER``).
 """
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator, FormatChecker
+
+#: RFC 3339's ``date-time``, JSON Schema's: a full date, ``T``, a time with its seconds (and
+#: maybe a fraction), then ``Z`` or the UTC offset.
+_DATE_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def is_date_time(value: object) -> bool:
+    """jsonschema's own ``date-time`` check needs an optional package (rfc3339-validator),
+    without which it passes anything. The form is matched first (``fromisoformat`` alone
+    takes a date without time, a space, no offset…), then the calendar and clock."""
+    if not isinstance(value, str):
+        return True
+    if not _DATE_TIME.fullmatch(value):
+        raise ValueError("not an RFC 3339 date-time, e.g. 2026-03-02T19:00:00+01:00")
+    datetime.fromisoformat(value.upper().replace("Z", "+00:00"))  # 2026-02-30, 25:00: refused
+    return True
+
+
+#: jsonschema's checks (``date``, ``email``…) and ``date-time``.
+FORMAT_CHECKER = FormatChecker()
+FORMAT_CHECKER.checks("date-time", raises=ValueError)(is_date_time)
 
 
 class OpenApiContract:
@@ -21,7 +47,7 @@ class OpenApiContract:
 
     def validator(self, schema: str) -> Draft202012Validator:
         root = {"$ref": f"#/components/schemas/{schema}", "components": self._components}
-        return Draft202012Validator(root, format_checker=FormatChecker())
+        return Draft202012Validator(root, format_checker=FORMAT_CHECKER)
 
     def schema(self, name: str) -> dict[str, Any]:
         found: dict[str, Any] = self._components["schemas"][name]

@@ -28,6 +28,9 @@ from tests.support.hub_processes import drop_schemas
 
 POSTGRES_URL = os.environ.get("HUB_TEST_POSTGRES_URL", "")
 REQUIRE_POSTGRES = os.environ.get("HUB_REQUIRE_POSTGRES") == "1"
+#: ``.ci/run`` sets it: a missing reference corpus fails the contract tests that read it
+#: (AsyncAPI and CloudEvents schemas, e-Box, KSZ-BCSS…) instead of skipping them unseen.
+REQUIRE_CORPUS = os.environ.get("HUB_REQUIRE_CORPUS") == "1"
 T = TypeVar("T")
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
@@ -45,11 +48,19 @@ def run_isolated(coroutine: Coroutine[Any, Any, T]) -> T:
         loop.close()
 
 
+def corpus_or_skip(folder: Path, required: bool) -> Path:
+    """``folder`` when it is there; else a skip, or a failure when the corpus is ``required``."""
+    if not folder.is_dir():
+        reason = f"the reference corpus is not beside the checkout ({folder})"
+        if required:
+            pytest.fail(f"HUB_REQUIRE_CORPUS=1 but {reason}")
+        pytest.skip(reason)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def corpus() -> Path:
-    if not CORPUS.is_dir():
-        pytest.skip(f"the reference corpus is not beside the checkout ({CORPUS})")
-    return CORPUS
+    return corpus_or_skip(CORPUS, REQUIRE_CORPUS)
 
 
 @pytest.fixture(scope="session")

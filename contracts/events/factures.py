@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from contracts.events.base import EventData
 from contracts.events.peppol import PeppolEndpoint
@@ -24,6 +24,15 @@ Channel = Literal["peppol", "upload", "scan"]
 DocumentKind = Literal["Invoice", "CreditNote"]
 #: BIS Invoice Response 3.0 status codes (UNCL 4343 subset).
 ResponseStatus = Literal["AB", "IP", "UQ", "RE", "AP", "PD"]
+#: How a ``Decimal`` is written on the wire: ``str(Decimal)``, "1234.50", "-12.5", "7",
+#: and with an exponent when very small or large ("1E-7", "0E-8").
+DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?([Ee][+-]?[0-9]+)?$"
+#: An amount, quantity or rate. Always sent as a JSON string (exact, unlike a JSON number);
+#: a number is still accepted on receipt. Only the documented schema is narrowed.
+DecimalString = Annotated[
+    Decimal,
+    WithJsonSchema({"type": "string", "pattern": DECIMAL_PATTERN}),
+]
 
 
 class _Part(BaseModel):
@@ -40,19 +49,19 @@ class Supplier(_Part):
 
 class VatBreakdown(_Part):
     category: str = Field(description="BT-118 VAT category code")
-    rate: Decimal | None = Field(default=None, description="BT-119 percent")
-    taxable_amount: Decimal = Field(description="BT-116")
-    tax_amount: Decimal = Field(description="BT-117")
+    rate: DecimalString | None = Field(default=None, description="BT-119 percent")
+    taxable_amount: DecimalString = Field(description="BT-116")
+    tax_amount: DecimalString = Field(description="BT-117")
 
 
 class AccountingLine(_Part):
     line_id: str = Field(description="BT-126")
     description: str = Field(description="BT-153 item name")
-    quantity: Decimal = Field(description="BT-129")
+    quantity: DecimalString = Field(description="BT-129")
     unit: str | None = Field(default=None, description="BT-130 UN/ECE Rec 20 code")
-    net_amount: Decimal = Field(description="BT-131")
+    net_amount: DecimalString = Field(description="BT-131")
     vat_category: str = Field(description="BT-151")
-    vat_rate: Decimal | None = Field(default=None, description="BT-152")
+    vat_rate: DecimalString | None = Field(default=None, description="BT-152")
 
 
 class AccountingDocument(_Part):
@@ -67,9 +76,9 @@ class AccountingDocument(_Part):
     buyer_reference: str | None = Field(default=None, description="BT-10")
     order_reference: str | None = Field(default=None, description="BT-13")
     preceding_invoice: str | None = Field(default=None, description="BT-25, credit notes")
-    tax_exclusive_amount: Decimal = Field(description="BT-109")
-    tax_amount: Decimal = Field(description="BT-110")
-    payable_amount: Decimal = Field(description="BT-115")
+    tax_exclusive_amount: DecimalString = Field(description="BT-109")
+    tax_amount: DecimalString = Field(description="BT-110")
+    payable_amount: DecimalString = Field(description="BT-115")
     vat_breakdown: list[VatBreakdown]
     lines: list[AccountingLine]
     ubl_base64: str = Field(description="The UBL document as received, base64")
@@ -88,7 +97,7 @@ class InvoiceReceived(EventData):
     supplier_name: str | None = None
     issue_date: date | None = None
     currency: str | None = None
-    payable_amount: Decimal | None = None
+    payable_amount: DecimalString | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     peppol_message_id: str | None = None
     scan_mail_id: str | None = Field(default=None, description="courrier mail of the scan")
@@ -170,7 +179,7 @@ class InvoicePaid(EventData):
     invoice_id: str
     number: str
     paid_on: date
-    amount: Decimal
+    amount: DecimalString
 
 
 class InvoiceResponseRequested(EventData):

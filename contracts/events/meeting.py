@@ -15,9 +15,17 @@ which the gateway routes to the Region; what the Region decides comes back as
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 from contracts.events.base import EventData
 from contracts.events.oversight import OversightOutcome
@@ -27,6 +35,11 @@ TOPIC = "meeting.events"
 
 MeetingKind = Literal["college", "council"]
 Decision = Literal["accepted", "accepted_with_amendments", "refused", "postponed"]
+#: The decisions the regional oversight takes (``DecisionKind`` of contracts/oversight/tutelle.xsd):
+#: a postponed item took none, gets no number and is never transmitted.
+TRANSMITTED_DECISIONS: tuple[Decision, ...] = ("accepted", "accepted_with_amendments", "refused")
+#: The most annexes one transmission carries (tutelle.xsd: ``Annex`` maxOccurs 50).
+MAX_TRANSMITTED_ANNEXES = 50
 ItemOrigin = Literal["rest", "ws4pm", "event"]
 
 
@@ -40,7 +53,17 @@ class ConcernedParty(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["person", "enterprise"]
-    identifier: str = Field(description="11-digit NISS or 10-digit enterprise number")
+    identifier: str = Field(
+        # 9 to 11 digits, at most one separator between two, an enterprise number's "BE".
+        pattern=r"^(?:[Bb][Ee] ?)?(?:[0-9][ ./-]?){8,10}[0-9]$",
+        description="A person's national number (NISS/INSZ, 11 digits) or a company's "
+        "enterprise number (BCE/KBO, 10 digits starting with 0 or 1; a pre-2005 9-digit one "
+        "gets its leading 0). The hub sends the digits alone; a producer may write the usual "
+        "punctuation (85.07.30-033.28, BE 0403.170.701), removed on receipt. Its last two "
+        "digits are a modulo-97 check of the others (a NISS of someone born from 2000 on: of "
+        '"2" followed by its first nine), and a NISS starts with a birth date: an identifier '
+        "failing either check is refused.",
+    )
     name: str | None = None
 
     @model_validator(mode="before")
@@ -151,7 +174,16 @@ class AnnexReference(BaseModel):
     title: str
     filename: str
     media_type: str
-    md5: str
+    md5: str = Field(pattern=r"^[0-9a-f]{32}$", description="MD5 of the content, lower-case hex")
+
+
+def _transmitted_decision(decision: Decision) -> Decision:
+    if decision not in TRANSMITTED_DECISIONS:
+        raise ValueError(
+            f"a {decision} item took no decision: only {', '.join(TRANSMITTED_DECISIONS)} "
+            "ones are transmitted to the regional oversight"
+        )
+    return decision
 
 
 class DecisionTransmissionRequested(EventData):
@@ -170,12 +202,17 @@ class DecisionTransmissionRequested(EventData):
     meeting_config: str
     meeting_kind: MeetingKind
     meeting_date: AwareDatetime
-    decision: Decision
+    # Typed Decision for its producers, who hold one; a postponed item is never transmitted.
+    decision: Annotated[
+        Decision,
+        AfterValidator(_transmitted_decision),
+        WithJsonSchema({"type": "string", "enum": list(TRANSMITTED_DECISIONS)}),
+    ]
     decision_number: str
     category: str
     title: str
     decision_text: str
-    annexes: list[AnnexReference] = Field(default_factory=list)
+    annexes: list[AnnexReference] = Field(default_factory=list, max_length=MAX_TRANSMITTED_ANNEXES)
 
 
 class DecisionOversightOutcome(EventData):
