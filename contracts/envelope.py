@@ -13,6 +13,7 @@ import builtins
 import json
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -38,6 +39,8 @@ TENANT_PATTERN = "^[0-9]{5}$"
 #: Control characters, which no attribute holds (PostgreSQL refuses a NUL in a text).
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 _TENANT = re.compile(TENANT_PATTERN)
+#: An event type's version (``v2``); its digits bounded, so that they are read as a number.
+_VERSION = re.compile("v[0-9]{1,9}")
 
 
 class EnvelopeError(ValueError):
@@ -137,6 +140,24 @@ def from_record(headers: dict[str, str], value: bytes) -> CloudEvent:
         # RecursionError: JSON nested a thousand deep (2 kB) is past what json.loads reads.
         raise EnvelopeError(f"{attributes.type} data does not match its contract: {exc}") from exc
     return CloudEvent(**vars(attributes), data=data)
+
+
+def type_stem(event_type: str) -> str | None:
+    """The name an event type's versions share (``courrier.outgoing_mail.send_requested`` of
+    ``courrier.outgoing_mail.send_requested.v2``); None for a name without a version. A
+    breaking change is a new version of the type (``contracts.events.base``)."""
+    stem, _, version = event_type.rpartition(".")
+    return stem if stem and _VERSION.fullmatch(version) else None
+
+
+def newer_than(event_type: str, others: Iterable[str]) -> bool:
+    """Whether ``event_type`` is a later version than each of ``others``, versions of it
+    (``type_stem``)."""
+    return all(_version_number(event_type) > _version_number(other) for other in others)
+
+
+def _version_number(event_type: str) -> int:
+    return int(event_type.rpartition(".v")[2])
 
 
 def usable_event_id(value: str | None) -> str | None:

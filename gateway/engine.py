@@ -24,6 +24,12 @@ Nothing lost, nothing twice:
   no route to take: it is kept in ``rejected_events``, in the transaction that
   records its fetch, for an operator to read and replay (``kernel.api``'s
   ``/v1/rejected-events``), as the services keep theirs.
+- A record of another version of a type the gateway routes (``….v2``, its
+  producer upgraded before the gateway) ends dead on the routes of its
+  tenant that take that type, its service told, as a routed record whose data
+  breaks its contract does; once the gateway is upgraded, its deliveries are
+  replayed (``replay_delivery``, ``replay_all``). Skipped, it was lost, and its
+  document stayed "sending" for ever.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ from contracts.envelope import (
     from_record,
     headers_as_text,
     new_event,
+    newer_than,
+    type_stem,
     usable_event_id,
 )
 from contracts.events import event_class_for
@@ -282,6 +290,18 @@ class Outcome:
             object.__setattr__(self, "answer", answer)
 
 
+def _not_routed_reason(event_type: str, versions: list[str]) -> str:
+    """Why a record of another version of a routed type (``versions``) ended dead."""
+    what_to_do = (
+        "upgrade the gateway, then replay the delivery"
+        if newer_than(event_type, versions)
+        else "have its service send it again in a version routed here"
+    )
+    return (
+        f"{event_type} is not routed here (this gateway routes {', '.join(versions)}): {what_to_do}"
+    )
+
+
 #: The longest reason an outcome keeps (the delivery log, the receipt, the operators' API).
 REASON_LENGTH = 2000
 #: The route and connector of a request no route of its tenant takes (``_unrouted``): no
@@ -468,12 +488,21 @@ class DeliveryEngine:
                     attributes = envelope_attributes(headers)
                 except EnvelopeError:
                     # Of a type no route takes, it is the services' to keep, not ours.
-                    if headers.get("ce_type") in self._routing.event_types():
+                    event_type = headers.get("ce_type", "")
+                    if event_type in self._routing.event_types() or self._other_versions(
+                        event_type
+                    ):
                         unreadable.append(_Unreadable(headers, value, topic, str(exc)))
                     continue
                 broken.extend(self._broken_deliveries(attributes, headers, value, exc))
                 continue
             routes = self._routing.routes_for(event.tenant, event.type)
+            if not routes and (versions := self._other_versions(event.type)):
+                # A version this gateway reads but routes nowhere: as one it cannot read.
+                EVENTS_CONSUMED.labels("gateway", topic, "rejected").inc()
+                log.warning("gateway rejected a record on %s: %s is not routed", topic, event.type)
+                broken.extend(self._version_not_routed(event, headers, value, versions))
+                continue
             EVENTS_CONSUMED.labels("gateway", topic, "routed" if routes else "ignored").inc()
             pending.extend(_Pending(event, route, headers, value) for route in routes)
             if not routes and event.type in self._routing.event_types():
@@ -632,6 +661,9 @@ class DeliveryEngine:
         routes = self._routing.routes_for(attributes.tenant, attributes.type)
         if not routes:
             if attributes.type not in self._routing.event_types():
+                if versions := self._other_versions(attributes.type):
+                    # Mostly "unknown event type": a version newer than this gateway.
+                    return self._version_not_routed(attributes, headers, value, versions)
                 return []  # not a request of the gateway's: the services keep theirs
             return [self._unrouted(attributes, headers, value)]
         # The error quotes the record (a key's name, a value): a NUL in it was refused by
@@ -643,6 +675,48 @@ class DeliveryEngine:
         return [
             self._ended_unattempted(
                 attributes, route.name, route.connector_type, "dead", reason, headers, value
+            )
+            for route in routes
+        ]
+
+    def _other_versions(self, event_type: str) -> list[str]:
+        """The types routed here that are other versions of ``event_type``, which no route
+        takes; none for a type routed here, or one of which no version is."""
+        stem = type_stem(event_type)
+        if stem is None:
+            return []
+        routed = self._routing.event_types()
+        if event_type in routed:
+            return []
+        return sorted(other for other in routed if type_stem(other) == stem)
+
+    def _version_routes(self, tenant: str, versions: Iterable[str]) -> list[Route]:
+        """The routes of ``tenant`` that take one of ``versions``."""
+        return [
+            route for version in versions for route in self._routing.routes_for(tenant, version)
+        ]
+
+    def _version_not_routed(
+        self,
+        event: CloudEvent | Attributes,
+        headers: dict[str, str],
+        value: bytes,
+        versions: list[str],
+    ) -> list[DeliveryRecord]:
+        """A request in another version than the gateway routes (its service upgraded to
+        ``….v2`` before the gateway): ended dead at once on each route of its tenant that
+        takes a version of it, and its service told, as a routed record whose data breaks
+        its contract (``_broken_deliveries``), rather than kept unseen by its service: its
+        document is told it failed, with what to do, instead of "sending" for ever, and
+        the receipt of its replay (``replay_delivery``) once the gateway is upgraded makes
+        it sent. Failed at once (``_unrouted``) when no route of its tenant takes one."""
+        routes = self._version_routes(event.tenant, versions)
+        if not routes:
+            return [self._unrouted(event, headers, value)]
+        reason = _not_routed_reason(event.type, versions)
+        return [
+            self._ended_unattempted(
+                event, route.name, route.connector_type, "dead", reason, headers, value
             )
             for route in routes
         ]
@@ -1159,7 +1233,12 @@ class DeliveryEngine:
         try:
             event = from_record(record.record_headers, record.record_value)
         except EnvelopeError as exc:  # the contract changed under a stored event
-            outcome, event_for_receipt = Outcome("failed", reason=f"unreadable event: {exc}"), None
+            reason = f"unreadable event: {exc}"
+            if event_class_for(record.event_type) is None and (
+                versions := self._other_versions(record.event_type)
+            ):  # a newer version replayed before the gateway's upgrade
+                reason = _not_routed_reason(record.event_type, versions)
+            outcome, event_for_receipt = Outcome("failed", reason=reason), None
         else:
             event_for_receipt = event
             route = self._routing.route(record.tenant, record.route)
@@ -1261,6 +1340,9 @@ class DeliveryEngine:
         routes = [route.name for route in self._routing.routes_for(event.tenant, event.type)]
         if not routes and event.type in self._routing.event_types():
             routes = [NO_ROUTE]
+        elif not routes and (versions := self._other_versions(event.type)):
+            ended = self._version_routes(event.tenant, versions)  # ended dead, or failed
+            routes = [route.name for route in ended] or [NO_ROUTE]
         keys = [idempotency_key(event.id, route) for route in routes]
         async with self._sessions() as session:
             recorded = set(await session.scalars(_RECORDED_KEYS, {"keys": keys}))

@@ -21,7 +21,10 @@ A record that breaks its contract must neither stop the partition (a poison
 record) nor be lost: when its type is one this service handles, it is kept in
 ``rejected_events`` with the reason, for an operator (``kernel.api``'s
 ``/v1/rejected-events``); records of other types are counted and skipped
-unparsed.
+unparsed. A record of another version of a type this service handles is kept
+too (a breaking change is a new ``.v2`` type, and its producer may be upgraded
+first): skipped, it was lost, and what it asked for never done; kept, it is
+replayed once this service is upgraded to handle it.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ from contracts.envelope import (
     EnvelopeError,
     from_record,
     headers_as_text,
+    newer_than,
+    type_stem,
     usable_event_id,
 )
 from kernel.database import Base, BigId, UtcDateTime, utcnow, write_transaction
@@ -220,6 +225,12 @@ class KeptUntilFixed(Exception):
     that is done. Tried again, it would only fail again; skipped, it was lost."""
 
 
+class NotHandledHere(EnvelopeError):
+    """A record of a type this service has no handler for, though it handles another version
+    of it (a producer upgraded to ``….v2`` before this service): kept, not ignored, and
+    refused when replayed until this service handles it."""
+
+
 #: The pause between two attempts of a failing event.
 RETRY_PAUSE_SECONDS = 1.0
 
@@ -288,11 +299,35 @@ class EventConsumer:
         self._sessions = sessions
         self._handlers = handlers
         self._relay = relay
+        # The versions this service handles of each type, by the name they share.
+        self._versions: dict[str, list[str]] = {}
+        for event_type in sorted(handlers):
+            if (stem := type_stem(event_type)) is not None:
+                self._versions.setdefault(stem, []).append(event_type)
+
+    def not_handled_reason(self, event_type: str) -> str | None:
+        """Why a record of ``event_type``, which no handler here takes, is kept: it is
+        another version of a type this service handles; None for another type (a topic
+        carries many that a service does not take), which is ignored."""
+        stem = type_stem(event_type)
+        versions = self._versions.get(stem) if stem is not None else None
+        if not versions or event_type in self._handlers:
+            return None
+        what_to_do = (
+            "upgrade this service, then replay"
+            if newer_than(event_type, versions)
+            else "have its sender send it again in a version handled here"
+        )
+        return (
+            f"{event_type} is not handled here (this service handles"
+            f" {', '.join(versions)}): {what_to_do}"
+        )
 
     async def handle_batch(self, records: Sequence[Incoming]) -> list[str]:
         """Handle ``records`` in order, in one transaction; their outcome labels, in order.
 
-        A record of another type is skipped before its body is even parsed, so a
+        A record of another type is skipped before its body is even parsed (one of
+        another version of a type handled here is kept: ``not_handled_reason``), so a
         new consumer group catching up on a topic's history reads the others'
         events cheaply. Raises when a handler fails: the transaction is rolled
         back and nothing is counted (broken records are kept already, and are
@@ -302,9 +337,15 @@ class EventConsumer:
         outcomes: list[str | None] = []
         ours: list[tuple[int, Incoming, CloudEvent, EventHandler]] = []
         for record in records:
-            handler = self._handlers.get(record.headers.get("ce_type", ""))
+            event_type = record.headers.get("ce_type", "")
+            handler = self._handlers.get(event_type)
             if handler is None:
-                outcomes.append("ignored")
+                if (reason := self.not_handled_reason(event_type)) is None:
+                    outcomes.append("ignored")
+                else:
+                    # Kept, counted "kept" like every record in rejected_events, before the
+                    # batch's offsets are committed.
+                    outcomes.append(await self.keep_broken(record, NotHandledHere(reason)))
                 continue
             try:
                 event = from_record(record.headers, record.value)
@@ -350,8 +391,9 @@ class EventConsumer:
         return outcome
 
     async def keep_broken(self, record: Incoming, error: EnvelopeError) -> str:
-        """Keep a record of ours that breaks its contract; a service may keep its own kinds
-        its own way (urban keeps a NOTICe notification among its unprocessed ones)."""
+        """Keep a record of ours that breaks its contract, or of a version of our types not
+        handled here (``NotHandledHere``); a service may keep its own kinds its own way
+        (urban keeps a NOTICe notification among its unprocessed ones)."""
         kept = await self.keep_rejected(record.headers, record.value, record.topic, str(error))
         return self._count(record.topic, "kept" if kept else "duplicate")
 
@@ -411,8 +453,16 @@ class EventConsumer:
         """Hand a kept event to its handler again, its cause fixed (the sender corrected, the
         service upgraded); its outcome (handled, or duplicate when handled meanwhile), after
         which it is no longer kept. Raises ``EnvelopeError`` when it still breaks its
-        contract, and the handler's error when that fails again: it stays kept then."""
+        contract, ``NotHandledHere`` while no handler here takes its type, and the handler's
+        error when that fails again: it stays kept then."""
         headers: dict[str, str] = dict(kept.headers)
+        event_type = headers.get("ce_type", "")
+        if event_type not in self._handlers:
+            # Not upgraded yet: handed to the batch, it was kept again (a duplicate) or
+            # ignored, and no longer kept either way: lost.
+            raise NotHandledHere(
+                self.not_handled_reason(event_type) or f"{event_type} is not handled here"
+            )
         from_record(headers, kept.value)  # broken still: raises before any handler runs
         [outcome] = await self.handle_batch([Incoming(headers, kept.value, kept.topic)])
         async with self._sessions() as session, session.begin():
