@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Response
+from fastapi import routing as fastapi_routing
+from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,8 +30,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kernel.auth import TokenVerifier, development_jwks
-from kernel.errors import install_problem_handlers, problem_response, soap_fault
+from kernel.api import Problem
+from kernel.auth import TokenVerifier, current_caller, development_jwks
+from kernel.errors import (
+    PROBLEM_CONTENT_TYPE,
+    install_problem_handlers,
+    problem_response,
+    soap_fault,
+)
 from kernel.metrics import BACKGROUND_JOB_RESTARTS, HTTP_REQUESTS
 from kernel.settings import HubSettings
 from kernel.telemetry import continue_trace
@@ -345,6 +355,187 @@ class TraceAndCountMiddleware:
                     span.set_attribute("http.route", template)
 
 
+#: The methods of an OpenAPI Path Item (its other keys are summaries and parameters).
+_OPERATIONS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+_SCHEMAS = "#/components/schemas/"
+#: FastAPI's own description of a validation error, which this hub never answers.
+_FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
+#: The bearer scheme of the routes that need a token and name none (the services name
+#: theirs, ``HTTPBearer``, to describe their scopes).
+_BEARER = "HTTPBearer"
+#: The Problems any route may answer, whatever it declares (``kernel.errors``): a
+#: route's own declaration of one of these statuses is kept.
+_MALFORMED = (
+    "`control-character`: the URL holds a control character; `bad-content-length`: the"
+    " Content-Length is not a number"
+)
+_COMMON_PROBLEMS: dict[str, str] = {
+    "400": f"Malformed request ({_MALFORMED})",
+    "400 json": f"Malformed request ({_MALFORMED}; `malformed-json`: the body is not JSON)",
+    "401": "Missing or invalid bearer token (`unauthorized`)",
+    "403": "The token lacks the scope, or its tenant is not configured (`forbidden`,"
+    " `unknown-tenant`)",
+    "413": "The body is larger than the API accepts (`body-too-large`)",
+    "415": "The body is not JSON (`unsupported-media-type`)",
+    "422": "The request does not match the API contract (`invalid-request`: `errors` names"
+    " each field and what is wrong with it)",
+    "500": "The hub could not complete the request (`internal-error`); operators have the"
+    " details in the logs",
+    "503": "The keys to check the token could not be fetched"
+    " (`identity-provider-unavailable`): try again later",
+}
+
+
+def _problem_schemas() -> dict[str, dict[str, Any]]:
+    """``Problem`` (RFC 9457, ``kernel.api.Problem``) and ``ValidationProblem``, the same
+    with the ``errors`` a 400 or 422 about the request's fields lists."""
+    problem = Problem.model_json_schema()
+    validation = json.loads(json.dumps(problem))
+    validation["title"] = "ValidationProblem"
+    validation["description"] = (
+        "A Problem about the request itself; `errors` lists each field that breaks the"
+        " API contract (`body.recipient.identifier`, `query.limit`, …)."
+    )
+    validation["properties"]["errors"] = {
+        "type": "array",
+        "title": "Errors",
+        "items": {
+            "type": "object",
+            "properties": {
+                "field": {"type": "string", "title": "Field"},
+                "message": {"type": "string", "title": "Message"},
+            },
+            "required": ["field", "message"],
+        },
+    }
+    return {"Problem": problem, "ValidationProblem": validation}
+
+
+def _problem_schema(status: str) -> dict[str, str]:
+    name = "ValidationProblem" if status in ("400", "422") else "Problem"
+    return {"$ref": _SCHEMAS + name}
+
+
+def _problem_response(status: str, description: str | None = None) -> dict[str, Any]:
+    return {
+        "description": description or _COMMON_PROBLEMS[status],
+        "content": {PROBLEM_CONTENT_TYPE: {"schema": _problem_schema(status)}},
+    }
+
+
+def _needs_a_token(dependant: Dependant) -> bool:
+    return dependant.call is current_caller or any(
+        _needs_a_token(dependency) for dependency in dependant.dependencies
+    )
+
+
+def _routes_needing_a_token(app: FastAPI) -> set[tuple[str, str]]:
+    """(path, method) of the routes of ``app`` that depend on ``current_caller``. FastAPI
+    0.16x keeps an included router as one route, whose routes (with the router's
+    dependencies) ``iter_route_contexts`` lists; earlier releases copied them into
+    ``app.routes``."""
+    iterate = getattr(fastapi_routing, "iter_route_contexts", None)
+    routes: Iterable[Any] = iterate(app.routes) if iterate is not None else app.routes
+    return {
+        (route.path_format, method.lower())
+        for route in routes
+        if isinstance(getattr(route, "original_route", route), APIRoute)
+        and _needs_a_token(route.dependant)
+        for method in route.methods or ()
+    }
+
+
+def _status_order(status: str) -> tuple[int, str]:
+    return (int(status), "") if status.isdigit() else (1000, status)
+
+
+def _honest_errors(document: dict[str, Any], authenticated: set[tuple[str, str]]) -> None:
+    """Rewrite ``document``'s error responses as the hub answers them (see
+    ``document_problems_in_openapi``); ``authenticated``: (path, method) of the routes
+    that need a bearer token."""
+    components = document.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.update(_problem_schemas())
+    for path, item in document.get("paths", {}).items():
+        for method, operation in item.items():
+            if method not in _OPERATIONS:
+                continue
+            responses: dict[str, Any] = operation.setdefault("responses", {})
+            for status, response in responses.items():
+                content = response.get("content", {})
+                if status == "422" and _FASTAPI_VALIDATION[0] in json.dumps(content):
+                    responses[status] = _problem_response("422")
+                    continue
+                problem = content.get(PROBLEM_CONTENT_TYPE)
+                # A route's own Problem (``kernel.api.problem_responses``), inlined at each
+                # route: one reference instead, keeping the route's description.
+                if problem and problem.get("schema", {}).get("title") == "Problem":
+                    problem["schema"] = _problem_schema(status)
+            common = ["400", "500"]
+            if (path, method) in authenticated:
+                common += ["401", "403", "503"]
+                if not operation.get("security"):
+                    operation["security"] = [{_BEARER: []}]
+                    components.setdefault("securitySchemes", {}).setdefault(
+                        _BEARER,
+                        {
+                            "type": "http",
+                            "scheme": "bearer",
+                            "description": "A JWT naming the tenant (claim `tenant`) and"
+                            " the scopes (claim `scope`).",
+                        },
+                    )
+            body = operation.get("requestBody", {}).get("content", {})
+            json_body = any(t == "application/json" or t.endswith("+json") for t in body)
+            if body:
+                common += ["413", "415"] if json_body else ["413"]
+            for status in common:
+                said = _COMMON_PROBLEMS["400 json"] if status == "400" and json_body else None
+                responses.setdefault(status, _problem_response(status, said))
+            operation["responses"] = dict(
+                sorted(responses.items(), key=lambda entry: _status_order(entry[0]))
+            )
+    if _SCHEMAS + _FASTAPI_VALIDATION[0] not in json.dumps(document):
+        for name in _FASTAPI_VALIDATION:
+            schemas.pop(name, None)
+
+
+def document_problems_in_openapi(app: FastAPI) -> None:
+    """Make ``app``'s OpenAPI document say what the hub answers on errors.
+
+    FastAPI documents a 422 as its ``HTTPValidationError`` (``{detail: [{loc, msg,
+    type}]}``, ``application/json``), which the hub never answers: ``kernel.errors``
+    answers every error as an RFC 9457 Problem (``application/problem+json``), a
+    validation error as ``invalid-request`` with ``errors: [{field, message}]``. The
+    document is generated once, at the first call of ``app.openapi`` (the first request
+    of ``/openapi.json``, when every route is there), changed as follows and kept
+    (``app.openapi_schema``, as FastAPI keeps its own). In each operation:
+
+    - FastAPI's 422 becomes the ``ValidationProblem`` schema, and its components
+      ``HTTPValidationError`` and ``ValidationError`` are dropped;
+    - each Problem a route declares (inlined at each route) refers to the ``Problem``
+      component, a 400 or 422 to ``ValidationProblem`` (a Problem with ``errors``);
+    - the Problems any route may answer are declared, unless the route declares the
+      status itself: 400 (``RequestGuardMiddleware``) and 500 everywhere; 401, 403 and
+      503, and the bearer ``security`` if the route names none, where a token is needed
+      (a route depending on ``kernel.auth.current_caller``); 413 where a body is taken,
+      and 415 where it is JSON.
+
+    ``contracts/openapi/`` holds each API's document (``contracts.openapi_documents``).
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            authenticated = _routes_needing_a_token(app)
+            document = generate()
+            _honest_errors(document, authenticated)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(
     component: str,
     settings: HubSettings,
@@ -392,6 +583,7 @@ def create_app(
         # Older FastAPI releases keep this unknown setting unused.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    document_problems_in_openapi(app)
     app.state.settings = settings
     app.state.component = component
     app.state.max_body_bytes = max_body_bytes
