@@ -25,6 +25,8 @@ from kernel.logs import mask_national_numbers
 from kernel.texts import plain_text
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+#: A problem type is ``PROBLEM_BASE`` + its slug, its identity to every client: changing the
+#: base breaks them all. docs/problems.md lists each type, and says why this base stays.
 PROBLEM_BASE = "https://hub.example/problems/"
 log = logging.getLogger(__name__)
 
