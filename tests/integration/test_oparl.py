@@ -29,6 +29,7 @@ from referencing.jsonschema import DRAFT202012
 from kernel.database import utcnow
 from kernel.days import BRUSSELS
 from kernel.settings import HubSettings
+from tests.conftest import REQUIRE_CORPUS, corpus_or_skip
 from tests.integration.test_meeting_api import (
     LIEGE,
     PDF,
@@ -101,9 +102,7 @@ class OParlSchemas:
 
 @pytest.fixture(scope="module")
 def oparl_schemas(corpus: Path) -> OParlSchemas:
-    folder = corpus / "contracts" / "oparl" / "schema"
-    if not folder.is_dir():
-        pytest.skip(f"the OParl schemas are not in the corpus ({folder})")
+    folder = corpus_or_skip(corpus / "contracts" / "oparl" / "schema", REQUIRE_CORPUS)
     schemas = {
         path.stem: {
             **_with_refs(json.loads(path.read_text("utf-8"))),

@@ -15,11 +15,14 @@ from lxml import etree
 
 from services.factures.rules import EN16931, PEPPOL, validate
 from services.factures.rules.engine import RuleSet
+from tests.conftest import REQUIRE_CORPUS, corpus_or_skip
 from tests.support.vefa import EXAMPLES, SUITES, score
 
-pytestmark = pytest.mark.skipif(
-    not SUITES["cen"].is_dir(), reason="../shared/corpus/einvoice is not beside the checkout"
-)
+
+@pytest.fixture(autouse=True)
+def _conformance_suites() -> None:
+    corpus_or_skip(SUITES["cen"], REQUIRE_CORPUS)
+
 
 TARGET = 0.95
 
