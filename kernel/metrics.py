@@ -76,7 +76,8 @@ INBOUND_LAST_SUCCESS = Gauge(
     "When a poll of an outside source by the gateway's inbound adapters last completed "
     "without failing as a whole, in Unix time (labels as hub_inbound_poll_failures_total); "
     "alert on time() - hub_inbound_last_success_timestamp_seconds > 900 (no poll that "
-    "worked for 15 minutes). Not kept across restarts: absent until the source's first "
+    "worked for 15 minutes, at the default poll intervals; a few intervals of a channel "
+    "polled less often). Not kept across restarts: absent until the source's first "
     "poll that works after the gateway starts",
     ["channel", "source"],
 )

@@ -132,6 +132,10 @@ class AccessPointInbox(Protocol):
     """What the adapter needs of an access point account (the HTTP client, or a fake)."""
 
     name: str
+    #: The account as its polls' health shows it (``gateway.inbound.health``): ``name``,
+    #: with a fingerprint of its key when accounts share that URL (``inboxes_from``), so
+    #: that one whose key was revoked is not hidden by another that works.
+    account: str
 
     async def list_new(self) -> tuple[list[InboxItem], int]:
         """The oldest new messages the hub can take, and how many the access point listed
@@ -149,8 +153,11 @@ class AccessPointInbox(Protocol):
 class HttpAccessPointInbox:
     """The inbox of one account, over the modelled contract ``contracts/peppol-ap/openapi.yaml``."""
 
-    def __init__(self, settings: PeppolApSettings, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self, settings: PeppolApSettings, http: httpx.AsyncClient, account: str | None = None
+    ) -> None:
         self.name = settings.base_url
+        self.account = account or settings.base_url
         self._settings = settings
         self._http = http
         self._timeout = httpx.Timeout(settings.timeout_seconds)
@@ -395,7 +402,7 @@ class PeppolInbound:
         taken, seen = 0, set[str]()
         # An account shared by tenants, whose listings carry documents for no tenant too,
         # is no single tenant's source.
-        source, tenant = _source_of(inbox.name), None
+        source, tenant = _source_of(inbox.account), None
         for _ in range(MAX_LISTINGS):
             try:
                 items, listed = await inbox.list_new()
@@ -738,4 +745,17 @@ def inboxes_from(
     for settings in settings_by_tenant:
         account = (settings.base_url.rstrip("/"), settings.api_key.get_secret_value())
         accounts.setdefault(account, settings)
-    return [HttpAccessPointInbox(settings, http) for settings in accounts.values()]
+    per_url: dict[str, int] = {}
+    for url, _key in accounts:
+        per_url[url] = per_url.get(url, 0) + 1
+    return [
+        HttpAccessPointInbox(
+            settings,
+            http,
+            # A fingerprint, not the key: 8 hex digits of its SHA-256 tell accounts apart.
+            f"{settings.base_url} (key {hashlib.sha256(key.encode()).hexdigest()[:8]})"
+            if per_url[url] > 1
+            else None,
+        )
+        for (url, key), settings in accounts.items()
+    ]

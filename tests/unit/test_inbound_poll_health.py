@@ -15,15 +15,17 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.api import SourceHealthView, inbound_router
 from gateway.connectors.oversight_soap import Outcome
+from gateway.connectors.peppol_ap import PeppolApSettings
 from gateway.deliveries import MIGRATIONS
 from gateway.inbound.notice import NoticeInbound, NoticeSource
 from gateway.inbound.opinions import OpinionInbound
 from gateway.inbound.oversight import OversightInbound
-from gateway.inbound.peppol import InboxItem, PeppolInbound
+from gateway.inbound.peppol import InboxItem, PeppolInbound, inboxes_from
 from kernel.auth import Caller, current_caller
 from kernel.errors import install_problem_handlers
 from tests.support.clock import Clock
@@ -120,7 +122,7 @@ async def test_each_adapter_sets_the_last_success_of_its_sources_and_counts_thei
     clock = Clock()
 
     class Inbox(FakeInbox):
-        name = "https://ap.health.test/verviers"
+        name = account = "https://ap.health.test/verviers"
         failing = False
 
         async def list_new(self) -> tuple[list[InboxItem], int]:
@@ -221,7 +223,7 @@ async def test_the_operators_see_their_tenants_sources_and_the_shared_ones_with_
     await OversightInbound(sessions=sessions, sources=[mons, vilvoorde], clock=clock).poll_once()
 
     class Away(FakeInbox):
-        name = "https://ap.health.test/shared"
+        name = account = "https://ap.health.test/shared"
 
         async def list_new(self) -> tuple[list[InboxItem], int]:
             raise httpx.ConnectError(SECRET)
@@ -274,3 +276,48 @@ def test_the_dashboard_shows_the_sources_the_api_gives() -> None:
     shown = set(re.findall(r"\bh\.(\w+)", PAGE))
     assert {"last_success_at", "consecutive_failures", "last_error"} <= shown
     assert shown <= set(SourceHealthView.model_fields)
+
+
+async def test_two_accounts_at_one_access_point_have_their_own_health(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    url = "https://ap.health.test/two-accounts"
+    settings = [
+        PeppolApSettings(type="peppol_ap", base_url=url, api_key=SecretStr(key))
+        for key in ("revoked-key", "working-key", "working-key")
+    ]
+    lone = PeppolApSettings(
+        type="peppol_ap", base_url="https://ap.health.test/lone", api_key=SecretStr("k")
+    )
+    async with httpx.AsyncClient() as http:
+        revoked, working, alone = inboxes_from([*settings, lone], http)
+    # One source per account; a lone account keeps its URL; no key in a label.
+    assert revoked.name == working.name == url
+    assert revoked.account != working.account
+    assert revoked.account.startswith(f"{url} (key ") and "revoked" not in revoked.account
+    assert alone.account == "https://ap.health.test/lone"
+
+    class Inbox(FakeInbox):
+        name = url
+
+        def __init__(self, account: str, failing: bool) -> None:
+            super().__init__()
+            self.account, self.failing = account, failing
+
+        async def list_new(self) -> tuple[list[InboxItem], int]:
+            if self.failing:
+                raise httpx.ConnectError(SECRET)
+            return await super().list_new()
+
+    inbound = PeppolInbound(
+        sessions=sessions,
+        inboxes=[Inbox(revoked.account, True), Inbox(working.account, False)],
+        participants=PARTICIPANTS,
+    )
+    for _ in range(2):
+        await inbound.poll_once()
+
+    # The working account does not hide the revoked one: its failures stay in a row.
+    assert in_a_row("peppol", revoked.account) == 2
+    assert last_success("peppol", revoked.account) is None
+    assert in_a_row("peppol", working.account) == 0

@@ -73,7 +73,7 @@ REQUEST = httpx.Request("GET", "https://source.test/document")
 class FakeInbox:
     """An access point account: messages stay listed until acknowledged or rejected."""
 
-    name = "fake-ap"
+    name = account = "fake-ap"
 
     def __init__(self) -> None:
         self.documents: dict[str, FetchedDocument] = {}
@@ -519,7 +519,7 @@ async def test_an_access_point_that_cannot_list_is_tried_at_the_next_poll(
     sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox
 ) -> None:
     class Away(FakeInbox):
-        name = "away-ap"
+        name = account = "away-ap"
 
         async def list_new(self) -> tuple[list[InboxItem], int]:
             raise httpx.ConnectError("refused")
@@ -719,7 +719,7 @@ async def test_two_access_points_using_one_message_id_each_have_theirs_published
     sessions: async_sessionmaker[AsyncSession], inbox: FakeInbox
 ) -> None:
     other = FakeInbox()
-    other.name = "another-ap"
+    other.name = other.account = "another-ap"
     inbox.drop("1001", LIEGE)
     other.drop("1001", SAMBREVILLE)
     inbound = PeppolInbound(sessions=sessions, inboxes=[inbox, other], participants=PARTICIPANTS)
