@@ -344,7 +344,7 @@ async def urban_memory(hub: BenchHub, count: int) -> dict[str, Any]:
         for _ in range(50):
             await asyncio.gather(
                 page({"limit": 200, "offset": rng.randrange(0, count - 200)}),
-                page({"limit": 200, "deadline_before": date.today().isoformat()}),
+                page({"limit": 200, "deadline_before": commune_day(datetime.now(UTC)).isoformat()}),
                 page({"limit": 50, "state": "received"}),
                 page({"limit": 200, "offset": rng.randrange(0, count - 200), "state": "granted"}),
             )

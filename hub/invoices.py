@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
 from lxml import etree
 from lxml.builder import ElementMaker
+
+from kernel.days import commune_day
 
 INVOICE_NS = "urn:oasis:names:specification:ubl:schema:xsd:Invoice-2"
 CAC_NS = "urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"
@@ -89,7 +91,9 @@ def supplier_invoice(
 ) -> SupplierInvoice:
     """One invoice for the buyer ``"0208:<enterprise number>"``; with ``fault``, a broken one."""
     supplier_number = enterprise_number(rng)
-    invoice_number = f"F{date.today().year}-{number:06d}-{rng.randrange(10**6):06d}"
+    invoice_number = (
+        f"F{commune_day(datetime.now(UTC)).year}-{number:06d}-{rng.randrange(10**6):06d}"
+    )
     if fault == "cii":
         document = _cii_invoice(invoice_number)
     else:
@@ -113,7 +117,7 @@ def _ubl_invoice(
 ) -> bytes:
     supplier_name, street, city, postcode = rng.choice(_SUPPLIERS)
     buyer_scheme, buyer_id = buyer_participant.split(":", 1)
-    issued = date.today() - timedelta(days=rng.randrange(0, 20))
+    issued = commune_day(datetime.now(UTC)) - timedelta(days=rng.randrange(0, 20))
     lines = [
         Line(name, unit, Decimal(rng.randrange(1, 40)), price, category, rate)
         for name, unit, price, category, rate in rng.sample(_ITEMS, rng.randrange(1, 6))

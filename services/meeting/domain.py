@@ -24,7 +24,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal, Protocol
 
-from kernel.days import BRUSSELS, commune_day
+from kernel.days import commune_day
 from kernel.errors import Conflict, ProblemError
 from services.meeting.configuration import Category, MeetingConfig
 
@@ -331,7 +331,7 @@ def check_decidable(item_id: str, state: ItemState) -> None:
 
 def decision_year(meeting_date: datetime) -> int:
     """Decisions count per calendar year of their meeting, as the commune's calendar says."""
-    return meeting_date.astimezone(BRUSSELS).year
+    return commune_day(meeting_date).year
 
 
 def format_decision_number(prefix: str, year: int, sequence: int) -> str:

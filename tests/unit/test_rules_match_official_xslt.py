@@ -31,15 +31,19 @@ from services.factures.rules import EN16931, PEPPOL, engine, validate
 from services.factures.rules.en16931 import our_rule_id
 from services.factures.rules.xpath import CompiledPath
 from services.factures.ubl import parse_document
+from tests.conftest import REQUIRE_CORPUS, corpus_or_skip
 from tests.support.vefa import EXAMPLES, SUITES, read_tests
 
 OFFICIAL = Path(__file__).resolve().parents[2] / "var" / "official-xslt"
 CEN_XSLT = OFFICIAL / "CEN-EN16931-UBL.xsl"
 PEPPOL_XSLT = OFFICIAL / "PEPPOL-EN16931-UBL.xsl"
 
-pytestmark = pytest.mark.skipif(
-    not SUITES["cen"].is_dir(), reason="../shared/corpus/einvoice is not beside the checkout"
-)
+
+@pytest.fixture(autouse=True)
+def _conformance_suites() -> None:
+    corpus_or_skip(SUITES["cen"], REQUIRE_CORPUS)
+
+
 needs_xslt = pytest.mark.skipif(
     not (CEN_XSLT.is_file() and PEPPOL_XSLT.is_file()),
     reason=f"the official XSLTs are not in {OFFICIAL}: `make official-xslt` fetches them "
