@@ -27,9 +27,11 @@ Nothing lost, nothing twice:
 - A record of another version of a type the gateway routes (``….v2``, its
   producer upgraded before the gateway) ends dead on the routes of its
   tenant that take that type, its service told, as a routed record whose data
-  breaks its contract does; once the gateway is upgraded, its deliveries are
-  replayed (``replay_delivery``, ``replay_all``). Skipped, it was lost, and its
-  document stayed "sending" for ever.
+  breaks its contract does; once the gateway is upgraded and a route of its
+  tenant takes its version, its deliveries are replayed (``replay_delivery``,
+  ``replay_all``) and handed to that route (``_hand_over``), never sent on the
+  route of another version. Skipped, it was lost, and its document stayed
+  "sending" for ever.
 """
 
 from __future__ import annotations
@@ -1244,6 +1246,16 @@ class DeliveryEngine:
             route = self._routing.route(record.tenant, record.route)
             if route is None:
                 outcome = Outcome("retry", reason=f"route {record.route!r} is no longer configured")
+            elif route.event_type != event.type:
+                # Its route takes another version (it ended dead there, its type not routed
+                # yet: ``_version_not_routed``), or was edited to: its connector was checked
+                # for that type only, so it is not sent there.
+                handed_to = self._routing.routes_for(record.tenant, event.type)
+                if not handed_to:
+                    outcome, event_for_receipt = self._not_its_route(event, route), None
+                else:
+                    await self._hand_over(record, event, route, handed_to)
+                    return
             else:
                 attempted = await self._attempt(record, event, route, claim)
                 if attempted is None:
@@ -1297,6 +1309,57 @@ class DeliveryEngine:
                 self._apply(session, fresh, event_for_receipt, route, outcome)
         if outcome.status != "retry" and self._relay:
             self._relay.wake()
+
+    def _not_its_route(self, event: CloudEvent, route: Route) -> Outcome:
+        """Why a delivery whose route takes another type than its event, and no route of its
+        tenant takes its own, ends dead, its service told (``_retry_one``), rather than
+        being sent on a route whose connector was checked for another type."""
+        return Outcome(
+            "failed",
+            reason=(
+                f"{event.type} is not routed here: route {route.name!r} takes"
+                f" {route.event_type}, and no route of tenant {event.tenant} takes"
+                f" {event.type}: add one to the tenant's file, then replay the delivery"
+            ),
+        )
+
+    async def _hand_over(
+        self, record: DeliveryRecord, event: CloudEvent, route: Route, routes: list[Route]
+    ) -> None:
+        """Hand a delivery whose route takes another type than its event (a ``….v2`` that
+        ended dead on the ``….v1`` route, replayed once the gateway routes ``….v2``) to
+        the routes of its tenant that take its type; ended failed, with no receipt.
+
+        Its record is not re-targeted: its key (``idempotency_key(event id, route)``) is
+        the one its target and its operator know it by, and one record cannot become the
+        several a type's routes may make. Each route gets the record a reading of the event
+        now would make, under that route's key, due at once, in the transaction that ends
+        this one: nothing is sent twice (a key already recorded, by a reading of the
+        event after the upgrade or an earlier hand-over, is left as it is; a concurrent
+        one rolls this back, and the retry comes back to find it) and nothing is lost
+        (the retry comes back until this commits). No receipt for it: the new deliveries'
+        receipts tell its service the outcome (the mail, ``failed`` at its dead end, then
+        ``sent``); one saying "failed" now would show a mail still being sent as failed."""
+        keys = {idempotency_key(event.id, other.name): other for other in routes}
+        now = self._clock()
+        async with self._sessions() as session, session.begin():
+            fresh = await session.get(DeliveryRecord, record.id)
+            if fresh is None or fresh.status in FINAL_STATUSES:
+                return
+            known = set(await session.scalars(_RECORDED_KEYS, {"keys": list(keys)}))
+            for key, other in keys.items():
+                if key not in known:
+                    pending = _Pending(event, other, record.record_headers, record.record_value)
+                    session.add(self._new_record(pending))
+            fresh.status, fresh.next_attempt_at = "failed", None
+            fresh.last_error = clipped(
+                f"not sent on route {route.name!r}, which takes {route.event_type}: handed to"
+                f" the route(s) of tenant {event.tenant} that take {event.type}, as"
+                f" deliveries {', '.join(keys)}",
+                REASON_LENGTH,
+            )
+            fresh.updated_at = fresh.finished_at = now
+        log.info("delivery %s handed to %s", record.idempotency_key, ", ".join(keys))
 
     async def replay_all(
         self, tenant: str, status: str, route: str | None = None, connector: str | None = None

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts.envelope import EnvelopeError
 from kernel.auth import Caller, CallerDep
-from kernel.consumer import RejectedEvent
+from kernel.consumer import NotHandledHere, RejectedEvent
 from kernel.database import listing_page
 from kernel.errors import NotFound, ProblemError, failure_text
 from kernel.idempotency import claiming_key
@@ -230,7 +230,8 @@ class ReplayOutcome(BaseModel):
 class KeptEventReplayer(Protocol):
     """Hands a kept event to what consumes it again (a service's ``EventConsumer``, the
     gateway's ``DeliveryEngine``), found at ``app.state.consumer``: its outcome; raises
-    ``EnvelopeError`` when it still breaks its contract."""
+    ``EnvelopeError`` when it still breaks its contract (``NotHandledHere`` when its
+    version is not handled here yet)."""
 
     async def replay(self, kept: RejectedEvent) -> str: ...
 
@@ -278,6 +279,15 @@ def rejected_events_router(read_scope: str, write_scope: str) -> APIRouter:
         replayer: KeptEventReplayer = request.app.state.consumer
         try:
             outcome = await replayer.replay(kept)
+        except NotHandledHere as exc:
+            # Not "breaks its contract", which tells its reader never to replay the same
+            # bytes: the service not upgraded yet, the same bytes replay fine once it is.
+            raise ProblemError(
+                409,
+                "event-version-not-handled",
+                "The event's version is not handled here",
+                str(exc),
+            ) from exc
         except EnvelopeError as exc:
             raise ProblemError(
                 422, "event-breaks-its-contract", "The event still breaks its contract", str(exc)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,12 +25,13 @@ from contracts.events.base import EventData
 from contracts.events.courrier import OutgoingMailSendRequested
 from contracts.events.gateway import DeliveryReceipt
 from gateway.deliveries import MIGRATIONS as GATEWAY_MIGRATIONS
-from gateway.engine import NO_ROUTE, DeliveryEngine
+from gateway.engine import NO_ROUTE, ROUTE_GONE_FOR, DeliveryEngine
 from gateway.routing import Route, RoutingTable
 from kernel.api import rejected_events_router
 from kernel.app import BackgroundTask, create_app
 from kernel.auth import issue_token
 from kernel.consumer import EventConsumer, Incoming, NotHandledHere, RejectedEvent
+from kernel.errors import PROBLEM_BASE
 from kernel.kafka import FETCH_MAX_WAIT_MS, FetchPacing
 from kernel.settings import HubSettings
 from kernel.tenants import Tenant
@@ -253,7 +255,10 @@ async def test_a_kept_newer_version_is_refused_until_the_service_handles_it_then
 
     async with serving(app) as base, httpx.AsyncClient(base_url=base) as client:
         refused = await client.post(replay, headers=operator)
-        assert refused.status_code == 422, refused.text
+        # Not "event-breaks-its-contract", which says the same bytes never replay: they do
+        # once the service is upgraded.
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["type"] == f"{PROBLEM_BASE}event-version-not-handled"
         assert refused.json()["detail"] == kept.reason
         assert await still_kept() == [kept.id] and handled == []
 
@@ -359,14 +364,34 @@ async def test_a_newer_version_the_gateway_reads_but_does_not_route_ends_dead_to
     assert connector.calls == []
 
 
-async def test_a_dead_newer_version_is_replayed_through_its_route_once_the_gateway_reads_it(
+def with_v2_route(
+    sessions: async_sessionmaker[AsyncSession],
+    connector: FakeConnector,
+    clock: Clock,
+    v1_route: str | None = "outgoing-mail-ebox",
+) -> DeliveryEngine:
+    """The gateway upgraded: a route for .v2 beside the .v1 one (or instead of it, when
+    ``v1_route`` is None), both to the same e-Box account."""
+    routes = {(TENANT, SEND_V2): [Route(TENANT, "outgoing-mail-ebox-v2", SEND_V2, "ebox", "fake")]}
+    if v1_route is not None:
+        routes[(TENANT, SEND)] = [Route(TENANT, v1_route, SEND, "ebox", "fake")]
+    return DeliveryEngine(
+        sessions=sessions,
+        routing=RoutingTable(routes=routes),
+        connectors={(TENANT, "ebox"): connector},
+        clock=clock,
+    )
+
+
+async def test_a_dead_newer_version_is_replayed_through_its_route_once_the_gateway_routes_it(
     gateway_sessions: async_sessionmaker[AsyncSession], upgrade: Upgrade
 ) -> None:
     sessions = gateway_sessions
     connector, clock = FakeConnector(["ebox-2"]), Clock()
     engine = make_engine(sessions, connector, clock)
     event = mail_event()
-    await engine.handle_records([(*with_headers(event, {"ce_type": SEND_V2}), "courrier.events")])
+    record = (*with_headers(event, {"ce_type": SEND_V2}), "courrier.events")
+    await engine.handle_records([record])
     [dead] = await deliveries(sessions)
 
     # Replayed before the upgrade: read again, dead again, its service told again.
@@ -376,15 +401,84 @@ async def test_a_dead_newer_version_is_replayed_through_its_route_once_the_gatew
     assert (again.status, again.last_error) == ("dead", dead.last_error)
     assert connector.calls == []
 
-    upgrade(OutgoingMailSendRequested, SEND_V2)  # the gateway upgraded
+    # The gateway's code upgraded, its tenant's routes not yet: as a record read now
+    # (``…_reads_but_does_not_route_ends_dead_too``), dead again, not sent on the .v1
+    # route, whose connector was checked for .v1 only.
+    upgrade(OutgoingMailSendRequested, SEND_V2)
     assert await engine.replay_delivery(dead.idempotency_key, TENANT) is not None
     assert await engine.retry_due() == 1
+    [still] = await deliveries(sessions)
+    assert (still.status, still.last_error) == (
+        "dead",
+        f"{SEND_V2} is not routed here: route 'outgoing-mail-ebox' takes {SEND}, and no route"
+        f" of tenant {TENANT} takes {SEND_V2}: add one to the tenant's file, then replay the"
+        " delivery",
+    )
+    assert connector.calls == []
 
-    [delivered] = await deliveries(sessions)
-    assert (delivered.status, delivered.external_reference) == ("delivered", "ebox-2")
-    assert [(call.event.id, call.event.type) for call in connector.calls] == [(event.id, SEND_V2)]
-    # The mail, failed at the first receipt, is sent at the last (courrier: failed → sent).
-    assert [r.outcome for r in await receipts(sessions)] == ["dead", "dead", "delivered"]
+    # A .v2 route added beside the .v1 one: the replay hands it to that route, under the key
+    # a reading of the event now would record, and it is sent there.
+    engine = with_v2_route(sessions, connector, clock)
+    assert await engine.replay_delivery(dead.idempotency_key, TENANT) is not None
+    assert await engine.retry_due() == 1
+    assert await engine.retry_due() == 1
+    handed, delivered = await deliveries(sessions)
+    assert (handed.idempotency_key, handed.status) == (dead.idempotency_key, "failed")
+    assert delivered.idempotency_key in (handed.last_error or "")
+    assert (delivered.route, delivered.event_type, delivered.status) == (
+        "outgoing-mail-ebox-v2",
+        SEND_V2,
+        "delivered",
+    )
+    assert delivered.external_reference == "ebox-2"
+    assert [(c.event.id, c.event.type, c.route) for c in connector.calls] == [
+        (event.id, SEND_V2, "outgoing-mail-ebox-v2")
+    ]
+    # The mail, failed at the first receipts, is sent at the last (courrier: failed → sent);
+    # the hand-over itself tells nothing.
+    assert [r.outcome for r in await receipts(sessions)] == ["dead", "dead", "dead", "delivered"]
+
+    # Nothing twice: replayed again, or the record read again, it is not sent again.
+    assert await engine.replay_delivery(dead.idempotency_key, TENANT) is not None
+    assert await engine.retry_due() == 1
+    await engine.handle_records([record])
+    assert await engine.retry_due() == 0
+    assert [r.status for r in await deliveries(sessions)] == ["failed", "delivered"]
+    assert len(connector.calls) == 1
+
+
+async def test_a_dead_newer_version_whose_route_was_removed_waits_as_any_such_delivery(
+    gateway_sessions: async_sessionmaker[AsyncSession], upgrade: Upgrade
+) -> None:
+    # Its .v1 route renamed away: as a delivery whose route is gone (a tenant file being
+    # edited), it waits for that route to come back, ROUTE_GONE_FOR; back (beside the .v2
+    # route), it is handed over at once.
+    sessions = gateway_sessions
+    connector, clock = FakeConnector(["ebox-2"]), Clock()
+    event = mail_event()
+    await make_engine(sessions, connector, clock).handle_records(
+        [(*with_headers(event, {"ce_type": SEND_V2}), "courrier.events")]
+    )
+    [dead] = await deliveries(sessions)
+    upgrade(OutgoingMailSendRequested, SEND_V2)
+
+    engine = with_v2_route(sessions, connector, clock, v1_route=None)
+    assert await engine.replay_delivery(dead.idempotency_key, TENANT) is not None
+    assert await engine.retry_due() == 1
+    [waiting] = await deliveries(sessions)
+    assert (waiting.status, waiting.last_error) == (
+        "retrying",
+        "route 'outgoing-mail-ebox' is no longer configured",
+    )
+    assert timedelta(minutes=5) < ROUTE_GONE_FOR
+    clock.advance(5 * 60)
+    engine = with_v2_route(sessions, connector, clock)
+    assert await engine.retry_due() == 1
+    assert await engine.retry_due() == 1
+    assert [r.status for r in await deliveries(sessions)] == ["failed", "delivered"]
+    assert [(c.event.type, c.route) for c in connector.calls] == [
+        (SEND_V2, "outgoing-mail-ebox-v2")
+    ]
 
 
 async def test_a_newer_version_with_a_broken_envelope_is_kept_by_the_gateway(
