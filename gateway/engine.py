@@ -27,11 +27,11 @@ Nothing lost, nothing twice:
 - A record of another version of a type the gateway routes (``….v2``, its
   producer upgraded before the gateway) ends dead on the routes of its
   tenant that take that type, its service told, as a routed record whose data
-  breaks its contract does; once the gateway is upgraded and a route of its
-  tenant takes its version, its deliveries are replayed (``replay_delivery``,
-  ``replay_all``) and handed to that route (``_hand_over``), never sent on the
-  route of another version. Skipped, it was lost, and its document stayed
-  "sending" for ever.
+  breaks its contract does; once the gateway is upgraded and that route made to
+  take its version (under its name, the delivery's key), its deliveries are
+  replayed (``replay_delivery``, ``replay_all``); never sent on a route of
+  another version. Skipped, it was lost, and its document stayed "sending" for
+  ever.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ from gateway.deliveries import (
 )
 from gateway.errors import PermanentDeliveryError, RetryableDeliveryError
 from gateway.routing import Route, RoutingTable
-from kernel.consumer import RejectedEvent, rejected_event
+from kernel.consumer import NotHandledHere, RejectedEvent, rejected_event
 from kernel.database import utcnow, write_transaction
 from kernel.errors import Conflict
 from kernel.kafka import (
@@ -499,7 +499,7 @@ class DeliveryEngine:
                 broken.extend(self._broken_deliveries(attributes, headers, value, exc))
                 continue
             routes = self._routing.routes_for(event.tenant, event.type)
-            if not routes and (versions := self._other_versions(event.type)):
+            if not routes and (versions := self._other_versions(event.type, event.tenant)):
                 # A version this gateway reads but routes nowhere: as one it cannot read.
                 EVENTS_CONSUMED.labels("gateway", topic, "rejected").inc()
                 log.warning("gateway rejected a record on %s: %s is not routed", topic, event.type)
@@ -662,10 +662,11 @@ class DeliveryEngine:
         "sending" for ever."""
         routes = self._routing.routes_for(attributes.tenant, attributes.type)
         if not routes:
+            if versions := self._other_versions(attributes.type, attributes.tenant):
+                # Mostly "unknown event type": a version newer than this gateway. Failed at
+                # once (``_unrouted``) when no route of its tenant takes any version.
+                return self._version_not_routed(attributes, headers, value, versions)
             if attributes.type not in self._routing.event_types():
-                if versions := self._other_versions(attributes.type):
-                    # Mostly "unknown event type": a version newer than this gateway.
-                    return self._version_not_routed(attributes, headers, value, versions)
                 return []  # not a request of the gateway's: the services keep theirs
             return [self._unrouted(attributes, headers, value)]
         # The error quotes the record (a key's name, a value): a NUL in it was refused by
@@ -681,12 +682,25 @@ class DeliveryEngine:
             for route in routes
         ]
 
-    def _other_versions(self, event_type: str) -> list[str]:
+    def _other_versions(self, event_type: str, tenant: str | None = None) -> list[str]:
         """The types routed here that are other versions of ``event_type``, which no route
-        takes; none for a type routed here, or one of which no version is."""
+        takes; none for a type routed here, or one of which no version is. With
+        ``tenant``, those its routes take first: while tenants move to ``….v2`` one by one,
+        one still on ``….v1`` ends dead on its ``….v1`` routes, replayable once they take
+        ``….v2``, not failed for want of a route because another tenant routes ``….v2``."""
         stem = type_stem(event_type)
         if stem is None:
             return []
+        if tenant is not None:
+            theirs = {
+                kind
+                for (owner, kind), routes in self._routing.routes.items()
+                if owner == tenant and routes
+            }
+            if event_type not in theirs and (
+                versions := sorted(kind for kind in theirs if type_stem(kind) == stem)
+            ):
+                return versions
         routed = self._routing.event_types()
         if event_type in routed:
             return []
@@ -1237,7 +1251,7 @@ class DeliveryEngine:
         except EnvelopeError as exc:  # the contract changed under a stored event
             reason = f"unreadable event: {exc}"
             if event_class_for(record.event_type) is None and (
-                versions := self._other_versions(record.event_type)
+                versions := self._other_versions(record.event_type, record.tenant)
             ):  # a newer version replayed before the gateway's upgrade
                 reason = _not_routed_reason(record.event_type, versions)
             outcome, event_for_receipt = Outcome("failed", reason=reason), None
@@ -1249,13 +1263,9 @@ class DeliveryEngine:
             elif route.event_type != event.type:
                 # Its route takes another version (it ended dead there, its type not routed
                 # yet: ``_version_not_routed``), or was edited to: its connector was checked
-                # for that type only, so it is not sent there.
-                handed_to = self._routing.routes_for(record.tenant, event.type)
-                if not handed_to:
-                    outcome, event_for_receipt = self._not_its_route(event, route), None
-                else:
-                    await self._hand_over(record, event, route, handed_to)
-                    return
+                # for that type only, so it is not sent there. Not moved to another route
+                # either: its key (event id, route) is what keeps it from being sent twice.
+                outcome, event_for_receipt = self._not_its_route(event, route), None
             else:
                 attempted = await self._attempt(record, event, route, claim)
                 if attempted is None:
@@ -1311,55 +1321,18 @@ class DeliveryEngine:
             self._relay.wake()
 
     def _not_its_route(self, event: CloudEvent, route: Route) -> Outcome:
-        """Why a delivery whose route takes another type than its event, and no route of its
-        tenant takes its own, ends dead, its service told (``_retry_one``), rather than
-        being sent on a route whose connector was checked for another type."""
+        """Why a delivery whose route takes another type than its event ends dead, its
+        service told (``_retry_one``), rather than being sent on a route whose connector
+        was checked for another type."""
         return Outcome(
             "failed",
             reason=(
-                f"{event.type} is not routed here: route {route.name!r} takes"
-                f" {route.event_type}, and no route of tenant {event.tenant} takes"
-                f" {event.type}: add one to the tenant's file, then replay the delivery"
+                f"{event.type} is not sent on route {route.name!r}, which takes"
+                f" {route.event_type}: make that route of tenant {event.tenant} take"
+                f" {event.type} (under the same name, the delivery's key), then replay the"
+                " delivery"
             ),
         )
-
-    async def _hand_over(
-        self, record: DeliveryRecord, event: CloudEvent, route: Route, routes: list[Route]
-    ) -> None:
-        """Hand a delivery whose route takes another type than its event (a ``….v2`` that
-        ended dead on the ``….v1`` route, replayed once the gateway routes ``….v2``) to
-        the routes of its tenant that take its type; ended failed, with no receipt.
-
-        Its record is not re-targeted: its key (``idempotency_key(event id, route)``) is
-        the one its target and its operator know it by, and one record cannot become the
-        several a type's routes may make. Each route gets the record a reading of the event
-        now would make, under that route's key, due at once, in the transaction that ends
-        this one: nothing is sent twice (a key already recorded, by a reading of the
-        event after the upgrade or an earlier hand-over, is left as it is; a concurrent
-        one rolls this back, and the retry comes back to find it) and nothing is lost
-        (the retry comes back until this commits). No receipt for it: the new deliveries'
-        receipts tell its service the outcome (the mail, ``failed`` at its dead end, then
-        ``sent``); one saying "failed" now would show a mail still being sent as failed."""
-        keys = {idempotency_key(event.id, other.name): other for other in routes}
-        now = self._clock()
-        async with self._sessions() as session, session.begin():
-            fresh = await session.get(DeliveryRecord, record.id)
-            if fresh is None or fresh.status in FINAL_STATUSES:
-                return
-            known = set(await session.scalars(_RECORDED_KEYS, {"keys": list(keys)}))
-            for key, other in keys.items():
-                if key not in known:
-                    pending = _Pending(event, other, record.record_headers, record.record_value)
-                    session.add(self._new_record(pending))
-            fresh.status, fresh.next_attempt_at = "failed", None
-            fresh.last_error = clipped(
-                f"not sent on route {route.name!r}, which takes {route.event_type}: handed to"
-                f" the route(s) of tenant {event.tenant} that take {event.type}, as"
-                f" deliveries {', '.join(keys)}",
-                REASON_LENGTH,
-            )
-            fresh.updated_at = fresh.finished_at = now
-        log.info("delivery %s handed to %s", record.idempotency_key, ", ".join(keys))
 
     async def replay_all(
         self, tenant: str, status: str, route: str | None = None, connector: str | None = None
@@ -1399,13 +1372,21 @@ class DeliveryEngine:
         then. Raises ``EnvelopeError`` when it still breaks its contract: it stays kept
         (``kernel.api``'s ``KeptEventReplayer``)."""
         headers: dict[str, str] = dict(kept.headers)
-        event = from_record(headers, kept.value)
+        try:
+            event = from_record(headers, kept.value)
+        except EnvelopeError as exc:
+            event_type = headers.get("ce_type", "")
+            if event_class_for(event_type) is None and (
+                versions := self._other_versions(event_type)
+            ):  # not "breaks its contract": the same bytes replay once the gateway reads them
+                raise NotHandledHere(_not_routed_reason(event_type, versions)) from exc
+            raise
         routes = [route.name for route in self._routing.routes_for(event.tenant, event.type)]
-        if not routes and event.type in self._routing.event_types():
-            routes = [NO_ROUTE]
-        elif not routes and (versions := self._other_versions(event.type)):
+        if not routes and (versions := self._other_versions(event.type, event.tenant)):
             ended = self._version_routes(event.tenant, versions)  # ended dead, or failed
             routes = [route.name for route in ended] or [NO_ROUTE]
+        elif not routes and event.type in self._routing.event_types():
+            routes = [NO_ROUTE]
         keys = [idempotency_key(event.id, route) for route in routes]
         async with self._sessions() as session:
             recorded = set(await session.scalars(_RECORDED_KEYS, {"keys": keys}))

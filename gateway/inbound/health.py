@@ -2,11 +2,12 @@
 /v1/inbound/sources``, the dashboard) and for alerts (``kernel.metrics``'
 ``hub_inbound_*`` metrics, which this module alone sets).
 
-A source is the failure counter's ``(channel, source)``: a Peppol access point's URL
-(two accounts at one URL are one source), a NOTICe instance, a tenant's oversight or
-opinions account. Its poll fails as a whole when nothing more of it could be taken
-until the next poll (the source away, the database away); one item it could not give
-is that item's problem (``WaitingItems``), not the source's.
+A source is the failure counter's ``(channel, source)``: a Peppol access point account
+(its URL, with a fingerprint of its key when accounts share the URL), a NOTICe
+instance, a tenant's oversight or opinions account. Its poll fails as a whole when
+nothing more of it could be taken until the next poll (the source away, the database
+away); one item it could not give is that item's problem (``WaitingItems``), not the
+source's.
 
 One object per process, ``POLL_HEALTH``, shared by the four adapters as the process's
 Prometheus metrics are, and kept in memory only: a restarted gateway starts empty, with

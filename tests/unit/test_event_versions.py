@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import contracts.events.base
-from contracts.envelope import CloudEvent, EnvelopeError, type_stem
+from contracts.envelope import CloudEvent, type_stem
 from contracts.events.base import EventData
 from contracts.events.courrier import OutgoingMailSendRequested
 from contracts.events.gateway import DeliveryReceipt
@@ -364,26 +364,33 @@ async def test_a_newer_version_the_gateway_reads_but_does_not_route_ends_dead_to
     assert connector.calls == []
 
 
-def with_v2_route(
+def with_routes(
     sessions: async_sessionmaker[AsyncSession],
     connector: FakeConnector,
     clock: Clock,
-    v1_route: str | None = "outgoing-mail-ebox",
+    routes: list[Route],
 ) -> DeliveryEngine:
-    """The gateway upgraded: a route for .v2 beside the .v1 one (or instead of it, when
-    ``v1_route`` is None), both to the same e-Box account."""
-    routes = {(TENANT, SEND_V2): [Route(TENANT, "outgoing-mail-ebox-v2", SEND_V2, "ebox", "fake")]}
-    if v1_route is not None:
-        routes[(TENANT, SEND)] = [Route(TENANT, v1_route, SEND, "ebox", "fake")]
+    """The gateway with ``routes`` (its tenant files edited), all to the same e-Box account."""
+    table: dict[tuple[str, str], list[Route]] = {}
+    for route in routes:
+        table.setdefault((route.tenant, route.event_type), []).append(route)
     return DeliveryEngine(
         sessions=sessions,
-        routing=RoutingTable(routes=routes),
-        connectors={(TENANT, "ebox"): connector},
+        routing=RoutingTable(routes=table),
+        connectors={(route.tenant, "ebox"): connector for route in routes},
         clock=clock,
     )
 
 
-async def test_a_dead_newer_version_is_replayed_through_its_route_once_the_gateway_routes_it(
+def not_sent_on(route: str, tenant: str = TENANT) -> str:
+    return (
+        f"{SEND_V2} is not sent on route {route!r}, which takes {SEND}: make that route of"
+        f" tenant {tenant} take {SEND_V2} (under the same name, the delivery's key), then"
+        " replay the delivery"
+    )
+
+
+async def test_a_dead_newer_version_is_replayed_once_its_route_takes_that_version(
     gateway_sessions: async_sessionmaker[AsyncSession], upgrade: Upgrade
 ) -> None:
     sessions = gateway_sessions
@@ -401,58 +408,93 @@ async def test_a_dead_newer_version_is_replayed_through_its_route_once_the_gatew
     assert (again.status, again.last_error) == ("dead", dead.last_error)
     assert connector.calls == []
 
-    # The gateway's code upgraded, its tenant's routes not yet: as a record read now
-    # (``…_reads_but_does_not_route_ends_dead_too``), dead again, not sent on the .v1
-    # route, whose connector was checked for .v1 only.
+    # The gateway's code upgraded and a .v2 route added beside the .v1 one: never sent on
+    # the .v1 route (its connector checked for .v1 only), nor moved to another route (its
+    # key is what keeps it from being sent twice): dead again, saying what to do.
     upgrade(OutgoingMailSendRequested, SEND_V2)
+    engine = with_routes(
+        sessions,
+        connector,
+        clock,
+        [
+            Route(TENANT, "outgoing-mail-ebox", SEND, "ebox", "fake"),
+            Route(TENANT, "outgoing-mail-ebox-v2", SEND_V2, "ebox", "fake"),
+        ],
+    )
     assert await engine.replay_delivery(dead.idempotency_key, TENANT) is not None
     assert await engine.retry_due() == 1
     [still] = await deliveries(sessions)
-    assert (still.status, still.last_error) == (
-        "dead",
-        f"{SEND_V2} is not routed here: route 'outgoing-mail-ebox' takes {SEND}, and no route"
-        f" of tenant {TENANT} takes {SEND_V2}: add one to the tenant's file, then replay the"
-        " delivery",
-    )
+    assert (still.status, still.last_error) == ("dead", not_sent_on("outgoing-mail-ebox"))
     assert connector.calls == []
 
-    # A .v2 route added beside the .v1 one: the replay hands it to that route, under the key
-    # a reading of the event now would record, and it is sent there.
-    engine = with_v2_route(sessions, connector, clock)
+    # Its route made to take .v2 under its name: the replay sends it there, once.
+    engine = with_routes(
+        sessions, connector, clock, [Route(TENANT, "outgoing-mail-ebox", SEND_V2, "ebox", "fake")]
+    )
     assert await engine.replay_delivery(dead.idempotency_key, TENANT) is not None
     assert await engine.retry_due() == 1
-    assert await engine.retry_due() == 1
-    handed, delivered = await deliveries(sessions)
-    assert (handed.idempotency_key, handed.status) == (dead.idempotency_key, "failed")
-    assert delivered.idempotency_key in (handed.last_error or "")
-    assert (delivered.route, delivered.event_type, delivered.status) == (
-        "outgoing-mail-ebox-v2",
-        SEND_V2,
-        "delivered",
-    )
+    [delivered] = await deliveries(sessions)
+    assert (delivered.idempotency_key, delivered.status) == (dead.idempotency_key, "delivered")
     assert delivered.external_reference == "ebox-2"
     assert [(c.event.id, c.event.type, c.route) for c in connector.calls] == [
-        (event.id, SEND_V2, "outgoing-mail-ebox-v2")
+        (event.id, SEND_V2, "outgoing-mail-ebox")
     ]
-    # The mail, failed at the first receipts, is sent at the last (courrier: failed → sent);
-    # the hand-over itself tells nothing.
+    # The mail, failed at the dead receipts, is sent at the last (courrier: failed → sent).
     assert [r.outcome for r in await receipts(sessions)] == ["dead", "dead", "dead", "delivered"]
 
-    # Nothing twice: replayed again, or the record read again, it is not sent again.
-    assert await engine.replay_delivery(dead.idempotency_key, TENANT) is not None
-    assert await engine.retry_due() == 1
+    # Nothing twice: the record read again is a delivery recorded already.
     await engine.handle_records([record])
     assert await engine.retry_due() == 0
-    assert [r.status for r in await deliveries(sessions)] == ["failed", "delivered"]
     assert len(connector.calls) == 1
+
+
+async def test_a_tenant_still_on_the_older_version_ends_dead_on_its_routes_not_unrouted(
+    gateway_sessions: async_sessionmaker[AsyncSession], upgrade: Upgrade
+) -> None:
+    # Tenants move to .v2 one by one: another tenant routes .v2 already, this one not yet.
+    # Its .v2 request ends dead on its .v1 route, replayable once that route takes .v2, not
+    # failed on route "(none)", which no replay can send.
+    upgrade(OutgoingMailSendRequested, SEND_V2)
+    other = "62063" if TENANT != "62063" else "92137"
+    connector, clock = FakeConnector(["ebox-2"]), Clock()
+    engine = with_routes(
+        gateway_sessions,
+        connector,
+        clock,
+        [
+            Route(TENANT, "outgoing-mail-ebox", SEND, "ebox", "fake"),
+            Route(other, "outgoing-mail-ebox", SEND_V2, "ebox", "fake"),
+        ],
+    )
+    event = mail_event()
+    await engine.handle_records([(*with_headers(event, {"ce_type": SEND_V2}), "courrier.events")])
+
+    [dead] = await deliveries(gateway_sessions)
+    assert (dead.route, dead.status) == ("outgoing-mail-ebox", "dead")
+    assert dead.route != NO_ROUTE
+    assert connector.calls == []
+
+    engine = with_routes(
+        gateway_sessions,
+        connector,
+        clock,
+        [
+            Route(TENANT, "outgoing-mail-ebox", SEND_V2, "ebox", "fake"),
+            Route(other, "outgoing-mail-ebox", SEND_V2, "ebox", "fake"),
+        ],
+    )
+    assert await engine.replay_delivery(dead.idempotency_key, TENANT) is not None
+    assert await engine.retry_due() == 1
+    assert [r.status for r in await deliveries(gateway_sessions)] == ["delivered"]
+    assert [(c.event.tenant, c.event.type) for c in connector.calls] == [(TENANT, SEND_V2)]
 
 
 async def test_a_dead_newer_version_whose_route_was_removed_waits_as_any_such_delivery(
     gateway_sessions: async_sessionmaker[AsyncSession], upgrade: Upgrade
 ) -> None:
     # Its .v1 route renamed away: as a delivery whose route is gone (a tenant file being
-    # edited), it waits for that route to come back, ROUTE_GONE_FOR; back (beside the .v2
-    # route), it is handed over at once.
+    # edited), it waits for that route to come back, ROUTE_GONE_FOR; back, taking .v2, it
+    # is sent.
     sessions = gateway_sessions
     connector, clock = FakeConnector(["ebox-2"]), Clock()
     event = mail_event()
@@ -462,7 +504,8 @@ async def test_a_dead_newer_version_whose_route_was_removed_waits_as_any_such_de
     [dead] = await deliveries(sessions)
     upgrade(OutgoingMailSendRequested, SEND_V2)
 
-    engine = with_v2_route(sessions, connector, clock, v1_route=None)
+    renamed = [Route(TENANT, "outgoing-mail-ebox-v2", SEND_V2, "ebox", "fake")]
+    engine = with_routes(sessions, connector, clock, renamed)
     assert await engine.replay_delivery(dead.idempotency_key, TENANT) is not None
     assert await engine.retry_due() == 1
     [waiting] = await deliveries(sessions)
@@ -472,13 +515,11 @@ async def test_a_dead_newer_version_whose_route_was_removed_waits_as_any_such_de
     )
     assert timedelta(minutes=5) < ROUTE_GONE_FOR
     clock.advance(5 * 60)
-    engine = with_v2_route(sessions, connector, clock)
+    back = [Route(TENANT, "outgoing-mail-ebox", SEND_V2, "ebox", "fake")]
+    engine = with_routes(sessions, connector, clock, back)
     assert await engine.retry_due() == 1
-    assert await engine.retry_due() == 1
-    assert [r.status for r in await deliveries(sessions)] == ["failed", "delivered"]
-    assert [(c.event.type, c.route) for c in connector.calls] == [
-        (SEND_V2, "outgoing-mail-ebox-v2")
-    ]
+    assert [r.status for r in await deliveries(sessions)] == ["delivered"]
+    assert [(c.event.type, c.route) for c in connector.calls] == [(SEND_V2, "outgoing-mail-ebox")]
 
 
 async def test_a_newer_version_with_a_broken_envelope_is_kept_by_the_gateway(
@@ -499,7 +540,9 @@ async def test_a_newer_version_with_a_broken_envelope_is_kept_by_the_gateway(
 
     # Its time corrected by an operator: still unreadable to this gateway, it stays kept.
     corrected = await correct_kept_time(sessions, kept.id, event)
-    with pytest.raises(EnvelopeError, match="unknown event type"):
+    # Refused as "not handled here" (409), not "breaks its contract": the same bytes
+    # replay once the gateway reads them.
+    with pytest.raises(NotHandledHere, match=f"{SEND_V2} is not routed here"):
         await engine.replay(corrected)
     assert [row.id for row in await kept_records(sessions)] == [kept.id]
 
