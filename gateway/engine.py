@@ -66,7 +66,13 @@ from contracts.envelope import (
 )
 from contracts.events import event_class_for
 from contracts.events.gateway import DeliveryReceipt
-from gateway.connectors.base import ATTEMPT_SECONDS, Connector, Delivery, attempt_deadline
+from gateway.connectors.base import (
+    ATTEMPT_SECONDS,
+    Connector,
+    Delivery,
+    attempt_deadline,
+    delivered_event_types,
+)
 from gateway.deliveries import (
     FINAL_STATUSES,
     WITHOUT_STORED_EVENT,
@@ -292,13 +298,32 @@ class Outcome:
             object.__setattr__(self, "answer", answer)
 
 
+def _route_takes(route: Route, event_type: str) -> bool:
+    """Whether a delivery of ``event_type`` may go on ``route``: the type it routes, or
+    another version of it that its connector type says it delivers (``register_connector``'s
+    ``event_types``): a ``….v2`` that ended dead on its ``….v1`` route before the gateway's
+    upgrade is replayed there, under its key, once the connector delivers ``….v2``."""
+    if route.event_type == event_type:
+        return True
+    delivered = delivered_event_types(route.connector_type)
+    return (
+        delivered is not None
+        and event_type in delivered
+        and type_stem(event_type) == type_stem(route.event_type)
+    )
+
+
 def _not_routed_reason(event_type: str, versions: list[str]) -> str:
     """Why a record of another version of a routed type (``versions``) ended dead."""
-    what_to_do = (
-        "upgrade the gateway, then replay the delivery"
-        if newer_than(event_type, versions)
-        else "have its service send it again in a version routed here"
-    )
+    if not newer_than(event_type, versions):
+        what_to_do = "have its service send it again in a version routed here"
+    elif event_class_for(event_type) is None:
+        what_to_do = "upgrade the gateway, then replay the delivery"
+    else:  # read by this gateway already (another tenant routes it, say)
+        what_to_do = (
+            "make its route take it (under the same name), or have the route's connector"
+            " deliver it, then replay the delivery"
+        )
     return (
         f"{event_type} is not routed here (this gateway routes {', '.join(versions)}): {what_to_do}"
     )
@@ -724,8 +749,9 @@ class DeliveryEngine:
         takes a version of it, and its service told, as a routed record whose data breaks
         its contract (``_broken_deliveries``), rather than kept unseen by its service: its
         document is told it failed, with what to do, instead of "sending" for ever, and
-        the receipt of its replay (``replay_delivery``) once the gateway is upgraded makes
-        it sent. Failed at once (``_unrouted``) when no route of its tenant takes one."""
+        the receipt of its replay (``replay_delivery``) makes it sent once the route takes
+        that version, or its connector delivers it (``_route_takes``). Failed at once
+        (``_unrouted``) when no route of its tenant takes one."""
         routes = self._version_routes(event.tenant, versions)
         if not routes:
             return [self._unrouted(event, headers, value)]
@@ -1260,11 +1286,11 @@ class DeliveryEngine:
             route = self._routing.route(record.tenant, record.route)
             if route is None:
                 outcome = Outcome("retry", reason=f"route {record.route!r} is no longer configured")
-            elif route.event_type != event.type:
+            elif not _route_takes(route, event.type):
                 # Its route takes another version (it ended dead there, its type not routed
-                # yet: ``_version_not_routed``), or was edited to: its connector was checked
-                # for that type only, so it is not sent there. Not moved to another route
-                # either: its key (event id, route) is what keeps it from being sent twice.
+                # yet: ``_version_not_routed``), or was edited to, and its connector does not
+                # deliver this one. Not moved to another route either: its key (event id,
+                # route) is what keeps it from being sent twice.
                 outcome, event_for_receipt = self._not_its_route(event, route), None
             else:
                 attempted = await self._attempt(record, event, route, claim)
@@ -1328,9 +1354,9 @@ class DeliveryEngine:
             "failed",
             reason=(
                 f"{event.type} is not sent on route {route.name!r}, which takes"
-                f" {route.event_type}: make that route of tenant {event.tenant} take"
-                f" {event.type} (under the same name, the delivery's key), then replay the"
-                " delivery"
+                f" {route.event_type} with a connector that does not deliver {event.type}:"
+                f" make that route of tenant {event.tenant} take {event.type} (under the same"
+                " name, the delivery's key), then replay the delivery"
             ),
         )
 
@@ -1369,8 +1395,9 @@ class DeliveryEngine:
         kept, edited by an operator): "handled" (delivered, or failed for want of a route
         of its tenant: ``_unrouted``), "duplicate" when its deliveries were recorded
         meanwhile, or "ignored" when it is no type the gateway routes; it is no longer kept
-        then. Raises ``EnvelopeError`` when it still breaks its contract: it stays kept
-        (``kernel.api``'s ``KeptEventReplayer``)."""
+        then. Raises ``EnvelopeError`` when it still breaks its contract, ``NotHandledHere``
+        when it is a version this gateway cannot read yet: it stays kept (``kernel.api``'s
+        ``KeptEventReplayer``: 422, or 409 ``event-version-not-handled``)."""
         headers: dict[str, str] = dict(kept.headers)
         try:
             event = from_record(headers, kept.value)

@@ -24,6 +24,7 @@ from contracts.envelope import CloudEvent, type_stem
 from contracts.events.base import EventData
 from contracts.events.courrier import OutgoingMailSendRequested
 from contracts.events.gateway import DeliveryReceipt
+from gateway.connectors.base import _EVENT_TYPES as connector_event_types
 from gateway.deliveries import MIGRATIONS as GATEWAY_MIGRATIONS
 from gateway.engine import NO_ROUTE, ROUTE_GONE_FOR, DeliveryEngine
 from gateway.routing import Route, RoutingTable
@@ -384,9 +385,9 @@ def with_routes(
 
 def not_sent_on(route: str, tenant: str = TENANT) -> str:
     return (
-        f"{SEND_V2} is not sent on route {route!r}, which takes {SEND}: make that route of"
-        f" tenant {tenant} take {SEND_V2} (under the same name, the delivery's key), then"
-        " replay the delivery"
+        f"{SEND_V2} is not sent on route {route!r}, which takes {SEND} with a connector that"
+        f" does not deliver {SEND_V2}: make that route of tenant {tenant} take {SEND_V2}"
+        " (under the same name, the delivery's key), then replay the delivery"
     )
 
 
@@ -446,6 +447,38 @@ async def test_a_dead_newer_version_is_replayed_once_its_route_takes_that_versio
     await engine.handle_records([record])
     assert await engine.retry_due() == 0
     assert len(connector.calls) == 1
+
+
+async def test_a_dead_newer_version_goes_on_its_route_once_the_connector_delivers_it(
+    gateway_sessions: async_sessionmaker[AsyncSession],
+    upgrade: Upgrade,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The gateway upgraded, its connector now delivering both versions: the dead .v2 is
+    # replayed on its .v1 route, under its key, and the route still takes .v1 for the rest.
+    sessions = gateway_sessions
+    connector, clock = FakeConnector(["ebox-2", "ebox-3"]), Clock()
+    engine = make_engine(sessions, connector, clock)
+    event = mail_event("mail-1")
+    await engine.handle_records([(*with_headers(event, {"ce_type": SEND_V2}), "courrier.events")])
+    [dead] = await deliveries(sessions)
+
+    upgrade(OutgoingMailSendRequested, SEND_V2)
+    monkeypatch.setitem(connector_event_types, "fake", frozenset({SEND, SEND_V2}))
+    assert await engine.replay_delivery(dead.idempotency_key, TENANT) is not None
+    assert await engine.retry_due() == 1
+    older = mail_event("mail-2")
+    await engine.handle_records([(*as_record(older), "courrier.events")])
+    await engine.retry_due()
+
+    assert [(d.event_id, d.route, d.status) for d in await deliveries(sessions)] == [
+        (event.id, "outgoing-mail-ebox", "delivered"),
+        (older.id, "outgoing-mail-ebox", "delivered"),
+    ]
+    assert [(c.event.type, c.route) for c in connector.calls] == [
+        (SEND_V2, "outgoing-mail-ebox"),
+        (SEND, "outgoing-mail-ebox"),
+    ]
 
 
 async def test_a_tenant_still_on_the_older_version_ends_dead_on_its_routes_not_unrouted(
