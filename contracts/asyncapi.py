@@ -532,15 +532,17 @@ def _represent_text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _represent_text)
 
 
+def generated_yaml(document: dict[str, Any], origin: str) -> str:
+    """``document`` as a committed contract file: stable YAML under a "do not edit" line
+    naming what it is generated from (``origin``). Shared by the AsyncAPI and the
+    OpenAPI documents (``contracts.openapi_documents``)."""
+    body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+    return f"# Generated from {origin}: do not edit.\n{body}"
+
+
 def render(document: dict[str, Any] | None = None) -> str:
-    body = yaml.dump(
-        document if document is not None else build_document(),
-        Dumper=_Dumper,
-        sort_keys=False,
-        allow_unicode=True,
-        width=100,
-    )
-    return f"# Generated from contracts/events by `{WRITE_COMMAND}`: do not edit.\n{body}"
+    document = document if document is not None else build_document()
+    return generated_yaml(document, f"contracts/events by `{WRITE_COMMAND}`")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,9 +26,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from contracts.asyncapi import generated_yaml
 from kernel.settings import HubSettings
 
 DOCUMENTS_DIR = Path(__file__).with_name("openapi")
@@ -77,33 +77,9 @@ def build_document(api: str) -> dict[str, Any]:
     return document
 
 
-class _Dumper(yaml.SafeDumper):
-    """Readable, stable YAML: insertion order, block text for descriptions, no anchors."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _represent_text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _represent_text)
-
-
 def render(api: str, document: dict[str, Any] | None = None) -> str:
-    body = yaml.dump(
-        document if document is not None else build_document(api),
-        Dumper=_Dumper,
-        sort_keys=False,
-        allow_unicode=True,
-        width=100,
-    )
-    return (
-        f"# Generated from the {api} routes (module {APIS[api]}) by `{WRITE_COMMAND}`:"
-        f" do not edit.\n{body}"
-    )
+    document = document if document is not None else build_document(api)
+    return generated_yaml(document, f"the {api} routes (module {APIS[api]}) by `{WRITE_COMMAND}`")
 
 
 def stale_documents() -> list[Path]:

@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from sqlalchemy import select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -29,6 +27,7 @@ from kernel.kafka import (
 )
 from kernel.migrations import Migration, create_tables, migrate
 from kernel.outbox import RECORD_OVERHEAD_BYTES, OutboxMessage, OutboxRelay, stage, transaction
+from tests.integration.test_topic_limits import topic_limit
 from tests.support.gateway_hub import events_on
 from tests.support.hub_processes import drop_schemas
 from tests.unit import test_outbox as unit
@@ -98,17 +97,7 @@ async def test_the_hubs_topics_take_the_largest_event_the_outbox_lets_through(
     # (a mail with its PDF) was refused for good, its document's later events behind it.
     topic = f"outbox-test-{uuid.uuid4().hex[:8]}"
     await ensure_topics(kafka_bootstrap, {topic: 1})
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        [described] = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic)]
-        )
-    finally:
-        await admin.close()
-    [resource] = described.resources
-    configs = {entry[0]: entry[1] for entry in resource[4]}
-    assert int(configs["max.message.bytes"]) == TOPIC_MAX_MESSAGE_BYTES > MAX_REQUEST_BYTES
+    assert await topic_limit(kafka_bootstrap, topic) == TOPIC_MAX_MESSAGE_BYTES > MAX_REQUEST_BYTES
 
     # The embedded broker takes the setting, and a record as large as the outbox lets through.
     producer = make_producer(kafka_bootstrap, "outbox-test")

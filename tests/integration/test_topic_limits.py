@@ -34,7 +34,8 @@ async def _create(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
         await admin.close()
 
 
-async def _limit_of(bootstrap: str, topic: str) -> int:
+async def topic_limit(bootstrap: str, topic: str) -> int:
+    """The ``max.message.bytes`` the broker reports for ``topic``."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -73,7 +74,7 @@ async def test_an_existing_topic_under_the_hubs_limit_is_told_at_start_with_the_
         f" --entity-name {topic} --add-config max.message.bytes={TOPIC_MAX_MESSAGE_BYTES}"
     )
     # Told, not repaired: the hub leaves a topic it did not make as it is.
-    assert await _limit_of(kafka_bootstrap, topic) == KAFKA_DEFAULT
+    assert await topic_limit(kafka_bootstrap, topic) == KAFKA_DEFAULT
 
 
 async def test_topics_with_room_for_the_largest_event_are_not_warned_about(
@@ -134,7 +135,7 @@ async def test_a_broker_that_cannot_describe_configs_does_not_stop_the_start(
     assert "KafkaConnectionError" in info
     assert _records(caplog, logging.WARNING) == []
     monkeypatch.undo()
-    assert await _limit_of(kafka_bootstrap, topic) == KAFKA_DEFAULT
+    assert await topic_limit(kafka_bootstrap, topic) == KAFKA_DEFAULT
 
 
 async def test_topics_the_start_makes_itself_are_not_described_again(
@@ -159,4 +160,4 @@ async def test_topics_the_start_makes_itself_are_not_described_again(
     ]
     assert asked == [existing]
     monkeypatch.undo()
-    assert await _limit_of(kafka_bootstrap, new) == TOPIC_MAX_MESSAGE_BYTES
+    assert await topic_limit(kafka_bootstrap, new) == TOPIC_MAX_MESSAGE_BYTES
